@@ -1,0 +1,1 @@
+//! Shared helpers for the flashsale benches live in the bench targets themselves.

@@ -1,1 +1,39 @@
+//! The flashsale core: a sans-IO state machine for flash-sale holds, orders and payment webhooks.
+//!
+//! Everything that decides whether a unit may be sold lives here, as small pure functions over the
+//! few rows a transaction reads ([`hold::place_holds`], [`order::place_order`],
+//! [`payment::decide_webhook`], [`product::restock`]). The in-memory [`Ledger`] runs commands
+//! through exactly those functions, and so do the SQL server and the simulator: no decision is
+//! written twice.
+//!
+//! The core reads no clock, does no IO and draws no random numbers: time comes in as a
+//! [`Timestamp`] with each command, and nothing assumes it only moves forward. `core/clippy.toml`
+//! forbids the clock, randomness and hash-ordered collections.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod command;
+pub mod hold;
+pub mod ids;
+pub mod invariants;
+pub mod order;
+pub mod outcome;
+pub mod payment;
+pub mod product;
+pub mod state;
+pub mod time;
+
+pub use command::Command;
+pub use hold::{Hold, HoldGrant, HoldState, HoldView, ReleaseReason};
+pub use ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+pub use invariants::Violation;
+pub use order::{NewOrder, Order, OrderDecision, OrderStatus};
+pub use outcome::{Outcome, Rejection};
+pub use payment::{
+    Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,
+    WebhookResult,
+};
+pub use product::{NewProduct, Product};
+pub use state::Ledger;
+pub use time::Timestamp;

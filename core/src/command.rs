@@ -1,0 +1,46 @@
+//! The commands the ledger applies. Each carries everything its decision needs besides the state
+//! and `now`, so replaying a list of commands with their timestamps rebuilds the same state.
+
+use crate::ids::{Cents, HoldId, ProductId, Qty};
+use crate::payment::WebhookPayload;
+
+/// One thing the service is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create a product with an initial stock.
+    CreateProduct {
+        /// Display name.
+        name: String,
+        /// Price of one unit.
+        price_cents: Cents,
+        /// Initial stock.
+        stock: Qty,
+    },
+    /// Add units to a product's stock.
+    Restock {
+        /// The product.
+        product_id: ProductId,
+        /// Units added; at least one.
+        qty: Qty,
+    },
+    /// Hold `qty` units of a product for `ttl_ms`.
+    PlaceHold {
+        /// The product.
+        product_id: ProductId,
+        /// Units asked for.
+        qty: Qty,
+        /// How long the hold lasts.
+        ttl_ms: u64,
+    },
+    /// Turn a hold into an order that must be paid within `payment_window_ms`.
+    PlaceOrder {
+        /// The hold to consume.
+        hold_id: HoldId,
+        /// How long the order waits for its payment.
+        payment_window_ms: u64,
+    },
+    /// Apply a payment webhook.
+    ApplyWebhook(WebhookPayload),
+    /// Release every expired hold and cancel every order past its payment window.
+    Sweep,
+}

@@ -1,0 +1,281 @@
+//! Orders: turning a held hold into a sale, and the payment window that bounds how long an order
+//! may wait for its payment.
+//!
+//! Lifecycle: `PrePayment -> Paid | Cancelled`; both are final. Creating an order consumes its
+//! hold and moves the hold's units out of `stock` in the same transaction; cancelling it returns
+//! them, exactly once, because only a `PrePayment` order can be cancelled.
+
+use crate::hold::{Hold, HoldState};
+use crate::ids::{Cents, HoldId, OrderId, ProductId, Qty};
+use crate::outcome::Rejection;
+use crate::product::Product;
+use crate::time::{Timestamp, is_past};
+
+/// The shortest payment window accepted: one second.
+pub const PAYMENT_WINDOW_MS_MIN: u64 = 1_000;
+/// The longest payment window accepted: seven days.
+pub const PAYMENT_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// The default payment window: fifteen minutes.
+pub const PAYMENT_WINDOW_MS_DEFAULT: u64 = 15 * 60 * 1_000;
+
+const _: () = assert!(PAYMENT_WINDOW_MS_MIN <= PAYMENT_WINDOW_MS_DEFAULT);
+const _: () = assert!(PAYMENT_WINDOW_MS_DEFAULT <= PAYMENT_WINDOW_MS_MAX);
+
+/// Where an order is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OrderStatus {
+    /// Waiting for the payment webhook until `payment_due_at`.
+    PrePayment,
+    /// Paid; final.
+    Paid,
+    /// Payment failed or never came in time; its units went back to stock. Final.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Whether the status can never change again.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            OrderStatus::PrePayment => false,
+            OrderStatus::Paid | OrderStatus::Cancelled => true,
+        }
+    }
+
+    /// Whether the order's units count as sold (out of `stock`).
+    pub fn holds_units(self) -> bool {
+        match self {
+            OrderStatus::PrePayment | OrderStatus::Paid => true,
+            OrderStatus::Cancelled => false,
+        }
+    }
+}
+
+/// An order for the units of one hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// Its id.
+    pub id: OrderId,
+    /// The hold it consumed; one order per hold.
+    pub hold_id: HoldId,
+    /// The product sold.
+    pub product_id: ProductId,
+    /// Units sold, the hold's `qty`.
+    pub qty: Qty,
+    /// `price_cents * qty` at creation.
+    pub total_cents: Cents,
+    /// Lifecycle status.
+    pub status: OrderStatus,
+    /// When it was created, by the creating server's clock.
+    pub created_at: Timestamp,
+    /// When an unpaid order is cancelled; a `paid` webhook at or after it asks for a refund.
+    pub payment_due_at: Timestamp,
+}
+
+impl Order {
+    /// Whether it still waits for payment but its window has closed at `now`.
+    pub fn is_overdue(&self, now: Timestamp) -> bool {
+        self.status == OrderStatus::PrePayment && is_past(self.payment_due_at, now)
+    }
+}
+
+/// An order the decision creates; the store assigns its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewOrder {
+    /// The hold it consumes.
+    pub hold_id: HoldId,
+    /// The product sold.
+    pub product_id: ProductId,
+    /// Units sold.
+    pub qty: Qty,
+    /// `price_cents * qty`.
+    pub total_cents: Cents,
+    /// `PrePayment`, or `Paid` when a webhook created it.
+    pub status: OrderStatus,
+    /// `now` at the decision.
+    pub created_at: Timestamp,
+    /// `now + payment_window_ms`.
+    pub payment_due_at: Timestamp,
+}
+
+impl NewOrder {
+    /// The order this becomes once the store gave it `id`.
+    pub fn with_id(self, id: OrderId) -> Order {
+        Order {
+            id,
+            hold_id: self.hold_id,
+            product_id: self.product_id,
+            qty: self.qty,
+            total_cents: self.total_cents,
+            status: self.status,
+            created_at: self.created_at,
+            payment_due_at: self.payment_due_at,
+        }
+    }
+}
+
+/// The decision on an order request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderDecision {
+    /// The hold was already consumed by this order: answer it again, change nothing.
+    Existing(OrderId),
+    /// Create this order: consume the hold and take `qty` units out of the product's stock.
+    Create(NewOrder),
+}
+
+/// Checks a payment window before anything is read.
+///
+/// # Errors
+/// [`Rejection::InvalidPaymentWindow`] outside `PAYMENT_WINDOW_MS_MIN..=PAYMENT_WINDOW_MS_MAX`.
+pub fn validate_payment_window(payment_window_ms: u64) -> Result<(), Rejection> {
+    if (PAYMENT_WINDOW_MS_MIN..=PAYMENT_WINDOW_MS_MAX).contains(&payment_window_ms) {
+        Ok(())
+    } else {
+        Err(Rejection::InvalidPaymentWindow { payment_window_ms })
+    }
+}
+
+/// Decides an order for `hold` of `product` at `now`.
+///
+/// Checks, first failure wins: the window's range; the hold's state (a consumed hold answers its
+/// order, a released one is [`Rejection::HoldReleased`]); its deadline
+/// ([`Rejection::HoldExpired`], whatever clock made it look expired); the total's range.
+/// A rejection changes nothing, so an expired hold stays held until a sweep or a grant releases it.
+///
+/// # Errors
+/// As listed above.
+pub fn place_order(
+    hold: &Hold,
+    product: &Product,
+    now: Timestamp,
+    payment_window_ms: u64,
+) -> Result<OrderDecision, Rejection> {
+    assert_eq!(
+        hold.product_id, product.id,
+        "the caller read the hold's own product"
+    );
+    validate_payment_window(payment_window_ms)?;
+    match hold.state {
+        HoldState::Consumed(order_id) => return Ok(OrderDecision::Existing(order_id)),
+        HoldState::Released(_) => return Err(Rejection::HoldReleased { hold_id: hold.id }),
+        HoldState::Held => {}
+    }
+    if hold.is_expired(now) {
+        return Err(Rejection::HoldExpired { hold_id: hold.id });
+    }
+    let order = new_order(
+        hold,
+        product,
+        now,
+        OrderStatus::PrePayment,
+        payment_window_ms,
+    )?;
+    Ok(OrderDecision::Create(order))
+}
+
+/// The order that consumes `hold`, with the given status. Shared by [`place_order`] and the
+/// `paid`-before-order webhook, so an order is priced in one place.
+pub(crate) fn new_order(
+    hold: &Hold,
+    product: &Product,
+    now: Timestamp,
+    status: OrderStatus,
+    payment_window_ms: u64,
+) -> Result<NewOrder, Rejection> {
+    assert!(
+        hold.qty <= product.stock,
+        "invariant 1: a held hold's units are in stock"
+    );
+    let total_cents = product
+        .price_cents
+        .times(hold.qty)
+        .ok_or(Rejection::TotalOverflow { hold_id: hold.id })?;
+    Ok(NewOrder {
+        hold_id: hold.id,
+        product_id: product.id,
+        qty: hold.qty,
+        total_cents,
+        status,
+        created_at: now,
+        payment_due_at: now.saturating_add_ms(payment_window_ms),
+    })
+}
+
+/// The hold's state once `order` consumed it, and the product's stock after the sale.
+pub fn consume(product: &Product, order: &Order) -> (HoldState, Qty) {
+    let stock = product.stock.checked_sub(order.qty);
+    let stock = stock.unwrap_or_else(|| panic!("invariant 1: order {} exceeds stock", order.id));
+    (HoldState::Consumed(order.id), stock)
+}
+
+/// The product's stock after `order` is cancelled and its units returned.
+///
+/// Precondition: `order` is `PrePayment`, so its units are returned exactly once.
+pub fn cancel(product: &Product, order: &Order) -> Qty {
+    assert_eq!(
+        order.status,
+        OrderStatus::PrePayment,
+        "invariant 3: only a live order cancels"
+    );
+    let stock = product.stock.checked_add(order.qty);
+    stock.unwrap_or_else(|| panic!("invariant 2: returning order {} overflows stock", order.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold::{HoldGrant, ReleaseReason};
+
+    const PAYMENT_FAILED: HoldState = HoldState::Released(ReleaseReason::PaymentFailed);
+
+    fn product() -> Product {
+        Product {
+            id: ProductId(1),
+            name: "p".into(),
+            price_cents: Cents(500),
+            stock: Qty(3),
+            units_received: 3,
+        }
+    }
+
+    fn hold(state: HoldState) -> Hold {
+        let grant = HoldGrant {
+            qty: Qty(2),
+            created_at: Timestamp(0),
+            expires_at: Timestamp(100),
+        };
+        Hold {
+            state,
+            ..grant.with_id(HoldId(7), ProductId(1))
+        }
+    }
+
+    #[test]
+    fn a_held_hold_becomes_a_pre_payment_order_priced_at_qty_times_price() {
+        let decision = place_order(&hold(HoldState::Held), &product(), Timestamp(50), 1_000);
+        let Ok(OrderDecision::Create(order)) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(order.total_cents, Cents(1_000));
+        assert_eq!(order.status, OrderStatus::PrePayment);
+        assert_eq!(order.payment_due_at, Timestamp(1_050));
+    }
+
+    #[test]
+    fn expired_released_and_consumed_holds_are_answered_without_a_new_order() {
+        let p = product();
+        let expired = place_order(&hold(HoldState::Held), &p, Timestamp(100), 1_000);
+        assert_eq!(expired, Err(Rejection::HoldExpired { hold_id: HoldId(7) }));
+        let released = place_order(&hold(PAYMENT_FAILED), &p, Timestamp(0), 1_000);
+        assert_eq!(
+            released,
+            Err(Rejection::HoldReleased { hold_id: HoldId(7) })
+        );
+        let consumed = place_order(
+            &hold(HoldState::Consumed(OrderId(3))),
+            &p,
+            Timestamp(500),
+            1_000,
+        );
+        assert_eq!(consumed, Ok(OrderDecision::Existing(OrderId(3))));
+    }
+}

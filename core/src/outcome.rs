@@ -1,0 +1,174 @@
+//! What applying a command answers: an [`Outcome`] on success, a [`Rejection`] otherwise.
+//!
+//! A rejection is a value the caller matches on, never a panic, and it changes nothing. Checks run
+//! in a fixed order and the first failure wins: the request's own values (qty, ttl, window, name),
+//! then the existence of what it names (product, hold), then its state (released, expired,
+//! consumed), then stock, then numeric limits (overflow).
+
+use std::fmt;
+
+use crate::hold::Hold;
+use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::order::Order;
+use crate::payment::WebhookRecord;
+use crate::product::Product;
+
+/// What a successfully applied command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A product was created.
+    ProductCreated(Product),
+    /// A product was restocked; its new state.
+    Restocked(Product),
+    /// A hold was granted; `holds_released` lists the product's expired holds released first.
+    HoldPlaced {
+        /// The new hold.
+        hold: Hold,
+        /// Expired holds of the same product released by the same transaction.
+        holds_released: Vec<HoldId>,
+    },
+    /// An order for the hold exists: created now (`created`), or found from an earlier request.
+    OrderPlaced {
+        /// The order.
+        order: Order,
+        /// Whether this command created it.
+        created: bool,
+    },
+    /// A webhook was answered; `replayed` when the key was seen before with the same payload.
+    WebhookApplied {
+        /// The key's record.
+        record: WebhookRecord,
+        /// Whether this was a replay that changed nothing.
+        replayed: bool,
+    },
+    /// A sweep ran.
+    Swept {
+        /// Holds released because they expired.
+        holds_released: Vec<HoldId>,
+        /// Orders cancelled because their payment window closed.
+        orders_cancelled: Vec<OrderId>,
+    },
+}
+
+/// Why a command was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A quantity was zero or above its limit.
+    InvalidQty {
+        /// The quantity asked for.
+        qty: Qty,
+    },
+    /// A hold TTL was out of range.
+    InvalidTtl {
+        /// The TTL asked for.
+        ttl_ms: u64,
+    },
+    /// A payment window was out of range.
+    InvalidPaymentWindow {
+        /// The window asked for.
+        payment_window_ms: u64,
+    },
+    /// A product name was empty, blank or too long.
+    InvalidName,
+    /// No such product.
+    UnknownProduct {
+        /// The id asked for.
+        product_id: ProductId,
+    },
+    /// No such hold.
+    UnknownHold {
+        /// The id asked for.
+        hold_id: HoldId,
+    },
+    /// The hold was released (expired and swept, or its payment failed).
+    HoldReleased {
+        /// The hold.
+        hold_id: HoldId,
+    },
+    /// The hold's TTL has passed.
+    HoldExpired {
+        /// The hold.
+        hold_id: HoldId,
+    },
+    /// Fewer units are available than asked for.
+    InsufficientStock {
+        /// Units asked for.
+        requested: Qty,
+        /// Units available to this request.
+        available: Qty,
+    },
+    /// A restock would overflow the stock counters.
+    StockOverflow {
+        /// The product.
+        product_id: ProductId,
+    },
+    /// An order's total does not fit in 64 bits of cents.
+    TotalOverflow {
+        /// The hold being ordered.
+        hold_id: HoldId,
+    },
+    /// The webhook key was used before with another payload.
+    IdempotencyKeyReused {
+        /// The key.
+        key: IdempotencyKey,
+        /// The first payload field that differs.
+        field: &'static str,
+    },
+}
+
+impl Rejection {
+    /// A stable machine-readable code, as the HTTP API's problem documents carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InvalidQty { .. }
+            | Rejection::InvalidTtl { .. }
+            | Rejection::InvalidPaymentWindow { .. }
+            | Rejection::InvalidName
+            | Rejection::StockOverflow { .. }
+            | Rejection::TotalOverflow { .. } => "validation_failed",
+            Rejection::UnknownProduct { .. } => "unknown_product",
+            Rejection::UnknownHold { .. } => "unknown_hold",
+            Rejection::HoldReleased { .. } => "hold_released",
+            Rejection::HoldExpired { .. } => "hold_expired",
+            Rejection::InsufficientStock { .. } => "insufficient_stock",
+            Rejection::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::InvalidQty { qty } => write!(f, "qty {qty} is out of range"),
+            Rejection::InvalidTtl { ttl_ms } => write!(f, "hold ttl {ttl_ms} ms is out of range"),
+            Rejection::InvalidPaymentWindow { payment_window_ms } => {
+                write!(f, "payment window {payment_window_ms} ms is out of range")
+            }
+            Rejection::InvalidName => f.write_str("name must be 1 to 255 bytes and not blank"),
+            Rejection::UnknownProduct { product_id } => write!(f, "product {product_id} not found"),
+            Rejection::UnknownHold { hold_id } => write!(f, "hold {hold_id} not found"),
+            Rejection::HoldReleased { hold_id } => write!(f, "hold {hold_id} was released"),
+            Rejection::HoldExpired { hold_id } => write!(f, "hold {hold_id} has expired"),
+            Rejection::InsufficientStock {
+                requested,
+                available,
+            } => {
+                write!(f, "requested {requested} units, {available} available")
+            }
+            Rejection::StockOverflow { product_id } => {
+                write!(
+                    f,
+                    "restock would overflow the stock of product {product_id}"
+                )
+            }
+            Rejection::TotalOverflow { hold_id } => {
+                write!(f, "the total for hold {hold_id} is too large")
+            }
+            Rejection::IdempotencyKeyReused { key, field } => {
+                write!(f, "idempotency key {key} was used with another {field}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}

@@ -1,0 +1,391 @@
+//! Payment webhooks: the provider's `paid` or `failed` verdict on a hold, applied at most once
+//! per idempotency key.
+//!
+//! Each key gets one [`WebhookRecord`] holding a fingerprint of its payload and the result it was
+//! answered with. The same key with the same payload answers the stored record and changes
+//! nothing; the same key with another payload is [`Rejection::IdempotencyKeyReused`]. The record
+//! and its effect are written in one transaction, so a retry after a lost answer can never apply
+//! a webhook twice.
+//!
+//! What a new webhook does, by the hold's state (DESIGN.md):
+//!
+//! | hold / order                 | `paid`                              | `failed`                      |
+//! |------------------------------|-------------------------------------|-------------------------------|
+//! | unknown hold                 | `unmatched`                         | `unmatched`                   |
+//! | held, unexpired, no order    | order created paid: `applied`       | hold released: `applied`      |
+//! | held but expired, no order   | hold released: `refund_required`    | hold released: `applied`      |
+//! | released, no order           | `refund_required`                   | `already_applied`             |
+//! | order pre_payment, in window | order paid: `applied`               | order cancelled: `applied`    |
+//! | order pre_payment, overdue   | order cancelled: `refund_required`  | order cancelled: `applied`    |
+//! | order paid                   | `already_applied`                   | `conflict` (stays paid)       |
+//! | order cancelled              | `refund_required`                   | `already_applied`             |
+
+use std::fmt;
+
+use crate::hold::{Hold, HoldState, ReleaseReason};
+use crate::ids::{HoldId, IdempotencyKey, OrderId};
+use crate::order::{self, NewOrder, Order, OrderStatus};
+use crate::outcome::Rejection;
+use crate::product::Product;
+use crate::time::Timestamp;
+
+/// The provider's verdict. `cancelled` is accepted as an alias of `failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PaymentStatus {
+    /// The buyer paid.
+    Paid,
+    /// The payment failed or was cancelled.
+    Failed,
+}
+
+impl PaymentStatus {
+    /// Parses the API's words: `paid`, `failed`, or `cancelled` (an alias of `failed`).
+    pub fn parse(status: &str) -> Option<Self> {
+        match status {
+            "paid" => Some(PaymentStatus::Paid),
+            "failed" | "cancelled" => Some(PaymentStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// The canonical word, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Paid => "paid",
+            PaymentStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What the service answered a webhook with; stored with its record and answered again on replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WebhookResult {
+    /// It changed the order or hold as asked.
+    Applied,
+    /// The order or hold already was where the webhook asks it to be.
+    AlreadyApplied,
+    /// A `failed` verdict on a paid order; the order stays paid for a person to look at.
+    Conflict,
+    /// A `paid` verdict on a sale that no longer exists: the money must be refunded.
+    RefundRequired,
+    /// The hold is unknown; kept so the verdict is never silently dropped.
+    Unmatched,
+}
+
+impl WebhookResult {
+    /// The API's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Applied => "applied",
+            WebhookResult::AlreadyApplied => "already_applied",
+            WebhookResult::Conflict => "conflict",
+            WebhookResult::RefundRequired => "refund_required",
+            WebhookResult::Unmatched => "unmatched",
+        }
+    }
+
+    /// Parses a stored word.
+    pub fn parse(result: &str) -> Option<Self> {
+        [
+            WebhookResult::Applied,
+            WebhookResult::AlreadyApplied,
+            WebhookResult::Conflict,
+            WebhookResult::RefundRequired,
+            WebhookResult::Unmatched,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == result)
+    }
+}
+
+/// A webhook delivery, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookPayload {
+    /// The provider's idempotency key.
+    pub key: IdempotencyKey,
+    /// The hold the payment is for.
+    pub hold_id: HoldId,
+    /// The verdict.
+    pub status: PaymentStatus,
+}
+
+impl WebhookPayload {
+    /// The fingerprint of the fields that decide the webhook's meaning.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self.hold_id, self.status)
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of a payload's canonical form `"<hold_id>:<status>"`, so `failed`
+/// and `cancelled` fingerprint alike. Stable across builds and platforms: it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fingerprint(pub u64);
+
+impl Fingerprint {
+    /// The fingerprint of a payload with these fields.
+    pub fn of(hold_id: HoldId, status: PaymentStatus) -> Fingerprint {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let canonical = format!("{}:{}", hold_id.0, status.as_str());
+        let hash = canonical.bytes().fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+        Fingerprint(hash)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The stored record of one idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRecord {
+    /// The key; unique.
+    pub key: IdempotencyKey,
+    /// The payload's hold.
+    pub hold_id: HoldId,
+    /// The payload's verdict.
+    pub status: PaymentStatus,
+    /// The payload's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// What it was answered with.
+    pub result: WebhookResult,
+    /// The order it concerned, if there was one after it was applied.
+    pub order_id: Option<OrderId>,
+    /// When it was received, by the receiving server's clock.
+    pub received_at: Timestamp,
+}
+
+/// What applying a new webhook changes, besides storing its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookEffect {
+    /// Nothing but the record.
+    None,
+    /// Mark this `PrePayment` order paid.
+    PayOrder(OrderId),
+    /// Cancel this `PrePayment` order and return its units to stock.
+    CancelOrder(OrderId),
+    /// Create this order, already paid, consuming its hold and taking its units out of stock.
+    CreatePaidOrder(NewOrder),
+    /// Release this held hold.
+    ReleaseHold(HoldId, ReleaseReason),
+}
+
+/// The decision on one webhook delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookDecision {
+    /// The key was seen with the same payload: answer its record, change nothing.
+    Replay(WebhookRecord),
+    /// A new key: store the record (with the order id the effect leads to, where the store
+    /// assigns it for [`WebhookEffect::CreatePaidOrder`]) and apply the effect.
+    New {
+        /// The result to record and answer.
+        result: WebhookResult,
+        /// The order concerned, when it already exists.
+        order_id: Option<OrderId>,
+        /// The change to make.
+        effect: WebhookEffect,
+    },
+}
+
+/// Decides a webhook delivery.
+///
+/// Inputs are the rows the transaction read: the key's record if any, the hold if it exists, its
+/// order if any, and the hold's product (required when the hold exists). Checks, first failure
+/// wins: key (replay or [`Rejection::IdempotencyKeyReused`]), then the hold's existence, then its
+/// state as the module table says.
+///
+/// # Errors
+/// [`Rejection::IdempotencyKeyReused`] when the key was used with another payload, naming the
+/// first field that differs.
+pub fn decide_webhook(
+    record: Option<&WebhookRecord>,
+    payload: &WebhookPayload,
+    hold_and_product: Option<(&Hold, &Product)>,
+    order: Option<&Order>,
+    now: Timestamp,
+) -> Result<WebhookDecision, Rejection> {
+    if let Some(record) = record {
+        assert_eq!(
+            record.key, payload.key,
+            "the caller read the payload's own record"
+        );
+        return replay(record, payload);
+    }
+    let Some((hold, product)) = hold_and_product else {
+        return Ok(new(WebhookResult::Unmatched, None, WebhookEffect::None));
+    };
+    assert_eq!(
+        hold.id, payload.hold_id,
+        "the caller read the payload's own hold"
+    );
+    assert_eq!(
+        hold.product_id, product.id,
+        "the caller read the hold's own product"
+    );
+    match (hold.state, order) {
+        (HoldState::Consumed(order_id), Some(order)) => {
+            assert_eq!(order.id, order_id, "the caller read the hold's own order");
+            Ok(decide_for_order(order, payload.status, now))
+        }
+        (HoldState::Consumed(order_id), None) => {
+            panic!(
+                "invariant 3: hold {} consumed by missing order {order_id}",
+                hold.id
+            )
+        }
+        (HoldState::Held, _) => decide_for_held(hold, product, payload.status, now),
+        (HoldState::Released(_), _) => Ok(match payload.status {
+            PaymentStatus::Paid => new(WebhookResult::RefundRequired, None, WebhookEffect::None),
+            PaymentStatus::Failed => new(WebhookResult::AlreadyApplied, None, WebhookEffect::None),
+        }),
+    }
+}
+
+fn replay(record: &WebhookRecord, payload: &WebhookPayload) -> Result<WebhookDecision, Rejection> {
+    let field = if record.hold_id != payload.hold_id {
+        Some("hold_id")
+    } else if record.status != payload.status {
+        Some("status")
+    } else {
+        None
+    };
+    match field {
+        None => {
+            debug_assert_eq!(
+                record.fingerprint,
+                payload.fingerprint(),
+                "fields decide the print"
+            );
+            Ok(WebhookDecision::Replay(record.clone()))
+        }
+        Some(field) => Err(Rejection::IdempotencyKeyReused {
+            key: payload.key.clone(),
+            field,
+        }),
+    }
+}
+
+fn decide_for_order(order: &Order, status: PaymentStatus, now: Timestamp) -> WebhookDecision {
+    let id = Some(order.id);
+    match (order.status, status) {
+        (OrderStatus::PrePayment, PaymentStatus::Paid) if order.is_overdue(now) => new(
+            WebhookResult::RefundRequired,
+            id,
+            WebhookEffect::CancelOrder(order.id),
+        ),
+        (OrderStatus::PrePayment, PaymentStatus::Paid) => new(
+            WebhookResult::Applied,
+            id,
+            WebhookEffect::PayOrder(order.id),
+        ),
+        (OrderStatus::PrePayment, PaymentStatus::Failed) => new(
+            WebhookResult::Applied,
+            id,
+            WebhookEffect::CancelOrder(order.id),
+        ),
+        (OrderStatus::Paid, PaymentStatus::Paid)
+        | (OrderStatus::Cancelled, PaymentStatus::Failed) => {
+            new(WebhookResult::AlreadyApplied, id, WebhookEffect::None)
+        }
+        (OrderStatus::Paid, PaymentStatus::Failed) => {
+            new(WebhookResult::Conflict, id, WebhookEffect::None)
+        }
+        (OrderStatus::Cancelled, PaymentStatus::Paid) => {
+            new(WebhookResult::RefundRequired, id, WebhookEffect::None)
+        }
+    }
+}
+
+fn decide_for_held(
+    hold: &Hold,
+    product: &Product,
+    status: PaymentStatus,
+    now: Timestamp,
+) -> Result<WebhookDecision, Rejection> {
+    let release = |reason| WebhookEffect::ReleaseHold(hold.id, reason);
+    Ok(match status {
+        PaymentStatus::Paid if hold.is_expired(now) => {
+            // Released here, not left for the sweep: once the money is to be refunded, a clock
+            // that runs behind must not let an order consume the hold.
+            new(
+                WebhookResult::RefundRequired,
+                None,
+                release(ReleaseReason::Expired),
+            )
+        }
+        PaymentStatus::Paid => {
+            // The window is irrelevant for an order born paid; its due time is its creation.
+            let order = order::new_order(hold, product, now, OrderStatus::Paid, 0)?;
+            new(
+                WebhookResult::Applied,
+                None,
+                WebhookEffect::CreatePaidOrder(order),
+            )
+        }
+        PaymentStatus::Failed => new(
+            WebhookResult::Applied,
+            None,
+            release(ReleaseReason::PaymentFailed),
+        ),
+    })
+}
+
+fn new(result: WebhookResult, order_id: Option<OrderId>, effect: WebhookEffect) -> WebhookDecision {
+    WebhookDecision::New {
+        result,
+        order_id,
+        effect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancelled_is_failed_and_fingerprints_alike() {
+        assert_eq!(
+            PaymentStatus::parse("cancelled"),
+            Some(PaymentStatus::Failed)
+        );
+        assert_eq!(PaymentStatus::parse("PAID"), None);
+        let failed = Fingerprint::of(HoldId(1), PaymentStatus::Failed);
+        assert_eq!(
+            failed,
+            Fingerprint::of(HoldId(1), PaymentStatus::parse("cancelled").unwrap())
+        );
+        assert_ne!(failed, Fingerprint::of(HoldId(1), PaymentStatus::Paid));
+        assert_ne!(failed, Fingerprint::of(HoldId(2), PaymentStatus::Failed));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_across_builds() {
+        // Stored in databases: a change here would turn every replay into a key-reuse error.
+        // Known answer: FNV-1a 64 of "1:paid".
+        assert_eq!(
+            Fingerprint::of(HoldId(1), PaymentStatus::Paid).to_string(),
+            "4f45a7fa63333280"
+        );
+    }
+
+    #[test]
+    fn results_round_trip_through_their_words() {
+        for word in [
+            "applied",
+            "already_applied",
+            "conflict",
+            "refund_required",
+            "unmatched",
+        ] {
+            assert_eq!(
+                WebhookResult::parse(word).map(WebhookResult::as_str),
+                Some(word)
+            );
+        }
+        assert_eq!(WebhookResult::parse("ok"), None);
+    }
+}

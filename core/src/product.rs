@@ -1,0 +1,157 @@
+//! Products and their stock: creating one, restocking one, and the `available` rule.
+//!
+//! `stock` counts the units not yet sold; units on hold are still part of it. `units_received`
+//! counts every unit the product ever received (initial stock plus restocks), which is what the
+//! conservation invariant compares against.
+
+use crate::ids::{Cents, ProductId, Qty};
+use crate::outcome::Rejection;
+
+/// The longest product name accepted, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// A product on sale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    /// Its id.
+    pub id: ProductId,
+    /// Display name, 1 to [`NAME_BYTES_MAX`] bytes.
+    pub name: String,
+    /// Price of one unit.
+    pub price_cents: Cents,
+    /// Units not yet sold (held units included).
+    pub stock: Qty,
+    /// Units ever received: the initial stock plus every restock.
+    pub units_received: u64,
+}
+
+/// A validated request to create a product; the store assigns the id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewProduct {
+    /// Display name.
+    pub name: String,
+    /// Price of one unit.
+    pub price_cents: Cents,
+    /// Initial stock.
+    pub stock: Qty,
+}
+
+impl NewProduct {
+    /// The product this becomes once the store gave it `id`.
+    pub fn with_id(self, id: ProductId) -> Product {
+        Product {
+            id,
+            name: self.name,
+            price_cents: self.price_cents,
+            stock: self.stock,
+            units_received: u64::from(self.stock.0),
+        }
+    }
+}
+
+/// Decides a product creation: the name must be 1 to [`NAME_BYTES_MAX`] bytes and not blank.
+///
+/// # Errors
+/// [`Rejection::InvalidName`] for an empty, blank or too long name.
+pub fn create_product(name: &str, price_cents: Cents, stock: Qty) -> Result<NewProduct, Rejection> {
+    if name.trim().is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(Rejection::InvalidName);
+    }
+    Ok(NewProduct {
+        name: name.to_owned(),
+        price_cents,
+        stock,
+    })
+}
+
+/// Decides a restock of `qty` units: the product's new `(stock, units_received)`.
+///
+/// # Errors
+/// [`Rejection::InvalidQty`] for zero units; [`Rejection::StockOverflow`] if the new stock does
+/// not fit in a [`Qty`].
+pub fn restock(product: &Product, qty: Qty) -> Result<(Qty, u64), Rejection> {
+    validate_restock(qty)?;
+    let stock = product
+        .stock
+        .checked_add(qty)
+        .ok_or(Rejection::StockOverflow {
+            product_id: product.id,
+        })?;
+    let units_received =
+        product
+            .units_received
+            .checked_add(u64::from(qty.0))
+            .ok_or(Rejection::StockOverflow {
+                product_id: product.id,
+            })?;
+    Ok((stock, units_received))
+}
+
+/// Checks a restock's quantity before anything is read.
+///
+/// # Errors
+/// [`Rejection::InvalidQty`] for zero units.
+pub fn validate_restock(qty: Qty) -> Result<(), Rejection> {
+    if qty == Qty::ZERO {
+        Err(Rejection::InvalidQty { qty })
+    } else {
+        Ok(())
+    }
+}
+
+/// Units a buyer can still hold: `stock` minus the units of unexpired holds, never below zero.
+///
+/// `units_held` must count only holds in state held whose `expires_at` is still ahead of `now`.
+pub fn available(product: &Product, units_held: Qty) -> Qty {
+    product.stock.saturating_sub(units_held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(stock: u32) -> Product {
+        NewProduct {
+            name: "p".into(),
+            price_cents: Cents(1),
+            stock: Qty(stock),
+        }
+        .with_id(ProductId(1))
+    }
+
+    #[test]
+    fn blank_and_long_names_are_rejected() {
+        assert_eq!(
+            create_product(" ", Cents(1), Qty(1)),
+            Err(Rejection::InvalidName)
+        );
+        let long = "n".repeat(NAME_BYTES_MAX + 1);
+        assert_eq!(
+            create_product(&long, Cents(1), Qty(1)),
+            Err(Rejection::InvalidName)
+        );
+        assert!(create_product("Product 1", Cents(500), Qty(5)).is_ok());
+    }
+
+    #[test]
+    fn restock_adds_to_stock_and_units_received() {
+        assert_eq!(restock(&product(5), Qty(3)), Ok((Qty(8), 8)));
+        assert_eq!(
+            restock(&product(5), Qty(0)),
+            Err(Rejection::InvalidQty { qty: Qty(0) })
+        );
+        let overflow = restock(&product(u32::MAX), Qty(1));
+        assert_eq!(
+            overflow,
+            Err(Rejection::StockOverflow {
+                product_id: ProductId(1)
+            })
+        );
+    }
+
+    #[test]
+    fn available_never_goes_below_zero() {
+        assert_eq!(available(&product(5), Qty(2)), Qty(3));
+        assert_eq!(available(&product(1), Qty(2)), Qty(0));
+    }
+}

@@ -24,7 +24,7 @@ pub enum Outcome {
     HoldPlaced {
         /// The new hold.
         hold: Hold,
-        /// Expired holds of the same product released by the same transaction.
+        /// Expired holds of the same product released by the same transaction, by id.
         holds_released: Vec<HoldId>,
     },
     /// An order for the hold exists: created now (`created`), or found from an earlier request.
@@ -43,9 +43,9 @@ pub enum Outcome {
     },
     /// A sweep ran.
     Swept {
-        /// Holds released because they expired.
+        /// Holds released because they expired, by id.
         holds_released: Vec<HoldId>,
-        /// Orders cancelled because their payment window closed.
+        /// Orders cancelled because their payment window closed, by id.
         orders_cancelled: Vec<OrderId>,
     },
 }

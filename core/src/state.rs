@@ -224,7 +224,8 @@ impl Ledger {
         // rejection changes nothing.
         let units_held = self.units_held_live(product_id, now);
         let grant = hold::place_hold(product, units_held, qty, now, ttl_ms)?;
-        let expired = self.expired_holds(product_id, now);
+        let mut expired = self.expired_holds(product_id, now);
+        expired.sort_unstable();
         for &id in &expired {
             self.release_hold(id, ReleaseReason::Expired);
         }

@@ -1,0 +1,207 @@
+//! Properties over random histories built by random commands:
+//! - applying any webhook N times equals applying it once;
+//! - units are conserved: stock plus units sold equals the units received, counted from the
+//!   commands themselves rather than from the ledger's own counter;
+//! - a released hold can never be consumed, whatever `now` is passed later;
+//! - deciding a batch of hold requests equals applying them one by one.
+//!
+//! Cases: 1,000 per property by default; set `PROPTEST_CASES` for more.
+
+// Test arithmetic runs on small generated numbers; overflow would panic the test.
+#![allow(clippy::arithmetic_side_effects)]
+
+mod model;
+
+use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
+use flashsale_core::{
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Outcome, PaymentStatus, ProductId,
+    Qty, Rejection, Timestamp, WebhookPayload,
+};
+use proptest::prelude::*;
+
+/// A command over a small id space (products, holds and orders share one id sequence), with a
+/// time step that may go backwards.
+fn step() -> impl Strategy<Value = (i64, Command)> {
+    let key = (0u8..4).prop_map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("valid"));
+    let status = prop_oneof![Just(PaymentStatus::Paid), Just(PaymentStatus::Failed)];
+    let command = prop_oneof![
+        1 => (0u32..6).prop_map(|stock| Command::CreateProduct {
+            name: "P".into(), price_cents: Cents(100), stock: Qty(stock),
+        }),
+        1 => (1u64..4, 0u32..3).prop_map(|(p, qty)| Command::Restock {
+            product_id: ProductId(p), qty: Qty(qty),
+        }),
+        5 => (1u64..4, 1u32..3, 1_000u64..5_000).prop_map(|(p, qty, ttl_ms)| Command::PlaceHold {
+            product_id: ProductId(p), qty: Qty(qty), ttl_ms,
+        }),
+        3 => (1u64..30, 1_000u64..8_000).prop_map(|(h, w)| Command::PlaceOrder {
+            hold_id: HoldId(h), payment_window_ms: w,
+        }),
+        3 => (key, 1u64..30, status).prop_map(|(key, h, status)| {
+            Command::ApplyWebhook(WebhookPayload { key, hold_id: HoldId(h), status })
+        }),
+        1 => Just(Command::Sweep),
+    ];
+    (prop_oneof![4 => 0i64..3_000, 1 => -6_000i64..0], command)
+}
+
+/// Runs the steps from an empty ledger; returns the ledger and the final `now`.
+fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
+    let mut ledger = Ledger::new();
+    let mut now = 0u64;
+    for (dt, command) in steps {
+        now = now.saturating_add_signed(*dt);
+        let _ = ledger.apply(Timestamp(now), command.clone());
+    }
+    (ledger, Timestamp(now))
+}
+
+/// The rows of a ledger, for comparing two ledgers.
+fn rows(ledger: &Ledger) -> String {
+    let products: Vec<_> = ledger.products().collect();
+    let holds: Vec<_> = ledger.holds().collect();
+    let orders: Vec<_> = ledger.orders().collect();
+    let webhooks: Vec<_> = ledger.webhooks().collect();
+    format!("{products:?}\n{holds:?}\n{orders:?}\n{webhooks:?}")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(model::cases()))]
+
+    #[test]
+    fn applying_a_webhook_n_times_equals_applying_it_once(
+        history in proptest::collection::vec(step(), 0..40),
+        hold in 1u64..30,
+        paid in any::<bool>(),
+        repeats in proptest::collection::vec(-5_000i64..5_000, 1..5),
+    ) {
+        let (mut once, now) = run(&history);
+        let payload = WebhookPayload {
+            key: IdempotencyKey::parse("replayed").expect("valid"),
+            hold_id: HoldId(hold),
+            status: if paid { PaymentStatus::Paid } else { PaymentStatus::Failed },
+        };
+        let first = once.apply(now, Command::ApplyWebhook(payload.clone()));
+        let mut many = once.clone();
+        for dt in repeats {
+            let later = Timestamp(now.as_ms().saturating_add_signed(dt));
+            let again = many.apply(later, Command::ApplyWebhook(payload.clone()));
+            match (&first, &again) {
+                (Ok(Outcome::WebhookApplied { record: a, .. }),
+                 Ok(Outcome::WebhookApplied { record: b, replayed: true })) => {
+                    prop_assert_eq!(a, b);
+                }
+                other => prop_assert!(false, "replay answered differently: {:?}", other),
+            }
+        }
+        prop_assert_eq!(rows(&once), rows(&many));
+    }
+
+    #[test]
+    fn units_are_conserved_against_the_commands_themselves(
+        history in proptest::collection::vec(step(), 0..60),
+    ) {
+        let mut ledger = Ledger::new();
+        let mut now = 0u64;
+        let mut received: std::collections::BTreeMap<ProductId, u64> = Default::default();
+        for (dt, command) in history {
+            now = now.saturating_add_signed(dt);
+            let restock_qty = match &command {
+                Command::Restock { qty, .. } => u64::from(qty.0),
+                _ => 0,
+            };
+            match ledger.apply(Timestamp(now), command) {
+                Ok(Outcome::ProductCreated(p)) => {
+                    received.insert(p.id, u64::from(p.stock.0));
+                }
+                Ok(Outcome::Restocked(p)) => {
+                    *received.entry(p.id).or_insert(0) += restock_qty;
+                }
+                _ => {}
+            }
+            // Recompute from scratch: stock plus units in live orders is every unit received.
+            for product in ledger.products() {
+                let sold: u64 = ledger
+                    .orders()
+                    .filter(|o| o.product_id == product.id && o.status.holds_units())
+                    .map(|o| u64::from(o.qty.0))
+                    .sum();
+                let held: u64 = ledger
+                    .holds()
+                    .filter(|h| h.product_id == product.id && h.state == HoldState::Held)
+                    .map(|h| u64::from(h.qty.0))
+                    .sum();
+                let expected = received.get(&product.id).copied();
+                prop_assert_eq!(Some(u64::from(product.stock.0) + sold), expected);
+                prop_assert_eq!(Some(product.units_received), expected);
+                prop_assert!(held <= u64::from(product.stock.0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_released_hold_can_never_be_consumed_whatever_now_is_passed_later(
+        history in proptest::collection::vec(step(), 0..50),
+        probes in proptest::collection::vec(prop_oneof![
+            Just(0u64), 0u64..200_000, Just(u64::MAX)], 1..6),
+    ) {
+        let (mut ledger, _) = run(&history);
+        let released: Vec<HoldId> = ledger
+            .holds()
+            .filter(|h| matches!(h.state, HoldState::Released(_)))
+            .map(|h| h.id)
+            .collect();
+        for hold_id in released {
+            for (i, &at) in probes.iter().enumerate() {
+                let order = ledger.apply(
+                    Timestamp(at),
+                    Command::PlaceOrder { hold_id, payment_window_ms: 60_000 },
+                );
+                prop_assert_eq!(order, Err(Rejection::HoldReleased { hold_id }));
+                let key = IdempotencyKey::parse(&format!("probe-{hold_id}-{i}")).expect("valid");
+                let paid = WebhookPayload { key, hold_id, status: PaymentStatus::Paid };
+                let _ = ledger.apply(Timestamp(at), Command::ApplyWebhook(paid));
+                let state = ledger.hold(hold_id).map(|h| h.state);
+                prop_assert!(matches!(state, Some(HoldState::Released(_))), "{:?}", state);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_hold_requests_decides_as_one_by_one(
+        stock in 0u32..20,
+        held_before in proptest::collection::vec(1u32..4, 0..4),
+        requests in proptest::collection::vec(0u32..6, 0..12),
+    ) {
+        let mut ledger = Ledger::new();
+        let now = Timestamp(1_000);
+        let create = Command::CreateProduct {
+            name: "P".into(), price_cents: Cents(1), stock: Qty(stock),
+        };
+        let Ok(Outcome::ProductCreated(product)) = ledger.apply(now, create) else {
+            return Err(TestCaseError::fail("product not created"));
+        };
+        let hold = |qty| Command::PlaceHold {
+            product_id: product.id, qty: Qty(qty), ttl_ms: HOLD_TTL_MS_DEFAULT,
+        };
+        for qty in held_before {
+            let _ = ledger.apply(now, hold(qty));
+        }
+        let product_now = ledger.product(product.id).cloned().expect("exists");
+        let units_held = product_now.stock.saturating_sub(
+            ledger.available(product.id, now).expect("exists"));
+        let requests: Vec<Qty> = requests.into_iter().map(Qty).collect();
+        let batch = hold::place_holds(&product_now, units_held, &requests, now, HOLD_TTL_MS_DEFAULT);
+        for (request, decided) in requests.iter().zip(batch) {
+            let one = ledger.apply(now, hold(request.0));
+            match (decided, one) {
+                (Ok(grant), Ok(Outcome::HoldPlaced { hold, .. })) => {
+                    prop_assert_eq!(grant.qty, hold.qty);
+                    prop_assert_eq!(grant.expires_at, hold.expires_at);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                other => prop_assert!(false, "batch and one-by-one differ: {:?}", other),
+            }
+        }
+    }
+}

@@ -1,1 +1,5 @@
 //! flashsale server
+#[cfg(feature = "sql")]
+pub mod problem;
+#[cfg(feature = "sql")]
+pub mod signature;

@@ -1,0 +1,945 @@
+//! Errors on the wire: RFC 9457 `application/problem+json` bodies, the one `recover` function
+//! that turns every warp rejection into such a body, and the JSON request-body filter whose
+//! failures (too large, not JSON, malformed, ill-typed) are the most common client errors.
+//! Every problem carries a stable `code` member that clients can match on, and a `message`
+//! member equal to `detail` because the original Laravel service answered with `message` and
+//! existing clients read it. Keeping body decoding here means every route refuses bad bodies
+//! with the same status and code, and the fuzz targets can drive [`parse_json`] directly.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::{poll_fn, ready};
+use std::pin::pin;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::error::Category;
+use serde_json::{Map, Value};
+use warp::http::header::CONTENT_TYPE;
+use warp::http::{HeaderValue, StatusCode};
+use warp::{Filter, Rejection, Reply, Stream};
+
+/// Largest request body any route accepts, in bytes. The API's bodies are a few small fields,
+/// so 16 KiB is generous for clients and keeps a flood of large bodies from costing memory.
+pub const BODY_BYTES_MAX: u64 = 16 * 1024;
+
+/// The media type of every error response (RFC 9457, section 3).
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// The RFC 9457 `type` for problems that need no more semantics than their status code (the
+/// stable `code` member distinguishes them); with it, `title` is the status's reason phrase.
+pub const ABOUT_BLANK: &str = "about:blank";
+
+/// Longest `detail` we send for a body that failed to decode. serde's messages quote the
+/// offending value, which may be most of a 16 KiB body; the client already has that value.
+const DETAIL_BYTES_MAX: usize = 256;
+
+/// Member names the problem itself writes; `extra` members with these names are dropped so a
+/// handler can never send a body whose `status` disagrees with the response's status.
+const RESERVED_MEMBERS: [&str; 6] = ["type", "title", "status", "detail", "code", "message"];
+
+/// One RFC 9457 problem. Serializes as
+/// `{"type", "title", "status", "detail", "code", "message", ...extra}`.
+///
+/// Build it with [`Problem::new`] and the `with_*` methods; answer it directly (it is a
+/// [`Reply`]) or reject with it (`Err(problem.into())` in a handler) and let [`recover`] answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// HTTP status. A value that is not a valid status code is answered as 500.
+    pub status: u16,
+    /// Stable machine-readable code, e.g. `insufficient_stock`; part of the API contract.
+    pub code: &'static str,
+    /// RFC 9457 `type`: [`ABOUT_BLANK`] unless set with [`Problem::with_type`].
+    pub type_uri: &'static str,
+    /// Short human-readable summary of the problem type; not for this occurrence's details.
+    pub title: Cow<'static, str>,
+    /// Human-readable explanation of this occurrence; also sent as `message`.
+    pub detail: String,
+    /// Extension members merged at the top level, e.g. `available` or `field`.
+    pub extra: Option<Map<String, Value>>,
+}
+
+impl Problem {
+    /// A problem of type `about:blank` whose title is the status's reason phrase.
+    pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Self {
+        let title = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("Error");
+        Self {
+            status,
+            code,
+            type_uri: ABOUT_BLANK,
+            title: Cow::Borrowed(title),
+            detail: detail.into(),
+            extra: None,
+        }
+    }
+
+    /// Sets the RFC 9457 `type` (an absolute URI, e.g. `urn:flashsale:problem:...`) and the
+    /// title that goes with it: a non-blank type should carry its own title.
+    pub fn with_type(
+        mut self,
+        type_uri: &'static str,
+        title: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        self.type_uri = type_uri;
+        self.title = title.into();
+        self
+    }
+
+    /// Adds an extension member at the top level of the body, replacing an earlier one with
+    /// the same name. Names of the standard members (`status`, `code`, ...) are ignored.
+    pub fn with_member(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.extra
+            .get_or_insert_with(Map::new)
+            .insert(name.into(), value.into());
+        self
+    }
+
+    /// The status as a typed code; 500 if `status` is not a valid HTTP status.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// 500 `internal`. The detail is deliberately generic: the cause goes to the log, never
+    /// to the client.
+    pub fn internal() -> Self {
+        Self::new(500, "internal", "The server failed to handle the request.")
+    }
+
+    /// 400 `malformed_json`: the body is not syntactically valid JSON.
+    pub fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(400, "malformed_json", detail)
+    }
+
+    /// 422 `validation_failed`, naming the offending field when it is known.
+    pub fn validation_failed(detail: impl Into<String>, field: Option<String>) -> Self {
+        let problem = Self::new(422, "validation_failed", detail);
+        match field {
+            Some(field) => problem.with_member("field", field),
+            None => problem,
+        }
+    }
+
+    /// 413 `payload_too_large`, stating the limit so a client knows what to send instead.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("The request body is larger than {BODY_BYTES_MAX} bytes."),
+        )
+        .with_member("limit_bytes", BODY_BYTES_MAX)
+    }
+
+    /// 415 `unsupported_media_type`: the body is not declared as JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            415,
+            "unsupported_media_type",
+            "The request body must be JSON, sent with Content-Type: application/json.",
+        )
+    }
+
+    /// Wraps the problem in a rejection that [`recover`] answers unchanged.
+    pub fn into_rejection(self) -> Rejection {
+        warp::reject::custom(ProblemRejection(self))
+    }
+}
+
+impl From<Problem> for Rejection {
+    fn from(problem: Problem) -> Self {
+        problem.into_rejection()
+    }
+}
+
+impl Serialize for Problem {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("type", self.type_uri)?;
+        map.serialize_entry("title", &self.title)?;
+        map.serialize_entry("status", &self.status_code().as_u16())?;
+        map.serialize_entry("detail", &self.detail)?;
+        map.serialize_entry("code", self.code)?;
+        map.serialize_entry("message", &self.detail)?;
+        for (name, value) in self.extra.iter().flatten() {
+            if !RESERVED_MEMBERS.contains(&name.as_str()) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Reply for Problem {
+    fn into_response(self) -> warp::reply::Response {
+        let status = self.status_code();
+        let body = match serde_json::to_vec(&self) {
+            Ok(body) => body,
+            // Unreachable with string keys and `Value`s, but an error path must not panic.
+            Err(err) => {
+                tracing::error!(error = %err, code = self.code, "problem failed to serialize");
+                br#"{"type":"about:blank","status":500,"code":"internal"}"#.to_vec()
+            }
+        };
+        let mut response = warp::reply::Response::new(body.into());
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        response
+    }
+}
+
+/// A rejection carrying a [`Problem`], for handlers and filters that refuse a request with a
+/// specific status and code. [`recover`] answers it exactly as built.
+#[derive(Debug)]
+pub struct ProblemRejection(pub Problem);
+
+impl warp::reject::Reject for ProblemRejection {}
+
+/// Turns any rejection into a problem+json reply; install it once with `.recover(recover)` on
+/// the whole route tree.
+///
+/// A [`ProblemRejection`] wins over everything else: it means a route matched and refused the
+/// request on purpose, while the other rejections in a combined one come from routes that
+/// did not match. warp's own rejections map to stable codes: `not_found` (404),
+/// `method_not_allowed` (405), `payload_too_large` (413), `unsupported_media_type` (415),
+/// `length_required` (411), `malformed_json`, `missing_header`, `invalid_header`,
+/// `invalid_query`, `missing_cookie` (400) and `cors_forbidden` (403). Anything else is a bug
+/// on our side: logged at error level and answered 500 `internal` without details.
+///
+/// Routes should match the path before the method: warp reports 405 whenever some route's
+/// method filter refused, even if no route has that path.
+pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
+    Ok(problem_for(&rejection))
+}
+
+fn problem_for(rejection: &Rejection) -> Problem {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingCookie,
+        MissingHeader, PayloadTooLarge, UnsupportedMediaType,
+    };
+
+    if let Some(ProblemRejection(problem)) = rejection.find() {
+        return problem.clone();
+    }
+    if rejection.is_not_found() {
+        return Problem::new(404, "not_found", "No resource exists at this path.");
+    }
+    // Ordered from the most to the least specific, as warp itself prefers them: a route that
+    // got as far as the body outranks one that only refused the method.
+    if rejection.find::<PayloadTooLarge>().is_some() {
+        return Problem::payload_too_large();
+    }
+    if rejection.find::<UnsupportedMediaType>().is_some() {
+        return Problem::unsupported_media_type();
+    }
+    if rejection.find::<LengthRequired>().is_some() {
+        return Problem::new(
+            411,
+            "length_required",
+            "A Content-Length header is required.",
+        );
+    }
+    if let Some(err) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        return Problem::malformed_json(truncated(err.to_string()));
+    }
+    if let Some(err) = rejection.find::<MissingHeader>() {
+        return Problem::new(
+            400,
+            "missing_header",
+            format!("Missing header {}.", err.name()),
+        )
+        .with_member("header", err.name());
+    }
+    if let Some(err) = rejection.find::<InvalidHeader>() {
+        return Problem::new(
+            400,
+            "invalid_header",
+            format!("Invalid header {}.", err.name()),
+        )
+        .with_member("header", err.name());
+    }
+    if rejection.find::<InvalidQuery>().is_some() {
+        return Problem::new(400, "invalid_query", "The query string is invalid.");
+    }
+    if let Some(err) = rejection.find::<MissingCookie>() {
+        return Problem::new(
+            400,
+            "missing_cookie",
+            format!("Missing cookie {}.", err.name()),
+        );
+    }
+    if rejection
+        .find::<warp::filters::cors::CorsForbidden>()
+        .is_some()
+    {
+        return Problem::new(403, "cors_forbidden", "The CORS request is not allowed.");
+    }
+    if rejection.find::<MethodNotAllowed>().is_some() {
+        return Problem::new(
+            405,
+            "method_not_allowed",
+            "This path does not accept that method.",
+        );
+    }
+    tracing::error!(?rejection, "unhandled rejection answered 500");
+    Problem::internal()
+}
+
+/// Extracts a JSON body as `T`: [`json_bytes`] followed by [`parse_json`].
+///
+/// Rejects with a [`ProblemRejection`]: 413 `payload_too_large` over [`BODY_BYTES_MAX`] bytes
+/// (declared or actually sent), 415 `unsupported_media_type` unless the content type is JSON,
+/// 400 `malformed_json` for invalid JSON, 422 `validation_failed` (with `field` when known)
+/// for JSON of the wrong shape.
+pub fn json_body<T: DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    json_bytes().and_then(|body: Bytes| ready(parse_json::<T>(&body).map_err(Rejection::from)))
+}
+
+/// Extracts the raw bytes of a JSON body, for routes that must see the body exactly as sent
+/// before parsing it (the payment webhook computes its signature over these bytes).
+///
+/// Checks, in order: a declared `Content-Length` over [`BODY_BYTES_MAX`] (413, before reading
+/// anything); the content type (415); then reads the body, refusing it (413) as soon as more
+/// than [`BODY_BYTES_MAX`] bytes arrive. The second limit is the one that holds: a chunked
+/// HTTP/1.1 body or an HTTP/2 body has no `Content-Length`, and `warp::body::bytes()` would
+/// buffer it whole, however large.
+pub fn json_bytes() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    declared_length_within_limit()
+        .and(json_content_type())
+        .and(warp::body::stream())
+        .and_then(|body| read_capped(body, BODY_BYTES_MAX))
+}
+
+/// Parses `body` as JSON into `T`.
+///
+/// # Errors
+/// 400 `malformed_json` when `body` is not one syntactically valid JSON value (including an
+/// empty body and trailing characters); 422 `validation_failed` when it is valid JSON that
+/// does not fit `T` (wrong type, missing or unknown field, integer out of range), with a
+/// `field` member such as `qty` or `items[1].qty` when the position names one.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    // Syntax is checked over the whole body first: serde_json reports the first error it
+    // meets, so `{"qty":"x", oops` would otherwise be called ill-typed (422) when it is not
+    // even JSON (400).
+    if let Err(err) = serde_json::from_slice::<IgnoredAny>(body) {
+        return Err(Problem::malformed_json(truncated(err.to_string())));
+    }
+    serde_json::from_slice::<T>(body).map_err(|err| match err.classify() {
+        Category::Data => {
+            let message = message_without_position(&err);
+            let field = field_path(body, &err, &message);
+            Problem::validation_failed(truncated(message), field)
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            Problem::malformed_json(truncated(err.to_string()))
+        }
+    })
+}
+
+/// 413 before reading the body when its declared length is already over the limit. A missing
+/// header is fine here (chunked or HTTP/2 body); [`read_capped`] enforces the limit then.
+fn declared_length_within_limit() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(|length: Option<u64>| {
+            ready(match length {
+                Some(length) if length > BODY_BYTES_MAX => {
+                    Err(Rejection::from(Problem::payload_too_large()))
+                }
+                _ => Ok(()),
+            })
+        })
+        .untuple_one()
+}
+
+/// 415 unless the `Content-Type` is JSON. Unlike `warp::body::json()`, a missing header is
+/// refused too: guessing would accept form posts and `text/plain` bodies that browsers send
+/// cross-origin without a CORS preflight.
+fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        // Only a value that is not visible ASCII fails here; it cannot name JSON, so it gets
+        // the same 415 as any other non-JSON type rather than a 400 about the header.
+        .or_else(|_| ready(Ok::<_, Rejection>((None,))))
+        .and_then(|content_type: Option<String>| {
+            ready(if content_type.as_deref().is_some_and(is_json_media_type) {
+                Ok(())
+            } else {
+                Err(Rejection::from(Problem::unsupported_media_type()))
+            })
+        })
+        .untuple_one()
+}
+
+/// `application/json` or `application/<anything>+json` (RFC 6839), case-insensitive, with
+/// an optional `charset` parameter that must be UTF-8 (RFC 8259 requires it); other
+/// parameters are ignored.
+fn is_json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(("application", subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let json = subtype == "json"
+        || subtype
+            .strip_suffix("+json")
+            .is_some_and(|prefix| !prefix.is_empty());
+    json && parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => charset
+            .trim()
+            .trim_matches('"')
+            .eq_ignore_ascii_case("utf-8"),
+        _ => true,
+    })
+}
+
+/// Collects `body`, failing with 413 as soon as it exceeds `limit` bytes, so an oversized
+/// body is never buffered beyond the limit plus one chunk.
+async fn read_capped<S, B>(body: S, limit: u64) -> Result<Bytes, Rejection>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(|err| {
+            // The client went away or broke the framing; nobody may be left to read this.
+            tracing::debug!(error = %err, "request body read failed");
+            Problem::new(
+                400,
+                "body_read_failed",
+                "The request body could not be read.",
+            )
+        })?;
+        if chunk.remaining() > limit.saturating_sub(collected.len()) {
+            return Err(Problem::payload_too_large().into());
+        }
+        collected.put(chunk);
+    }
+    Ok(collected.freeze())
+}
+
+/// serde_json's message without its ` at line L column C` suffix: a 422 names the field
+/// instead, which means more to a client than a byte position.
+fn message_without_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    match message.strip_suffix(&suffix) {
+        Some(stripped) => stripped.to_owned(),
+        None => message,
+    }
+}
+
+/// The path of the field a data error is about, e.g. `qty` or `items[1].qty`.
+///
+/// serde_json's messages name the field only for `missing field` (and `unknown field`), but
+/// every error carries the position where it was detected. The body has already passed the
+/// syntax check, so a small scanner can replay it up to that position and report the object
+/// keys and array indexes it is inside. A missing field is reported just past the closing
+/// brace of its object, so the scan yields the parent's path and the name comes from the
+/// message.
+fn field_path(body: &[u8], err: &serde_json::Error, message: &str) -> Option<String> {
+    let offset = byte_offset(body, err.line(), err.column())?;
+    let mut path = path_at(body, offset);
+    if let Some(name) = backticked_after(message, "missing field `") {
+        path.push(Segment::Key(name.to_owned()));
+    }
+    render_path(&path)
+}
+
+/// One step of a path into a JSON document.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A container the scanner is inside: an object with its current key, or an array with the
+/// index of the current element.
+enum Frame {
+    Object {
+        key: Option<String>,
+        expect_key: bool,
+    },
+    Array {
+        index: usize,
+    },
+}
+
+/// Scans `body[..end]` and returns the path of keys and indexes open at `end`.
+fn path_at(body: &[u8], end: usize) -> Vec<Segment> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut string_start: Option<usize> = None;
+    let mut escaped = false;
+    for (i, &byte) in body.iter().enumerate().take(end) {
+        if let Some(start) = string_start {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                string_start = None;
+                if let Some(Frame::Object { key, expect_key }) = stack.last_mut()
+                    && *expect_key
+                {
+                    // Decoding the quoted text resolves escapes; it parsed once already.
+                    *key = body
+                        .get(start..=i)
+                        .and_then(|raw| serde_json::from_slice(raw).ok());
+                    *expect_key = false;
+                }
+            }
+            continue;
+        }
+        match byte {
+            b'"' => string_start = Some(i),
+            b'{' => stack.push(Frame::Object {
+                key: None,
+                expect_key: true,
+            }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object { key, expect_key }) => {
+                    *key = None;
+                    *expect_key = true;
+                }
+                Some(Frame::Array { index }) => *index = index.saturating_add(1),
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    stack
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Object { key, .. } => key.map(Segment::Key),
+            Frame::Array { index } => Some(Segment::Index(index)),
+        })
+        .collect()
+}
+
+fn render_path(path: &[Segment]) -> Option<String> {
+    let mut rendered = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) if rendered.is_empty() => rendered.push_str(key),
+            Segment::Key(key) => {
+                rendered.push('.');
+                rendered.push_str(key);
+            }
+            Segment::Index(index) => rendered.push_str(&format!("[{index}]")),
+        }
+    }
+    (!rendered.is_empty()).then_some(rendered)
+}
+
+/// Byte offset of serde_json's 1-based `line` and 0-based byte `column`; `None` when the
+/// error has no position (line 0) or the position is outside `body`.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> Option<usize> {
+    let line_start = match line.checked_sub(2) {
+        None if line == 0 => return None,
+        None => 0,
+        Some(newlines_before) => {
+            let (newline, _) = body
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b == b'\n')
+                .nth(newlines_before)?;
+            newline.checked_add(1)?
+        }
+    };
+    let offset = line_start.checked_add(column)?;
+    (offset <= body.len()).then_some(offset)
+}
+
+/// The text between `prefix` and the next backtick in `message`, e.g. the field name in
+/// serde's "missing field `qty`".
+fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+/// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
+fn truncated(mut text: String) -> String {
+    if text.len() > DETAIL_BYTES_MAX {
+        let cut = (0..=DETAIL_BYTES_MAX)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct QtyBody {
+        qty: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ItemsBody {
+        #[allow(dead_code)] // Only the decoding is under test.
+        items: Vec<QtyBody>,
+    }
+
+    /// `POST /api/qty` echoing the decoded qty, behind the shared `recover`.
+    fn qty_route() -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+        warp::path!("api" / "qty")
+            .and(warp::post())
+            .and(json_body::<QtyBody>())
+            .map(|body: QtyBody| warp::reply::json(&body.qty))
+            .recover(recover)
+    }
+
+    async fn post_qty(content_type: Option<&str>, body: impl AsRef<[u8]>) -> (u16, Value) {
+        let mut request = warp::test::request()
+            .method("POST")
+            .path("/api/qty")
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.reply(&qty_route()).await;
+        let status = response.status().as_u16();
+        let json = serde_json::from_slice(response.body()).expect("every answer is JSON");
+        (status, json)
+    }
+
+    async fn post_json(body: &str) -> (u16, Value) {
+        post_qty(Some("application/json"), body).await
+    }
+
+    #[tokio::test]
+    async fn valid_body_is_decoded() {
+        assert_eq!(post_json(r#"{"qty":3}"#).await, (200, Value::from(3)));
+    }
+
+    #[tokio::test]
+    async fn problem_responses_are_problem_json_with_code_and_message() {
+        let response = warp::test::request()
+            .method("POST")
+            .path("/api/qty")
+            .header("content-type", "application/json")
+            .body("{bad")
+            .reply(&qty_route())
+            .await;
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_CONTENT_TYPE);
+        let body: Value = serde_json::from_slice(response.body()).expect("problem is JSON");
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["title"], "Bad Request");
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["code"], "malformed_json");
+        assert_eq!(body["message"], body["detail"]);
+    }
+
+    #[tokio::test]
+    async fn body_at_the_limit_is_accepted() {
+        let prefix = r#"{"qty":3}"#;
+        let padding = usize::try_from(BODY_BYTES_MAX).expect("fits") - prefix.len();
+        let body = format!("{prefix}{}", " ".repeat(padding));
+        assert_eq!(post_json(&body).await, (200, Value::from(3)));
+    }
+
+    #[tokio::test]
+    async fn body_over_the_limit_is_413() {
+        let body = format!(r#"{{"qty":3}}{}"#, " ".repeat(16 * 1024));
+        let (status, problem) = post_json(&body).await;
+        assert_eq!(status, 413);
+        assert_eq!(problem["code"], "payload_too_large");
+        assert_eq!(problem["limit_bytes"], BODY_BYTES_MAX);
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_413_before_the_content_type_check() {
+        let response = warp::test::request()
+            .method("POST")
+            .path("/api/qty")
+            .header("content-type", "text/plain")
+            .body("x")
+            .header("content-length", (BODY_BYTES_MAX + 1).to_string())
+            .reply(&qty_route())
+            .await;
+        assert_eq!(response.status(), 413);
+    }
+
+    #[tokio::test]
+    async fn non_json_content_types_are_415() {
+        for content_type in [
+            Some("text/plain"),
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some("application/jsonx"),
+            Some("application/+json"),
+            Some("json"),
+            Some(""),
+            Some("application/json; charset=iso-8859-1"),
+        ] {
+            let (status, problem) = post_qty(content_type, r#"{"qty":3}"#).await;
+            assert_eq!(status, 415, "content type {content_type:?}");
+            assert_eq!(problem["code"], "unsupported_media_type");
+        }
+    }
+
+    #[tokio::test]
+    async fn json_content_type_variants_are_accepted() {
+        for content_type in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "Application/JSON",
+            "application/merge-patch+json",
+            "application/vnd.flashsale.v1+json; charset=utf-8",
+        ] {
+            let (status, _) = post_qty(Some(content_type), r#"{"qty":3}"#).await;
+            assert_eq!(status, 200, "content type {content_type:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400() {
+        for body in [
+            "{bad",
+            "",
+            "{\"qty\":3",
+            "{\"qty\":3} trailing",
+            "{\"qty\":\"x\", oops",
+        ] {
+            let (status, problem) = post_json(body).await;
+            assert_eq!(status, 400, "body {body:?}");
+            assert_eq!(problem["code"], "malformed_json", "body {body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ill_typed_values_are_422_naming_the_field() {
+        for body in [
+            r#"{"qty":"x"}"#,
+            r#"{"qty":-1}"#,
+            r#"{"qty":1.5}"#,
+            r#"{"qty":99999999999}"#,
+            r#"{"qty":null}"#,
+            "{\n  \"qty\":\n    true\n}",
+        ] {
+            let (status, problem) = post_json(body).await;
+            assert_eq!(status, 422, "body {body:?}");
+            assert_eq!(problem["code"], "validation_failed", "body {body:?}");
+            assert_eq!(problem["field"], "qty", "body {body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn validation_detail_has_no_byte_position() {
+        let (_, problem) = post_json(r#"{"qty":"x"}"#).await;
+        assert_eq!(
+            problem["detail"],
+            r#"invalid type: string "x", expected u32"#
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_field_is_422_naming_it() {
+        let (status, problem) = post_json("{}").await;
+        assert_eq!(status, 422);
+        assert_eq!(problem["field"], "qty");
+    }
+
+    #[tokio::test]
+    async fn unknown_field_is_422_naming_it() {
+        let (status, problem) = post_json(r#"{"qty":1,"extra":2}"#).await;
+        assert_eq!(status, 422);
+        assert_eq!(problem["field"], "extra");
+    }
+
+    #[tokio::test]
+    async fn wrong_top_level_type_is_422_without_a_field() {
+        let (status, problem) = post_json("[]").await;
+        assert_eq!(status, 422);
+        assert!(problem.get("field").is_none(), "{problem}");
+    }
+
+    #[test]
+    fn nested_fields_are_named_by_path() {
+        let cases = [
+            (r#"{"items":[{"qty":1},{"qty":"x"}]}"#, "items[1].qty"),
+            (r#"{"items":[{"qty":1},{}]}"#, "items[1].qty"),
+            (r#"{"items":[{"qty":1,"x\"y":2}]}"#, "items[0].x\"y"),
+            (r#"{"items":{}}"#, "items"),
+        ];
+        for (body, field) in cases {
+            let problem = parse_json::<ItemsBody>(body.as_bytes()).expect_err(body);
+            assert_eq!(problem.status, 422, "body {body}");
+            let named = problem.extra.as_ref().and_then(|extra| extra.get("field"));
+            assert_eq!(named, Some(&Value::from(field)), "body {body}");
+        }
+    }
+
+    #[test]
+    fn long_details_are_truncated_on_a_char_boundary() {
+        let body = format!(r#"{{"qty":"{}"}}"#, "é".repeat(1000));
+        let problem = parse_json::<QtyBody>(body.as_bytes()).expect_err("string is not u32");
+        assert!(problem.detail.len() <= DETAIL_BYTES_MAX + '…'.len_utf8());
+    }
+
+    #[tokio::test]
+    async fn unknown_path_is_404_through_recover() {
+        let response = warp::test::request()
+            .path("/nope")
+            .reply(&qty_route())
+            .await;
+        assert_eq!(response.status(), 404);
+        let problem: Value = serde_json::from_slice(response.body()).expect("problem is JSON");
+        assert_eq!(problem["code"], "not_found");
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405_through_recover() {
+        let response = warp::test::request()
+            .path("/api/qty")
+            .reply(&qty_route())
+            .await;
+        assert_eq!(response.status(), 405);
+        let problem: Value = serde_json::from_slice(response.body()).expect("problem is JSON");
+        assert_eq!(problem["code"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn problem_rejection_passes_through_with_extra_members() {
+        let route = warp::path("hold")
+            .and_then(|| async {
+                let problem = Problem::new(409, "insufficient_stock", "Only 2 left.")
+                    .with_member("available", 2)
+                    .with_member("status", 200); // Reserved: must not override the status.
+                Err::<String, Rejection>(problem.into())
+            })
+            .recover(recover);
+        let response = warp::test::request().path("/hold").reply(&route).await;
+        assert_eq!(response.status(), 409);
+        let problem: Value = serde_json::from_slice(response.body()).expect("problem is JSON");
+        assert_eq!(problem["code"], "insufficient_stock");
+        assert_eq!(problem["available"], 2);
+        assert_eq!(problem["status"], 409);
+        assert_eq!(problem["message"], "Only 2 left.");
+    }
+
+    #[tokio::test]
+    async fn warp_header_and_query_rejections_are_400() {
+        #[derive(Debug, Deserialize)]
+        struct Page {
+            #[allow(dead_code)] // Only the decoding is under test.
+            n: u32,
+        }
+        let route = warp::path("h")
+            .and(warp::header::<u32>("x-n"))
+            .map(|n: u32| n.to_string())
+            .or(warp::path("q")
+                .and(warp::query::<Page>())
+                .map(|_| String::new()))
+            .recover(recover);
+        let cases = [
+            (warp::test::request().path("/h"), "missing_header"),
+            (
+                warp::test::request().path("/h").header("x-n", "x"),
+                "invalid_header",
+            ),
+            (warp::test::request().path("/q?n=x"), "invalid_query"),
+        ];
+        for (request, code) in cases {
+            let response = request.reply(&route).await;
+            assert_eq!(response.status(), 400, "{code}");
+            let problem: Value = serde_json::from_slice(response.body()).expect("JSON");
+            assert_eq!(problem["code"], code);
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_rejection_is_500_internal() {
+        #[derive(Debug)]
+        struct Surprise;
+        impl warp::reject::Reject for Surprise {}
+        let route = warp::any()
+            .and_then(|| async { Err::<String, Rejection>(warp::reject::custom(Surprise)) })
+            .recover(recover);
+        let response = warp::test::request().reply(&route).await;
+        assert_eq!(response.status(), 500);
+        let problem: Value = serde_json::from_slice(response.body()).expect("problem is JSON");
+        assert_eq!(problem["code"], "internal");
+        assert!(!problem["detail"].to_string().contains("Surprise"));
+    }
+
+    #[test]
+    fn invalid_status_is_answered_500() {
+        let response = Problem::new(42, "weird", "x").into_response();
+        assert_eq!(response.status(), 500);
+    }
+
+    /// Serves `qty_route` on a real socket, sends `body` with `Transfer-Encoding: chunked`
+    /// (no `Content-Length`, which `warp::test` always sets) and returns the status code.
+    async fn post_chunked(body: Vec<u8>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("bound address");
+        let server = tokio::spawn(warp::serve(qty_route()).incoming(listener).run());
+        let status = tokio::task::spawn_blocking(move || send_chunked(address, &body))
+            .await
+            .expect("client thread");
+        server.abort();
+        status
+    }
+
+    fn send_chunked(address: SocketAddr, body: &[u8]) -> u16 {
+        let mut request =
+            b"POST /api/qty HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+              transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                .to_vec();
+        for chunk in body.chunks(1024) {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        // The server may answer 413 and close before reading everything; that is the point.
+        let _ = stream.write_all(&request);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let head = String::from_utf8_lossy(&response);
+        head.get(9..12)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_body_within_the_limit_is_accepted() {
+        assert_eq!(
+            post_chunked(format!(r#"{{"qty":3}}{}"#, " ".repeat(4000)).into()).await,
+            200
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunked_body_over_the_limit_is_413() {
+        let body = format!(r#"{{"qty":3}}{}"#, " ".repeat(20 * 1024));
+        assert_eq!(post_chunked(body.into()).await, 413);
+    }
+}

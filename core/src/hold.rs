@@ -32,6 +32,23 @@ pub enum ReleaseReason {
     PaymentFailed,
 }
 
+impl ReleaseReason {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Expired => "expired",
+            ReleaseReason::PaymentFailed => "payment_failed",
+        }
+    }
+
+    /// Parses a stored word.
+    pub fn parse(reason: &str) -> Option<Self> {
+        [ReleaseReason::Expired, ReleaseReason::PaymentFailed]
+            .into_iter()
+            .find(|r| r.as_str() == reason)
+    }
+}
+
 /// Where a hold is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HoldState {
@@ -55,6 +72,18 @@ pub enum HoldView {
     Consumed,
     /// Released.
     Released,
+}
+
+impl HoldView {
+    /// The API's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldView::Held => "held",
+            HoldView::Expired => "expired",
+            HoldView::Consumed => "consumed",
+            HoldView::Released => "released",
+        }
+    }
 }
 
 /// A hold on `qty` units of one product.

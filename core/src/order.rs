@@ -41,6 +41,26 @@ impl OrderStatus {
         }
     }
 
+    /// The API's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PrePayment => "pre_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored word.
+    pub fn parse(status: &str) -> Option<Self> {
+        [
+            OrderStatus::PrePayment,
+            OrderStatus::Paid,
+            OrderStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == status)
+    }
+
     /// Whether the order's units count as sold (out of `stock`).
     pub fn holds_units(self) -> bool {
         match self {

@@ -70,6 +70,11 @@ pub enum Rejection {
     },
     /// A product name was empty, blank or too long.
     InvalidName,
+    /// A unit price was above the limit.
+    InvalidPrice {
+        /// The price asked for.
+        price_cents: crate::ids::Cents,
+    },
     /// No such product.
     UnknownProduct {
         /// The id asked for.
@@ -124,6 +129,7 @@ impl Rejection {
             | Rejection::InvalidTtl { .. }
             | Rejection::InvalidPaymentWindow { .. }
             | Rejection::InvalidName
+            | Rejection::InvalidPrice { .. }
             | Rejection::StockOverflow { .. }
             | Rejection::TotalOverflow { .. } => "validation_failed",
             Rejection::UnknownProduct { .. } => "unknown_product",
@@ -145,6 +151,9 @@ impl fmt::Display for Rejection {
                 write!(f, "payment window {payment_window_ms} ms is out of range")
             }
             Rejection::InvalidName => f.write_str("name must be 1 to 255 bytes and not blank"),
+            Rejection::InvalidPrice { price_cents } => {
+                write!(f, "price_cents {} is out of range", price_cents.0)
+            }
             Rejection::UnknownProduct { product_id } => write!(f, "product {product_id} not found"),
             Rejection::UnknownHold { hold_id } => write!(f, "hold {hold_id} not found"),
             Rejection::HoldReleased { hold_id } => write!(f, "hold {hold_id} was released"),

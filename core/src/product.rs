@@ -9,6 +9,16 @@ use crate::outcome::Rejection;
 
 /// The longest product name accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
+/// The highest unit price accepted: ten billion in whole currency units.
+pub const PRICE_CENTS_MAX: Cents = Cents(1_000_000_000_000);
+
+// An order's total must fit the databases' signed 64-bit integers with room to spare.
+const _: () = assert!(
+    PRICE_CENTS_MAX
+        .0
+        .checked_mul(crate::hold::HOLD_QTY_MAX.0 as u64)
+        .is_some_and(|t| t < i64::MAX as u64)
+);
 
 /// A product on sale.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,10 +62,14 @@ impl NewProduct {
 /// Decides a product creation: the name must be 1 to [`NAME_BYTES_MAX`] bytes and not blank.
 ///
 /// # Errors
-/// [`Rejection::InvalidName`] for an empty, blank or too long name.
+/// [`Rejection::InvalidName`] for an empty, blank or too long name, then
+/// [`Rejection::InvalidPrice`] above [`PRICE_CENTS_MAX`].
 pub fn create_product(name: &str, price_cents: Cents, stock: Qty) -> Result<NewProduct, Rejection> {
     if name.trim().is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(Rejection::InvalidName);
+    }
+    if price_cents > PRICE_CENTS_MAX {
+        return Err(Rejection::InvalidPrice { price_cents });
     }
     Ok(NewProduct {
         name: name.to_owned(),
@@ -131,6 +145,11 @@ mod tests {
             Err(Rejection::InvalidName)
         );
         assert!(create_product("Product 1", Cents(500), Qty(5)).is_ok());
+        let price = Cents(PRICE_CENTS_MAX.0 + 1);
+        assert_eq!(
+            create_product("P", price, Qty(1)),
+            Err(Rejection::InvalidPrice { price_cents: price })
+        );
     }
 
     #[test]

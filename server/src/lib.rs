@@ -1,4 +1,14 @@
-//! flashsale server
+//! The flashsale server: the core's imperative shell.
+//!
+//! - [`service`]: transaction scripts over the [`store::Storage`] trait, free of sqlx and warp,
+//!   so the simulator runs them under madsim;
+//! - [`store::sql`]: the MySQL/MariaDB and SQLite storages (feature `sql`, on by default);
+//! - `routes`, `config`, `startup`: the warp HTTP API and the `flashsale` command line (`sql`).
+
+pub mod clock;
+pub mod service;
+pub mod store;
+
 #[cfg(feature = "sql")]
 pub mod problem;
 #[cfg(feature = "sql")]

@@ -1,0 +1,201 @@
+//! The storage the service layer runs its transaction scripts over, as a trait at the level of
+//! transaction steps: begin, lock a product, count its units held, release its expired holds,
+//! insert holds, lock a hold, insert an order, get a webhook record, commit.
+//!
+//! Nothing here names sqlx or warp, so the simulator can implement [`Storage`] in memory and run
+//! the very same service code under madsim. Rows cross this boundary as core types.
+//!
+//! Every method of a [`Transaction`] that names a row it will change takes that row's lock
+//! (`SELECT ... FOR UPDATE` on MySQL; SQLite's `BEGIN IMMEDIATE` already holds the write lock).
+//! Scripts take locks in one global order: product, hold, order, webhook record.
+
+#[cfg(feature = "sql")]
+pub mod sql;
+
+use std::future::Future;
+
+use flashsale_core::{
+    Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, NewOrder, Order, OrderId,
+    OrderStatus, Product, ProductId, Qty, Timestamp, WebhookRecord,
+};
+
+/// Why a storage step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Lock contention the transaction may succeed on when retried: a deadlock, a lock-wait
+    /// timeout, a busy database, or a unique key taken by a concurrent transaction.
+    #[error("contention: {0}")]
+    Contention(String),
+    /// The connection failed; whether the transaction committed is unknown.
+    #[error("connection lost: {0}")]
+    Connection(String),
+    /// A row failed its checks on the way in or out: the data is corrupt.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Anything else the database reported.
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// Whether running the whole transaction again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Contention(_))
+    }
+}
+
+/// Shorthand for a storage step's result.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether a transaction will write; SQLite takes its write lock up front for writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxMode {
+    /// Reads only.
+    Read,
+    /// Reads and writes.
+    Write,
+}
+
+/// A database the service can open transactions on.
+pub trait Storage: Send + Sync + 'static {
+    /// An open transaction.
+    type Tx: Transaction;
+
+    /// Opens a transaction.
+    fn begin(&self, mode: TxMode) -> impl Future<Output = StoreResult<Self::Tx>> + Send;
+}
+
+/// The steps of one transaction. Dropping a transaction without [`Transaction::commit`] rolls it
+/// back.
+pub trait Transaction: Send {
+    /// Commits.
+    fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Reads a product without locking it.
+    fn product(
+        &mut self,
+        id: ProductId,
+    ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
+
+    /// Reads and locks a product.
+    fn lock_product(
+        &mut self,
+        id: ProductId,
+    ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
+
+    /// Inserts a product with the given fields; returns it with its id.
+    fn insert_product(
+        &mut self,
+        name: &str,
+        price_cents: Cents,
+        stock: Qty,
+    ) -> impl Future<Output = StoreResult<Product>> + Send;
+
+    /// Writes a locked product's stock and units received.
+    fn set_stock(
+        &mut self,
+        id: ProductId,
+        stock: Qty,
+        units_received: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The units of the product's held holds that are unexpired at `now` (`expires_at > now`).
+    fn units_held(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Qty>> + Send;
+
+    /// Releases the product's held holds whose `expires_at <= now`; returns their ids.
+    fn release_expired(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Vec<HoldId>>> + Send;
+
+    /// Inserts granted holds in one statement; returns them with their ids, in order.
+    fn insert_holds(
+        &mut self,
+        product_id: ProductId,
+        grants: &[HoldGrant],
+    ) -> impl Future<Output = StoreResult<Vec<Hold>>> + Send;
+
+    /// Reads a hold, locking it when `lock`.
+    fn hold(
+        &mut self,
+        id: HoldId,
+        lock: bool,
+    ) -> impl Future<Output = StoreResult<Option<Hold>>> + Send;
+
+    /// Writes a locked hold's state.
+    fn set_hold_state(
+        &mut self,
+        id: HoldId,
+        state: HoldState,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Reads an order, locking it when `lock`.
+    fn order(
+        &mut self,
+        id: OrderId,
+        lock: bool,
+    ) -> impl Future<Output = StoreResult<Option<Order>>> + Send;
+
+    /// Inserts an order; returns it with its id. The hold's unique key refuses a second one.
+    fn insert_order(&mut self, order: &NewOrder)
+    -> impl Future<Output = StoreResult<Order>> + Send;
+
+    /// Writes a locked order's status.
+    fn set_order_status(
+        &mut self,
+        id: OrderId,
+        status: OrderStatus,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Reads and locks a webhook record.
+    fn lock_webhook(
+        &mut self,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = StoreResult<Option<WebhookRecord>>> + Send;
+
+    /// Inserts a webhook record. A concurrent insert of the same key is [`StoreError::Contention`]:
+    /// the retry will find the record and answer it.
+    fn insert_webhook(
+        &mut self,
+        record: &WebhookRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Up to `limit` products with a held hold past its deadline or a pre-payment order past its
+    /// window at `now`, for the sweeper.
+    fn products_due(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<ProductId>>> + Send;
+
+    /// Locks the product's pre-payment orders whose payment window closed at `now`.
+    fn lock_overdue_orders(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Vec<Order>>> + Send;
+
+    /// How many products exist.
+    fn product_count(&mut self) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Every row, for checking invariants on the database's contents.
+    fn dump(&mut self) -> impl Future<Output = StoreResult<Dump>> + Send;
+}
+
+/// Every row of a database.
+#[derive(Clone, Debug, Default)]
+pub struct Dump {
+    /// Products.
+    pub products: Vec<Product>,
+    /// Holds.
+    pub holds: Vec<Hold>,
+    /// Orders.
+    pub orders: Vec<Order>,
+    /// Webhook records.
+    pub webhooks: Vec<WebhookRecord>,
+}

@@ -1,0 +1,720 @@
+//! The SQL storages: MySQL/MariaDB (InnoDB row locks) and SQLite (one writer at a time).
+//!
+//! One implementation serves both. Each step's body is written once and expanded for each
+//! database by [`on_conn!`], with the dialect's SQL picked where the two differ: MySQL locks rows
+//! with `FOR UPDATE`; SQLite takes the write lock up front with `BEGIN IMMEDIATE` and has no row
+//! locks. Rows are read as tuples and parsed into core types, with every stored word and range
+//! checked on the way out ([`StoreError::Corrupt`] otherwise).
+//!
+//! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout: locking reads see the latest
+//! committed rows, no gap locks stretch across keys, and a concurrent insert of the same webhook
+//! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`,
+//! which needs MariaDB 10.5 or later (MySQL 8 lacks it).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use flashsale_core::{
+    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, NewOrder, Order,
+    OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason, Timestamp,
+    WebhookRecord, WebhookResult,
+};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Executor, MySql, Pool, Sqlite};
+
+use super::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
+
+static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a request waits for a pooled connection before it counts as contention.
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits for the write lock before answering busy.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection pool on MySQL/MariaDB or SQLite.
+#[derive(Clone, Debug)]
+pub enum SqlStore {
+    /// MySQL or MariaDB.
+    MySql(Pool<MySql>),
+    /// SQLite.
+    Sqlite(Pool<Sqlite>),
+}
+
+impl SqlStore {
+    /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`), creating a SQLite file if
+    /// missing.
+    ///
+    /// # Errors
+    /// An unsupported scheme or a failed connection.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            let options = MySqlConnectOptions::from_str(&url).map_err(map_err)?;
+            let pool = MySqlPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, \
+                             SESSION innodb_lock_wait_timeout = 5",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(map_err)?;
+            Ok(SqlStore::MySql(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(map_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(map_err)?;
+            Ok(SqlStore::Sqlite(pool))
+        } else {
+            Err(StoreError::Database(format!(
+                "unsupported database url scheme: {url}"
+            )))
+        }
+    }
+
+    /// Applies the pending migrations.
+    ///
+    /// # Errors
+    /// A failed migration.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let result = match self {
+            SqlStore::MySql(pool) => MYSQL_MIGRATOR.run(pool).await,
+            SqlStore::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+        };
+        result.map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        match self {
+            SqlStore::MySql(pool) => pool.execute("SELECT 1").await.is_ok(),
+            SqlStore::Sqlite(pool) => pool.execute("SELECT 1").await.is_ok(),
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match self {
+            SqlStore::MySql(pool) => pool.close().await,
+            SqlStore::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+impl Storage for SqlStore {
+    type Tx = SqlTx;
+
+    async fn begin(&self, mode: TxMode) -> StoreResult<SqlTx> {
+        let tx = match (self, mode) {
+            (SqlStore::MySql(pool), _) => SqlTx::MySql(pool.begin().await.map_err(map_err)?),
+            (SqlStore::Sqlite(pool), TxMode::Read) => {
+                SqlTx::Sqlite(pool.begin().await.map_err(map_err)?)
+            }
+            (SqlStore::Sqlite(pool), TxMode::Write) => {
+                SqlTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?)
+            }
+        };
+        Ok(tx)
+    }
+}
+
+/// An open transaction on either database.
+#[derive(Debug)]
+pub enum SqlTx {
+    /// MySQL or MariaDB.
+    MySql(sqlx::Transaction<'static, MySql>),
+    /// SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// Which SQL to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// `sql` with MySQL's row-lock suffix, or as it is for SQLite.
+    fn locking(self, sql_mysql: &'static str, sql_sqlite: &'static str) -> &'static str {
+        match self {
+            Dialect::MySql => sql_mysql,
+            Dialect::Sqlite => sql_sqlite,
+        }
+    }
+}
+
+/// `"<sql>"` for SQLite and `"<sql> FOR UPDATE"` for MySQL, picked by dialect.
+macro_rules! locking {
+    ($dialect:expr, $sql:literal) => {
+        $dialect.locking(concat!($sql, " FOR UPDATE"), $sql)
+    };
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection and `$dialect` to its SQL
+/// dialect, and the type `Db` to its sqlx database; the body is compiled once per database.
+macro_rules! on_conn {
+    ($tx:expr, |$conn:ident, $dialect:ident| $($body:tt)*) => {
+        match $tx {
+            SqlTx::MySql(tx) => {
+                #[allow(dead_code)]
+                type Db = MySql;
+                let $conn = &mut **tx;
+                let $dialect = Dialect::MySql;
+                $($body)*
+            }
+            SqlTx::Sqlite(tx) => {
+                #[allow(dead_code)]
+                type Db = Sqlite;
+                let $conn = &mut **tx;
+                let $dialect = Dialect::Sqlite;
+                $($body)*
+            }
+        }
+    };
+}
+
+type ProductRow = (u64, String, u64, u32, u64);
+type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
+type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64);
+type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
+
+impl Transaction for SqlTx {
+    async fn commit(self) -> StoreResult<()> {
+        match self {
+            SqlTx::MySql(tx) => tx.commit().await.map_err(map_err),
+            SqlTx::Sqlite(tx) => tx.commit().await.map_err(map_err),
+        }
+    }
+
+    async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
+        let row: Option<ProductRow> = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "SELECT id, name, price_cents, stock, units_received FROM products WHERE id = ?",
+            )
+            .bind(int(id.0))
+            .fetch_optional(conn)
+            .await
+        })
+        .map_err(map_err)?;
+        Ok(row.map(product_from_row))
+    }
+
+    async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
+        let row: Option<ProductRow> = on_conn!(self, |conn, d| {
+            let sql = locking!(
+                d,
+                "SELECT id, name, price_cents, stock, units_received FROM products WHERE id = ?"
+            );
+            sqlx::query_as::<Db, _>(sql)
+                .bind(int(id.0))
+                .fetch_optional(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        Ok(row.map(product_from_row))
+    }
+
+    async fn insert_product(
+        &mut self,
+        name: &str,
+        price_cents: Cents,
+        stock: Qty,
+    ) -> StoreResult<Product> {
+        let received = u64::from(stock.0);
+        let (id,): (u64,) = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "INSERT INTO products (name, price_cents, stock, units_received) \
+                 VALUES (?, ?, ?, ?) RETURNING id",
+            )
+            .bind(name)
+            .bind(int(price_cents.0))
+            .bind(stock.0)
+            .bind(int(received))
+            .fetch_one(conn)
+            .await
+        })
+        .map_err(map_err)?;
+        Ok(Product {
+            id: ProductId(id),
+            name: name.to_owned(),
+            price_cents,
+            stock,
+            units_received: received,
+        })
+    }
+
+    async fn set_stock(
+        &mut self,
+        id: ProductId,
+        stock: Qty,
+        units_received: u64,
+    ) -> StoreResult<()> {
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>("UPDATE products SET stock = ?, units_received = ? WHERE id = ?")
+                .bind(stock.0)
+                .bind(int(units_received))
+                .bind(int(id.0))
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "product", id.0)
+    }
+
+    async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
+        let (units,): (u64,) = on_conn!(self, |conn, d| {
+            let sql = match d {
+                Dialect::MySql => {
+                    "SELECT CAST(COALESCE(SUM(qty), 0) AS UNSIGNED) FROM holds \
+                     WHERE product_id = ? AND state = 'held' AND expires_at > ?"
+                }
+                Dialect::Sqlite => {
+                    "SELECT COALESCE(SUM(qty), 0) FROM holds \
+                     WHERE product_id = ? AND state = 'held' AND expires_at > ?"
+                }
+            };
+            sqlx::query_as::<Db, _>(sql)
+                .bind(int(product_id.0))
+                .bind(int(now.as_ms()))
+                .fetch_one(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        let units = u32::try_from(units).map_err(|_| {
+            StoreError::Corrupt(format!("product {product_id} holds {units} units"))
+        })?;
+        Ok(Qty(units))
+    }
+
+    async fn release_expired(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<HoldId>> {
+        let ids: Vec<(u64,)> = on_conn!(self, |conn, d| {
+            let select = locking!(
+                d,
+                "SELECT id FROM holds WHERE product_id = ? AND state = 'held' \
+                AND expires_at <= ? ORDER BY id"
+            );
+            let ids: Vec<(u64,)> = sqlx::query_as::<Db, _>(select)
+                .bind(int(product_id.0))
+                .bind(int(now.as_ms()))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if !ids.is_empty() {
+                sqlx::query::<Db>(
+                    "UPDATE holds SET state = 'released', release_reason = 'expired' \
+                     WHERE product_id = ? AND state = 'held' AND expires_at <= ?",
+                )
+                .bind(int(product_id.0))
+                .bind(int(now.as_ms()))
+                .execute(conn)
+                .await
+                .map_err(map_err)?;
+            }
+            Ok::<_, StoreError>(ids)
+        })?;
+        Ok(ids.into_iter().map(|(id,)| HoldId(id)).collect())
+    }
+
+    async fn insert_holds(
+        &mut self,
+        product_id: ProductId,
+        grants: &[HoldGrant],
+    ) -> StoreResult<Vec<Hold>> {
+        if grants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = vec!["(?, ?, ?, ?, 'held')"; grants.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {values} RETURNING id"
+        );
+        let mut ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql.clone()));
+            for grant in grants {
+                query = query
+                    .bind(int(product_id.0))
+                    .bind(grant.qty.0)
+                    .bind(int(grant.created_at.as_ms()))
+                    .bind(int(grant.expires_at.as_ms()));
+            }
+            query.fetch_all(conn).await
+        })
+        .map_err(map_err)?;
+        if ids.len() != grants.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds inserted, {} ids",
+                grants.len(),
+                ids.len()
+            )));
+        }
+        // Ids ascend within one statement; RETURNING does not promise row order.
+        ids.sort_unstable();
+        Ok(grants
+            .iter()
+            .zip(ids)
+            .map(|(grant, (id,))| grant.with_id(HoldId(id), product_id))
+            .collect())
+    }
+
+    async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
+        let row: Option<HoldRow> = on_conn!(self, |conn, d| {
+            let sql = if lock {
+                locking!(d, "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
+                    order_id FROM holds WHERE id = ?")
+            } else {
+                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, order_id \
+                 FROM holds WHERE id = ?"
+            };
+            sqlx::query_as::<Db, _>(sql).bind(int(id.0)).fetch_optional(conn).await
+        })
+        .map_err(map_err)?;
+        row.map(hold_from_row).transpose()
+    }
+
+    async fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
+        let (word, reason, order) = match state {
+            HoldState::Held => ("held", None, None),
+            HoldState::Consumed(order_id) => ("consumed", None, Some(order_id.0)),
+            HoldState::Released(reason) => ("released", Some(reason.as_str()), None),
+        };
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "UPDATE holds SET state = ?, release_reason = ?, order_id = ? WHERE id = ?",
+            )
+            .bind(word)
+            .bind(reason)
+            .bind(order.map(int))
+            .bind(int(id.0))
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "hold", id.0)
+    }
+
+    async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
+        let row: Option<OrderRow> = on_conn!(self, |conn, d| {
+            let sql = if lock {
+                locking!(d, "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+                    payment_due_at FROM orders WHERE id = ?")
+            } else {
+                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at \
+                 FROM orders WHERE id = ?"
+            };
+            sqlx::query_as::<Db, _>(sql).bind(int(id.0)).fetch_optional(conn).await
+        })
+        .map_err(map_err)?;
+        row.map(order_from_row).transpose()
+    }
+
+    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
+        let (id,): (u64,) = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, created_at, \
+                 payment_due_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(int(order.hold_id.0))
+            .bind(int(order.product_id.0))
+            .bind(order.qty.0)
+            .bind(int(order.total_cents.0))
+            .bind(order.status.as_str())
+            .bind(int(order.created_at.as_ms()))
+            .bind(int(order.payment_due_at.as_ms()))
+            .fetch_one(conn)
+            .await
+        })
+        .map_err(map_err)?;
+        Ok(order.with_id(OrderId(id)))
+    }
+
+    async fn set_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>("UPDATE orders SET status = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(int(id.0))
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "order", id.0)
+    }
+
+    async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
+        let row: Option<WebhookRow> = on_conn!(self, |conn, d| {
+            let sql = locking!(
+                d,
+                "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, \
+                received_at FROM webhooks WHERE idempotency_key = ?"
+            );
+            sqlx::query_as::<Db, _>(sql)
+                .bind(key.as_str())
+                .fetch_optional(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        row.map(webhook_from_row).transpose()
+    }
+
+    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
+        on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, order_id, \
+                 received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(record.key.as_str())
+            .bind(int(record.hold_id.0))
+            .bind(record.status.as_str())
+            .bind(record.fingerprint.to_string())
+            .bind(record.result.as_str())
+            .bind(record.order_id.map(|id| int(id.0)))
+            .bind(int(record.received_at.as_ms()))
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
+        let rows: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "SELECT product_id FROM holds WHERE state = 'held' AND expires_at <= ? \
+                 UNION SELECT product_id FROM orders WHERE status = 'pre_payment' AND payment_due_at <= ? \
+                 ORDER BY 1 LIMIT ?",
+            )
+            .bind(int(now.as_ms()))
+            .bind(int(now.as_ms()))
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+        })
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(|(id,)| ProductId(id)).collect())
+    }
+
+    async fn lock_overdue_orders(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Order>> {
+        let rows: Vec<OrderRow> = on_conn!(self, |conn, d| {
+            let sql = locking!(
+                d,
+                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+                payment_due_at FROM orders WHERE product_id = ? AND status = 'pre_payment' \
+                AND payment_due_at <= ? ORDER BY id"
+            );
+            sqlx::query_as::<Db, _>(sql)
+                .bind(int(product_id.0))
+                .bind(int(now.as_ms()))
+                .fetch_all(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        rows.into_iter().map(order_from_row).collect()
+    }
+
+    async fn product_count(&mut self) -> StoreResult<u64> {
+        let (count,): (i64,) = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>("SELECT COUNT(*) FROM products")
+                .fetch_one(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("{count} products")))
+    }
+
+    async fn dump(&mut self) -> StoreResult<Dump> {
+        let (products, holds, orders, webhooks) = on_conn!(self, |conn, _d| {
+            let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(
+                "SELECT id, name, price_cents, stock, units_received FROM products ORDER BY id",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let holds: Vec<HoldRow> = sqlx::query_as::<Db, _>(
+                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, order_id \
+                 FROM holds ORDER BY id",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let orders: Vec<OrderRow> = sqlx::query_as::<Db, _>(
+                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at \
+                 FROM orders ORDER BY id",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let webhooks: Vec<WebhookRow> = sqlx::query_as::<Db, _>(
+                "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, received_at \
+                 FROM webhooks ORDER BY idempotency_key",
+            )
+            .fetch_all(conn)
+            .await
+            .map_err(map_err)?;
+            Ok::<_, StoreError>((products, holds, orders, webhooks))
+        })?;
+        Ok(Dump {
+            products: products.into_iter().map(product_from_row).collect(),
+            holds: holds
+                .into_iter()
+                .map(hold_from_row)
+                .collect::<StoreResult<_>>()?,
+            orders: orders
+                .into_iter()
+                .map(order_from_row)
+                .collect::<StoreResult<_>>()?,
+            webhooks: webhooks
+                .into_iter()
+                .map(webhook_from_row)
+                .collect::<StoreResult<_>>()?,
+        })
+    }
+}
+
+/// A `u64` as SQLite and MySQL both bind it. Ids and amounts stay far below `i64::MAX` (the core
+/// bounds prices and quantities); only a timestamp saturated at the far future is clamped, which
+/// keeps it in the far future.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn expect_one(rows_affected: u64, what: &str, id: u64) -> StoreResult<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "{what} {id}: {rows_affected} rows updated"
+        )))
+    }
+}
+
+fn product_from_row((id, name, price_cents, stock, units_received): ProductRow) -> Product {
+    Product {
+        id: ProductId(id),
+        name,
+        price_cents: Cents(price_cents),
+        stock: Qty(stock),
+        units_received,
+    }
+}
+
+fn corrupt(what: &str, id: impl std::fmt::Display, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {id}: unexpected value {value:?}"))
+}
+
+fn hold_from_row(row: HoldRow) -> StoreResult<Hold> {
+    let (id, product_id, qty, created_at, expires_at, state, reason, order_id) = row;
+    let state = match (state.as_str(), reason.as_deref(), order_id) {
+        ("held", None, None) => HoldState::Held,
+        ("consumed", None, Some(order_id)) => HoldState::Consumed(OrderId(order_id)),
+        ("released", Some(reason), None) => HoldState::Released(
+            ReleaseReason::parse(reason).ok_or_else(|| corrupt("hold", id, reason))?,
+        ),
+        _ => return Err(corrupt("hold", id, &state)),
+    };
+    Ok(Hold {
+        id: HoldId(id),
+        product_id: ProductId(product_id),
+        qty: Qty(qty),
+        created_at: Timestamp(created_at),
+        expires_at: Timestamp(expires_at),
+        state,
+    })
+}
+
+fn order_from_row(row: OrderRow) -> StoreResult<Order> {
+    let (id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at) = row;
+    Ok(Order {
+        id: OrderId(id),
+        hold_id: HoldId(hold_id),
+        product_id: ProductId(product_id),
+        qty: Qty(qty),
+        total_cents: Cents(total_cents),
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt("order", id, &status))?,
+        created_at: Timestamp(created_at),
+        payment_due_at: Timestamp(payment_due_at),
+    })
+}
+
+fn webhook_from_row(row: WebhookRow) -> StoreResult<WebhookRecord> {
+    let (key, hold_id, status, fingerprint, result, order_id, received_at) = row;
+    let parsed_key = IdempotencyKey::parse(&key).ok_or_else(|| corrupt("webhook", &key, &key))?;
+    let status = PaymentStatus::parse(&status).ok_or_else(|| corrupt("webhook", &key, &status))?;
+    let result = WebhookResult::parse(&result).ok_or_else(|| corrupt("webhook", &key, &result))?;
+    let stored = u64::from_str_radix(&fingerprint, 16)
+        .map_err(|_| corrupt("webhook", &key, &fingerprint))?;
+    let expected = Fingerprint::of(HoldId(hold_id), status);
+    // Paired assertion: the print was computed from these fields when written.
+    if stored != expected.0 {
+        return Err(corrupt("webhook", &key, &fingerprint));
+    }
+    Ok(WebhookRecord {
+        key: parsed_key,
+        hold_id: HoldId(hold_id),
+        status,
+        fingerprint: expected,
+        result,
+        order_id: order_id.map(OrderId),
+        received_at: Timestamp(received_at),
+    })
+}
+
+/// Sorts a database error into what the service can do about it.
+fn map_err(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) => {
+            if let Some(mysql) = db.try_downcast_ref::<MySqlDatabaseError>() {
+                // 1213: deadlock; 1205: lock wait timeout; 1020: record changed (MariaDB).
+                if matches!(mysql.number(), 1213 | 1205 | 1020) {
+                    return StoreError::Contention(error.to_string());
+                }
+            }
+            let sqlite_busy = db.code().is_some_and(|code| {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            });
+            if sqlite_busy || db.is_unique_violation() {
+                StoreError::Contention(error.to_string())
+            } else {
+                StoreError::Database(error.to_string())
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Contention(error.to_string()),
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            StoreError::Connection(error.to_string())
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(error.to_string()),
+        _ => StoreError::Database(error.to_string()),
+    }
+}

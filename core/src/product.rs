@@ -13,12 +13,8 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const PRICE_CENTS_MAX: Cents = Cents(1_000_000_000_000);
 
 // An order's total must fit the databases' signed 64-bit integers with room to spare.
-const _: () = assert!(
-    PRICE_CENTS_MAX
-        .0
-        .checked_mul(crate::hold::HOLD_QTY_MAX.0 as u64)
-        .is_some_and(|t| t < i64::MAX as u64)
-);
+const _: () =
+    assert!(PRICE_CENTS_MAX.0 <= (i64::MAX as u64) / (crate::hold::HOLD_QTY_MAX.0 as u64));
 
 /// A product on sale.
 #[derive(Clone, Debug, PartialEq, Eq)]

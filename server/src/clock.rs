@@ -56,7 +56,7 @@ impl Clock for ManualClock {
     }
 }
 
-impl<C: Clock> Clock for Arc<C> {
+impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         self.as_ref().now()
     }

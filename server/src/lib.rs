@@ -10,6 +10,14 @@ pub mod service;
 pub mod store;
 
 #[cfg(feature = "sql")]
+pub mod config;
+#[cfg(feature = "sql")]
 pub mod problem;
 #[cfg(feature = "sql")]
+pub mod routes;
+#[cfg(feature = "sql")]
 pub mod signature;
+#[cfg(feature = "sql")]
+pub mod startup;
+#[cfg(feature = "sql")]
+pub mod telemetry;

@@ -1,1 +1,55 @@
-fn main() {}
+//! `flashsale`: the command line. Parsing and dispatch only; the work is in the library.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use flashsale_server::clock::{Clock, SystemClock};
+use flashsale_server::config::{Cli, Command};
+use flashsale_server::service::{self, Service};
+use flashsale_server::signature::{self, Secret};
+use flashsale_server::{startup, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => startup::serve(args).await,
+        Command::Migrate(args) => {
+            startup::open_store(&args.database_url).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Seed(args) => {
+            let service = service_on(&args.database_url).await?;
+            let seeded = service.seed_demo().await.context("seeding")?;
+            println!("seeded {seeded} products");
+            Ok(())
+        }
+        Command::Sweep(args) => {
+            let service = service_on(&args.database.database_url).await?;
+            let report = service.sweep().await.context("sweeping")?;
+            println!(
+                "released {} holds, cancelled {} orders",
+                report.holds_released, report.orders_cancelled
+            );
+            Ok(())
+        }
+        Command::SignWebhook(args) => {
+            let now_s = i64::try_from(SystemClock.now().as_ms() / 1_000).unwrap_or(i64::MAX);
+            let secret = Secret::new(args.webhook_secret.into_bytes());
+            let header = signature::sign(&secret, args.timestamp.unwrap_or(now_s), args.body.as_bytes());
+            println!("{header}");
+            Ok(())
+        }
+    }
+}
+
+async fn service_on(
+    url: &str,
+) -> anyhow::Result<Service<flashsale_server::store::sql::SqlStore, Arc<dyn Clock>>> {
+    let store = startup::open_store(url).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ok(Service::new(store, clock, service::Config::default()))
+}

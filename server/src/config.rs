@@ -1,0 +1,106 @@
+//! The `flashsale` command line. Every flag can also come from the environment variable named in
+//! its help, so a container or a systemd unit configures the server without arguments.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The embedded default database: a SQLite file in the working directory.
+pub const DATABASE_URL_DEFAULT: &str = "sqlite:flashsale.db";
+
+/// Flashsale: an inventory-hold service that cannot oversell.
+#[derive(Debug, Parser)]
+#[command(name = "flashsale", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "FLASHSALE_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate, seed the demo products on the embedded default, and serve HTTP.
+    Serve(ServeArgs),
+    /// Apply pending database migrations.
+    Migrate(DatabaseArgs),
+    /// Seed the ten demo products into an empty database (idempotent).
+    Seed(DatabaseArgs),
+    /// Run one sweep pass: release expired holds, cancel orders past their payment window.
+    Sweep(SweepArgs),
+    /// Print the `X-Flashsale-Signature` header value for a webhook body.
+    SignWebhook(SignArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `sqlite:PATH` or `mysql://USER:PASS@HOST:PORT/DB` (MariaDB 10.5+).
+    #[arg(long, env = "DATABASE_URL", default_value = DATABASE_URL_DEFAULT)]
+    pub database_url: String,
+}
+
+/// `flashsale serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLASHSALE_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How long a hold lasts (1s to 24h).
+    #[arg(long, env = "FLASHSALE_HOLD_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub hold_ttl: Duration,
+    /// How long an order waits for its payment (1s to 7 days).
+    #[arg(long, env = "FLASHSALE_PAYMENT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub payment_window: Duration,
+    /// Webhook signing secret; repeat (or separate with commas) to accept several while rotating.
+    /// Without one, a secret is generated and printed once at start-up.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", value_delimiter = ',', hide_env_values = true)]
+    pub webhook_secret: Vec<String>,
+    /// Bearer token for the admin routes; without one they are off (404).
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Seed the ten demo products into an empty database (always done on the embedded default).
+    #[arg(long, env = "FLASHSALE_SEED_DEMO")]
+    pub seed_demo: bool,
+    /// How often the background sweep runs.
+    #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+}
+
+/// `flashsale sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// `flashsale sign-webhook`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The signing secret.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: String,
+    /// The exact request body to sign.
+    #[arg(long)]
+    pub body: String,
+    /// Unix time to sign at; now by default.
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+}

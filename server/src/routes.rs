@@ -1,0 +1,457 @@
+//! The HTTP API (DESIGN.md's table): one warp filter per route, each a thin handler that parses
+//! the request into core types, calls one service script, and maps its answer or error to JSON or
+//! an RFC 9457 problem. No rule is decided here.
+//!
+//! Every route matches its path before its method, so an unknown path is 404 and a known path
+//! with the wrong method is 405. Client request bodies refuse unknown fields (a typo must not pass
+//! silently); the webhook accepts and ignores them, because payment providers add fields.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use flashsale_core::{
+    Cents, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, PaymentStatus, ProductId, Qty,
+    Rejection, Timestamp, WebhookPayload, WebhookResult,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use warp::http::StatusCode;
+use warp::http::header::{HeaderValue, RETRY_AFTER};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::clock::Clock;
+use crate::problem::{self, Problem};
+use crate::service::{ProductView, Service, ServiceError};
+use crate::signature::{self, Secret};
+use crate::store::sql::SqlStore;
+
+/// Everything a handler needs.
+pub struct App {
+    /// The transaction scripts.
+    pub service: Service<SqlStore, Arc<dyn Clock>>,
+    /// Webhook signing secrets; any one verifies (rotation).
+    pub webhook_secrets: Vec<Secret>,
+    /// The admin bearer token; admin routes are off without one.
+    pub admin_token: Option<String>,
+}
+
+/// Shared application state.
+pub type SharedApp = Arc<App>;
+
+/// Every route, with rejections recovered into problems.
+pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let api = product(app.clone())
+        .or(place_hold(app.clone()))
+        .unify()
+        .or(hold(app.clone()))
+        .unify()
+        .or(place_order(app.clone()))
+        .unify()
+        .or(order(app.clone()))
+        .unify()
+        .or(webhook(app.clone()))
+        .unify()
+        .or(admin_create_product(app.clone()))
+        .unify()
+        .or(admin_restock(app.clone()))
+        .unify()
+        .or(healthz())
+        .unify()
+        .or(readyz(app))
+        .unify();
+    api.recover(problem::recover).map(Reply::into_response)
+}
+
+fn with_app(app: SharedApp) -> impl Filter<Extract = (SharedApp,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// `GET /api/products/{id}`
+fn product(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "products" / u64)
+        .and(warp::get())
+        .and(with_app(app))
+        .then(|id: u64, app: SharedApp| async move {
+            match app.service.product(ProductId(id)).await {
+                Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRequest {
+    product_id: u64,
+    qty: u32,
+}
+
+/// `POST /api/holds {product_id, qty}`
+fn place_hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "holds")
+        .and(warp::post())
+        .and(problem::json_body::<HoldRequest>())
+        .and(with_app(app))
+        .then(|request: HoldRequest, app: SharedApp| async move {
+            let placed = app.service.place_hold(ProductId(request.product_id), Qty(request.qty));
+            match placed.await {
+                Ok(placed) => json_reply(StatusCode::CREATED, &hold_json(&placed.hold, HoldView::Held)),
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+/// `GET /api/holds/{id}`
+fn hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "holds" / u64)
+        .and(warp::get())
+        .and(with_app(app))
+        .then(|id: u64, app: SharedApp| async move {
+            match app.service.hold(HoldId(id)).await {
+                Ok((hold, view)) => json_reply(StatusCode::OK, &hold_json(&hold, view)),
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRequest {
+    hold_id: u64,
+}
+
+/// `POST /api/orders {hold_id}`: 201 when created, 200 with the same order when the hold
+/// already became one.
+fn place_order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "orders")
+        .and(warp::post())
+        .and(problem::json_body::<OrderRequest>())
+        .and(with_app(app))
+        .then(|request: OrderRequest, app: SharedApp| async move {
+            match app.service.place_order(HoldId(request.hold_id)).await {
+                Ok(placed) => {
+                    let status = if placed.created { StatusCode::CREATED } else { StatusCode::OK };
+                    json_reply(status, &order_json(&placed.order))
+                }
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+/// `GET /api/orders/{id}`
+fn order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "orders" / u64)
+        .and(warp::get())
+        .and(with_app(app))
+        .then(|id: u64, app: SharedApp| async move {
+            match app.service.order(OrderId(id)).await {
+                Ok(order) => json_reply(StatusCode::OK, &order_json(&order)),
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+#[derive(Deserialize)]
+struct WebhookRequest {
+    idempotency_key: String,
+    hold_id: u64,
+    status: String,
+}
+
+/// `POST /api/payments/webhook {idempotency_key, hold_id, status}`, signed.
+fn webhook(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "payments" / "webhook")
+        .and(warp::post())
+        .and(warp::header::optional::<String>(signature::SIGNATURE_HEADER))
+        .and(problem::json_bytes())
+        .and(with_app(app))
+        .then(|header: Option<String>, body: Bytes, app: SharedApp| async move {
+            match apply_webhook(&app, header.as_deref(), &body).await {
+                Ok(response) | Err(response) => response,
+            }
+        })
+}
+
+async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<Response, Response> {
+    // Signature first: an unsigned body is not even parsed, so nothing about it is trusted.
+    let now_s = i64::try_from(app.service.now().as_ms() / 1_000).unwrap_or(i64::MAX);
+    if let Err(error) = signature::verify(header, body, &app.webhook_secrets, now_s) {
+        tracing::warn!(%error, "webhook refused: bad signature");
+        let problem = Problem::new(401, error.code(), error.to_string());
+        return Err(problem.into_response());
+    }
+    let request: WebhookRequest = problem::parse_json(body).map_err(Reply::into_response)?;
+    let key = IdempotencyKey::parse(&request.idempotency_key).ok_or_else(|| {
+        invalid("idempotency_key must be 1 to 255 printable ASCII characters", "idempotency_key")
+    })?;
+    let status = PaymentStatus::parse(&request.status)
+        .ok_or_else(|| invalid("status must be paid, failed or cancelled", "status"))?;
+    let payload = WebhookPayload { key, hold_id: HoldId(request.hold_id), status };
+    let answer = app.service.apply_webhook(&payload).await.map_err(error_reply)?;
+    let record = &answer.record;
+    if answer.replayed {
+        tracing::info!(key = %record.key, result = record.result.as_str(), "duplicate webhook");
+    }
+    match record.result {
+        WebhookResult::Conflict | WebhookResult::RefundRequired | WebhookResult::Unmatched => {
+            tracing::warn!(key = %record.key, hold_id = %record.hold_id,
+                result = record.result.as_str(), "webhook needs attention");
+        }
+        WebhookResult::Applied | WebhookResult::AlreadyApplied => {}
+    }
+    let mut body = json!({
+        "ok": true,
+        "result": record.result.as_str(),
+        "replayed": answer.replayed,
+        "hold_id": record.hold_id.0,
+    });
+    if let Some(order) = &answer.order {
+        body["order_id"] = json!(order.id.0);
+        body["order_status"] = json!(order.status.as_str());
+    }
+    let status = match record.result {
+        WebhookResult::Unmatched => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok(json_reply(status, &body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateProductRequest {
+    name: String,
+    price_cents: u64,
+    stock: u32,
+}
+
+/// Admin routes need `Authorization: Bearer <token>`; without a configured token they do not
+/// exist (404).
+fn admin(app: SharedApp) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_app(app))
+        .and_then(|header: Option<String>, app: SharedApp| async move {
+            let Some(token) = app.admin_token.as_deref() else {
+                return Err(warp::reject::not_found());
+            };
+            let given = header.as_deref().and_then(|h| h.strip_prefix("Bearer "));
+            if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+                Ok(())
+            } else {
+                let problem = Problem::new(401, "unauthorized", "a valid admin bearer token is required");
+                Err(problem.into_rejection())
+            }
+        })
+        .untuple_one()
+}
+
+/// `POST /api/admin/products {name, price_cents, stock}`
+fn admin_create_product(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "admin" / "products")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(problem::json_body::<CreateProductRequest>())
+        .and(with_app(app))
+        .then(|request: CreateProductRequest, app: SharedApp| async move {
+            let created =
+                app.service.create_product(&request.name, Cents(request.price_cents), Qty(request.stock));
+            match created.await {
+                Ok(product) => {
+                    let view = ProductView { available: product.stock, product };
+                    json_reply(StatusCode::CREATED, &product_json(&view))
+                }
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestockRequest {
+    qty: u32,
+}
+
+/// `POST /api/admin/products/{id}/restock {qty}`
+fn admin_restock(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "admin" / "products" / u64 / "restock")
+        .and(warp::post())
+        .and(admin(app.clone()))
+        .and(problem::json_body::<RestockRequest>())
+        .and(with_app(app))
+        .then(|id: u64, request: RestockRequest, app: SharedApp| async move {
+            match app.service.restock(ProductId(id), Qty(request.qty)).await {
+                Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
+                Err(ServiceError::Rejected(Rejection::UnknownProduct { product_id })) => {
+                    not_found("product", product_id.0)
+                }
+                Err(error) => error_reply(error),
+            }
+        })
+}
+
+/// `GET /healthz`: the process answers.
+fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+}
+
+/// `GET /readyz`: the database answers.
+fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("readyz").and(warp::get()).and(with_app(app)).then(|app: SharedApp| async move {
+        if app.service.store().ping().await {
+            json_reply(StatusCode::OK, &json!({"status": "ready"}))
+        } else {
+            let problem = Problem::new(503, "database_unavailable", "the database does not answer");
+            problem.into_response()
+        }
+    })
+}
+
+/// A product as the API shows it; fields in the original service's order.
+#[derive(Serialize)]
+struct ProductBody<'a> {
+    id: u64,
+    name: &'a str,
+    price_cents: u64,
+    stock: u32,
+    available: u32,
+}
+
+fn product_json(view: &ProductView) -> Value {
+    to_value(ProductBody {
+        id: view.product.id.0,
+        name: &view.product.name,
+        price_cents: view.product.price_cents.0,
+        stock: view.product.stock.0,
+        available: view.available.0,
+    })
+}
+
+/// A hold as the API shows it.
+#[derive(Serialize)]
+struct HoldBody {
+    hold_id: u64,
+    product_id: u64,
+    qty: u32,
+    expires_at: String,
+    state: &'static str,
+}
+
+fn hold_json(hold: &Hold, view: HoldView) -> Value {
+    to_value(HoldBody {
+        hold_id: hold.id.0,
+        product_id: hold.product_id.0,
+        qty: hold.qty.0,
+        expires_at: rfc3339(hold.expires_at),
+        state: view.as_str(),
+    })
+}
+
+/// An order as the API shows it.
+#[derive(Serialize)]
+struct OrderBody {
+    order_id: u64,
+    hold_id: u64,
+    product_id: u64,
+    qty: u32,
+    total_cents: u64,
+    status: &'static str,
+    created_at: String,
+    payment_due_at: String,
+}
+
+fn order_json(order: &Order) -> Value {
+    to_value(OrderBody {
+        order_id: order.id.0,
+        hold_id: order.hold_id.0,
+        product_id: order.product_id.0,
+        qty: order.qty.0,
+        total_cents: order.total_cents.0,
+        status: order.status.as_str(),
+        created_at: rfc3339(order.created_at),
+        payment_due_at: rfc3339(order.payment_due_at),
+    })
+}
+
+/// Serializes a response body; these structs have no map keys or floats, so it cannot fail.
+fn to_value(body: impl Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T04:00:00.000Z`.
+fn rfc3339(at: Timestamp) -> String {
+    let ms = i64::try_from(at.as_ms()).unwrap_or(i64::MAX);
+    let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn invalid(detail: &str, field: &str) -> Response {
+    Problem::validation_failed(detail, Some(field.to_owned())).into_response()
+}
+
+fn not_found(what: &'static str, id: u64) -> Response {
+    let code = match what {
+        "product" => "product_not_found",
+        "hold" => "hold_not_found",
+        _ => "order_not_found",
+    };
+    Problem::new(404, code, format!("{what} {id} not found")).into_response()
+}
+
+/// Maps a service error to its problem: one place for every status code.
+fn error_reply(error: ServiceError) -> Response {
+    match error {
+        ServiceError::Rejected(rejection) => rejection_problem(&rejection).into_response(),
+        ServiceError::NotFound { what, id } => not_found(what, id),
+        ServiceError::Busy { attempts } => {
+            let problem = Problem::new(503, "busy", format!("contention after {attempts} attempts; retry"));
+            let mut response = problem.into_response();
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        ServiceError::Store(error) => {
+            tracing::error!(%error, "storage failed");
+            Problem::internal().into_response()
+        }
+    }
+}
+
+fn rejection_problem(rejection: &Rejection) -> Problem {
+    let detail = rejection.to_string();
+    let code = rejection.code();
+    match rejection {
+        Rejection::InvalidQty { .. } | Rejection::StockOverflow { .. } => {
+            Problem::validation_failed(detail, Some("qty".into()))
+        }
+        Rejection::InvalidName => Problem::validation_failed(detail, Some("name".into())),
+        Rejection::InvalidPrice { .. } => Problem::validation_failed(detail, Some("price_cents".into())),
+        Rejection::InvalidTtl { .. }
+        | Rejection::InvalidPaymentWindow { .. }
+        | Rejection::TotalOverflow { .. } => Problem::validation_failed(detail, None),
+        Rejection::UnknownProduct { .. } => {
+            Problem::new(422, code, detail).with_member("field", "product_id")
+        }
+        Rejection::UnknownHold { .. } => Problem::new(422, code, detail).with_member("field", "hold_id"),
+        Rejection::HoldReleased { .. } | Rejection::HoldExpired { .. } => Problem::new(409, code, detail),
+        Rejection::InsufficientStock { requested, available } => Problem::new(409, code, detail)
+            .with_member("requested", requested.0)
+            .with_member("available", available.0),
+        Rejection::IdempotencyKeyReused { field, .. } => {
+            Problem::new(422, code, detail).with_member("field", *field)
+        }
+    }
+}
+
+/// Compares two byte strings in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

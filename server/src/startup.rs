@@ -1,0 +1,146 @@
+//! Building and running the server: connect, migrate, seed, start the sweeper, serve until
+//! SIGINT or SIGTERM, then drain and close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flashsale_core::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
+use flashsale_core::order::validate_payment_window;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{DATABASE_URL_DEFAULT, ServeArgs};
+use crate::routes::{self, App};
+use crate::service::{self, Service};
+use crate::signature::Secret;
+use crate::store::sql::SqlStore;
+
+/// Connects to `url` and applies the migrations.
+///
+/// # Errors
+/// A failed connection or migration.
+pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
+    let store = SqlStore::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    store.migrate().await.context("migrating")?;
+    Ok(store)
+}
+
+/// The service settings `args` ask for, checked against the core's limits.
+///
+/// # Errors
+/// A TTL or window out of range.
+pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
+    let hold_ttl_ms = u64::try_from(args.hold_ttl.as_millis()).unwrap_or(u64::MAX);
+    if !(HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX).contains(&hold_ttl_ms) {
+        bail!("--hold-ttl must be between 1s and 24h");
+    }
+    let payment_window_ms = u64::try_from(args.payment_window.as_millis()).unwrap_or(u64::MAX);
+    validate_payment_window(payment_window_ms)
+        .map_err(|_| anyhow::anyhow!("--payment-window must be between 1s and 7 days"))?;
+    Ok(service::Config { hold_ttl_ms, payment_window_ms, ..service::Config::default() })
+}
+
+/// Runs `flashsale serve` until a shutdown signal.
+///
+/// # Errors
+/// Bad settings, an unreachable database, or a port that cannot be bound.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = service_config(&args)?;
+    let store = open_store(&args.database.database_url).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let service = Service::new(store.clone(), clock, config);
+    if args.seed_demo || args.database.database_url == DATABASE_URL_DEFAULT {
+        let seeded = service.seed_demo().await.context("seeding demo products")?;
+        if seeded > 0 {
+            tracing::info!(seeded, "seeded demo products");
+        }
+    }
+    let webhook_secrets = webhook_secrets(&args.webhook_secret)?;
+    let admin_token = args.admin_token.filter(|t| !t.is_empty());
+    if admin_token.is_none() {
+        tracing::info!("no admin token: admin routes are off");
+    }
+    let app = Arc::new(App { service, webhook_secrets, admin_token });
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(%local, database = %redact(&args.database.database_url), "listening");
+    // Tests and scripts read this line to learn the port when binding port 0.
+    println!("listening on http://{local}");
+    let sweeper = tokio::spawn(sweep_forever(app.clone(), args.sweep_interval));
+    warp::serve(routes::routes(app)).incoming(listener).graceful(shutdown_signal()).run().await;
+    sweeper.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured secrets, or one generated and printed once.
+fn webhook_secrets(given: &[String]) -> anyhow::Result<Vec<Secret>> {
+    let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
+    if !given.is_empty() {
+        return Ok(given.into_iter().map(|s| Secret::new(s.as_bytes().to_vec())).collect());
+    }
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    // Printed once, to stdout, so the operator can configure the payment provider; webhooks
+    // are never accepted unsigned.
+    println!("generated webhook secret (set FLASHSALE_WEBHOOK_SECRET to keep one): {secret}");
+    Ok(vec![Secret::new(secret.into_bytes())])
+}
+
+async fn sweep_forever(app: Arc<App>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    loop {
+        ticker.tick().await;
+        match app.service.sweep().await {
+            Ok(report) if report.holds_released > 0 || report.orders_cancelled > 0 => {
+                tracing::info!(
+                    holds_released = report.holds_released,
+                    orders_cancelled = report.orders_cancelled,
+                    "sweep"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "sweep failed; next tick retries"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -17,7 +17,12 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, global = true, env = "FLASHSALE_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLASHSALE_LOG_FORMAT",
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -70,7 +75,12 @@ pub struct ServeArgs {
     pub payment_window: Duration,
     /// Webhook signing secret; repeat (or separate with commas) to accept several while rotating.
     /// Without one, a secret is generated and printed once at start-up.
-    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub webhook_secret: Vec<String>,
     /// Bearer token for the admin routes; without one they are off (404).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]

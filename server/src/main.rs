@@ -39,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
         Command::SignWebhook(args) => {
             let now_s = i64::try_from(SystemClock.now().as_ms() / 1_000).unwrap_or(i64::MAX);
             let secret = Secret::new(args.webhook_secret.into_bytes());
-            let header = signature::sign(&secret, args.timestamp.unwrap_or(now_s), args.body.as_bytes());
+            let header = signature::sign(
+                &secret,
+                args.timestamp.unwrap_or(now_s),
+                args.body.as_bytes(),
+            );
             println!("{header}");
             Ok(())
         }

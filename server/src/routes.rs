@@ -90,15 +90,22 @@ struct HoldRequest {
 }
 
 /// `POST /api/holds {product_id, qty}`
-fn place_hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+fn place_hold(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "holds")
         .and(warp::post())
         .and(problem::json_body::<HoldRequest>())
         .and(with_app(app))
         .then(|request: HoldRequest, app: SharedApp| async move {
-            let placed = app.service.place_hold(ProductId(request.product_id), Qty(request.qty));
+            let placed = app
+                .service
+                .place_hold(ProductId(request.product_id), Qty(request.qty));
             match placed.await {
-                Ok(placed) => json_reply(StatusCode::CREATED, &hold_json(&placed.hold, HoldView::Held)),
+                Ok(placed) => json_reply(
+                    StatusCode::CREATED,
+                    &hold_json(&placed.hold, HoldView::Held),
+                ),
                 Err(error) => error_reply(error),
             }
         })
@@ -125,7 +132,9 @@ struct OrderRequest {
 
 /// `POST /api/orders {hold_id}`: 201 when created, 200 with the same order when the hold
 /// already became one.
-fn place_order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+fn place_order(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "orders")
         .and(warp::post())
         .and(problem::json_body::<OrderRequest>())
@@ -133,7 +142,11 @@ fn place_order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = war
         .then(|request: OrderRequest, app: SharedApp| async move {
             match app.service.place_order(HoldId(request.hold_id)).await {
                 Ok(placed) => {
-                    let status = if placed.created { StatusCode::CREATED } else { StatusCode::OK };
+                    let status = if placed.created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
                     json_reply(status, &order_json(&placed.order))
                 }
                 Err(error) => error_reply(error),
@@ -165,14 +178,18 @@ struct WebhookRequest {
 fn webhook(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "payments" / "webhook")
         .and(warp::post())
-        .and(warp::header::optional::<String>(signature::SIGNATURE_HEADER))
+        .and(warp::header::optional::<String>(
+            signature::SIGNATURE_HEADER,
+        ))
         .and(problem::json_bytes())
         .and(with_app(app))
-        .then(|header: Option<String>, body: Bytes, app: SharedApp| async move {
-            match apply_webhook(&app, header.as_deref(), &body).await {
-                Ok(response) | Err(response) => response,
-            }
-        })
+        .then(
+            |header: Option<String>, body: Bytes, app: SharedApp| async move {
+                match apply_webhook(&app, header.as_deref(), &body).await {
+                    Ok(response) | Err(response) => response,
+                }
+            },
+        )
 }
 
 async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<Response, Response> {
@@ -185,12 +202,23 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
     }
     let request: WebhookRequest = problem::parse_json(body).map_err(Reply::into_response)?;
     let key = IdempotencyKey::parse(&request.idempotency_key).ok_or_else(|| {
-        invalid("idempotency_key must be 1 to 255 printable ASCII characters", "idempotency_key")
+        invalid(
+            "idempotency_key must be 1 to 255 printable ASCII characters",
+            "idempotency_key",
+        )
     })?;
     let status = PaymentStatus::parse(&request.status)
         .ok_or_else(|| invalid("status must be paid, failed or cancelled", "status"))?;
-    let payload = WebhookPayload { key, hold_id: HoldId(request.hold_id), status };
-    let answer = app.service.apply_webhook(&payload).await.map_err(error_reply)?;
+    let payload = WebhookPayload {
+        key,
+        hold_id: HoldId(request.hold_id),
+        status,
+    };
+    let answer = app
+        .service
+        .apply_webhook(&payload)
+        .await
+        .map_err(error_reply)?;
     let record = &answer.record;
     if answer.replayed {
         tracing::info!(key = %record.key, result = record.result.as_str(), "duplicate webhook");
@@ -240,7 +268,11 @@ fn admin(app: SharedApp) -> impl Filter<Extract = (), Error = warp::Rejection> +
             if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
                 Ok(())
             } else {
-                let problem = Problem::new(401, "unauthorized", "a valid admin bearer token is required");
+                let problem = Problem::new(
+                    401,
+                    "unauthorized",
+                    "a valid admin bearer token is required",
+                );
                 Err(problem.into_rejection())
             }
         })
@@ -257,11 +289,17 @@ fn admin_create_product(
         .and(problem::json_body::<CreateProductRequest>())
         .and(with_app(app))
         .then(|request: CreateProductRequest, app: SharedApp| async move {
-            let created =
-                app.service.create_product(&request.name, Cents(request.price_cents), Qty(request.stock));
+            let created = app.service.create_product(
+                &request.name,
+                Cents(request.price_cents),
+                Qty(request.stock),
+            );
             match created.await {
                 Ok(product) => {
-                    let view = ProductView { available: product.stock, product };
+                    let view = ProductView {
+                        available: product.stock,
+                        product,
+                    };
                     json_reply(StatusCode::CREATED, &product_json(&view))
                 }
                 Err(error) => error_reply(error),
@@ -276,21 +314,25 @@ struct RestockRequest {
 }
 
 /// `POST /api/admin/products/{id}/restock {qty}`
-fn admin_restock(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+fn admin_restock(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "admin" / "products" / u64 / "restock")
         .and(warp::post())
         .and(admin(app.clone()))
         .and(problem::json_body::<RestockRequest>())
         .and(with_app(app))
-        .then(|id: u64, request: RestockRequest, app: SharedApp| async move {
-            match app.service.restock(ProductId(id), Qty(request.qty)).await {
-                Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
-                Err(ServiceError::Rejected(Rejection::UnknownProduct { product_id })) => {
-                    not_found("product", product_id.0)
+        .then(
+            |id: u64, request: RestockRequest, app: SharedApp| async move {
+                match app.service.restock(ProductId(id), Qty(request.qty)).await {
+                    Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
+                    Err(ServiceError::Rejected(Rejection::UnknownProduct { product_id })) => {
+                        not_found("product", product_id.0)
+                    }
+                    Err(error) => error_reply(error),
                 }
-                Err(error) => error_reply(error),
-            }
-        })
+            },
+        )
 }
 
 /// `GET /healthz`: the process answers.
@@ -302,14 +344,18 @@ fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Cl
 
 /// `GET /readyz`: the database answers.
 fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("readyz").and(warp::get()).and(with_app(app)).then(|app: SharedApp| async move {
-        if app.service.store().ping().await {
-            json_reply(StatusCode::OK, &json!({"status": "ready"}))
-        } else {
-            let problem = Problem::new(503, "database_unavailable", "the database does not answer");
-            problem.into_response()
-        }
-    })
+    warp::path!("readyz")
+        .and(warp::get())
+        .and(with_app(app))
+        .then(|app: SharedApp| async move {
+            if app.service.store().ping().await {
+                json_reply(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                let problem =
+                    Problem::new(503, "database_unavailable", "the database does not answer");
+                problem.into_response()
+            }
+        })
 }
 
 /// A product as the API shows it; fields in the original service's order.
@@ -413,9 +459,15 @@ fn error_reply(error: ServiceError) -> Response {
         ServiceError::Rejected(rejection) => rejection_problem(&rejection).into_response(),
         ServiceError::NotFound { what, id } => not_found(what, id),
         ServiceError::Busy { attempts } => {
-            let problem = Problem::new(503, "busy", format!("contention after {attempts} attempts; retry"));
+            let problem = Problem::new(
+                503,
+                "busy",
+                format!("contention after {attempts} attempts; retry"),
+            );
             let mut response = problem.into_response();
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
         ServiceError::Store(error) => {
@@ -433,16 +485,25 @@ fn rejection_problem(rejection: &Rejection) -> Problem {
             Problem::validation_failed(detail, Some("qty".into()))
         }
         Rejection::InvalidName => Problem::validation_failed(detail, Some("name".into())),
-        Rejection::InvalidPrice { .. } => Problem::validation_failed(detail, Some("price_cents".into())),
+        Rejection::InvalidPrice { .. } => {
+            Problem::validation_failed(detail, Some("price_cents".into()))
+        }
         Rejection::InvalidTtl { .. }
         | Rejection::InvalidPaymentWindow { .. }
         | Rejection::TotalOverflow { .. } => Problem::validation_failed(detail, None),
         Rejection::UnknownProduct { .. } => {
             Problem::new(422, code, detail).with_member("field", "product_id")
         }
-        Rejection::UnknownHold { .. } => Problem::new(422, code, detail).with_member("field", "hold_id"),
-        Rejection::HoldReleased { .. } | Rejection::HoldExpired { .. } => Problem::new(409, code, detail),
-        Rejection::InsufficientStock { requested, available } => Problem::new(409, code, detail)
+        Rejection::UnknownHold { .. } => {
+            Problem::new(422, code, detail).with_member("field", "hold_id")
+        }
+        Rejection::HoldReleased { .. } | Rejection::HoldExpired { .. } => {
+            Problem::new(409, code, detail)
+        }
+        Rejection::InsufficientStock {
+            requested,
+            available,
+        } => Problem::new(409, code, detail)
             .with_member("requested", requested.0)
             .with_member("available", available.0),
         Rejection::IdempotencyKeyReused { field, .. } => {

@@ -21,7 +21,9 @@ use crate::store::sql::SqlStore;
 /// # Errors
 /// A failed connection or migration.
 pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
-    let store = SqlStore::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    let store = SqlStore::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     store.migrate().await.context("migrating")?;
     Ok(store)
 }
@@ -38,7 +40,11 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
     let payment_window_ms = u64::try_from(args.payment_window.as_millis()).unwrap_or(u64::MAX);
     validate_payment_window(payment_window_ms)
         .map_err(|_| anyhow::anyhow!("--payment-window must be between 1s and 7 days"))?;
-    Ok(service::Config { hold_ttl_ms, payment_window_ms, ..service::Config::default() })
+    Ok(service::Config {
+        hold_ttl_ms,
+        payment_window_ms,
+        ..service::Config::default()
+    })
 }
 
 /// Runs `flashsale serve` until a shutdown signal.
@@ -61,7 +67,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if admin_token.is_none() {
         tracing::info!("no admin token: admin routes are off");
     }
-    let app = Arc::new(App { service, webhook_secrets, admin_token });
+    let app = Arc::new(App {
+        service,
+        webhook_secrets,
+        admin_token,
+    });
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
@@ -70,7 +80,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when binding port 0.
     println!("listening on http://{local}");
     let sweeper = tokio::spawn(sweep_forever(app.clone(), args.sweep_interval));
-    warp::serve(routes::routes(app)).incoming(listener).graceful(shutdown_signal()).run().await;
+    warp::serve(routes::routes(app))
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
     sweeper.abort();
     store.close().await;
     tracing::info!("stopped");
@@ -81,7 +95,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn webhook_secrets(given: &[String]) -> anyhow::Result<Vec<Secret>> {
     let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
     if !given.is_empty() {
-        return Ok(given.into_iter().map(|s| Secret::new(s.as_bytes().to_vec())).collect());
+        return Ok(given
+            .into_iter()
+            .map(|s| Secret::new(s.as_bytes().to_vec()))
+            .collect());
     }
     let bytes: [u8; 32] = rand::random();
     let secret = hex::encode(bytes);

@@ -57,11 +57,10 @@ impl SqlStore {
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
-                        conn.execute(
-                            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, \
-                             SESSION innodb_lock_wait_timeout = 5",
-                        )
-                        .await?;
+                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .await?;
+                        conn.execute("SET SESSION innodb_lock_wait_timeout = 5")
+                            .await?;
                         Ok(())
                     })
                 })

@@ -1,0 +1,412 @@
+//! The service layer against real databases, in process: SQLite files and fresh MariaDB
+//! databases, with manual clocks that jump back and differ between two services sharing one
+//! database. Every test ends by checking the invariants on a dump of the database.
+//!
+//! The MariaDB half fails, never skips, when `FLASHSALE_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306`) cannot be reached: start it with `bash .ci/mariadb.sh`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use flashsale_core::{
+    Cents, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, OrderStatus, PaymentStatus,
+    ProductId, Qty, Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
+};
+use flashsale_server::clock::ManualClock;
+use flashsale_server::service::{Config, Service, ServiceError};
+use flashsale_server::store::sql::SqlStore;
+use sqlx::Executor;
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+const TTL_MS: u64 = 60_000;
+const WINDOW_MS: u64 = 600_000;
+
+type TestService = Service<SqlStore, ManualClock>;
+
+/// A fresh database; dropped MariaDB databases are removed at the end of the test.
+struct Db {
+    url: String,
+    cleanup: Option<String>,
+    dir: Option<std::path::PathBuf>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn sqlite() -> Db {
+    let dir = std::env::temp_dir().join(format!("flashsale-service-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite:{}", dir.join("flashsale.db").display());
+    Db {
+        url,
+        cleanup: None,
+        dir: Some(dir),
+    }
+}
+
+async fn mariadb() -> Db {
+    let base = std::env::var("FLASHSALE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
+    let admin = sqlx::MySqlPool::connect(&base).await.unwrap_or_else(|e| {
+        panic!("MariaDB not reachable at {base} ({e}); start it with `bash .ci/mariadb.sh`")
+    });
+    let name = format!("fs_service_{}", unique());
+    let create = format!("CREATE DATABASE {name}");
+    admin
+        .execute(sqlx::AssertSqlSafe(create))
+        .await
+        .expect("create database");
+    admin.close().await;
+    Db {
+        url: format!("{base}/{name}"),
+        cleanup: Some(name),
+        dir: None,
+    }
+}
+
+impl Db {
+    async fn service(&self, clock: &ManualClock) -> TestService {
+        let store = SqlStore::connect(&self.url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let config = Config {
+            hold_ttl_ms: TTL_MS,
+            payment_window_ms: WINDOW_MS,
+            ..Config::default()
+        };
+        Service::new(store, clock.clone(), config)
+    }
+
+    /// Checks the invariants on the database's rows, then drops a MariaDB database.
+    async fn finish(self, service: &TestService) {
+        let dump = service.dump().await.expect("dump");
+        let ledger = Ledger::from_rows(dump.products, dump.holds, dump.orders, dump.webhooks);
+        if let Err(violation) = ledger.check_invariants() {
+            panic!("invariant violated in {}: {violation}", self.url);
+        }
+        service.store().close().await;
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(name) = self.cleanup {
+            let base = self.url.trim_end_matches(&format!("/{name}")).to_owned();
+            let admin = sqlx::MySqlPool::connect(&base).await.expect("reconnect");
+            let drop = format!("DROP DATABASE {name}");
+            admin
+                .execute(sqlx::AssertSqlSafe(drop))
+                .await
+                .expect("drop database");
+        }
+    }
+}
+
+fn key(k: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(k).expect("valid key")
+}
+
+fn paid(k: &str, hold_id: HoldId) -> WebhookPayload {
+    WebhookPayload {
+        key: key(k),
+        hold_id,
+        status: PaymentStatus::Paid,
+    }
+}
+
+async fn product(service: &TestService, stock: u32) -> ProductId {
+    service
+        .create_product("P", Cents(100), Qty(stock))
+        .await
+        .expect("created")
+        .id
+}
+
+fn rejected(result: Result<impl std::fmt::Debug, ServiceError>) -> Rejection {
+    match result {
+        Err(ServiceError::Rejected(rejection)) => rejection,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn a_clock_that_jumps_back_never_revives_a_released_hold(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 1).await;
+    let hold = service.place_hold(p, Qty(1)).await.expect("granted").hold;
+    clock.advance(TTL_MS as i64);
+    assert_eq!(
+        service.hold(hold.id).await.expect("exists").1,
+        HoldView::Expired
+    );
+    let swept = service.sweep().await.expect("swept");
+    assert_eq!(swept.holds_released, 1);
+    clock.set(T0);
+    assert_eq!(
+        rejected(service.place_order(hold.id).await),
+        Rejection::HoldReleased { hold_id: hold.id }
+    );
+    let refund = service
+        .apply_webhook(&paid("late", hold.id))
+        .await
+        .expect("recorded");
+    assert_eq!(refund.record.result, WebhookResult::RefundRequired);
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(1));
+    db.finish(&service).await;
+}
+
+async fn two_servers_with_skewed_clocks_agree_on_one_database(db: Db) {
+    let ahead = ManualClock::new(Timestamp(T0.as_ms() + TTL_MS));
+    let behind = ManualClock::new(T0);
+    let fast = db.service(&ahead).await;
+    let slow = db.service(&behind).await;
+    let p = product(&slow, 2).await;
+    let old = slow.place_hold(p, Qty(2)).await.expect("granted").hold;
+    // The fast server sees the hold expired: granting a new hold releases it first.
+    let new = fast.place_hold(p, Qty(2)).await.expect("granted");
+    assert_eq!(new.holds_released, vec![old.id]);
+    // The slow server still thinks the old hold is young, but it is released for good.
+    assert_eq!(
+        rejected(slow.place_order(old.id).await),
+        Rejection::HoldReleased { hold_id: old.id }
+    );
+    assert_eq!(
+        rejected(slow.place_hold(p, Qty(1)).await),
+        Rejection::InsufficientStock {
+            requested: Qty(1),
+            available: Qty(0)
+        }
+    );
+    let order = slow.place_order(new.hold.id).await.expect("ordered");
+    assert!(order.created);
+    assert_eq!(slow.product(p).await.expect("exists").product.stock, Qty(0));
+    db.finish(&slow).await;
+}
+
+async fn a_batch_is_granted_in_arrival_order_and_inserted_together(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 5).await;
+    let (placed, released) = service
+        .place_holds(p, &[Qty(2), Qty(4), Qty(3), Qty(1)])
+        .await
+        .expect("decided");
+    assert!(released.is_empty());
+    let qtys: Vec<_> = placed
+        .iter()
+        .map(|r| r.as_ref().map(|h| h.qty).map_err(Clone::clone))
+        .collect();
+    let short = Rejection::InsufficientStock {
+        requested: Qty(4),
+        available: Qty(3),
+    };
+    assert_eq!(
+        qtys,
+        vec![Ok(Qty(2)), Err(short), Ok(Qty(3)), Err(rejection_for(1))]
+    );
+    let ids: Vec<_> = placed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|h| h.id))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids ascend in arrival order: {ids:?}"
+    );
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
+    db.finish(&service).await;
+}
+
+fn rejection_for(requested: u32) -> Rejection {
+    Rejection::InsufficientStock {
+        requested: Qty(requested),
+        available: Qty(0),
+    }
+}
+
+async fn a_refused_hold_leaves_expired_holds_as_they_were(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 2).await;
+    let first = service.place_hold(p, Qty(2)).await.expect("granted").hold;
+    clock.advance(TTL_MS as i64);
+    rejected(service.place_hold(p, Qty(3)).await);
+    let dump = service.dump().await.expect("dump");
+    let state = dump
+        .holds
+        .iter()
+        .find(|h| h.id == first.id)
+        .map(|h| h.state);
+    assert_eq!(state, Some(HoldState::Held), "a rejection changes nothing");
+    let second = service.place_hold(p, Qty(2)).await.expect("granted");
+    assert_eq!(second.holds_released, vec![first.id]);
+    db.finish(&service).await;
+}
+
+async fn webhooks_apply_once_and_answer_replays_from_the_record(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 3).await;
+    let hold = service.place_hold(p, Qty(2)).await.expect("granted").hold;
+    let early = service
+        .apply_webhook(&paid("evt_1", hold.id))
+        .await
+        .expect("applied");
+    assert_eq!(early.record.result, WebhookResult::Applied);
+    let order = early.order.expect("created paid");
+    assert_eq!(order.status, OrderStatus::Paid);
+    let again = service
+        .apply_webhook(&paid("evt_1", hold.id))
+        .await
+        .expect("replayed");
+    assert!(again.replayed);
+    assert_eq!(again.record, early.record);
+    let placed = service.place_order(hold.id).await.expect("answered");
+    assert_eq!((placed.order.id, placed.created), (order.id, false));
+    let reused = WebhookPayload {
+        status: PaymentStatus::Failed,
+        ..paid("evt_1", hold.id)
+    };
+    assert_eq!(
+        rejected(service.apply_webhook(&reused).await),
+        Rejection::IdempotencyKeyReused {
+            key: key("evt_1"),
+            field: "status"
+        }
+    );
+    let conflict = WebhookPayload {
+        key: key("evt_2"),
+        ..reused
+    };
+    let answer = service.apply_webhook(&conflict).await.expect("recorded");
+    assert_eq!(answer.record.result, WebhookResult::Conflict);
+    assert_eq!(
+        service.product(p).await.expect("exists").product.stock,
+        Qty(1)
+    );
+    db.finish(&service).await;
+}
+
+async fn the_sweep_cancels_overdue_orders_and_returns_their_units_once(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 4).await;
+    let hold = service.place_hold(p, Qty(3)).await.expect("granted").hold;
+    let order = service.place_order(hold.id).await.expect("ordered").order;
+    let expiring = service.place_hold(p, Qty(1)).await.expect("granted").hold;
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
+    clock.advance(WINDOW_MS as i64);
+    let report = service.sweep().await.expect("swept");
+    assert_eq!((report.holds_released, report.orders_cancelled), (1, 1));
+    assert_eq!(
+        service.sweep().await.expect("swept again"),
+        Default::default()
+    );
+    assert_eq!(
+        service.order(order.id).await.expect("exists").status,
+        OrderStatus::Cancelled
+    );
+    let (released, _) = service.hold(expiring.id).await.expect("exists");
+    assert_eq!(released.state, HoldState::Released(ReleaseReason::Expired));
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(4));
+    let late = service
+        .apply_webhook(&paid("late", hold.id))
+        .await
+        .expect("recorded");
+    assert_eq!(late.record.result, WebhookResult::RefundRequired);
+    assert_eq!(
+        service.product(p).await.expect("exists").product.stock,
+        Qty(4)
+    );
+    db.finish(&service).await;
+}
+
+async fn concurrent_holds_grant_exactly_the_stock(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = Arc::new(db.service(&clock).await);
+    let p = product(&service, 10).await;
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.place_hold(p, Qty(1)).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        match task.await.expect("task ran") {
+            Ok(_) => granted += 1,
+            Err(ServiceError::Rejected(Rejection::InsufficientStock { .. })) => {}
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert_eq!(granted, 10);
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
+    db.finish(&service).await;
+}
+
+async fn concurrent_duplicate_webhooks_apply_once(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = Arc::new(db.service(&clock).await);
+    let p = product(&service, 1).await;
+    let hold = service.place_hold(p, Qty(1)).await.expect("granted").hold;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let service = service.clone();
+            // Half the deliveries reuse one key; the others each bring their own.
+            let k = if i % 2 == 0 {
+                "dup".to_owned()
+            } else {
+                format!("other_{i}")
+            };
+            tokio::spawn(async move { service.apply_webhook(&paid(&k, hold.id)).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        let answer = task.await.expect("task ran").expect("answered");
+        if answer.record.result == WebhookResult::Applied && !answer.replayed {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(
+        service.product(p).await.expect("exists").product.stock,
+        Qty(0)
+    );
+    db.finish(&service).await;
+}
+
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod on_mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::mariadb().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    a_clock_that_jumps_back_never_revives_a_released_hold,
+    two_servers_with_skewed_clocks_agree_on_one_database,
+    a_batch_is_granted_in_arrival_order_and_inserted_together,
+    a_refused_hold_leaves_expired_holds_as_they_were,
+    webhooks_apply_once_and_answer_replays_from_the_record,
+    the_sweep_cancels_overdue_orders_and_returns_their_units_once,
+    concurrent_holds_grant_exactly_the_stock,
+    concurrent_duplicate_webhooks_apply_once,
+);

@@ -322,6 +322,8 @@ pub fn json_bytes() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clon
 /// empty body and trailing characters); 422 `validation_failed` when it is valid JSON that
 /// does not fit `T` (wrong type, missing or unknown field, integer out of range), with a
 /// `field` member such as `qty` or `items[1].qty` when the position names one.
+// The error path is cold (one problem per bad request); boxing it would only add noise.
+#[allow(clippy::result_large_err)]
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     // Syntax is checked over the whole body first: serde_json reports the first error it
     // meets, so `{"qty":"x", oops` would otherwise be called ill-typed (422) when it is not

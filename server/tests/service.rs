@@ -5,6 +5,9 @@
 //! The MariaDB half fails, never skips, when `FLASHSALE_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306`) cannot be reached: start it with `bash .ci/mariadb.sh`.
 
+// Test arithmetic is on small known numbers; an overflow would panic the test, as it should.
+#![allow(clippy::arithmetic_side_effects)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 

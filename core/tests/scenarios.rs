@@ -12,6 +12,7 @@
 use flashsale_core::WebhookResult::{AlreadyApplied, Applied, Conflict, RefundRequired, Unmatched};
 use flashsale_core::hold::{HOLD_QTY_MAX, HOLD_TTL_MS_MAX};
 use flashsale_core::order::PAYMENT_WINDOW_MS_MAX;
+use flashsale_core::product::PRICE_CENTS_MAX;
 use flashsale_core::{
     Cents, Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId,
     OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection, ReleaseReason,
@@ -273,13 +274,16 @@ fn ordering_the_same_hold_twice_answers_the_same_order() {
 }
 
 #[test]
-fn an_order_total_that_does_not_fit_in_64_bits_is_rejected() {
+fn the_largest_price_times_the_largest_hold_is_a_valid_order_total() {
+    // Prices are bounded at creation, so no order, and no `paid` webhook creating one, can be
+    // refused for a total that does not fit.
     let mut s = Scenario::new();
-    let p = s.create_product("P", u64::MAX, 2);
-    let h = s.step(0, hold(p, 2), expect_granted(2)).hold_id();
-    let overflow = Rejection::TotalOverflow { hold_id: h };
-    s.step(0, order(h), expect_rejected(overflow));
-    s.expect_hold(h, HoldState::Held);
+    let max = HOLD_QTY_MAX.0;
+    let p = s.create_product("P", PRICE_CENTS_MAX.0, max);
+    let h = s.step(0, hold(p, max), expect_granted(max)).hold_id();
+    let order = s.step(0, order(h), expect_new_order()).order();
+    let total = PRICE_CENTS_MAX.times(HOLD_QTY_MAX);
+    assert_eq!(Some(order.total_cents), total);
 }
 
 // The webhook table (payment.rs), row by row. The rows "held, paid" and "paid, paid" are the
@@ -684,6 +688,20 @@ fn restocking_past_the_largest_stock_is_rejected() {
     let p = s.create_product("P", 500, u32::MAX);
     let overflow = Rejection::StockOverflow { product_id: p };
     s.step(0, restock(p, 1), expect_rejected(overflow));
+}
+
+#[test]
+fn a_price_above_the_limit_is_rejected_after_the_name() {
+    let mut s = Scenario::new();
+    let price_cents = Cents(PRICE_CENTS_MAX.0 + 1);
+    let too_dear = |name: &str| Command::CreateProduct {
+        name: name.to_owned(),
+        price_cents,
+        stock: Qty(1),
+    };
+    let invalid = Rejection::InvalidPrice { price_cents };
+    s.step(0, too_dear("P"), expect_rejected(invalid));
+    s.step(0, too_dear(" "), expect_rejected(Rejection::InvalidName));
 }
 
 #[test]

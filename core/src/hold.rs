@@ -87,7 +87,7 @@ impl HoldView {
 }
 
 /// A hold on `qty` units of one product.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
     /// Its id.
     pub id: HoldId,
@@ -180,34 +180,16 @@ pub fn place_holds(
     now: Timestamp,
     ttl_ms: u64,
 ) -> Vec<Result<HoldGrant, Rejection>> {
-    assert!(
-        units_held <= product.stock,
-        "invariant 1: units held exceed stock"
-    );
-    let mut available = product::available(product, units_held);
-    let expires_at = now.saturating_add_ms(ttl_ms);
+    let mut available = available_before(product, units_held);
     let decisions: Vec<_> = requests
         .iter()
-        .map(|&qty| {
-            validate_request(qty, ttl_ms)?;
-            available = available
-                .checked_sub(qty)
-                .ok_or(Rejection::InsufficientStock {
-                    requested: qty,
-                    available,
-                })?;
-            Ok(HoldGrant {
-                qty,
-                created_at: now,
-                expires_at,
-            })
-        })
+        .map(|&qty| decide(&mut available, qty, now, ttl_ms))
         .collect();
     debug_assert_eq!(decisions.len(), requests.len(), "one decision per request");
     decisions
 }
 
-/// Decides one hold request: [`place_holds`] with a batch of one.
+/// Decides one hold request: [`place_holds`] with a batch of one, without allocating.
 ///
 /// # Errors
 /// As [`place_holds`].
@@ -218,10 +200,37 @@ pub fn place_hold(
     now: Timestamp,
     ttl_ms: u64,
 ) -> Result<HoldGrant, Rejection> {
-    let mut decisions = place_holds(product, units_held, &[qty], now, ttl_ms);
-    decisions
-        .pop()
-        .unwrap_or(Err(Rejection::InvalidQty { qty }))
+    let mut available = available_before(product, units_held);
+    decide(&mut available, qty, now, ttl_ms)
+}
+
+fn available_before(product: &Product, units_held: Qty) -> Qty {
+    assert!(
+        units_held <= product.stock,
+        "invariant 1: units held exceed stock"
+    );
+    product::available(product, units_held)
+}
+
+/// The one hold decision: grant `qty` out of `available` (and take it), or say what was there.
+fn decide(
+    available: &mut Qty,
+    qty: Qty,
+    now: Timestamp,
+    ttl_ms: u64,
+) -> Result<HoldGrant, Rejection> {
+    validate_request(qty, ttl_ms)?;
+    *available = available
+        .checked_sub(qty)
+        .ok_or(Rejection::InsufficientStock {
+            requested: qty,
+            available: *available,
+        })?;
+    Ok(HoldGrant {
+        qty,
+        created_at: now,
+        expires_at: now.saturating_add_ms(ttl_ms),
+    })
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ impl OrderStatus {
 }
 
 /// An order for the units of one hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Order {
     /// Its id.
     pub id: OrderId,

@@ -319,12 +319,17 @@ fn decide_for_held(
         }
         PaymentStatus::Paid => {
             // The window is irrelevant for an order born paid; its due time is its creation.
-            let order = order::new_order(hold, product, now, OrderStatus::Paid, 0)?;
-            new(
-                WebhookResult::Applied,
-                None,
-                WebhookEffect::CreatePaidOrder(order),
-            )
+            match order::new_order(hold, product, now, OrderStatus::Paid, 0) {
+                Ok(order) => new(
+                    WebhookResult::Applied,
+                    None,
+                    WebhookEffect::CreatePaidOrder(order),
+                ),
+                // A total too large to record (a price above the core's limit, loaded from
+                // rows): the sale cannot be made, so the payment is recorded for a refund
+                // rather than dropped (invariant 5).
+                Err(_) => new(WebhookResult::RefundRequired, None, WebhookEffect::None),
+            }
         }
         PaymentStatus::Failed => new(
             WebhookResult::Applied,

@@ -1,10 +1,11 @@
 //! The in-memory ledger: products, holds, orders and webhook records, and the one entry point
 //! [`Ledger::apply`] that runs a command through the same decisions the SQL server calls.
 //!
-//! The ledger keeps two indexes beside its rows so that no command scans every hold: the held
-//! holds of each product ordered by deadline (with their unit total), and the pre-payment orders
-//! ordered by payment deadline. Both are derived from the rows and checked against them in debug
-//! builds.
+//! Rows live in dense tables indexed by id (each kind has its own sequence from 1, as a database
+//! table does), so a lookup is an index, not a search. Two indexes sit beside the rows so that no
+//! command scans every hold: the held holds of each product ordered by deadline (with their units
+//! and unit total), and the pre-payment orders ordered by payment deadline. Both are derived from
+//! the rows and checked against them in debug builds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,23 +19,74 @@ use crate::payment::{self, WebhookDecision, WebhookEffect, WebhookPayload, Webho
 use crate::product::{self, Product};
 use crate::time::{Timestamp, is_past};
 
-/// The held holds of one product, by deadline, and their total units.
+/// The held holds of one product, by deadline, with their units, and their total units.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct HeldIndex {
-    by_expiry: BTreeSet<(Timestamp, HoldId)>,
+    by_expiry: BTreeMap<(Timestamp, HoldId), Qty>,
     units: Qty,
 }
 
-/// Every row of the service, in memory, with ids allocated in sequence from 1.
+/// Rows by id: row `id` lives at index `id - 1`; ids a database skipped are `None`. Ids are
+/// allocated from 1 in sequence, so the table stays dense.
+#[derive(Clone, Debug)]
+struct Table<R> {
+    rows: Vec<Option<R>>,
+    len: usize,
+}
+
+impl<R> Default for Table<R> {
+    fn default() -> Self {
+        Table {
+            rows: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<R> Table<R> {
+    fn index(id: u64) -> Option<usize> {
+        usize::try_from(id.checked_sub(1)?).ok()
+    }
+
+    fn get(&self, id: u64) -> Option<&R> {
+        self.rows.get(Self::index(id)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut R> {
+        self.rows.get_mut(Self::index(id)?)?.as_mut()
+    }
+
+    /// The id the next inserted row gets.
+    fn next_id(&self) -> u64 {
+        u64::try_from(self.rows.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn insert(&mut self, id: u64, row: R) {
+        let index = Self::index(id).unwrap_or_else(|| panic!("row id {id} out of range"));
+        if index >= self.rows.len() {
+            self.rows.resize_with(index.saturating_add(1), || None);
+        }
+        if self.rows[index].replace(row).is_none() {
+            self.len = self.len.saturating_add(1);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &R> {
+        self.rows.iter().flatten()
+    }
+}
+
+/// Every row of the service, in memory. Each kind of row has its own id sequence from 1.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    products: BTreeMap<ProductId, Product>,
-    holds: BTreeMap<HoldId, Hold>,
-    orders: BTreeMap<OrderId, Order>,
+    products: Table<Product>,
+    holds: Table<Hold>,
+    orders: Table<Order>,
     webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
     held: BTreeMap<ProductId, HeldIndex>,
     due: BTreeSet<(Timestamp, OrderId)>,
-    id_last: u64,
 }
 
 impl Ledger {
@@ -44,7 +96,7 @@ impl Ledger {
     }
 
     /// A ledger holding these rows, for checking a database's contents with the same code.
-    /// New ids continue after the largest present.
+    /// New ids of each kind continue after the largest present.
     ///
     /// # Panics
     /// If a hold or order names a product that is not among `products`: the rows are corrupt.
@@ -55,18 +107,18 @@ impl Ledger {
         webhooks: impl IntoIterator<Item = WebhookRecord>,
     ) -> Self {
         let mut ledger = Ledger::new();
-        ledger.products = products.into_iter().map(|p| (p.id, p)).collect();
-        ledger.holds = holds.into_iter().map(|h| (h.id, h)).collect();
-        ledger.orders = orders.into_iter().map(|o| (o.id, o)).collect();
+        products
+            .into_iter()
+            .for_each(|p| ledger.products.insert(p.id.0, p));
+        holds
+            .into_iter()
+            .for_each(|h| ledger.holds.insert(h.id.0, h));
+        orders
+            .into_iter()
+            .for_each(|o| ledger.orders.insert(o.id.0, o));
         ledger.webhooks = webhooks.into_iter().map(|w| (w.key.clone(), w)).collect();
         ledger.held = ledger.held_index_from_rows();
         ledger.due = ledger.due_index_from_rows();
-        let ids = ledger.products.keys().map(|id| id.0);
-        let ids = ids.chain(ledger.holds.keys().map(|id| id.0));
-        ledger.id_last = ids
-            .chain(ledger.orders.keys().map(|id| id.0))
-            .max()
-            .unwrap_or(0);
         ledger
     }
 
@@ -122,8 +174,8 @@ impl Ledger {
         let holds = self
             .held
             .values()
-            .filter_map(|index| index.by_expiry.first());
-        let hold_first = holds.map(|&(at, _)| at).min();
+            .filter_map(|index| index.by_expiry.first_key_value());
+        let hold_first = holds.map(|(&(at, _), _)| at).min();
         let order_first = self.due.first().map(|&(at, _)| at);
         hold_first.into_iter().chain(order_first).min()
     }
@@ -138,23 +190,23 @@ impl Ledger {
 
     /// A product.
     pub fn product(&self, id: ProductId) -> Option<&Product> {
-        self.products.get(&id)
+        self.products.get(id.0)
     }
 
     /// Units of a product available to a new hold at `now`, without releasing anything.
     pub fn available(&self, id: ProductId, now: Timestamp) -> Option<Qty> {
-        let product = self.products.get(&id)?;
+        let product = self.products.get(id.0)?;
         Some(product::available(product, self.units_held_live(id, now)))
     }
 
     /// A hold.
     pub fn hold(&self, id: HoldId) -> Option<&Hold> {
-        self.holds.get(&id)
+        self.holds.get(id.0)
     }
 
     /// An order.
     pub fn order(&self, id: OrderId) -> Option<&Order> {
-        self.orders.get(&id)
+        self.orders.get(id.0)
     }
 
     /// A webhook record.
@@ -164,30 +216,22 @@ impl Ledger {
 
     /// Every product, by id.
     pub fn products(&self) -> impl Iterator<Item = &Product> {
-        self.products.values()
+        self.products.iter()
     }
 
     /// Every hold, by id.
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
-        self.holds.values()
+        self.holds.iter()
     }
 
     /// Every order, by id.
     pub fn orders(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values()
+        self.orders.iter()
     }
 
     /// Every webhook record, by key.
     pub fn webhooks(&self) -> impl Iterator<Item = &WebhookRecord> {
         self.webhooks.values()
-    }
-
-    fn next_id(&mut self) -> u64 {
-        self.id_last = self
-            .id_last
-            .checked_add(1)
-            .unwrap_or_else(|| panic!("ids exhausted"));
-        self.id_last
     }
 
     fn create_product(
@@ -197,14 +241,14 @@ impl Ledger {
         stock: Qty,
     ) -> Result<Outcome, Rejection> {
         let new = product::create_product(name, price_cents, stock)?;
-        let product = new.with_id(ProductId(self.next_id()));
-        self.products.insert(product.id, product.clone());
+        let product = new.with_id(ProductId(self.products.next_id()));
+        self.products.insert(product.id.0, product.clone());
         Ok(Outcome::ProductCreated(product))
     }
 
     fn restock(&mut self, product_id: ProductId, qty: Qty) -> Result<Outcome, Rejection> {
         product::validate_restock(qty)?;
-        let product = self.products.get_mut(&product_id);
+        let product = self.products.get_mut(product_id.0);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
         (product.stock, product.units_received) = product::restock(product, qty)?;
         Ok(Outcome::Restocked(product.clone()))
@@ -218,23 +262,19 @@ impl Ledger {
         ttl_ms: u64,
     ) -> Result<Outcome, Rejection> {
         hold::validate_request(qty, ttl_ms)?;
-        let product = self.products.get(&product_id);
+        let product = self.products.get(product_id.0);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
         // Decide as if the expired holds were released, and release them only on a grant: a
         // rejection changes nothing.
         let units_held = self.units_held_live(product_id, now);
         let grant = hold::place_hold(product, units_held, qty, now, ttl_ms)?;
-        let mut expired = self.expired_holds(product_id, now);
-        expired.sort_unstable();
-        for &id in &expired {
-            self.release_hold(id, ReleaseReason::Expired);
-        }
-        let hold = grant.with_id(HoldId(self.next_id()), product_id);
+        let holds_released = self.release_expired(product_id, now);
+        let hold = grant.with_id(HoldId(self.holds.next_id()), product_id);
         self.insert_held(&hold);
-        self.holds.insert(hold.id, hold.clone());
+        self.holds.insert(hold.id.0, hold);
         Ok(Outcome::HoldPlaced {
             hold,
-            holds_released: expired,
+            holds_released,
         })
     }
 
@@ -247,15 +287,15 @@ impl Ledger {
         order::validate_payment_window(payment_window_ms)?;
         let hold = self
             .holds
-            .get(&hold_id)
+            .get(hold_id.0)
             .ok_or(Rejection::UnknownHold { hold_id })?;
         let product = self.product_of(hold);
         match order::place_order(hold, product, now, payment_window_ms)? {
             OrderDecision::Existing(order_id) => {
-                let order = self.orders.get(&order_id);
+                let order = self.orders.get(order_id.0);
                 let order = order.unwrap_or_else(|| panic!("invariant 3: order {order_id} lost"));
                 Ok(Outcome::OrderPlaced {
-                    order: order.clone(),
+                    order: *order,
                     created: false,
                 })
             }
@@ -275,10 +315,10 @@ impl Ledger {
         payload: WebhookPayload,
     ) -> Result<Outcome, Rejection> {
         let record = self.webhooks.get(&payload.key);
-        let hold = self.holds.get(&payload.hold_id);
+        let hold = self.holds.get(payload.hold_id.0);
         let hold_and_product = hold.map(|hold| (hold, self.product_of(hold)));
         let order = hold.and_then(|hold| match hold.state {
-            HoldState::Consumed(order_id) => self.orders.get(&order_id),
+            HoldState::Consumed(order_id) => self.orders.get(order_id.0),
             HoldState::Held | HoldState::Released(_) => None,
         });
         let (result, order_id, effect) =
@@ -336,10 +376,7 @@ impl Ledger {
         let product_ids: Vec<ProductId> = self.held.keys().copied().collect();
         let mut holds_released = Vec::new();
         for product_id in product_ids {
-            for id in self.expired_holds(product_id, now) {
-                self.release_hold(id, ReleaseReason::Expired);
-                holds_released.push(id);
-            }
+            holds_released.extend(self.release_expired(product_id, now));
         }
         holds_released.sort_unstable();
         let overdue = self
@@ -357,8 +394,36 @@ impl Ledger {
         }
     }
 
+    /// Releases the product's held holds whose deadline has passed at `now`; returns their ids,
+    /// in id order.
+    fn release_expired(&mut self, product_id: ProductId, now: Timestamp) -> Vec<HoldId> {
+        let mut released = Vec::new();
+        let Some(index) = self.held.get_mut(&product_id) else {
+            return released;
+        };
+        while let Some(entry) = index.by_expiry.first_entry() {
+            if !is_past(entry.key().0, now) {
+                break;
+            }
+            let ((_, hold_id), qty) = entry.remove_entry();
+            index.units = index
+                .units
+                .checked_sub(qty)
+                .unwrap_or_else(|| panic!("held underflow"));
+            released.push(hold_id);
+        }
+        if index.by_expiry.is_empty() {
+            self.held.remove(&product_id);
+        }
+        for &hold_id in &released {
+            self.set_hold_state(hold_id, HoldState::Released(ReleaseReason::Expired));
+        }
+        released.sort_unstable();
+        released
+    }
+
     fn product_of(&self, hold: &Hold) -> &Product {
-        let product = self.products.get(&hold.product_id);
+        let product = self.products.get(hold.product_id.0);
         product.unwrap_or_else(|| panic!("hold {} names missing product", hold.id))
     }
 
@@ -367,29 +432,19 @@ impl Ledger {
         let Some(index) = self.held.get(&product_id) else {
             return Qty::ZERO;
         };
-        let expired = self
-            .expired_holds(product_id, now)
-            .into_iter()
-            .map(|id| self.holds[&id].qty);
-        let expired = expired.fold(Qty::ZERO, |sum, qty| sum.checked_add(qty).unwrap_or(sum));
-        index.units.saturating_sub(expired)
-    }
-
-    /// The product's held holds whose deadline has passed at `now`, by deadline.
-    fn expired_holds(&self, product_id: ProductId, now: Timestamp) -> Vec<HoldId> {
-        let Some(index) = self.held.get(&product_id) else {
-            return Vec::new();
-        };
         let expired = index
             .by_expiry
             .iter()
-            .take_while(|&&(at, _)| is_past(at, now));
-        expired.map(|&(_, id)| id).collect()
+            .take_while(|&(&(at, _), _)| is_past(at, now));
+        let expired = expired.fold(Qty::ZERO, |sum, (_, &qty)| {
+            sum.checked_add(qty).unwrap_or(sum)
+        });
+        index.units.saturating_sub(expired)
     }
 
     fn insert_held(&mut self, hold: &Hold) {
         let index = self.held.entry(hold.product_id).or_default();
-        index.by_expiry.insert((hold.expires_at, hold.id));
+        index.by_expiry.insert((hold.expires_at, hold.id), hold.qty);
         index.units = index
             .units
             .checked_add(hold.qty)
@@ -397,17 +452,12 @@ impl Ledger {
     }
 
     /// Moves a held hold to `state`, out of the held index.
-    fn leave_held(&mut self, hold_id: HoldId, state: HoldState) -> &Hold {
-        let hold = self.holds.get_mut(&hold_id);
-        let hold = hold.unwrap_or_else(|| panic!("hold {hold_id} missing"));
-        assert_eq!(hold.state, HoldState::Held, "only a held hold leaves held");
-        hold.state = state;
+    fn leave_held(&mut self, hold_id: HoldId, state: HoldState) {
+        let hold = self.set_hold_state(hold_id, state);
         let index = self.held.get_mut(&hold.product_id);
         let index = index.unwrap_or_else(|| panic!("held index lost product {}", hold.product_id));
-        assert!(
-            index.by_expiry.remove(&(hold.expires_at, hold_id)),
-            "held index lost a hold"
-        );
+        let removed = index.by_expiry.remove(&(hold.expires_at, hold_id));
+        assert_eq!(removed, Some(hold.qty), "held index lost hold {hold_id}");
         index.units = index
             .units
             .checked_sub(hold.qty)
@@ -415,7 +465,16 @@ impl Ledger {
         if index.by_expiry.is_empty() {
             self.held.remove(&hold.product_id);
         }
-        hold
+    }
+
+    /// Sets a held hold's state; returns the hold as it was.
+    fn set_hold_state(&mut self, hold_id: HoldId, state: HoldState) -> Hold {
+        let hold = self.holds.get_mut(hold_id.0);
+        let hold = hold.unwrap_or_else(|| panic!("hold {hold_id} missing"));
+        assert_eq!(hold.state, HoldState::Held, "only a held hold leaves held");
+        let before = *hold;
+        hold.state = state;
+        before
     }
 
     fn release_hold(&mut self, hold_id: HoldId, reason: ReleaseReason) {
@@ -423,27 +482,30 @@ impl Ledger {
     }
 
     fn insert_order(&mut self, new: NewOrder) -> Order {
-        let order = new.with_id(OrderId(self.next_id()));
-        let product = self.product_of(&self.holds[&order.hold_id]);
+        let order = new.with_id(OrderId(self.orders.next_id()));
+        let hold = self.holds.get(order.hold_id.0);
+        let product = self.product_of(hold.unwrap_or_else(|| panic!("order's hold missing")));
         let (hold_state, stock) = order::consume(product, &order);
         self.leave_held(order.hold_id, hold_state);
         self.set_stock(order.product_id, stock);
         if order.status == OrderStatus::PrePayment {
             self.due.insert((order.payment_due_at, order.id));
         }
-        self.orders.insert(order.id, order.clone());
+        self.orders.insert(order.id.0, order);
         order
     }
 
     fn cancel_order(&mut self, order_id: OrderId) {
-        let order = &self.orders[&order_id];
-        let stock = order::cancel(&self.products[&order.product_id], order);
+        let order = self.orders.get(order_id.0);
+        let order = order.unwrap_or_else(|| panic!("order {order_id} missing"));
+        let product = self.products.get(order.product_id.0);
+        let stock = order::cancel(product.unwrap_or_else(|| panic!("product missing")), order);
         self.set_stock(order.product_id, stock);
         self.set_order_status(order_id, OrderStatus::Cancelled);
     }
 
     fn set_order_status(&mut self, order_id: OrderId, status: OrderStatus) {
-        let order = self.orders.get_mut(&order_id);
+        let order = self.orders.get_mut(order_id.0);
         let order = order.unwrap_or_else(|| panic!("order {order_id} missing"));
         assert!(
             !order.status.is_terminal(),
@@ -454,7 +516,7 @@ impl Ledger {
     }
 
     fn set_stock(&mut self, product_id: ProductId, stock: Qty) {
-        let product = self.products.get_mut(&product_id);
+        let product = self.products.get_mut(product_id.0);
         product
             .unwrap_or_else(|| panic!("product {product_id} missing"))
             .stock = stock;
@@ -462,9 +524,9 @@ impl Ledger {
 
     fn held_index_from_rows(&self) -> BTreeMap<ProductId, HeldIndex> {
         let mut held: BTreeMap<ProductId, HeldIndex> = BTreeMap::new();
-        for hold in self.holds.values().filter(|h| h.state == HoldState::Held) {
+        for hold in self.holds.iter().filter(|h| h.state == HoldState::Held) {
             let index = held.entry(hold.product_id).or_default();
-            index.by_expiry.insert((hold.expires_at, hold.id));
+            index.by_expiry.insert((hold.expires_at, hold.id), hold.qty);
             index.units = index.units.checked_add(hold.qty).unwrap_or(Qty(u32::MAX));
         }
         held
@@ -473,7 +535,7 @@ impl Ledger {
     fn due_index_from_rows(&self) -> BTreeSet<(Timestamp, OrderId)> {
         let pending = self
             .orders
-            .values()
+            .iter()
             .filter(|o| o.status == OrderStatus::PrePayment);
         pending.map(|o| (o.payment_due_at, o.id)).collect()
     }

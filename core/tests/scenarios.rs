@@ -506,8 +506,8 @@ fn reusing_a_key_with_another_status_is_rejected_naming_status() {
 fn a_replayed_key_answers_its_stored_record_even_after_the_state_moved_on() {
     let mut s = Scenario::new();
     let p = s.create_product("P", 500, 3);
-    // A verdict for a hold that does not exist yet (ids are allocated in sequence).
-    let next = HoldId(p.0 + 1);
+    // A verdict for a hold that does not exist yet (hold ids are allocated in sequence from 1).
+    let next = HoldId(1);
     let first = s.step(0, paid("evt-1", next), expect_webhook(Unmatched));
     let h = s.step(1_000, hold(p, 1), expect_granted(1)).hold_id();
     assert_eq!(h, next, "the hold the early verdict named now exists");

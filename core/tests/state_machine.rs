@@ -50,7 +50,7 @@ impl ReferenceStateMachine for Reference {
     }
 
     fn transitions(state: &Self::State) -> BoxedStrategy<Self::Transition> {
-        let used = state.model.ids_used;
+        let used = state.model.id_max();
         let products = id_among(state.model.products.iter().map(|p| p.id).collect(), used);
         let holds = id_among(state.model.holds.iter().map(|h| h.id).collect(), used);
         let dt = prop_oneof![

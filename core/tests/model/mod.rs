@@ -103,13 +103,23 @@ pub struct Model {
     pub holds: Vec<ModelHold>,
     pub orders: Vec<ModelOrder>,
     pub webhooks: Vec<ModelWebhook>,
-    pub ids_used: u64,
+    /// Ids handed out so far, per kind: products, holds, orders (each its own sequence).
+    pub ids_used: [u64; 3],
 }
 
+const PRODUCT: usize = 0;
+const HOLD: usize = 1;
+const ORDER: usize = 2;
+
 impl Model {
-    fn new_id(&mut self) -> u64 {
-        self.ids_used += 1;
-        self.ids_used
+    fn new_id(&mut self, kind: usize) -> u64 {
+        self.ids_used[kind] += 1;
+        self.ids_used[kind]
+    }
+
+    /// The largest id of any kind handed out so far.
+    pub fn id_max(&self) -> u64 {
+        self.ids_used.iter().copied().max().unwrap_or(0)
     }
 
     fn find_product(&self, id: u64) -> Option<&ModelProduct> {
@@ -182,7 +192,7 @@ impl Model {
                 if name.trim().is_empty() || name.len() > 255 {
                     return Err(Rejection::InvalidName);
                 }
-                let id = self.new_id();
+                let id = self.new_id(PRODUCT);
                 self.products.push(ModelProduct {
                     id,
                     name,
@@ -244,7 +254,7 @@ impl Model {
                 released.push(HoldId(hold.id));
             }
         }
-        let id = self.new_id();
+        let id = self.new_id(HOLD);
         let hold = ModelHold {
             id,
             product,
@@ -298,7 +308,7 @@ impl Model {
     }
 
     fn create_order(&mut self, now: u64, hold: &ModelHold, status: OrderStatus, due: u64) -> u64 {
-        let id = self.new_id();
+        let id = self.new_id(ORDER);
         let price = self.find_product(hold.product).map_or(0, |p| p.price);
         self.orders.push(ModelOrder {
             id,

@@ -975,7 +975,7 @@ impl Answer {
     #[track_caller]
     fn order(&self) -> Order {
         match &self.0 {
-            Ok(Outcome::OrderPlaced { order, .. }) => order.clone(),
+            Ok(Outcome::OrderPlaced { order, .. }) => *order,
             other => panic!("not an order: {other:?}"),
         }
     }

@@ -7,7 +7,7 @@
 //! and unit total), and the pre-payment orders ordered by payment deadline. Both are derived from
 //! the rows and checked against them in debug builds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
 use crate::hold::{self, Hold, HoldState, ReleaseReason};
@@ -19,11 +19,46 @@ use crate::payment::{self, WebhookDecision, WebhookEffect, WebhookPayload, Webho
 use crate::product::{self, Product};
 use crate::time::{Timestamp, is_past};
 
-/// The held holds of one product, by deadline, with their units, and their total units.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The held holds of one product in deadline order, and their total units.
+///
+/// A queue, because deadlines mostly arrive in order (`now + ttl` with a steady clock): a grant
+/// appends, and releasing expired holds pops from the front. A hold that leaves held another way
+/// (an order, a failed payment) stays in the queue as a dead entry and is dropped when it reaches
+/// the front, so no removal searches the middle. Entries are live when their hold is still held.
+#[derive(Clone, Debug, Default)]
 struct HeldIndex {
-    by_expiry: BTreeMap<(Timestamp, HoldId), Qty>,
+    by_expiry: VecDeque<(Timestamp, HoldId)>,
     units: Qty,
+}
+
+impl HeldIndex {
+    fn insert(&mut self, hold: &Hold) {
+        let entry = (hold.expires_at, hold.id);
+        // A clock that stepped back, or a shorter TTL, puts a deadline before the last one.
+        match self.by_expiry.back() {
+            Some(&last) if last > entry => {
+                let at = self.by_expiry.partition_point(|&e| e < entry);
+                self.by_expiry.insert(at, entry);
+            }
+            _ => self.by_expiry.push_back(entry),
+        }
+        self.units = self
+            .units
+            .checked_add(hold.qty)
+            .unwrap_or_else(|| panic!("held overflow"));
+    }
+
+    /// The live entries, in deadline order.
+    fn live<'a>(&'a self, holds: &'a Table<Hold>) -> impl Iterator<Item = &'a Hold> + 'a {
+        self.by_expiry
+            .iter()
+            .filter_map(|&(_, id)| holds.get(id.0))
+            .filter(|h| is_held(h))
+    }
+}
+
+fn is_held(hold: &Hold) -> bool {
+    hold.state == HoldState::Held
 }
 
 /// Rows by id: row `id` lives at index `id - 1`; ids a database skipped are `None`. Ids are
@@ -155,8 +190,8 @@ impl Ledger {
                 panic!("invariant violated after apply at {now}: {violation}");
             }
             assert_eq!(
-                self.held,
-                self.held_index_from_rows(),
+                self.held_live(),
+                self.held_from_rows(),
                 "held index matches the rows"
             );
             assert_eq!(
@@ -174,8 +209,8 @@ impl Ledger {
         let holds = self
             .held
             .values()
-            .filter_map(|index| index.by_expiry.first_key_value());
-        let hold_first = holds.map(|(&(at, _), _)| at).min();
+            .filter_map(|index| index.live(&self.holds).next());
+        let hold_first = holds.map(|hold| hold.expires_at).min();
         let order_first = self.due.first().map(|&(at, _)| at);
         hold_first.into_iter().chain(order_first).min()
     }
@@ -401,22 +436,24 @@ impl Ledger {
         let Some(index) = self.held.get_mut(&product_id) else {
             return released;
         };
-        while let Some(entry) = index.by_expiry.first_entry() {
-            if !is_past(entry.key().0, now) {
+        while let Some(&(at, hold_id)) = index.by_expiry.front() {
+            let hold = self.holds.get_mut(hold_id.0);
+            let hold = hold.unwrap_or_else(|| panic!("held index names missing hold {hold_id}"));
+            if is_held(hold) && !is_past(at, now) {
                 break;
             }
-            let ((_, hold_id), qty) = entry.remove_entry();
-            index.units = index
-                .units
-                .checked_sub(qty)
-                .unwrap_or_else(|| panic!("held underflow"));
-            released.push(hold_id);
+            index.by_expiry.pop_front();
+            if is_held(hold) {
+                hold.state = HoldState::Released(ReleaseReason::Expired);
+                index.units = index
+                    .units
+                    .checked_sub(hold.qty)
+                    .unwrap_or_else(|| panic!("underflow"));
+                released.push(hold_id);
+            }
         }
         if index.by_expiry.is_empty() {
             self.held.remove(&product_id);
-        }
-        for &hold_id in &released {
-            self.set_hold_state(hold_id, HoldState::Released(ReleaseReason::Expired));
         }
         released.sort_unstable();
         released
@@ -435,36 +472,28 @@ impl Ledger {
         let expired = index
             .by_expiry
             .iter()
-            .take_while(|&(&(at, _), _)| is_past(at, now));
-        let expired = expired.fold(Qty::ZERO, |sum, (_, &qty)| {
-            sum.checked_add(qty).unwrap_or(sum)
-        });
+            .take_while(|&&(at, _)| is_past(at, now));
+        let expired = expired
+            .filter_map(|&(_, id)| self.holds.get(id.0))
+            .filter(|h| is_held(h));
+        let expired = expired.fold(Qty::ZERO, |sum, h| sum.checked_add(h.qty).unwrap_or(sum));
         index.units.saturating_sub(expired)
     }
 
     fn insert_held(&mut self, hold: &Hold) {
-        let index = self.held.entry(hold.product_id).or_default();
-        index.by_expiry.insert((hold.expires_at, hold.id), hold.qty);
-        index.units = index
-            .units
-            .checked_add(hold.qty)
-            .unwrap_or_else(|| panic!("held overflow"));
+        self.held.entry(hold.product_id).or_default().insert(hold);
     }
 
-    /// Moves a held hold to `state`, out of the held index.
+    /// Moves a held hold to `state`; its index entry goes dead and is dropped when it reaches
+    /// the front of the queue.
     fn leave_held(&mut self, hold_id: HoldId, state: HoldState) {
         let hold = self.set_hold_state(hold_id, state);
         let index = self.held.get_mut(&hold.product_id);
         let index = index.unwrap_or_else(|| panic!("held index lost product {}", hold.product_id));
-        let removed = index.by_expiry.remove(&(hold.expires_at, hold_id));
-        assert_eq!(removed, Some(hold.qty), "held index lost hold {hold_id}");
         index.units = index
             .units
             .checked_sub(hold.qty)
-            .unwrap_or_else(|| panic!("held underflow"));
-        if index.by_expiry.is_empty() {
-            self.held.remove(&hold.product_id);
-        }
+            .unwrap_or_else(|| panic!("underflow"));
     }
 
     /// Sets a held hold's state; returns the hold as it was.
@@ -524,11 +553,38 @@ impl Ledger {
 
     fn held_index_from_rows(&self) -> BTreeMap<ProductId, HeldIndex> {
         let mut held: BTreeMap<ProductId, HeldIndex> = BTreeMap::new();
-        for hold in self.holds.iter().filter(|h| h.state == HoldState::Held) {
-            let index = held.entry(hold.product_id).or_default();
-            index.by_expiry.insert((hold.expires_at, hold.id), hold.qty);
-            index.units = index.units.checked_add(hold.qty).unwrap_or(Qty(u32::MAX));
+        let mut rows: Vec<&Hold> = self.holds.iter().filter(|h| is_held(h)).collect();
+        rows.sort_by_key(|h| (h.expires_at, h.id));
+        for hold in rows {
+            held.entry(hold.product_id).or_default().insert(hold);
         }
+        held
+    }
+
+    /// The held index's live entries and unit totals, for comparing with the rows.
+    fn held_live(&self) -> BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> {
+        let live = self.held.iter().map(|(&product_id, index)| {
+            let entries: Vec<_> = index
+                .live(&self.holds)
+                .map(|h| (h.expires_at, h.id))
+                .collect();
+            (product_id, (entries, index.units))
+        });
+        // A queue of dead entries only is bookkeeping, not state, unless it still counts units.
+        live.filter(|(_, (entries, units))| !entries.is_empty() || *units != Qty::ZERO)
+            .collect()
+    }
+
+    /// What [`Self::held_live`] must be, recomputed from the rows.
+    fn held_from_rows(&self) -> BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> {
+        let mut held: BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> = BTreeMap::new();
+        for hold in self.holds.iter().filter(|h| is_held(h)) {
+            let (entries, units) = held.entry(hold.product_id).or_default();
+            entries.push((hold.expires_at, hold.id));
+            *units = units.checked_add(hold.qty).unwrap_or(Qty(u32::MAX));
+        }
+        held.values_mut()
+            .for_each(|(entries, _)| entries.sort_unstable());
         held
     }
 

@@ -1,0 +1,217 @@
+//! What a run does, decided up front from the seed: the products, the client journeys, the
+//! payment provider's behaviour for each, stray webhooks and the chaos events. Because the plan
+//! is explicit, a failing run can be shrunk by removing journeys and chaos events and running the
+//! smaller plan again under the same seed.
+
+use std::fmt;
+
+/// A small deterministic generator (SplitMix64) for plans, independent of madsim's own RNG so a
+/// plan can be edited and re-run.
+#[derive(Clone, Debug)]
+pub struct PlanRng(u64);
+
+impl PlanRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        PlanRng(seed ^ 0x5eed_f1a5_4a1e)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The payment provider's verdict on one hold, and how it delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// `paid`, else `failed`.
+    pub paid: bool,
+    /// Sent right after the hold is granted, before the client orders.
+    pub early: bool,
+    /// Delay before the first delivery, after the trigger.
+    pub delay_ms: u64,
+    /// How many times the same key is delivered (1 to 3).
+    pub copies: u8,
+    /// Whether the copies go out at once rather than one after another.
+    pub concurrent: bool,
+    /// Whether the opposite verdict is also sent, under a new key.
+    pub conflicting: bool,
+}
+
+/// One client's journey: hold, maybe order, and the provider's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journey {
+    /// Think time before the hold request.
+    pub start_ms: u64,
+    /// Index of the product.
+    pub product: usize,
+    /// Units to hold.
+    pub qty: u32,
+    /// Delay between the hold and the order; `None` abandons the hold.
+    pub order_after_ms: Option<u64>,
+    /// The provider's verdict; `None` when it never calls.
+    pub verdict: Option<Verdict>,
+}
+
+/// Something the world does to the servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chaos {
+    /// Steps an instance's clock by this many milliseconds, forward or back.
+    ClockStep {
+        /// The instance.
+        instance: usize,
+        /// The step.
+        delta_ms: i64,
+    },
+    /// Crashes an instance and restarts it: its in-flight requests are cut off.
+    Crash {
+        /// The instance.
+        instance: usize,
+    },
+}
+
+/// A chaos event at a point in simulated time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChaosAt {
+    /// When, from the start of the run.
+    pub at_ms: u64,
+    /// What.
+    pub chaos: Chaos,
+}
+
+/// Everything a run does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Stock of each product; product 0 is the hot one.
+    pub stocks: Vec<u32>,
+    /// Hold TTL for every instance.
+    pub hold_ttl_ms: u64,
+    /// Payment window for every instance.
+    pub payment_window_ms: u64,
+    /// Server instances.
+    pub servers: usize,
+    /// Each client's journeys, run one after another.
+    pub clients: Vec<Vec<Journey>>,
+    /// Webhooks for holds that never existed: (delay, paid).
+    pub strays: Vec<(u64, bool)>,
+    /// Chaos events.
+    pub chaos: Vec<ChaosAt>,
+}
+
+impl Plan {
+    /// Draws a plan of about `ops` journeys for `clients` clients and `servers` instances.
+    pub fn draw(seed: u64, ops: usize, clients: usize, servers: usize) -> Plan {
+        let mut rng = PlanRng::new(seed);
+        let products = 1 + rng.below(4) as usize;
+        let stocks = (0..products).map(|i| if i == 0 { 3 + rng.below(25) as u32 } else { 5 + rng.below(50) as u32 }).collect();
+        let hold_ttl_ms = 1_000 + rng.below(9_000);
+        let payment_window_ms = 2_000 + rng.below(20_000);
+        let clients = clients.max(1);
+        let per_client = ops.div_ceil(clients);
+        let clients: Vec<Vec<Journey>> = (0..clients)
+            .map(|_| (0..per_client).map(|_| journey(&mut rng, products, hold_ttl_ms, payment_window_ms)).collect())
+            .collect();
+        let span_ms = per_client as u64 * 1_500;
+        let strays = (0..1 + rng.below(3)).map(|_| (rng.below(span_ms), rng.chance(50))).collect();
+        let chaos_events = (ops / 25).max(2);
+        let chaos = (0..chaos_events)
+            .map(|_| ChaosAt { at_ms: rng.below(span_ms), chaos: chaos(&mut rng, servers, hold_ttl_ms) })
+            .collect();
+        Plan { stocks, hold_ttl_ms, payment_window_ms, servers: servers.max(1), clients, strays, chaos }
+    }
+
+    /// Journeys in the plan.
+    pub fn journeys(&self) -> usize {
+        self.clients.iter().map(Vec::len).sum()
+    }
+
+    /// Operations in the plan: journeys, strays and chaos events.
+    pub fn ops(&self) -> usize {
+        self.journeys() + self.strays.len() + self.chaos.len()
+    }
+}
+
+fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> Journey {
+    let product = if rng.chance(70) { 0 } else { rng.below(products as u64) as usize };
+    let order_after_ms = if rng.chance(15) {
+        None
+    } else if rng.chance(10) {
+        // Past the hold's TTL: the order must be refused.
+        Some(ttl_ms + rng.below(ttl_ms))
+    } else {
+        Some(rng.below(ttl_ms / 2))
+    };
+    let verdict = rng.chance(85).then(|| Verdict {
+        paid: rng.chance(80),
+        early: rng.chance(15),
+        delay_ms: if rng.chance(10) { window_ms + rng.below(window_ms) } else { rng.below(ttl_ms) },
+        copies: 1 + rng.below(3) as u8,
+        concurrent: rng.chance(50),
+        conflicting: rng.chance(10),
+    });
+    Journey { start_ms: rng.below(1_000), product, qty: 1 + rng.below(3) as u32, order_after_ms, verdict }
+}
+
+fn chaos(rng: &mut PlanRng, servers: usize, ttl_ms: u64) -> Chaos {
+    let instance = rng.below(servers.max(1) as u64) as usize;
+    if rng.chance(60) {
+        let magnitude = 1 + rng.below(2 * ttl_ms) as i64;
+        Chaos::ClockStep { instance, delta_ms: if rng.chance(50) { magnitude } else { -magnitude } }
+    } else {
+        Chaos::Crash { instance }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers",
+            self.stocks, self.hold_ttl_ms, self.payment_window_ms, self.servers
+        )?;
+        for (client, journeys) in self.clients.iter().enumerate() {
+            for j in journeys {
+                write!(f, "  client {client}: after {} ms hold {} of product {}", j.start_ms, j.qty, j.product)?;
+                match j.order_after_ms {
+                    Some(ms) => write!(f, ", order {ms} ms later")?,
+                    None => write!(f, ", abandon")?,
+                }
+                if let Some(v) = &j.verdict {
+                    write!(
+                        f,
+                        "; provider {}{} after {} ms x{}{}{}",
+                        if v.paid { "paid" } else { "failed" },
+                        if v.early { " (early)" } else { "" },
+                        v.delay_ms,
+                        v.copies,
+                        if v.concurrent { " at once" } else { "" },
+                        if v.conflicting { " + conflicting verdict" } else { "" },
+                    )?;
+                }
+                writeln!(f)?;
+            }
+        }
+        for (at, paid) in &self.strays {
+            writeln!(f, "  at {at} ms: {} webhook for an unknown hold", if *paid { "paid" } else { "failed" })?;
+        }
+        for c in &self.chaos {
+            writeln!(f, "  at {} ms: {:?}", c.at_ms, c.chaos)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,721 @@
+//! A simulated storage that behaves like MySQL/InnoDB where it matters to the service: per-row
+//! exclusive locks taken by locking reads, granted in arrival order, with deadlock detection and
+//! a lock-wait timeout; transactions that see committed rows plus their own writes and apply
+//! their writes atomically at commit; latency drawn from the seed; and injected faults:
+//! deadlock and lock-wait-timeout errors, a connection lost mid-transaction (rolled back), and a
+//! commit that succeeds while its answer is lost.
+//!
+//! Every commit is checked against the core's invariants on the whole state, and folded into the
+//! run's trace hash. A [`Bug`] switch plants a known bug here (never in the service), so tests
+//! can show that the simulator finds it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flashsale_core::{
+    Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order, OrderId,
+    OrderStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookRecord,
+};
+use flashsale_server::store::{
+    Dump, StoreError, StoreResult, Storage, Transaction, TxMode,
+};
+use madsim::rand::{Rng, thread_rng};
+use tokio::sync::oneshot;
+
+use crate::trace::Trace;
+
+/// How long a locking read waits before failing as InnoDB's error 1205 would.
+pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A bug planted in the storage, to prove the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Locking a product takes no lock: concurrent holds can oversell.
+    SkipProductLock,
+    /// Releasing expired holds does nothing, so a grant counts stale holds as released.
+    ForgetReleaseExpired,
+    /// A released hold reads back as held, so an order can consume it.
+    ConsumeReleasedHold,
+    /// A webhook key's record is never found, so a replay is applied again.
+    ApplyWebhookTwice,
+}
+
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 4] =
+        [Bug::SkipProductLock, Bug::ForgetReleaseExpired, Bug::ConsumeReleasedHold, Bug::ApplyWebhookTwice];
+
+    /// The command-line word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipProductLock => "skip-product-lock",
+            Bug::ForgetReleaseExpired => "forget-release-expired",
+            Bug::ConsumeReleasedHold => "consume-released-hold",
+            Bug::ApplyWebhookTwice => "apply-webhook-twice",
+        }
+    }
+
+    /// Parses a command-line word.
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// How often each fault fires, drawn per seed ("swarm testing": each seed explores its own mix).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FaultProfile {
+    /// Probability per step of an injected deadlock error.
+    pub deadlock: f64,
+    /// Probability per step of an injected lock-wait timeout.
+    pub lock_timeout: f64,
+    /// Probability per step of losing the connection (the transaction rolls back).
+    pub connection_lost: f64,
+    /// Probability per commit that the commit applies but its answer is lost.
+    pub commit_answer_lost: f64,
+    /// Largest latency of one step, in microseconds.
+    pub latency_us_max: u64,
+}
+
+impl FaultProfile {
+    /// No faults, little latency: the liveness phase.
+    pub const CALM: FaultProfile = FaultProfile {
+        deadlock: 0.0,
+        lock_timeout: 0.0,
+        connection_lost: 0.0,
+        commit_answer_lost: 0.0,
+        latency_us_max: 200,
+    };
+
+    /// A profile drawn from the seed: each fault class is on or off, and at its own rate.
+    pub fn draw() -> FaultProfile {
+        let mut rng = thread_rng();
+        let mut rate = |max: f64| if rng.gen_bool(0.7) { rng.gen_range(0.0..max) } else { 0.0 };
+        FaultProfile {
+            deadlock: rate(0.03),
+            lock_timeout: rate(0.02),
+            connection_lost: rate(0.02),
+            commit_answer_lost: rate(0.05),
+            latency_us_max: thread_rng().gen_range(50..5_000),
+        }
+    }
+}
+
+/// How many times each fault fired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Injected deadlocks.
+    pub deadlock: u64,
+    /// Injected lock-wait timeouts.
+    pub lock_timeout: u64,
+    /// Real lock-wait timeouts (a lock held too long).
+    pub lock_timeout_real: u64,
+    /// Real deadlocks detected in the wait-for graph.
+    pub deadlock_real: u64,
+    /// Connections lost mid-transaction.
+    pub connection_lost: u64,
+    /// Commits whose answer was lost.
+    pub commit_answer_lost: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions rolled back.
+    pub rollbacks: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum RowKey {
+    Product(u64),
+    Hold(u64),
+    Order(u64),
+    Webhook(String),
+}
+
+#[derive(Clone, Debug)]
+enum Row {
+    Product(Product),
+    Hold(Hold),
+    Order(Order),
+    Webhook(WebhookRecord),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tables {
+    products: BTreeMap<u64, Product>,
+    holds: BTreeMap<u64, Hold>,
+    orders: BTreeMap<u64, Order>,
+    webhooks: BTreeMap<String, WebhookRecord>,
+    id_last: [u64; 3],
+}
+
+impl Tables {
+    fn get(&self, key: &RowKey) -> Option<Row> {
+        match key {
+            RowKey::Product(id) => self.products.get(id).cloned().map(Row::Product),
+            RowKey::Hold(id) => self.holds.get(id).copied().map(Row::Hold),
+            RowKey::Order(id) => self.orders.get(id).copied().map(Row::Order),
+            RowKey::Webhook(key) => self.webhooks.get(key).cloned().map(Row::Webhook),
+        }
+    }
+
+    fn put(&mut self, row: Row) {
+        match row {
+            Row::Product(p) => drop(self.products.insert(p.id.0, p)),
+            Row::Hold(h) => drop(self.holds.insert(h.id.0, h)),
+            Row::Order(o) => drop(self.orders.insert(o.id.0, o)),
+            Row::Webhook(w) => drop(self.webhooks.insert(w.key.as_str().to_owned(), w)),
+        }
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger::from_rows(
+            self.products.values().cloned(),
+            self.holds.values().copied(),
+            self.orders.values().copied(),
+            self.webhooks.values().cloned(),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lock {
+    holder: u64,
+    waiters: VecDeque<(u64, Option<oneshot::Sender<()>>)>,
+}
+
+/// Everything the simulated database keeps, behind one mutex (madsim runs one task at a time).
+#[derive(Debug, Default)]
+struct Shared {
+    tables: Tables,
+    locks: BTreeMap<RowKey, Lock>,
+    waiting_for: BTreeMap<u64, RowKey>,
+    tx_last: u64,
+    faults: FaultProfile,
+    counts: FaultCounts,
+    bug: Option<Bug>,
+    violation: Option<String>,
+    trace: Trace,
+}
+
+/// The simulated database, shared by every server instance of a run.
+#[derive(Clone, Debug, Default)]
+pub struct SimStore(Arc<Mutex<Shared>>);
+
+impl SimStore {
+    /// An empty database with the given faults and planted bug.
+    pub fn new(faults: FaultProfile, bug: Option<Bug>) -> Self {
+        let store = SimStore::default();
+        {
+            let mut shared = store.shared();
+            shared.faults = faults;
+            shared.bug = bug;
+        }
+        store
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // A panic inside the lock already failed the run; keep going to report it.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the fault profile (the liveness phase turns faults off).
+    pub fn set_faults(&self, faults: FaultProfile) {
+        self.shared().faults = faults;
+    }
+
+    /// How often each fault fired so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.shared().counts
+    }
+
+    /// The first invariant violation seen after a commit, if any.
+    pub fn violation(&self) -> Option<String> {
+        self.shared().violation.clone()
+    }
+
+    /// The committed state as a ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.shared().tables.ledger()
+    }
+
+    /// The trace of commits so far.
+    pub fn trace(&self) -> Trace {
+        self.shared().trace.clone()
+    }
+
+    /// Keeps every trace event from now on, for printing.
+    pub fn keep_trace(&self) {
+        self.shared().trace.keep();
+    }
+
+    /// Records a client-visible event in the trace.
+    pub fn note(&self, event: &str) {
+        self.shared().trace.record(event);
+    }
+}
+
+impl Storage for SimStore {
+    type Tx = SimTx;
+
+    async fn begin(&self, _mode: TxMode) -> StoreResult<SimTx> {
+        let id = {
+            let mut shared = self.shared();
+            shared.tx_last = shared.tx_last.saturating_add(1);
+            shared.tx_last
+        };
+        let mut tx = SimTx { store: self.clone(), id, writes: BTreeMap::new(), locks: Vec::new(), open: true };
+        tx.step().await?;
+        Ok(tx)
+    }
+}
+
+/// An open simulated transaction. Dropped without commit, it rolls back.
+#[derive(Debug)]
+pub struct SimTx {
+    store: SimStore,
+    id: u64,
+    writes: BTreeMap<RowKey, Row>,
+    locks: Vec<RowKey>,
+    open: bool,
+}
+
+impl SimTx {
+    /// Latency, then maybe a fault: every step of every transaction goes through here.
+    async fn step(&mut self) -> StoreResult<()> {
+        let (faults, latency_us) = {
+            let shared = self.store.shared();
+            let max = shared.faults.latency_us_max.max(1);
+            (shared.faults, thread_rng().gen_range(0..max))
+        };
+        tokio::time::sleep(Duration::from_micros(latency_us)).await;
+        let mut rng = thread_rng();
+        let fault = if rng.gen_bool(faults.deadlock.clamp(0.0, 1.0)) {
+            Some(StoreError::Contention("1213 deadlock (injected)".into()))
+        } else if rng.gen_bool(faults.lock_timeout.clamp(0.0, 1.0)) {
+            Some(StoreError::Contention("1205 lock wait timeout (injected)".into()))
+        } else if rng.gen_bool(faults.connection_lost.clamp(0.0, 1.0)) {
+            Some(StoreError::Connection("connection lost (injected)".into()))
+        } else {
+            None
+        };
+        match fault {
+            None => Ok(()),
+            Some(error) => {
+                {
+                    let mut shared = self.store.shared();
+                    match &error {
+                        StoreError::Contention(m) if m.starts_with("1213") => shared.counts.deadlock += 1,
+                        StoreError::Contention(_) => shared.counts.lock_timeout += 1,
+                        _ => shared.counts.connection_lost += 1,
+                    }
+                }
+                self.rollback();
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes the row's exclusive lock, waiting in line behind earlier requests.
+    async fn lock(&mut self, key: RowKey) -> StoreResult<()> {
+        if !self.open {
+            return Err(StoreError::Connection("transaction already rolled back".into()));
+        }
+        let receiver = {
+            let mut guard = self.store.shared();
+            let shared = &mut *guard;
+            let holder = shared.locks.get(&key).map(|lock| lock.holder);
+            match holder {
+                None => {
+                    shared.locks.insert(key.clone(), Lock { holder: self.id, waiters: VecDeque::new() });
+                    self.locks.push(key);
+                    return Ok(());
+                }
+                Some(holder) if holder == self.id => return Ok(()),
+                Some(_) if deadlocks(shared, self.id, &key) => {
+                    shared.counts.deadlock_real += 1;
+                    drop(guard);
+                    self.rollback();
+                    return Err(StoreError::Contention("1213 deadlock".into()));
+                }
+                Some(_) => {
+                    let (sender, receiver) = oneshot::channel();
+                    if let Some(lock) = shared.locks.get_mut(&key) {
+                        lock.waiters.push_back((self.id, Some(sender)));
+                    }
+                    shared.waiting_for.insert(self.id, key.clone());
+                    receiver
+                }
+            }
+        };
+        let granted = tokio::time::timeout(LOCK_WAIT_TIMEOUT, receiver).await;
+        let mut shared = self.store.shared();
+        shared.waiting_for.remove(&self.id);
+        let holder = shared.locks.get(&key).map(|lock| lock.holder);
+        if granted.is_ok() || holder == Some(self.id) {
+            self.locks.push(key);
+            return Ok(());
+        }
+        if let Some(lock) = shared.locks.get_mut(&key) {
+            lock.waiters.retain(|(id, _)| *id != self.id);
+        }
+        shared.counts.lock_timeout_real += 1;
+        drop(shared);
+        self.rollback();
+        Err(StoreError::Contention("1205 lock wait timeout".into()))
+    }
+
+    /// The row as this transaction sees it: its own write, else the committed row.
+    fn read(&self, key: &RowKey) -> Option<Row> {
+        self.writes.get(key).cloned().or_else(|| self.store.shared().tables.get(key))
+    }
+
+    fn write(&mut self, row: Row) {
+        let key = match &row {
+            Row::Product(p) => RowKey::Product(p.id.0),
+            Row::Hold(h) => RowKey::Hold(h.id.0),
+            Row::Order(o) => RowKey::Order(o.id.0),
+            Row::Webhook(w) => RowKey::Webhook(w.key.as_str().to_owned()),
+        };
+        self.writes.insert(key, row);
+    }
+
+    /// The holds of a product as this transaction sees them.
+    fn holds_of(&self, product_id: ProductId) -> Vec<Hold> {
+        let committed: Vec<Hold> = {
+            let shared = self.store.shared();
+            shared.tables.holds.values().filter(|h| h.product_id == product_id).copied().collect()
+        };
+        let mut holds: BTreeMap<u64, Hold> = committed.into_iter().map(|h| (h.id.0, h)).collect();
+        for row in self.writes.values() {
+            if let Row::Hold(h) = row {
+                if h.product_id == product_id {
+                    holds.insert(h.id.0, *h);
+                }
+            }
+        }
+        holds.into_values().collect()
+    }
+
+    fn bug(&self) -> Option<Bug> {
+        self.store.shared().bug
+    }
+
+    fn next_id(&self, table: usize) -> u64 {
+        let mut shared = self.store.shared();
+        shared.tables.id_last[table] = shared.tables.id_last[table].saturating_add(1);
+        shared.tables.id_last[table]
+    }
+
+    /// Discards the writes and releases the locks, granting each to its next waiter.
+    fn rollback(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        self.writes.clear();
+        let mut shared = self.store.shared();
+        shared.counts.rollbacks += 1;
+        release_locks(&mut shared, std::mem::take(&mut self.locks));
+    }
+
+    fn product_row(&self, id: ProductId) -> Option<Product> {
+        match self.read(&RowKey::Product(id.0)) {
+            Some(Row::Product(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn hold_row(&self, id: HoldId) -> Option<Hold> {
+        match self.read(&RowKey::Hold(id.0)) {
+            Some(Row::Hold(mut h)) => {
+                if self.bug() == Some(Bug::ConsumeReleasedHold)
+                    && matches!(h.state, HoldState::Released(_))
+                {
+                    h.state = HoldState::Held;
+                }
+                Some(h)
+            }
+            _ => None,
+        }
+    }
+
+    fn order_row(&self, id: OrderId) -> Option<Order> {
+        match self.read(&RowKey::Order(id.0)) {
+            Some(Row::Order(o)) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for SimTx {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+/// Whether `tx` waiting for `key` would close a cycle in the wait-for graph.
+fn deadlocks(shared: &Shared, tx: u64, key: &RowKey) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut next = shared.locks.get(key).map(|lock| lock.holder);
+    while let Some(holder) = next {
+        if holder == tx {
+            return true;
+        }
+        if !seen.insert(holder) {
+            return false;
+        }
+        next = shared.waiting_for.get(&holder).and_then(|k| shared.locks.get(k)).map(|l| l.holder);
+    }
+    false
+}
+
+fn release_locks(shared: &mut Shared, keys: Vec<RowKey>) {
+    for key in keys {
+        let Some(lock) = shared.locks.get_mut(&key) else { continue };
+        let mut granted = false;
+        while let Some((waiter, sender)) = lock.waiters.pop_front() {
+            lock.holder = waiter;
+            if sender.is_some_and(|s| s.send(()).is_ok()) {
+                granted = true;
+                break;
+            }
+        }
+        if !granted {
+            shared.locks.remove(&key);
+        }
+    }
+}
+
+impl Transaction for SimTx {
+    async fn commit(mut self) -> StoreResult<()> {
+        self.step().await?;
+        let writes = std::mem::take(&mut self.writes);
+        let answer_lost = {
+            let mut shared = self.store.shared();
+            for row in writes.values() {
+                if let Row::Webhook(w) = row {
+                    // The primary key: a concurrent insert of the same key commits first.
+                    // Every webhook write of the service is an insert.
+                    let exists = shared.tables.webhooks.contains_key(w.key.as_str());
+                    let planted = shared.bug == Some(Bug::ApplyWebhookTwice);
+                    if exists && !planted {
+                        drop(shared);
+                        self.rollback();
+                        return Err(StoreError::Contention("1062 duplicate key".into()));
+                    }
+                }
+            }
+            for row in writes.into_values() {
+                shared.trace.record(&format!("{row:?}"));
+                shared.tables.put(row);
+            }
+            shared.counts.commits += 1;
+            if shared.violation.is_none() {
+                if let Err(violation) = shared.tables.ledger().check_invariants() {
+                    shared.violation = Some(violation.to_string());
+                }
+            }
+            let lost = thread_rng().gen_bool(shared.faults.commit_answer_lost.clamp(0.0, 1.0));
+            if lost {
+                shared.counts.commit_answer_lost += 1;
+            }
+            self.open = false;
+            release_locks(&mut shared, std::mem::take(&mut self.locks));
+            lost
+        };
+        if answer_lost {
+            Err(StoreError::Connection("commit answer lost (injected)".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
+        self.step().await?;
+        Ok(self.product_row(id))
+    }
+
+    async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
+        self.step().await?;
+        if self.bug() != Some(Bug::SkipProductLock) {
+            self.lock(RowKey::Product(id.0)).await?;
+        }
+        Ok(self.product_row(id))
+    }
+
+    async fn insert_product(&mut self, name: &str, price_cents: Cents, stock: Qty) -> StoreResult<Product> {
+        self.step().await?;
+        let id = ProductId(self.next_id(0));
+        let product = Product { id, name: name.to_owned(), price_cents, stock, units_received: u64::from(stock.0) };
+        self.write(Row::Product(product.clone()));
+        Ok(product)
+    }
+
+    async fn set_stock(&mut self, id: ProductId, stock: Qty, units_received: u64) -> StoreResult<()> {
+        self.step().await?;
+        let mut product = self.product_row(id).ok_or_else(|| missing("product", id.0))?;
+        product.stock = stock;
+        product.units_received = units_received;
+        self.write(Row::Product(product));
+        Ok(())
+    }
+
+    async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
+        self.step().await?;
+        let live = self.holds_of(product_id).into_iter().filter(|h| h.is_live(now));
+        let units = live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0));
+        Ok(Qty(units))
+    }
+
+    async fn release_expired(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Vec<HoldId>> {
+        self.step().await?;
+        if self.bug() == Some(Bug::ForgetReleaseExpired) {
+            return Ok(Vec::new());
+        }
+        let expired: Vec<Hold> = self
+            .holds_of(product_id)
+            .into_iter()
+            .filter(|h| h.state == HoldState::Held && h.is_expired(now))
+            .collect();
+        let mut released = Vec::new();
+        for hold in expired {
+            self.lock(RowKey::Hold(hold.id.0)).await?;
+            // Read again under the lock, as `SELECT ... FOR UPDATE` would.
+            let Some(mut hold) = self.hold_row(hold.id) else { continue };
+            if hold.state == HoldState::Held && hold.is_expired(now) {
+                hold.state = HoldState::Released(ReleaseReason::Expired);
+                self.write(Row::Hold(hold));
+                released.push(hold.id);
+            }
+        }
+        Ok(released)
+    }
+
+    async fn insert_holds(&mut self, product_id: ProductId, grants: &[HoldGrant]) -> StoreResult<Vec<Hold>> {
+        self.step().await?;
+        let holds: Vec<Hold> =
+            grants.iter().map(|g| g.with_id(HoldId(self.next_id(1)), product_id)).collect();
+        for hold in &holds {
+            self.write(Row::Hold(*hold));
+        }
+        Ok(holds)
+    }
+
+    async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
+        self.step().await?;
+        if lock {
+            self.lock(RowKey::Hold(id.0)).await?;
+        }
+        Ok(self.hold_row(id))
+    }
+
+    async fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
+        self.step().await?;
+        let mut hold = match self.read(&RowKey::Hold(id.0)) {
+            Some(Row::Hold(h)) => h,
+            _ => return Err(missing("hold", id.0)),
+        };
+        hold.state = state;
+        self.write(Row::Hold(hold));
+        Ok(())
+    }
+
+    async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
+        self.step().await?;
+        if lock {
+            self.lock(RowKey::Order(id.0)).await?;
+        }
+        Ok(self.order_row(id))
+    }
+
+    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
+        self.step().await?;
+        // The unique key on hold_id.
+        let taken = {
+            let shared = self.store.shared();
+            shared.tables.orders.values().any(|o| o.hold_id == order.hold_id)
+        };
+        let mine = self.writes.values().any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
+        if taken || mine {
+            self.rollback();
+            return Err(StoreError::Contention("1062 duplicate key orders_one_per_hold".into()));
+        }
+        let order = order.with_id(OrderId(self.next_id(2)));
+        self.write(Row::Order(order));
+        Ok(order)
+    }
+
+    async fn set_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
+        self.step().await?;
+        let mut order = self.order_row(id).ok_or_else(|| missing("order", id.0))?;
+        order.status = status;
+        self.write(Row::Order(order));
+        Ok(())
+    }
+
+    async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
+        self.step().await?;
+        let row_key = RowKey::Webhook(key.as_str().to_owned());
+        self.lock(row_key.clone()).await?;
+        if self.bug() == Some(Bug::ApplyWebhookTwice) {
+            return Ok(None);
+        }
+        match self.read(&row_key) {
+            Some(Row::Webhook(w)) => Ok(Some(w)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
+        self.step().await?;
+        self.write(Row::Webhook(record.clone()));
+        Ok(())
+    }
+
+    async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
+        self.step().await?;
+        let shared = self.store.shared();
+        let holds = shared.tables.holds.values().filter(|h| h.state == HoldState::Held && h.is_expired(now));
+        let orders = shared.tables.orders.values().filter(|o| o.is_overdue(now));
+        let ids: BTreeSet<ProductId> =
+            holds.map(|h| h.product_id).chain(orders.map(|o| o.product_id)).collect();
+        Ok(ids.into_iter().take(limit as usize).collect())
+    }
+
+    async fn lock_overdue_orders(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Vec<Order>> {
+        self.step().await?;
+        let overdue: Vec<Order> = {
+            let shared = self.store.shared();
+            let orders = shared.tables.orders.values();
+            orders.filter(|o| o.product_id == product_id && o.is_overdue(now)).copied().collect()
+        };
+        let mut locked = Vec::new();
+        for order in overdue {
+            self.lock(RowKey::Order(order.id.0)).await?;
+            // Read again under the lock: a webhook may have paid it meanwhile.
+            if let Some(order) = self.order_row(order.id).filter(|o| o.is_overdue(now)) {
+                locked.push(order);
+            }
+        }
+        Ok(locked)
+    }
+
+    async fn product_count(&mut self) -> StoreResult<u64> {
+        self.step().await?;
+        Ok(self.store.shared().tables.products.len() as u64)
+    }
+
+    async fn dump(&mut self) -> StoreResult<Dump> {
+        self.step().await?;
+        let shared = self.store.shared();
+        Ok(Dump {
+            products: shared.tables.products.values().cloned().collect(),
+            holds: shared.tables.holds.values().copied().collect(),
+            orders: shared.tables.orders.values().copied().collect(),
+            webhooks: shared.tables.webhooks.values().cloned().collect(),
+        })
+    }
+}
+
+fn missing(what: &str, id: u64) -> StoreError {
+    StoreError::Corrupt(format!("{what} {id} missing"))
+}

@@ -1,0 +1,501 @@
+//! One simulated run: server instances with their own clocks sharing one [`SimStore`], clients
+//! following the plan's journeys, a payment provider that delivers late, early, twice, at once,
+//! with conflicting verdicts and for unknown holds, and chaos (clock steps, crashes). The checks:
+//! the invariants after every commit (in the store), every answer to one webhook key the same,
+//! and a liveness phase at the end in which faults stop, clocks heal, time passes every deadline
+//! and everything must settle.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flashsale_core::{
+    Cents, HoldId, HoldState, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
+    Rejection, WebhookPayload, WebhookResult,
+};
+use flashsale_server::service::{Config, Service, ServiceError};
+use madsim::rand::{Rng, thread_rng};
+use madsim::task::JoinHandle;
+
+use crate::clock::SimClock;
+use crate::plan::{Chaos, Journey, Plan, Verdict};
+use crate::store::{Bug, FaultCounts, FaultProfile, SimStore};
+
+type Svc = Service<SimStore, SimClock>;
+
+/// How long a client waits for an answer before giving up on a request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times the provider delivers one key before leaving it for the liveness phase.
+const DELIVERY_ATTEMPTS_MAX: u32 = 6;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The seed: madsim's scheduler, latencies and faults, and (through the plan) the workload.
+    pub seed: u64,
+    /// The workload.
+    pub plan: Plan,
+    /// The faults; drawn from the seed when `None`.
+    pub faults: Option<FaultProfile>,
+    /// A planted bug, for proving the checks.
+    pub bug: Option<Bug>,
+    /// Keep every trace event for printing.
+    pub trace: bool,
+}
+
+/// Counters of what happened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests sent to the service (holds, orders, webhooks, sweeps).
+    pub requests: u64,
+    /// Holds granted.
+    pub holds_granted: u64,
+    /// Holds refused for stock.
+    pub holds_rejected: u64,
+    /// Orders created.
+    pub orders_created: u64,
+    /// Order requests answered with an existing order.
+    pub orders_existing: u64,
+    /// Orders refused (hold expired or released).
+    pub orders_refused: u64,
+    /// Requests that failed (busy, lost connection, crash, timeout).
+    pub request_errors: u64,
+    /// Webhook answers by result word, plus `replayed`.
+    pub webhooks: BTreeMap<String, u64>,
+    /// Webhook races exercised: early, duplicate_concurrent, duplicate_sequential, conflicting,
+    /// after_expiry, unknown_hold.
+    pub races: BTreeMap<String, u64>,
+    /// Crashes.
+    pub crashes: u64,
+    /// Clock steps forward.
+    pub clock_steps_forward: u64,
+    /// Clock steps back.
+    pub clock_steps_back: u64,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Operations planned.
+    pub ops: usize,
+    /// The faults in force.
+    pub faults: FaultProfile,
+    /// How often they fired.
+    pub fault_counts: FaultCounts,
+    /// What happened.
+    pub stats: Stats,
+    /// Simulated time, in milliseconds.
+    pub sim_ms: u64,
+    /// Hash of the trace.
+    pub trace_hash: u64,
+    /// Trace events recorded.
+    pub trace_events: u64,
+    /// The kept trace, with `trace`.
+    pub trace: Vec<String>,
+    /// The first failure, if any.
+    pub failure: Option<String>,
+}
+
+/// Runs one seed to completion in its own madsim runtime.
+pub fn run(config: &RunConfig) -> Report {
+    let runtime = madsim::runtime::Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    let config = config.clone();
+    runtime.block_on(async move { World::run(config).await })
+}
+
+struct Instance {
+    clock: SimClock,
+    service: Arc<Svc>,
+    inflight: Vec<JoinHandle<()>>,
+}
+
+struct World {
+    store: SimStore,
+    service_config: Config,
+    instances: Mutex<Vec<Instance>>,
+    stats: Mutex<Stats>,
+    answers: Mutex<BTreeMap<String, (WebhookResult, Option<u64>)>>,
+    undelivered: Mutex<Vec<WebhookPayload>>,
+    failure: Mutex<Option<String>>,
+    products: Vec<ProductId>,
+    next_key: Mutex<u64>,
+}
+
+/// Why a client request got no answer from the service.
+#[derive(Debug)]
+enum CallError {
+    Service(ServiceError),
+    Crashed,
+    Timeout,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl World {
+    async fn run(config: RunConfig) -> Report {
+        let faults = config.faults.unwrap_or_else(FaultProfile::draw);
+        let store = SimStore::new(FaultProfile::CALM, config.bug);
+        if config.trace {
+            store.keep_trace();
+        }
+        let plan = config.plan.clone();
+        let service_config = Config {
+            hold_ttl_ms: plan.hold_ttl_ms,
+            payment_window_ms: plan.payment_window_ms,
+            ..Config::default()
+        };
+        let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
+        let mut products = Vec::new();
+        for (i, &stock) in plan.stocks.iter().enumerate() {
+            let created = setup.create_product(&format!("P{i}"), Cents(100), Qty(stock)).await;
+            products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
+        }
+        store.set_faults(faults);
+        let instances = (0..plan.servers)
+            .map(|_| {
+                let mut rng = thread_rng();
+                let clock = SimClock::new(rng.gen_range(-2_000..2_000), rng.gen_range(-500..500));
+                let service = Arc::new(Service::new(store.clone(), clock.clone(), service_config));
+                Instance { clock, service, inflight: Vec::new() }
+            })
+            .collect();
+        let world = Arc::new(World {
+            store: store.clone(),
+            service_config,
+            instances: Mutex::new(instances),
+            stats: Mutex::new(Stats::default()),
+            answers: Mutex::new(BTreeMap::new()),
+            undelivered: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            products,
+            next_key: Mutex::new(0),
+        });
+        let started = madsim::time::Instant::now();
+        world.clone().chaos_and_load(&plan).await;
+        world.liveness(&plan).await;
+        let failure = store.violation().or_else(|| lock(&world.failure).clone());
+        let trace = store.trace();
+        Report {
+            seed: config.seed,
+            ops: plan.ops(),
+            faults,
+            fault_counts: store.counts(),
+            stats: lock(&world.stats).clone(),
+            sim_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            trace_hash: trace.hash(),
+            trace_events: trace.len(),
+            trace: trace.events().to_vec(),
+            failure,
+        }
+    }
+
+    /// Runs the clients, the provider, the sweepers and the chaos until every journey is done.
+    async fn chaos_and_load(self: Arc<Self>, plan: &Plan) {
+        let sweepers: Vec<_> = (0..plan.servers)
+            .map(|i| madsim::task::spawn(self.clone().sweep_forever(i)))
+            .collect();
+        let chaos = madsim::task::spawn(self.clone().chaos(plan.chaos.clone()));
+        let strays: Vec<_> = plan
+            .strays
+            .iter()
+            .enumerate()
+            .map(|(i, &(at_ms, paid))| {
+                let world = self.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(Duration::from_millis(at_ms)).await;
+                    world.race("unknown_hold");
+                    let hold_id = HoldId(1_000_000 + i as u64);
+                    world.deliver(world.payload(hold_id, paid)).await;
+                })
+            })
+            .collect();
+        let clients: Vec<_> = plan
+            .clients
+            .iter()
+            .cloned()
+            .map(|journeys| madsim::task::spawn(self.clone().client(journeys)))
+            .collect();
+        let mut deliveries = Vec::new();
+        for client in clients {
+            if let Ok(spawned) = client.await {
+                deliveries.extend(spawned);
+            }
+        }
+        for handle in deliveries.into_iter().chain(strays) {
+            let _ = handle.await;
+        }
+        chaos.abort();
+        for sweeper in sweepers {
+            sweeper.abort();
+        }
+    }
+
+    /// Faults stop, clocks heal, time passes every deadline: everything must settle.
+    async fn liveness(&self, plan: &Plan) {
+        self.store.set_faults(FaultProfile::CALM);
+        for instance in lock(&self.instances).iter() {
+            instance.clock.heal();
+        }
+        let settle_ms = plan.hold_ttl_ms.max(plan.payment_window_ms).saturating_add(5_000);
+        madsim::time::sleep(Duration::from_millis(settle_ms)).await;
+        let pending = std::mem::take(&mut *lock(&self.undelivered));
+        for payload in pending {
+            self.deliver(payload).await;
+        }
+        let service = lock(&self.instances)[0].service.clone();
+        if let Err(error) = service.sweep().await {
+            self.fail(format!("liveness: the sweep failed with faults off: {error}"));
+        }
+        let ledger = self.store.ledger();
+        if let Some(hold) = ledger.holds().find(|h| h.state == HoldState::Held) {
+            self.fail(format!("liveness: hold {} still held after every deadline passed", hold.id));
+        }
+        if let Some(order) = ledger.orders().find(|o| o.status == OrderStatus::PrePayment) {
+            self.fail(format!("liveness: order {} still awaits payment after its window", order.id));
+        }
+        if let Some(payload) = lock(&self.undelivered).first() {
+            self.fail(format!("liveness: webhook {} never answered with faults off", payload.key));
+        }
+        let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
+        for key in answered {
+            let recorded = IdempotencyKey::parse(&key).and_then(|k| ledger.webhook(&k).cloned());
+            if recorded.is_none() {
+                self.fail(format!("liveness: webhook {key} was answered but has no record"));
+            }
+        }
+    }
+
+    fn fail(&self, message: String) {
+        lock(&self.failure).get_or_insert(message);
+    }
+
+    fn count(&self, update: impl FnOnce(&mut Stats)) {
+        update(&mut lock(&self.stats));
+    }
+
+    fn race(&self, name: &str) {
+        self.count(|s| *s.races.entry(name.to_owned()).or_default() += 1);
+    }
+
+    /// Sends `request` to an instance as a task that a crash of that instance cuts off.
+    async fn call<T, F, Fut>(&self, instance: usize, request: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Svc>) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        self.count(|s| s.requests += 1);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        {
+            let mut instances = lock(&self.instances);
+            let count = instances.len();
+            let instance = &mut instances[instance % count];
+            let future = request(instance.service.clone());
+            instance.inflight.retain(|handle| !handle.is_finished());
+            instance.inflight.push(madsim::task::spawn(async move {
+                let _ = sender.send(future.await);
+            }));
+        }
+        let answer = match madsim::time::timeout(CLIENT_TIMEOUT, receiver).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(error))) => Err(CallError::Service(error)),
+            Ok(Err(_)) => Err(CallError::Crashed),
+            Err(_) => Err(CallError::Timeout),
+        };
+        if matches!(&answer, Err(CallError::Crashed | CallError::Timeout))
+            || matches!(&answer, Err(CallError::Service(e)) if !matches!(e, ServiceError::Rejected(_)))
+        {
+            self.count(|s| s.request_errors += 1);
+        }
+        answer
+    }
+
+    fn any_instance(&self) -> usize {
+        thread_rng().gen_range(0..lock(&self.instances).len())
+    }
+
+    /// One client: its journeys in order. Returns the provider deliveries it set off.
+    async fn client(self: Arc<Self>, journeys: Vec<Journey>) -> Vec<JoinHandle<()>> {
+        let mut deliveries = Vec::new();
+        for journey in journeys {
+            madsim::time::sleep(Duration::from_millis(journey.start_ms)).await;
+            deliveries.extend(self.clone().journey(journey).await);
+        }
+        deliveries
+    }
+
+    async fn journey(self: Arc<Self>, journey: Journey) -> Option<JoinHandle<()>> {
+        let product_id = self.products[journey.product % self.products.len()];
+        let qty = Qty(journey.qty);
+        let placed = self.call(self.any_instance(), move |s| async move { s.place_hold(product_id, qty).await }).await;
+        let hold = match placed {
+            Ok(placed) => {
+                self.count(|s| s.holds_granted += 1);
+                self.store.note(&format!("client: hold {} granted", placed.hold.id));
+                placed.hold
+            }
+            Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock { .. }))) => {
+                self.count(|s| s.holds_rejected += 1);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut delivery = None;
+        if let Some(verdict) = journey.verdict.clone().filter(|v| v.early) {
+            delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
+        }
+        let after_ms = journey.order_after_ms?;
+        madsim::time::sleep(Duration::from_millis(after_ms)).await;
+        let ordered = self.order(hold.id).await;
+        if ordered {
+            if let Some(verdict) = journey.verdict.filter(|v| !v.early) {
+                delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
+            }
+        }
+        delivery
+    }
+
+    /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any).
+    async fn order(&self, hold_id: HoldId) -> bool {
+        for _ in 0..4 {
+            match self.call(self.any_instance(), move |s| async move { s.place_order(hold_id).await }).await {
+                Ok(placed) => {
+                    self.count(|s| if placed.created { s.orders_created += 1 } else { s.orders_existing += 1 });
+                    self.store.note(&format!("client: order {} for hold {hold_id}", placed.order.id));
+                    return true;
+                }
+                Err(CallError::Service(ServiceError::Rejected(_))) => {
+                    self.count(|s| s.orders_refused += 1);
+                    return false;
+                }
+                Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        false
+    }
+
+    fn payload(&self, hold_id: HoldId, paid: bool) -> WebhookPayload {
+        let mut next = lock(&self.next_key);
+        *next += 1;
+        let key = IdempotencyKey::parse(&format!("evt-{}", *next)).unwrap_or_else(|| unreachable!());
+        let status = if paid { PaymentStatus::Paid } else { PaymentStatus::Failed };
+        WebhookPayload { key, hold_id, status }
+    }
+
+    /// The payment provider's deliveries for one hold.
+    async fn provider(self: Arc<Self>, hold_id: HoldId, verdict: Verdict) {
+        madsim::time::sleep(Duration::from_millis(verdict.delay_ms)).await;
+        let payload = self.payload(hold_id, verdict.paid);
+        if verdict.early {
+            self.race("early");
+        }
+        if verdict.copies > 1 {
+            self.race(if verdict.concurrent { "duplicate_concurrent" } else { "duplicate_sequential" });
+        }
+        let mut copies = Vec::new();
+        for _ in 0..verdict.copies {
+            let world = self.clone();
+            let payload = payload.clone();
+            let copy = madsim::task::spawn(async move { world.deliver(payload).await });
+            if verdict.concurrent {
+                copies.push(copy);
+            } else {
+                let _ = copy.await;
+                madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(0..500))).await;
+            }
+        }
+        if verdict.conflicting {
+            self.race("conflicting");
+            self.deliver(self.payload(hold_id, !verdict.paid)).await;
+        }
+        for copy in copies {
+            let _ = copy.await;
+        }
+    }
+
+    /// Delivers one webhook until the service answers, like a provider retrying on 5xx.
+    async fn deliver(&self, payload: WebhookPayload) {
+        for attempt in 0..DELIVERY_ATTEMPTS_MAX {
+            let sent = payload.clone();
+            let answer = self.call(self.any_instance(), move |s| async move { s.apply_webhook(&sent).await }).await;
+            match answer {
+                Ok(answer) => {
+                    let key = payload.key.as_str().to_owned();
+                    let result = answer.record.result;
+                    let seen = (result, answer.record.order_id.map(|o| o.0));
+                    let first = *lock(&self.answers).entry(key.clone()).or_insert(seen);
+                    if first != seen {
+                        self.fail(format!(
+                            "webhook key {key} answered {seen:?} after {first:?}: a key must always answer the same"
+                        ));
+                    }
+                    self.store.note(&format!("provider: {key} -> {}", result.as_str()));
+                    self.count(|s| {
+                        *s.webhooks.entry(result.as_str().to_owned()).or_default() += 1;
+                        if answer.replayed {
+                            *s.webhooks.entry("replayed".to_owned()).or_default() += 1;
+                        }
+                    });
+                    if result == WebhookResult::RefundRequired {
+                        self.race("after_expiry");
+                    }
+                    return;
+                }
+                Err(CallError::Service(ServiceError::Rejected(rejection))) => {
+                    self.fail(format!("webhook {} refused: {rejection}", payload.key));
+                    return;
+                }
+                Err(_) => {
+                    let backoff = 100u64.saturating_mul(1 << attempt.min(5));
+                    madsim::time::sleep(Duration::from_millis(backoff)).await;
+                }
+            }
+        }
+        lock(&self.undelivered).push(payload);
+    }
+
+    async fn sweep_forever(self: Arc<Self>, instance: usize) {
+        loop {
+            madsim::time::sleep(Duration::from_millis(1_000)).await;
+            let _ = self.call(instance, |s| async move { s.sweep().await }).await;
+        }
+    }
+
+    async fn chaos(self: Arc<Self>, mut events: Vec<crate::plan::ChaosAt>) {
+        events.sort_by_key(|e| e.at_ms);
+        let start = madsim::time::Instant::now();
+        for event in events {
+            let at = Duration::from_millis(event.at_ms);
+            if let Some(wait) = at.checked_sub(start.elapsed()) {
+                madsim::time::sleep(wait).await;
+            }
+            match event.chaos {
+                Chaos::ClockStep { instance, delta_ms } => {
+                    let instances = lock(&self.instances);
+                    instances[instance % instances.len()].clock.step(delta_ms);
+                    drop(instances);
+                    self.count(|s| if delta_ms < 0 { s.clock_steps_back += 1 } else { s.clock_steps_forward += 1 });
+                    self.store.note(&format!("chaos: clock of instance {instance} steps {delta_ms} ms"));
+                }
+                Chaos::Crash { instance } => {
+                    let mut instances = lock(&self.instances);
+                    let count = instances.len();
+                    let instance = &mut instances[instance % count];
+                    for handle in instance.inflight.drain(..) {
+                        handle.abort();
+                    }
+                    let clock = instance.clock.clone();
+                    instance.service = Arc::new(Service::new(self.store.clone(), clock, self.service_config));
+                    drop(instances);
+                    self.count(|s| s.crashes += 1);
+                    self.store.note("chaos: crash and restart");
+                }
+            }
+        }
+    }
+}

@@ -105,6 +105,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    world::quiet_panics();
     match args.command.as_str() {
         "run" | "replay" => run_one(&args),
         "sweep" => sweep(&args),
@@ -120,7 +121,6 @@ fn config(args: &Args, seed: u64) -> RunConfig {
     RunConfig {
         seed,
         plan: Plan::draw(seed, args.ops, args.clients, args.servers),
-        faults: None,
         bug: args.bug,
         trace: args.trace,
     }
@@ -165,9 +165,8 @@ fn explain_failure(args: &Args, config: &RunConfig, report: &Report) {
     eprintln!("shrinking (re-running the seed with less)...");
     let (small, small_report) = shrink::shrink(config, report);
     eprintln!(
-        "smallest failing plan ({} ops; faults {:?}): {}\n{}",
+        "smallest failing plan ({} ops): {}\n{}",
         small.plan.ops(),
-        small.faults.unwrap_or_default(),
         small_report.failure.as_deref().unwrap_or(""),
         small.plan
     );

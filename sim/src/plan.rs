@@ -36,6 +36,47 @@ impl PlanRng {
     }
 }
 
+/// How often each fault fires, drawn per seed ("swarm testing": each seed explores its own mix
+/// of faults, each class on or off and at its own rate).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FaultProfile {
+    /// Probability per storage step of an injected deadlock error.
+    pub deadlock: f64,
+    /// Probability per storage step of an injected lock-wait timeout.
+    pub lock_timeout: f64,
+    /// Probability per storage step of losing the connection (the transaction rolls back).
+    pub connection_lost: f64,
+    /// Probability per commit that the commit applies but its answer is lost.
+    pub commit_answer_lost: f64,
+    /// Largest latency of one storage step, in microseconds.
+    pub latency_us_max: u64,
+}
+
+impl FaultProfile {
+    /// No faults, little latency: the liveness phase.
+    pub const CALM: FaultProfile = FaultProfile {
+        deadlock: 0.0,
+        lock_timeout: 0.0,
+        connection_lost: 0.0,
+        commit_answer_lost: 0.0,
+        latency_us_max: 200,
+    };
+
+    /// A profile drawn from the plan's generator.
+    pub fn draw(rng: &mut PlanRng) -> FaultProfile {
+        let mut rate = |max_per_mille: u64| {
+            if rng.chance(70) { rng.below(max_per_mille) as f64 / 1_000.0 } else { 0.0 }
+        };
+        FaultProfile {
+            deadlock: rate(30),
+            lock_timeout: rate(20),
+            connection_lost: rate(20),
+            commit_answer_lost: rate(50),
+            latency_us_max: 50 + rng.below(5_000),
+        }
+    }
+}
+
 /// The payment provider's verdict on one hold, and how it delivers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -95,7 +136,7 @@ pub struct ChaosAt {
 }
 
 /// Everything a run does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// Stock of each product; product 0 is the hot one.
     pub stocks: Vec<u32>,
@@ -111,12 +152,15 @@ pub struct Plan {
     pub strays: Vec<(u64, bool)>,
     /// Chaos events.
     pub chaos: Vec<ChaosAt>,
+    /// The storage faults while the load runs.
+    pub faults: FaultProfile,
 }
 
 impl Plan {
     /// Draws a plan of about `ops` journeys for `clients` clients and `servers` instances.
     pub fn draw(seed: u64, ops: usize, clients: usize, servers: usize) -> Plan {
         let mut rng = PlanRng::new(seed);
+        let faults = FaultProfile::draw(&mut rng);
         let products = 1 + rng.below(4) as usize;
         let stocks = (0..products).map(|i| if i == 0 { 3 + rng.below(25) as u32 } else { 5 + rng.below(50) as u32 }).collect();
         let hold_ttl_ms = 1_000 + rng.below(9_000);
@@ -132,7 +176,16 @@ impl Plan {
         let chaos = (0..chaos_events)
             .map(|_| ChaosAt { at_ms: rng.below(span_ms), chaos: chaos(&mut rng, servers, hold_ttl_ms) })
             .collect();
-        Plan { stocks, hold_ttl_ms, payment_window_ms, servers: servers.max(1), clients, strays, chaos }
+        Plan {
+            stocks,
+            hold_ttl_ms,
+            payment_window_ms,
+            servers: servers.max(1),
+            clients,
+            strays,
+            chaos,
+            faults,
+        }
     }
 
     /// Journeys in the plan.
@@ -183,6 +236,13 @@ impl fmt::Display for Plan {
             f,
             "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers",
             self.stocks, self.hold_ttl_ms, self.payment_window_ms, self.servers
+        )?;
+        let p = &self.faults;
+        writeln!(
+            f,
+            "faults: deadlock {:.3}, lock timeout {:.3}, connection lost {:.3}, commit answer lost \
+             {:.3}, latency up to {} us",
+            p.deadlock, p.lock_timeout, p.connection_lost, p.commit_answer_lost, p.latency_us_max
         )?;
         for (client, journeys) in self.clients.iter().enumerate() {
             for j in journeys {

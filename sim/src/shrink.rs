@@ -4,7 +4,7 @@
 //! reproduces the failure, printed as a timeline.
 
 use crate::plan::Plan;
-use crate::store::FaultProfile;
+use crate::plan::FaultProfile;
 use crate::world::{self, Report, RunConfig};
 
 /// Runs at most this many candidate plans.
@@ -12,7 +12,8 @@ pub const RUNS_MAX: usize = 300;
 
 /// The smallest failing configuration found from `config`, with its report. `config` must fail.
 pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
-    let mut best = RunConfig { faults: Some(first.faults), trace: false, ..config.clone() };
+    let mut best = RunConfig { trace: false, ..config.clone() };
+    let kind = failure_kind(first);
     let mut report = first.clone();
     let mut runs = 0usize;
     let mut attempt = |candidate: RunConfig, best: &mut RunConfig, report: &mut Report| -> bool {
@@ -21,7 +22,7 @@ pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
         }
         runs = runs.saturating_add(1);
         let tried = world::run(&candidate);
-        let still_fails = tried.failure.is_some();
+        let still_fails = failure_kind(&tried).is_some() && failure_kind(&tried) == kind;
         if still_fails {
             *best = candidate;
             *report = tried;
@@ -38,10 +39,8 @@ pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
     ];
     for clear in clear {
         let mut candidate = best.clone();
-        let mut faults = candidate.faults.unwrap_or_default();
-        clear(&mut faults);
-        if Some(faults) != best.faults {
-            candidate.faults = Some(faults);
+        clear(&mut candidate.plan.faults);
+        if candidate.plan.faults != best.plan.faults {
             attempt(candidate, &mut best, &mut report);
         }
     }
@@ -79,4 +78,12 @@ fn shrink_list<T: Clone>(
         }
         chunk = chunk.div_ceil(2);
     }
+}
+
+/// What kind of failure a report shows: the words before its details, so shrinking keeps the
+/// same failure rather than trading it for another.
+fn failure_kind(report: &Report) -> Option<String> {
+    let failure = report.failure.as_deref()?;
+    let end = failure.find([':', '{', '(']).unwrap_or(failure.len());
+    Some(failure[..end].trim().to_owned())
 }

@@ -23,6 +23,7 @@ use flashsale_server::store::{
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
+use crate::plan::FaultProfile;
 use crate::trace::Trace;
 
 /// How long a locking read waits before failing as InnoDB's error 1205 would.
@@ -59,45 +60,6 @@ impl Bug {
     /// Parses a command-line word.
     pub fn parse(name: &str) -> Option<Bug> {
         Bug::ALL.into_iter().find(|b| b.name() == name)
-    }
-}
-
-/// How often each fault fires, drawn per seed ("swarm testing": each seed explores its own mix).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct FaultProfile {
-    /// Probability per step of an injected deadlock error.
-    pub deadlock: f64,
-    /// Probability per step of an injected lock-wait timeout.
-    pub lock_timeout: f64,
-    /// Probability per step of losing the connection (the transaction rolls back).
-    pub connection_lost: f64,
-    /// Probability per commit that the commit applies but its answer is lost.
-    pub commit_answer_lost: f64,
-    /// Largest latency of one step, in microseconds.
-    pub latency_us_max: u64,
-}
-
-impl FaultProfile {
-    /// No faults, little latency: the liveness phase.
-    pub const CALM: FaultProfile = FaultProfile {
-        deadlock: 0.0,
-        lock_timeout: 0.0,
-        connection_lost: 0.0,
-        commit_answer_lost: 0.0,
-        latency_us_max: 200,
-    };
-
-    /// A profile drawn from the seed: each fault class is on or off, and at its own rate.
-    pub fn draw() -> FaultProfile {
-        let mut rng = thread_rng();
-        let mut rate = |max: f64| if rng.gen_bool(0.7) { rng.gen_range(0.0..max) } else { 0.0 };
-        FaultProfile {
-            deadlock: rate(0.03),
-            lock_timeout: rate(0.02),
-            connection_lost: rate(0.02),
-            commit_answer_lost: rate(0.05),
-            latency_us_max: thread_rng().gen_range(50..5_000),
-        }
     }
 }
 

@@ -12,15 +12,16 @@ use std::time::Duration;
 
 use flashsale_core::{
     Cents, HoldId, HoldState, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
-    Rejection, WebhookPayload, WebhookResult,
+    Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::service::{Config, Service, ServiceError};
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
-use crate::clock::SimClock;
+use crate::clock::{SimClock, true_now};
 use crate::plan::{Chaos, Journey, Plan, Verdict};
-use crate::store::{Bug, FaultCounts, FaultProfile, SimStore};
+use crate::plan::FaultProfile;
+use crate::store::{Bug, FaultCounts, SimStore};
 
 type Svc = Service<SimStore, SimClock>;
 
@@ -36,8 +37,6 @@ pub struct RunConfig {
     pub seed: u64,
     /// The workload.
     pub plan: Plan,
-    /// The faults; drawn from the seed when `None`.
-    pub faults: Option<FaultProfile>,
     /// A planted bug, for proving the checks.
     pub bug: Option<Bug>,
     /// Keep every trace event for printing.
@@ -81,8 +80,6 @@ pub struct Report {
     pub seed: u64,
     /// Operations planned.
     pub ops: usize,
-    /// The faults in force.
-    pub faults: FaultProfile,
     /// How often they fired.
     pub fault_counts: FaultCounts,
     /// What happened.
@@ -99,11 +96,46 @@ pub struct Report {
     pub failure: Option<String>,
 }
 
-/// Runs one seed to completion in its own madsim runtime.
+/// Runs one seed to completion in its own madsim runtime. A panic anywhere in the run (an
+/// assertion in the core or the service) is a failure of that seed, not of the simulator.
 pub fn run(config: &RunConfig) -> Report {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(config.seed, madsim::Config::default());
-    let config = config.clone();
-    runtime.block_on(async move { World::run(config).await })
+    let owned = config.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        runtime.block_on(async move { World::run(owned).await })
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "non-string panic".to_owned());
+        let location = LAST_PANIC.with(|last| last.borrow_mut().take()).unwrap_or_default();
+        Report {
+            seed: config.seed,
+            ops: config.plan.ops(),
+            fault_counts: FaultCounts::default(),
+            stats: Stats::default(),
+            sim_ms: 0,
+            trace_hash: 0,
+            trace_events: 0,
+            trace: Vec::new(),
+            failure: Some(format!("panic: {message} {location}")),
+        }
+    })
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps panics quiet (a failing seed is reported, and shrinking panics many times) while
+/// remembering where the last one happened.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("at {}:{}", l.file(), l.line()));
+        LAST_PANIC.with(|last| *last.borrow_mut() = location);
+    }));
 }
 
 struct Instance {
@@ -120,6 +152,7 @@ struct World {
     answers: Mutex<BTreeMap<String, (WebhookResult, Option<u64>)>>,
     undelivered: Mutex<Vec<WebhookPayload>>,
     failure: Mutex<Option<String>>,
+    skew_max_ms: Mutex<u64>,
     products: Vec<ProductId>,
     next_key: Mutex<u64>,
 }
@@ -138,7 +171,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl World {
     async fn run(config: RunConfig) -> Report {
-        let faults = config.faults.unwrap_or_else(FaultProfile::draw);
+        let faults = config.plan.faults;
         let store = SimStore::new(FaultProfile::CALM, config.bug);
         if config.trace {
             store.keep_trace();
@@ -172,6 +205,7 @@ impl World {
             answers: Mutex::new(BTreeMap::new()),
             undelivered: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
+            skew_max_ms: Mutex::new(2_500),
             products,
             next_key: Mutex::new(0),
         });
@@ -183,7 +217,6 @@ impl World {
         Report {
             seed: config.seed,
             ops: plan.ops(),
-            faults,
             fault_counts: store.counts(),
             stats: lock(&world.stats).clone(),
             sim_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -241,12 +274,21 @@ impl World {
         for instance in lock(&self.instances).iter() {
             instance.clock.heal();
         }
-        let settle_ms = plan.hold_ttl_ms.max(plan.payment_window_ms).saturating_add(5_000);
-        madsim::time::sleep(Duration::from_millis(settle_ms)).await;
         let pending = std::mem::take(&mut *lock(&self.undelivered));
         for payload in pending {
             self.deliver(payload).await;
         }
+        // A deadline set by a clock that ran ahead lies that far beyond true time; wait for the
+        // latest one, but never longer than the largest skew plus a TTL or window allows.
+        let deadline_bound = true_now()
+            .saturating_add_ms(plan.hold_ttl_ms.max(plan.payment_window_ms))
+            .saturating_add_ms(self.skew_max_ms());
+        let latest = self.latest_deadline();
+        if latest > deadline_bound {
+            self.fail(format!("liveness: a deadline at {latest} lies beyond any clock's reach"));
+        }
+        let wait_ms = latest.as_ms().saturating_sub(true_now().as_ms()).saturating_add(1_000);
+        madsim::time::sleep(Duration::from_millis(wait_ms)).await;
         let service = lock(&self.instances)[0].service.clone();
         if let Err(error) = service.sweep().await {
             self.fail(format!("liveness: the sweep failed with faults off: {error}"));
@@ -268,6 +310,19 @@ impl World {
                 self.fail(format!("liveness: webhook {key} was answered but has no record"));
             }
         }
+    }
+
+    /// The latest deadline of a held hold or a pre-payment order.
+    fn latest_deadline(&self) -> Timestamp {
+        let ledger = self.store.ledger();
+        let holds = ledger.holds().filter(|h| h.state == HoldState::Held).map(|h| h.expires_at);
+        let orders = ledger.orders().filter(|o| o.status == OrderStatus::PrePayment);
+        holds.chain(orders.map(|o| o.payment_due_at)).max().unwrap_or_default()
+    }
+
+    /// The largest clock offset any instance reached, in milliseconds.
+    fn skew_max_ms(&self) -> u64 {
+        *lock(&self.skew_max_ms)
     }
 
     fn fail(&self, message: String) {
@@ -477,8 +532,13 @@ impl World {
             match event.chaos {
                 Chaos::ClockStep { instance, delta_ms } => {
                     let instances = lock(&self.instances);
-                    instances[instance % instances.len()].clock.step(delta_ms);
+                    let clock = &instances[instance % instances.len()].clock;
+                    clock.step(delta_ms);
+                    let offset = clock.offset_ms().unsigned_abs().saturating_add(500);
                     drop(instances);
+                    let mut skew = lock(&self.skew_max_ms);
+                    *skew = (*skew).max(offset);
+                    drop(skew);
                     self.count(|s| if delta_ms < 0 { s.clock_steps_back += 1 } else { s.clock_steps_forward += 1 });
                     self.store.note(&format!("chaos: clock of instance {instance} steps {delta_ms} ms"));
                 }

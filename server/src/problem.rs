@@ -331,6 +331,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     if let Err(err) = serde_json::from_slice::<IgnoredAny>(body) {
         return Err(Problem::malformed_json(truncated(err.to_string())));
     }
+    // Every body of this API is an object. serde's derived structs also accept an array read
+    // by position, which would let `[1, 1]` place a hold; refuse anything but an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::validation_failed(
+            "the body must be a JSON object",
+            None,
+        ));
+    }
     serde_json::from_slice::<T>(body).map_err(|err| match err.classify() {
         Category::Data => {
             let message = message_without_position(&err);
@@ -633,6 +641,15 @@ mod tests {
     #[tokio::test]
     async fn valid_body_is_decoded() {
         assert_eq!(post_json(r#"{"qty":3}"#).await, (200, Value::from(3)));
+    }
+
+    #[tokio::test]
+    async fn bodies_that_are_not_objects_are_422_even_when_they_would_decode_by_position() {
+        for body in ["[3]", " [3, 4]", "3", "\"qty\"", "null", "true"] {
+            let (status, problem) = post_json(body).await;
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(problem["code"], "validation_failed", "{body}");
+        }
     }
 
     #[tokio::test]

@@ -195,12 +195,11 @@ impl<S: Storage, C: Clock> Service<S, C> {
     /// [`ServiceError::NotFound`] for an unknown product; storage failures.
     pub async fn product(&self, id: ProductId) -> Result<ProductView, ServiceError> {
         in_transaction!(self, TxMode::Read, "product", |tx| async {
-            let product = tx.product(id).await?;
-            let product = product.ok_or(ServiceError::NotFound {
+            let read = tx.product_and_units_held(id, self.clock.now()).await?;
+            let (product, units_held) = read.ok_or(ServiceError::NotFound {
                 what: "product",
                 id: id.0,
             })?;
-            let units_held = tx.units_held(id, self.clock.now()).await?;
             let available = product::available(&product, units_held);
             Ok::<_, ServiceError>(ProductView { product, available })
         })

@@ -57,7 +57,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut seed_given = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
         match flag.as_str() {
             "--seed" => {
                 let seed = number(value()?)?;
@@ -66,7 +69,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--seeds" => {
                 let v = value()?;
-                let (a, b) = v.split_once("..").ok_or(format!("--seeds takes A..B, not {v}"))?;
+                let (a, b) = v
+                    .split_once("..")
+                    .ok_or(format!("--seeds takes A..B, not {v}"))?;
                 let (a, b) = (number(a.to_owned())?, number(b.to_owned())?);
                 if a >= b {
                     return Err(format!("--seeds {v}: empty range"));
@@ -74,9 +79,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 parsed.seeds = (a, b);
                 seed_given = true;
             }
-            "--ops" => parsed.ops = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?,
-            "--clients" => parsed.clients = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?,
-            "--servers" => parsed.servers = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?,
+            "--ops" => {
+                parsed.ops = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
+            }
+            "--clients" => {
+                parsed.clients = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
+            }
+            "--servers" => {
+                parsed.servers = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
+            }
             "--bug" => {
                 let v = value()?;
                 parsed.bug = Some(Bug::parse(&v).ok_or(format!("unknown bug {v}"))?);
@@ -127,8 +138,16 @@ fn config(args: &Args, seed: u64) -> RunConfig {
 }
 
 /// The one line that replays a seed.
-pub fn replay_command(args_ops: usize, clients: usize, servers: usize, seed: u64, bug: Option<Bug>) -> String {
-    let bug = bug.map(|b| format!(" --bug {}", b.name())).unwrap_or_default();
+pub fn replay_command(
+    args_ops: usize,
+    clients: usize,
+    servers: usize,
+    seed: u64,
+    bug: Option<Bug>,
+) -> String {
+    let bug = bug
+        .map(|b| format!(" --bug {}", b.name()))
+        .unwrap_or_default();
     format!(
         "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo run --release -p flashsale-sim -- \
          replay --seed {seed} --ops {args_ops} --clients {clients} --servers {servers}{bug} --trace"
@@ -160,8 +179,15 @@ fn run_one(args: &Args) -> ExitCode {
 }
 
 fn explain_failure(args: &Args, config: &RunConfig, report: &Report) {
-    eprintln!("\nFAILED seed {}: {}", report.seed, report.failure.as_deref().unwrap_or(""));
-    eprintln!("replay: {}", replay_command(args.ops, args.clients, args.servers, report.seed, args.bug));
+    eprintln!(
+        "\nFAILED seed {}: {}",
+        report.seed,
+        report.failure.as_deref().unwrap_or("")
+    );
+    eprintln!(
+        "replay: {}",
+        replay_command(args.ops, args.clients, args.servers, report.seed, args.bug)
+    );
     eprintln!("shrinking (re-running the seed with less)...");
     let (small, small_report) = shrink::shrink(config, report);
     eprintln!(
@@ -242,7 +268,11 @@ fn summary_json(report: &Report, wall_ms: f64) -> serde_json::Value {
 
 /// What must have happened at least once across a sweep, or the sweep proves nothing about it.
 fn coverage(total: &BTreeMap<&'static str, u64>) -> Vec<&'static str> {
-    total.iter().filter(|&(_, &n)| n == 0).map(|(&name, _)| name).collect()
+    total
+        .iter()
+        .filter(|&(_, &n)| n == 0)
+        .map(|(&name, _)| name)
+        .collect()
 }
 
 fn tally(total: &mut BTreeMap<&'static str, u64>, report: &Report) {
@@ -260,12 +290,28 @@ fn tally(total: &mut BTreeMap<&'static str, u64>, report: &Report) {
     add(total, "chaos: clock step back", s.clock_steps_back);
     add(total, "chaos: clock step forward", s.clock_steps_forward);
     add(total, "race: webhook before order", race("early"));
-    add(total, "race: duplicate webhooks at once", race("duplicate_concurrent"));
-    add(total, "race: duplicate webhooks in turn", race("duplicate_sequential"));
+    add(
+        total,
+        "race: duplicate webhooks at once",
+        race("duplicate_concurrent"),
+    );
+    add(
+        total,
+        "race: duplicate webhooks in turn",
+        race("duplicate_sequential"),
+    );
     add(total, "race: conflicting verdicts", race("conflicting"));
     add(total, "race: webhook after expiry", race("after_expiry"));
-    add(total, "race: webhook for unknown hold", race("unknown_hold"));
-    add(total, "answer: replayed webhook", s.webhooks.get("replayed").copied().unwrap_or(0));
+    add(
+        total,
+        "race: webhook for unknown hold",
+        race("unknown_hold"),
+    );
+    add(
+        total,
+        "answer: replayed webhook",
+        s.webhooks.get("replayed").copied().unwrap_or(0),
+    );
     add(total, "answer: hold rejected for stock", s.holds_rejected);
     add(total, "answer: order refused", s.orders_refused);
 }
@@ -291,13 +337,22 @@ fn sweep(args: &Args) -> ExitCode {
         }
         if done % 10 == 9 || seed + 1 == end {
             let elapsed = wall.elapsed().as_secs_f64();
-            eprint!("\r[{:>5}/{count}] {:>6.1}s  {} failed", done + 1, elapsed, failures.len());
+            eprint!(
+                "\r[{:>5}/{count}] {:>6.1}s  {} failed",
+                done + 1,
+                elapsed,
+                failures.len()
+            );
             let _ = std::io::stderr().flush();
         }
     }
     eprintln!();
     let uncovered = coverage(&total);
-    println!("sweep {first}..{end}: {} failed in {:.1}s", failures.len(), wall.elapsed().as_secs_f64());
+    println!(
+        "sweep {first}..{end}: {} failed in {:.1}s",
+        failures.len(),
+        wall.elapsed().as_secs_f64()
+    );
     println!("coverage: {total:?}");
     if !failures.is_empty() {
         println!("failing seeds: {failures:?}");

@@ -65,7 +65,11 @@ impl FaultProfile {
     /// A profile drawn from the plan's generator.
     pub fn draw(rng: &mut PlanRng) -> FaultProfile {
         let mut rate = |max_per_mille: u64| {
-            if rng.chance(70) { rng.below(max_per_mille) as f64 / 1_000.0 } else { 0.0 }
+            if rng.chance(70) {
+                rng.below(max_per_mille) as f64 / 1_000.0
+            } else {
+                0.0
+            }
         };
         FaultProfile {
             deadlock: rate(30),
@@ -162,19 +166,36 @@ impl Plan {
         let mut rng = PlanRng::new(seed);
         let faults = FaultProfile::draw(&mut rng);
         let products = 1 + rng.below(4) as usize;
-        let stocks = (0..products).map(|i| if i == 0 { 3 + rng.below(25) as u32 } else { 5 + rng.below(50) as u32 }).collect();
+        let stocks = (0..products)
+            .map(|i| {
+                if i == 0 {
+                    3 + rng.below(25) as u32
+                } else {
+                    5 + rng.below(50) as u32
+                }
+            })
+            .collect();
         let hold_ttl_ms = 1_000 + rng.below(9_000);
         let payment_window_ms = 2_000 + rng.below(20_000);
         let clients = clients.max(1);
         let per_client = ops.div_ceil(clients);
         let clients: Vec<Vec<Journey>> = (0..clients)
-            .map(|_| (0..per_client).map(|_| journey(&mut rng, products, hold_ttl_ms, payment_window_ms)).collect())
+            .map(|_| {
+                (0..per_client)
+                    .map(|_| journey(&mut rng, products, hold_ttl_ms, payment_window_ms))
+                    .collect()
+            })
             .collect();
         let span_ms = per_client as u64 * 1_500;
-        let strays = (0..1 + rng.below(3)).map(|_| (rng.below(span_ms), rng.chance(50))).collect();
+        let strays = (0..1 + rng.below(3))
+            .map(|_| (rng.below(span_ms), rng.chance(50)))
+            .collect();
         let chaos_events = (ops / 25).max(2);
         let chaos = (0..chaos_events)
-            .map(|_| ChaosAt { at_ms: rng.below(span_ms), chaos: chaos(&mut rng, servers, hold_ttl_ms) })
+            .map(|_| ChaosAt {
+                at_ms: rng.below(span_ms),
+                chaos: chaos(&mut rng, servers, hold_ttl_ms),
+            })
             .collect();
         Plan {
             stocks,
@@ -200,7 +221,11 @@ impl Plan {
 }
 
 fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> Journey {
-    let product = if rng.chance(70) { 0 } else { rng.below(products as u64) as usize };
+    let product = if rng.chance(70) {
+        0
+    } else {
+        rng.below(products as u64) as usize
+    };
     let order_after_ms = if rng.chance(15) {
         None
     } else if rng.chance(10) {
@@ -212,19 +237,36 @@ fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> J
     let verdict = rng.chance(85).then(|| Verdict {
         paid: rng.chance(80),
         early: rng.chance(15),
-        delay_ms: if rng.chance(10) { window_ms + rng.below(window_ms) } else { rng.below(ttl_ms) },
+        delay_ms: if rng.chance(10) {
+            window_ms + rng.below(window_ms)
+        } else {
+            rng.below(ttl_ms)
+        },
         copies: 1 + rng.below(3) as u8,
         concurrent: rng.chance(50),
         conflicting: rng.chance(10),
     });
-    Journey { start_ms: rng.below(1_000), product, qty: 1 + rng.below(3) as u32, order_after_ms, verdict }
+    Journey {
+        start_ms: rng.below(1_000),
+        product,
+        qty: 1 + rng.below(3) as u32,
+        order_after_ms,
+        verdict,
+    }
 }
 
 fn chaos(rng: &mut PlanRng, servers: usize, ttl_ms: u64) -> Chaos {
     let instance = rng.below(servers.max(1) as u64) as usize;
     if rng.chance(60) {
         let magnitude = 1 + rng.below(2 * ttl_ms) as i64;
-        Chaos::ClockStep { instance, delta_ms: if rng.chance(50) { magnitude } else { -magnitude } }
+        Chaos::ClockStep {
+            instance,
+            delta_ms: if rng.chance(50) {
+                magnitude
+            } else {
+                -magnitude
+            },
+        }
     } else {
         Chaos::Crash { instance }
     }
@@ -246,7 +288,11 @@ impl fmt::Display for Plan {
         )?;
         for (client, journeys) in self.clients.iter().enumerate() {
             for j in journeys {
-                write!(f, "  client {client}: after {} ms hold {} of product {}", j.start_ms, j.qty, j.product)?;
+                write!(
+                    f,
+                    "  client {client}: after {} ms hold {} of product {}",
+                    j.start_ms, j.qty, j.product
+                )?;
                 match j.order_after_ms {
                     Some(ms) => write!(f, ", order {ms} ms later")?,
                     None => write!(f, ", abandon")?,
@@ -260,14 +306,22 @@ impl fmt::Display for Plan {
                         v.delay_ms,
                         v.copies,
                         if v.concurrent { " at once" } else { "" },
-                        if v.conflicting { " + conflicting verdict" } else { "" },
+                        if v.conflicting {
+                            " + conflicting verdict"
+                        } else {
+                            ""
+                        },
                     )?;
                 }
                 writeln!(f)?;
             }
         }
         for (at, paid) in &self.strays {
-            writeln!(f, "  at {at} ms: {} webhook for an unknown hold", if *paid { "paid" } else { "failed" })?;
+            writeln!(
+                f,
+                "  at {at} ms: {} webhook for an unknown hold",
+                if *paid { "paid" } else { "failed" }
+            )?;
         }
         for c in &self.chaos {
             writeln!(f, "  at {} ms: {:?}", c.at_ms, c.chaos)?;

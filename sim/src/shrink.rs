@@ -3,8 +3,8 @@
 //! every removal after which the run still fails. What is left is a small plan that still
 //! reproduces the failure, printed as a timeline.
 
-use crate::plan::Plan;
 use crate::plan::FaultProfile;
+use crate::plan::Plan;
 use crate::world::{self, Report, RunConfig};
 
 /// Runs at most this many candidate plans.
@@ -12,7 +12,10 @@ pub const RUNS_MAX: usize = 300;
 
 /// The smallest failing configuration found from `config`, with its report. `config` must fail.
 pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
-    let mut best = RunConfig { trace: false, ..config.clone() };
+    let mut best = RunConfig {
+        trace: false,
+        ..config.clone()
+    };
     let kind = failure_kind(first);
     let mut report = first.clone();
     let mut runs = 0usize;
@@ -47,7 +50,9 @@ pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
     shrink_list(&mut best, &mut report, &mut attempt, |p| &mut p.chaos);
     shrink_list(&mut best, &mut report, &mut attempt, |p| &mut p.strays);
     for client in 0..best.plan.clients.len() {
-        shrink_list(&mut best, &mut report, &mut attempt, move |p| &mut p.clients[client]);
+        shrink_list(&mut best, &mut report, &mut attempt, move |p| {
+            &mut p.clients[client]
+        });
     }
     best.plan.clients.retain(|journeys| !journeys.is_empty());
     (best, report)

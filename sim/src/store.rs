@@ -17,9 +17,7 @@ use flashsale_core::{
     Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order, OrderId,
     OrderStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookRecord,
 };
-use flashsale_server::store::{
-    Dump, StoreError, StoreResult, Storage, Transaction, TxMode,
-};
+use flashsale_server::store::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
@@ -44,8 +42,12 @@ pub enum Bug {
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 4] =
-        [Bug::SkipProductLock, Bug::ForgetReleaseExpired, Bug::ConsumeReleasedHold, Bug::ApplyWebhookTwice];
+    pub const ALL: [Bug; 4] = [
+        Bug::SkipProductLock,
+        Bug::ForgetReleaseExpired,
+        Bug::ConsumeReleasedHold,
+        Bug::ApplyWebhookTwice,
+    ];
 
     /// The command-line word for it.
     pub fn name(self) -> &'static str {
@@ -176,7 +178,9 @@ impl SimStore {
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
         // A panic inside the lock already failed the run; keep going to report it.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Changes the fault profile (the liveness phase turns faults off).
@@ -224,7 +228,13 @@ impl Storage for SimStore {
             shared.tx_last = shared.tx_last.saturating_add(1);
             shared.tx_last
         };
-        let mut tx = SimTx { store: self.clone(), id, writes: BTreeMap::new(), locks: Vec::new(), open: true };
+        let mut tx = SimTx {
+            store: self.clone(),
+            id,
+            writes: BTreeMap::new(),
+            locks: Vec::new(),
+            open: true,
+        };
         tx.step().await?;
         Ok(tx)
     }
@@ -253,7 +263,9 @@ impl SimTx {
         let fault = if rng.gen_bool(faults.deadlock.clamp(0.0, 1.0)) {
             Some(StoreError::Contention("1213 deadlock (injected)".into()))
         } else if rng.gen_bool(faults.lock_timeout.clamp(0.0, 1.0)) {
-            Some(StoreError::Contention("1205 lock wait timeout (injected)".into()))
+            Some(StoreError::Contention(
+                "1205 lock wait timeout (injected)".into(),
+            ))
         } else if rng.gen_bool(faults.connection_lost.clamp(0.0, 1.0)) {
             Some(StoreError::Connection("connection lost (injected)".into()))
         } else {
@@ -265,7 +277,9 @@ impl SimTx {
                 {
                     let mut shared = self.store.shared();
                     match &error {
-                        StoreError::Contention(m) if m.starts_with("1213") => shared.counts.deadlock += 1,
+                        StoreError::Contention(m) if m.starts_with("1213") => {
+                            shared.counts.deadlock += 1
+                        }
                         StoreError::Contention(_) => shared.counts.lock_timeout += 1,
                         _ => shared.counts.connection_lost += 1,
                     }
@@ -279,7 +293,9 @@ impl SimTx {
     /// Takes the row's exclusive lock, waiting in line behind earlier requests.
     async fn lock(&mut self, key: RowKey) -> StoreResult<()> {
         if !self.open {
-            return Err(StoreError::Connection("transaction already rolled back".into()));
+            return Err(StoreError::Connection(
+                "transaction already rolled back".into(),
+            ));
         }
         let receiver = {
             let mut guard = self.store.shared();
@@ -287,7 +303,13 @@ impl SimTx {
             let holder = shared.locks.get(&key).map(|lock| lock.holder);
             match holder {
                 None => {
-                    shared.locks.insert(key.clone(), Lock { holder: self.id, waiters: VecDeque::new() });
+                    shared.locks.insert(
+                        key.clone(),
+                        Lock {
+                            holder: self.id,
+                            waiters: VecDeque::new(),
+                        },
+                    );
                     self.locks.push(key);
                     return Ok(());
                 }
@@ -327,7 +349,10 @@ impl SimTx {
 
     /// The row as this transaction sees it: its own write, else the committed row.
     fn read(&self, key: &RowKey) -> Option<Row> {
-        self.writes.get(key).cloned().or_else(|| self.store.shared().tables.get(key))
+        self.writes
+            .get(key)
+            .cloned()
+            .or_else(|| self.store.shared().tables.get(key))
     }
 
     fn write(&mut self, row: Row) {
@@ -344,7 +369,13 @@ impl SimTx {
     fn holds_of(&self, product_id: ProductId) -> Vec<Hold> {
         let committed: Vec<Hold> = {
             let shared = self.store.shared();
-            shared.tables.holds.values().filter(|h| h.product_id == product_id).copied().collect()
+            shared
+                .tables
+                .holds
+                .values()
+                .filter(|h| h.product_id == product_id)
+                .copied()
+                .collect()
         };
         let mut holds: BTreeMap<u64, Hold> = committed.into_iter().map(|h| (h.id.0, h)).collect();
         for row in self.writes.values() {
@@ -425,14 +456,20 @@ fn deadlocks(shared: &Shared, tx: u64, key: &RowKey) -> bool {
         if !seen.insert(holder) {
             return false;
         }
-        next = shared.waiting_for.get(&holder).and_then(|k| shared.locks.get(k)).map(|l| l.holder);
+        next = shared
+            .waiting_for
+            .get(&holder)
+            .and_then(|k| shared.locks.get(k))
+            .map(|l| l.holder);
     }
     false
 }
 
 fn release_locks(shared: &mut Shared, keys: Vec<RowKey>) {
     for key in keys {
-        let Some(lock) = shared.locks.get_mut(&key) else { continue };
+        let Some(lock) = shared.locks.get_mut(&key) else {
+            continue;
+        };
         let mut granted = false;
         while let Some((waiter, sender)) = lock.waiters.pop_front() {
             lock.holder = waiter;
@@ -485,7 +522,9 @@ impl Transaction for SimTx {
             lost
         };
         if answer_lost {
-            Err(StoreError::Connection("commit answer lost (injected)".into()))
+            Err(StoreError::Connection(
+                "commit answer lost (injected)".into(),
+            ))
         } else {
             Ok(())
         }
@@ -496,6 +535,22 @@ impl Transaction for SimTx {
         Ok(self.product_row(id))
     }
 
+    async fn product_and_units_held(
+        &mut self,
+        id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Option<(Product, Qty)>> {
+        self.step().await?;
+        let Some(product) = self.product_row(id) else {
+            return Ok(None);
+        };
+        let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
+        Ok(Some((
+            product,
+            Qty(live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
+        )))
+    }
+
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
         self.step().await?;
         if self.bug() != Some(Bug::SkipProductLock) {
@@ -504,17 +559,35 @@ impl Transaction for SimTx {
         Ok(self.product_row(id))
     }
 
-    async fn insert_product(&mut self, name: &str, price_cents: Cents, stock: Qty) -> StoreResult<Product> {
+    async fn insert_product(
+        &mut self,
+        name: &str,
+        price_cents: Cents,
+        stock: Qty,
+    ) -> StoreResult<Product> {
         self.step().await?;
         let id = ProductId(self.next_id(0));
-        let product = Product { id, name: name.to_owned(), price_cents, stock, units_received: u64::from(stock.0) };
+        let product = Product {
+            id,
+            name: name.to_owned(),
+            price_cents,
+            stock,
+            units_received: u64::from(stock.0),
+        };
         self.write(Row::Product(product.clone()));
         Ok(product)
     }
 
-    async fn set_stock(&mut self, id: ProductId, stock: Qty, units_received: u64) -> StoreResult<()> {
+    async fn set_stock(
+        &mut self,
+        id: ProductId,
+        stock: Qty,
+        units_received: u64,
+    ) -> StoreResult<()> {
         self.step().await?;
-        let mut product = self.product_row(id).ok_or_else(|| missing("product", id.0))?;
+        let mut product = self
+            .product_row(id)
+            .ok_or_else(|| missing("product", id.0))?;
         product.stock = stock;
         product.units_received = units_received;
         self.write(Row::Product(product));
@@ -523,12 +596,19 @@ impl Transaction for SimTx {
 
     async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
         self.step().await?;
-        let live = self.holds_of(product_id).into_iter().filter(|h| h.is_live(now));
+        let live = self
+            .holds_of(product_id)
+            .into_iter()
+            .filter(|h| h.is_live(now));
         let units = live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0));
         Ok(Qty(units))
     }
 
-    async fn release_expired(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Vec<HoldId>> {
+    async fn release_expired(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<HoldId>> {
         self.step().await?;
         if self.bug() == Some(Bug::ForgetReleaseExpired) {
             return Ok(Vec::new());
@@ -542,7 +622,9 @@ impl Transaction for SimTx {
         for hold in expired {
             self.lock(RowKey::Hold(hold.id.0)).await?;
             // Read again under the lock, as `SELECT ... FOR UPDATE` would.
-            let Some(mut hold) = self.hold_row(hold.id) else { continue };
+            let Some(mut hold) = self.hold_row(hold.id) else {
+                continue;
+            };
             if hold.state == HoldState::Held && hold.is_expired(now) {
                 hold.state = HoldState::Released(ReleaseReason::Expired);
                 self.write(Row::Hold(hold));
@@ -552,10 +634,16 @@ impl Transaction for SimTx {
         Ok(released)
     }
 
-    async fn insert_holds(&mut self, product_id: ProductId, grants: &[HoldGrant]) -> StoreResult<Vec<Hold>> {
+    async fn insert_holds(
+        &mut self,
+        product_id: ProductId,
+        grants: &[HoldGrant],
+    ) -> StoreResult<Vec<Hold>> {
         self.step().await?;
-        let holds: Vec<Hold> =
-            grants.iter().map(|g| g.with_id(HoldId(self.next_id(1)), product_id)).collect();
+        let holds: Vec<Hold> = grants
+            .iter()
+            .map(|g| g.with_id(HoldId(self.next_id(1)), product_id))
+            .collect();
         for hold in &holds {
             self.write(Row::Hold(*hold));
         }
@@ -594,12 +682,21 @@ impl Transaction for SimTx {
         // The unique key on hold_id.
         let taken = {
             let shared = self.store.shared();
-            shared.tables.orders.values().any(|o| o.hold_id == order.hold_id)
+            shared
+                .tables
+                .orders
+                .values()
+                .any(|o| o.hold_id == order.hold_id)
         };
-        let mine = self.writes.values().any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
+        let mine = self
+            .writes
+            .values()
+            .any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
         if taken || mine {
             self.rollback();
-            return Err(StoreError::Contention("1062 duplicate key orders_one_per_hold".into()));
+            return Err(StoreError::Contention(
+                "1062 duplicate key orders_one_per_hold".into(),
+            ));
         }
         let order = order.with_id(OrderId(self.next_id(2)));
         self.write(Row::Order(order));
@@ -636,19 +733,32 @@ impl Transaction for SimTx {
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
         self.step().await?;
         let shared = self.store.shared();
-        let holds = shared.tables.holds.values().filter(|h| h.state == HoldState::Held && h.is_expired(now));
+        let holds = shared
+            .tables
+            .holds
+            .values()
+            .filter(|h| h.state == HoldState::Held && h.is_expired(now));
         let orders = shared.tables.orders.values().filter(|o| o.is_overdue(now));
-        let ids: BTreeSet<ProductId> =
-            holds.map(|h| h.product_id).chain(orders.map(|o| o.product_id)).collect();
+        let ids: BTreeSet<ProductId> = holds
+            .map(|h| h.product_id)
+            .chain(orders.map(|o| o.product_id))
+            .collect();
         Ok(ids.into_iter().take(limit as usize).collect())
     }
 
-    async fn lock_overdue_orders(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Vec<Order>> {
+    async fn lock_overdue_orders(
+        &mut self,
+        product_id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Order>> {
         self.step().await?;
         let overdue: Vec<Order> = {
             let shared = self.store.shared();
             let orders = shared.tables.orders.values();
-            orders.filter(|o| o.product_id == product_id && o.is_overdue(now)).copied().collect()
+            orders
+                .filter(|o| o.product_id == product_id && o.is_overdue(now))
+                .copied()
+                .collect()
         };
         let mut locked = Vec::new();
         for order in overdue {

@@ -12,7 +12,11 @@ pub struct Trace {
 
 impl Default for Trace {
     fn default() -> Self {
-        Trace { hash: 0xcbf2_9ce4_8422_2325, events: 0, kept: None }
+        Trace {
+            hash: 0xcbf2_9ce4_8422_2325,
+            events: 0,
+            kept: None,
+        }
     }
 }
 

@@ -19,8 +19,8 @@ use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
 use crate::clock::{SimClock, true_now};
-use crate::plan::{Chaos, Journey, Plan, Verdict};
 use crate::plan::FaultProfile;
+use crate::plan::{Chaos, Journey, Plan, Verdict};
 use crate::store::{Bug, FaultCounts, SimStore};
 
 type Svc = Service<SimStore, SimClock>;
@@ -99,7 +99,8 @@ pub struct Report {
 /// Runs one seed to completion in its own madsim runtime. A panic anywhere in the run (an
 /// assertion in the core or the service) is a failure of that seed, not of the simulator.
 pub fn run(config: &RunConfig) -> Report {
-    let runtime = madsim::runtime::Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    let runtime =
+        madsim::runtime::Runtime::with_seed_and_config(config.seed, madsim::Config::default());
     let owned = config.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         runtime.block_on(async move { World::run(owned).await })
@@ -110,7 +111,9 @@ pub fn run(config: &RunConfig) -> Report {
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "non-string panic".to_owned());
-        let location = LAST_PANIC.with(|last| last.borrow_mut().take()).unwrap_or_default();
+        let location = LAST_PANIC
+            .with(|last| last.borrow_mut().take())
+            .unwrap_or_default();
         Report {
             seed: config.seed,
             ops: config.plan.ops(),
@@ -133,7 +136,9 @@ thread_local! {
 /// remembering where the last one happened.
 pub fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("at {}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map(|l| format!("at {}:{}", l.file(), l.line()));
         LAST_PANIC.with(|last| *last.borrow_mut() = location);
     }));
 }
@@ -166,7 +171,9 @@ enum CallError {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl World {
@@ -185,7 +192,9 @@ impl World {
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
         let mut products = Vec::new();
         for (i, &stock) in plan.stocks.iter().enumerate() {
-            let created = setup.create_product(&format!("P{i}"), Cents(100), Qty(stock)).await;
+            let created = setup
+                .create_product(&format!("P{i}"), Cents(100), Qty(stock))
+                .await;
             products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
         }
         store.set_faults(faults);
@@ -194,7 +203,11 @@ impl World {
                 let mut rng = thread_rng();
                 let clock = SimClock::new(rng.gen_range(-2_000..2_000), rng.gen_range(-500..500));
                 let service = Arc::new(Service::new(store.clone(), clock.clone(), service_config));
-                Instance { clock, service, inflight: Vec::new() }
+                Instance {
+                    clock,
+                    service,
+                    inflight: Vec::new(),
+                }
             })
             .collect();
         let world = Arc::new(World {
@@ -285,29 +298,50 @@ impl World {
             .saturating_add_ms(self.skew_max_ms());
         let latest = self.latest_deadline();
         if latest > deadline_bound {
-            self.fail(format!("liveness: a deadline at {latest} lies beyond any clock's reach"));
+            self.fail(format!(
+                "liveness: a deadline at {latest} lies beyond any clock's reach"
+            ));
         }
-        let wait_ms = latest.as_ms().saturating_sub(true_now().as_ms()).saturating_add(1_000);
+        let wait_ms = latest
+            .as_ms()
+            .saturating_sub(true_now().as_ms())
+            .saturating_add(1_000);
         madsim::time::sleep(Duration::from_millis(wait_ms)).await;
         let service = lock(&self.instances)[0].service.clone();
         if let Err(error) = service.sweep().await {
-            self.fail(format!("liveness: the sweep failed with faults off: {error}"));
+            self.fail(format!(
+                "liveness: the sweep failed with faults off: {error}"
+            ));
         }
         let ledger = self.store.ledger();
         if let Some(hold) = ledger.holds().find(|h| h.state == HoldState::Held) {
-            self.fail(format!("liveness: hold {} still held after every deadline passed", hold.id));
+            self.fail(format!(
+                "liveness: hold {} still held after every deadline passed",
+                hold.id
+            ));
         }
-        if let Some(order) = ledger.orders().find(|o| o.status == OrderStatus::PrePayment) {
-            self.fail(format!("liveness: order {} still awaits payment after its window", order.id));
+        if let Some(order) = ledger
+            .orders()
+            .find(|o| o.status == OrderStatus::PrePayment)
+        {
+            self.fail(format!(
+                "liveness: order {} still awaits payment after its window",
+                order.id
+            ));
         }
         if let Some(payload) = lock(&self.undelivered).first() {
-            self.fail(format!("liveness: webhook {} never answered with faults off", payload.key));
+            self.fail(format!(
+                "liveness: webhook {} never answered with faults off",
+                payload.key
+            ));
         }
         let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
         for key in answered {
             let recorded = IdempotencyKey::parse(&key).and_then(|k| ledger.webhook(&k).cloned());
             if recorded.is_none() {
-                self.fail(format!("liveness: webhook {key} was answered but has no record"));
+                self.fail(format!(
+                    "liveness: webhook {key} was answered but has no record"
+                ));
             }
         }
     }
@@ -315,9 +349,17 @@ impl World {
     /// The latest deadline of a held hold or a pre-payment order.
     fn latest_deadline(&self) -> Timestamp {
         let ledger = self.store.ledger();
-        let holds = ledger.holds().filter(|h| h.state == HoldState::Held).map(|h| h.expires_at);
-        let orders = ledger.orders().filter(|o| o.status == OrderStatus::PrePayment);
-        holds.chain(orders.map(|o| o.payment_due_at)).max().unwrap_or_default()
+        let holds = ledger
+            .holds()
+            .filter(|h| h.state == HoldState::Held)
+            .map(|h| h.expires_at);
+        let orders = ledger
+            .orders()
+            .filter(|o| o.status == OrderStatus::PrePayment);
+        holds
+            .chain(orders.map(|o| o.payment_due_at))
+            .max()
+            .unwrap_or_default()
     }
 
     /// The largest clock offset any instance reached, in milliseconds.
@@ -387,14 +429,21 @@ impl World {
     async fn journey(self: Arc<Self>, journey: Journey) -> Option<JoinHandle<()>> {
         let product_id = self.products[journey.product % self.products.len()];
         let qty = Qty(journey.qty);
-        let placed = self.call(self.any_instance(), move |s| async move { s.place_hold(product_id, qty).await }).await;
+        let placed = self
+            .call(self.any_instance(), move |s| async move {
+                s.place_hold(product_id, qty).await
+            })
+            .await;
         let hold = match placed {
             Ok(placed) => {
                 self.count(|s| s.holds_granted += 1);
-                self.store.note(&format!("client: hold {} granted", placed.hold.id));
+                self.store
+                    .note(&format!("client: hold {} granted", placed.hold.id));
                 placed.hold
             }
-            Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock { .. }))) => {
+            Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock {
+                ..
+            }))) => {
                 self.count(|s| s.holds_rejected += 1);
                 return None;
             }
@@ -418,10 +467,24 @@ impl World {
     /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any).
     async fn order(&self, hold_id: HoldId) -> bool {
         for _ in 0..4 {
-            match self.call(self.any_instance(), move |s| async move { s.place_order(hold_id).await }).await {
+            match self
+                .call(self.any_instance(), move |s| async move {
+                    s.place_order(hold_id).await
+                })
+                .await
+            {
                 Ok(placed) => {
-                    self.count(|s| if placed.created { s.orders_created += 1 } else { s.orders_existing += 1 });
-                    self.store.note(&format!("client: order {} for hold {hold_id}", placed.order.id));
+                    self.count(|s| {
+                        if placed.created {
+                            s.orders_created += 1
+                        } else {
+                            s.orders_existing += 1
+                        }
+                    });
+                    self.store.note(&format!(
+                        "client: order {} for hold {hold_id}",
+                        placed.order.id
+                    ));
                     return true;
                 }
                 Err(CallError::Service(ServiceError::Rejected(_))) => {
@@ -437,9 +500,18 @@ impl World {
     fn payload(&self, hold_id: HoldId, paid: bool) -> WebhookPayload {
         let mut next = lock(&self.next_key);
         *next += 1;
-        let key = IdempotencyKey::parse(&format!("evt-{}", *next)).unwrap_or_else(|| unreachable!());
-        let status = if paid { PaymentStatus::Paid } else { PaymentStatus::Failed };
-        WebhookPayload { key, hold_id, status }
+        let key =
+            IdempotencyKey::parse(&format!("evt-{}", *next)).unwrap_or_else(|| unreachable!());
+        let status = if paid {
+            PaymentStatus::Paid
+        } else {
+            PaymentStatus::Failed
+        };
+        WebhookPayload {
+            key,
+            hold_id,
+            status,
+        }
     }
 
     /// The payment provider's deliveries for one hold.
@@ -450,7 +522,11 @@ impl World {
             self.race("early");
         }
         if verdict.copies > 1 {
-            self.race(if verdict.concurrent { "duplicate_concurrent" } else { "duplicate_sequential" });
+            self.race(if verdict.concurrent {
+                "duplicate_concurrent"
+            } else {
+                "duplicate_sequential"
+            });
         }
         let mut copies = Vec::new();
         for _ in 0..verdict.copies {
@@ -477,7 +553,11 @@ impl World {
     async fn deliver(&self, payload: WebhookPayload) {
         for attempt in 0..DELIVERY_ATTEMPTS_MAX {
             let sent = payload.clone();
-            let answer = self.call(self.any_instance(), move |s| async move { s.apply_webhook(&sent).await }).await;
+            let answer = self
+                .call(self.any_instance(), move |s| async move {
+                    s.apply_webhook(&sent).await
+                })
+                .await;
             match answer {
                 Ok(answer) => {
                     let key = payload.key.as_str().to_owned();
@@ -489,7 +569,8 @@ impl World {
                             "webhook key {key} answered {seen:?} after {first:?}: a key must always answer the same"
                         ));
                     }
-                    self.store.note(&format!("provider: {key} -> {}", result.as_str()));
+                    self.store
+                        .note(&format!("provider: {key} -> {}", result.as_str()));
                     self.count(|s| {
                         *s.webhooks.entry(result.as_str().to_owned()).or_default() += 1;
                         if answer.replayed {
@@ -517,7 +598,9 @@ impl World {
     async fn sweep_forever(self: Arc<Self>, instance: usize) {
         loop {
             madsim::time::sleep(Duration::from_millis(1_000)).await;
-            let _ = self.call(instance, |s| async move { s.sweep().await }).await;
+            let _ = self
+                .call(instance, |s| async move { s.sweep().await })
+                .await;
         }
     }
 
@@ -539,8 +622,16 @@ impl World {
                     let mut skew = lock(&self.skew_max_ms);
                     *skew = (*skew).max(offset);
                     drop(skew);
-                    self.count(|s| if delta_ms < 0 { s.clock_steps_back += 1 } else { s.clock_steps_forward += 1 });
-                    self.store.note(&format!("chaos: clock of instance {instance} steps {delta_ms} ms"));
+                    self.count(|s| {
+                        if delta_ms < 0 {
+                            s.clock_steps_back += 1
+                        } else {
+                            s.clock_steps_forward += 1
+                        }
+                    });
+                    self.store.note(&format!(
+                        "chaos: clock of instance {instance} steps {delta_ms} ms"
+                    ));
                 }
                 Chaos::Crash { instance } => {
                     let mut instances = lock(&self.instances);
@@ -550,7 +641,8 @@ impl World {
                         handle.abort();
                     }
                     let clock = instance.clock.clone();
-                    instance.service = Arc::new(Service::new(self.store.clone(), clock, self.service_config));
+                    instance.service =
+                        Arc::new(Service::new(self.store.clone(), clock, self.service_config));
                     drop(instances);
                     self.count(|s| s.crashes += 1);
                     self.store.note("chaos: crash and restart");

@@ -77,6 +77,15 @@ pub trait Transaction: Send {
         id: ProductId,
     ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
 
+    /// Reads a product and the units of its held holds unexpired at `now`, without locks, in
+    /// one consistent read (one statement): two statements at READ COMMITTED could pair a stock
+    /// from before an order with held units from after it.
+    fn product_and_units_held(
+        &mut self,
+        id: ProductId,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<(Product, Qty)>>> + Send;
+
     /// Reads and locks a product.
     fn lock_product(
         &mut self,

@@ -218,6 +218,43 @@ impl Transaction for SqlTx {
         Ok(row.map(product_from_row))
     }
 
+    async fn product_and_units_held(
+        &mut self,
+        id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Option<(Product, Qty)>> {
+        type Row = (u64, String, u64, u32, u64, u64);
+        let row: Option<Row> = on_conn!(self, |conn, d| {
+            let sql = match d {
+                Dialect::MySql => {
+                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_received, \
+                     CAST(COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
+                     AND h.state = 'held' AND h.expires_at > ?), 0) AS UNSIGNED) \
+                     FROM products p WHERE p.id = ?"
+                }
+                Dialect::Sqlite => {
+                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_received, \
+                     COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
+                     AND h.state = 'held' AND h.expires_at > ?), 0) \
+                     FROM products p WHERE p.id = ?"
+                }
+            };
+            sqlx::query_as::<Db, Row>(sql)
+                .bind(int(now.as_ms()))
+                .bind(int(id.0))
+                .fetch_optional(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        let Some((id, name, price_cents, stock, units_received, units)) = row else {
+            return Ok(None);
+        };
+        let product = product_from_row((id, name, price_cents, stock, units_received));
+        let units = u32::try_from(units)
+            .map_err(|_| StoreError::Corrupt(format!("product {id} holds {units} units")))?;
+        Ok(Some((product, Qty(units))))
+    }
+
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
         let row: Option<ProductRow> = on_conn!(self, |conn, d| {
             let sql = locking!(

@@ -329,3 +329,26 @@ impl fmt::Display for Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_always_draws_the_same_plan() {
+        assert_eq!(Plan::draw(42, 100, 4, 3), Plan::draw(42, 100, 4, 3));
+        assert_ne!(Plan::draw(42, 100, 4, 3), Plan::draw(43, 100, 4, 3));
+    }
+
+    #[test]
+    fn a_plan_has_the_journeys_asked_for_spread_over_the_clients() {
+        let plan = Plan::draw(7, 100, 4, 2);
+        assert_eq!(plan.clients.len(), 4);
+        assert_eq!(plan.journeys(), 100);
+        assert!(plan.ops() > plan.journeys(), "strays and chaos come on top");
+        let instances = plan.chaos.iter().map(|c| match c.chaos {
+            Chaos::ClockStep { instance, .. } | Chaos::Crash { instance } => instance,
+        });
+        assert!(instances.into_iter().all(|i| i < 2), "chaos names existing instances");
+    }
+}

@@ -379,10 +379,10 @@ impl SimTx {
         };
         let mut holds: BTreeMap<u64, Hold> = committed.into_iter().map(|h| (h.id.0, h)).collect();
         for row in self.writes.values() {
-            if let Row::Hold(h) = row {
-                if h.product_id == product_id {
-                    holds.insert(h.id.0, *h);
-                }
+            if let Row::Hold(h) = row
+                && h.product_id == product_id
+            {
+                holds.insert(h.id.0, *h);
             }
         }
         holds.into_values().collect()
@@ -508,10 +508,10 @@ impl Transaction for SimTx {
                 shared.tables.put(row);
             }
             shared.counts.commits += 1;
-            if shared.violation.is_none() {
-                if let Err(violation) = shared.tables.ledger().check_invariants() {
-                    shared.violation = Some(violation.to_string());
-                }
+            if shared.violation.is_none()
+                && let Err(violation) = shared.tables.ledger().check_invariants()
+            {
+                shared.violation = Some(violation.to_string());
             }
             let lost = thread_rng().gen_bool(shared.faults.commit_answer_lost.clamp(0.0, 1.0));
             if lost {

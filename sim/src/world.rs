@@ -456,10 +456,8 @@ impl World {
         let after_ms = journey.order_after_ms?;
         madsim::time::sleep(Duration::from_millis(after_ms)).await;
         let ordered = self.order(hold.id).await;
-        if ordered {
-            if let Some(verdict) = journey.verdict.filter(|v| !v.early) {
-                delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
-            }
+        if ordered && let Some(verdict) = journey.verdict.filter(|v| !v.early) {
+            delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
         }
         delivery
     }

@@ -349,6 +349,9 @@ mod tests {
         let instances = plan.chaos.iter().map(|c| match c.chaos {
             Chaos::ClockStep { instance, .. } | Chaos::Crash { instance } => instance,
         });
-        assert!(instances.into_iter().all(|i| i < 2), "chaos names existing instances");
+        assert!(
+            instances.into_iter().all(|i| i < 2),
+            "chaos names existing instances"
+        );
     }
 }

@@ -16,7 +16,12 @@ use flashsale_sim::world::{self, RunConfig};
 const SEEDS_MAX: u64 = 50;
 
 fn config(seed: u64, bug: Option<Bug>) -> RunConfig {
-    RunConfig { seed, plan: Plan::draw(seed, 200, 8, 3), bug, trace: false }
+    RunConfig {
+        seed,
+        plan: Plan::draw(seed, 200, 8, 3),
+        bug,
+        trace: false,
+    }
 }
 
 /// The first seed below [`SEEDS_MAX`] whose run fails, with its failure.
@@ -28,7 +33,11 @@ fn first_failure(bug: Option<Bug>) -> Option<(u64, String)> {
 fn every_planted_bug_is_found_within_fifty_seeds() {
     for bug in Bug::ALL {
         let found = first_failure(Some(bug));
-        assert!(found.is_some(), "{} went unnoticed for {SEEDS_MAX} seeds", bug.name());
+        assert!(
+            found.is_some(),
+            "{} went unnoticed for {SEEDS_MAX} seeds",
+            bug.name()
+        );
         let (seed, failure) = found.unwrap_or_default();
         eprintln!("{}: found at seed {seed}: {failure}", bug.name());
     }
@@ -44,12 +53,23 @@ fn a_seed_replays_to_the_same_trace() {
     for seed in [1, 2, 3] {
         let a = world::run(&config(seed, None));
         let b = world::run(&config(seed, None));
-        assert!(a.trace_events > 100, "seed {seed} recorded too little: {}", a.trace_events);
-        assert_eq!((a.trace_hash, a.trace_events), (b.trace_hash, b.trace_events), "seed {seed}");
+        assert!(
+            a.trace_events > 100,
+            "seed {seed} recorded too little: {}",
+            a.trace_events
+        );
+        assert_eq!(
+            (a.trace_hash, a.trace_events),
+            (b.trace_hash, b.trace_events),
+            "seed {seed}"
+        );
     }
     let one = world::run(&config(1, None));
     let two = world::run(&config(2, None));
-    assert_ne!(one.trace_hash, two.trace_hash, "different seeds explore different runs");
+    assert_ne!(
+        one.trace_hash, two.trace_hash,
+        "different seeds explore different runs"
+    );
 }
 
 #[test]
@@ -59,11 +79,18 @@ fn shrinking_keeps_the_failure_and_leaves_a_smaller_plan() {
     let config = config(seed, bug);
     let report = world::run(&config);
     let (small, small_report) = shrink::shrink(&config, &report);
-    assert!(small_report.failure.is_some(), "the shrunk plan still fails");
+    assert!(
+        small_report.failure.is_some(),
+        "the shrunk plan still fails"
+    );
     assert!(
         small.plan.ops() < config.plan.ops(),
         "shrinking removed nothing: {} ops",
         small.plan.ops()
     );
-    assert_eq!(world::run(&small).failure, small_report.failure, "the shrunk plan replays");
+    assert_eq!(
+        world::run(&small).failure,
+        small_report.failure,
+        "the shrunk plan replays"
+    );
 }

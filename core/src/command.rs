@@ -43,4 +43,10 @@ pub enum Command {
     ApplyWebhook(WebhookPayload),
     /// Release every expired hold and cancel every order past its payment window.
     Sweep,
+    /// The same for one product only, as the server's sweeper does, one product per
+    /// transaction.
+    SweepProduct {
+        /// The product.
+        product_id: ProductId,
+    },
 }

@@ -183,7 +183,8 @@ impl Ledger {
                 payment_window_ms,
             } => self.place_order(now, hold_id, payment_window_ms),
             Command::ApplyWebhook(payload) => self.apply_webhook(now, payload),
-            Command::Sweep => Ok(self.sweep(now)),
+            Command::Sweep => Ok(self.sweep(now, None)),
+            Command::SweepProduct { product_id } => Ok(self.sweep(now, Some(product_id))),
         };
         if cfg!(debug_assertions) {
             if let Err(violation) = self.check_invariants() {
@@ -407,8 +408,12 @@ impl Ledger {
         }
     }
 
-    fn sweep(&mut self, now: Timestamp) -> Outcome {
-        let product_ids: Vec<ProductId> = self.held.keys().copied().collect();
+    /// Releases expired holds and cancels overdue orders, of every product or of `only`.
+    fn sweep(&mut self, now: Timestamp, only: Option<ProductId>) -> Outcome {
+        let product_ids: Vec<ProductId> = match only {
+            Some(product_id) => vec![product_id],
+            None => self.held.keys().copied().collect(),
+        };
         let mut holds_released = Vec::new();
         for product_id in product_ids {
             holds_released.extend(self.release_expired(product_id, now));
@@ -418,7 +423,11 @@ impl Ledger {
             .due
             .iter()
             .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let mut orders_cancelled: Vec<OrderId> = overdue.map(|&(_, id)| id).collect();
+        let overdue = overdue.map(|&(_, id)| id).filter(|&id| {
+            let product_id = self.orders.get(id.0).map(|o| o.product_id);
+            only.is_none() || product_id == only
+        });
+        let mut orders_cancelled: Vec<OrderId> = overdue.collect();
         for &id in &orders_cancelled {
             self.cancel_order(id);
         }

@@ -550,6 +550,24 @@ fn a_sweep_releases_expired_holds_and_cancels_overdue_orders() {
 }
 
 #[test]
+fn a_sweep_of_one_product_leaves_the_other_products_alone() {
+    let mut s = Scenario::new();
+    let p = s.create_product("P", 500, 5);
+    let q = s.create_product("Q", 500, 5);
+    let hp = s.step(0, hold(p, 2), expect_granted(2)).hold_id();
+    let hq = s.step(0, hold(q, 1), expect_granted(1)).hold_id();
+    let sold = s.step(0, hold(q, 3), expect_granted(3)).hold_id();
+    let o = s.step(0, order(sold), expect_new_order()).order_id();
+    let only_q = Command::SweepProduct { product_id: q };
+    s.step(WINDOW_MS, only_q, expect_swept(&[hq], &[o]));
+    s.expect_hold(hp, HoldState::Held);
+    s.expect_hold(hq, EXPIRED);
+    s.expect_order(o, OrderStatus::Cancelled);
+    s.expect_stock(q, 5);
+    s.step(WINDOW_MS, sweep(), expect_swept(&[hp], &[]));
+}
+
+#[test]
 fn a_sweep_before_any_deadline_changes_nothing() {
     let mut s = Scenario::new();
     let p = s.create_product("P", 500, 5);

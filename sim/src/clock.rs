@@ -57,6 +57,8 @@ impl Clock for SimClock {
         let elapsed_ms = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
         let drift = elapsed_ms.saturating_mul(self.drift_ppm.load(Ordering::SeqCst)) / 1_000_000;
         let skew = self.offset_ms.load(Ordering::SeqCst).saturating_add(drift);
-        Timestamp(true_now().as_ms().saturating_add_signed(skew))
+        let now = Timestamp(true_now().as_ms().saturating_add_signed(skew));
+        crate::refine::note_now(now);
+        now
     }
 }

@@ -19,6 +19,8 @@ pub mod cli;
 #[cfg(madsim)]
 pub mod clock;
 #[cfg(madsim)]
+pub mod refine;
+#[cfg(madsim)]
 pub mod shrink;
 #[cfg(madsim)]
 pub mod store;

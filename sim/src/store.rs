@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order, OrderId,
-    OrderStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookRecord,
+    Cents, Command, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order,
+    OrderId, OrderStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookRecord,
 };
 use flashsale_server::store::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
 use crate::plan::FaultProfile;
+use crate::refine::{self, Committed};
 use crate::trace::Trace;
 
 /// How long a locking read waits before failing as InnoDB's error 1205 would.
@@ -158,6 +159,7 @@ struct Shared {
     bug: Option<Bug>,
     violation: Option<String>,
     trace: Trace,
+    log: Vec<Committed>,
 }
 
 /// The simulated database, shared by every server instance of a run.
@@ -203,6 +205,11 @@ impl SimStore {
         self.shared().tables.ledger()
     }
 
+    /// Every committed transaction that wrote rows, in commit order.
+    pub fn commit_log(&self) -> Vec<Committed> {
+        self.shared().log.clone()
+    }
+
     /// The trace of commits so far.
     pub fn trace(&self) -> Trace {
         self.shared().trace.clone()
@@ -232,7 +239,6 @@ impl Storage for SimStore {
             store: self.clone(),
             id,
             writes: BTreeMap::new(),
-            locks: Vec::new(),
             open: true,
         };
         tx.step().await?;
@@ -246,7 +252,6 @@ pub struct SimTx {
     store: SimStore,
     id: u64,
     writes: BTreeMap<RowKey, Row>,
-    locks: Vec<RowKey>,
     open: bool,
 }
 
@@ -310,7 +315,6 @@ impl SimTx {
                             waiters: VecDeque::new(),
                         },
                     );
-                    self.locks.push(key);
                     return Ok(());
                 }
                 Some(holder) if holder == self.id => return Ok(()),
@@ -335,7 +339,6 @@ impl SimTx {
         shared.waiting_for.remove(&self.id);
         let holder = shared.locks.get(&key).map(|lock| lock.holder);
         if granted.is_ok() || holder == Some(self.id) {
-            self.locks.push(key);
             return Ok(());
         }
         if let Some(lock) = shared.locks.get_mut(&key) {
@@ -407,7 +410,7 @@ impl SimTx {
         self.writes.clear();
         let mut shared = self.store.shared();
         shared.counts.rollbacks += 1;
-        release_locks(&mut shared, std::mem::take(&mut self.locks));
+        release_locks(&mut shared, self.id);
     }
 
     fn product_row(&self, id: ProductId) -> Option<Product> {
@@ -465,11 +468,20 @@ fn deadlocks(shared: &Shared, tx: u64, key: &RowKey) -> bool {
     false
 }
 
-fn release_locks(shared: &mut Shared, keys: Vec<RowKey>) {
+/// Releases every lock `tx` holds, granting each to its next live waiter, and takes `tx` out of
+/// every queue. Found by holder, not by a list the transaction keeps: a lock granted to a
+/// waiter whose task was cut off (a crash) before it woke would otherwise never be released.
+fn release_locks(shared: &mut Shared, tx: u64) {
+    shared.waiting_for.remove(&tx);
+    let keys: Vec<RowKey> = shared.locks.keys().cloned().collect();
     for key in keys {
         let Some(lock) = shared.locks.get_mut(&key) else {
             continue;
         };
+        lock.waiters.retain(|(id, _)| *id != tx);
+        if lock.holder != tx {
+            continue;
+        }
         let mut granted = false;
         while let Some((waiter, sender)) = lock.waiters.pop_front() {
             lock.holder = waiter;
@@ -503,6 +515,16 @@ impl Transaction for SimTx {
                     }
                 }
             }
+            if !writes.is_empty() {
+                let entry = log_entry(&shared.tables, &writes);
+                match entry {
+                    Some(entry) => shared.log.push(entry),
+                    None => {
+                        let message = "refinement: a transaction committed outside any request";
+                        shared.violation.get_or_insert_with(|| message.to_owned());
+                    }
+                }
+            }
             for row in writes.into_values() {
                 shared.trace.record(&format!("{row:?}"));
                 shared.tables.put(row);
@@ -518,7 +540,7 @@ impl Transaction for SimTx {
                 shared.counts.commit_answer_lost += 1;
             }
             self.open = false;
-            release_locks(&mut shared, std::mem::take(&mut self.locks));
+            release_locks(&mut shared, self.id);
             lost
         };
         if answer_lost {
@@ -786,6 +808,47 @@ impl Transaction for SimTx {
             webhooks: shared.tables.webhooks.values().cloned().collect(),
         })
     }
+}
+
+/// The commit log's entry for a transaction about to apply `writes` over `tables`.
+fn log_entry(tables: &Tables, writes: &BTreeMap<RowKey, Row>) -> Option<Committed> {
+    let op = refine::current()?;
+    let mut entry = Committed {
+        command: op.command,
+        now: op.now.unwrap_or_default(),
+        holds_inserted: Vec::new(),
+        orders_inserted: Vec::new(),
+        products_inserted: Vec::new(),
+    };
+    let mut product_written = None;
+    for row in writes.values() {
+        match row {
+            Row::Product(p) => {
+                product_written = Some(p.id);
+                if !tables.products.contains_key(&p.id.0) {
+                    entry.products_inserted.push(p.id.0);
+                }
+            }
+            Row::Hold(h) => {
+                product_written = Some(h.product_id);
+                if !tables.holds.contains_key(&h.id.0) {
+                    entry.holds_inserted.push(h.id.0);
+                }
+            }
+            Row::Order(o) => {
+                product_written = Some(o.product_id);
+                if !tables.orders.contains_key(&o.id.0) {
+                    entry.orders_inserted.push(o.id.0);
+                }
+            }
+            Row::Webhook(_) => {}
+        }
+    }
+    // The sweeper commits one product per transaction.
+    if let (Command::Sweep, Some(product_id)) = (&entry.command, product_written) {
+        entry.command = Command::SweepProduct { product_id };
+    }
+    Some(entry)
 }
 
 fn missing(what: &str, id: u64) -> StoreError {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, HoldId, HoldState, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
     Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::service::{Config, Service, ServiceError};
@@ -21,6 +21,7 @@ use madsim::task::JoinHandle;
 use crate::clock::{SimClock, true_now};
 use crate::plan::FaultProfile;
 use crate::plan::{Chaos, Journey, Plan, Verdict};
+use crate::refine::{self, OP, OpContext};
 use crate::store::{Bug, FaultCounts, SimStore};
 
 type Svc = Service<SimStore, SimClock>;
@@ -192,9 +193,15 @@ impl World {
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
         let mut products = Vec::new();
         for (i, &stock) in plan.stocks.iter().enumerate() {
-            let created = setup
-                .create_product(&format!("P{i}"), Cents(100), Qty(stock))
-                .await;
+            let name = format!("P{i}");
+            let price_cents = Cents(100);
+            let command = Command::CreateProduct {
+                name: name.clone(),
+                price_cents,
+                stock: Qty(stock),
+            };
+            let create = setup.create_product(&name, price_cents, Qty(stock));
+            let created = OP.scope(OpContext::new(command), create).await;
             products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
         }
         store.set_faults(faults);
@@ -308,7 +315,10 @@ impl World {
             .saturating_add(1_000);
         madsim::time::sleep(Duration::from_millis(wait_ms)).await;
         let service = lock(&self.instances)[0].service.clone();
-        if let Err(error) = service.sweep().await {
+        if let Err(error) = OP
+            .scope(OpContext::new(Command::Sweep), service.sweep())
+            .await
+        {
             self.fail(format!(
                 "liveness: the sweep failed with faults off: {error}"
             ));
@@ -334,6 +344,9 @@ impl World {
                 "liveness: webhook {} never answered with faults off",
                 payload.key
             ));
+        }
+        if let Err(difference) = refine::check(&ledger, &self.store.commit_log()) {
+            self.fail(format!("refinement: {difference}"));
         }
         let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
         for key in answered {
@@ -380,7 +393,12 @@ impl World {
     }
 
     /// Sends `request` to an instance as a task that a crash of that instance cuts off.
-    async fn call<T, F, Fut>(&self, instance: usize, request: F) -> Result<T, CallError>
+    async fn call<T, F, Fut>(
+        &self,
+        instance: usize,
+        command: Command,
+        request: F,
+    ) -> Result<T, CallError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Svc>) -> Fut,
@@ -394,8 +412,9 @@ impl World {
             let instance = &mut instances[instance % count];
             let future = request(instance.service.clone());
             instance.inflight.retain(|handle| !handle.is_finished());
+            let scoped = OP.scope(OpContext::new(command), future);
             instance.inflight.push(madsim::task::spawn(async move {
-                let _ = sender.send(future.await);
+                let _ = sender.send(scoped.await);
             }));
         }
         let answer = match madsim::time::timeout(CLIENT_TIMEOUT, receiver).await {
@@ -430,9 +449,15 @@ impl World {
         let product_id = self.products[journey.product % self.products.len()];
         let qty = Qty(journey.qty);
         let placed = self
-            .call(self.any_instance(), move |s| async move {
-                s.place_hold(product_id, qty).await
-            })
+            .call(
+                self.any_instance(),
+                Command::PlaceHold {
+                    product_id,
+                    qty,
+                    ttl_ms: self.service_config.hold_ttl_ms,
+                },
+                move |s| async move { s.place_hold(product_id, qty).await },
+            )
             .await;
         let hold = match placed {
             Ok(placed) => {
@@ -466,9 +491,14 @@ impl World {
     async fn order(&self, hold_id: HoldId) -> bool {
         for _ in 0..4 {
             match self
-                .call(self.any_instance(), move |s| async move {
-                    s.place_order(hold_id).await
-                })
+                .call(
+                    self.any_instance(),
+                    Command::PlaceOrder {
+                        hold_id,
+                        payment_window_ms: self.service_config.payment_window_ms,
+                    },
+                    move |s| async move { s.place_order(hold_id).await },
+                )
                 .await
             {
                 Ok(placed) => {
@@ -552,9 +582,11 @@ impl World {
         for attempt in 0..DELIVERY_ATTEMPTS_MAX {
             let sent = payload.clone();
             let answer = self
-                .call(self.any_instance(), move |s| async move {
-                    s.apply_webhook(&sent).await
-                })
+                .call(
+                    self.any_instance(),
+                    Command::ApplyWebhook(payload.clone()),
+                    move |s| async move { s.apply_webhook(&sent).await },
+                )
                 .await;
             match answer {
                 Ok(answer) => {
@@ -597,7 +629,7 @@ impl World {
         loop {
             madsim::time::sleep(Duration::from_millis(1_000)).await;
             let _ = self
-                .call(instance, |s| async move { s.sweep().await })
+                .call(instance, Command::Sweep, |s| async move { s.sweep().await })
                 .await;
         }
     }

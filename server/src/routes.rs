@@ -214,11 +214,12 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
         hold_id: HoldId(request.hold_id),
         status,
     };
-    let answer = app
-        .service
-        .apply_webhook(&payload)
-        .await
-        .map_err(error_reply)?;
+    let answer = app.service.apply_webhook(&payload).await.map_err(|error| {
+        if let ServiceError::Rejected(Rejection::IdempotencyKeyReused { key, field }) = &error {
+            tracing::warn!(%key, field, "conflicting webhook: key reused with another payload");
+        }
+        error_reply(error)
+    })?;
     let record = &answer.record;
     if answer.replayed {
         tracing::info!(key = %record.key, result = record.result.as_str(), "duplicate webhook");

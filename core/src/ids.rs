@@ -30,7 +30,8 @@ id_newtype!(
     OrderId
 );
 
-/// The payment provider's idempotency key for one webhook delivery.
+/// An idempotency key: the payment provider's for one webhook delivery, or a client's for one
+/// hold or order request.
 ///
 /// Parsing checks the length and character set once, at the boundary, so every later use can rely
 /// on it ("parse, don't validate").

@@ -21,6 +21,7 @@ pub mod order;
 pub mod outcome;
 pub mod payment;
 pub mod product;
+pub mod request;
 pub mod state;
 pub mod time;
 
@@ -35,5 +36,6 @@ pub use payment::{
     WebhookResult,
 };
 pub use product::{NewProduct, Product};
+pub use request::{KeyDecision, KeyedRequest, RequestRecord};
 pub use state::Ledger;
 pub use time::Timestamp;

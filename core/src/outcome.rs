@@ -112,7 +112,8 @@ pub enum Rejection {
         /// The hold being ordered.
         hold_id: HoldId,
     },
-    /// The webhook key was used before with another payload.
+    /// The idempotency key (of a webhook, or of a hold or order request) was used before with
+    /// another payload.
     IdempotencyKeyReused {
         /// The key.
         key: IdempotencyKey,

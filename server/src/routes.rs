@@ -18,13 +18,13 @@ use flashsale_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use warp::http::StatusCode;
-use warp::http::header::{HeaderValue, RETRY_AFTER};
+use warp::http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::clock::Clock;
 use crate::problem::{self, Problem};
-use crate::service::{ProductView, Service, ServiceError};
+use crate::service::{Keyed, ProductView, Service, ServiceError};
 use crate::signature::{self, Secret};
 use crate::store::sql::SqlStore;
 
@@ -37,6 +37,11 @@ pub struct App {
     /// The admin bearer token; admin routes are off without one.
     pub admin_token: Option<String>,
 }
+
+/// The request header carrying a client's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The response header marking an answer replayed from an idempotency key's record.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// Shared application state.
 pub type SharedApp = Arc<App>;
@@ -89,26 +94,54 @@ struct HoldRequest {
     qty: u32,
 }
 
-/// `POST /api/holds {product_id, qty}`
+/// The optional `Idempotency-Key` header, parsed: 1 to 255 printable ASCII characters, else 400.
+fn idempotency_key()
+-> impl Filter<Extract = (Option<IdempotencyKey>,), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned().and_then(|headers: HeaderMap| async move {
+        let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+            return Ok(None);
+        };
+        match value.to_str().ok().and_then(IdempotencyKey::parse) {
+            Some(key) => Ok(Some(key)),
+            None => {
+                let problem = Problem::new(
+                    400,
+                    "invalid_idempotency_key",
+                    "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+                )
+                .with_member("field", "Idempotency-Key");
+                Err(problem.into_rejection())
+            }
+        }
+    })
+}
+
+/// `POST /api/holds {product_id, qty}`, with an optional `Idempotency-Key`.
 fn place_hold(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "holds")
         .and(warp::post())
+        .and(idempotency_key())
         .and(problem::json_body::<HoldRequest>())
         .and(with_app(app))
-        .then(|request: HoldRequest, app: SharedApp| async move {
-            let placed = app
-                .service
-                .place_hold(ProductId(request.product_id), Qty(request.qty));
-            match placed.await {
-                Ok(placed) => json_reply(
-                    StatusCode::CREATED,
-                    &hold_json(&placed.hold, HoldView::Held),
-                ),
-                Err(error) => error_reply(error),
-            }
-        })
+        .then(
+            |key: Option<IdempotencyKey>, request: HoldRequest, app: SharedApp| async move {
+                let placed = app.service.place_hold_keyed(
+                    key.as_ref(),
+                    ProductId(request.product_id),
+                    Qty(request.qty),
+                );
+                match placed.await {
+                    Ok(Keyed { value, replayed }) => keyed_reply(
+                        StatusCode::CREATED,
+                        &hold_json(&value.hold, HoldView::Held),
+                        replayed,
+                    ),
+                    Err(error) => error_reply(error),
+                }
+            },
+        )
 }
 
 /// `GET /api/holds/{id}`
@@ -130,28 +163,34 @@ struct OrderRequest {
     hold_id: u64,
 }
 
-/// `POST /api/orders {hold_id}`: 201 when created, 200 with the same order when the hold
-/// already became one.
+/// `POST /api/orders {hold_id}`, with an optional `Idempotency-Key`: 201 when created, 200 with
+/// the same order when the hold already became one.
 fn place_order(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "orders")
         .and(warp::post())
+        .and(idempotency_key())
         .and(problem::json_body::<OrderRequest>())
         .and(with_app(app))
-        .then(|request: OrderRequest, app: SharedApp| async move {
-            match app.service.place_order(HoldId(request.hold_id)).await {
-                Ok(placed) => {
-                    let status = if placed.created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    json_reply(status, &order_json(&placed.order))
+        .then(
+            |key: Option<IdempotencyKey>, request: OrderRequest, app: SharedApp| async move {
+                let placed = app
+                    .service
+                    .place_order_keyed(key.as_ref(), HoldId(request.hold_id));
+                match placed.await {
+                    Ok(Keyed { value, replayed }) => {
+                        let status = if value.created {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        keyed_reply(status, &order_json(&value.order), replayed)
+                    }
+                    Err(error) => error_reply(error),
                 }
-                Err(error) => error_reply(error),
-            }
-        })
+            },
+        )
 }
 
 /// `GET /api/orders/{id}`
@@ -441,6 +480,17 @@ fn json_reply(status: StatusCode, body: &Value) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// A JSON answer to a request that may carry an idempotency key; a replay says so in a header.
+fn keyed_reply(status: StatusCode, body: &Value, replayed: bool) -> Response {
+    let mut response = json_reply(status, body);
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    response
+}
+
 fn invalid(detail: &str, field: &str) -> Response {
     Problem::validation_failed(detail, Some(field.to_owned())).into_response()
 }
@@ -459,6 +509,18 @@ fn error_reply(error: ServiceError) -> Response {
     match error {
         ServiceError::Rejected(rejection) => rejection_problem(&rejection).into_response(),
         ServiceError::NotFound { what, id } => not_found(what, id),
+        ServiceError::KeyInFlight { key } => {
+            let problem = Problem::new(
+                409,
+                "idempotency_key_in_flight",
+                format!("a request under idempotency key {key} is still running; retry"),
+            );
+            let mut response = problem.into_response();
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
         ServiceError::Busy { attempts } => {
             let problem = Problem::new(
                 503,

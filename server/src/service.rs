@@ -10,15 +10,19 @@
 //! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
 use flashsale_core::order::{self, OrderDecision, PAYMENT_WINDOW_MS_DEFAULT};
 use flashsale_core::payment::{self, WebhookDecision, WebhookEffect};
 use flashsale_core::product;
+use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Hold, HoldId, HoldState, HoldView, Order, OrderId, OrderStatus, Product, ProductId, Qty,
-    Rejection, Timestamp, WebhookPayload, WebhookRecord,
+    Cents, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest, Order, OrderId,
+    OrderStatus, Product, ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload,
+    WebhookRecord,
 };
 
 use crate::clock::Clock;
@@ -64,6 +68,12 @@ pub enum ServiceError {
         /// The id asked for.
         id: u64,
     },
+    /// A request under the same idempotency key is still running on this server.
+    #[error("a request under idempotency key {key} is still in flight")]
+    KeyInFlight {
+        /// The key.
+        key: IdempotencyKey,
+    },
     /// Contention outlasted every attempt; the client may retry later.
     #[error("busy after {attempts} attempts")]
     Busy {
@@ -102,6 +112,15 @@ pub struct OrderPlaced {
     pub created: bool,
 }
 
+/// An answer to a request that may carry an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keyed<T> {
+    /// The answer: the stored one when `replayed`.
+    pub value: T,
+    /// Whether the key had answered this request before, so nothing ran now.
+    pub replayed: bool,
+}
+
 /// A webhook's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookAnswer {
@@ -128,6 +147,24 @@ pub struct Service<S, C> {
     store: S,
     clock: C,
     config: Config,
+    /// Idempotency keys of requests running on this server; lost with it in a crash, which is
+    /// fine: the database still runs two requests under one key one after the other.
+    keys_in_flight: Arc<Mutex<BTreeSet<IdempotencyKey>>>,
+}
+
+/// A key claimed as in flight until dropped.
+struct Claim<'a> {
+    keys: &'a Mutex<BTreeSet<IdempotencyKey>>,
+    key: IdempotencyKey,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 /// Runs `$script` (an expression producing a future over `$tx`) in a transaction of `$mode`,
@@ -171,7 +208,26 @@ impl<S: Storage, C: Clock> Service<S, C> {
             store,
             clock,
             config,
+            keys_in_flight: Arc::default(),
         }
+    }
+
+    /// Marks `key` in flight on this server until the claim drops.
+    fn claim(&self, key: Option<&IdempotencyKey>) -> Result<Option<Claim<'_>>, ServiceError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let mut keys = self
+            .keys_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !keys.insert(key.clone()) {
+            return Err(ServiceError::KeyInFlight { key: key.clone() });
+        }
+        Ok(Some(Claim {
+            keys: &self.keys_in_flight,
+            key: key.clone(),
+        }))
     }
 
     /// The settings.
@@ -214,12 +270,59 @@ impl<S: Storage, C: Clock> Service<S, C> {
         product_id: ProductId,
         qty: Qty,
     ) -> Result<HoldPlaced, ServiceError> {
+        Ok(self.place_hold_keyed(None, product_id, qty).await?.value)
+    }
+
+    /// Places one hold, at most once per idempotency key: under a key that answered this request
+    /// before, answers the same hold and changes nothing. The key's record commits with the hold.
+    ///
+    /// # Errors
+    /// As [`Service::place_hold`], and [`Rejection::IdempotencyKeyReused`] for a key used with
+    /// another request, [`ServiceError::KeyInFlight`] for a key still running on this server.
+    pub async fn place_hold_keyed(
+        &self,
+        key: Option<&IdempotencyKey>,
+        product_id: ProductId,
+        qty: Qty,
+    ) -> Result<Keyed<HoldPlaced>, ServiceError> {
         hold::validate_request(qty, self.config.hold_ttl_ms)?;
-        let (mut placed, holds_released) = self.place_holds(product_id, &[qty]).await?;
-        let hold = placed.pop().unwrap_or(Err(Rejection::InvalidQty { qty }))?;
-        Ok(HoldPlaced {
-            hold,
-            holds_released,
+        let request = KeyedRequest::PlaceHold { product_id, qty };
+        let _claim = self.claim(key)?;
+        in_transaction!(self, TxMode::Write, "place_hold", |tx| async {
+            if let Some(record) = replay(&mut tx, key, &request).await? {
+                let hold_id = HoldId(record.resource_id);
+                let hold = tx.hold(hold_id, false).await?;
+                let hold = hold.ok_or_else(|| lost_resource(&record))?;
+                let value = HoldPlaced {
+                    hold,
+                    holds_released: Vec::new(),
+                };
+                return Ok::<_, ServiceError>(Keyed {
+                    value,
+                    replayed: true,
+                });
+            }
+            let (mut placed, holds_released) =
+                self.grant_holds(&mut tx, product_id, &[qty]).await?;
+            let hold = placed.pop().unwrap_or(Err(Rejection::InvalidQty { qty }))?;
+            if let Some(key) = key {
+                let record = RequestRecord {
+                    key: key.clone(),
+                    request,
+                    resource_id: hold.id.0,
+                    created: true,
+                    created_at: hold.created_at,
+                };
+                tx.insert_request_key(&record).await?;
+            }
+            let value = HoldPlaced {
+                hold,
+                holds_released,
+            };
+            Ok(Keyed {
+                value,
+                replayed: false,
+            })
         })
     }
 
@@ -234,35 +337,45 @@ impl<S: Storage, C: Clock> Service<S, C> {
         product_id: ProductId,
         requests: &[Qty],
     ) -> Result<(Vec<Result<Hold, Rejection>>, Vec<HoldId>), ServiceError> {
-        let ttl_ms = self.config.hold_ttl_ms;
         in_transaction!(self, TxMode::Write, "place_holds", |tx| async {
-            let product = tx.lock_product(product_id).await?;
-            let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-            let now = self.clock.now();
-            let units_held = tx.units_held(product_id, now).await?;
-            let decisions = hold::place_holds(&product, units_held, requests, now, ttl_ms);
-            let grants: Vec<_> = decisions
-                .iter()
-                .filter_map(|d| d.as_ref().ok().copied())
-                .collect();
-            if grants.is_empty() {
-                // Nothing granted: the rollback keeps even the expired holds as they were.
-                let rejected = decisions
-                    .into_iter()
-                    .map(|d| d.map(|_| unreachable_grant()));
-                return Ok::<_, ServiceError>((rejected.collect(), Vec::new()));
-            }
-            let released = tx.release_expired(product_id, now).await?;
-            let mut holds = tx.insert_holds(product_id, &grants).await?.into_iter();
-            let placed = decisions
-                .into_iter()
-                .map(|decision| match decision {
-                    Ok(_) => holds.next().ok_or(Rejection::InvalidQty { qty: Qty::ZERO }),
-                    Err(rejection) => Err(rejection),
-                })
-                .collect();
-            Ok((placed, released))
+            self.grant_holds(&mut tx, product_id, requests).await
         })
+    }
+
+    /// The steps of [`Service::place_holds`] inside a transaction.
+    async fn grant_holds<T: Transaction>(
+        &self,
+        tx: &mut T,
+        product_id: ProductId,
+        requests: &[Qty],
+    ) -> Result<(Vec<Result<Hold, Rejection>>, Vec<HoldId>), ServiceError> {
+        let product = tx.lock_product(product_id).await?;
+        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+        let now = self.clock.now();
+        let units_held = tx.units_held(product_id, now).await?;
+        let decisions =
+            hold::place_holds(&product, units_held, requests, now, self.config.hold_ttl_ms);
+        let grants: Vec<_> = decisions
+            .iter()
+            .filter_map(|d| d.as_ref().ok().copied())
+            .collect();
+        if grants.is_empty() {
+            // Nothing granted: the rollback keeps even the expired holds as they were.
+            let rejected = decisions
+                .into_iter()
+                .map(|d| d.map(|_| unreachable_grant()));
+            return Ok((rejected.collect(), Vec::new()));
+        }
+        let released = tx.release_expired(product_id, now).await?;
+        let mut holds = tx.insert_holds(product_id, &grants).await?.into_iter();
+        let placed = decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Ok(_) => holds.next().ok_or(Rejection::InvalidQty { qty: Qty::ZERO }),
+                Err(rejection) => Err(rejection),
+            })
+            .collect();
+        Ok((placed, released))
     }
 
     /// A hold and how it looks now.
@@ -286,22 +399,50 @@ impl<S: Storage, C: Clock> Service<S, C> {
     /// # Errors
     /// The core's rejection (unknown, released or expired hold); `Busy`; storage.
     pub async fn place_order(&self, hold_id: HoldId) -> Result<OrderPlaced, ServiceError> {
+        Ok(self.place_order_keyed(None, hold_id).await?.value)
+    }
+
+    /// Turns a hold into an order, at most once per idempotency key: under a key that answered
+    /// this request before, answers the same order (as it is now) and changes nothing.
+    ///
+    /// # Errors
+    /// As [`Service::place_order`], and [`Rejection::IdempotencyKeyReused`] for a key used with
+    /// another request, [`ServiceError::KeyInFlight`] for a key still running on this server.
+    pub async fn place_order_keyed(
+        &self,
+        key: Option<&IdempotencyKey>,
+        hold_id: HoldId,
+    ) -> Result<Keyed<OrderPlaced>, ServiceError> {
         let window_ms = self.config.payment_window_ms;
         order::validate_payment_window(window_ms)?;
+        let request = KeyedRequest::PlaceOrder { hold_id };
+        let _claim = self.claim(key)?;
         in_transaction!(self, TxMode::Write, "place_order", |tx| async {
+            if let Some(record) = replay(&mut tx, key, &request).await? {
+                let order = tx.order(OrderId(record.resource_id), false).await?;
+                let order = order.ok_or_else(|| lost_resource(&record))?;
+                let value = OrderPlaced {
+                    order,
+                    created: record.created,
+                };
+                return Ok::<_, ServiceError>(Keyed {
+                    value,
+                    replayed: true,
+                });
+            }
             let (hold, product) = lock_hold(&mut tx, hold_id).await?;
             let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
             let now = self.clock.now();
-            match order::place_order(&hold, &product, now, window_ms)? {
+            let value = match order::place_order(&hold, &product, now, window_ms)? {
                 OrderDecision::Existing(order_id) => {
                     let order = tx
                         .order(order_id, false)
                         .await?
                         .ok_or_else(|| lost(order_id))?;
-                    Ok::<_, ServiceError>(OrderPlaced {
+                    OrderPlaced {
                         order,
                         created: false,
-                    })
+                    }
                 }
                 OrderDecision::Create(new) => {
                     let order = tx.insert_order(&new).await?;
@@ -309,12 +450,26 @@ impl<S: Storage, C: Clock> Service<S, C> {
                     tx.set_hold_state(hold.id, hold_state).await?;
                     tx.set_stock(product.id, stock, product.units_received)
                         .await?;
-                    Ok(OrderPlaced {
+                    OrderPlaced {
                         order,
                         created: true,
-                    })
+                    }
                 }
+            };
+            if let Some(key) = key {
+                let record = RequestRecord {
+                    key: key.clone(),
+                    request,
+                    resource_id: value.order.id.0,
+                    created: value.created,
+                    created_at: now,
+                };
+                tx.insert_request_key(&record).await?;
             }
+            Ok(Keyed {
+                value,
+                replayed: false,
+            })
         })
     }
 
@@ -525,6 +680,23 @@ impl<S: Storage, C: Clock> Service<S, C> {
     }
 }
 
+/// Locks the key's record, if there is a key, and decides it: `Some(record)` when the key
+/// answered this very request before.
+async fn replay<T: Transaction>(
+    tx: &mut T,
+    key: Option<&IdempotencyKey>,
+    request: &KeyedRequest,
+) -> Result<Option<RequestRecord>, ServiceError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let record = tx.lock_request_key(key).await?;
+    match request::decide_request_key(record.as_ref(), key, request)? {
+        KeyDecision::Fresh => Ok(None),
+        KeyDecision::Replay(record) => Ok(Some(record)),
+    }
+}
+
 /// Reads a hold, then locks its product and the hold, in the global lock order. `Ok((None, _))`
 /// never happens: an unknown hold is [`Rejection::UnknownHold`].
 async fn lock_hold<T: Transaction>(
@@ -592,6 +764,15 @@ async fn write_webhook_effect<T: Transaction>(
 fn lost(order_id: OrderId) -> ServiceError {
     ServiceError::Store(StoreError::Corrupt(format!(
         "order {order_id} named but missing"
+    )))
+}
+
+fn lost_resource(record: &RequestRecord) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt(format!(
+        "idempotency key {} names missing {} {}",
+        record.key,
+        record.request.name(),
+        record.resource_id
     )))
 }
 

@@ -382,6 +382,155 @@ async fn concurrent_duplicate_webhooks_apply_once(db: Db) {
     db.finish(&service).await;
 }
 
+async fn a_keyed_hold_is_placed_once_and_replayed(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 5).await;
+    let k = key("hold-1");
+    let first = service.place_hold_keyed(Some(&k), p, Qty(2)).await;
+    let first = first.expect("granted");
+    assert!(!first.replayed);
+    clock.advance(1_000);
+    let again = service.place_hold_keyed(Some(&k), p, Qty(2)).await;
+    let again = again.expect("replayed");
+    assert!(again.replayed);
+    assert_eq!(
+        again.value.hold, first.value.hold,
+        "the same hold, as stored"
+    );
+    assert_eq!(
+        service.product(p).await.expect("exists").available,
+        Qty(3),
+        "the replay held nothing more"
+    );
+    let other_qty = service.place_hold_keyed(Some(&k), p, Qty(3)).await;
+    assert_eq!(
+        rejected(other_qty),
+        Rejection::IdempotencyKeyReused {
+            key: k.clone(),
+            field: "qty"
+        }
+    );
+    let other_request = service
+        .place_order_keyed(Some(&k), first.value.hold.id)
+        .await;
+    assert_eq!(
+        rejected(other_request),
+        Rejection::IdempotencyKeyReused {
+            key: k.clone(),
+            field: "request"
+        }
+    );
+    let dump = service.dump().await.expect("dump");
+    assert_eq!(dump.holds.len(), 1);
+    assert!(
+        dump.orders.is_empty(),
+        "the refused order request changed nothing"
+    );
+    db.finish(&service).await;
+}
+
+async fn a_rejected_keyed_hold_leaves_the_key_unused(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 1).await;
+    service.place_hold(p, Qty(1)).await.expect("granted");
+    let k = key("hold-later");
+    let refused = service.place_hold_keyed(Some(&k), p, Qty(1)).await;
+    assert_eq!(rejected(refused), rejection_for(1));
+    clock.advance(TTL_MS as i64);
+    let granted = service.place_hold_keyed(Some(&k), p, Qty(1)).await;
+    let granted = granted.expect("the stock came back");
+    assert!(!granted.replayed, "the refusal stored nothing to replay");
+    let replay = service.place_hold_keyed(Some(&k), p, Qty(1)).await;
+    assert_eq!(replay.expect("replayed").value.hold, granted.value.hold);
+    db.finish(&service).await;
+}
+
+async fn a_keyed_order_replays_its_first_answer(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 3).await;
+    let hold = service.place_hold(p, Qty(1)).await.expect("granted").hold;
+    let k = key("order-1");
+    let first = service.place_order_keyed(Some(&k), hold.id).await;
+    let first = first.expect("ordered");
+    assert!(first.value.created && !first.replayed);
+    service
+        .apply_webhook(&paid("evt-1", hold.id))
+        .await
+        .expect("paid");
+    let again = service.place_order_keyed(Some(&k), hold.id).await;
+    let again = again.expect("replayed");
+    assert!(
+        again.replayed && again.value.created,
+        "201 again, as first answered"
+    );
+    assert_eq!(again.value.order.id, first.value.order.id);
+    assert_eq!(again.value.order.status, OrderStatus::Paid, "as it is now");
+    // A new key for the same hold finds the order (200) and keeps that answer.
+    let k2 = key("order-2");
+    let found = service.place_order_keyed(Some(&k2), hold.id).await;
+    let found = found.expect("found");
+    assert!(!found.value.created && !found.replayed);
+    let found_again = service.place_order_keyed(Some(&k2), hold.id).await;
+    let found_again = found_again.expect("replayed");
+    assert!(!found_again.value.created && found_again.replayed);
+    let other = service
+        .place_order_keyed(Some(&k), HoldId(hold.id.0 + 1))
+        .await;
+    assert_eq!(
+        rejected(other),
+        Rejection::IdempotencyKeyReused {
+            key: k.clone(),
+            field: "hold_id"
+        }
+    );
+    assert_eq!(
+        service.product(p).await.expect("exists").product.stock,
+        Qty(2),
+        "one order took one unit"
+    );
+    db.finish(&service).await;
+}
+
+async fn concurrent_requests_under_one_key_on_two_servers_place_one_hold(db: Db) {
+    let clock = ManualClock::new(T0);
+    let servers = [
+        Arc::new(db.service(&clock).await),
+        Arc::new(db.service(&clock).await),
+    ];
+    let p = product(&servers[0], 50).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let service = servers[i % 2].clone();
+            tokio::spawn(async move {
+                service
+                    .place_hold_keyed(Some(&key("same")), p, Qty(1))
+                    .await
+            })
+        })
+        .collect();
+    let mut holds = Vec::new();
+    let mut in_flight = 0;
+    for task in tasks {
+        match task.await.expect("task ran") {
+            Ok(keyed) => holds.push(keyed.value.hold.id),
+            Err(ServiceError::KeyInFlight { .. }) => in_flight += 1,
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert!(!holds.is_empty());
+    assert!(
+        holds.iter().all(|&id| id == holds[0]),
+        "every answer names the one hold: {holds:?}"
+    );
+    assert_eq!(holds.len() + in_flight, 20);
+    let dump = servers[0].dump().await.expect("dump");
+    assert_eq!(dump.holds.len(), 1, "one key, one hold");
+    db.finish(&servers[0]).await;
+}
+
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -412,4 +561,8 @@ on_both_databases!(
     the_sweep_cancels_overdue_orders_and_returns_their_units_once,
     concurrent_holds_grant_exactly_the_stock,
     concurrent_duplicate_webhooks_apply_once,
+    a_keyed_hold_is_placed_once_and_replayed,
+    a_rejected_keyed_hold_leaves_the_key_unused,
+    a_keyed_order_replays_its_first_answer,
+    concurrent_requests_under_one_key_on_two_servers_place_one_hold,
 );

@@ -7,7 +7,7 @@
 //!
 //! Every method of a [`Transaction`] that names a row it will change takes that row's lock
 //! (`SELECT ... FOR UPDATE` on MySQL; SQLite's `BEGIN IMMEDIATE` already holds the write lock).
-//! Scripts take locks in one global order: product, hold, order, webhook record.
+//! Scripts take locks in one global order: request key, product, hold, order, webhook record.
 
 #[cfg(feature = "sql")]
 pub mod sql;
@@ -16,7 +16,7 @@ use std::future::Future;
 
 use flashsale_core::{
     Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, NewOrder, Order, OrderId,
-    OrderStatus, Product, ProductId, Qty, Timestamp, WebhookRecord,
+    OrderStatus, Product, ProductId, Qty, RequestRecord, Timestamp, WebhookRecord,
 };
 
 /// Why a storage step failed.
@@ -172,6 +172,20 @@ pub trait Transaction: Send {
     fn insert_webhook(
         &mut self,
         record: &WebhookRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Reads and locks a client request's idempotency-key record. Scripts lock it before any
+    /// product, so two requests under one key on one database run one after the other.
+    fn lock_request_key(
+        &mut self,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = StoreResult<Option<RequestRecord>>> + Send;
+
+    /// Inserts a client request's idempotency-key record. A concurrent insert of the same key is
+    /// [`StoreError::Contention`]: the retry will find the record and replay it.
+    fn insert_request_key(
+        &mut self,
+        record: &RequestRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Up to `limit` products with a held hold past its deadline or a pre-payment order past its

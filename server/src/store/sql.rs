@@ -15,9 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, NewOrder, Order,
-    OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason, Timestamp,
-    WebhookRecord, WebhookResult,
+    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, KeyedRequest, NewOrder,
+    Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason,
+    RequestRecord, Timestamp, WebhookRecord, WebhookResult,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -196,6 +196,16 @@ type ProductRow = (u64, String, u64, u32, u64);
 type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
 type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64);
 type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
+type RequestKeyRow = (
+    String,
+    String,
+    Option<u64>,
+    Option<u32>,
+    Option<u64>,
+    u64,
+    bool,
+    u64,
+);
 
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
@@ -538,6 +548,51 @@ impl Transaction for SqlTx {
         Ok(())
     }
 
+    async fn lock_request_key(
+        &mut self,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<RequestRecord>> {
+        let row: Option<RequestKeyRow> = on_conn!(self, |conn, d| {
+            let sql = locking!(
+                d,
+                "SELECT idempotency_key, request, product_id, qty, hold_id, resource_id, created, \
+                created_at FROM request_keys WHERE idempotency_key = ?"
+            );
+            sqlx::query_as::<Db, _>(sql)
+                .bind(key.as_str())
+                .fetch_optional(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        row.map(request_key_from_row).transpose()
+    }
+
+    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
+        let (product_id, qty, hold_id) = match record.request {
+            KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
+            KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
+        };
+        on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "INSERT INTO request_keys (idempotency_key, request, product_id, qty, hold_id, \
+                 resource_id, created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(record.key.as_str())
+            .bind(record.request.name())
+            .bind(product_id.map(int))
+            .bind(qty)
+            .bind(hold_id.map(int))
+            .bind(int(record.resource_id))
+            .bind(record.created)
+            .bind(int(record.created_at.as_ms()))
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+        .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
         let rows: Vec<(u64,)> = on_conn!(self, |conn, _d| {
             sqlx::query_as::<Db, _>(
@@ -721,6 +776,29 @@ fn webhook_from_row(row: WebhookRow) -> StoreResult<WebhookRecord> {
         result,
         order_id: order_id.map(OrderId),
         received_at: Timestamp(received_at),
+    })
+}
+
+fn request_key_from_row(row: RequestKeyRow) -> StoreResult<RequestRecord> {
+    let (key, request, product_id, qty, hold_id, resource_id, created, created_at) = row;
+    let parsed_key =
+        IdempotencyKey::parse(&key).ok_or_else(|| corrupt("request key", &key, &key))?;
+    let request = match (request.as_str(), product_id, qty, hold_id) {
+        ("place_hold", Some(product_id), Some(qty), None) => KeyedRequest::PlaceHold {
+            product_id: ProductId(product_id),
+            qty: Qty(qty),
+        },
+        ("place_order", None, None, Some(hold_id)) => KeyedRequest::PlaceOrder {
+            hold_id: HoldId(hold_id),
+        },
+        _ => return Err(corrupt("request key", &key, &request)),
+    };
+    Ok(RequestRecord {
+        key: parsed_key,
+        request,
+        resource_id,
+        created,
+        created_at: Timestamp(created_at),
     })
 }
 

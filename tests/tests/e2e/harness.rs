@@ -331,6 +331,9 @@ pub struct Reply {
     pub content_type: String,
     /// The body as JSON, or as a JSON string holding the text when it is not JSON.
     pub body: Value,
+    /// Whether the answer says it replayed an idempotency key's stored response
+    /// (`Idempotent-Replayed: true`).
+    pub replayed: bool,
 }
 
 impl Reply {
@@ -377,6 +380,12 @@ impl TestApp {
     /// `POST path` with `body` as JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    /// `POST path` with `body` as JSON and an `Idempotency-Key` header.
+    pub async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> Reply {
+        let request = self.client.post(self.url(path)).json(body);
+        self.send(request.header("idempotency-key", key)).await
     }
 
     /// `POST path` with `body` as JSON and `Authorization: Bearer <token>` when `token` is set.
@@ -531,12 +540,17 @@ impl TestApp {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|value| value == "true");
         let text = response.text().await.expect("the body is readable");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Reply {
             status,
             content_type,
             body,
+            replayed,
         }
     }
 

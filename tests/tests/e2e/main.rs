@@ -39,5 +39,6 @@ mod concurrency;
 mod expiry;
 mod features;
 mod harness;
+mod idempotency;
 mod validation;
 mod webhooks;

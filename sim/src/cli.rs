@@ -19,7 +19,7 @@ usage:
   flashsale-sim sweep --seeds A..B [--ops N] [--clients N] [--servers N] [--bug NAME] [--keep-going]
   flashsale-sim check-determinism --seeds A..B [--ops N] [--clients N] [--servers N]
 bugs (planted in the simulated storage): skip-product-lock, forget-release-expired,
-  consume-released-hold, apply-webhook-twice";
+  consume-released-hold, apply-webhook-twice, forget-request-key, count-expired-holds";
 
 /// Defaults for a run.
 pub const OPS_DEFAULT: usize = 200;
@@ -203,7 +203,8 @@ fn summary(report: &Report, wall_ms: f64) -> String {
     let c = &report.fault_counts;
     format!(
         "seed {} ops {}: {} requests; holds granted {} rejected {}; orders created {} existing {} refused {}; \
-         request errors {}\n  webhooks {:?}\n  races {:?}\n  faults fired: deadlock {}+{} real, lock timeout {}+{} real, \
+         request errors {}; restocks {}\n  keyed: retries {} replays {} in flight {}; answers checked against the replay {}\n  \
+         webhooks {:?}\n  races {:?}\n  faults fired: deadlock {}+{} real, lock timeout {}+{} real, \
          connection lost {}, commit answer lost {}; commits {} rollbacks {}; crashes {}, clock steps +{} -{}\n  \
          simulated {} ms in {:.1} ms wall; trace {:016x} ({} events){}\n",
         report.seed,
@@ -215,6 +216,11 @@ fn summary(report: &Report, wall_ms: f64) -> String {
         s.orders_existing,
         s.orders_refused,
         s.request_errors,
+        s.restocks,
+        s.keyed_retries,
+        s.keyed_replays,
+        s.keys_in_flight,
+        s.answers_checked,
         s.webhooks,
         s.races,
         c.deadlock,
@@ -249,6 +255,9 @@ fn summary_json(report: &Report, wall_ms: f64) -> serde_json::Value {
         "holds": {"granted": s.holds_granted, "rejected": s.holds_rejected},
         "orders": {"created": s.orders_created, "existing": s.orders_existing, "refused": s.orders_refused},
         "request_errors": s.request_errors,
+        "restocks": s.restocks,
+        "keyed": {"retries": s.keyed_retries, "replays": s.keyed_replays, "in_flight": s.keys_in_flight},
+        "answers_checked": s.answers_checked,
         "webhooks": s.webhooks,
         "races": s.races,
         "faults": {
@@ -314,6 +323,9 @@ fn tally(total: &mut BTreeMap<&'static str, u64>, report: &Report) {
     );
     add(total, "answer: hold rejected for stock", s.holds_rejected);
     add(total, "answer: order refused", s.orders_refused);
+    add(total, "answer: keyed retry replayed", s.keyed_replays);
+    add(total, "answer: key in flight", s.keys_in_flight);
+    add(total, "admin: restock", s.restocks);
 }
 
 fn sweep(args: &Args) -> ExitCode {

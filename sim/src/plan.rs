@@ -111,6 +111,12 @@ pub struct Journey {
     pub order_after_ms: Option<u64>,
     /// The provider's verdict; `None` when it never calls.
     pub verdict: Option<Verdict>,
+    /// Whether the client sends an `Idempotency-Key` with its hold and order requests and
+    /// retries them under it after an error; without one it gives up after an error.
+    pub keyed: bool,
+    /// Whether a keyed client sends its hold request twice at once to one server, as a double
+    /// click does.
+    pub double_submit: bool,
 }
 
 /// Something the world does to the servers.
@@ -156,6 +162,8 @@ pub struct Plan {
     pub strays: Vec<(u64, bool)>,
     /// Chaos events.
     pub chaos: Vec<ChaosAt>,
+    /// Admin restocks: (delay, product index, units).
+    pub restocks: Vec<(u64, usize, u32)>,
     /// The storage faults while the load runs.
     pub faults: FaultProfile,
 }
@@ -197,6 +205,12 @@ impl Plan {
                 chaos: chaos(&mut rng, servers, hold_ttl_ms),
             })
             .collect();
+        let restocks = (0..rng.below(1 + ops as u64 / 50))
+            .map(|_| {
+                let product = rng.below(products as u64) as usize;
+                (rng.below(span_ms), product, 1 + rng.below(5) as u32)
+            })
+            .collect();
         Plan {
             stocks,
             hold_ttl_ms,
@@ -205,6 +219,7 @@ impl Plan {
             clients,
             strays,
             chaos,
+            restocks,
             faults,
         }
     }
@@ -214,9 +229,9 @@ impl Plan {
         self.clients.iter().map(Vec::len).sum()
     }
 
-    /// Operations in the plan: journeys, strays and chaos events.
+    /// Operations in the plan: journeys, strays, chaos events and restocks.
     pub fn ops(&self) -> usize {
-        self.journeys() + self.strays.len() + self.chaos.len()
+        self.journeys() + self.strays.len() + self.chaos.len() + self.restocks.len()
     }
 }
 
@@ -246,12 +261,15 @@ fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> J
         concurrent: rng.chance(50),
         conflicting: rng.chance(10),
     });
+    let keyed = rng.chance(50);
     Journey {
         start_ms: rng.below(1_000),
         product,
         qty: 1 + rng.below(3) as u32,
         order_after_ms,
         verdict,
+        keyed,
+        double_submit: keyed && rng.chance(20),
     }
 }
 
@@ -290,8 +308,15 @@ impl fmt::Display for Plan {
             for j in journeys {
                 write!(
                     f,
-                    "  client {client}: after {} ms hold {} of product {}",
-                    j.start_ms, j.qty, j.product
+                    "  client {client}: after {} ms hold {} of product {}{}",
+                    j.start_ms,
+                    j.qty,
+                    j.product,
+                    match (j.keyed, j.double_submit) {
+                        (true, true) => " (with keys, sent twice at once)",
+                        (true, false) => " (with keys)",
+                        (false, _) => "",
+                    }
                 )?;
                 match j.order_after_ms {
                     Some(ms) => write!(f, ", order {ms} ms later")?,
@@ -325,6 +350,9 @@ impl fmt::Display for Plan {
         }
         for c in &self.chaos {
             writeln!(f, "  at {} ms: {:?}", c.at_ms, c.chaos)?;
+        }
+        for (at, product, qty) in &self.restocks {
+            writeln!(f, "  at {at} ms: restock {qty} of product {product}")?;
         }
         Ok(())
     }

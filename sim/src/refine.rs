@@ -1,19 +1,23 @@
 //! Refinement: the simulated storage's final rows must equal what the core's in-memory
 //! [`Ledger`] produces when it replays the committed operations in commit order, each at the time
-//! its server's clock gave inside the transaction. If the row locks serialise the transactions
-//! as they should, commit order is a legal sequential order and the two agree; a transaction that
+//! its server's clock gave inside the transaction; and every answer a client saw must be the one
+//! the ledger gives at that point of the order. If the row locks serialise the transactions as
+//! they should, commit order is a legal sequential order and the two agree; a transaction that
 //! decided on rows another one changed underneath it shows up here as a difference.
 //!
-//! Each request runs inside [`OP`], a task-local naming its command; the instance's clock notes
-//! every reading in it, and the storage logs the command, the last reading and the rows it
-//! inserted when the transaction commits with writes.
+//! Each request runs inside [`OP`], a task-local naming its number and command; the instance's
+//! clock notes every reading in it, and the storage logs an [`Entry`] whenever one of its
+//! transactions ends: a commit that wrote (with the rows it inserted), and, for requests a client
+//! is answered, a commit without writes or a rollback. A request's last entry is where its answer
+//! was decided: a refusal or a replay under the locks it held, which no other commit could
+//! change before it ended.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use flashsale_core::{
-    Command, Hold, HoldId, HoldState, Ledger, Order, OrderId, ProductId, Timestamp, WebhookPayload,
-    WebhookRecord,
+    Command, Hold, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderId, Outcome, ProductId,
+    Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
 };
 
 tokio::task_local! {
@@ -24,16 +28,37 @@ tokio::task_local! {
 /// What the current request does.
 #[derive(Clone, Debug)]
 pub struct OpContext {
+    /// The request's number in the run; answers are matched to log entries by it.
+    pub id: u64,
     /// The command, with the storage's ids.
     pub command: Command,
+    /// The client's idempotency key, on keyed hold and order requests.
+    pub key: Option<IdempotencyKey>,
     /// The last clock reading inside the request.
     pub now: Option<Timestamp>,
 }
 
 impl OpContext {
-    /// A context for `command`.
-    pub fn new(command: Command) -> RefCell<OpContext> {
-        RefCell::new(OpContext { command, now: None })
+    /// A context for request `id` doing `command`.
+    pub fn new(id: u64, command: Command, key: Option<IdempotencyKey>) -> RefCell<OpContext> {
+        RefCell::new(OpContext {
+            id,
+            command,
+            key,
+            now: None,
+        })
+    }
+
+    /// Whether a client is answered with what this command decides, so that an end without
+    /// writes is worth logging.
+    pub fn is_answered(&self) -> bool {
+        matches!(
+            self.command,
+            Command::PlaceHold { .. }
+                | Command::PlaceOrder { .. }
+                | Command::ApplyWebhook(_)
+                | Command::Restock { .. }
+        )
     }
 }
 
@@ -47,19 +72,97 @@ pub fn current() -> Option<OpContext> {
     OP.try_with(|op| op.borrow().clone()).ok()
 }
 
-/// One committed transaction that wrote rows.
+/// One transaction's end, in the order the storage saw them.
 #[derive(Clone, Debug)]
-pub struct Committed {
+pub struct Entry {
+    /// The request it served.
+    pub op: u64,
     /// What it did, with the storage's ids.
     pub command: Command,
+    /// The client's idempotency key, if the request carried one.
+    pub key: Option<IdempotencyKey>,
     /// The clock reading it decided at.
     pub now: Timestamp,
+    /// Whether it committed writes; otherwise it rolled back or committed a read.
+    pub wrote: bool,
     /// Holds it inserted (storage ids).
     pub holds_inserted: Vec<u64>,
     /// Orders it inserted (storage ids).
     pub orders_inserted: Vec<u64>,
     /// Products it inserted (storage ids).
     pub products_inserted: Vec<u64>,
+}
+
+/// What a client was answered, with the storage's ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A hold granted, and the expired holds its transaction released.
+    Hold {
+        /// The hold.
+        hold: Hold,
+        /// The holds released first, by id.
+        holds_released: Vec<HoldId>,
+    },
+    /// An order, and whether this request created it.
+    Order {
+        /// The order.
+        order: Order,
+        /// Whether this request created it.
+        created: bool,
+    },
+    /// A webhook's result.
+    Webhook {
+        /// The key's result.
+        result: WebhookResult,
+        /// The key's order.
+        order_id: Option<OrderId>,
+        /// Whether the key was answered before.
+        replayed: bool,
+    },
+    /// A restock's new counters.
+    Restocked {
+        /// The stock.
+        stock: Qty,
+        /// Units ever received.
+        units_received: u64,
+    },
+    /// A refusal.
+    Rejected(Rejection),
+}
+
+impl Answer {
+    /// The answer the ledger's result stands for.
+    fn of(result: Result<Outcome, Rejection>) -> Result<Answer, String> {
+        Ok(match result {
+            Ok(Outcome::HoldPlaced {
+                hold,
+                holds_released,
+            }) => Answer::Hold {
+                hold,
+                holds_released,
+            },
+            Ok(Outcome::OrderPlaced { order, created }) => Answer::Order { order, created },
+            Ok(Outcome::WebhookApplied { record, replayed }) => Answer::Webhook {
+                result: record.result,
+                order_id: record.order_id,
+                replayed,
+            },
+            Ok(Outcome::Restocked(product)) => Answer::Restocked {
+                stock: product.stock,
+                units_received: product.units_received,
+            },
+            Ok(other) => return Err(format!("no client is answered {other:?}")),
+            Err(rejection) => Answer::Rejected(rejection),
+        })
+    }
+
+    /// Holds released in id order: the storage and the ledger list them in their own orders.
+    fn normalised(mut self) -> Answer {
+        if let Answer::Hold { holds_released, .. } = &mut self {
+            holds_released.sort_unstable();
+        }
+        self
+    }
 }
 
 /// Storage ids to ledger ids, built while replaying.
@@ -123,30 +226,133 @@ impl Ids {
             other @ (Command::CreateProduct { .. } | Command::Sweep) => other,
         })
     }
+
+    fn order_row(&self, order: &Order) -> Result<Order, String> {
+        Ok(Order {
+            id: self.order(order.id)?,
+            hold_id: self.hold(order.hold_id),
+            product_id: self.product(order.product_id)?,
+            ..*order
+        })
+    }
+
+    fn rejection(&self, rejection: &Rejection) -> Result<Rejection, String> {
+        Ok(match rejection.clone() {
+            Rejection::UnknownProduct { product_id } => Rejection::UnknownProduct {
+                product_id: self.product(product_id)?,
+            },
+            Rejection::StockOverflow { product_id } => Rejection::StockOverflow {
+                product_id: self.product(product_id)?,
+            },
+            Rejection::UnknownHold { hold_id } => Rejection::UnknownHold {
+                hold_id: self.hold(hold_id),
+            },
+            Rejection::HoldReleased { hold_id } => Rejection::HoldReleased {
+                hold_id: self.hold(hold_id),
+            },
+            Rejection::HoldExpired { hold_id } => Rejection::HoldExpired {
+                hold_id: self.hold(hold_id),
+            },
+            Rejection::TotalOverflow { hold_id } => Rejection::TotalOverflow {
+                hold_id: self.hold(hold_id),
+            },
+            other => other,
+        })
+    }
+
+    /// A client's answer in the ledger's ids.
+    fn answer(&self, answer: &Answer) -> Result<Answer, String> {
+        Ok(match answer {
+            Answer::Hold {
+                hold,
+                holds_released,
+            } => Answer::Hold {
+                hold: translate_hold(hold, self)?,
+                holds_released: holds_released.iter().map(|&id| self.hold(id)).collect(),
+            },
+            Answer::Order { order, created } => Answer::Order {
+                order: self.order_row(order)?,
+                created: *created,
+            },
+            Answer::Webhook {
+                result,
+                order_id,
+                replayed,
+            } => Answer::Webhook {
+                result: *result,
+                order_id: order_id.map(|id| self.order(id)).transpose()?,
+                replayed: *replayed,
+            },
+            Answer::Restocked { .. } => answer.clone(),
+            Answer::Rejected(rejection) => Answer::Rejected(self.rejection(rejection)?),
+        })
+    }
 }
 
-/// Replays `log` through a fresh ledger and compares the result with `stored`, the storage's
-/// final rows.
+/// Replays `log` through a fresh ledger, checks every answer in `answers` (by request number)
+/// against the ledger's at its request's last entry, and compares the result with `stored`, the
+/// storage's final rows. Returns how many answers it checked.
 ///
 /// # Errors
 /// The first disagreement: a committed transaction the ledger refuses, a different number of
-/// rows created, or a final row that differs.
-pub fn check(stored: &Ledger, log: &[Committed]) -> Result<(), String> {
+/// rows created, an answer the ledger would not have given at that point, or a final row that
+/// differs.
+pub fn check(
+    stored: &Ledger,
+    log: &[Entry],
+    answers: &BTreeMap<u64, Answer>,
+) -> Result<usize, String> {
+    let mut last = BTreeMap::new();
+    for (i, entry) in log.iter().enumerate() {
+        last.insert(entry.op, i);
+    }
     let mut ledger = Ledger::new();
     let mut ids = Ids::default();
+    let mut checked = 0usize;
     for (i, entry) in log.iter().enumerate() {
+        let answer = answers
+            .get(&entry.op)
+            .filter(|_| last.get(&entry.op) == Some(&i));
+        if !entry.wrote && answer.is_none() {
+            // A rolled-back attempt, or a read nobody was answered: nothing to replay.
+            continue;
+        }
         let command = ids
             .command(&entry.command)
             .map_err(|e| format!("commit {i}: {e}"))?;
         let before = counts(&ledger);
-        ledger
-            .apply(entry.now, command.clone())
-            .map_err(|rejection| {
-                format!(
-                    "commit {i} ({command:?} at {}) wrote rows, the ledger refuses it: {rejection}",
-                    entry.now
-                )
-            })?;
+        let result = ledger.apply(entry.now, command.clone());
+        if entry.wrote
+            && let Err(rejection) = &result
+        {
+            return Err(format!(
+                "commit {i} ({command:?} at {}) wrote rows, the ledger refuses it: {rejection}",
+                entry.now
+            ));
+        }
+        let replayed = match answer {
+            Some(_) => Some(Answer::of(result)?.normalised()),
+            None => None,
+        };
+        let compare_answer = |ids: &Ids| -> Result<(), String> {
+            let (Some(answer), Some(replayed)) = (answer, &replayed) else {
+                return Ok(());
+            };
+            let seen = ids.answer(answer)?.normalised();
+            if seen == *replayed {
+                return Ok(());
+            }
+            Err(format!(
+                "answer to request {} ({command:?} at {}): the client saw {seen:?}, in commit order it is {replayed:?}",
+                entry.op, entry.now
+            ))
+        };
+        if !entry.wrote {
+            // Answered without writing: the ledger must answer the same, which writes nothing.
+            compare_answer(&ids)?;
+            checked = checked.saturating_add(1);
+            continue;
+        }
         // The ledger allocates each kind's ids densely from 1, so what it created is the ids
         // past the counts from before.
         let after = counts(&ledger);
@@ -177,8 +383,13 @@ pub fn check(stored: &Ledger, log: &[Committed]) -> Result<(), String> {
             .extend(entry.holds_inserted.iter().copied().zip(holds));
         ids.orders
             .extend(entry.orders_inserted.iter().copied().zip(orders));
+        if answer.is_some() {
+            compare_answer(&ids)?;
+            checked = checked.saturating_add(1);
+        }
     }
-    compare(stored, &ledger, &ids)
+    compare(stored, &ledger, &ids)?;
+    Ok(checked)
 }
 
 /// Rows of each kind: products, holds, orders, webhook records.
@@ -213,12 +424,7 @@ fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> 
         }
     }
     for order in stored.orders() {
-        let translated = Order {
-            id: ids.order(order.id)?,
-            hold_id: ids.hold(order.hold_id),
-            product_id: ids.product(order.product_id)?,
-            ..*order
-        };
+        let translated = ids.order_row(order)?;
         let want = replayed.order(translated.id);
         if want != Some(&translated) {
             return Err(format!(
@@ -278,11 +484,24 @@ fn translate_hold(hold: &Hold, ids: &Ids) -> Result<Hold, String> {
 
 #[cfg(test)]
 mod tests {
-    use flashsale_core::{Cents, Qty};
+    use flashsale_core::Cents;
 
     use super::*;
 
-    fn log() -> Vec<Committed> {
+    fn entry(op: u64, command: Command, now: u64) -> Entry {
+        Entry {
+            op,
+            command,
+            key: None,
+            now: Timestamp(now),
+            wrote: true,
+            holds_inserted: vec![],
+            orders_inserted: vec![],
+            products_inserted: vec![],
+        }
+    }
+
+    fn log() -> Vec<Entry> {
         let create = Command::CreateProduct {
             name: "P".into(),
             price_cents: Cents(1),
@@ -294,19 +513,13 @@ mod tests {
             ttl_ms: 1_000,
         };
         vec![
-            Committed {
-                command: create,
-                now: Timestamp(0),
-                holds_inserted: vec![],
-                orders_inserted: vec![],
+            Entry {
                 products_inserted: vec![7],
+                ..entry(1, create, 0)
             },
-            Committed {
-                command: hold,
-                now: Timestamp(10),
+            Entry {
                 holds_inserted: vec![40],
-                orders_inserted: vec![],
-                products_inserted: vec![],
+                ..entry(2, hold, 10)
             },
         ]
     }
@@ -332,12 +545,13 @@ mod tests {
 
     #[test]
     fn rows_that_match_the_replay_pass_whatever_their_ids() {
-        assert_eq!(check(&stored(2), &log()), Ok(()));
+        assert_eq!(check(&stored(2), &log(), &BTreeMap::new()), Ok(0));
     }
 
     #[test]
     fn a_row_that_differs_from_the_replay_is_reported() {
-        let difference = check(&stored(1), &log()).expect_err("qty 1 is not what was decided");
+        let difference =
+            check(&stored(1), &log(), &BTreeMap::new()).expect_err("qty 1 is not what was decided");
         assert!(difference.starts_with("hold 40"), "{difference}");
     }
 
@@ -349,7 +563,75 @@ mod tests {
             qty: Qty(4),
             ttl_ms: 1_000,
         };
-        let difference = check(&stored(2), &log).expect_err("4 of 3 units cannot be held");
+        let difference =
+            check(&stored(2), &log, &BTreeMap::new()).expect_err("4 of 3 units cannot be held");
         assert!(difference.contains("refuses"), "{difference}");
+    }
+
+    fn granted(hold_id: u64, qty: u32) -> Answer {
+        Answer::Hold {
+            hold: Hold {
+                id: HoldId(hold_id),
+                product_id: ProductId(7),
+                qty: Qty(qty),
+                created_at: Timestamp(10),
+                expires_at: Timestamp(1_010),
+                state: HoldState::Held,
+            },
+            holds_released: vec![],
+        }
+    }
+
+    #[test]
+    fn answers_that_match_the_replay_pass() {
+        let answers = BTreeMap::from([(2, granted(40, 2))]);
+        assert_eq!(check(&stored(2), &log(), &answers), Ok(1));
+    }
+
+    #[test]
+    fn an_answer_other_than_the_replay_is_reported() {
+        let answers = BTreeMap::from([(2, granted(40, 1))]);
+        let difference = check(&stored(2), &log(), &answers).expect_err("the client saw qty 1");
+        assert!(
+            difference.starts_with("answer to request 2"),
+            "{difference}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_the_replay_would_not_give_is_reported() {
+        // A request for 1 unit, refused at a point where 1 of 3 units was free.
+        let mut log = log();
+        let ask = Command::PlaceHold {
+            product_id: ProductId(7),
+            qty: Qty(1),
+            ttl_ms: 1_000,
+        };
+        log.push(Entry {
+            wrote: false,
+            ..entry(3, ask, 20)
+        });
+        let refused = Answer::Rejected(Rejection::InsufficientStock {
+            requested: Qty(1),
+            available: Qty(0),
+        });
+        let answers = BTreeMap::from([(3, refused)]);
+        let difference = check(&stored(2), &log, &answers).expect_err("a unit was free");
+        assert!(
+            difference.starts_with("answer to request 3"),
+            "{difference}"
+        );
+        // The same refusal where the ledger refuses too passes, and changes nothing.
+        let refused = Answer::Rejected(Rejection::InsufficientStock {
+            requested: Qty(2),
+            available: Qty(1),
+        });
+        log[2].command = Command::PlaceHold {
+            product_id: ProductId(7),
+            qty: Qty(2),
+            ttl_ms: 1_000,
+        };
+        let answers = BTreeMap::from([(3, refused)]);
+        assert_eq!(check(&stored(2), &log, &answers), Ok(1));
     }
 }

@@ -1,6 +1,6 @@
-//! Shrinking a failing run: remove fault classes, chaos events, stray webhooks and journeys one
-//! chunk at a time (delta debugging), re-running the same seed after each removal and keeping
-//! every removal after which the run still fails. What is left is a small plan that still
+//! Shrinking a failing run: remove fault classes, chaos events, stray webhooks, restocks and
+//! journeys one chunk at a time (delta debugging), re-running the same seed after each removal
+//! and keeping every removal after which the run still fails. What is left is a small plan that still
 //! reproduces the failure, printed as a timeline.
 
 use crate::plan::FaultProfile;
@@ -49,6 +49,7 @@ pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
     }
     shrink_list(&mut best, &mut report, &mut attempt, |p| &mut p.chaos);
     shrink_list(&mut best, &mut report, &mut attempt, |p| &mut p.strays);
+    shrink_list(&mut best, &mut report, &mut attempt, |p| &mut p.restocks);
     for client in 0..best.plan.clients.len() {
         shrink_list(&mut best, &mut report, &mut attempt, move |p| {
             &mut p.clients[client]

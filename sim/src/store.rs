@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use flashsale_core::{
     Cents, Command, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order,
-    OrderId, OrderStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookRecord,
+    OrderId, OrderStatus, Product, ProductId, Qty, ReleaseReason, RequestRecord, Timestamp,
+    WebhookRecord,
 };
 use flashsale_server::store::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
 use crate::plan::FaultProfile;
-use crate::refine::{self, Committed};
+use crate::refine::{self, Entry};
 use crate::trace::Trace;
 
 /// How long a locking read waits before failing as InnoDB's error 1205 would.
@@ -39,15 +40,23 @@ pub enum Bug {
     ConsumeReleasedHold,
     /// A webhook key's record is never found, so a replay is applied again.
     ApplyWebhookTwice,
+    /// A client request's idempotency key is never recorded, so a retry after a lost answer
+    /// holds again.
+    ForgetRequestKey,
+    /// Units held count expired holds too, so a hold is refused while units are free. No row is
+    /// ever wrong: only the answers are, which only the replay of answers can see.
+    CountExpiredHolds,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 6] = [
         Bug::SkipProductLock,
         Bug::ForgetReleaseExpired,
         Bug::ConsumeReleasedHold,
         Bug::ApplyWebhookTwice,
+        Bug::ForgetRequestKey,
+        Bug::CountExpiredHolds,
     ];
 
     /// The command-line word for it.
@@ -57,6 +66,8 @@ impl Bug {
             Bug::ForgetReleaseExpired => "forget-release-expired",
             Bug::ConsumeReleasedHold => "consume-released-hold",
             Bug::ApplyWebhookTwice => "apply-webhook-twice",
+            Bug::ForgetRequestKey => "forget-request-key",
+            Bug::CountExpiredHolds => "count-expired-holds",
         }
     }
 
@@ -93,6 +104,7 @@ enum RowKey {
     Hold(u64),
     Order(u64),
     Webhook(String),
+    RequestKey(String),
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +113,7 @@ enum Row {
     Hold(Hold),
     Order(Order),
     Webhook(WebhookRecord),
+    RequestKey(RequestRecord),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -109,6 +122,7 @@ struct Tables {
     holds: BTreeMap<u64, Hold>,
     orders: BTreeMap<u64, Order>,
     webhooks: BTreeMap<String, WebhookRecord>,
+    request_keys: BTreeMap<String, RequestRecord>,
     id_last: [u64; 3],
 }
 
@@ -119,6 +133,7 @@ impl Tables {
             RowKey::Hold(id) => self.holds.get(id).copied().map(Row::Hold),
             RowKey::Order(id) => self.orders.get(id).copied().map(Row::Order),
             RowKey::Webhook(key) => self.webhooks.get(key).cloned().map(Row::Webhook),
+            RowKey::RequestKey(key) => self.request_keys.get(key).cloned().map(Row::RequestKey),
         }
     }
 
@@ -128,6 +143,7 @@ impl Tables {
             Row::Hold(h) => drop(self.holds.insert(h.id.0, h)),
             Row::Order(o) => drop(self.orders.insert(o.id.0, o)),
             Row::Webhook(w) => drop(self.webhooks.insert(w.key.as_str().to_owned(), w)),
+            Row::RequestKey(r) => drop(self.request_keys.insert(r.key.as_str().to_owned(), r)),
         }
     }
 
@@ -159,7 +175,7 @@ struct Shared {
     bug: Option<Bug>,
     violation: Option<String>,
     trace: Trace,
-    log: Vec<Committed>,
+    log: Vec<Entry>,
 }
 
 /// The simulated database, shared by every server instance of a run.
@@ -205,8 +221,19 @@ impl SimStore {
         self.shared().tables.ledger()
     }
 
-    /// Every committed transaction that wrote rows, in commit order.
-    pub fn commit_log(&self) -> Vec<Committed> {
+    /// Every client request's idempotency-key record.
+    pub fn request_keys(&self) -> Vec<RequestRecord> {
+        self.shared()
+            .tables
+            .request_keys
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every transaction end worth replaying, in order: each commit that wrote rows, and each
+    /// rollback or read-only commit of a request a client is answered.
+    pub fn commit_log(&self) -> Vec<Entry> {
         self.shared().log.clone()
     }
 
@@ -364,6 +391,7 @@ impl SimTx {
             Row::Hold(h) => RowKey::Hold(h.id.0),
             Row::Order(o) => RowKey::Order(o.id.0),
             Row::Webhook(w) => RowKey::Webhook(w.key.as_str().to_owned()),
+            Row::RequestKey(r) => RowKey::RequestKey(r.key.as_str().to_owned()),
         };
         self.writes.insert(key, row);
     }
@@ -410,6 +438,9 @@ impl SimTx {
         self.writes.clear();
         let mut shared = self.store.shared();
         shared.counts.rollbacks += 1;
+        if let Some(entry) = end_entry(&shared.tables, &BTreeMap::new()) {
+            shared.log.push(entry);
+        }
         release_locks(&mut shared, self.id);
     }
 
@@ -503,26 +534,28 @@ impl Transaction for SimTx {
         let answer_lost = {
             let mut shared = self.store.shared();
             for row in writes.values() {
-                if let Row::Webhook(w) = row {
-                    // The primary key: a concurrent insert of the same key commits first.
-                    // Every webhook write of the service is an insert.
-                    let exists = shared.tables.webhooks.contains_key(w.key.as_str());
-                    let planted = shared.bug == Some(Bug::ApplyWebhookTwice);
-                    if exists && !planted {
-                        drop(shared);
-                        self.rollback();
-                        return Err(StoreError::Contention("1062 duplicate key".into()));
+                // The primary keys: a concurrent insert of the same key commits first. Every
+                // webhook and request-key write of the service is an insert.
+                let exists = match row {
+                    Row::Webhook(w) => {
+                        let planted = shared.bug == Some(Bug::ApplyWebhookTwice);
+                        shared.tables.webhooks.contains_key(w.key.as_str()) && !planted
                     }
+                    Row::RequestKey(r) => shared.tables.request_keys.contains_key(r.key.as_str()),
+                    _ => false,
+                };
+                if exists {
+                    drop(shared);
+                    self.rollback();
+                    return Err(StoreError::Contention("1062 duplicate key".into()));
                 }
             }
-            if !writes.is_empty() {
-                let entry = log_entry(&shared.tables, &writes);
-                match entry {
-                    Some(entry) => shared.log.push(entry),
-                    None => {
-                        let message = "refinement: a transaction committed outside any request";
-                        shared.violation.get_or_insert_with(|| message.to_owned());
-                    }
+            match end_entry(&shared.tables, &writes) {
+                Some(entry) => shared.log.push(entry),
+                None if writes.is_empty() => {}
+                None => {
+                    let message = "refinement: a transaction committed outside any request";
+                    shared.violation.get_or_insert_with(|| message.to_owned());
                 }
             }
             for row in writes.into_values() {
@@ -618,10 +651,11 @@ impl Transaction for SimTx {
 
     async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
         self.step().await?;
+        let planted = self.bug() == Some(Bug::CountExpiredHolds);
         let live = self
             .holds_of(product_id)
             .into_iter()
-            .filter(|h| h.is_live(now));
+            .filter(|h| h.is_live(now) || (planted && h.state == HoldState::Held));
         let units = live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0));
         Ok(Qty(units))
     }
@@ -752,6 +786,27 @@ impl Transaction for SimTx {
         Ok(())
     }
 
+    async fn lock_request_key(
+        &mut self,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<RequestRecord>> {
+        self.step().await?;
+        let row_key = RowKey::RequestKey(key.as_str().to_owned());
+        self.lock(row_key.clone()).await?;
+        match self.read(&row_key) {
+            Some(Row::RequestKey(r)) => Ok(Some(r)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
+        self.step().await?;
+        if self.bug() != Some(Bug::ForgetRequestKey) {
+            self.write(Row::RequestKey(record.clone()));
+        }
+        Ok(())
+    }
+
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
         self.step().await?;
         let shared = self.store.shared();
@@ -810,12 +865,20 @@ impl Transaction for SimTx {
     }
 }
 
-/// The commit log's entry for a transaction about to apply `writes` over `tables`.
-fn log_entry(tables: &Tables, writes: &BTreeMap<RowKey, Row>) -> Option<Committed> {
+/// The log's entry for a transaction of the current request ending with `writes` (none for a
+/// rollback) over `tables`: always when it writes, otherwise only for requests a client is
+/// answered, where the end is the point its answer was decided at.
+fn end_entry(tables: &Tables, writes: &BTreeMap<RowKey, Row>) -> Option<Entry> {
     let op = refine::current()?;
-    let mut entry = Committed {
+    if writes.is_empty() && !op.is_answered() {
+        return None;
+    }
+    let mut entry = Entry {
+        op: op.id,
         command: op.command,
+        key: op.key,
         now: op.now.unwrap_or_default(),
+        wrote: !writes.is_empty(),
         holds_inserted: Vec::new(),
         orders_inserted: Vec::new(),
         products_inserted: Vec::new(),
@@ -841,7 +904,7 @@ fn log_entry(tables: &Tables, writes: &BTreeMap<RowKey, Row>) -> Option<Committe
                     entry.orders_inserted.push(o.id.0);
                 }
             }
-            Row::Webhook(_) => {}
+            Row::Webhook(_) | Row::RequestKey(_) => {}
         }
     }
     // The sweeper commits one product per transaction.

@@ -1,27 +1,33 @@
 //! One simulated run: server instances with their own clocks sharing one [`SimStore`], clients
 //! following the plan's journeys, a payment provider that delivers late, early, twice, at once,
-//! with conflicting verdicts and for unknown holds, and chaos (clock steps, crashes). The checks:
-//! the invariants after every commit (in the store), every answer to one webhook key the same,
-//! and a liveness phase at the end in which faults stop, clocks heal, time passes every deadline
-//! and everything must settle.
+//! with conflicting verdicts and for unknown holds, an admin restocking, and chaos (clock steps,
+//! crashes). Clients that send an `Idempotency-Key` retry under it after errors. The checks: the
+//! invariants after every commit (in the store); every answer to one webhook key the same; every
+//! idempotency key applied at most once and always answering the same resource; every answer a
+//! client saw equal to the commit-order replay's (see `refine`); and a liveness phase at the end
+//! in which faults stop, clocks heal, time passes every deadline and everything must settle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
-    Rejection, Timestamp, WebhookPayload, WebhookResult,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, KeyedRequest, Ledger, OrderId, OrderStatus,
+    PaymentStatus, ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload,
+    WebhookResult,
 };
-use flashsale_server::service::{Config, Service, ServiceError};
+use flashsale_server::service::{
+    Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service, ServiceError, SweepReport,
+    WebhookAnswer,
+};
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
 use crate::clock::{SimClock, true_now};
 use crate::plan::FaultProfile;
 use crate::plan::{Chaos, Journey, Plan, Verdict};
-use crate::refine::{self, OP, OpContext};
+use crate::refine::{self, Answer, Entry, OP, OpContext};
 use crate::store::{Bug, FaultCounts, SimStore};
 
 type Svc = Service<SimStore, SimClock>;
@@ -72,6 +78,16 @@ pub struct Stats {
     pub clock_steps_forward: u64,
     /// Clock steps back.
     pub clock_steps_back: u64,
+    /// Hold and order requests retried under their idempotency key.
+    pub keyed_retries: u64,
+    /// Keyed requests answered from their key's record.
+    pub keyed_replays: u64,
+    /// Keyed requests refused because the key was still in flight on that server.
+    pub keys_in_flight: u64,
+    /// Restocks answered.
+    pub restocks: u64,
+    /// Client answers checked against the commit-order replay.
+    pub answers_checked: u64,
 }
 
 /// The outcome of a run.
@@ -161,6 +177,60 @@ struct World {
     skew_max_ms: Mutex<u64>,
     products: Vec<ProductId>,
     next_key: Mutex<u64>,
+    next_op: Mutex<u64>,
+    /// What clients saw, by request number, for the replay to check.
+    client_answers: Mutex<BTreeMap<u64, Answer>>,
+    /// The holds or orders each client idempotency key was answered with.
+    key_answers: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+}
+
+/// What a client saw, as the commit-order replay decides it; `None` for answers it does not
+/// decide (a replay from a request key's record, which the world checks itself, or a sweep).
+trait Answered {
+    fn answer(&self) -> Option<Answer>;
+}
+
+impl Answered for Keyed<HoldPlaced> {
+    fn answer(&self) -> Option<Answer> {
+        (!self.replayed).then(|| Answer::Hold {
+            hold: self.value.hold,
+            holds_released: self.value.holds_released.clone(),
+        })
+    }
+}
+
+impl Answered for Keyed<OrderPlaced> {
+    fn answer(&self) -> Option<Answer> {
+        (!self.replayed).then_some(Answer::Order {
+            order: self.value.order,
+            created: self.value.created,
+        })
+    }
+}
+
+impl Answered for WebhookAnswer {
+    fn answer(&self) -> Option<Answer> {
+        Some(Answer::Webhook {
+            result: self.record.result,
+            order_id: self.record.order_id,
+            replayed: self.replayed,
+        })
+    }
+}
+
+impl Answered for ProductView {
+    fn answer(&self) -> Option<Answer> {
+        Some(Answer::Restocked {
+            stock: self.product.stock,
+            units_received: self.product.units_received,
+        })
+    }
+}
+
+impl Answered for SweepReport {
+    fn answer(&self) -> Option<Answer> {
+        None
+    }
 }
 
 /// Why a client request got no answer from the service.
@@ -201,7 +271,8 @@ impl World {
                 stock: Qty(stock),
             };
             let create = setup.create_product(&name, price_cents, Qty(stock));
-            let created = OP.scope(OpContext::new(command), create).await;
+            let op = OpContext::new(i as u64, command, None);
+            let created = OP.scope(op, create).await;
             products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
         }
         store.set_faults(faults);
@@ -226,8 +297,11 @@ impl World {
             undelivered: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             skew_max_ms: Mutex::new(2_500),
+            next_op: Mutex::new(products.len() as u64),
             products,
             next_key: Mutex::new(0),
+            client_answers: Mutex::new(BTreeMap::new()),
+            key_answers: Mutex::new(BTreeMap::new()),
         });
         let started = madsim::time::Instant::now();
         world.clone().chaos_and_load(&plan).await;
@@ -267,6 +341,17 @@ impl World {
                 })
             })
             .collect();
+        let restocks: Vec<_> = plan
+            .restocks
+            .iter()
+            .map(|&(at_ms, product, qty)| {
+                let world = self.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(Duration::from_millis(at_ms)).await;
+                    world.restock(product, Qty(qty)).await;
+                })
+            })
+            .collect();
         let clients: Vec<_> = plan
             .clients
             .iter()
@@ -279,7 +364,7 @@ impl World {
                 deliveries.extend(spawned);
             }
         }
-        for handle in deliveries.into_iter().chain(strays) {
+        for handle in deliveries.into_iter().chain(strays).chain(restocks) {
             let _ = handle.await;
         }
         chaos.abort();
@@ -315,10 +400,8 @@ impl World {
             .saturating_add(1_000);
         madsim::time::sleep(Duration::from_millis(wait_ms)).await;
         let service = lock(&self.instances)[0].service.clone();
-        if let Err(error) = OP
-            .scope(OpContext::new(Command::Sweep), service.sweep())
-            .await
-        {
+        let op = OpContext::new(self.next_op(), Command::Sweep, None);
+        if let Err(error) = OP.scope(op, service.sweep()).await {
             self.fail(format!(
                 "liveness: the sweep failed with faults off: {error}"
             ));
@@ -345,15 +428,70 @@ impl World {
                 payload.key
             ));
         }
-        if let Err(difference) = refine::check(&ledger, &self.store.commit_log()) {
-            self.fail(format!("refinement: {difference}"));
+        let log = self.store.commit_log();
+        let answers = lock(&self.client_answers).clone();
+        match refine::check(&ledger, &log, &answers) {
+            Ok(checked) => self.count(|s| s.answers_checked = checked as u64),
+            Err(difference) => self.fail(format!("refinement: {difference}")),
         }
+        self.check_request_keys(&ledger, &log);
         let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
         for key in answered {
             let recorded = IdempotencyKey::parse(&key).and_then(|k| ledger.webhook(&k).cloned());
             if recorded.is_none() {
                 self.fail(format!(
                     "liveness: webhook {key} was answered but has no record"
+                ));
+            }
+        }
+    }
+
+    /// Every client idempotency key: applied by at most one commit, answering one resource to
+    /// every request under it, recorded with that resource, which matches the request.
+    fn check_request_keys(&self, ledger: &Ledger, log: &[Entry]) {
+        let records: BTreeMap<String, RequestRecord> = self
+            .store
+            .request_keys()
+            .into_iter()
+            .map(|r| (r.key.as_str().to_owned(), r))
+            .collect();
+        let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
+        for entry in log.iter().filter(|e| e.wrote) {
+            let inserted = !entry.holds_inserted.is_empty() || !entry.orders_inserted.is_empty();
+            if let (Some(key), true) = (&entry.key, inserted) {
+                *applied.entry(key.as_str()).or_default() += 1;
+            }
+        }
+        if let Some((key, times)) = applied.iter().find(|&(_, &n)| n > 1) {
+            self.fail(format!(
+                "idempotency: key {key} made a hold or order in {times} commits"
+            ));
+        }
+        for (key, seen) in lock(&self.key_answers).iter() {
+            let record = records.get(key).map(|r| r.resource_id);
+            let expected: BTreeSet<u64> = record.into_iter().collect();
+            if *seen != expected {
+                self.fail(format!(
+                    "idempotency: key {key} answered {seen:?}, its record names {record:?}"
+                ));
+            }
+        }
+        for record in records.values() {
+            let matches = match record.request {
+                KeyedRequest::PlaceHold { product_id, qty } => ledger
+                    .hold(HoldId(record.resource_id))
+                    .is_some_and(|h| (h.product_id, h.qty) == (product_id, qty)),
+                KeyedRequest::PlaceOrder { hold_id } => ledger
+                    .order(OrderId(record.resource_id))
+                    .is_some_and(|o| o.hold_id == hold_id),
+            };
+            if !matches {
+                self.fail(format!(
+                    "idempotency: key {} names {} {}, which does not match {:?}",
+                    record.key,
+                    record.request.name(),
+                    record.resource_id,
+                    record.request
                 ));
             }
         }
@@ -392,19 +530,28 @@ impl World {
         self.count(|s| *s.races.entry(name.to_owned()).or_default() += 1);
     }
 
-    /// Sends `request` to an instance as a task that a crash of that instance cuts off.
+    fn next_op(&self) -> u64 {
+        let mut next = lock(&self.next_op);
+        *next += 1;
+        *next
+    }
+
+    /// Sends `request` to an instance as a task that a crash of that instance cuts off, and
+    /// keeps what the client saw for the replay to check.
     async fn call<T, F, Fut>(
         &self,
         instance: usize,
         command: Command,
+        key: Option<IdempotencyKey>,
         request: F,
     ) -> Result<T, CallError>
     where
-        T: Send + 'static,
+        T: Answered + Send + 'static,
         F: FnOnce(Arc<Svc>) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>> + Send + 'static,
     {
         self.count(|s| s.requests += 1);
+        let op = self.next_op();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         {
             let mut instances = lock(&self.instances);
@@ -412,7 +559,7 @@ impl World {
             let instance = &mut instances[instance % count];
             let future = request(instance.service.clone());
             instance.inflight.retain(|handle| !handle.is_finished());
-            let scoped = OP.scope(OpContext::new(command), future);
+            let scoped = OP.scope(OpContext::new(op, command, key), future);
             instance.inflight.push(madsim::task::spawn(async move {
                 let _ = sender.send(scoped.await);
             }));
@@ -423,6 +570,16 @@ impl World {
             Ok(Err(_)) => Err(CallError::Crashed),
             Err(_) => Err(CallError::Timeout),
         };
+        let seen = match &answer {
+            Ok(value) => value.answer(),
+            Err(CallError::Service(ServiceError::Rejected(rejection))) => {
+                Some(Answer::Rejected(rejection.clone()))
+            }
+            Err(_) => None,
+        };
+        if let Some(seen) = seen {
+            lock(&self.client_answers).insert(op, seen);
+        }
         if matches!(&answer, Err(CallError::Crashed | CallError::Timeout))
             || matches!(&answer, Err(CallError::Service(e)) if !matches!(e, ServiceError::Rejected(_)))
         {
@@ -447,71 +604,153 @@ impl World {
 
     async fn journey(self: Arc<Self>, journey: Journey) -> Option<JoinHandle<()>> {
         let product_id = self.products[journey.product % self.products.len()];
-        let qty = Qty(journey.qty);
-        let placed = self
-            .call(
-                self.any_instance(),
-                Command::PlaceHold {
-                    product_id,
-                    qty,
-                    ttl_ms: self.service_config.hold_ttl_ms,
-                },
-                move |s| async move { s.place_hold(product_id, qty).await },
-            )
-            .await;
-        let hold = match placed {
-            Ok(placed) => {
-                self.count(|s| s.holds_granted += 1);
-                self.store
-                    .note(&format!("client: hold {} granted", placed.hold.id));
-                placed.hold
-            }
-            Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock {
-                ..
-            }))) => {
-                self.count(|s| s.holds_rejected += 1);
-                return None;
-            }
-            Err(_) => return None,
-        };
+        let hold = self.hold(product_id, Qty(journey.qty), &journey).await?;
         let mut delivery = None;
         if let Some(verdict) = journey.verdict.clone().filter(|v| v.early) {
             delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
         }
         let after_ms = journey.order_after_ms?;
         madsim::time::sleep(Duration::from_millis(after_ms)).await;
-        let ordered = self.order(hold.id).await;
+        let ordered = self.order(hold.id, journey.keyed).await;
         if ordered && let Some(verdict) = journey.verdict.filter(|v| !v.early) {
             delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
         }
         delivery
     }
 
-    /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any).
-    async fn order(&self, hold_id: HoldId) -> bool {
-        for _ in 0..4 {
+    /// A fresh client idempotency key.
+    fn request_key(&self, what: &str) -> IdempotencyKey {
+        let mut next = lock(&self.next_key);
+        *next += 1;
+        IdempotencyKey::parse(&format!("{what}-{}", *next)).unwrap_or_else(|| unreachable!())
+    }
+
+    /// Notes what a keyed request was answered with, and whether it was a replay.
+    fn keyed_answer(&self, key: Option<&IdempotencyKey>, resource_id: u64, replayed: bool) {
+        let Some(key) = key else { return };
+        let mut answers = lock(&self.key_answers);
+        answers
+            .entry(key.as_str().to_owned())
+            .or_default()
+            .insert(resource_id);
+        drop(answers);
+        if replayed {
+            self.count(|s| s.keyed_replays += 1);
+        }
+    }
+
+    /// Asks for a hold. With a key the client retries under it after errors, so a hold whose
+    /// answer was lost comes back instead of a second one; without, it gives up.
+    async fn hold(
+        &self,
+        product_id: ProductId,
+        qty: Qty,
+        journey: &Journey,
+    ) -> Option<flashsale_core::Hold> {
+        let key = journey.keyed.then(|| self.request_key("hold"));
+        let attempts = if journey.keyed { 4 } else { 1 };
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                self.count(|s| s.keyed_retries += 1);
+                madsim::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            let instance = self.any_instance();
+            let placed = if journey.double_submit && attempt == 0 {
+                let (first, second) = tokio::join!(
+                    self.place_hold(instance, key.as_ref(), product_id, qty),
+                    self.place_hold(instance, key.as_ref(), product_id, qty)
+                );
+                match second {
+                    Ok(Keyed { value, replayed }) => {
+                        self.keyed_answer(key.as_ref(), value.hold.id.0, replayed);
+                    }
+                    Err(CallError::Service(ServiceError::KeyInFlight { .. })) => {
+                        self.count(|s| s.keys_in_flight += 1);
+                    }
+                    Err(_) => {}
+                }
+                first
+            } else {
+                self.place_hold(instance, key.as_ref(), product_id, qty)
+                    .await
+            };
+            match placed {
+                Ok(Keyed { value, replayed }) => {
+                    self.count(|s| s.holds_granted += 1);
+                    self.keyed_answer(key.as_ref(), value.hold.id.0, replayed);
+                    self.store
+                        .note(&format!("client: hold {} granted", value.hold.id));
+                    return Some(value.hold);
+                }
+                Err(CallError::Service(ServiceError::Rejected(rejection))) => {
+                    if matches!(rejection, Rejection::InsufficientStock { .. }) {
+                        self.count(|s| s.holds_rejected += 1);
+                    }
+                    return None;
+                }
+                Err(CallError::Service(ServiceError::KeyInFlight { .. })) => {
+                    self.count(|s| s.keys_in_flight += 1);
+                }
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// One hold request to one instance.
+    async fn place_hold(
+        &self,
+        instance: usize,
+        key: Option<&IdempotencyKey>,
+        product_id: ProductId,
+        qty: Qty,
+    ) -> Result<Keyed<HoldPlaced>, CallError> {
+        let sent = key.cloned();
+        let command = Command::PlaceHold {
+            product_id,
+            qty,
+            ttl_ms: self.service_config.hold_ttl_ms,
+        };
+        self.call(instance, command, key.cloned(), move |s| async move {
+            s.place_hold_keyed(sent.as_ref(), product_id, qty).await
+        })
+        .await
+    }
+
+    /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any),
+    /// under one idempotency key when `keyed`.
+    async fn order(&self, hold_id: HoldId, keyed: bool) -> bool {
+        let key = keyed.then(|| self.request_key("order"));
+        for attempt in 0..4 {
+            if attempt > 0 && keyed {
+                self.count(|s| s.keyed_retries += 1);
+            }
+            let sent = key.clone();
+            let command = Command::PlaceOrder {
+                hold_id,
+                payment_window_ms: self.service_config.payment_window_ms,
+            };
             match self
                 .call(
                     self.any_instance(),
-                    Command::PlaceOrder {
-                        hold_id,
-                        payment_window_ms: self.service_config.payment_window_ms,
-                    },
-                    move |s| async move { s.place_order(hold_id).await },
+                    command,
+                    key.clone(),
+                    move |s| async move { s.place_order_keyed(sent.as_ref(), hold_id).await },
                 )
                 .await
             {
-                Ok(placed) => {
+                Ok(Keyed { value, replayed }) => {
                     self.count(|s| {
-                        if placed.created {
+                        if value.created {
                             s.orders_created += 1
                         } else {
                             s.orders_existing += 1
                         }
                     });
+                    self.keyed_answer(key.as_ref(), value.order.id.0, replayed);
                     self.store.note(&format!(
                         "client: order {} for hold {hold_id}",
-                        placed.order.id
+                        value.order.id
                     ));
                     return true;
                 }
@@ -519,10 +758,32 @@ impl World {
                     self.count(|s| s.orders_refused += 1);
                     return false;
                 }
+                Err(CallError::Service(ServiceError::KeyInFlight { .. })) => {
+                    self.count(|s| s.keys_in_flight += 1);
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
             }
         }
         false
+    }
+
+    /// An admin restocks a product.
+    async fn restock(&self, product: usize, qty: Qty) {
+        let product_id = self.products[product % self.products.len()];
+        let command = Command::Restock { product_id, qty };
+        let restocked = self
+            .call(self.any_instance(), command, None, move |s| async move {
+                s.restock(product_id, qty).await
+            })
+            .await;
+        if let Ok(view) = restocked {
+            self.count(|s| s.restocks += 1);
+            self.store.note(&format!(
+                "admin: product {product_id} restocked to {}",
+                view.product.stock
+            ));
+        }
     }
 
     fn payload(&self, hold_id: HoldId, paid: bool) -> WebhookPayload {
@@ -585,6 +846,7 @@ impl World {
                 .call(
                     self.any_instance(),
                     Command::ApplyWebhook(payload.clone()),
+                    None,
                     move |s| async move { s.apply_webhook(&sent).await },
                 )
                 .await;
@@ -629,7 +891,9 @@ impl World {
         loop {
             madsim::time::sleep(Duration::from_millis(1_000)).await;
             let _ = self
-                .call(instance, Command::Sweep, |s| async move { s.sweep().await })
+                .call(instance, Command::Sweep, None, |s| async move {
+                    s.sweep().await
+                })
                 .await;
         }
     }

@@ -54,7 +54,7 @@ async fn a_key_reused_with_another_body_is_422_and_changes_nothing(db: Db) -> Te
         ),
         (
             "/api/holds",
-            json!({"product_id": product + 1, "qty": 2}),
+            json!({"product_id": product.saturating_add(1), "qty": 2}),
             "product_id",
         ),
         ("/api/orders", json!({"hold_id": hold_id}), "request"),
@@ -125,12 +125,12 @@ async fn concurrent_requests_under_one_key_make_one_hold(db: Db) -> TestApp {
         })
         .collect();
     let mut holds = Vec::new();
-    let mut in_flight = 0;
+    let mut in_flight = 0usize;
     for task in tasks {
         let reply = task.await.expect("the request ran");
         if reply.status == 409 {
             reply.expect_problem(409, "idempotency_key_in_flight");
-            in_flight += 1;
+            in_flight = in_flight.saturating_add(1);
         } else {
             holds.push(id(reply.expect_status(201), "hold_id"));
         }
@@ -140,7 +140,7 @@ async fn concurrent_requests_under_one_key_make_one_hold(db: Db) -> TestApp {
         holds.iter().all(|&h| h == holds[0]),
         "one hold for one key: {holds:?}"
     );
-    assert_eq!(holds.len() + in_flight, 20);
+    assert_eq!(holds.len().saturating_add(in_flight), 20);
     assert_eq!(app.available(product).await, 49);
     Arc::into_inner(app).expect("every task finished")
 }

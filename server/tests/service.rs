@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::{
-    Cents, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, OrderStatus, PaymentStatus,
-    ProductId, Qty, Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
+    Cents, HoldId, HoldState, HoldView, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
+    Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{Config, Service, ServiceError};
@@ -89,8 +89,7 @@ impl Db {
     /// Checks the invariants on the database's rows, then drops a MariaDB database.
     async fn finish(self, service: &TestService) {
         let dump = service.dump().await.expect("dump");
-        let ledger = Ledger::from_rows(dump.products, dump.holds, dump.orders, dump.webhooks);
-        if let Err(violation) = ledger.check_invariants() {
+        if let Err(violation) = dump.check() {
             panic!("invariant violated in {}: {violation}", self.url);
         }
         service.store().close().await;

@@ -861,6 +861,7 @@ impl Transaction for SimTx {
             holds: shared.tables.holds.values().copied().collect(),
             orders: shared.tables.orders.values().copied().collect(),
             webhooks: shared.tables.webhooks.values().cloned().collect(),
+            request_keys: shared.tables.request_keys.values().cloned().collect(),
         })
     }
 }

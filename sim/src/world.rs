@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, KeyedRequest, Ledger, OrderId, OrderStatus,
-    PaymentStatus, ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload,
-    WebhookResult,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, OrderStatus, PaymentStatus,
+    ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::service::{
     Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service, ServiceError, SweepReport,
@@ -477,15 +476,7 @@ impl World {
             }
         }
         for record in records.values() {
-            let matches = match record.request {
-                KeyedRequest::PlaceHold { product_id, qty } => ledger
-                    .hold(HoldId(record.resource_id))
-                    .is_some_and(|h| (h.product_id, h.qty) == (product_id, qty)),
-                KeyedRequest::PlaceOrder { hold_id } => ledger
-                    .order(OrderId(record.resource_id))
-                    .is_some_and(|o| o.hold_id == hold_id),
-            };
-            if !matches {
+            if !record.names_its_resource(ledger) {
                 self.fail(format!(
                     "idempotency: key {} names {} {}, which does not match {:?}",
                     record.key,

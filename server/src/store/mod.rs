@@ -221,4 +221,37 @@ pub struct Dump {
     pub orders: Vec<Order>,
     /// Webhook records.
     pub webhooks: Vec<WebhookRecord>,
+    /// Client request idempotency-key records.
+    pub request_keys: Vec<RequestRecord>,
+}
+
+impl Dump {
+    /// The rows as a ledger, and a check of the invariants on it and of every request-key
+    /// record naming a hold or order that matches its request.
+    ///
+    /// # Errors
+    /// The first invariant violated or record that names no matching resource.
+    pub fn check(self) -> Result<(), String> {
+        let ledger = flashsale_core::Ledger::from_rows(
+            self.products,
+            self.holds,
+            self.orders,
+            self.webhooks,
+        );
+        ledger.check_invariants().map_err(|v| v.to_string())?;
+        match self
+            .request_keys
+            .iter()
+            .find(|r| !r.names_its_resource(&ledger))
+        {
+            Some(record) => Err(format!(
+                "idempotency key {} names {} {}, which does not match {:?}",
+                record.key,
+                record.request.name(),
+                record.resource_id,
+                record.request
+            )),
+            None => Ok(()),
+        }
+    }
 }

@@ -643,7 +643,7 @@ impl Transaction for SqlTx {
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {
-        let (products, holds, orders, webhooks) = on_conn!(self, |conn, _d| {
+        let (products, holds, orders, webhooks, request_keys) = on_conn!(self, |conn, _d| {
             let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(
                 "SELECT id, name, price_cents, stock, units_received FROM products ORDER BY id",
             )
@@ -668,10 +668,17 @@ impl Transaction for SqlTx {
                 "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, received_at \
                  FROM webhooks ORDER BY idempotency_key",
             )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let request_keys: Vec<RequestKeyRow> = sqlx::query_as::<Db, _>(
+                "SELECT idempotency_key, request, product_id, qty, hold_id, resource_id, created, \
+                 created_at FROM request_keys ORDER BY idempotency_key",
+            )
             .fetch_all(conn)
             .await
             .map_err(map_err)?;
-            Ok::<_, StoreError>((products, holds, orders, webhooks))
+            Ok::<_, StoreError>((products, holds, orders, webhooks, request_keys))
         })?;
         Ok(Dump {
             products: products.into_iter().map(product_from_row).collect(),
@@ -686,6 +693,10 @@ impl Transaction for SqlTx {
             webhooks: webhooks
                 .into_iter()
                 .map(webhook_from_row)
+                .collect::<StoreResult<_>>()?,
+            request_keys: request_keys
+                .into_iter()
+                .map(request_key_from_row)
                 .collect::<StoreResult<_>>()?,
         })
     }

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flashsale_core::Ledger;
 use flashsale_server::signature::{self, Secret};
 use flashsale_server::store::sql::SqlStore;
 use flashsale_server::store::{Dump, Storage, Transaction, TxMode};
@@ -506,9 +505,7 @@ impl TestApp {
                 self.log_tail()
             );
         }
-        let dump = self.dump().await;
-        let ledger = Ledger::from_rows(dump.products, dump.holds, dump.orders, dump.webhooks);
-        if let Err(violation) = ledger.check_invariants() {
+        if let Err(violation) = self.dump().await.check() {
             panic!("invariant violated in the database at the end of the test: {violation}");
         }
         self.stop();
@@ -619,5 +616,9 @@ pub fn assert_same_rows(before: &Dump, after: &Dump, what: &str) {
     assert_eq!(
         before.webhooks, after.webhooks,
         "{what}: webhook records changed"
+    );
+    assert_eq!(
+        before.request_keys, after.request_keys,
+        "{what}: request key records changed"
     );
 }

@@ -5,10 +5,13 @@
 //! `Released` are final. A held hold whose `expires_at` has passed still counts as held in the
 //! state until a transaction releases it, but it is never granted against and never consumed.
 
-use crate::ids::{HoldId, OrderId, ProductId, Qty};
+use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::invariants::Violation;
 use crate::outcome::Rejection;
 use crate::product::{self, Product};
+use crate::request::KeyedRequest;
 use crate::time::{Timestamp, is_past};
+use crate::writes::{Changes, RequestKeyWrite, Resource, WriteSet};
 
 /// The largest quantity one hold may ask for.
 pub const HOLD_QTY_MAX: Qty = Qty(10_000);
@@ -166,50 +169,128 @@ pub fn validate_request(qty: Qty, ttl_ms: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// One hold request of a batch: the units asked for, and the client's idempotency key if it sent
+/// one (the key's record is written with the grant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// Units asked for.
+    pub qty: Qty,
+    /// The request's idempotency key, already decided fresh by the shell.
+    pub key: Option<IdempotencyKey>,
+}
+
+impl HoldRequest {
+    /// A request without a key.
+    pub fn unkeyed(qty: Qty) -> Self {
+        HoldRequest { qty, key: None }
+    }
+}
+
+/// A batch's decisions, one per request in order, and what they write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldsDecided {
+    /// Each request's grant or rejection; the `n`th grant is the `n`th hold inserted.
+    pub decisions: Vec<Result<HoldGrant, Rejection>>,
+    /// The product's expired holds released (only when something was granted), by id.
+    pub holds_released: Vec<HoldId>,
+    /// The writes: nothing when nothing was granted, so a refused batch changes nothing.
+    pub writes: WriteSet,
+}
+
 /// Decides a batch of hold requests on one product, granted in arrival order: each request is
 /// granted if its `qty` fits in what the earlier grants left available, else rejected with
 /// [`Rejection::InsufficientStock`] naming what was available to it. The result has one entry per
 /// request, in order, so a batch decides exactly as the same requests one by one would.
 ///
-/// Precondition: the caller released the product's expired holds at `now` first, so `units_held`
-/// is the sum of its held, unexpired holds (and so at most `stock`).
-pub fn place_holds(
-    product: &Product,
-    units_held: Qty,
-    requests: &[Qty],
-    now: Timestamp,
-    ttl_ms: u64,
-) -> Vec<Result<HoldGrant, Rejection>> {
-    let mut available = available_before(product, units_held);
-    let decisions: Vec<_> = requests
-        .iter()
-        .map(|&qty| decide(&mut available, qty, now, ttl_ms))
-        .collect();
-    debug_assert_eq!(decisions.len(), requests.len(), "one decision per request");
-    decisions
-}
-
-/// Decides one hold request: [`place_holds`] with a batch of one, without allocating.
+/// `expired` are the product's holds in state held whose deadline has passed at `now` (the shell
+/// reads them through an index). They do not count against `available`, and when anything is
+/// granted they are released by the same write-set, so expiry is a transition, not a query.
 ///
 /// # Errors
-/// As [`place_holds`].
-pub fn place_hold(
+/// A [`Violation`] when the product's counters disagree with `expired` or its stock.
+pub fn place_holds(
     product: &Product,
-    units_held: Qty,
-    qty: Qty,
+    expired: &[Hold],
+    requests: &[HoldRequest],
     now: Timestamp,
     ttl_ms: u64,
-) -> Result<HoldGrant, Rejection> {
-    let mut available = available_before(product, units_held);
-    decide(&mut available, qty, now, ttl_ms)
+) -> Result<HoldsDecided, Violation> {
+    let units_expired = expired_units(product, expired, now)?;
+    let mut available = product::available(product, units_expired)?;
+    let decisions: Vec<_> = requests
+        .iter()
+        .map(|request| decide(&mut available, request.qty, now, ttl_ms))
+        .collect();
+    debug_assert_eq!(decisions.len(), requests.len(), "one decision per request");
+    if decisions.iter().all(Result::is_err) {
+        // Nothing granted: the expired holds stay as they were, and nothing is written.
+        return Ok(HoldsDecided {
+            decisions,
+            holds_released: Vec::new(),
+            writes: WriteSet::default(),
+        });
+    }
+    let mut changes = Changes::on(product);
+    for hold in expired {
+        changes.release(hold, ReleaseReason::Expired)?;
+    }
+    for (request, decision) in requests.iter().zip(&decisions) {
+        let Ok(grant) = decision else { continue };
+        let n = changes.grant(*grant)?;
+        if let Some(key) = &request.key {
+            changes.record_request(RequestKeyWrite {
+                key: key.clone(),
+                request: KeyedRequest::PlaceHold {
+                    product_id: product.id,
+                    qty: request.qty,
+                },
+                resource: Resource::InsertedHold(n),
+                created: true,
+                created_at: now,
+            });
+        }
+    }
+    let mut holds_released: Vec<HoldId> = expired.iter().map(|h| h.id).collect();
+    holds_released.sort_unstable();
+    Ok(HoldsDecided {
+        decisions,
+        holds_released,
+        writes: changes.finish(),
+    })
 }
 
-fn available_before(product: &Product, units_held: Qty) -> Qty {
-    assert!(
-        units_held <= product.stock,
-        "invariant 1: units held exceed stock"
-    );
-    product::available(product, units_held)
+/// Releases the product's expired holds (`expired`, as for [`place_holds`]) on their own, as the
+/// sweeper does.
+///
+/// # Errors
+/// A [`Violation`] when the product's counters disagree with `expired`.
+pub fn release_expired(
+    changes: &mut Changes,
+    expired: &[Hold],
+    now: Timestamp,
+) -> Result<(), Violation> {
+    expired_units(changes.product(), expired, now)?;
+    expired
+        .iter()
+        .try_for_each(|hold| changes.release(hold, ReleaseReason::Expired))
+}
+
+/// The units of `expired`, after checking each is a held hold of `product` past its deadline.
+fn expired_units(product: &Product, expired: &[Hold], now: Timestamp) -> Result<Qty, Violation> {
+    let mut units = Qty::ZERO;
+    for hold in expired {
+        let fits = hold.product_id == product.id && hold.state == HoldState::Held;
+        if !fits || !hold.is_expired(now) {
+            return Err(Violation::HoldNotHeld { hold_id: hold.id });
+        }
+        units = units
+            .checked_add(hold.qty)
+            .ok_or(Violation::CounterOutOfRange {
+                product_id: product.id,
+                counter: "units_held",
+            })?;
+    }
+    Ok(units)
 }
 
 /// The one hold decision: grant `qty` out of `available` (and take it), or say what was there.
@@ -244,6 +325,7 @@ mod tests {
             name: "p".into(),
             price_cents: Cents(100),
             stock: Qty(stock),
+            units_held: Qty::ZERO,
             units_received: u64::from(stock),
         }
     }
@@ -251,8 +333,13 @@ mod tests {
     #[test]
     fn a_batch_is_granted_in_arrival_order_against_what_is_left() {
         let now = Timestamp(1_000);
-        let requests = [Qty(2), Qty(3), Qty(1), Qty(1)];
-        let decisions = place_holds(&product(5), Qty(1), &requests, now, HOLD_TTL_MS_DEFAULT);
+        let requests = [2, 3, 1, 1].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+        let held = Product {
+            units_held: Qty(1),
+            ..product(5)
+        };
+        let decided = place_holds(&held, &[], &requests, now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let decisions = decided.decisions;
         let expires_at = now.saturating_add_ms(HOLD_TTL_MS_DEFAULT);
         let grant = |qty| {
             Ok(HoldGrant {
@@ -274,15 +361,46 @@ mod tests {
     fn zero_qty_and_out_of_range_ttl_are_rejected_before_stock() {
         let p = product(0);
         let now = Timestamp(0);
-        let zero = place_hold(&p, Qty(0), Qty(0), now, HOLD_TTL_MS_DEFAULT);
-        assert_eq!(zero, Err(Rejection::InvalidQty { qty: Qty(0) }));
-        let ttl = place_hold(&p, Qty(0), Qty(1), now, HOLD_TTL_MS_MAX + 1);
+        let one = |qty, ttl_ms| {
+            let request = [HoldRequest::unkeyed(Qty(qty))];
+            let decided = place_holds(&p, &[], &request, now, ttl_ms).unwrap();
+            assert!(decided.writes.is_empty(), "a refusal writes nothing");
+            decided.decisions[0].clone()
+        };
         assert_eq!(
-            ttl,
+            one(0, HOLD_TTL_MS_DEFAULT),
+            Err(Rejection::InvalidQty { qty: Qty(0) })
+        );
+        assert_eq!(
+            one(1, HOLD_TTL_MS_MAX + 1),
             Err(Rejection::InvalidTtl {
                 ttl_ms: HOLD_TTL_MS_MAX + 1
             })
         );
+    }
+
+    #[test]
+    fn a_grant_releases_the_expired_holds_and_a_refusal_keeps_them() {
+        let expired = HoldGrant {
+            qty: Qty(3),
+            created_at: Timestamp(0),
+            expires_at: Timestamp(10),
+        }
+        .with_id(HoldId(4), ProductId(1));
+        let p = Product {
+            units_held: Qty(3),
+            ..product(3)
+        };
+        let ask = |qty| [HoldRequest::unkeyed(Qty(qty))];
+        let now = Timestamp(10);
+        let granted = place_holds(&p, &[expired], &ask(3), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        assert_eq!(granted.holds_released, vec![HoldId(4)]);
+        let counters = granted.writes.product.map(|p| p.units_held);
+        assert_eq!(counters, Some(Qty(3)));
+        let refused = place_holds(&p, &[expired], &ask(4), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        assert!(refused.writes.is_empty());
+        let early = place_holds(&p, &[expired], &ask(1), Timestamp(9), HOLD_TTL_MS_DEFAULT);
+        assert_eq!(early, Err(Violation::HoldNotHeld { hold_id: HoldId(4) }));
     }
 
     #[test]

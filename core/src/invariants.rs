@@ -26,6 +26,36 @@ pub enum Violation {
         /// Units in stock.
         stock: Qty,
     },
+    /// Invariant 1: a product's `units_held` counter differs from the units of its held holds.
+    HeldCounterMismatch {
+        /// The product.
+        product_id: ProductId,
+        /// The counter on the product row.
+        counter: Qty,
+        /// Units in held holds, summed from the rows.
+        units_held: u64,
+    },
+    /// A product counter read from the rows cannot give up or take the units a decision moves:
+    /// the rows are corrupt.
+    CounterOutOfRange {
+        /// The product.
+        product_id: ProductId,
+        /// `stock` or `units_held`.
+        counter: &'static str,
+    },
+    /// A decision was handed a hold as held that is not held, or not of the locked product.
+    HoldNotHeld {
+        /// The hold.
+        hold_id: HoldId,
+    },
+    /// Invariant 3: a decision would move an order that is already terminal (or of another
+    /// product).
+    TerminalOrderChanged {
+        /// The order.
+        order_id: OrderId,
+    },
+    /// A write-set names an inserted row whose id the storage did not return.
+    WriteSetUnresolved,
     /// Invariant 2: stock plus units sold differs from units ever received.
     UnitsNotConserved {
         /// The product.
@@ -111,6 +141,13 @@ fn check_products(ledger: &Ledger) -> Result<(), Violation> {
     }
     for product in ledger.products() {
         let held = units_held.get(&product.id).copied().unwrap_or(0);
+        if held != u64::from(product.units_held.0) {
+            return Err(Violation::HeldCounterMismatch {
+                product_id: product.id,
+                counter: product.units_held,
+                units_held: held,
+            });
+        }
         if held > u64::from(product.stock.0) {
             let (product_id, stock) = (product.id, product.stock);
             return Err(Violation::HeldExceedsStock {

@@ -24,13 +24,14 @@ pub mod product;
 pub mod request;
 pub mod state;
 pub mod time;
+pub mod writes;
 
 pub use command::Command;
-pub use hold::{Hold, HoldGrant, HoldState, HoldView, ReleaseReason};
+pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
 pub use ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 pub use invariants::Violation;
-pub use order::{NewOrder, Order, OrderDecision, OrderStatus};
-pub use outcome::{Outcome, Rejection};
+pub use order::{NewOrder, Order, OrderDecided, OrderStatus};
+pub use outcome::{Outcome, Refusal, Rejection};
 pub use payment::{
     Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,
     WebhookResult,
@@ -39,3 +40,4 @@ pub use product::{NewProduct, Product};
 pub use request::{KeyDecision, KeyedRequest, RequestRecord};
 pub use state::Ledger;
 pub use time::Timestamp;
+pub use writes::{Changes, Inserted, RequestKeyWrite, Resource, WriteSet};

@@ -6,10 +6,13 @@
 //! them, exactly once, because only a `PrePayment` order can be cancelled.
 
 use crate::hold::{Hold, HoldState};
-use crate::ids::{Cents, HoldId, OrderId, ProductId, Qty};
-use crate::outcome::Rejection;
+use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::invariants::Violation;
+use crate::outcome::{Refusal, Rejection};
 use crate::product::Product;
+use crate::request::KeyedRequest;
 use crate::time::{Timestamp, is_past};
+use crate::writes::{Changes, RequestKeyWrite, Resource, WriteSet};
 
 /// The shortest payment window accepted: one second.
 pub const PAYMENT_WINDOW_MS_MIN: u64 = 1_000;
@@ -133,13 +136,14 @@ impl NewOrder {
     }
 }
 
-/// The decision on an order request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OrderDecision {
-    /// The hold was already consumed by this order: answer it again, change nothing.
-    Existing(OrderId),
-    /// Create this order: consume the hold and take `qty` units out of the product's stock.
-    Create(NewOrder),
+/// The decision on an order request, with what it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderDecided {
+    /// The order the hold already became, answered again; `None` when this decision creates
+    /// the order in `writes.order_inserted`.
+    pub existing: Option<OrderId>,
+    /// The writes: the new order consuming its hold, and the request's key record if any.
+    pub writes: WriteSet,
 }
 
 /// Checks a payment window before anything is read.
@@ -154,7 +158,8 @@ pub fn validate_payment_window(payment_window_ms: u64) -> Result<(), Rejection> 
     }
 }
 
-/// Decides an order for `hold` of `product` at `now`.
+/// Decides an order for `hold` of `product` at `now`, under the request's idempotency key if it
+/// has one (already decided fresh by the shell; its record is written with the answer).
 ///
 /// Checks, first failure wins: the window's range; the hold's state (a consumed hold answers its
 /// order, a released one is [`Rejection::HoldReleased`]); its deadline
@@ -162,34 +167,71 @@ pub fn validate_payment_window(payment_window_ms: u64) -> Result<(), Rejection> 
 /// A rejection changes nothing, so an expired hold stays held until a sweep or a grant releases it.
 ///
 /// # Errors
-/// As listed above.
+/// As listed above, as [`Refusal::Rejected`]; [`Refusal::Violated`] when the product's counters
+/// cannot give up the hold's units.
 pub fn place_order(
     hold: &Hold,
     product: &Product,
     now: Timestamp,
     payment_window_ms: u64,
-) -> Result<OrderDecision, Rejection> {
+    key: Option<&IdempotencyKey>,
+) -> Result<OrderDecided, Refusal> {
     assert_eq!(
         hold.product_id, product.id,
         "the caller read the hold's own product"
     );
     validate_payment_window(payment_window_ms)?;
-    match hold.state {
-        HoldState::Consumed(order_id) => return Ok(OrderDecision::Existing(order_id)),
-        HoldState::Released(_) => return Err(Rejection::HoldReleased { hold_id: hold.id }),
-        HoldState::Held => {}
+    let mut changes = Changes::on(product);
+    let existing = match hold.state {
+        HoldState::Consumed(order_id) => Some(order_id),
+        HoldState::Released(_) => return Err(Rejection::HoldReleased { hold_id: hold.id }.into()),
+        HoldState::Held if hold.is_expired(now) => {
+            return Err(Rejection::HoldExpired { hold_id: hold.id }.into());
+        }
+        HoldState::Held => {
+            let order = new_order(
+                hold,
+                product,
+                now,
+                OrderStatus::PrePayment,
+                payment_window_ms,
+            )?;
+            changes.consume(hold, order)?;
+            None
+        }
+    };
+    if let Some(key) = key {
+        changes.record_request(RequestKeyWrite {
+            key: key.clone(),
+            request: KeyedRequest::PlaceOrder { hold_id: hold.id },
+            resource: existing.map_or(Resource::InsertedOrder, Resource::Order),
+            created: existing.is_none(),
+            created_at: now,
+        });
     }
-    if hold.is_expired(now) {
-        return Err(Rejection::HoldExpired { hold_id: hold.id });
+    Ok(OrderDecided {
+        existing,
+        writes: changes.finish(),
+    })
+}
+
+/// Cancels the product's pre-payment orders whose payment window has closed at `now`, as the
+/// sweeper does: their units return to stock.
+///
+/// # Errors
+/// A [`Violation`] when an order is not overdue pre-payment, or the stock would overflow.
+pub fn cancel_overdue(
+    changes: &mut Changes,
+    overdue: &[Order],
+    now: Timestamp,
+) -> Result<(), Violation> {
+    for order in overdue {
+        if !order.is_overdue(now) {
+            return Err(Violation::TerminalOrderChanged { order_id: order.id });
+        }
+        changes.cancel(order)?;
     }
-    let order = new_order(
-        hold,
-        product,
-        now,
-        OrderStatus::PrePayment,
-        payment_window_ms,
-    )?;
-    Ok(OrderDecision::Create(order))
+    Ok(())
 }
 
 /// The order that consumes `hold`, with the given status. Shared by [`place_order`] and the
@@ -201,10 +243,6 @@ pub(crate) fn new_order(
     status: OrderStatus,
     payment_window_ms: u64,
 ) -> Result<NewOrder, Rejection> {
-    assert!(
-        hold.qty <= product.stock,
-        "invariant 1: a held hold's units are in stock"
-    );
     let total_cents = product
         .price_cents
         .times(hold.qty)
@@ -220,26 +258,6 @@ pub(crate) fn new_order(
     })
 }
 
-/// The hold's state once `order` consumed it, and the product's stock after the sale.
-pub fn consume(product: &Product, order: &Order) -> (HoldState, Qty) {
-    let stock = product.stock.checked_sub(order.qty);
-    let stock = stock.unwrap_or_else(|| panic!("invariant 1: order {} exceeds stock", order.id));
-    (HoldState::Consumed(order.id), stock)
-}
-
-/// The product's stock after `order` is cancelled and its units returned.
-///
-/// Precondition: `order` is `PrePayment`, so its units are returned exactly once.
-pub fn cancel(product: &Product, order: &Order) -> Qty {
-    assert_eq!(
-        order.status,
-        OrderStatus::PrePayment,
-        "invariant 3: only a live order cancels"
-    );
-    let stock = product.stock.checked_add(order.qty);
-    stock.unwrap_or_else(|| panic!("invariant 2: returning order {} overflows stock", order.id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +271,7 @@ mod tests {
             name: "p".into(),
             price_cents: Cents(500),
             stock: Qty(3),
+            units_held: Qty(2),
             units_received: 3,
         }
     }
@@ -271,10 +290,27 @@ mod tests {
 
     #[test]
     fn a_held_hold_becomes_a_pre_payment_order_priced_at_qty_times_price() {
-        let decision = place_order(&hold(HoldState::Held), &product(), Timestamp(50), 1_000);
-        let Ok(OrderDecision::Create(order)) = decision else {
+        let decision = place_order(
+            &hold(HoldState::Held),
+            &product(),
+            Timestamp(50),
+            1_000,
+            None,
+        );
+        let Ok(OrderDecided {
+            existing: None,
+            writes,
+        }) = decision
+        else {
             panic!("{decision:?}")
         };
+        let order = writes.order_inserted.expect("an order is inserted");
+        let counters = writes.product.map(|p| (p.stock, p.units_held));
+        assert_eq!(
+            counters,
+            Some((Qty(1), Qty(0))),
+            "sold: out of stock and held"
+        );
         assert_eq!(order.total_cents, Cents(1_000));
         assert_eq!(order.status, OrderStatus::PrePayment);
         assert_eq!(order.payment_due_at, Timestamp(1_050));
@@ -283,19 +319,28 @@ mod tests {
     #[test]
     fn expired_released_and_consumed_holds_are_answered_without_a_new_order() {
         let p = product();
-        let expired = place_order(&hold(HoldState::Held), &p, Timestamp(100), 1_000);
-        assert_eq!(expired, Err(Rejection::HoldExpired { hold_id: HoldId(7) }));
-        let released = place_order(&hold(PAYMENT_FAILED), &p, Timestamp(0), 1_000);
+        let expired = place_order(&hold(HoldState::Held), &p, Timestamp(100), 1_000, None);
+        let refused = |rejection: Rejection| Err(Refusal::Rejected(rejection));
+        assert_eq!(
+            expired,
+            refused(Rejection::HoldExpired { hold_id: HoldId(7) })
+        );
+        let released = place_order(&hold(PAYMENT_FAILED), &p, Timestamp(0), 1_000, None);
         assert_eq!(
             released,
-            Err(Rejection::HoldReleased { hold_id: HoldId(7) })
+            refused(Rejection::HoldReleased { hold_id: HoldId(7) })
         );
         let consumed = place_order(
             &hold(HoldState::Consumed(OrderId(3))),
             &p,
             Timestamp(500),
             1_000,
+            None,
         );
-        assert_eq!(consumed, Ok(OrderDecision::Existing(OrderId(3))));
+        let found = OrderDecided {
+            existing: Some(OrderId(3)),
+            writes: WriteSet::default(),
+        };
+        assert_eq!(consumed, Ok(found));
     }
 }

@@ -9,6 +9,7 @@ use std::fmt;
 
 use crate::hold::Hold;
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::invariants::Violation;
 use crate::order::Order;
 use crate::payment::WebhookRecord;
 use crate::product::Product;
@@ -182,3 +183,26 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+/// Why a decision wrote nothing: the command was refused (a [`Rejection`], which the client is
+/// told), or the rows the shell read for it break an invariant (a [`Violation`]: the shell fails
+/// the request closed and reports it, since the core cannot repair stored state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The command was refused.
+    Rejected(Rejection),
+    /// The rows read are corrupt.
+    Violated(Violation),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(rejection: Rejection) -> Self {
+        Refusal::Rejected(rejection)
+    }
+}
+
+impl From<Violation> for Refusal {
+    fn from(violation: Violation) -> Self {
+        Refusal::Violated(violation)
+    }
+}

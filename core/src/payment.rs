@@ -24,10 +24,12 @@ use std::fmt;
 
 use crate::hold::{Hold, HoldState, ReleaseReason};
 use crate::ids::{HoldId, IdempotencyKey, OrderId};
+use crate::invariants::Violation;
 use crate::order::{self, NewOrder, Order, OrderStatus};
-use crate::outcome::Rejection;
+use crate::outcome::{Refusal, Rejection};
 use crate::product::Product;
 use crate::time::Timestamp;
+use crate::writes::{Changes, WriteSet};
 
 /// The provider's verdict. `cancelled` is accepted as an alias of `failed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -179,15 +181,16 @@ pub enum WebhookEffect {
 pub enum WebhookDecision {
     /// The key was seen with the same payload: answer its record, change nothing.
     Replay(WebhookRecord),
-    /// A new key: store the record (with the order id the effect leads to, where the store
-    /// assigns it for [`WebhookEffect::CreatePaidOrder`]) and apply the effect.
+    /// A new key: write its record and its effect together.
     New {
-        /// The result to record and answer.
+        /// The result recorded and answered.
         result: WebhookResult,
-        /// The order concerned, when it already exists.
-        order_id: Option<OrderId>,
-        /// The change to make.
+        /// The change made, as the module table says.
         effect: WebhookEffect,
+        /// The writes: the effect and the key's record (whose `order_id` names the order
+        /// concerned, or is resolved to the order the effect inserts). Boxed: it is the large
+        /// variant, and a replay is the common answer to a provider's retries.
+        writes: Box<WriteSet>,
     },
 }
 
@@ -200,21 +203,70 @@ pub enum WebhookDecision {
 ///
 /// # Errors
 /// [`Rejection::IdempotencyKeyReused`] when the key was used with another payload, naming the
-/// first field that differs.
+/// first field that differs; a [`Violation`] when the rows read are inconsistent (a consumed hold
+/// without its order, counters that cannot move the units).
 pub fn decide_webhook(
     record: Option<&WebhookRecord>,
     payload: &WebhookPayload,
     hold_and_product: Option<(&Hold, &Product)>,
     order: Option<&Order>,
     now: Timestamp,
-) -> Result<WebhookDecision, Rejection> {
+) -> Result<WebhookDecision, Refusal> {
     if let Some(record) = record {
         assert_eq!(
             record.key, payload.key,
             "the caller read the payload's own record"
         );
-        return replay(record, payload);
+        return Ok(replay(record, payload)?);
     }
+    let (result, order_id, effect) = decide_new(payload, hold_and_product, order, now)?;
+    let mut changes = hold_and_product.map(|(_, product)| Changes::on(product));
+    match (&mut changes, effect) {
+        (_, WebhookEffect::None) => {}
+        (Some(changes), WebhookEffect::PayOrder(_)) => changes.pay(order_of(order)?)?,
+        (Some(changes), WebhookEffect::CancelOrder(_)) => changes.cancel(order_of(order)?)?,
+        (Some(changes), WebhookEffect::CreatePaidOrder(new)) => {
+            changes.consume(hold_of(hold_and_product)?, new)?;
+        }
+        (Some(changes), WebhookEffect::ReleaseHold(_, reason)) => {
+            changes.release(hold_of(hold_and_product)?, reason)?;
+        }
+        (None, _) => return Err(Violation::WriteSetUnresolved.into()),
+    }
+    let mut writes = changes.map_or_else(Changes::none, Changes::finish);
+    writes.webhook = Some(WebhookRecord {
+        key: payload.key.clone(),
+        hold_id: payload.hold_id,
+        status: payload.status,
+        fingerprint: payload.fingerprint(),
+        result,
+        order_id,
+        received_at: now,
+    });
+    Ok(WebhookDecision::New {
+        result,
+        effect,
+        writes: Box::new(writes),
+    })
+}
+
+fn order_of(order: Option<&Order>) -> Result<&Order, Violation> {
+    order.ok_or(Violation::WriteSetUnresolved)
+}
+
+fn hold_of<'a>(hold_and_product: Option<(&'a Hold, &Product)>) -> Result<&'a Hold, Violation> {
+    hold_and_product
+        .map(|(hold, _)| hold)
+        .ok_or(Violation::WriteSetUnresolved)
+}
+
+/// A new key's result, the order concerned if it exists, and the effect, as the table says.
+fn decide_new(
+    payload: &WebhookPayload,
+    hold_and_product: Option<(&Hold, &Product)>,
+    order: Option<&Order>,
+    now: Timestamp,
+) -> Result<(WebhookResult, Option<OrderId>, WebhookEffect), Violation> {
     let Some((hold, product)) = hold_and_product else {
         return Ok(new(WebhookResult::Unmatched, None, WebhookEffect::None));
     };
@@ -231,13 +283,11 @@ pub fn decide_webhook(
             assert_eq!(order.id, order_id, "the caller read the hold's own order");
             Ok(decide_for_order(order, payload.status, now))
         }
-        (HoldState::Consumed(order_id), None) => {
-            panic!(
-                "invariant 3: hold {} consumed by missing order {order_id}",
-                hold.id
-            )
-        }
-        (HoldState::Held, _) => decide_for_held(hold, product, payload.status, now),
+        (HoldState::Consumed(order_id), None) => Err(Violation::HoldOrderMismatch {
+            hold_id: hold.id,
+            order_id,
+        }),
+        (HoldState::Held, _) => Ok(decide_for_held(hold, product, payload.status, now)),
         (HoldState::Released(_), _) => Ok(match payload.status {
             PaymentStatus::Paid => new(WebhookResult::RefundRequired, None, WebhookEffect::None),
             PaymentStatus::Failed => new(WebhookResult::AlreadyApplied, None, WebhookEffect::None),
@@ -269,7 +319,7 @@ fn replay(record: &WebhookRecord, payload: &WebhookPayload) -> Result<WebhookDec
     }
 }
 
-fn decide_for_order(order: &Order, status: PaymentStatus, now: Timestamp) -> WebhookDecision {
+fn decide_for_order(order: &Order, status: PaymentStatus, now: Timestamp) -> Decided {
     let id = Some(order.id);
     match (order.status, status) {
         (OrderStatus::PrePayment, PaymentStatus::Paid) if order.is_overdue(now) => new(
@@ -305,9 +355,9 @@ fn decide_for_held(
     product: &Product,
     status: PaymentStatus,
     now: Timestamp,
-) -> Result<WebhookDecision, Rejection> {
+) -> Decided {
     let release = |reason| WebhookEffect::ReleaseHold(hold.id, reason);
-    Ok(match status {
+    match status {
         PaymentStatus::Paid if hold.is_expired(now) => {
             // Released here, not left for the sweep: once the money is to be refunded, a clock
             // that runs behind must not let an order consume the hold.
@@ -336,15 +386,14 @@ fn decide_for_held(
             None,
             release(ReleaseReason::PaymentFailed),
         ),
-    })
+    }
 }
 
-fn new(result: WebhookResult, order_id: Option<OrderId>, effect: WebhookEffect) -> WebhookDecision {
-    WebhookDecision::New {
-        result,
-        order_id,
-        effect,
-    }
+/// A new key's result, the existing order concerned, and the effect.
+type Decided = (WebhookResult, Option<OrderId>, WebhookEffect);
+
+fn new(result: WebhookResult, order_id: Option<OrderId>, effect: WebhookEffect) -> Decided {
+    (result, order_id, effect)
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! conservation invariant compares against.
 
 use crate::ids::{Cents, ProductId, Qty};
+use crate::invariants::Violation;
 use crate::outcome::Rejection;
+use crate::writes::{Changes, WriteSet};
 
 /// The longest product name accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
@@ -27,6 +29,9 @@ pub struct Product {
     pub price_cents: Cents,
     /// Units not yet sold (held units included).
     pub stock: Qty,
+    /// Units of the product's holds in state held, expired or not: a counter kept in step with
+    /// every grant, release and order, so availability never sums the holds.
+    pub units_held: Qty,
     /// Units ever received: the initial stock plus every restock.
     pub units_received: u64,
 }
@@ -50,6 +55,7 @@ impl NewProduct {
             name: self.name,
             price_cents: self.price_cents,
             stock: self.stock,
+            units_held: Qty::ZERO,
             units_received: u64::from(self.stock.0),
         }
     }
@@ -74,12 +80,20 @@ pub fn create_product(name: &str, price_cents: Cents, stock: Qty) -> Result<NewP
     })
 }
 
-/// Decides a restock of `qty` units: the product's new `(stock, units_received)`.
+/// Decides a restock of `qty` units: the write of the product's new `stock` and
+/// `units_received`.
 ///
 /// # Errors
 /// [`Rejection::InvalidQty`] for zero units; [`Rejection::StockOverflow`] if the new stock does
 /// not fit in a [`Qty`].
-pub fn restock(product: &Product, qty: Qty) -> Result<(Qty, u64), Rejection> {
+pub fn restock(product: &Product, qty: Qty) -> Result<WriteSet, Rejection> {
+    let (stock, units_received) = restocked(product, qty)?;
+    let mut changes = Changes::on(product);
+    changes.restock(stock, units_received);
+    Ok(changes.finish())
+}
+
+fn restocked(product: &Product, qty: Qty) -> Result<(Qty, u64), Rejection> {
     validate_restock(qty)?;
     let stock = product
         .stock
@@ -109,11 +123,27 @@ pub fn validate_restock(qty: Qty) -> Result<(), Rejection> {
     }
 }
 
-/// Units a buyer can still hold: `stock` minus the units of unexpired holds, never below zero.
+/// Units a buyer can still hold at some instant: `stock` minus the units of its live holds,
+/// which are the `units_held` counter less `units_expired`, the units of its held holds whose
+/// deadline has passed at that instant and that no transaction has released yet.
 ///
-/// `units_held` must count only holds in state held whose `expires_at` is still ahead of `now`.
-pub fn available(product: &Product, units_held: Qty) -> Qty {
-    product.stock.saturating_sub(units_held)
+/// # Errors
+/// [`Violation::CounterOutOfRange`] if `units_expired` exceeds `units_held`, and
+/// [`Violation::HeldExceedsStock`] if the live units exceed the stock: the rows are corrupt.
+pub fn available(product: &Product, units_expired: Qty) -> Result<Qty, Violation> {
+    let live = product.units_held.checked_sub(units_expired);
+    let live = live.ok_or(Violation::CounterOutOfRange {
+        product_id: product.id,
+        counter: "units_held",
+    })?;
+    product
+        .stock
+        .checked_sub(live)
+        .ok_or(Violation::HeldExceedsStock {
+            product_id: product.id,
+            units_held: u64::from(live.0),
+            stock: product.stock,
+        })
 }
 
 #[cfg(test)]
@@ -150,7 +180,9 @@ mod tests {
 
     #[test]
     fn restock_adds_to_stock_and_units_received() {
-        assert_eq!(restock(&product(5), Qty(3)), Ok((Qty(8), 8)));
+        let restocked = restock(&product(5), Qty(3)).map(|w| w.product);
+        let counters = restocked.map(|p| p.map(|p| (p.stock, p.units_received)));
+        assert_eq!(counters, Ok(Some((Qty(8), 8))));
         assert_eq!(
             restock(&product(5), Qty(0)),
             Err(Rejection::InvalidQty { qty: Qty(0) })
@@ -165,8 +197,20 @@ mod tests {
     }
 
     #[test]
-    fn available_never_goes_below_zero() {
-        assert_eq!(available(&product(5), Qty(2)), Qty(3));
-        assert_eq!(available(&product(1), Qty(2)), Qty(0));
+    fn available_counts_live_holds_and_refuses_corrupt_counters() {
+        let held = |stock, units_held| Product {
+            units_held: Qty(units_held),
+            ..product(stock)
+        };
+        assert_eq!(available(&held(5, 2), Qty(0)), Ok(Qty(3)));
+        assert_eq!(available(&held(5, 2), Qty(2)), Ok(Qty(5)));
+        assert!(matches!(
+            available(&held(5, 2), Qty(3)),
+            Err(Violation::CounterOutOfRange { .. })
+        ));
+        assert!(matches!(
+            available(&held(1, 2), Qty(0)),
+            Err(Violation::HeldExceedsStock { .. })
+        ));
     }
 }

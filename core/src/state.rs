@@ -10,16 +10,27 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
-use crate::hold::{self, Hold, HoldState, ReleaseReason};
+use crate::hold::{self, Hold, HoldRequest, HoldState};
 use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::{self, Violation};
-use crate::order::{self, NewOrder, Order, OrderDecision, OrderStatus};
-use crate::outcome::{Outcome, Rejection};
-use crate::payment::{self, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord};
+use crate::order::{self, Order, OrderStatus};
+use crate::outcome::{Outcome, Refusal, Rejection};
+use crate::payment::{self, WebhookDecision, WebhookPayload, WebhookRecord};
 use crate::product::{self, Product};
 use crate::time::{Timestamp, is_past};
+use crate::writes::{Changes, Inserted, WriteSet};
 
-/// The held holds of one product in deadline order, and their total units.
+/// A refusal of the ledger's own decision: a rejection is answered; a violation means the
+/// ledger's own rows are corrupt, which is a bug.
+fn refused(refusal: Refusal) -> Rejection {
+    match refusal {
+        Refusal::Rejected(rejection) => rejection,
+        Refusal::Violated(violation) => panic!("ledger corrupt: {violation}"),
+    }
+}
+
+/// The held holds of one product in deadline order (their units are the product's
+/// `units_held` counter).
 ///
 /// A queue, because deadlines mostly arrive in order (`now + ttl` with a steady clock): a grant
 /// appends, and releasing expired holds pops from the front. A hold that leaves held another way
@@ -28,7 +39,6 @@ use crate::time::{Timestamp, is_past};
 #[derive(Clone, Debug, Default)]
 struct HeldIndex {
     by_expiry: VecDeque<(Timestamp, HoldId)>,
-    units: Qty,
 }
 
 impl HeldIndex {
@@ -42,10 +52,6 @@ impl HeldIndex {
             }
             _ => self.by_expiry.push_back(entry),
         }
-        self.units = self
-            .units
-            .checked_add(hold.qty)
-            .unwrap_or_else(|| panic!("held overflow"));
     }
 
     /// The live entries, in deadline order.
@@ -232,7 +238,13 @@ impl Ledger {
     /// Units of a product available to a new hold at `now`, without releasing anything.
     pub fn available(&self, id: ProductId, now: Timestamp) -> Option<Qty> {
         let product = self.products.get(id.0)?;
-        Some(product::available(product, self.units_held_live(id, now)))
+        let expired = self.expired_holds(id, now);
+        let units_expired = expired.iter().fold(Qty::ZERO, |sum, h| {
+            sum.checked_add(h.qty)
+                .unwrap_or_else(|| panic!("held overflow"))
+        });
+        let available = product::available(product, units_expired);
+        Some(available.unwrap_or_else(|v| panic!("ledger corrupt: {v}")))
     }
 
     /// A hold.
@@ -284,10 +296,11 @@ impl Ledger {
 
     fn restock(&mut self, product_id: ProductId, qty: Qty) -> Result<Outcome, Rejection> {
         product::validate_restock(qty)?;
-        let product = self.products.get_mut(product_id.0);
+        let product = self.products.get(product_id.0);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        (product.stock, product.units_received) = product::restock(product, qty)?;
-        Ok(Outcome::Restocked(product.clone()))
+        let writes = product::restock(product, qty)?;
+        self.write(&writes);
+        Ok(Outcome::Restocked(self.product_of_id(product_id).clone()))
     }
 
     fn place_hold(
@@ -300,17 +313,23 @@ impl Ledger {
         hold::validate_request(qty, ttl_ms)?;
         let product = self.products.get(product_id.0);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        // Decide as if the expired holds were released, and release them only on a grant: a
-        // rejection changes nothing.
-        let units_held = self.units_held_live(product_id, now);
-        let grant = hold::place_hold(product, units_held, qty, now, ttl_ms)?;
-        let holds_released = self.release_expired(product_id, now);
-        let hold = grant.with_id(HoldId(self.holds.next_id()), product_id);
-        self.insert_held(&hold);
-        self.holds.insert(hold.id.0, hold);
+        let expired = self.expired_holds(product_id, now);
+        let request = [HoldRequest::unkeyed(qty)];
+        let decided = hold::place_holds(product, &expired, &request, now, ttl_ms);
+        let mut decided = decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
+        let grant = decided
+            .decisions
+            .pop()
+            .unwrap_or(Err(Rejection::InvalidQty { qty }))?;
+        let inserted = self.write(&decided.writes);
+        let hold_id = inserted.holds.first().copied();
+        let hold = grant.with_id(
+            hold_id.unwrap_or_else(|| panic!("grant not inserted")),
+            product_id,
+        );
         Ok(Outcome::HoldPlaced {
             hold,
-            holds_released,
+            holds_released: decided.holds_released,
         })
     }
 
@@ -326,23 +345,17 @@ impl Ledger {
             .get(hold_id.0)
             .ok_or(Rejection::UnknownHold { hold_id })?;
         let product = self.product_of(hold);
-        match order::place_order(hold, product, now, payment_window_ms)? {
-            OrderDecision::Existing(order_id) => {
-                let order = self.orders.get(order_id.0);
-                let order = order.unwrap_or_else(|| panic!("invariant 3: order {order_id} lost"));
-                Ok(Outcome::OrderPlaced {
-                    order: *order,
-                    created: false,
-                })
-            }
-            OrderDecision::Create(new) => {
-                let order = self.insert_order(new);
-                Ok(Outcome::OrderPlaced {
-                    order,
-                    created: true,
-                })
-            }
-        }
+        let decided = order::place_order(hold, product, now, payment_window_ms, None);
+        let decided = decided.map_err(refused)?;
+        let inserted = self.write(&decided.writes);
+        let order_id = decided.existing.or(inserted.order);
+        let order_id = order_id.unwrap_or_else(|| panic!("order not inserted"));
+        let order = self.orders.get(order_id.0);
+        let order = order.unwrap_or_else(|| panic!("invariant 3: order {order_id} lost"));
+        Ok(Outcome::OrderPlaced {
+            order: *order,
+            created: decided.existing.is_none(),
+        })
     }
 
     fn apply_webhook(
@@ -357,80 +370,53 @@ impl Ledger {
             HoldState::Consumed(order_id) => self.orders.get(order_id.0),
             HoldState::Held | HoldState::Released(_) => None,
         });
-        let (result, order_id, effect) =
-            match payment::decide_webhook(record, &payload, hold_and_product, order, now)? {
-                WebhookDecision::Replay(record) => {
-                    return Ok(Outcome::WebhookApplied {
-                        record,
-                        replayed: true,
-                    });
-                }
-                WebhookDecision::New {
-                    result,
-                    order_id,
-                    effect,
-                } => (result, order_id, effect),
-            };
-        let created = self.apply_webhook_effect(effect);
-        let record = WebhookRecord {
-            fingerprint: payload.fingerprint(),
-            key: payload.key,
-            hold_id: payload.hold_id,
-            status: payload.status,
-            result,
-            order_id: created.or(order_id),
-            received_at: now,
+        let decision = payment::decide_webhook(record, &payload, hold_and_product, order, now);
+        let writes = match decision.map_err(refused)? {
+            WebhookDecision::Replay(record) => {
+                return Ok(Outcome::WebhookApplied {
+                    record,
+                    replayed: true,
+                });
+            }
+            WebhookDecision::New { writes, .. } => writes,
         };
-        self.webhooks.insert(record.key.clone(), record.clone());
+        let inserted = self.write(&writes);
+        let record = writes.webhook_record(&inserted);
+        let record = record.ok().flatten();
         Ok(Outcome::WebhookApplied {
-            record,
+            record: record.unwrap_or_else(|| panic!("a new webhook writes its record")),
             replayed: false,
         })
     }
 
-    /// Writes a webhook's effect; returns the id of an order it created.
-    fn apply_webhook_effect(&mut self, effect: WebhookEffect) -> Option<OrderId> {
-        match effect {
-            WebhookEffect::None => None,
-            WebhookEffect::PayOrder(order_id) => {
-                self.set_order_status(order_id, OrderStatus::Paid);
-                None
-            }
-            WebhookEffect::CancelOrder(order_id) => {
-                self.cancel_order(order_id);
-                None
-            }
-            WebhookEffect::CreatePaidOrder(new) => Some(self.insert_order(new).id),
-            WebhookEffect::ReleaseHold(hold_id, reason) => {
-                self.release_hold(hold_id, reason);
-                None
-            }
-        }
-    }
-
-    /// Releases expired holds and cancels overdue orders, of every product or of `only`.
+    /// Releases expired holds and cancels overdue orders, of every product or of `only`, one
+    /// product's write-set at a time as the server's sweeper commits them.
     fn sweep(&mut self, now: Timestamp, only: Option<ProductId>) -> Outcome {
-        let product_ids: Vec<ProductId> = match only {
-            Some(product_id) => vec![product_id],
-            None => self.held.keys().copied().collect(),
-        };
-        let mut holds_released = Vec::new();
-        for product_id in product_ids {
-            holds_released.extend(self.release_expired(product_id, now));
-        }
-        holds_released.sort_unstable();
         let overdue = self
             .due
             .iter()
             .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let overdue = overdue.map(|&(_, id)| id).filter(|&id| {
-            let product_id = self.orders.get(id.0).map(|o| o.product_id);
-            only.is_none() || product_id == only
-        });
-        let mut orders_cancelled: Vec<OrderId> = overdue.collect();
-        for &id in &orders_cancelled {
-            self.cancel_order(id);
+        let overdue = overdue.filter_map(|&(_, id)| self.orders.get(id.0).map(|o| o.product_id));
+        let mut product_ids: BTreeSet<ProductId> = overdue.collect();
+        product_ids.extend(self.held.keys().copied());
+        if let Some(only) = only {
+            product_ids.retain(|&id| id == only);
         }
+        let mut holds_released = Vec::new();
+        let mut orders_cancelled = Vec::new();
+        for product_id in product_ids {
+            let expired = self.expired_holds(product_id, now);
+            let overdue = self.overdue_orders(product_id, now);
+            let mut changes = Changes::on(self.product_of_id(product_id));
+            let decided = hold::release_expired(&mut changes, &expired, now)
+                .and_then(|()| order::cancel_overdue(&mut changes, &overdue, now));
+            decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
+            let writes = changes.finish();
+            holds_released.extend(writes.holds_released.iter().map(|&(id, _)| id));
+            orders_cancelled.extend(writes.orders_updated.iter().map(|&(id, _)| id));
+            self.write(&writes);
+        }
+        holds_released.sort_unstable();
         orders_cancelled.sort_unstable();
         Outcome::Swept {
             holds_released,
@@ -438,34 +424,50 @@ impl Ledger {
         }
     }
 
-    /// Releases the product's held holds whose deadline has passed at `now`; returns their ids,
-    /// in id order.
-    fn release_expired(&mut self, product_id: ProductId, now: Timestamp) -> Vec<HoldId> {
-        let mut released = Vec::new();
-        let Some(index) = self.held.get_mut(&product_id) else {
-            return released;
-        };
-        while let Some(&(at, hold_id)) = index.by_expiry.front() {
-            let hold = self.holds.get_mut(hold_id.0);
-            let hold = hold.unwrap_or_else(|| panic!("held index names missing hold {hold_id}"));
-            if is_held(hold) && !is_past(at, now) {
-                break;
-            }
-            index.by_expiry.pop_front();
-            if is_held(hold) {
-                hold.state = HoldState::Released(ReleaseReason::Expired);
-                index.units = index
-                    .units
-                    .checked_sub(hold.qty)
-                    .unwrap_or_else(|| panic!("underflow"));
-                released.push(hold_id);
-            }
+    /// Applies a write-set: the one place the ledger changes rows, in the order every storage
+    /// applies them. Returns the ids it assigned.
+    ///
+    /// # Panics
+    /// If the write-set names rows that are missing or not in the state it expects: decisions
+    /// only write what they read, so this is a bug.
+    pub fn write(&mut self, writes: &WriteSet) -> Inserted {
+        let mut inserted = Inserted::default();
+        if let Some(product) = &writes.product {
+            let row = self.products.get_mut(product.id.0);
+            *row.unwrap_or_else(|| panic!("product {} missing", product.id)) = product.clone();
         }
-        if index.by_expiry.is_empty() {
-            self.held.remove(&product_id);
+        for &(hold_id, reason) in &writes.holds_released {
+            self.leave_held(hold_id, HoldState::Released(reason));
         }
-        released.sort_unstable();
-        released
+        for grant in &writes.holds_inserted {
+            let product = writes.product.as_ref();
+            let product_id = product.unwrap_or_else(|| panic!("holds of no product")).id;
+            let hold = grant.with_id(HoldId(self.holds.next_id()), product_id);
+            self.held.entry(product_id).or_default().insert(&hold);
+            self.holds.insert(hold.id.0, hold);
+            inserted.holds.push(hold.id);
+        }
+        if let Some(new) = writes.order_inserted {
+            let order = new.with_id(OrderId(self.orders.next_id()));
+            self.leave_held(order.hold_id, HoldState::Consumed(order.id));
+            if order.status == OrderStatus::PrePayment {
+                self.due.insert((order.payment_due_at, order.id));
+            }
+            self.orders.insert(order.id.0, order);
+            inserted.order = Some(order.id);
+        }
+        for &(order_id, status) in &writes.orders_updated {
+            self.set_order_status(order_id, status);
+        }
+        let record = writes.webhook_record(&inserted);
+        if let Some(record) = record.unwrap_or_else(|v| panic!("{v}")) {
+            self.webhooks.insert(record.key.clone(), record);
+        }
+        debug_assert!(
+            writes.request_keys.is_empty(),
+            "ledger commands carry no request keys"
+        );
+        inserted
     }
 
     fn product_of(&self, hold: &Hold) -> &Product {
@@ -473,73 +475,56 @@ impl Ledger {
         product.unwrap_or_else(|| panic!("hold {} names missing product", hold.id))
     }
 
-    /// Units of the product's held holds that are unexpired at `now`.
-    fn units_held_live(&self, product_id: ProductId, now: Timestamp) -> Qty {
+    fn product_of_id(&self, product_id: ProductId) -> &Product {
+        let product = self.products.get(product_id.0);
+        product.unwrap_or_else(|| panic!("product {product_id} missing"))
+    }
+
+    /// The product's held holds whose deadline has passed at `now`, in deadline order.
+    fn expired_holds(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
         let Some(index) = self.held.get(&product_id) else {
-            return Qty::ZERO;
+            return Vec::new();
         };
         let expired = index
             .by_expiry
             .iter()
             .take_while(|&&(at, _)| is_past(at, now));
-        let expired = expired
-            .filter_map(|&(_, id)| self.holds.get(id.0))
-            .filter(|h| is_held(h));
-        let expired = expired.fold(Qty::ZERO, |sum, h| sum.checked_add(h.qty).unwrap_or(sum));
-        index.units.saturating_sub(expired)
+        let expired = expired.filter_map(|&(_, id)| self.holds.get(id.0));
+        expired.filter(|h| is_held(h)).copied().collect()
     }
 
-    fn insert_held(&mut self, hold: &Hold) {
-        self.held.entry(hold.product_id).or_default().insert(hold);
+    /// The product's pre-payment orders whose window has closed at `now`.
+    fn overdue_orders(&self, product_id: ProductId, now: Timestamp) -> Vec<Order> {
+        let due = self
+            .due
+            .iter()
+            .take_while(|&&(due_at, _)| is_past(due_at, now));
+        let due = due.filter_map(|&(_, id)| self.orders.get(id.0));
+        due.filter(|o| o.product_id == product_id)
+            .copied()
+            .collect()
     }
 
-    /// Moves a held hold to `state`; its index entry goes dead and is dropped when it reaches
-    /// the front of the queue.
+    /// Moves a held hold to `state`; its index entry goes dead, and dead entries at the front of
+    /// its product's queue are dropped.
     fn leave_held(&mut self, hold_id: HoldId, state: HoldState) {
-        let hold = self.set_hold_state(hold_id, state);
-        let index = self.held.get_mut(&hold.product_id);
-        let index = index.unwrap_or_else(|| panic!("held index lost product {}", hold.product_id));
-        index.units = index
-            .units
-            .checked_sub(hold.qty)
-            .unwrap_or_else(|| panic!("underflow"));
-    }
-
-    /// Sets a held hold's state; returns the hold as it was.
-    fn set_hold_state(&mut self, hold_id: HoldId, state: HoldState) -> Hold {
         let hold = self.holds.get_mut(hold_id.0);
         let hold = hold.unwrap_or_else(|| panic!("hold {hold_id} missing"));
         assert_eq!(hold.state, HoldState::Held, "only a held hold leaves held");
-        let before = *hold;
         hold.state = state;
-        before
-    }
-
-    fn release_hold(&mut self, hold_id: HoldId, reason: ReleaseReason) {
-        self.leave_held(hold_id, HoldState::Released(reason));
-    }
-
-    fn insert_order(&mut self, new: NewOrder) -> Order {
-        let order = new.with_id(OrderId(self.orders.next_id()));
-        let hold = self.holds.get(order.hold_id.0);
-        let product = self.product_of(hold.unwrap_or_else(|| panic!("order's hold missing")));
-        let (hold_state, stock) = order::consume(product, &order);
-        self.leave_held(order.hold_id, hold_state);
-        self.set_stock(order.product_id, stock);
-        if order.status == OrderStatus::PrePayment {
-            self.due.insert((order.payment_due_at, order.id));
+        let product_id = hold.product_id;
+        let Some(index) = self.held.get_mut(&product_id) else {
+            panic!("held index lost product {product_id}");
+        };
+        while let Some(&(_, id)) = index.by_expiry.front() {
+            if self.holds.get(id.0).is_some_and(is_held) {
+                break;
+            }
+            index.by_expiry.pop_front();
         }
-        self.orders.insert(order.id.0, order);
-        order
-    }
-
-    fn cancel_order(&mut self, order_id: OrderId) {
-        let order = self.orders.get(order_id.0);
-        let order = order.unwrap_or_else(|| panic!("order {order_id} missing"));
-        let product = self.products.get(order.product_id.0);
-        let stock = order::cancel(product.unwrap_or_else(|| panic!("product missing")), order);
-        self.set_stock(order.product_id, stock);
-        self.set_order_status(order_id, OrderStatus::Cancelled);
+        if index.by_expiry.is_empty() {
+            self.held.remove(&product_id);
+        }
     }
 
     fn set_order_status(&mut self, order_id: OrderId, status: OrderStatus) {
@@ -553,13 +538,6 @@ impl Ledger {
         self.due.remove(&(order.payment_due_at, order_id));
     }
 
-    fn set_stock(&mut self, product_id: ProductId, stock: Qty) {
-        let product = self.products.get_mut(product_id.0);
-        product
-            .unwrap_or_else(|| panic!("product {product_id} missing"))
-            .stock = stock;
-    }
-
     fn held_index_from_rows(&self) -> BTreeMap<ProductId, HeldIndex> {
         let mut held: BTreeMap<ProductId, HeldIndex> = BTreeMap::new();
         let mut rows: Vec<&Hold> = self.holds.iter().filter(|h| is_held(h)).collect();
@@ -570,30 +548,29 @@ impl Ledger {
         held
     }
 
-    /// The held index's live entries and unit totals, for comparing with the rows.
-    fn held_live(&self) -> BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> {
+    /// The held index's live entries, for comparing with the rows.
+    fn held_live(&self) -> BTreeMap<ProductId, Vec<(Timestamp, HoldId)>> {
         let live = self.held.iter().map(|(&product_id, index)| {
             let entries: Vec<_> = index
                 .live(&self.holds)
                 .map(|h| (h.expires_at, h.id))
                 .collect();
-            (product_id, (entries, index.units))
+            (product_id, entries)
         });
-        // A queue of dead entries only is bookkeeping, not state, unless it still counts units.
-        live.filter(|(_, (entries, units))| !entries.is_empty() || *units != Qty::ZERO)
-            .collect()
+        // A queue of dead entries only is bookkeeping, not state.
+        live.filter(|(_, entries)| !entries.is_empty()).collect()
     }
 
     /// What [`Self::held_live`] must be, recomputed from the rows.
-    fn held_from_rows(&self) -> BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> {
-        let mut held: BTreeMap<ProductId, (Vec<(Timestamp, HoldId)>, Qty)> = BTreeMap::new();
+    fn held_from_rows(&self) -> BTreeMap<ProductId, Vec<(Timestamp, HoldId)>> {
+        let mut held: BTreeMap<ProductId, Vec<(Timestamp, HoldId)>> = BTreeMap::new();
         for hold in self.holds.iter().filter(|h| is_held(h)) {
-            let (entries, units) = held.entry(hold.product_id).or_default();
-            entries.push((hold.expires_at, hold.id));
-            *units = units.checked_add(hold.qty).unwrap_or(Qty(u32::MAX));
+            held.entry(hold.product_id)
+                .or_default()
+                .push((hold.expires_at, hold.id));
         }
         held.values_mut()
-            .for_each(|(entries, _)| entries.sort_unstable());
+            .for_each(|entries| entries.sort_unstable());
         held
     }
 

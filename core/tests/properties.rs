@@ -12,7 +12,7 @@
 
 mod model;
 
-use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
+use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
 use flashsale_core::{
     Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Outcome, PaymentStatus, ProductId,
     Qty, Rejection, Timestamp, WebhookPayload,
@@ -188,12 +188,14 @@ proptest! {
             let _ = ledger.apply(now, hold(qty));
         }
         let product_now = ledger.product(product.id).cloned().expect("exists");
-        let units_held = product_now.stock.saturating_sub(
-            ledger.available(product.id, now).expect("exists"));
-        let requests: Vec<Qty> = requests.into_iter().map(Qty).collect();
-        let batch = hold::place_holds(&product_now, units_held, &requests, now, HOLD_TTL_MS_DEFAULT);
-        for (request, decided) in requests.iter().zip(batch) {
-            let one = ledger.apply(now, hold(request.0));
+        let requests: Vec<HoldRequest> =
+            requests.into_iter().map(|qty| HoldRequest::unkeyed(Qty(qty))).collect();
+        let batch = hold::place_holds(&product_now, &[], &requests, now, HOLD_TTL_MS_DEFAULT)
+            .expect("the ledger's rows are sound");
+        let mut ledger_batch = ledger.clone();
+        ledger_batch.write(&batch.writes);
+        for (request, decided) in requests.iter().zip(batch.decisions) {
+            let one = ledger.apply(now, hold(request.qty.0));
             match (decided, one) {
                 (Ok(grant), Ok(Outcome::HoldPlaced { hold, .. })) => {
                     prop_assert_eq!(grant.qty, hold.qty);
@@ -203,5 +205,10 @@ proptest! {
                 other => prop_assert!(false, "batch and one-by-one differ: {:?}", other),
             }
         }
+        // The batch's write-set leaves the same rows as the requests one by one.
+        prop_assert_eq!(ledger_batch.product(product.id), ledger.product(product.id));
+        let holds = |l: &Ledger| l.holds().copied().collect::<Vec<_>>();
+        prop_assert_eq!(holds(&ledger_batch), holds(&ledger));
+        prop_assert_eq!(ledger_batch.check_invariants(), Ok(()));
     }
 }

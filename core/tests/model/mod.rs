@@ -457,6 +457,12 @@ impl Model {
             name: p.name.clone(),
             price_cents: Cents(p.price),
             stock: Qty(self.stock(id) as u32),
+            units_held: Qty(self
+                .holds
+                .iter()
+                .filter(|h| h.product == id && h.end.is_none())
+                .map(|h| h.qty)
+                .sum()),
             units_received: self.received(id),
         }
     }

@@ -515,11 +515,7 @@ fn error_reply(error: ServiceError) -> Response {
                 "idempotency_key_in_flight",
                 format!("a request under idempotency key {key} is still running; retry"),
             );
-            let mut response = problem.into_response();
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            retry_later(problem)
         }
         ServiceError::Busy { attempts } => {
             let problem = Problem::new(
@@ -527,17 +523,44 @@ fn error_reply(error: ServiceError) -> Response {
                 "busy",
                 format!("contention after {attempts} attempts; retry"),
             );
-            let mut response = problem.into_response();
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            retry_later(problem)
+        }
+        ServiceError::Overloaded {
+            product_id,
+            waiting,
+        } => {
+            tracing::warn!(%product_id, waiting, "hold queue full, refusing");
+            let problem = Problem::new(
+                503,
+                "busy",
+                format!("{waiting} hold requests already wait for product {product_id}; retry"),
+            );
+            retry_later(problem)
+        }
+        ServiceError::Violated(violation) => {
+            // Fail closed: nothing was written, and a person must look at the rows.
+            tracing::error!(%violation, "invariant violated in stored rows; request refused");
+            Problem::new(
+                500,
+                "invariant_violated",
+                "the stored state breaks an invariant; nothing was changed",
+            )
+            .into_response()
         }
         ServiceError::Store(error) => {
             tracing::error!(%error, "storage failed");
             Problem::internal().into_response()
         }
     }
+}
+
+/// A problem the client should retry in a second: `Retry-After: 1`.
+fn retry_later(problem: Problem) -> Response {
+    let mut response = problem.into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn rejection_problem(rejection: &Rejection) -> Problem {

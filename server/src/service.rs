@@ -15,16 +15,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
-use flashsale_core::order::{self, OrderDecision, PAYMENT_WINDOW_MS_DEFAULT};
-use flashsale_core::payment::{self, WebhookDecision, WebhookEffect};
+use flashsale_core::order::{self, PAYMENT_WINDOW_MS_DEFAULT};
+use flashsale_core::payment::{self, WebhookDecision};
 use flashsale_core::product;
 use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest, Order, OrderId,
-    OrderStatus, Product, ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload,
-    WebhookRecord,
+    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, KeyedRequest,
+    Order, OrderId, Product, ProductId, Qty, Refusal, Rejection, RequestRecord, Timestamp,
+    Violation, WebhookPayload, WebhookRecord,
 };
+use tokio::sync::oneshot;
 
+use crate::batch::{HoldQueues, Waiting};
 use crate::clock::Clock;
 use crate::store::{Dump, Storage, StoreError, Transaction, TxMode};
 
@@ -32,6 +34,10 @@ use crate::store::{Dump, Storage, StoreError, Transaction, TxMode};
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 8;
 /// How many products one sweep transaction batch looks at.
 pub const SWEEP_PRODUCTS_PER_BATCH: u32 = 100;
+/// How many hold requests for one product one transaction decides at most, by default.
+pub const HOLD_BATCH_MAX_DEFAULT: u16 = 128;
+/// How many hold requests may wait for one product before new ones are refused, by default.
+pub const HOLD_QUEUE_MAX_DEFAULT: u16 = 4_096;
 
 /// The service's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +48,11 @@ pub struct Config {
     pub payment_window_ms: u64,
     /// How many times a script runs under contention.
     pub attempts_max: u32,
+    /// How many concurrent hold requests for one product one transaction decides at most;
+    /// 1 runs one transaction per request.
+    pub hold_batch_max: usize,
+    /// How many hold requests may wait for one product; past it, [`ServiceError::Overloaded`].
+    pub hold_queue_max: usize,
 }
 
 impl Default for Config {
@@ -50,12 +61,14 @@ impl Default for Config {
             hold_ttl_ms: HOLD_TTL_MS_DEFAULT,
             payment_window_ms: PAYMENT_WINDOW_MS_DEFAULT,
             attempts_max: ATTEMPTS_MAX_DEFAULT,
+            hold_batch_max: usize::from(HOLD_BATCH_MAX_DEFAULT),
+            hold_queue_max: usize::from(HOLD_QUEUE_MAX_DEFAULT),
         }
     }
 }
 
 /// Why a request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The core refused it; nothing changed.
     #[error(transparent)]
@@ -80,10 +93,42 @@ pub enum ServiceError {
         /// Attempts made.
         attempts: u32,
     },
+    /// Too many hold requests wait for this product already; the client may retry later.
+    #[error("{waiting} hold requests already wait for product {product_id}")]
+    Overloaded {
+        /// The product.
+        product_id: ProductId,
+        /// Requests waiting.
+        waiting: usize,
+    },
+    /// The rows read break an invariant; nothing was written.
+    #[error("invariant violated: {0}")]
+    Violated(Violation),
     /// The storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl From<Refusal> for ServiceError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Rejected(rejection) => ServiceError::Rejected(rejection),
+            Refusal::Violated(violation) => ServiceError::Violated(violation),
+        }
+    }
+}
+
+impl From<Violation> for ServiceError {
+    fn from(violation: Violation) -> Self {
+        ServiceError::Violated(violation)
+    }
+}
+
+/// One hold request's answer.
+pub type HoldAnswer = Result<Keyed<HoldPlaced>, ServiceError>;
+
+/// Where a queued hold request's answer goes.
+pub type HoldAnswerSender = oneshot::Sender<HoldAnswer>;
 
 /// A product with its units available at the instant it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +192,8 @@ pub struct Service<S, C> {
     store: S,
     clock: C,
     config: Config,
+    /// Hold requests waiting per product, decided together by one transaction.
+    hold_queues: Arc<HoldQueues>,
     /// Idempotency keys of requests running on this server; lost with it in a crash, which is
     /// fine: the database still runs two requests under one key one after the other.
     keys_in_flight: Arc<Mutex<BTreeSet<IdempotencyKey>>>,
@@ -201,13 +248,17 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-impl<S: Storage, C: Clock> Service<S, C> {
+impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// A service over `store`, reading time from `clock`.
     pub fn new(store: S, clock: C, config: Config) -> Self {
         Service {
             store,
             clock,
             config,
+            hold_queues: Arc::new(HoldQueues::new(
+                config.hold_batch_max,
+                config.hold_queue_max,
+            )),
             keys_in_flight: Arc::default(),
         }
     }
@@ -251,12 +302,12 @@ impl<S: Storage, C: Clock> Service<S, C> {
     /// [`ServiceError::NotFound`] for an unknown product; storage failures.
     pub async fn product(&self, id: ProductId) -> Result<ProductView, ServiceError> {
         in_transaction!(self, TxMode::Read, "product", |tx| async {
-            let read = tx.product_and_units_held(id, self.clock.now()).await?;
-            let (product, units_held) = read.ok_or(ServiceError::NotFound {
+            let read = tx.product_view(id, self.clock.now()).await?;
+            let (product, units_expired) = read.ok_or(ServiceError::NotFound {
                 what: "product",
                 id: id.0,
             })?;
-            let available = product::available(&product, units_held);
+            let available = product::available(&product, units_expired)?;
             Ok::<_, ServiceError>(ProductView { product, available })
         })
     }
@@ -276,106 +327,158 @@ impl<S: Storage, C: Clock> Service<S, C> {
     /// Places one hold, at most once per idempotency key: under a key that answered this request
     /// before, answers the same hold and changes nothing. The key's record commits with the hold.
     ///
+    /// Concurrent requests for one product wait in its queue and are decided together by one
+    /// transaction ([`Service::place_hold_batch`]), up to `hold_batch_max` at a time; a request
+    /// that finds no queue starts one and runs at once, so nothing waits without contention.
+    ///
     /// # Errors
     /// As [`Service::place_hold`], and [`Rejection::IdempotencyKeyReused`] for a key used with
-    /// another request, [`ServiceError::KeyInFlight`] for a key still running on this server.
+    /// another request, [`ServiceError::KeyInFlight`] for a key still running on this server,
+    /// [`ServiceError::Overloaded`] when the product's queue is full.
     pub async fn place_hold_keyed(
         &self,
         key: Option<&IdempotencyKey>,
         product_id: ProductId,
         qty: Qty,
-    ) -> Result<Keyed<HoldPlaced>, ServiceError> {
+    ) -> HoldAnswer {
         hold::validate_request(qty, self.config.hold_ttl_ms)?;
-        let request = KeyedRequest::PlaceHold { product_id, qty };
         let _claim = self.claim(key)?;
-        in_transaction!(self, TxMode::Write, "place_hold", |tx| async {
-            if let Some(record) = replay(&mut tx, key, &request).await? {
-                let hold_id = HoldId(record.resource_id);
-                let hold = tx.hold(hold_id, false).await?;
-                let hold = hold.ok_or_else(|| lost_resource(&record))?;
-                let value = HoldPlaced {
-                    hold,
-                    holds_released: Vec::new(),
-                };
-                return Ok::<_, ServiceError>(Keyed {
-                    value,
-                    replayed: true,
+        let request = HoldRequest {
+            qty,
+            key: key.cloned(),
+        };
+        if self.config.hold_batch_max <= 1 {
+            let mut answers = self.place_hold_batch(product_id, &[request]).await?;
+            return answers
+                .pop()
+                .unwrap_or(Err(Rejection::InvalidQty { qty }.into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting { request, reply };
+        match self.hold_queues.push(product_id, waiting) {
+            Err(waiting) => {
+                return Err(ServiceError::Overloaded {
+                    product_id,
+                    waiting,
                 });
             }
-            let (mut placed, holds_released) =
-                self.grant_holds(&mut tx, product_id, &[qty]).await?;
-            let hold = placed.pop().unwrap_or(Err(Rejection::InvalidQty { qty }))?;
-            if let Some(key) = key {
-                let record = RequestRecord {
-                    key: key.clone(),
-                    request,
-                    resource_id: hold.id.0,
-                    created: true,
-                    created_at: hold.created_at,
-                };
-                tx.insert_request_key(&record).await?;
+            Ok(true) => {
+                // The queue's drainer runs on its own task: a caller that goes away (a closed
+                // connection) must not take the other callers' answers with it.
+                let service = self.clone();
+                tokio::spawn(async move { service.drain_holds(product_id).await });
             }
-            let value = HoldPlaced {
-                hold,
-                holds_released,
-            };
-            Ok(Keyed {
-                value,
-                replayed: false,
-            })
+            Ok(false) => {}
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Connection("the hold batch was dropped".into()).into())
         })
     }
 
-    /// Decides a batch of hold requests on one product in one transaction, granted in order, and
-    /// inserts the granted holds in one statement. Returns one result per request, and the
-    /// expired holds released; a batch with no grant changes nothing.
+    /// Decides the product's waiting hold requests, batch after batch, until none wait.
+    async fn drain_holds(&self, product_id: ProductId) {
+        while let Some(batch) = self.hold_queues.next_batch(product_id) {
+            let requests: Vec<HoldRequest> = batch.iter().map(|w| w.request.clone()).collect();
+            match self.place_hold_batch(product_id, &requests).await {
+                Ok(answers) => {
+                    for (waiting, answer) in batch.into_iter().zip(answers) {
+                        let _ = waiting.reply.send(answer);
+                    }
+                }
+                Err(error) => {
+                    for waiting in batch {
+                        let _ = waiting.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides a batch of hold requests on one product in one transaction: locks their
+    /// idempotency keys (in key order) and answers replays from their records, locks the product
+    /// once, releases its expired holds, grants the rest in arrival order through the core's
+    /// batch decision, inserts the granted holds in one statement, and commits once. Returns one
+    /// answer per request, in order; a batch with no grant changes nothing.
+    ///
+    /// Precondition: no two requests share a key (each caller claims its key first).
     ///
     /// # Errors
-    /// [`Rejection::UnknownProduct`] for the whole batch; `Busy`; storage.
-    pub async fn place_holds(
+    /// `Busy`; storage; [`ServiceError::Violated`] for the whole batch when the product's rows
+    /// are corrupt.
+    pub async fn place_hold_batch(
         &self,
         product_id: ProductId,
-        requests: &[Qty],
-    ) -> Result<(Vec<Result<Hold, Rejection>>, Vec<HoldId>), ServiceError> {
+        requests: &[HoldRequest],
+    ) -> Result<Vec<HoldAnswer>, ServiceError> {
         in_transaction!(self, TxMode::Write, "place_holds", |tx| async {
-            self.grant_holds(&mut tx, product_id, requests).await
+            let mut answers: Vec<Option<HoldAnswer>> = vec![None; requests.len()];
+            let mut keyed: Vec<usize> = (0..requests.len())
+                .filter(|&i| requests[i].key.is_some())
+                .collect();
+            keyed.sort_by(|&a, &b| requests[a].key.cmp(&requests[b].key));
+            for i in keyed {
+                let asked = KeyedRequest::PlaceHold {
+                    product_id,
+                    qty: requests[i].qty,
+                };
+                answers[i] = match replay(&mut tx, requests[i].key.as_ref(), &asked).await {
+                    Ok(None) => None,
+                    Ok(Some(record)) => Some(replayed_hold(&mut tx, &record).await),
+                    Err(ServiceError::Rejected(rejection)) => Some(Err(rejection.into())),
+                    Err(error) => return Err(error),
+                };
+            }
+            let fresh: Vec<usize> = (0..requests.len())
+                .filter(|&i| answers[i].is_none())
+                .collect();
+            if !fresh.is_empty() {
+                let decided = self
+                    .grant_holds(&mut tx, product_id, requests, &fresh)
+                    .await?;
+                for (i, answer) in fresh.into_iter().zip(decided) {
+                    answers[i] = Some(answer);
+                }
+            }
+            let lost = || Err(StoreError::Corrupt("a hold request went unanswered".into()).into());
+            Ok::<_, ServiceError>(
+                answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or_else(lost))
+                    .collect(),
+            )
         })
     }
 
-    /// The steps of [`Service::place_holds`] inside a transaction.
+    /// The fresh requests (`fresh`, indexes into `requests`) of a batch, decided and written.
     async fn grant_holds<T: Transaction>(
         &self,
         tx: &mut T,
         product_id: ProductId,
-        requests: &[Qty],
-    ) -> Result<(Vec<Result<Hold, Rejection>>, Vec<HoldId>), ServiceError> {
-        let product = tx.lock_product(product_id).await?;
-        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+        requests: &[HoldRequest],
+        fresh: &[usize],
+    ) -> Result<Vec<HoldAnswer>, ServiceError> {
+        let Some(product) = tx.lock_product(product_id).await? else {
+            let unknown = Rejection::UnknownProduct { product_id };
+            return Ok(fresh.iter().map(|_| Err(unknown.clone().into())).collect());
+        };
         let now = self.clock.now();
-        let units_held = tx.units_held(product_id, now).await?;
-        let decisions =
-            hold::place_holds(&product, units_held, requests, now, self.config.hold_ttl_ms);
-        let grants: Vec<_> = decisions
-            .iter()
-            .filter_map(|d| d.as_ref().ok().copied())
-            .collect();
-        if grants.is_empty() {
-            // Nothing granted: the rollback keeps even the expired holds as they were.
-            let rejected = decisions
-                .into_iter()
-                .map(|d| d.map(|_| unreachable_grant()));
-            return Ok((rejected.collect(), Vec::new()));
-        }
-        let released = tx.release_expired(product_id, now).await?;
-        let mut holds = tx.insert_holds(product_id, &grants).await?.into_iter();
-        let placed = decisions
-            .into_iter()
-            .map(|decision| match decision {
-                Ok(_) => holds.next().ok_or(Rejection::InvalidQty { qty: Qty::ZERO }),
-                Err(rejection) => Err(rejection),
+        let expired = tx.expired_holds(product_id, now).await?;
+        let asked: Vec<HoldRequest> = fresh.iter().map(|&i| requests[i].clone()).collect();
+        let decided = hold::place_holds(&product, &expired, &asked, now, self.config.hold_ttl_ms)?;
+        let inserted = tx.write(&decided.writes).await?;
+        let mut holds = decided.writes.hold_rows(&inserted)?.into_iter();
+        let answers = decided.decisions.into_iter().map(|decision| {
+            let _grant = decision?;
+            let hold = holds.next().ok_or(Violation::WriteSetUnresolved)?;
+            Ok(Keyed {
+                value: HoldPlaced {
+                    hold,
+                    holds_released: decided.holds_released.clone(),
+                },
+                replayed: false,
             })
-            .collect();
-        Ok((placed, released))
+        });
+        Ok(answers.collect())
     }
 
     /// A hold and how it looks now.
@@ -433,41 +536,21 @@ impl<S: Storage, C: Clock> Service<S, C> {
             let (hold, product) = lock_hold(&mut tx, hold_id).await?;
             let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
             let now = self.clock.now();
-            let value = match order::place_order(&hold, &product, now, window_ms)? {
-                OrderDecision::Existing(order_id) => {
-                    let order = tx
-                        .order(order_id, false)
-                        .await?
-                        .ok_or_else(|| lost(order_id))?;
-                    OrderPlaced {
-                        order,
-                        created: false,
-                    }
-                }
-                OrderDecision::Create(new) => {
-                    let order = tx.insert_order(&new).await?;
-                    let (hold_state, stock) = order::consume(&product, &order);
-                    tx.set_hold_state(hold.id, hold_state).await?;
-                    tx.set_stock(product.id, stock, product.units_received)
-                        .await?;
-                    OrderPlaced {
-                        order,
-                        created: true,
-                    }
-                }
+            let decided = order::place_order(&hold, &product, now, window_ms, key)?;
+            let inserted = tx.write(&decided.writes).await?;
+            let order = match (decided.existing, decided.writes.order_row(&inserted)?) {
+                (None, Some(order)) => order,
+                (Some(order_id), _) => tx
+                    .order(order_id, false)
+                    .await?
+                    .ok_or_else(|| lost(order_id))?,
+                (None, None) => return Err(Violation::WriteSetUnresolved.into()),
             };
-            if let Some(key) = key {
-                let record = RequestRecord {
-                    key: key.clone(),
-                    request,
-                    resource_id: value.order.id.0,
-                    created: value.created,
-                    created_at: now,
-                };
-                tx.insert_request_key(&record).await?;
-            }
             Ok(Keyed {
-                value,
+                value: OrderPlaced {
+                    order,
+                    created: decided.existing.is_none(),
+                },
                 replayed: false,
             })
         })
@@ -502,7 +585,7 @@ impl<S: Storage, C: Clock> Service<S, C> {
                 Err(ServiceError::Rejected(Rejection::UnknownHold { .. })) => (None, None),
                 Err(error) => return Err(error),
             };
-            let mut order = match hold.as_ref().map(|h| h.state) {
+            let order = match hold.as_ref().map(|h| h.state) {
                 Some(HoldState::Consumed(order_id)) => Some(
                     tx.order(order_id, true)
                         .await?
@@ -520,7 +603,7 @@ impl<S: Storage, C: Clock> Service<S, C> {
                 order.as_ref(),
                 now,
             )?;
-            let (result, order_id, effect) = match decision {
+            let writes = match decision {
                 WebhookDecision::Replay(record) => {
                     let order = match record.order_id {
                         Some(id) => tx.order(id, false).await?,
@@ -532,25 +615,20 @@ impl<S: Storage, C: Clock> Service<S, C> {
                         order,
                     });
                 }
-                WebhookDecision::New {
-                    result,
-                    order_id,
-                    effect,
-                } => (result, order_id, effect),
+                WebhookDecision::New { writes, .. } => writes,
             };
-            if let Some(product) = &product {
-                order = write_webhook_effect(&mut tx, product, order, effect).await?;
-            }
-            let record = WebhookRecord {
-                key: payload.key.clone(),
-                hold_id: payload.hold_id,
-                status: payload.status,
-                fingerprint: payload.fingerprint(),
-                result,
-                order_id: order.as_ref().map(|o| o.id).or(order_id),
-                received_at: now,
+            let inserted = tx.write(&writes).await?;
+            let record = writes.webhook_record(&inserted)?;
+            let record = record.ok_or(Violation::WriteSetUnresolved)?;
+            let order = match (writes.order_row(&inserted)?, order) {
+                (Some(created), _) => Some(created),
+                (None, Some(order)) => {
+                    let updated = writes.orders_updated.iter().find(|(id, _)| *id == order.id);
+                    let status = updated.map_or(order.status, |&(_, status)| status);
+                    Some(Order { status, ..order })
+                }
+                (None, None) => None,
             };
-            tx.insert_webhook(&record).await?;
             Ok(WebhookAnswer {
                 record,
                 replayed: false,
@@ -591,12 +669,16 @@ impl<S: Storage, C: Clock> Service<S, C> {
         product::validate_restock(qty)?;
         in_transaction!(self, TxMode::Write, "restock", |tx| async {
             let product = tx.lock_product(product_id).await?;
-            let mut product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-            (product.stock, product.units_received) = product::restock(&product, qty)?;
-            tx.set_stock(product_id, product.stock, product.units_received)
-                .await?;
-            let units_held = tx.units_held(product_id, self.clock.now()).await?;
-            let available = product::available(&product, units_held);
+            let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+            let writes = product::restock(&product, qty)?;
+            tx.write(&writes).await?;
+            let product = writes.product.ok_or(Violation::WriteSetUnresolved)?;
+            let expired = tx.expired_holds(product_id, self.clock.now()).await?;
+            let units_expired = expired
+                .iter()
+                .map(|h| h.qty.0)
+                .fold(0u32, u32::saturating_add);
+            let available = product::available(&product, Qty(units_expired))?;
             Ok::<_, ServiceError>(ProductView { product, available })
         })
     }
@@ -650,22 +732,17 @@ impl<S: Storage, C: Clock> Service<S, C> {
 
     async fn sweep_product(&self, product_id: ProductId) -> Result<(usize, usize), ServiceError> {
         in_transaction!(self, TxMode::Write, "sweep_product", |tx| async {
-            let Some(mut product) = tx.lock_product(product_id).await? else {
+            let Some(product) = tx.lock_product(product_id).await? else {
                 return Ok::<_, ServiceError>((0, 0));
             };
             let now = self.clock.now();
-            let released = tx.release_expired(product_id, now).await?;
+            let expired = tx.expired_holds(product_id, now).await?;
             let overdue = tx.lock_overdue_orders(product_id, now).await?;
-            for order in &overdue {
-                product.stock = order::cancel(&product, order);
-                tx.set_order_status(order.id, OrderStatus::Cancelled)
-                    .await?;
-            }
-            if !overdue.is_empty() {
-                tx.set_stock(product_id, product.stock, product.units_received)
-                    .await?;
-            }
-            Ok((released.len(), overdue.len()))
+            let mut changes = Changes::on(&product);
+            hold::release_expired(&mut changes, &expired, now)?;
+            order::cancel_overdue(&mut changes, &overdue, now)?;
+            tx.write(&changes.finish()).await?;
+            Ok((expired.len(), overdue.len()))
         })
     }
 
@@ -717,50 +794,6 @@ async fn lock_hold<T: Transaction>(
     Ok((hold, product))
 }
 
-/// Writes a new webhook's effect; returns the order concerned as it is afterwards.
-async fn write_webhook_effect<T: Transaction>(
-    tx: &mut T,
-    product: &Product,
-    order: Option<Order>,
-    effect: WebhookEffect,
-) -> Result<Option<Order>, ServiceError> {
-    match effect {
-        WebhookEffect::None => Ok(order),
-        WebhookEffect::PayOrder(order_id) => {
-            tx.set_order_status(order_id, OrderStatus::Paid).await?;
-            Ok(order.map(|o| Order {
-                status: OrderStatus::Paid,
-                ..o
-            }))
-        }
-        WebhookEffect::CancelOrder(order_id) => {
-            let order = order.ok_or_else(|| lost(order_id))?;
-            let stock = order::cancel(product, &order);
-            tx.set_stock(product.id, stock, product.units_received)
-                .await?;
-            tx.set_order_status(order_id, OrderStatus::Cancelled)
-                .await?;
-            Ok(Some(Order {
-                status: OrderStatus::Cancelled,
-                ..order
-            }))
-        }
-        WebhookEffect::CreatePaidOrder(new) => {
-            let order = tx.insert_order(&new).await?;
-            let (hold_state, stock) = order::consume(product, &order);
-            tx.set_hold_state(new.hold_id, hold_state).await?;
-            tx.set_stock(product.id, stock, product.units_received)
-                .await?;
-            Ok(Some(order))
-        }
-        WebhookEffect::ReleaseHold(hold_id, reason) => {
-            tx.set_hold_state(hold_id, HoldState::Released(reason))
-                .await?;
-            Ok(order)
-        }
-    }
-}
-
 fn lost(order_id: OrderId) -> ServiceError {
     ServiceError::Store(StoreError::Corrupt(format!(
         "order {order_id} named but missing"
@@ -776,7 +809,15 @@ fn lost_resource(record: &RequestRecord) -> ServiceError {
     )))
 }
 
-/// The `Ok` type of an all-rejected batch; never constructed.
-fn unreachable_grant() -> Hold {
-    unreachable!("a batch with no grant has only rejections")
+/// The answer a replayed hold request's record gives: the hold as it is now.
+async fn replayed_hold<T: Transaction>(tx: &mut T, record: &RequestRecord) -> HoldAnswer {
+    let hold = tx.hold(HoldId(record.resource_id), false).await?;
+    let hold = hold.ok_or_else(|| lost_resource(record))?;
+    Ok(Keyed {
+        value: HoldPlaced {
+            hold,
+            holds_released: Vec::new(),
+        },
+        replayed: true,
+    })
 }

@@ -43,6 +43,8 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
     Ok(service::Config {
         hold_ttl_ms,
         payment_window_ms,
+        hold_batch_max: usize::from(args.hold_batch_max),
+        hold_queue_max: usize::from(args.hold_queue_max),
         ..service::Config::default()
     })
 }

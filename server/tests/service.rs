@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::{
-    Cents, HoldId, HoldState, HoldView, IdempotencyKey, OrderStatus, PaymentStatus, ProductId, Qty,
-    Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
+    Cents, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, OrderStatus, PaymentStatus,
+    ProductId, Qty, Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{Config, Service, ServiceError};
@@ -193,14 +193,28 @@ async fn a_batch_is_granted_in_arrival_order_and_inserted_together(db: Db) {
     let clock = ManualClock::new(T0);
     let service = db.service(&clock).await;
     let p = product(&service, 5).await;
-    let (placed, released) = service
-        .place_holds(p, &[Qty(2), Qty(4), Qty(3), Qty(1)])
+    let key = IdempotencyKey::parse("batch-key").expect("a key");
+    let keyed = |qty| HoldRequest {
+        qty: Qty(qty),
+        key: Some(key.clone()),
+    };
+    let requests = [
+        HoldRequest::unkeyed(Qty(2)),
+        HoldRequest::unkeyed(Qty(4)),
+        keyed(3),
+        HoldRequest::unkeyed(Qty(1)),
+    ];
+    let placed = service
+        .place_hold_batch(p, &requests)
         .await
         .expect("decided");
-    assert!(released.is_empty());
     let qtys: Vec<_> = placed
         .iter()
-        .map(|r| r.as_ref().map(|h| h.qty).map_err(Clone::clone))
+        .map(|r| match r {
+            Ok(keyed) => Ok(keyed.value.hold.qty),
+            Err(ServiceError::Rejected(rejection)) => Err(rejection.clone()),
+            Err(other) => panic!("{other}"),
+        })
         .collect();
     let short = Rejection::InsufficientStock {
         requested: Qty(4),
@@ -212,13 +226,22 @@ async fn a_batch_is_granted_in_arrival_order_and_inserted_together(db: Db) {
     );
     let ids: Vec<_> = placed
         .iter()
-        .filter_map(|r| r.as_ref().ok().map(|h| h.id))
+        .filter_map(|r| r.as_ref().ok().map(|k| k.value.hold.id))
         .collect();
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "ids ascend in arrival order: {ids:?}"
     );
     assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
+    // The keyed request again, in another batch: its record answers the same hold.
+    let again = service
+        .place_hold_batch(p, &[HoldRequest::unkeyed(Qty(1)), keyed(3)])
+        .await
+        .expect("decided");
+    assert!(matches!(again[0], Err(ServiceError::Rejected(_))));
+    let replay = again[1].as_ref().expect("replayed");
+    assert!(replay.replayed);
+    assert_eq!(replay.value.hold.id, ids[1]);
     db.finish(&service).await;
 }
 

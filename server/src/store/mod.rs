@@ -1,6 +1,7 @@
 //! The storage the service layer runs its transaction scripts over, as a trait at the level of
-//! transaction steps: begin, lock a product, count its units held, release its expired holds,
-//! insert holds, lock a hold, insert an order, get a webhook record, commit.
+//! transaction steps: begin, read and lock the rows a decision needs (a product, its expired
+//! holds, a hold, an order, a webhook or request-key record), write a decision's write-set,
+//! commit.
 //!
 //! Nothing here names sqlx or warp, so the simulator can implement [`Storage`] in memory and run
 //! the very same service code under madsim. Rows cross this boundary as core types.
@@ -15,12 +16,12 @@ pub mod sql;
 use std::future::Future;
 
 use flashsale_core::{
-    Cents, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, NewOrder, Order, OrderId,
-    OrderStatus, Product, ProductId, Qty, RequestRecord, Timestamp, WebhookRecord,
+    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
+    RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 
 /// Why a storage step failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Lock contention the transaction may succeed on when retried: a deadlock, a lock-wait
     /// timeout, a busy database, or a unique key taken by a concurrent transaction.
@@ -77,10 +78,11 @@ pub trait Transaction: Send {
         id: ProductId,
     ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
 
-    /// Reads a product and the units of its held holds unexpired at `now`, without locks, in
-    /// one consistent read (one statement): two statements at READ COMMITTED could pair a stock
-    /// from before an order with held units from after it.
-    fn product_and_units_held(
+    /// Reads a product and the units of its held holds already expired at `now` (not yet
+    /// released), without locks, in one consistent read (one statement): two statements at READ
+    /// COMMITTED could pair a counter from before an order with holds from after it. Costs
+    /// O(expired holds) through the `(product_id, state, expires_at)` index, never O(holds).
+    fn product_view(
         &mut self,
         id: ProductId,
         now: Timestamp,
@@ -100,33 +102,12 @@ pub trait Transaction: Send {
         stock: Qty,
     ) -> impl Future<Output = StoreResult<Product>> + Send;
 
-    /// Writes a locked product's stock and units received.
-    fn set_stock(
-        &mut self,
-        id: ProductId,
-        stock: Qty,
-        units_received: u64,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
-
-    /// The units of the product's held holds that are unexpired at `now` (`expires_at > now`).
-    fn units_held(
+    /// The product's held holds whose `expires_at <= now`, in id order. Called with the
+    /// product locked, so no other transaction changes them before this one commits.
+    fn expired_holds(
         &mut self,
         product_id: ProductId,
         now: Timestamp,
-    ) -> impl Future<Output = StoreResult<Qty>> + Send;
-
-    /// Releases the product's held holds whose `expires_at <= now`; returns their ids.
-    fn release_expired(
-        &mut self,
-        product_id: ProductId,
-        now: Timestamp,
-    ) -> impl Future<Output = StoreResult<Vec<HoldId>>> + Send;
-
-    /// Inserts granted holds in one statement; returns them with their ids, in order.
-    fn insert_holds(
-        &mut self,
-        product_id: ProductId,
-        grants: &[HoldGrant],
     ) -> impl Future<Output = StoreResult<Vec<Hold>>> + Send;
 
     /// Reads a hold, locking it when `lock`.
@@ -136,13 +117,6 @@ pub trait Transaction: Send {
         lock: bool,
     ) -> impl Future<Output = StoreResult<Option<Hold>>> + Send;
 
-    /// Writes a locked hold's state.
-    fn set_hold_state(
-        &mut self,
-        id: HoldId,
-        state: HoldState,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
-
     /// Reads an order, locking it when `lock`.
     fn order(
         &mut self,
@@ -150,16 +124,12 @@ pub trait Transaction: Send {
         lock: bool,
     ) -> impl Future<Output = StoreResult<Option<Order>>> + Send;
 
-    /// Inserts an order; returns it with its id. The hold's unique key refuses a second one.
-    fn insert_order(&mut self, order: &NewOrder)
-    -> impl Future<Output = StoreResult<Order>> + Send;
-
-    /// Writes a locked order's status.
-    fn set_order_status(
-        &mut self,
-        id: OrderId,
-        status: OrderStatus,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Applies a decision's write-set: the one place this storage writes holds, orders,
+    /// product counters and records, in the order [`WriteSet`] documents. Returns the ids it
+    /// assigned. Every row it changes was locked (or, for a product's expired holds, read under
+    /// the product's lock) by the same transaction. A concurrent insert of the same webhook or
+    /// request key is [`StoreError::Contention`]: the retry finds the record and replays it.
+    fn write(&mut self, writes: &WriteSet) -> impl Future<Output = StoreResult<Inserted>> + Send;
 
     /// Reads and locks a webhook record.
     fn lock_webhook(
@@ -167,26 +137,12 @@ pub trait Transaction: Send {
         key: &IdempotencyKey,
     ) -> impl Future<Output = StoreResult<Option<WebhookRecord>>> + Send;
 
-    /// Inserts a webhook record. A concurrent insert of the same key is [`StoreError::Contention`]:
-    /// the retry will find the record and answer it.
-    fn insert_webhook(
-        &mut self,
-        record: &WebhookRecord,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
-
     /// Reads and locks a client request's idempotency-key record. Scripts lock it before any
     /// product, so two requests under one key on one database run one after the other.
     fn lock_request_key(
         &mut self,
         key: &IdempotencyKey,
     ) -> impl Future<Output = StoreResult<Option<RequestRecord>>> + Send;
-
-    /// Inserts a client request's idempotency-key record. A concurrent insert of the same key is
-    /// [`StoreError::Contention`]: the retry will find the record and replay it.
-    fn insert_request_key(
-        &mut self,
-        record: &RequestRecord,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Up to `limit` products with a held hold past its deadline or a pre-payment order past its
     /// window at `now`, for the sweeper.

@@ -15,9 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, KeyedRequest, NewOrder,
-    Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason,
-    RequestRecord, Timestamp, WebhookRecord, WebhookResult,
+    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Inserted, KeyedRequest,
+    NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason,
+    RequestRecord, Timestamp, WebhookRecord, WebhookResult, WriteSet,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -192,7 +192,7 @@ macro_rules! on_conn {
     };
 }
 
-type ProductRow = (u64, String, u64, u32, u64);
+type ProductRow = (u64, String, u64, u32, u32, u64);
 type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
 type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64);
 type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
@@ -218,7 +218,8 @@ impl Transaction for SqlTx {
     async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
         let row: Option<ProductRow> = on_conn!(self, |conn, _d| {
             sqlx::query_as::<Db, _>(
-                "SELECT id, name, price_cents, stock, units_received FROM products WHERE id = ?",
+                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
+                 WHERE id = ?",
             )
             .bind(int(id.0))
             .fetch_optional(conn)
@@ -228,24 +229,24 @@ impl Transaction for SqlTx {
         Ok(row.map(product_from_row))
     }
 
-    async fn product_and_units_held(
+    async fn product_view(
         &mut self,
         id: ProductId,
         now: Timestamp,
     ) -> StoreResult<Option<(Product, Qty)>> {
-        type Row = (u64, String, u64, u32, u64, u64);
+        type Row = (u64, String, u64, u32, u32, u64, u64);
         let row: Option<Row> = on_conn!(self, |conn, d| {
             let sql = match d {
                 Dialect::MySql => {
-                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_received, \
+                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
                      CAST(COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at > ?), 0) AS UNSIGNED) \
+                     AND h.state = 'held' AND h.expires_at <= ?), 0) AS UNSIGNED) \
                      FROM products p WHERE p.id = ?"
                 }
                 Dialect::Sqlite => {
-                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_received, \
+                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
                      COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at > ?), 0) \
+                     AND h.state = 'held' AND h.expires_at <= ?), 0) \
                      FROM products p WHERE p.id = ?"
                 }
             };
@@ -256,20 +257,22 @@ impl Transaction for SqlTx {
                 .await
         })
         .map_err(map_err)?;
-        let Some((id, name, price_cents, stock, units_received, units)) = row else {
+        let Some((id, name, price_cents, stock, units_held, units_received, expired)) = row else {
             return Ok(None);
         };
-        let product = product_from_row((id, name, price_cents, stock, units_received));
-        let units = u32::try_from(units)
-            .map_err(|_| StoreError::Corrupt(format!("product {id} holds {units} units")))?;
-        Ok(Some((product, Qty(units))))
+        let product = product_from_row((id, name, price_cents, stock, units_held, units_received));
+        let expired = u32::try_from(expired).map_err(|_| {
+            StoreError::Corrupt(format!("product {id} has {expired} expired units"))
+        })?;
+        Ok(Some((product, Qty(expired))))
     }
 
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
         let row: Option<ProductRow> = on_conn!(self, |conn, d| {
             let sql = locking!(
                 d,
-                "SELECT id, name, price_cents, stock, units_received FROM products WHERE id = ?"
+                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
+                WHERE id = ?"
             );
             sqlx::query_as::<Db, _>(sql)
                 .bind(int(id.0))
@@ -289,8 +292,8 @@ impl Transaction for SqlTx {
         let received = u64::from(stock.0);
         let (id,): (u64,) = on_conn!(self, |conn, _d| {
             sqlx::query_as::<Db, _>(
-                "INSERT INTO products (name, price_cents, stock, units_received) \
-                 VALUES (?, ?, ?, ?) RETURNING id",
+                "INSERT INTO products (name, price_cents, stock, units_held, units_received) \
+                 VALUES (?, ?, ?, 0, ?) RETURNING id",
             )
             .bind(name)
             .bind(int(price_cents.0))
@@ -305,125 +308,58 @@ impl Transaction for SqlTx {
             name: name.to_owned(),
             price_cents,
             stock,
+            units_held: Qty::ZERO,
             units_received: received,
         })
     }
 
-    async fn set_stock(
-        &mut self,
-        id: ProductId,
-        stock: Qty,
-        units_received: u64,
-    ) -> StoreResult<()> {
-        let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>("UPDATE products SET stock = ?, units_received = ? WHERE id = ?")
-                .bind(stock.0)
-                .bind(int(units_received))
-                .bind(int(id.0))
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected())
-        })
-        .map_err(map_err)?;
-        expect_one(done, "product", id.0)
-    }
-
-    async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
-        let (units,): (u64,) = on_conn!(self, |conn, d| {
-            let sql = match d {
-                Dialect::MySql => {
-                    "SELECT CAST(COALESCE(SUM(qty), 0) AS UNSIGNED) FROM holds \
-                     WHERE product_id = ? AND state = 'held' AND expires_at > ?"
-                }
-                Dialect::Sqlite => {
-                    "SELECT COALESCE(SUM(qty), 0) FROM holds \
-                     WHERE product_id = ? AND state = 'held' AND expires_at > ?"
-                }
-            };
-            sqlx::query_as::<Db, _>(sql)
-                .bind(int(product_id.0))
-                .bind(int(now.as_ms()))
-                .fetch_one(conn)
-                .await
-        })
-        .map_err(map_err)?;
-        let units = u32::try_from(units).map_err(|_| {
-            StoreError::Corrupt(format!("product {product_id} holds {units} units"))
-        })?;
-        Ok(Qty(units))
-    }
-
-    async fn release_expired(
+    async fn expired_holds(
         &mut self,
         product_id: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Vec<HoldId>> {
-        let ids: Vec<(u64,)> = on_conn!(self, |conn, d| {
-            let select = locking!(
-                d,
-                "SELECT id FROM holds WHERE product_id = ? AND state = 'held' \
-                AND expires_at <= ? ORDER BY id"
-            );
-            let ids: Vec<(u64,)> = sqlx::query_as::<Db, _>(select)
-                .bind(int(product_id.0))
-                .bind(int(now.as_ms()))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            if !ids.is_empty() {
-                sqlx::query::<Db>(
-                    "UPDATE holds SET state = 'released', release_reason = 'expired' \
-                     WHERE product_id = ? AND state = 'held' AND expires_at <= ?",
-                )
-                .bind(int(product_id.0))
-                .bind(int(now.as_ms()))
-                .execute(conn)
-                .await
-                .map_err(map_err)?;
-            }
-            Ok::<_, StoreError>(ids)
-        })?;
-        Ok(ids.into_iter().map(|(id,)| HoldId(id)).collect())
-    }
-
-    async fn insert_holds(
-        &mut self,
-        product_id: ProductId,
-        grants: &[HoldGrant],
     ) -> StoreResult<Vec<Hold>> {
-        if grants.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values = vec!["(?, ?, ?, ?, 'held')"; grants.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {values} RETURNING id"
-        );
-        let mut ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql.clone()));
-            for grant in grants {
-                query = query
-                    .bind(int(product_id.0))
-                    .bind(grant.qty.0)
-                    .bind(int(grant.created_at.as_ms()))
-                    .bind(int(grant.expires_at.as_ms()));
-            }
-            query.fetch_all(conn).await
+        let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
+                 order_id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at <= ? \
+                 ORDER BY id",
+            )
+            .bind(int(product_id.0))
+            .bind(int(now.as_ms()))
+            .fetch_all(conn)
+            .await
         })
         .map_err(map_err)?;
-        if ids.len() != grants.len() {
-            return Err(StoreError::Corrupt(format!(
-                "{} holds inserted, {} ids",
-                grants.len(),
-                ids.len()
-            )));
+        rows.into_iter().map(hold_from_row).collect()
+    }
+
+    async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
+        let mut inserted = Inserted::default();
+        if let Some(product) = &writes.product {
+            self.update_product(product).await?;
         }
-        // Ids ascend within one statement; RETURNING does not promise row order.
-        ids.sort_unstable();
-        Ok(grants
-            .iter()
-            .zip(ids)
-            .map(|(grant, (id,))| grant.with_id(HoldId(id), product_id))
-            .collect())
+        self.release_holds(&writes.holds_released).await?;
+        if let Some(product) = &writes.product {
+            inserted.holds = self
+                .insert_holds(product.id, &writes.holds_inserted)
+                .await?;
+        }
+        if let Some(order) = &writes.order_inserted {
+            let id = self.insert_order(order).await?;
+            self.consume_hold(order.hold_id, id).await?;
+            inserted.order = Some(id);
+        }
+        for &(order_id, status) in &writes.orders_updated {
+            self.update_order_status(order_id, status).await?;
+        }
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        if let Some(record) = writes.webhook_record(&inserted).map_err(unresolved)? {
+            self.insert_webhook(&record).await?;
+        }
+        for record in writes.request_records(&inserted).map_err(unresolved)? {
+            self.insert_request_key(&record).await?;
+        }
+        Ok(inserted)
     }
 
     async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
@@ -441,28 +377,6 @@ impl Transaction for SqlTx {
         row.map(hold_from_row).transpose()
     }
 
-    async fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
-        let (word, reason, order) = match state {
-            HoldState::Held => ("held", None, None),
-            HoldState::Consumed(order_id) => ("consumed", None, Some(order_id.0)),
-            HoldState::Released(reason) => ("released", Some(reason.as_str()), None),
-        };
-        let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "UPDATE holds SET state = ?, release_reason = ?, order_id = ? WHERE id = ?",
-            )
-            .bind(word)
-            .bind(reason)
-            .bind(order.map(int))
-            .bind(int(id.0))
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())
-        })
-        .map_err(map_err)?;
-        expect_one(done, "hold", id.0)
-    }
-
     async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
         let row: Option<OrderRow> = on_conn!(self, |conn, d| {
             let sql = if lock {
@@ -476,39 +390,6 @@ impl Transaction for SqlTx {
         })
         .map_err(map_err)?;
         row.map(order_from_row).transpose()
-    }
-
-    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
-        let (id,): (u64,) = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, created_at, \
-                 payment_due_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(int(order.hold_id.0))
-            .bind(int(order.product_id.0))
-            .bind(order.qty.0)
-            .bind(int(order.total_cents.0))
-            .bind(order.status.as_str())
-            .bind(int(order.created_at.as_ms()))
-            .bind(int(order.payment_due_at.as_ms()))
-            .fetch_one(conn)
-            .await
-        })
-        .map_err(map_err)?;
-        Ok(order.with_id(OrderId(id)))
-    }
-
-    async fn set_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
-        let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>("UPDATE orders SET status = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(int(id.0))
-                .execute(conn)
-                .await
-                .map(|r| r.rows_affected())
-        })
-        .map_err(map_err)?;
-        expect_one(done, "order", id.0)
     }
 
     async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
@@ -525,27 +406,6 @@ impl Transaction for SqlTx {
         })
         .map_err(map_err)?;
         row.map(webhook_from_row).transpose()
-    }
-
-    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
-        on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, order_id, \
-                 received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(record.key.as_str())
-            .bind(int(record.hold_id.0))
-            .bind(record.status.as_str())
-            .bind(record.fingerprint.to_string())
-            .bind(record.result.as_str())
-            .bind(record.order_id.map(|id| int(id.0)))
-            .bind(int(record.received_at.as_ms()))
-            .execute(conn)
-            .await
-            .map(|_| ())
-        })
-        .map_err(map_err)?;
-        Ok(())
     }
 
     async fn lock_request_key(
@@ -565,32 +425,6 @@ impl Transaction for SqlTx {
         })
         .map_err(map_err)?;
         row.map(request_key_from_row).transpose()
-    }
-
-    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
-        let (product_id, qty, hold_id) = match record.request {
-            KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
-            KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
-        };
-        on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "INSERT INTO request_keys (idempotency_key, request, product_id, qty, hold_id, \
-                 resource_id, created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(record.key.as_str())
-            .bind(record.request.name())
-            .bind(product_id.map(int))
-            .bind(qty)
-            .bind(hold_id.map(int))
-            .bind(int(record.resource_id))
-            .bind(record.created)
-            .bind(int(record.created_at.as_ms()))
-            .execute(conn)
-            .await
-            .map(|_| ())
-        })
-        .map_err(map_err)?;
-        Ok(())
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
@@ -645,7 +479,8 @@ impl Transaction for SqlTx {
     async fn dump(&mut self) -> StoreResult<Dump> {
         let (products, holds, orders, webhooks, request_keys) = on_conn!(self, |conn, _d| {
             let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(
-                "SELECT id, name, price_cents, stock, units_received FROM products ORDER BY id",
+                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
+                 ORDER BY id",
             )
             .fetch_all(&mut *conn)
             .await
@@ -702,6 +537,197 @@ impl Transaction for SqlTx {
     }
 }
 
+/// The statements [`Transaction::write`] is made of, one per kind of row change.
+impl SqlTx {
+    async fn update_product(&mut self, product: &Product) -> StoreResult<()> {
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "UPDATE products SET stock = ?, units_held = ?, units_received = ? WHERE id = ?",
+            )
+            .bind(product.stock.0)
+            .bind(product.units_held.0)
+            .bind(int(product.units_received))
+            .bind(int(product.id.0))
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "product", product.id.0)
+    }
+
+    /// Releases held holds, one statement per reason; each must still be held.
+    async fn release_holds(&mut self, released: &[(HoldId, ReleaseReason)]) -> StoreResult<()> {
+        for reason in [ReleaseReason::Expired, ReleaseReason::PaymentFailed] {
+            let ids: Vec<u64> = released
+                .iter()
+                .filter(|&&(_, r)| r == reason)
+                .map(|&(id, _)| id.0)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let marks = vec!["?"; ids.len()].join(", ");
+            let sql = format!(
+                "UPDATE holds SET state = 'released', release_reason = ? \
+                 WHERE state = 'held' AND id IN ({marks})"
+            );
+            let done = on_conn!(self, |conn, _d| {
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
+                for &id in &ids {
+                    query = query.bind(int(id));
+                }
+                query.execute(conn).await.map(|r| r.rows_affected())
+            })
+            .map_err(map_err)?;
+            if done != ids.len() as u64 {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds to release, {done} were held",
+                    ids.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts granted holds in one statement; returns their ids, in order.
+    async fn insert_holds(
+        &mut self,
+        product_id: ProductId,
+        grants: &[HoldGrant],
+    ) -> StoreResult<Vec<HoldId>> {
+        if grants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = vec!["(?, ?, ?, ?, 'held')"; grants.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {values} \
+             RETURNING id"
+        );
+        let mut ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql.clone()));
+            for grant in grants {
+                query = query
+                    .bind(int(product_id.0))
+                    .bind(grant.qty.0)
+                    .bind(int(grant.created_at.as_ms()))
+                    .bind(int(grant.expires_at.as_ms()));
+            }
+            query.fetch_all(conn).await
+        })
+        .map_err(map_err)?;
+        if ids.len() != grants.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds inserted, {} ids",
+                grants.len(),
+                ids.len()
+            )));
+        }
+        // Ids ascend within one statement; RETURNING does not promise row order.
+        ids.sort_unstable();
+        Ok(ids.into_iter().map(|(id,)| HoldId(id)).collect())
+    }
+
+    /// Marks a held hold consumed by its new order.
+    async fn consume_hold(&mut self, id: HoldId, order_id: OrderId) -> StoreResult<()> {
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "UPDATE holds SET state = 'consumed', order_id = ? WHERE id = ? AND state = 'held'",
+            )
+            .bind(int(order_id.0))
+            .bind(int(id.0))
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "hold", id.0)
+    }
+
+    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<OrderId> {
+        let (id,): (u64,) = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(
+                "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, created_at, \
+                 payment_due_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(int(order.hold_id.0))
+            .bind(int(order.product_id.0))
+            .bind(order.qty.0)
+            .bind(int(order.total_cents.0))
+            .bind(order.status.as_str())
+            .bind(int(order.created_at.as_ms()))
+            .bind(int(order.payment_due_at.as_ms()))
+            .fetch_one(conn)
+            .await
+        })
+        .map_err(map_err)?;
+        Ok(OrderId(id))
+    }
+
+    /// Moves a pre-payment order to `status`; anything but one row updated is corruption.
+    async fn update_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
+        let done = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "UPDATE orders SET status = ? WHERE id = ? AND status = 'pre_payment'",
+            )
+            .bind(status.as_str())
+            .bind(int(id.0))
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_one(done, "order", id.0)
+    }
+
+    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
+        on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, order_id, \
+                 received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(record.key.as_str())
+            .bind(int(record.hold_id.0))
+            .bind(record.status.as_str())
+            .bind(record.fingerprint.to_string())
+            .bind(record.result.as_str())
+            .bind(record.order_id.map(|id| int(id.0)))
+            .bind(int(record.received_at.as_ms()))
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
+        let (product_id, qty, hold_id) = match record.request {
+            KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
+            KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
+        };
+        on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(
+                "INSERT INTO request_keys (idempotency_key, request, product_id, qty, hold_id, \
+                 resource_id, created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(record.key.as_str())
+            .bind(record.request.name())
+            .bind(product_id.map(int))
+            .bind(qty)
+            .bind(hold_id.map(int))
+            .bind(int(record.resource_id))
+            .bind(record.created)
+            .bind(int(record.created_at.as_ms()))
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
+
 /// A `u64` as SQLite and MySQL both bind it. Ids and amounts stay far below `i64::MAX` (the core
 /// bounds prices and quantities); only a timestamp saturated at the far future is clamped, which
 /// keeps it in the far future.
@@ -719,12 +745,14 @@ fn expect_one(rows_affected: u64, what: &str, id: u64) -> StoreResult<()> {
     }
 }
 
-fn product_from_row((id, name, price_cents, stock, units_received): ProductRow) -> Product {
+fn product_from_row(row: ProductRow) -> Product {
+    let (id, name, price_cents, stock, units_held, units_received) = row;
     Product {
         id: ProductId(id),
         name,
         price_cents: Cents(price_cents),
         stock: Qty(stock),
+        units_held: Qty(units_held),
         units_received,
     }
 }

@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
+use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
 use flashsale_core::{
     Cents, Command, HoldId, IdempotencyKey, Ledger, Outcome, PaymentStatus, Product, ProductId,
     Qty, Timestamp, WebhookPayload,
@@ -124,17 +124,20 @@ fn bench_place_holds(c: &mut Criterion) {
         name: "hot".to_owned(),
         price_cents: Cents(500),
         stock: Qty(1_000),
+        units_held: Qty(900),
         units_received: 1_000,
     };
     let mut rng = SplitMix64(7);
-    let requests: Vec<Qty> = (0..BATCH).map(|_| Qty(1 + rng.below(3) as u32)).collect();
+    let requests: Vec<HoldRequest> = (0..BATCH)
+        .map(|_| HoldRequest::unkeyed(Qty(1 + rng.below(3) as u32)))
+        .collect();
     let mut group = c.benchmark_group("place_holds");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("batch_of_64", |b| {
         b.iter(|| {
             hold::place_holds(
                 black_box(&product),
-                black_box(Qty(900)),
+                black_box(&[]),
                 black_box(&requests),
                 black_box(Timestamp(START_MS)),
                 black_box(HOLD_TTL_MS_DEFAULT),

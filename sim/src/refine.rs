@@ -530,6 +530,8 @@ mod tests {
             name: "P".into(),
             price_cents: Cents(1),
             stock: Qty(3),
+            // What the replay's grant of 2 leaves, so only the hold can differ.
+            units_held: Qty(2),
             units_received: 3,
         };
         let hold = Hold {

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Ledger, NewOrder, Order,
-    OrderId, OrderStatus, Product, ProductId, Qty, ReleaseReason, RequestRecord, Timestamp,
-    WebhookRecord,
+    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Ledger, NewOrder, Order,
+    OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
+    WriteSet,
 };
 use flashsale_server::store::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
 use madsim::rand::{Rng, thread_rng};
@@ -34,7 +34,8 @@ pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Bug {
     /// Locking a product takes no lock: concurrent holds can oversell.
     SkipProductLock,
-    /// Releasing expired holds does nothing, so a grant counts stale holds as released.
+    /// The write of an expired hold's release is dropped while the product's counters still
+    /// move, so a hold stays held that its product no longer counts.
     ForgetReleaseExpired,
     /// A released hold reads back as held, so an order can consume it.
     ConsumeReleasedHold,
@@ -43,8 +44,9 @@ pub enum Bug {
     /// A client request's idempotency key is never recorded, so a retry after a lost answer
     /// holds again.
     ForgetRequestKey,
-    /// Units held count expired holds too, so a hold is refused while units are free. No row is
-    /// ever wrong: only the answers are, which only the replay of answers can see.
+    /// A hold request never finds its product's expired holds, so their units count as held and
+    /// a hold is refused while units are free (the sweeper still releases them). Invariants hold
+    /// throughout: only the answers are wrong, which only the replay of answers can see.
     CountExpiredHolds,
 }
 
@@ -385,7 +387,8 @@ impl SimTx {
             .or_else(|| self.store.shared().tables.get(key))
     }
 
-    fn write(&mut self, row: Row) {
+    /// Stages a row in this transaction's writes.
+    fn stage(&mut self, row: Row) {
         let key = match &row {
             Row::Product(p) => RowKey::Product(p.id.0),
             Row::Hold(h) => RowKey::Hold(h.id.0),
@@ -421,6 +424,57 @@ impl SimTx {
 
     fn bug(&self) -> Option<Bug> {
         self.store.shared().bug
+    }
+
+    /// The product's held holds past their deadline at `now`, in id order.
+    fn expired_of(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
+        // The planted bug hides them from hold requests only; the sweeper still releases them,
+        // so every row ends as it should and only the answers differ.
+        let placing =
+            refine::current().is_some_and(|op| matches!(op.command, Command::PlaceHold { .. }));
+        if self.bug() == Some(Bug::CountExpiredHolds) && placing {
+            return Vec::new();
+        }
+        let holds = self.holds_of(product_id).into_iter();
+        holds
+            .filter(|h| h.state == HoldState::Held && h.is_expired(now))
+            .collect()
+    }
+
+    /// Moves a hold to `state` in this transaction's writes.
+    fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
+        let mut hold = match self.read(&RowKey::Hold(id.0)) {
+            Some(Row::Hold(h)) => h,
+            _ => return Err(missing("hold", id.0)),
+        };
+        hold.state = state;
+        self.stage(Row::Hold(hold));
+        Ok(())
+    }
+
+    /// Inserts an order, refusing a second one for its hold as the unique key would.
+    fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
+        let taken = {
+            let shared = self.store.shared();
+            shared
+                .tables
+                .orders
+                .values()
+                .any(|o| o.hold_id == order.hold_id)
+        };
+        let mine = self
+            .writes
+            .values()
+            .any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
+        if taken || mine {
+            self.rollback();
+            return Err(StoreError::Contention(
+                "1062 duplicate key orders_one_per_hold".into(),
+            ));
+        }
+        let order = order.with_id(OrderId(self.next_id(2)));
+        self.stage(Row::Order(order));
+        Ok(order)
     }
 
     fn next_id(&self, table: usize) -> u64 {
@@ -590,7 +644,7 @@ impl Transaction for SimTx {
         Ok(self.product_row(id))
     }
 
-    async fn product_and_units_held(
+    async fn product_view(
         &mut self,
         id: ProductId,
         now: Timestamp,
@@ -599,10 +653,12 @@ impl Transaction for SimTx {
         let Some(product) = self.product_row(id) else {
             return Ok(None);
         };
-        let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
+        let expired = self.expired_of(id, now);
         Ok(Some((
             product,
-            Qty(live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
+            Qty(expired
+                .iter()
+                .fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
         )))
     }
 
@@ -627,83 +683,65 @@ impl Transaction for SimTx {
             name: name.to_owned(),
             price_cents,
             stock,
+            units_held: Qty::ZERO,
             units_received: u64::from(stock.0),
         };
-        self.write(Row::Product(product.clone()));
+        self.stage(Row::Product(product.clone()));
         Ok(product)
     }
 
-    async fn set_stock(
-        &mut self,
-        id: ProductId,
-        stock: Qty,
-        units_received: u64,
-    ) -> StoreResult<()> {
-        self.step().await?;
-        let mut product = self
-            .product_row(id)
-            .ok_or_else(|| missing("product", id.0))?;
-        product.stock = stock;
-        product.units_received = units_received;
-        self.write(Row::Product(product));
-        Ok(())
-    }
-
-    async fn units_held(&mut self, product_id: ProductId, now: Timestamp) -> StoreResult<Qty> {
-        self.step().await?;
-        let planted = self.bug() == Some(Bug::CountExpiredHolds);
-        let live = self
-            .holds_of(product_id)
-            .into_iter()
-            .filter(|h| h.is_live(now) || (planted && h.state == HoldState::Held));
-        let units = live.fold(0u32, |sum, h| sum.saturating_add(h.qty.0));
-        Ok(Qty(units))
-    }
-
-    async fn release_expired(
+    async fn expired_holds(
         &mut self,
         product_id: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Vec<HoldId>> {
-        self.step().await?;
-        if self.bug() == Some(Bug::ForgetReleaseExpired) {
-            return Ok(Vec::new());
-        }
-        let expired: Vec<Hold> = self
-            .holds_of(product_id)
-            .into_iter()
-            .filter(|h| h.state == HoldState::Held && h.is_expired(now))
-            .collect();
-        let mut released = Vec::new();
-        for hold in expired {
-            self.lock(RowKey::Hold(hold.id.0)).await?;
-            // Read again under the lock, as `SELECT ... FOR UPDATE` would.
-            let Some(mut hold) = self.hold_row(hold.id) else {
-                continue;
-            };
-            if hold.state == HoldState::Held && hold.is_expired(now) {
-                hold.state = HoldState::Released(ReleaseReason::Expired);
-                self.write(Row::Hold(hold));
-                released.push(hold.id);
-            }
-        }
-        Ok(released)
-    }
-
-    async fn insert_holds(
-        &mut self,
-        product_id: ProductId,
-        grants: &[HoldGrant],
     ) -> StoreResult<Vec<Hold>> {
         self.step().await?;
-        let holds: Vec<Hold> = grants
-            .iter()
-            .map(|g| g.with_id(HoldId(self.next_id(1)), product_id))
-            .collect();
-        for hold in &holds {
-            self.write(Row::Hold(*hold));
+        Ok(self.expired_of(product_id, now))
+    }
+
+    async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
+        self.step().await?;
+        let mut inserted = Inserted::default();
+        if let Some(product) = &writes.product {
+            self.stage(Row::Product(product.clone()));
         }
-        Ok(holds)
+        for &(hold_id, reason) in &writes.holds_released {
+            // An UPDATE takes the row's lock, as InnoDB's would.
+            self.lock(RowKey::Hold(hold_id.0)).await?;
+            let planted = self.bug() == Some(Bug::ForgetReleaseExpired);
+            if planted && reason == ReleaseReason::Expired {
+                continue;
+            }
+            self.set_hold_state(hold_id, HoldState::Released(reason))?;
+        }
+        if let Some(product) = &writes.product {
+            for grant in &writes.holds_inserted {
+                let hold = grant.with_id(HoldId(self.next_id(1)), product.id);
+                self.stage(Row::Hold(hold));
+                inserted.holds.push(hold.id);
+            }
+        }
+        if let Some(new) = &writes.order_inserted {
+            let order = self.insert_order(new)?;
+            self.set_hold_state(new.hold_id, HoldState::Consumed(order.id))?;
+            inserted.order = Some(order.id);
+        }
+        for &(order_id, status) in &writes.orders_updated {
+            let mut order = self.order_row(order_id);
+            let order = order.as_mut().ok_or_else(|| missing("order", order_id.0))?;
+            order.status = status;
+            self.stage(Row::Order(*order));
+        }
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        if let Some(record) = writes.webhook_record(&inserted).map_err(unresolved)? {
+            self.stage(Row::Webhook(record));
+        }
+        if self.bug() != Some(Bug::ForgetRequestKey) {
+            for record in writes.request_records(&inserted).map_err(unresolved)? {
+                self.stage(Row::RequestKey(record));
+            }
+        }
+        Ok(inserted)
     }
 
     async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
@@ -714,57 +752,12 @@ impl Transaction for SimTx {
         Ok(self.hold_row(id))
     }
 
-    async fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
-        self.step().await?;
-        let mut hold = match self.read(&RowKey::Hold(id.0)) {
-            Some(Row::Hold(h)) => h,
-            _ => return Err(missing("hold", id.0)),
-        };
-        hold.state = state;
-        self.write(Row::Hold(hold));
-        Ok(())
-    }
-
     async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
         self.step().await?;
         if lock {
             self.lock(RowKey::Order(id.0)).await?;
         }
         Ok(self.order_row(id))
-    }
-
-    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
-        self.step().await?;
-        // The unique key on hold_id.
-        let taken = {
-            let shared = self.store.shared();
-            shared
-                .tables
-                .orders
-                .values()
-                .any(|o| o.hold_id == order.hold_id)
-        };
-        let mine = self
-            .writes
-            .values()
-            .any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
-        if taken || mine {
-            self.rollback();
-            return Err(StoreError::Contention(
-                "1062 duplicate key orders_one_per_hold".into(),
-            ));
-        }
-        let order = order.with_id(OrderId(self.next_id(2)));
-        self.write(Row::Order(order));
-        Ok(order)
-    }
-
-    async fn set_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
-        self.step().await?;
-        let mut order = self.order_row(id).ok_or_else(|| missing("order", id.0))?;
-        order.status = status;
-        self.write(Row::Order(order));
-        Ok(())
     }
 
     async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
@@ -780,12 +773,6 @@ impl Transaction for SimTx {
         }
     }
 
-    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
-        self.step().await?;
-        self.write(Row::Webhook(record.clone()));
-        Ok(())
-    }
-
     async fn lock_request_key(
         &mut self,
         key: &IdempotencyKey,
@@ -797,14 +784,6 @@ impl Transaction for SimTx {
             Some(Row::RequestKey(r)) => Ok(Some(r)),
             _ => Ok(None),
         }
-    }
-
-    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
-        self.step().await?;
-        if self.bug() != Some(Bug::ForgetRequestKey) {
-            self.write(Row::RequestKey(record.clone()));
-        }
-        Ok(())
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {

@@ -254,9 +254,12 @@ impl World {
             store.keep_trace();
         }
         let plan = config.plan.clone();
+        // One transaction per hold request: the refinement check maps every transaction to the
+        // one request whose task ran it, and a batch's transaction runs on its drainer's task.
         let service_config = Config {
             hold_ttl_ms: plan.hold_ttl_ms,
             payment_window_ms: plan.payment_window_ms,
+            hold_batch_max: 1,
             ..Config::default()
         };
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);

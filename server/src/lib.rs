@@ -1,12 +1,10 @@
 //! The flashsale server: the core's imperative shell.
 //!
 //! - [`service`]: transaction scripts over the [`store::Storage`] trait, free of sqlx and warp,
-//!   so the simulator runs them under madsim; [`batch`]: the per-product queues that let one
-//!   transaction decide many concurrent hold requests;
+//!   so the simulator runs them under madsim (hot-product hold queues from `flashsale-sync`);
 //! - [`store::sql`]: the MySQL/MariaDB and SQLite storages (feature `sql`, on by default);
 //! - `routes`, `config`, `startup`: the warp HTTP API and the `flashsale` command line (`sql`).
 
-pub mod batch;
 pub mod clock;
 pub mod service;
 pub mod store;

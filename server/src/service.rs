@@ -24,9 +24,9 @@ use flashsale_core::{
     Order, OrderId, Product, ProductId, Qty, Refusal, Rejection, RequestRecord, Timestamp,
     Violation, WebhookPayload, WebhookRecord,
 };
+use flashsale_sync::batch::{HoldQueues, Waiting};
 use tokio::sync::oneshot;
 
-use crate::batch::{HoldQueues, Waiting};
 use crate::clock::Clock;
 use crate::store::{Dump, Storage, StoreError, Transaction, TxMode};
 
@@ -193,7 +193,7 @@ pub struct Service<S, C> {
     clock: C,
     config: Config,
     /// Hold requests waiting per product, decided together by one transaction.
-    hold_queues: Arc<HoldQueues>,
+    hold_queues: Arc<HoldQueues<HoldAnswerSender>>,
     /// Idempotency keys of requests running on this server; lost with it in a crash, which is
     /// fine: the database still runs two requests under one key one after the other.
     keys_in_flight: Arc<Mutex<BTreeSet<IdempotencyKey>>>,

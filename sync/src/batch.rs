@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 /// A request waiting in a queue, with where to send its answer.
 #[derive(Debug)]
-pub struct Waiting<R = crate::service::HoldAnswerSender> {
+pub struct Waiting<R> {
     /// The request.
     pub request: HoldRequest,
     /// Its answer's way back.
@@ -28,7 +28,7 @@ pub struct Waiting<R = crate::service::HoldAnswerSender> {
 
 /// The waiting hold requests of every product being decided right now.
 #[derive(Debug)]
-pub struct HoldQueues<R = crate::service::HoldAnswerSender> {
+pub struct HoldQueues<R> {
     queues: Mutex<BTreeMap<ProductId, VecDeque<Waiting<R>>>>,
     batch_max: usize,
     queue_max: usize,
@@ -126,7 +126,7 @@ mod tests {
         let p = ProductId(1);
         assert_eq!(queues.push(p, waiting(1)), Ok(true));
         assert_eq!(queues.push(p, waiting(2)), Ok(false));
-        assert_eq!(queues.push(p, waiting(3)).map_err(|n| n), Err(2));
+        assert_eq!(queues.push(p, waiting(3)), Err(2));
         assert_eq!(
             queues.push(ProductId(2), waiting(4)),
             Ok(true),
@@ -147,7 +147,7 @@ mod loom_tests {
     /// refused, each client's requests in its order, every batch within its bound, and nothing is
     /// left waiting once the drainers stop (no push joins a queue whose drainer already left).
     #[test]
-    fn no_request_is_lost_or_taken_twice_and_one_drainer_runs_at_a_time() {
+    fn no_request_is_lost_or_taken_twice_and_batches_keep_arrival_order() {
         loom::model(|| {
             let queues = Arc::new(HoldQueues::new(2, 3));
             let taken = Arc::new(Mutex::new(Vec::new()));

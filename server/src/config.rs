@@ -100,6 +100,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_HOLD_QUEUE_MAX", default_value_t = crate::service::HOLD_QUEUE_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub hold_queue_max: u16,
+    /// How long `GET /api/products/{id}` may answer from this instance's cache (its own writes
+    /// are always seen at once; other instances' at most this late); `0s` turns it off.
+    #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cache_staleness: Duration,
 }
 
 /// `flashsale sweep`.

@@ -20,11 +20,12 @@ use flashsale_core::payment::{self, WebhookDecision};
 use flashsale_core::product;
 use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, KeyedRequest,
-    Order, OrderId, Product, ProductId, Qty, Refusal, Rejection, RequestRecord, Timestamp,
-    Violation, WebhookPayload, WebhookRecord,
+    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, Inserted,
+    KeyedRequest, Order, OrderId, Product, ProductId, Qty, Refusal, Rejection, RequestRecord,
+    Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
 };
 use flashsale_sync::batch::{HoldQueues, Waiting};
+use flashsale_sync::cache::ProductCache;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -36,6 +37,8 @@ pub const ATTEMPTS_MAX_DEFAULT: u32 = 8;
 pub const SWEEP_PRODUCTS_PER_BATCH: u32 = 100;
 /// How many hold requests for one product one transaction decides at most, by default.
 pub const HOLD_BATCH_MAX_DEFAULT: u16 = 128;
+/// How long a cached product may be served, by default: one second.
+pub const CACHE_STALENESS_MS_DEFAULT: u64 = 1_000;
 /// How many hold requests may wait for one product before new ones are refused, by default.
 pub const HOLD_QUEUE_MAX_DEFAULT: u16 = 4_096;
 
@@ -53,6 +56,9 @@ pub struct Config {
     pub hold_batch_max: usize,
     /// How many hold requests may wait for one product; past it, [`ServiceError::Overloaded`].
     pub hold_queue_max: usize,
+    /// How long a product's cached availability may be served (writes of other instances are
+    /// seen at most this late); 0 turns the cache off.
+    pub cache_staleness_ms: u64,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             attempts_max: ATTEMPTS_MAX_DEFAULT,
             hold_batch_max: usize::from(HOLD_BATCH_MAX_DEFAULT),
             hold_queue_max: usize::from(HOLD_QUEUE_MAX_DEFAULT),
+            cache_staleness_ms: CACHE_STALENESS_MS_DEFAULT,
         }
     }
 }
@@ -194,6 +201,8 @@ pub struct Service<S, C> {
     config: Config,
     /// Hold requests waiting per product, decided together by one transaction.
     hold_queues: Arc<HoldQueues<HoldAnswerSender>>,
+    /// What `product` answered, per product, for GET storms.
+    cache: Arc<ProductCache<ProductView>>,
     /// Idempotency keys of requests running on this server; lost with it in a crash, which is
     /// fine: the database still runs two requests under one key one after the other.
     keys_in_flight: Arc<Mutex<BTreeSet<IdempotencyKey>>>,
@@ -222,9 +231,14 @@ macro_rules! in_transaction {
         loop {
             attempt = attempt.saturating_add(1);
             let result: Result<_, ServiceError> = async {
-                let mut $tx = $service.store.begin($mode).await?;
+                let mut $tx = Tracked::new($service.store.begin($mode).await?);
                 let value = $script.await?;
-                $tx.commit().await?;
+                let Tracked { inner, written } = $tx;
+                inner.commit().await?;
+                // After the commit and before the caller is answered: it reads its own write.
+                if let Some(product_id) = written {
+                    $service.cache.invalidate(product_id);
+                }
                 Ok(value)
             }
             .await;
@@ -240,6 +254,45 @@ macro_rules! in_transaction {
             }
         }
     }};
+}
+
+/// A transaction that remembers the product its write-set changed (a write-set changes at most
+/// one), so the cache can forget that product once the transaction commits. Every other step is
+/// the storage's own, through `Deref`.
+struct Tracked<T> {
+    inner: T,
+    written: Option<ProductId>,
+}
+
+impl<T: Transaction> Tracked<T> {
+    fn new(inner: T) -> Self {
+        Tracked {
+            inner,
+            written: None,
+        }
+    }
+
+    /// [`Transaction::write`], noting the product written.
+    async fn write(&mut self, writes: &WriteSet) -> Result<Inserted, StoreError> {
+        let inserted = self.inner.write(writes).await?;
+        if let Some(product) = &writes.product {
+            self.written = Some(product.id);
+        }
+        Ok(inserted)
+    }
+}
+
+impl<T> std::ops::Deref for Tracked<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> std::ops::DerefMut for Tracked<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 /// Waits a little longer after each failed attempt, so contenders spread out.
@@ -259,6 +312,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 config.hold_batch_max,
                 config.hold_queue_max,
             )),
+            cache: Arc::default(),
             keys_in_flight: Arc::default(),
         }
     }
@@ -296,20 +350,40 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         self.clock.now()
     }
 
-    /// A product and its units available now.
+    /// A product and its units available now. Served from the cache while its entry is valid:
+    /// never past the product's next hold deadline, never later than `cache_staleness_ms` after
+    /// its read, and never after a write of this instance to the product.
     ///
     /// # Errors
-    /// [`ServiceError::NotFound`] for an unknown product; storage failures.
+    /// [`ServiceError::NotFound`] for an unknown product; storage failures;
+    /// [`ServiceError::Violated`] when the product's counters are corrupt.
     pub async fn product(&self, id: ProductId) -> Result<ProductView, ServiceError> {
-        in_transaction!(self, TxMode::Read, "product", |tx| async {
-            let read = tx.product_view(id, self.clock.now()).await?;
-            let (product, units_expired) = read.ok_or(ServiceError::NotFound {
+        let now = self.clock.now();
+        let caching = self.config.cache_staleness_ms > 0;
+        if caching && let Some(view) = self.cache.get(id, now) {
+            return Ok(view);
+        }
+        let generation = self.cache.generation(id);
+        let (view, next_deadline) = in_transaction!(self, TxMode::Read, "product", |tx| async {
+            let read = tx.product_view(id, now).await?;
+            let read = read.ok_or(ServiceError::NotFound {
                 what: "product",
                 id: id.0,
             })?;
-            let available = product::available(&product, units_expired)?;
-            Ok::<_, ServiceError>(ProductView { product, available })
-        })
+            let available = product::available(&read.product, read.units_expired)?;
+            let view = ProductView {
+                product: read.product,
+                available,
+            };
+            Ok::<_, ServiceError>((view, read.next_deadline))
+        })?;
+        if caching {
+            let stale_at = now.saturating_add_ms(self.config.cache_staleness_ms);
+            let valid_until = next_deadline.map_or(stale_at, |at| at.min(stale_at));
+            self.cache
+                .store(id, generation, view.clone(), now, valid_until);
+        }
+        Ok(view)
     }
 
     /// Places one hold of `qty` units for the configured TTL.
@@ -421,9 +495,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                     product_id,
                     qty: requests[i].qty,
                 };
-                answers[i] = match replay(&mut tx, requests[i].key.as_ref(), &asked).await {
+                answers[i] = match replay(&mut *tx, requests[i].key.as_ref(), &asked).await {
                     Ok(None) => None,
-                    Ok(Some(record)) => Some(replayed_hold(&mut tx, &record).await),
+                    Ok(Some(record)) => Some(replayed_hold(&mut *tx, &record).await),
                     Err(ServiceError::Rejected(rejection)) => Some(Err(rejection.into())),
                     Err(error) => return Err(error),
                 };
@@ -452,7 +526,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// The fresh requests (`fresh`, indexes into `requests`) of a batch, decided and written.
     async fn grant_holds<T: Transaction>(
         &self,
-        tx: &mut T,
+        tx: &mut Tracked<T>,
         product_id: ProductId,
         requests: &[HoldRequest],
         fresh: &[usize],
@@ -521,7 +595,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         let request = KeyedRequest::PlaceOrder { hold_id };
         let _claim = self.claim(key)?;
         in_transaction!(self, TxMode::Write, "place_order", |tx| async {
-            if let Some(record) = replay(&mut tx, key, &request).await? {
+            if let Some(record) = replay(&mut *tx, key, &request).await? {
                 let order = tx.order(OrderId(record.resource_id), false).await?;
                 let order = order.ok_or_else(|| lost_resource(&record))?;
                 let value = OrderPlaced {
@@ -533,7 +607,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                     replayed: true,
                 });
             }
-            let (hold, product) = lock_hold(&mut tx, hold_id).await?;
+            let (hold, product) = lock_hold(&mut *tx, hold_id).await?;
             let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
             let now = self.clock.now();
             let decided = order::place_order(&hold, &product, now, window_ms, key)?;
@@ -580,7 +654,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         payload: &WebhookPayload,
     ) -> Result<WebhookAnswer, ServiceError> {
         in_transaction!(self, TxMode::Write, "apply_webhook", |tx| async {
-            let (hold, product) = match lock_hold(&mut tx, payload.hold_id).await {
+            let (hold, product) = match lock_hold(&mut *tx, payload.hold_id).await {
                 Ok((hold, product)) => (hold, Some(product)),
                 Err(ServiceError::Rejected(Rejection::UnknownHold { .. })) => (None, None),
                 Err(error) => return Err(error),

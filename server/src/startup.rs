@@ -45,6 +45,7 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
         payment_window_ms,
         hold_batch_max: usize::from(args.hold_batch_max),
         hold_queue_max: usize::from(args.hold_queue_max),
+        cache_staleness_ms: u64::try_from(args.cache_staleness.as_millis()).unwrap_or(u64::MAX),
         ..service::Config::default()
     })
 }

@@ -16,7 +16,7 @@ use flashsale_core::{
     ProductId, Qty, Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{Config, Service, ServiceError};
+use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, Service, ServiceError};
 use flashsale_server::store::sql::SqlStore;
 use sqlx::Executor;
 
@@ -76,12 +76,17 @@ async fn mariadb() -> Db {
 
 impl Db {
     async fn service(&self, clock: &ManualClock) -> TestService {
+        self.service_with(clock, Config::default()).await
+    }
+
+    /// A service with `config`, but the tests' TTL and payment window.
+    async fn service_with(&self, clock: &ManualClock, config: Config) -> TestService {
         let store = SqlStore::connect(&self.url).await.expect("connect");
         store.migrate().await.expect("migrate");
         let config = Config {
             hold_ttl_ms: TTL_MS,
             payment_window_ms: WINDOW_MS,
-            ..Config::default()
+            ..config
         };
         Service::new(store, clock.clone(), config)
     }
@@ -553,6 +558,59 @@ async fn concurrent_requests_under_one_key_on_two_servers_place_one_hold(db: Db)
     db.finish(&servers[0]).await;
 }
 
+async fn the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound(db: Db) {
+    let clock = ManualClock::new(T0);
+    let here = db.service(&clock).await;
+    let there = db.service(&clock).await;
+    let p = product(&here, 5).await;
+    let available = |s: &TestService| {
+        let s = s.clone();
+        async move { s.product(p).await.expect("exists").available }
+    };
+    assert_eq!(available(&here).await, Qty(5));
+    assert_eq!(available(&there).await, Qty(5), "now cached on both");
+    here.place_hold(p, Qty(2)).await.expect("granted");
+    assert_eq!(available(&here).await, Qty(3), "its own write, at once");
+    assert_eq!(
+        available(&there).await,
+        Qty(5),
+        "another instance's write may be a second late"
+    );
+    clock.advance(i64::try_from(CACHE_STALENESS_MS_DEFAULT).expect("small"));
+    assert_eq!(available(&there).await, Qty(3), "and no later");
+    // Even with a staleness bound far beyond the TTL, an entry is never served past the next
+    // hold deadline, when units come back by themselves.
+    let patient = Config {
+        cache_staleness_ms: 100 * TTL_MS,
+        ..Config::default()
+    };
+    let patient = db.service_with(&clock, patient).await;
+    assert_eq!(available(&patient).await, Qty(3));
+    // The hold was granted at T0 and the clock reads T0 + the staleness bound.
+    clock.set(Timestamp(T0.as_ms() + TTL_MS - 1));
+    assert_eq!(
+        available(&patient).await,
+        Qty(3),
+        "cached, or read again: still held"
+    );
+    clock.advance(1);
+    assert_eq!(
+        available(&patient).await,
+        Qty(5),
+        "the hold expired: its units are back"
+    );
+    // And a clock stepped back before the read misses rather than serving the future.
+    here.place_hold(p, Qty(1)).await.expect("granted");
+    assert_eq!(
+        available(&patient).await,
+        Qty(5),
+        "cached before that write, by design"
+    );
+    clock.advance(-1);
+    assert_eq!(available(&patient).await, Qty(4), "read again");
+    db.finish(&here).await;
+}
+
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -587,4 +645,5 @@ on_both_databases!(
     a_rejected_keyed_hold_leaves_the_key_unused,
     a_keyed_order_replays_its_first_answer,
     concurrent_requests_under_one_key_on_two_servers_place_one_hold,
+    the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound,
 );

@@ -18,7 +18,9 @@ use flashsale_core::{
     OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
     WriteSet,
 };
-use flashsale_server::store::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
+use flashsale_server::store::{
+    Dump, ProductRead, Storage, StoreError, StoreResult, Transaction, TxMode,
+};
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
@@ -648,18 +650,20 @@ impl Transaction for SimTx {
         &mut self,
         id: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Option<(Product, Qty)>> {
+    ) -> StoreResult<Option<ProductRead>> {
         self.step().await?;
         let Some(product) = self.product_row(id) else {
             return Ok(None);
         };
         let expired = self.expired_of(id, now);
-        Ok(Some((
+        let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
+        Ok(Some(ProductRead {
             product,
-            Qty(expired
+            units_expired: Qty(expired
                 .iter()
                 .fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
-        )))
+            next_deadline: live.map(|h| h.expires_at).min(),
+        }))
     }
 
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {

@@ -78,15 +78,16 @@ pub trait Transaction: Send {
         id: ProductId,
     ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
 
-    /// Reads a product and the units of its held holds already expired at `now` (not yet
-    /// released), without locks, in one consistent read (one statement): two statements at READ
-    /// COMMITTED could pair a counter from before an order with holds from after it. Costs
-    /// O(expired holds) through the `(product_id, state, expires_at)` index, never O(holds).
+    /// Reads a product, the units of its held holds already expired at `now` (not yet
+    /// released) and the earliest deadline of its live holds, without locks, in one consistent
+    /// read (one statement): two statements at READ COMMITTED could pair a counter from before an
+    /// order with holds from after it. Costs O(expired holds) through the
+    /// `(product_id, state, expires_at)` index, never O(holds).
     fn product_view(
         &mut self,
         id: ProductId,
         now: Timestamp,
-    ) -> impl Future<Output = StoreResult<Option<(Product, Qty)>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<ProductRead>>> + Send;
 
     /// Reads and locks a product.
     fn lock_product(
@@ -164,6 +165,18 @@ pub trait Transaction: Send {
 
     /// Every row, for checking invariants on the database's contents.
     fn dump(&mut self) -> impl Future<Output = StoreResult<Dump>> + Send;
+}
+
+/// A product as `GET /api/products/{id}` reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductRead {
+    /// The product row, with its counters.
+    pub product: Product,
+    /// Units of its held holds whose deadline has passed, not yet released.
+    pub units_expired: Qty,
+    /// The earliest deadline of its held holds still live: when its availability next changes
+    /// without a write.
+    pub next_deadline: Option<Timestamp>,
 }
 
 /// Every row of a database.

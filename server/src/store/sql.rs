@@ -23,7 +23,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Executor, MySql, Pool, Sqlite};
 
-use super::{Dump, Storage, StoreError, StoreResult, Transaction, TxMode};
+use super::{Dump, ProductRead, Storage, StoreError, StoreResult, Transaction, TxMode};
 
 static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -233,38 +233,47 @@ impl Transaction for SqlTx {
         &mut self,
         id: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Option<(Product, Qty)>> {
-        type Row = (u64, String, u64, u32, u32, u64, u64);
+    ) -> StoreResult<Option<ProductRead>> {
+        type Row = (u64, String, u64, u32, u32, u64, u64, Option<u64>);
         let row: Option<Row> = on_conn!(self, |conn, d| {
             let sql = match d {
                 Dialect::MySql => {
                     "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
                      CAST(COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at <= ?), 0) AS UNSIGNED) \
+                     AND h.state = 'held' AND h.expires_at <= ?), 0) AS UNSIGNED), \
+                     (SELECT MIN(h.expires_at) FROM holds h WHERE h.product_id = p.id \
+                     AND h.state = 'held' AND h.expires_at > ?) \
                      FROM products p WHERE p.id = ?"
                 }
                 Dialect::Sqlite => {
                     "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
                      COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at <= ?), 0) \
+                     AND h.state = 'held' AND h.expires_at <= ?), 0), \
+                     (SELECT MIN(h.expires_at) FROM holds h WHERE h.product_id = p.id \
+                     AND h.state = 'held' AND h.expires_at > ?) \
                      FROM products p WHERE p.id = ?"
                 }
             };
             sqlx::query_as::<Db, Row>(sql)
+                .bind(int(now.as_ms()))
                 .bind(int(now.as_ms()))
                 .bind(int(id.0))
                 .fetch_optional(conn)
                 .await
         })
         .map_err(map_err)?;
-        let Some((id, name, price_cents, stock, units_held, units_received, expired)) = row else {
+        let Some((id, name, price_cents, stock, held, received, expired, next)) = row else {
             return Ok(None);
         };
-        let product = product_from_row((id, name, price_cents, stock, units_held, units_received));
+        let product = product_from_row((id, name, price_cents, stock, held, received));
         let expired = u32::try_from(expired).map_err(|_| {
             StoreError::Corrupt(format!("product {id} has {expired} expired units"))
         })?;
-        Ok(Some((product, Qty(expired))))
+        Ok(Some(ProductRead {
+            product,
+            units_expired: Qty(expired),
+            next_deadline: next.map(Timestamp),
+        }))
     }
 
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {

@@ -11,6 +11,8 @@
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -137,6 +139,30 @@ pub type HoldAnswer = Result<Keyed<HoldPlaced>, ServiceError>;
 /// Where a queued hold request's answer goes.
 pub type HoldAnswerSender = oneshot::Sender<HoldAnswer>;
 
+/// A queued request's context, carried from its own task to the batch that decides it.
+pub type BatchTag = Box<dyn std::any::Any + Send>;
+
+/// A batch's transaction script, boxed so a [`BatchScope`] can wrap it.
+pub type BatchRun<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<HoldAnswer>, ServiceError>> + Send + 'a>>;
+
+/// Lets a driver carry each queued hold request's context to the transaction that decides it,
+/// which runs on the drainer's task. The server needs none; the simulator uses it so its storage
+/// can tell which requests a batch's transaction served.
+pub trait BatchScope: Send + Sync + std::fmt::Debug + 'static {
+    /// Called on the request's own task as it joins its product's queue.
+    fn capture(&self) -> Option<BatchTag>;
+    /// Wraps a batch's transaction, given its requests' tags in arrival order.
+    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a>;
+}
+
+/// A queued request's way back, and its driver's context.
+#[derive(Debug)]
+pub struct Reply {
+    sender: HoldAnswerSender,
+    tag: Option<BatchTag>,
+}
+
 /// A product with its units available at the instant it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProductView {
@@ -200,7 +226,9 @@ pub struct Service<S, C> {
     clock: C,
     config: Config,
     /// Hold requests waiting per product, decided together by one transaction.
-    hold_queues: Arc<HoldQueues<HoldAnswerSender>>,
+    hold_queues: Arc<HoldQueues<Reply>>,
+    /// The driver's hook around batch transactions, if it has one.
+    batch_scope: Option<Arc<dyn BatchScope>>,
     /// What `product` answered, per product, for GET storms.
     cache: Arc<ProductCache<ProductView>>,
     /// Idempotency keys of requests running on this server; lost with it in a crash, which is
@@ -313,8 +341,16 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 config.hold_queue_max,
             )),
             cache: Arc::default(),
+            batch_scope: None,
             keys_in_flight: Arc::default(),
         }
+    }
+
+    /// The same service, carrying each queued hold request's context to its batch through
+    /// `scope`.
+    pub fn with_batch_scope(mut self, scope: Arc<dyn BatchScope>) -> Self {
+        self.batch_scope = Some(scope);
+        self
     }
 
     /// Marks `key` in flight on this server until the claim drops.
@@ -427,8 +463,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 .pop()
                 .unwrap_or(Err(Rejection::InvalidQty { qty }.into()));
         }
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting { request, reply };
+        let (sender, answer) = oneshot::channel();
+        let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
+        let waiting = Waiting {
+            request,
+            reply: Reply { sender, tag },
+        };
         match self.hold_queues.push(product_id, waiting) {
             Err(waiting) => {
                 return Err(ServiceError::Overloaded {
@@ -453,15 +493,24 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     async fn drain_holds(&self, product_id: ProductId) {
         while let Some(batch) = self.hold_queues.next_batch(product_id) {
             let requests: Vec<HoldRequest> = batch.iter().map(|w| w.request.clone()).collect();
-            match self.place_hold_batch(product_id, &requests).await {
+            let (senders, tags): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|w| (w.reply.sender, w.reply.tag))
+                .unzip();
+            let run: BatchRun<'_> = Box::pin(self.place_hold_batch(product_id, &requests));
+            let result = match &self.batch_scope {
+                Some(scope) => scope.scope(tags, run).await,
+                None => run.await,
+            };
+            match result {
                 Ok(answers) => {
-                    for (waiting, answer) in batch.into_iter().zip(answers) {
-                        let _ = waiting.reply.send(answer);
+                    for (sender, answer) in senders.into_iter().zip(answers) {
+                        let _ = sender.send(answer);
                     }
                 }
                 Err(error) => {
-                    for waiting in batch {
-                        let _ = waiting.reply.send(Err(error.clone()));
+                    for sender in senders {
+                        let _ = sender.send(Err(error.clone()));
                     }
                 }
             }

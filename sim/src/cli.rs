@@ -295,6 +295,7 @@ fn tally(total: &mut BTreeMap<&'static str, u64>, report: &Report) {
     add(total, "fault: lock wait timeout", c.lock_timeout);
     add(total, "fault: connection lost", c.connection_lost);
     add(total, "fault: commit answer lost", c.commit_answer_lost);
+    add(total, "batch: hold requests decided together", c.batched);
     add(total, "chaos: crash", s.crashes);
     add(total, "chaos: clock step back", s.clock_steps_back);
     add(total, "chaos: clock step forward", s.clock_steps_forward);

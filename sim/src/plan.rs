@@ -166,6 +166,9 @@ pub struct Plan {
     pub restocks: Vec<(u64, usize, u32)>,
     /// The storage faults while the load runs.
     pub faults: FaultProfile,
+    /// How many concurrent hold requests for one product one transaction decides (1: one
+    /// transaction per request).
+    pub hold_batch_max: usize,
 }
 
 impl Plan {
@@ -211,6 +214,8 @@ impl Plan {
                 (rng.below(span_ms), product, 1 + rng.below(5) as u32)
             })
             .collect();
+        // Drawn last, so the rest of every seed's plan stays as it was before batching existed.
+        let hold_batch_max = [1, 2, 8, 128][rng.below(4) as usize];
         Plan {
             stocks,
             hold_ttl_ms,
@@ -221,6 +226,7 @@ impl Plan {
             chaos,
             restocks,
             faults,
+            hold_batch_max,
         }
     }
 
@@ -294,8 +300,13 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers",
-            self.stocks, self.hold_ttl_ms, self.payment_window_ms, self.servers
+            "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers; hold batches \
+             of up to {}",
+            self.stocks,
+            self.hold_ttl_ms,
+            self.payment_window_ms,
+            self.servers,
+            self.hold_batch_max
         )?;
         let p = &self.faults;
         writeln!(

@@ -23,6 +23,8 @@ use flashsale_core::{
 tokio::task_local! {
     /// The operation the current request performs, and the last time its clock gave.
     pub static OP: RefCell<OpContext>;
+    /// The hold requests a batch's transaction decides, in arrival order, on the drainer's task.
+    pub static BATCH: RefCell<Vec<OpContext>>;
 }
 
 /// What the current request does.
@@ -62,19 +64,34 @@ impl OpContext {
     }
 }
 
-/// Notes a clock reading in the current request, if there is one.
+/// Notes a clock reading in the current request, or in every request of the current batch.
 pub fn note_now(now: Timestamp) {
-    let _ = OP.try_with(|op| op.borrow_mut().now = Some(now));
+    if OP.try_with(|op| op.borrow_mut().now = Some(now)).is_err() {
+        let _ = BATCH.try_with(|ops| {
+            ops.borrow_mut()
+                .iter_mut()
+                .for_each(|op| op.now = Some(now))
+        });
+    }
 }
 
-/// The current request's command and clock, if there is one.
-pub fn current() -> Option<OpContext> {
-    OP.try_with(|op| op.borrow().clone()).ok()
+/// The requests the current transaction serves: the current request, or the current batch's.
+pub fn current() -> Vec<OpContext> {
+    if let Ok(op) = OP.try_with(|op| op.borrow().clone()) {
+        return vec![op];
+    }
+    BATCH
+        .try_with(|ops| ops.borrow().clone())
+        .unwrap_or_default()
 }
 
-/// One transaction's end, in the order the storage saw them.
+/// One transaction's end for one request it served, in the order the storage saw them. A batch's
+/// transaction logs one entry per request, in arrival order, sharing `tx`; its inserted rows are
+/// on the first.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The transaction.
+    pub tx: u64,
     /// The request it served.
     pub op: u64,
     /// What it did, with the storage's ids.
@@ -85,12 +102,16 @@ pub struct Entry {
     pub now: Timestamp,
     /// Whether it committed writes; otherwise it rolled back or committed a read.
     pub wrote: bool,
+    /// Whether it answered this request from its idempotency key's record, deciding nothing.
+    pub replayed: bool,
     /// Holds it inserted (storage ids).
     pub holds_inserted: Vec<u64>,
     /// Orders it inserted (storage ids).
     pub orders_inserted: Vec<u64>,
     /// Products it inserted (storage ids).
     pub products_inserted: Vec<u64>,
+    /// Client idempotency keys whose records it wrote.
+    pub keys_recorded: Vec<String>,
 }
 
 /// What a client was answered, with the storage's ids.
@@ -309,20 +330,61 @@ pub fn check(
     let mut ledger = Ledger::new();
     let mut ids = Ids::default();
     let mut checked = 0usize;
-    for (i, entry) in log.iter().enumerate() {
-        let answer = answers
-            .get(&entry.op)
-            .filter(|_| last.get(&entry.op) == Some(&i));
-        if !entry.wrote && answer.is_none() {
-            // A rolled-back attempt, or a read nobody was answered: nothing to replay.
+    let mut start = 0;
+    while start < log.len() {
+        // One transaction: one entry, or a batch's entries in arrival order.
+        let tx = log[start].tx;
+        let end = log[start..]
+            .iter()
+            .position(|e| e.tx != tx)
+            .map_or(log.len(), |n| start + n);
+        checked = checked.saturating_add(replay_transaction(
+            &mut ledger,
+            &mut ids,
+            log,
+            start..end,
+            |i| {
+                answers
+                    .get(&log[i].op)
+                    .filter(|_| last.get(&log[i].op) == Some(&i))
+            },
+        )?);
+        start = end;
+    }
+    compare(stored, &ledger, &ids)?;
+    Ok(checked)
+}
+
+/// Replays the entries `range` of one transaction through `ledger`: each request in order at its
+/// clock reading, then (if it wrote) the rows it created against the storage's, then each
+/// answered request's answer. Returns how many answers it checked.
+fn replay_transaction<'a>(
+    ledger: &mut Ledger,
+    ids: &mut Ids,
+    log: &[Entry],
+    range: std::ops::Range<usize>,
+    answer_of: impl Fn(usize) -> Option<&'a Answer>,
+) -> Result<usize, String> {
+    let first = range.start;
+    let wrote = log[first].wrote;
+    let alone = range.len() == 1;
+    let before = counts(ledger);
+    let mut pending = Vec::new();
+    let mut checked = 0usize;
+    for i in range.clone() {
+        let entry = &log[i];
+        let answer = answer_of(i);
+        if entry.replayed || (!wrote && answer.is_none()) {
+            // A replay decides nothing; a rolled-back attempt or a read nobody was answered
+            // has nothing to replay.
             continue;
         }
         let command = ids
             .command(&entry.command)
             .map_err(|e| format!("commit {i}: {e}"))?;
-        let before = counts(&ledger);
         let result = ledger.apply(entry.now, command.clone());
-        if entry.wrote
+        if wrote
+            && alone
             && let Err(rejection) = &result
         {
             return Err(format!(
@@ -330,32 +392,15 @@ pub fn check(
                 entry.now
             ));
         }
-        let replayed = match answer {
-            Some(_) => Some(Answer::of(result)?.normalised()),
-            None => None,
-        };
-        let compare_answer = |ids: &Ids| -> Result<(), String> {
-            let (Some(answer), Some(replayed)) = (answer, &replayed) else {
-                return Ok(());
-            };
-            let seen = ids.answer(answer)?.normalised();
-            if seen == *replayed {
-                return Ok(());
-            }
-            Err(format!(
-                "answer to request {} ({command:?} at {}): the client saw {seen:?}, in commit order it is {replayed:?}",
-                entry.op, entry.now
-            ))
-        };
-        if !entry.wrote {
-            // Answered without writing: the ledger must answer the same, which writes nothing.
-            compare_answer(&ids)?;
-            checked = checked.saturating_add(1);
-            continue;
+        if let Some(answer) = answer {
+            let replayed = Answer::of(result)?.normalised();
+            pending.push((i, command, answer, replayed));
         }
+    }
+    if wrote {
         // The ledger allocates each kind's ids densely from 1, so what it created is the ids
         // past the counts from before.
-        let after = counts(&ledger);
+        let after = counts(ledger);
         let new_ids = |from: usize, to: usize| (from as u64 + 1..=to as u64).collect::<Vec<u64>>();
         let products: Vec<ProductId> = new_ids(before.0, after.0)
             .into_iter()
@@ -367,6 +412,7 @@ pub fn check(
             .map(OrderId)
             .collect();
         let counts = (products.len(), holds.len(), orders.len());
+        let entry = &log[first];
         let stored_counts = (
             entry.products_inserted.len(),
             entry.holds_inserted.len(),
@@ -374,7 +420,9 @@ pub fn check(
         );
         if counts != stored_counts {
             return Err(format!(
-                "commit {i} ({command:?}): the storage inserted {stored_counts:?} rows, the ledger {counts:?}"
+                "commit {first} ({:?}, {} requests): the storage inserted {stored_counts:?} rows, the ledger {counts:?}",
+                entry.command,
+                range.len()
             ));
         }
         ids.products
@@ -383,12 +431,18 @@ pub fn check(
             .extend(entry.holds_inserted.iter().copied().zip(holds));
         ids.orders
             .extend(entry.orders_inserted.iter().copied().zip(orders));
-        if answer.is_some() {
-            compare_answer(&ids)?;
-            checked = checked.saturating_add(1);
-        }
     }
-    compare(stored, &ledger, &ids)?;
+    for (i, command, answer, replayed) in pending {
+        let seen = ids.answer(answer)?.normalised();
+        if seen != replayed {
+            let entry = &log[i];
+            return Err(format!(
+                "answer to request {} ({command:?} at {}): the client saw {seen:?}, in commit order it is {replayed:?}",
+                entry.op, entry.now
+            ));
+        }
+        checked = checked.saturating_add(1);
+    }
     Ok(checked)
 }
 
@@ -405,8 +459,10 @@ fn counts(ledger: &Ledger) -> (usize, usize, usize, usize) {
 fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> {
     for product in stored.products() {
         let id = ids.product(product.id)?;
-        let want = replayed.product(id).map(|p| (p.stock, p.units_received));
-        if want != Some((product.stock, product.units_received)) {
+        let want = replayed
+            .product(id)
+            .map(|p| (p.stock, p.units_held, p.units_received));
+        if want != Some((product.stock, product.units_held, product.units_received)) {
             return Err(format!(
                 "product {}: stored {product:?}, replayed {want:?}",
                 product.id
@@ -490,6 +546,9 @@ mod tests {
 
     fn entry(op: u64, command: Command, now: u64) -> Entry {
         Entry {
+            tx: op,
+            replayed: false,
+            keys_recorded: vec![],
             op,
             command,
             key: None,

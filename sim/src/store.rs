@@ -100,6 +100,8 @@ pub struct FaultCounts {
     pub commits: u64,
     /// Transactions rolled back.
     pub rollbacks: u64,
+    /// Hold requests a committed transaction decided together with others (a batch).
+    pub batched: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -270,6 +272,7 @@ impl Storage for SimStore {
             store: self.clone(),
             id,
             writes: BTreeMap::new(),
+            keys_found: BTreeSet::new(),
             open: true,
         };
         tx.step().await?;
@@ -283,6 +286,8 @@ pub struct SimTx {
     store: SimStore,
     id: u64,
     writes: BTreeMap<RowKey, Row>,
+    /// Request keys whose records this transaction found.
+    keys_found: BTreeSet<String>,
     open: bool,
 }
 
@@ -432,8 +437,9 @@ impl SimTx {
     fn expired_of(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
         // The planted bug hides them from hold requests only; the sweeper still releases them,
         // so every row ends as it should and only the answers differ.
-        let placing =
-            refine::current().is_some_and(|op| matches!(op.command, Command::PlaceHold { .. }));
+        let placing = refine::current()
+            .iter()
+            .any(|op| matches!(op.command, Command::PlaceHold { .. }));
         if self.bug() == Some(Bug::CountExpiredHolds) && placing {
             return Vec::new();
         }
@@ -494,9 +500,8 @@ impl SimTx {
         self.writes.clear();
         let mut shared = self.store.shared();
         shared.counts.rollbacks += 1;
-        if let Some(entry) = end_entry(&shared.tables, &BTreeMap::new()) {
-            shared.log.push(entry);
-        }
+        let entries = end_entries(self.id, &self.keys_found, &shared.tables, &BTreeMap::new());
+        shared.log.extend(entries);
         release_locks(&mut shared, self.id);
     }
 
@@ -606,14 +611,15 @@ impl Transaction for SimTx {
                     return Err(StoreError::Contention("1062 duplicate key".into()));
                 }
             }
-            match end_entry(&shared.tables, &writes) {
-                Some(entry) => shared.log.push(entry),
-                None if writes.is_empty() => {}
-                None => {
-                    let message = "refinement: a transaction committed outside any request";
-                    shared.violation.get_or_insert_with(|| message.to_owned());
-                }
+            let entries = end_entries(self.id, &self.keys_found, &shared.tables, &writes);
+            if entries.len() > 1 {
+                shared.counts.batched += entries.len() as u64;
             }
+            if entries.is_empty() && !writes.is_empty() {
+                let message = "refinement: a transaction committed outside any request";
+                shared.violation.get_or_insert_with(|| message.to_owned());
+            }
+            shared.log.extend(entries);
             for row in writes.into_values() {
                 shared.trace.record(&format!("{row:?}"));
                 shared.tables.put(row);
@@ -785,7 +791,10 @@ impl Transaction for SimTx {
         let row_key = RowKey::RequestKey(key.as_str().to_owned());
         self.lock(row_key.clone()).await?;
         match self.read(&row_key) {
-            Some(Row::RequestKey(r)) => Ok(Some(r)),
+            Some(Row::RequestKey(r)) => {
+                self.keys_found.insert(key.as_str().to_owned());
+                Ok(Some(r))
+            }
             _ => Ok(None),
         }
     }
@@ -849,53 +858,76 @@ impl Transaction for SimTx {
     }
 }
 
-/// The log's entry for a transaction of the current request ending with `writes` (none for a
-/// rollback) over `tables`: always when it writes, otherwise only for requests a client is
-/// answered, where the end is the point its answer was decided at.
-fn end_entry(tables: &Tables, writes: &BTreeMap<RowKey, Row>) -> Option<Entry> {
-    let op = refine::current()?;
-    if writes.is_empty() && !op.is_answered() {
-        return None;
-    }
-    let mut entry = Entry {
-        op: op.id,
-        command: op.command,
-        key: op.key,
-        now: op.now.unwrap_or_default(),
-        wrote: !writes.is_empty(),
-        holds_inserted: Vec::new(),
-        orders_inserted: Vec::new(),
-        products_inserted: Vec::new(),
-    };
+/// The log's entries for transaction `tx` ending with `writes` (none for a rollback) over
+/// `tables`: one per request it served (several for a batch's transaction, in arrival order,
+/// its inserted rows on the first); always when it writes, otherwise only for requests a client
+/// is answered, where the end is the point its answer was decided at. `keys_found` are the
+/// request keys whose records the transaction found, so the requests it answered by replay.
+fn end_entries(
+    tx: u64,
+    keys_found: &BTreeSet<String>,
+    tables: &Tables,
+    writes: &BTreeMap<RowKey, Row>,
+) -> Vec<Entry> {
+    let ops = refine::current();
+    let mut holds_inserted = Vec::new();
+    let mut orders_inserted = Vec::new();
+    let mut products_inserted = Vec::new();
+    let mut keys_recorded = Vec::new();
     let mut product_written = None;
     for row in writes.values() {
         match row {
             Row::Product(p) => {
                 product_written = Some(p.id);
                 if !tables.products.contains_key(&p.id.0) {
-                    entry.products_inserted.push(p.id.0);
+                    products_inserted.push(p.id.0);
                 }
             }
             Row::Hold(h) => {
                 product_written = Some(h.product_id);
                 if !tables.holds.contains_key(&h.id.0) {
-                    entry.holds_inserted.push(h.id.0);
+                    holds_inserted.push(h.id.0);
                 }
             }
             Row::Order(o) => {
                 product_written = Some(o.product_id);
                 if !tables.orders.contains_key(&o.id.0) {
-                    entry.orders_inserted.push(o.id.0);
+                    orders_inserted.push(o.id.0);
                 }
             }
-            Row::Webhook(_) | Row::RequestKey(_) => {}
+            Row::RequestKey(r) => keys_recorded.push(r.key.as_str().to_owned()),
+            Row::Webhook(_) => {}
         }
     }
-    // The sweeper commits one product per transaction.
-    if let (Command::Sweep, Some(product_id)) = (&entry.command, product_written) {
-        entry.command = Command::SweepProduct { product_id };
+    let mut entries = Vec::new();
+    for op in ops {
+        if writes.is_empty() && !op.is_answered() {
+            continue;
+        }
+        let replayed = op
+            .key
+            .as_ref()
+            .is_some_and(|k| keys_found.contains(k.as_str()));
+        let mut entry = Entry {
+            tx,
+            op: op.id,
+            command: op.command,
+            key: op.key,
+            now: op.now.unwrap_or_default(),
+            wrote: !writes.is_empty(),
+            replayed,
+            holds_inserted: std::mem::take(&mut holds_inserted),
+            orders_inserted: std::mem::take(&mut orders_inserted),
+            products_inserted: std::mem::take(&mut products_inserted),
+            keys_recorded: keys_recorded.clone(),
+        };
+        // The sweeper commits one product per transaction.
+        if let (Command::Sweep, Some(product_id)) = (&entry.command, product_written) {
+            entry.command = Command::SweepProduct { product_id };
+        }
+        entries.push(entry);
     }
-    Some(entry)
+    entries
 }
 
 fn missing(what: &str, id: u64) -> StoreError {

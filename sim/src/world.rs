@@ -17,8 +17,8 @@ use flashsale_core::{
     ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::service::{
-    Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service, ServiceError, SweepReport,
-    WebhookAnswer,
+    BatchRun, BatchScope, BatchTag, Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service,
+    ServiceError, SweepReport, WebhookAnswer,
 };
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
@@ -30,6 +30,33 @@ use crate::refine::{self, Answer, Entry, OP, OpContext};
 use crate::store::{Bug, FaultCounts, SimStore};
 
 type Svc = Service<SimStore, SimClock>;
+
+/// One server instance's service: queued hold requests carry their request context to the
+/// batch that decides them, so the storage logs a batch's transaction for each of its requests.
+fn instance_service(store: &SimStore, clock: SimClock, config: Config) -> Arc<Svc> {
+    let service = Service::new(store.clone(), clock, config);
+    Arc::new(service.with_batch_scope(Arc::new(RequestContexts)))
+}
+
+/// Carries [`OP`] from a queued request's task to its batch's, as [`refine::BATCH`].
+#[derive(Debug)]
+struct RequestContexts;
+
+impl BatchScope for RequestContexts {
+    fn capture(&self) -> Option<BatchTag> {
+        let op = OP.try_with(|op| op.borrow().clone()).ok()?;
+        Some(Box::new(op))
+    }
+
+    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a> {
+        let ops: Vec<OpContext> = tags
+            .into_iter()
+            .flatten()
+            .filter_map(|tag| tag.downcast::<OpContext>().ok().map(|op| *op))
+            .collect();
+        Box::pin(refine::BATCH.scope(std::cell::RefCell::new(ops), run))
+    }
+}
 
 /// How long a client waits for an answer before giving up on a request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -254,12 +281,10 @@ impl World {
             store.keep_trace();
         }
         let plan = config.plan.clone();
-        // One transaction per hold request: the refinement check maps every transaction to the
-        // one request whose task ran it, and a batch's transaction runs on its drainer's task.
         let service_config = Config {
             hold_ttl_ms: plan.hold_ttl_ms,
             payment_window_ms: plan.payment_window_ms,
-            hold_batch_max: 1,
+            hold_batch_max: plan.hold_batch_max,
             ..Config::default()
         };
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
@@ -282,7 +307,7 @@ impl World {
             .map(|_| {
                 let mut rng = thread_rng();
                 let clock = SimClock::new(rng.gen_range(-2_000..2_000), rng.gen_range(-500..500));
-                let service = Arc::new(Service::new(store.clone(), clock.clone(), service_config));
+                let service = instance_service(&store, clock.clone(), service_config);
                 Instance {
                     clock,
                     service,
@@ -458,9 +483,25 @@ impl World {
             .map(|r| (r.key.as_str().to_owned(), r))
             .collect();
         let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
-        for entry in log.iter().filter(|e| e.wrote) {
+        for (i, entry) in log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.wrote && !e.replayed)
+        {
+            // A transaction's inserted rows are on its first entry. A batch's other requests
+            // each either made one of them (their key was recorded) or were refused.
+            let alone = log.get(i + 1).is_none_or(|next| next.tx != entry.tx)
+                && (i == 0 || log[i - 1].tx != entry.tx);
             let inserted = !entry.holds_inserted.is_empty() || !entry.orders_inserted.is_empty();
-            if let (Some(key), true) = (&entry.key, inserted) {
+            let made = if alone {
+                inserted
+            } else {
+                entry
+                    .key
+                    .as_ref()
+                    .is_some_and(|k| entry.keys_recorded.iter().any(|r| r == k.as_str()))
+            };
+            if let (Some(key), true) = (&entry.key, made) {
                 *applied.entry(key.as_str()).or_default() += 1;
             }
         }
@@ -929,8 +970,7 @@ impl World {
                         handle.abort();
                     }
                     let clock = instance.clock.clone();
-                    instance.service =
-                        Arc::new(Service::new(self.store.clone(), clock, self.service_config));
+                    instance.service = instance_service(&self.store, clock, self.service_config);
                     drop(instances);
                     self.count(|s| s.crashes += 1);
                     self.store.note("chaos: crash and restart");

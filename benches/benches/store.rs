@@ -1,0 +1,99 @@
+//! One hold transaction, and one batch of 100 hold requests decided by one transaction, on each
+//! database: what the hot-product batching buys per request, without HTTP in the way.
+//!
+//! `cargo bench -p flashsale-benches --bench store`. MariaDB is `FLASHSALE_BENCH_MYSQL_URL`
+//! (default `mysql://root@127.0.0.1:3306`); each run creates a fresh database and drops it at the
+//! end. Durable commits on both: SQLite `synchronous = FULL`, InnoDB as configured.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flashsale_core::{Cents, HoldRequest, ProductId, Qty};
+use flashsale_server::clock::SystemClock;
+use flashsale_server::service::{Config, Service};
+use flashsale_server::store::sql::SqlStore;
+use sqlx::Executor;
+
+/// Requests per batch in the batched bench.
+const BATCH: usize = 100;
+
+type BenchService = Service<SqlStore, SystemClock>;
+
+/// A fresh database of each kind, named by the process, with its service and one product whose
+/// stock outlasts any run.
+async fn databases() -> Vec<(&'static str, BenchService, ProductId)> {
+    let mut services = Vec::new();
+    let dir = std::env::temp_dir().join(format!("flashsale-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sqlite = format!("sqlite:{}", dir.join("bench.db").display());
+    services.push(("sqlite", sqlite));
+    let base = std::env::var("FLASHSALE_BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
+    match sqlx::MySqlPool::connect(&base).await {
+        Ok(admin) => {
+            let name = format!("fs_bench_{}", std::process::id());
+            let create = format!("CREATE DATABASE IF NOT EXISTS {name}");
+            admin
+                .execute(sqlx::AssertSqlSafe(create))
+                .await
+                .expect("create database");
+            services.push(("mariadb", format!("{base}/{name}")));
+        }
+        Err(error) => eprintln!("MariaDB at {base} not reachable ({error}); benching SQLite only"),
+    }
+    let mut ready = Vec::new();
+    for (name, url) in services {
+        let store = SqlStore::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let config = Config {
+            hold_ttl_ms: 60 * 60 * 1_000,
+            ..Config::default()
+        };
+        let service = Service::new(store, SystemClock, config);
+        let product = service
+            .create_product("bench", Cents(100), Qty(u32::MAX))
+            .await
+            .expect("product")
+            .id;
+        ready.push((name, service, product));
+    }
+    ready
+}
+
+async fn drop_mariadb() {
+    let base = std::env::var("FLASHSALE_BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
+    if let Ok(admin) = sqlx::MySqlPool::connect(&base).await {
+        let drop = format!("DROP DATABASE IF EXISTS fs_bench_{}", std::process::id());
+        let _ = admin.execute(sqlx::AssertSqlSafe(drop)).await;
+    }
+}
+
+fn bench_hold_transactions(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let services = runtime.block_on(databases());
+    let one = [HoldRequest::unkeyed(Qty(1))];
+    let batch: Vec<HoldRequest> = (0..BATCH).map(|_| HoldRequest::unkeyed(Qty(1))).collect();
+    for (name, service, product) in &services {
+        let mut group = c.benchmark_group(format!("hold_transaction/{name}"));
+        group.measurement_time(Duration::from_secs(5));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("one_request", |b| {
+            b.iter(|| runtime.block_on(service.place_hold_batch(*product, black_box(&one))));
+        });
+        group.throughput(Throughput::Elements(BATCH as u64));
+        group.bench_function("batch_of_100", |b| {
+            b.iter(|| runtime.block_on(service.place_hold_batch(*product, black_box(&batch))));
+        });
+        group.finish();
+    }
+    runtime.block_on(drop_mariadb());
+}
+
+criterion_group!(benches, bench_hold_transactions);
+criterion_main!(benches);

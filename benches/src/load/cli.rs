@@ -1,0 +1,229 @@
+//! The `flashsale-load` command line: `run` (one measured scenario), `setup` (create products
+//! through the admin API) and `report` (turn a file of `run --json` summaries into the markdown
+//! table and the SVG chart of `docs/PERFORMANCE.md`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Most connections one run opens; far above what the 2-core machines here can use, it only
+/// stops a typo from opening a million sockets.
+pub const CONNECTIONS_MAX: u32 = 10_000;
+
+/// Most products one `setup` creates, for the same reason.
+pub const SETUP_PRODUCTS_MAX: u32 = 100_000;
+
+/// HTTP load generator for the flashsale server.
+#[derive(Debug, Parser)]
+#[command(name = "flashsale-load", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one scenario over N keep-alive connections and print latency and status figures.
+    Run(RunArgs),
+    /// Create products through the admin API and print their ids.
+    Setup(SetupArgs),
+    /// Write the markdown table and SVG chart from a file of `run --json` results.
+    Report(ReportArgs),
+}
+
+/// What each connection sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// `GET /healthz`: the ceiling of the HTTP stack, no database.
+    Healthz,
+    /// `GET /api/products/{--product}`.
+    GetProduct,
+    /// `POST /api/holds {"product_id":--product,"qty":1}`: every connection on one product.
+    HotHolds,
+    /// Hold, then order, then a signed `paid` webhook, over `--products A..B`.
+    Flow,
+}
+
+impl Scenario {
+    /// The name as typed on the command line, used in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthz => "healthz",
+            Scenario::GetProduct => "get-product",
+            Scenario::HotHolds => "hot-holds",
+            Scenario::Flow => "flow",
+        }
+    }
+}
+
+/// `flashsale-load run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Server base URL (plain HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub target: String,
+    /// What to send.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=i64::from(CONNECTIONS_MAX)))]
+    pub connections: u32,
+    /// Measured time after the warm-up: seconds (`10`, `2.5`) or humantime (`10s`, `1m`).
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Time before the measured window whose samples are discarded.
+    #[arg(long, default_value = "1", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Stop after this many requests in all (flows, for `flow`), warm-up included; the run
+    /// still ends at the duration. For setup phases such as "place exactly N holds".
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Product for `get-product` and `hot-holds`.
+    #[arg(long, default_value_t = 1)]
+    pub product: u64,
+    /// Products for `flow`: `A..B` (inclusive) or one id; connection i starts at the i-th and
+    /// each flow moves to the next, round robin.
+    #[arg(long, default_value = "1..100", value_parser = parse_product_range)]
+    pub products: ProductRange,
+    /// Webhook signing secret (the server's `--webhook-secret`); required by `flow`.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// A request slower than this fails, counts as an error and drops its connection, so a
+    /// stalled server cannot keep the run going past its duration.
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Runtime threads. One by default: the generator shares the cores with the server, and a
+    /// single thread drives hundreds of connections without contending for them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
+    /// Print one JSON document on stdout instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON document to this file (the human summary still goes to stdout
+    /// unless `--json`), so a script can log the one and keep the other.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `flashsale-load setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Server base URL (plain HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub target: String,
+    /// The server's `--admin-token`.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Stock of each product (at most u32::MAX).
+    #[arg(long)]
+    pub stock: u32,
+    /// How many products to create.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(SETUP_PRODUCTS_MAX)))]
+    pub products: u32,
+    /// Product names are `<NAME> 1`, `<NAME> 2`, ...
+    #[arg(long, default_value = "Load")]
+    pub name: String,
+    /// Price of each product in cents.
+    #[arg(long, default_value_t = 100)]
+    pub price_cents: u64,
+    /// Print `{"ids":[...]}` instead of one id per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flashsale-load report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// JSON lines, one per run: `{"db":..,"figure":..,"connections":..,"result":<run --json>}`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the SVG bar chart.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Markdown file whose `<!-- load:begin -->`..`<!-- load:end -->` region is replaced (a
+    /// `## HTTP load` section with the markers is appended when they are absent).
+    #[arg(long)]
+    pub doc: Option<PathBuf>,
+    /// Markdown placed before the table (command, machine, date, commit).
+    #[arg(long)]
+    pub preamble: Option<PathBuf>,
+}
+
+/// An inclusive range of product ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProductRange {
+    /// First id.
+    pub first: u64,
+    /// Last id, `>= first`.
+    pub last: u64,
+}
+
+impl ProductRange {
+    /// The ids in order.
+    pub fn ids(self) -> impl Iterator<Item = u64> {
+        self.first..=self.last
+    }
+}
+
+/// Parses `A..B` (inclusive, `A <= B`) or a single id `A`.
+pub fn parse_product_range(text: &str) -> Result<ProductRange, String> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}` is not a product id"))
+    };
+    let (first, last) = match text.split_once("..") {
+        Some((a, b)) => (parse(a)?, parse(b.strip_prefix('=').unwrap_or(b))?),
+        None => {
+            let id = parse(text)?;
+            (id, id)
+        }
+    };
+    if first > last {
+        return Err(format!("empty range {first}..{last}"));
+    }
+    if last.saturating_sub(first) >= u64::from(SETUP_PRODUCTS_MAX) {
+        return Err(format!("more than {SETUP_PRODUCTS_MAX} products"));
+    }
+    Ok(ProductRange { first, last })
+}
+
+/// Parses plain seconds (`10`, `2.5`) or a humantime duration (`10s`, `1m30s`, `500ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"));
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_seconds_or_humantime() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2_500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn product_ranges_are_inclusive() {
+        let range = parse_product_range("3..5");
+        assert_eq!(range, Ok(ProductRange { first: 3, last: 5 }));
+        assert_eq!(parse_product_range("3..=5"), range);
+        assert_eq!(
+            parse_product_range("7"),
+            Ok(ProductRange { first: 7, last: 7 })
+        );
+        assert!(parse_product_range("5..3").is_err());
+        assert!(parse_product_range("a..3").is_err());
+        assert!(parse_product_range("1..1000000").is_err());
+    }
+}

@@ -546,7 +546,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 };
                 answers[i] = match replay(&mut *tx, requests[i].key.as_ref(), &asked).await {
                     Ok(None) => None,
-                    Ok(Some(record)) => Some(replayed_hold(&mut *tx, &record).await),
+                    Ok(Some(record)) => Some(Ok(replayed_hold(&mut *tx, &record).await?)),
                     Err(ServiceError::Rejected(rejection)) => Some(Err(rejection.into())),
                     Err(error) => return Err(error),
                 };

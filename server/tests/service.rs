@@ -611,6 +611,71 @@ async fn the_cache_shows_own_writes_at_once_and_others_within_the_staleness_boun
     db.finish(&here).await;
 }
 
+async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    // The schema as it was before the counters: every migration but the last.
+    let dialect = match &store {
+        SqlStore::MySql(_) => "mysql",
+        SqlStore::Sqlite(_) => "sqlite",
+    };
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let before = std::env::temp_dir().join(format!("flashsale-migrations-{}", unique()));
+    std::fs::create_dir_all(&before).expect("temp dir");
+    for name in ["0001_init.sql", "0002_request_keys.sql"] {
+        std::fs::copy(all.join(name), before.join(name)).expect("copy a migration");
+    }
+    let old = sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .expect("the old migrations");
+    let rows = "INSERT INTO products (id, name, price_cents, stock, units_received) \
+                VALUES (1, 'P', 100, 10, 10), (2, 'Q', 100, 4, 4); \
+                INSERT INTO holds (product_id, qty, created_at, expires_at, state, release_reason) \
+                VALUES (1, 3, 0, 9999999999999, 'held', NULL), (1, 2, 0, 1, 'held', NULL), \
+                (1, 4, 0, 1, 'released', 'expired');";
+    match &store {
+        SqlStore::MySql(pool) => {
+            old.run(pool).await.expect("migrate to 2");
+            sqlx::raw_sql(rows).execute(pool).await.expect("old rows");
+        }
+        SqlStore::Sqlite(pool) => {
+            old.run(pool).await.expect("migrate to 2");
+            sqlx::raw_sql(rows).execute(pool).await.expect("old rows");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&before);
+    store
+        .migrate()
+        .await
+        .expect("the counters migration applies");
+    store.close().await;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let dump = service.dump().await.expect("dump");
+    let held: Vec<Qty> = dump.products.iter().map(|p| p.units_held).collect();
+    assert_eq!(
+        held,
+        vec![Qty(5), Qty(0)],
+        "held holds, expired or not, count"
+    );
+    // The expired hold's units are free (10 - 3), and a grant releases it.
+    assert_eq!(
+        service
+            .product(ProductId(1))
+            .await
+            .expect("exists")
+            .available,
+        Qty(7)
+    );
+    let placed = service
+        .place_hold(ProductId(1), Qty(7))
+        .await
+        .expect("granted");
+    assert_eq!(placed.holds_released, vec![HoldId(2)]);
+    db.finish(&service).await;
+}
+
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -646,4 +711,5 @@ on_both_databases!(
     a_keyed_order_replays_its_first_answer,
     concurrent_requests_under_one_key_on_two_servers_place_one_hold,
     the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound,
+    the_counters_migration_backfills_units_held_from_the_held_holds,
 );

@@ -480,6 +480,31 @@ impl TestApp {
     }
 
     /// Every row of the test's database, read in one transaction on a connection of our own.
+    /// Runs `sql` on the test's database behind the server's back, as an operator (or a bug)
+    /// might: for tests of what the server does with rows it did not write.
+    pub async fn execute(&self, sql: &'static str) {
+        match &self.database {
+            Database::Sqlite { url, .. } => {
+                let mut connection = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = connection.close().await;
+            }
+            Database::MariaDb { url, .. } => {
+                let mut connection = mariadb_connect(url).await;
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = connection.close().await;
+            }
+        }
+    }
+
     pub async fn dump(&self) -> Dump {
         let url = self.database.url();
         let store = SqlStore::connect(url)
@@ -558,7 +583,7 @@ impl TestApp {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let log = self
             .log
             .lock()

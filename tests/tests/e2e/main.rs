@@ -36,6 +36,7 @@ macro_rules! on_both_databases {
 mod admin;
 mod api;
 mod concurrency;
+mod corruption;
 mod expiry;
 mod features;
 mod harness;

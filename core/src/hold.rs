@@ -215,7 +215,7 @@ pub fn place_holds(
     now: Timestamp,
     ttl_ms: u64,
 ) -> Result<HoldsDecided, Violation> {
-    let units_expired = expired_units(product, expired, now)?;
+    let units_expired = expired_units(product.id, expired, now)?;
     let mut available = product::available(product, units_expired)?;
     let decisions: Vec<_> = requests
         .iter()
@@ -269,24 +269,28 @@ pub fn release_expired(
     expired: &[Hold],
     now: Timestamp,
 ) -> Result<(), Violation> {
-    expired_units(changes.product(), expired, now)?;
+    expired_units(changes.product().id, expired, now)?;
     expired
         .iter()
         .try_for_each(|hold| changes.release(hold, ReleaseReason::Expired))
 }
 
-/// The units of `expired`, after checking each is a held hold of `product` past its deadline.
-fn expired_units(product: &Product, expired: &[Hold], now: Timestamp) -> Result<Qty, Violation> {
+/// The units of `expired`, after checking each is a held hold of the product past its deadline.
+fn expired_units(
+    product_id: ProductId,
+    expired: &[Hold],
+    now: Timestamp,
+) -> Result<Qty, Violation> {
     let mut units = Qty::ZERO;
     for hold in expired {
-        let fits = hold.product_id == product.id && hold.state == HoldState::Held;
+        let fits = hold.product_id == product_id && hold.state == HoldState::Held;
         if !fits || !hold.is_expired(now) {
             return Err(Violation::HoldNotHeld { hold_id: hold.id });
         }
         units = units
             .checked_add(hold.qty)
             .ok_or(Violation::CounterOutOfRange {
-                product_id: product.id,
+                product_id,
                 counter: "units_held",
             })?;
     }

@@ -36,7 +36,7 @@ pub use payment::{
     Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,
     WebhookResult,
 };
-pub use product::{NewProduct, Product};
+pub use product::{Counters, NewProduct, Product};
 pub use request::{KeyDecision, KeyedRequest, RequestRecord};
 pub use state::Ledger;
 pub use time::Timestamp;

@@ -36,6 +36,39 @@ pub struct Product {
     pub units_received: u64,
 }
 
+/// A product's unit counters: what every change of its units writes to its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// The product.
+    pub id: ProductId,
+    /// Units not yet sold.
+    pub stock: Qty,
+    /// Units of its holds in state held.
+    pub units_held: Qty,
+    /// Units ever received.
+    pub units_received: u64,
+}
+
+impl Product {
+    /// Its counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            id: self.id,
+            stock: self.stock,
+            units_held: self.units_held,
+            units_received: self.units_received,
+        }
+    }
+
+    /// Takes `counters` (which must be its own).
+    pub fn set_counters(&mut self, counters: Counters) {
+        debug_assert_eq!(counters.id, self.id, "a product takes its own counters");
+        self.stock = counters.stock;
+        self.units_held = counters.units_held;
+        self.units_received = counters.units_received;
+    }
+}
+
 /// A validated request to create a product; the store assigns the id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewProduct {

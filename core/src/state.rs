@@ -238,12 +238,7 @@ impl Ledger {
     /// Units of a product available to a new hold at `now`, without releasing anything.
     pub fn available(&self, id: ProductId, now: Timestamp) -> Option<Qty> {
         let product = self.products.get(id.0)?;
-        let expired = self.expired_holds(id, now);
-        let units_expired = expired.iter().fold(Qty::ZERO, |sum, h| {
-            sum.checked_add(h.qty)
-                .unwrap_or_else(|| panic!("held overflow"))
-        });
-        let available = product::available(product, units_expired);
+        let available = product::available(product, self.units_expired(id, now));
         Some(available.unwrap_or_else(|v| panic!("ledger corrupt: {v}")))
     }
 
@@ -392,12 +387,15 @@ impl Ledger {
     /// Releases expired holds and cancels overdue orders, of every product or of `only`, one
     /// product's write-set at a time as the server's sweeper commits them.
     fn sweep(&mut self, now: Timestamp, only: Option<ProductId>) -> Outcome {
-        let overdue = self
+        let mut overdue: BTreeMap<ProductId, Vec<Order>> = BTreeMap::new();
+        let due = self
             .due
             .iter()
             .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let overdue = overdue.filter_map(|&(_, id)| self.orders.get(id.0).map(|o| o.product_id));
-        let mut product_ids: BTreeSet<ProductId> = overdue.collect();
+        for order in due.filter_map(|&(_, id)| self.orders.get(id.0)) {
+            overdue.entry(order.product_id).or_default().push(*order);
+        }
+        let mut product_ids: BTreeSet<ProductId> = overdue.keys().copied().collect();
         product_ids.extend(self.held.keys().copied());
         if let Some(only) = only {
             product_ids.retain(|&id| id == only);
@@ -406,7 +404,10 @@ impl Ledger {
         let mut orders_cancelled = Vec::new();
         for product_id in product_ids {
             let expired = self.expired_holds(product_id, now);
-            let overdue = self.overdue_orders(product_id, now);
+            let overdue = overdue.remove(&product_id).unwrap_or_default();
+            if expired.is_empty() && overdue.is_empty() {
+                continue;
+            }
             let mut changes = Changes::on(self.product_of_id(product_id));
             let decided = hold::release_expired(&mut changes, &expired, now)
                 .and_then(|()| order::cancel_overdue(&mut changes, &overdue, now));
@@ -432,9 +433,10 @@ impl Ledger {
     /// only write what they read, so this is a bug.
     pub fn write(&mut self, writes: &WriteSet) -> Inserted {
         let mut inserted = Inserted::default();
-        if let Some(product) = &writes.product {
-            let row = self.products.get_mut(product.id.0);
-            *row.unwrap_or_else(|| panic!("product {} missing", product.id)) = product.clone();
+        if let Some(counters) = writes.product {
+            let row = self.products.get_mut(counters.id.0);
+            let row = row.unwrap_or_else(|| panic!("product {} missing", counters.id));
+            row.set_counters(counters);
         }
         for &(hold_id, reason) in &writes.holds_released {
             self.leave_held(hold_id, HoldState::Released(reason));
@@ -480,6 +482,23 @@ impl Ledger {
         product.unwrap_or_else(|| panic!("product {product_id} missing"))
     }
 
+    /// The units of the product's held holds whose deadline has passed at `now`, counted
+    /// without listing them.
+    fn units_expired(&self, product_id: ProductId, now: Timestamp) -> Qty {
+        let Some(index) = self.held.get(&product_id) else {
+            return Qty::ZERO;
+        };
+        let expired = index
+            .by_expiry
+            .iter()
+            .take_while(|&&(at, _)| is_past(at, now));
+        let expired = expired.filter_map(|&(_, id)| self.holds.get(id.0));
+        expired.filter(|h| is_held(h)).fold(Qty::ZERO, |sum, h| {
+            sum.checked_add(h.qty)
+                .unwrap_or_else(|| panic!("held overflow"))
+        })
+    }
+
     /// The product's held holds whose deadline has passed at `now`, in deadline order.
     fn expired_holds(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
         let Some(index) = self.held.get(&product_id) else {
@@ -491,18 +510,6 @@ impl Ledger {
             .take_while(|&&(at, _)| is_past(at, now));
         let expired = expired.filter_map(|&(_, id)| self.holds.get(id.0));
         expired.filter(|h| is_held(h)).copied().collect()
-    }
-
-    /// The product's pre-payment orders whose window has closed at `now`.
-    fn overdue_orders(&self, product_id: ProductId, now: Timestamp) -> Vec<Order> {
-        let due = self
-            .due
-            .iter()
-            .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let due = due.filter_map(|&(_, id)| self.orders.get(id.0));
-        due.filter(|o| o.product_id == product_id)
-            .copied()
-            .collect()
     }
 
     /// Moves a held hold to `state`; its index entry goes dead, and dead entries at the front of

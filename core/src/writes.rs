@@ -19,16 +19,16 @@ use crate::ids::{HoldId, IdempotencyKey, OrderId, Qty};
 use crate::invariants::Violation;
 use crate::order::{NewOrder, Order, OrderStatus};
 use crate::payment::WebhookRecord;
-use crate::product::Product;
+use crate::product::{Counters, Product};
 use crate::request::{KeyedRequest, RequestRecord};
 use crate::time::Timestamp;
 
 /// Everything one decision writes. Empty when the decision changes nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSet {
-    /// The product row with its new counters, when any changed. Every change of a product's
-    /// units writes its row, which is also what certification-based replication compares.
-    pub product: Option<Product>,
+    /// The product row's new counters, when any changed. Every change of a product's units
+    /// writes its row, which is also what certification-based replication compares.
+    pub product: Option<Counters>,
     /// Holds of the product leaving state held for `released`.
     pub holds_released: Vec<(HoldId, ReleaseReason)>,
     /// Holds granted on the product, in order; the storage assigns their ids in this order.
@@ -158,7 +158,7 @@ impl WriteSet {
 /// Builds a write-set from the product row a transaction locked, keeping its counters in step.
 #[derive(Clone, Debug)]
 pub struct Changes {
-    product: Product,
+    product: Counters,
     product_changed: bool,
     writes: WriteSet,
 }
@@ -167,7 +167,7 @@ impl Changes {
     /// Changes to `product` and the rows of its holds and orders.
     pub fn on(product: &Product) -> Self {
         Changes {
-            product: product.clone(),
+            product: product.counters(),
             product_changed: false,
             writes: WriteSet::default(),
         }
@@ -178,8 +178,8 @@ impl Changes {
         WriteSet::default()
     }
 
-    /// The product as these changes leave it.
-    pub fn product(&self) -> &Product {
+    /// The product's counters as these changes leave them.
+    pub fn product(&self) -> &Counters {
         &self.product
     }
 

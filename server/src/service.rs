@@ -795,7 +795,8 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
             let writes = product::restock(&product, qty)?;
             tx.write(&writes).await?;
-            let product = writes.product.ok_or(Violation::WriteSetUnresolved)?;
+            let mut product = product;
+            product.set_counters(writes.product.ok_or(Violation::WriteSetUnresolved)?);
             let expired = tx.expired_holds(product_id, self.clock.now()).await?;
             let units_expired = expired
                 .iter()

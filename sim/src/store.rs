@@ -712,8 +712,12 @@ impl Transaction for SimTx {
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         self.step().await?;
         let mut inserted = Inserted::default();
-        if let Some(product) = &writes.product {
-            self.stage(Row::Product(product.clone()));
+        if let Some(counters) = writes.product {
+            let mut product = self
+                .product_row(counters.id)
+                .ok_or_else(|| missing("product", counters.id.0))?;
+            product.set_counters(counters);
+            self.stage(Row::Product(product));
         }
         for &(hold_id, reason) in &writes.holds_released {
             // An UPDATE takes the row's lock, as InnoDB's would.

@@ -15,9 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Inserted, KeyedRequest,
-    NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason,
-    RequestRecord, Timestamp, WebhookRecord, WebhookResult, WriteSet,
+    Cents, Counters, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Inserted,
+    KeyedRequest, NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty,
+    ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult, WriteSet,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -548,7 +548,7 @@ impl Transaction for SqlTx {
 
 /// The statements [`Transaction::write`] is made of, one per kind of row change.
 impl SqlTx {
-    async fn update_product(&mut self, product: &Product) -> StoreResult<()> {
+    async fn update_product(&mut self, product: &Counters) -> StoreResult<()> {
         let done = on_conn!(self, |conn, _d| {
             sqlx::query::<Db>(
                 "UPDATE products SET stock = ?, units_held = ?, units_received = ? WHERE id = ?",

@@ -10,10 +10,9 @@
 //! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
@@ -28,6 +27,7 @@ use flashsale_core::{
 };
 use flashsale_sync::batch::{HoldQueues, Waiting};
 use flashsale_sync::cache::ProductCache;
+use flashsale_sync::keys::{Claim, KeysInFlight};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -231,24 +231,8 @@ pub struct Service<S, C> {
     batch_scope: Option<Arc<dyn BatchScope>>,
     /// What `product` answered, per product, for GET storms.
     cache: Arc<ProductCache<ProductView>>,
-    /// Idempotency keys of requests running on this server; lost with it in a crash, which is
-    /// fine: the database still runs two requests under one key one after the other.
-    keys_in_flight: Arc<Mutex<BTreeSet<IdempotencyKey>>>,
-}
-
-/// A key claimed as in flight until dropped.
-struct Claim<'a> {
-    keys: &'a Mutex<BTreeSet<IdempotencyKey>>,
-    key: IdempotencyKey,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
-    }
+    /// Idempotency keys of requests running on this server.
+    keys_in_flight: Arc<KeysInFlight>,
 }
 
 /// Runs `$script` (an expression producing a future over `$tx`) in a transaction of `$mode`,
@@ -358,17 +342,10 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         let Some(key) = key else {
             return Ok(None);
         };
-        let mut keys = self
-            .keys_in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !keys.insert(key.clone()) {
-            return Err(ServiceError::KeyInFlight { key: key.clone() });
+        match self.keys_in_flight.claim(key) {
+            Some(claim) => Ok(Some(claim)),
+            None => Err(ServiceError::KeyInFlight { key: key.clone() }),
         }
-        Ok(Some(Claim {
-            keys: &self.keys_in_flight,
-            key: key.clone(),
-        }))
     }
 
     /// The settings.
@@ -795,15 +772,14 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
             let writes = product::restock(&product, qty)?;
             tx.write(&writes).await?;
-            let mut product = product;
-            product.set_counters(writes.product.ok_or(Violation::WriteSetUnresolved)?);
-            let expired = tx.expired_holds(product_id, self.clock.now()).await?;
-            let units_expired = expired
-                .iter()
-                .map(|h| h.qty.0)
-                .fold(0u32, u32::saturating_add);
-            let available = product::available(&product, Qty(units_expired))?;
-            Ok::<_, ServiceError>(ProductView { product, available })
+            // Read back as a GET would, inside the transaction: the answer is what it wrote.
+            let read = tx.product_view(product_id, self.clock.now()).await?;
+            let read = read.ok_or(Violation::WriteSetUnresolved)?;
+            let available = product::available(&read.product, read.units_expired)?;
+            Ok::<_, ServiceError>(ProductView {
+                product: read.product,
+                available,
+            })
         })
     }
 

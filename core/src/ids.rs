@@ -17,6 +17,11 @@ macro_rules! id_newtype {
     };
 }
 
+/// The largest id of a product, hold or order: ids are stored as signed 64-bit integers
+/// (SQLite has no unsigned ones), so `i64::MAX`. An id above it names nothing, and a request
+/// naming one is refused before it reaches a storage.
+pub const ID_MAX: u64 = 9_223_372_036_854_775_807;
+
 id_newtype!(
     /// A product's id, allocated by whoever stores products (the ledger, or the database).
     ProductId

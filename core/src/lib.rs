@@ -28,7 +28,7 @@ pub mod writes;
 
 pub use command::Command;
 pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
-pub use ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+pub use ids::{Cents, HoldId, ID_MAX, IdempotencyKey, OrderId, ProductId, Qty};
 pub use invariants::Violation;
 pub use order::{NewOrder, Order, OrderDecided, OrderStatus};
 pub use outcome::{Outcome, Refusal, Rejection};

@@ -27,6 +27,24 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock moved by a fixed offset: an instance whose clock is skewed, for tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffsetClock {
+    /// Milliseconds ahead of the system clock; negative is behind.
+    pub offset_ms: i64,
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(
+            SystemClock
+                .now()
+                .as_ms()
+                .saturating_add_signed(self.offset_ms),
+        )
+    }
+}
+
 /// A clock set by hand, shared between clones: tests move it forward and back.
 #[derive(Clone, Debug, Default)]
 pub struct ManualClock(Arc<AtomicU64>);

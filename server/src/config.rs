@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// are always seen at once; other instances' at most this late); `0s` turns it off.
     #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]
     pub cache_staleness: Duration,
+    /// Test only: this instance's clock runs this many milliseconds ahead of the system's
+    /// (negative: behind), to test instances with skewed clocks on one database.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_offset_ms: i64,
 }
 
 /// `flashsale sweep`.

@@ -4,8 +4,10 @@
 //! order, webhook record), reads them into core types, reads the clock, calls the core's decision,
 //! writes what the decision says and commits. No business rule is decided here: every `if` that
 //! matters is in `flashsale-core`. A rejection rolls the transaction back, so it changes nothing.
-//! Contention (deadlocks, lock-wait timeouts, busy databases, a key taken by a concurrent insert)
-//! retries the whole script a bounded number of times, then answers [`ServiceError::Busy`].
+//! Contention (deadlocks, lock-wait timeouts, Galera certification failures, busy databases, a key
+//! taken by a concurrent insert) and a connection lost before the commit retry the whole script a
+//! bounded number of times, then answer [`ServiceError::Busy`] (or the lost connection). A
+//! connection lost while committing is never retried: the transaction may have committed.
 //!
 //! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
@@ -256,9 +258,13 @@ macro_rules! in_transaction {
             .await;
             match result {
                 Err(ServiceError::Store(error)) if error.is_retryable() => {
-                    tracing::warn!(script = $what, attempt, %error, "contention, retrying");
+                    tracing::warn!(script = $what, attempt, %error, "retrying");
                     if attempt >= $service.config.attempts_max {
-                        break Err(ServiceError::Busy { attempts: attempt });
+                        break Err(match error {
+                            // The last attempt lost its connection too: the database is away.
+                            StoreError::Connection(_) => ServiceError::Store(error),
+                            _ => ServiceError::Busy { attempts: attempt },
+                        });
                     }
                     backoff(attempt).await;
                 }
@@ -462,7 +468,8 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             Ok(false) => {}
         }
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Connection("the hold batch was dropped".into()).into())
+            // The batch's task ended without answering: it may have committed.
+            Err(StoreError::CommitUnknown("the hold batch ended without an answer".into()).into())
         })
     }
 

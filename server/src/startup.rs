@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use flashsale_core::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 use flashsale_core::order::validate_payment_window;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::{DATABASE_URL_DEFAULT, ServeArgs};
 use crate::routes::{self, App};
 use crate::service::{self, Service};
@@ -23,7 +23,7 @@ use crate::store::sql::SqlStore;
 pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
     let store = SqlStore::connect(url)
         .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .with_context(|| format!("connecting to {}", redact(url)))?;
     store.migrate().await.context("migrating")?;
     Ok(store)
 }
@@ -56,8 +56,24 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
 /// Bad settings, an unreachable database, or a port that cannot be bound.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = service_config(&args)?;
-    let store = open_store(&args.database.database_url).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let url = &args.database.database_url;
+    let webhook_secrets = webhook_secrets(&args.webhook_secret, !url.starts_with("sqlite:"))?;
+    // Bound before the database is touched: a port already taken changes nothing.
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let store = open_store(url).await?;
+    let clock: Arc<dyn Clock> = if args.clock_offset_ms == 0 {
+        Arc::new(SystemClock)
+    } else {
+        tracing::warn!(
+            offset_ms = args.clock_offset_ms,
+            "this instance's clock is offset from the system's (a test setting)"
+        );
+        Arc::new(OffsetClock {
+            offset_ms: args.clock_offset_ms,
+        })
+    };
     let service = Service::new(store.clone(), clock, config);
     if args.seed_demo || args.database.database_url == DATABASE_URL_DEFAULT {
         let seeded = service.seed_demo().await.context("seeding demo products")?;
@@ -65,7 +81,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(seeded, "seeded demo products");
         }
     }
-    let webhook_secrets = webhook_secrets(&args.webhook_secret)?;
     let admin_token = args.admin_token.filter(|t| !t.is_empty());
     if admin_token.is_none() {
         tracing::info!("no admin token: admin routes are off");
@@ -75,9 +90,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         webhook_secrets,
         admin_token,
     });
-    let listener = tokio::net::TcpListener::bind(args.bind)
-        .await
-        .with_context(|| format!("binding {}", args.bind))?;
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, database = %redact(&args.database.database_url), "listening");
     // Tests and scripts read this line to learn the port when binding port 0.
@@ -94,14 +106,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configured secrets, or one generated and printed once.
-fn webhook_secrets(given: &[String]) -> anyhow::Result<Vec<Secret>> {
+/// The configured secrets, or, on a database of this machine's own (SQLite), one generated and
+/// printed once.
+///
+/// # Errors
+/// No secret configured for a shared database (MySQL/MariaDB): every instance on it must check
+/// the same signatures, and each would otherwise generate its own.
+fn webhook_secrets(given: &[String], shared_database: bool) -> anyhow::Result<Vec<Secret>> {
     let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
     if !given.is_empty() {
         return Ok(given
             .into_iter()
             .map(|s| Secret::new(s.as_bytes().to_vec()))
             .collect());
+    }
+    if shared_database {
+        bail!(
+            "no webhook secret configured: on a shared database (MySQL/MariaDB) every instance \
+             must check the same signatures; set FLASHSALE_WEBHOOK_SECRET or --webhook-secret"
+        );
     }
     let bytes: [u8; 32] = rand::random();
     let secret = hex::encode(bytes);

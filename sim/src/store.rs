@@ -639,7 +639,7 @@ impl Transaction for SimTx {
             lost
         };
         if answer_lost {
-            Err(StoreError::Connection(
+            Err(StoreError::CommitUnknown(
                 "commit answer lost (injected)".into(),
             ))
         } else {

@@ -1,8 +1,12 @@
 -- Flashsale schema for MySQL/MariaDB (InnoDB). Times are Unix milliseconds, as the core counts
 -- them; ids are allocated here. Unique keys back the rules: one order per hold, one record per
 -- webhook idempotency key, one stored response per request idempotency key.
+--
+-- MySQL cannot roll DDL back, so a process killed in the middle of a migration leaves part of it
+-- applied; every MySQL migration is written to run again over its own partial work (IF NOT EXISTS,
+-- recomputing updates), and startup reruns a migration left unfinished.
 
-CREATE TABLE products (
+CREATE TABLE IF NOT EXISTS products (
     id             BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     name           VARCHAR(255) NOT NULL,
     price_cents    BIGINT UNSIGNED NOT NULL,
@@ -10,7 +14,7 @@ CREATE TABLE products (
     units_received BIGINT UNSIGNED NOT NULL
 ) ENGINE = InnoDB;
 
-CREATE TABLE holds (
+CREATE TABLE IF NOT EXISTS holds (
     id             BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     product_id     BIGINT UNSIGNED NOT NULL,
     qty            INT UNSIGNED NOT NULL,
@@ -24,7 +28,7 @@ CREATE TABLE holds (
     CONSTRAINT holds_product FOREIGN KEY (product_id) REFERENCES products (id)
 ) ENGINE = InnoDB;
 
-CREATE TABLE orders (
+CREATE TABLE IF NOT EXISTS orders (
     id             BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
     hold_id        BIGINT UNSIGNED NOT NULL,
     product_id     BIGINT UNSIGNED NOT NULL,
@@ -39,7 +43,7 @@ CREATE TABLE orders (
     CONSTRAINT orders_product FOREIGN KEY (product_id) REFERENCES products (id)
 ) ENGINE = InnoDB;
 
-CREATE TABLE webhooks (
+CREATE TABLE IF NOT EXISTS webhooks (
     idempotency_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
     hold_id         BIGINT UNSIGNED NOT NULL,
     status          VARCHAR(16) NOT NULL,

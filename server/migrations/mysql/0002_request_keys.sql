@@ -2,7 +2,7 @@
 -- POST /api/orders): one record per key, written in the transaction of the effect it names, so a
 -- retry after a lost answer finds the hold or order it made instead of making another.
 
-CREATE TABLE request_keys (
+CREATE TABLE IF NOT EXISTS request_keys (
     idempotency_key VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
     request         VARCHAR(16) NOT NULL,
     product_id      BIGINT UNSIGNED NULL,

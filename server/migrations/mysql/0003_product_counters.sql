@@ -3,7 +3,7 @@
 -- expired-but-unreleased holds instead of summing every active hold. It also makes every change
 -- of a product's units write the product row, which is what Galera's certification compares.
 
-ALTER TABLE products ADD COLUMN units_held INT UNSIGNED NOT NULL DEFAULT 0 AFTER stock;
+ALTER TABLE products ADD COLUMN IF NOT EXISTS units_held INT UNSIGNED NOT NULL DEFAULT 0 AFTER stock;
 
 UPDATE products SET units_held = (
     SELECT COALESCE(SUM(h.qty), 0) FROM holds h

@@ -24,12 +24,22 @@ use flashsale_core::{
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Lock contention the transaction may succeed on when retried: a deadlock, a lock-wait
-    /// timeout, a busy database, or a unique key taken by a concurrent transaction.
+    /// timeout, a Galera certification failure, a busy database, or a unique key taken by a
+    /// concurrent transaction.
     #[error("contention: {0}")]
     Contention(String),
-    /// The connection failed; whether the transaction committed is unknown.
+    /// The connection failed before the transaction asked to commit, so it surely did not: the
+    /// database rolled it back when the connection went away.
     #[error("connection lost: {0}")]
     Connection(String),
+    /// The connection failed while the transaction was committing: whether it committed is
+    /// unknown, so it must not run again.
+    #[error("connection lost while committing: {0}")]
+    CommitUnknown(String),
+    /// No connection to the database could be had in time: it is down, unreachable, not ready
+    /// (a Galera node out of the cluster), or every connection is taken.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A row failed its checks on the way in or out: the data is corrupt.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -39,9 +49,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether running the whole transaction again may succeed.
+    /// Whether running the whole transaction again may succeed and cannot apply it twice:
+    /// contention, and a connection lost before the commit.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Contention(_))
+        matches!(self, StoreError::Contention(_) | StoreError::Connection(_))
     }
 }
 

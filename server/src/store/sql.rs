@@ -28,8 +28,9 @@ use super::{Dump, ProductRead, Storage, StoreError, StoreResult, Transaction, Tx
 static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// How long a request waits for a pooled connection before it counts as contention.
-const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a pooled connection (reconnecting if the database went away)
+/// before it is answered that the database is unavailable.
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long SQLite waits for the write lock before answering busy.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -90,24 +91,50 @@ impl SqlStore {
         }
     }
 
-    /// Applies the pending migrations.
+    /// Applies the pending migrations, safely when several instances start at once on one
+    /// database, and resuming a MySQL migration a killed process left unfinished.
+    ///
+    /// On MySQL the migrations run under a named lock (`GET_LOCK` with a finite wait: sqlx's own
+    /// asks for an infinite one, which MariaDB 10.11 refuses at once with NULL). Under the lock a
+    /// migration still marked unfinished was left by a process that died holding it, since the
+    /// lock ends with its connection; its row is removed and the migration, written to run
+    /// again over its own partial work, runs again. SQLite runs each migration in one
+    /// transaction, so a killed process leaves nothing half-done; an instance that loses the
+    /// race to apply a migration fails on it, and tries again until it sees the migration done.
     ///
     /// # Errors
-    /// A failed migration.
+    /// A migration that fails [`MIGRATION_ATTEMPTS`] times, or the lock held by another
+    /// instance for [`MIGRATION_WAIT`].
     pub async fn migrate(&self) -> StoreResult<()> {
-        let result = match self {
-            SqlStore::MySql(pool) => MYSQL_MIGRATOR.run(pool).await,
-            SqlStore::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
-        };
-        result.map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let result = match self {
+                SqlStore::MySql(pool) => migrate_mysql(pool).await,
+                SqlStore::Sqlite(pool) => SQLITE_MIGRATOR
+                    .run(pool)
+                    .await
+                    .map_err(|e| StoreError::Database(format!("migration failed: {e}"))),
+            };
+            match result {
+                Err(error @ StoreError::Database(_)) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::info!(%error, "migration did not apply; another instance may be applying it; retrying");
+                    tokio::time::sleep(MIGRATION_RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        match self {
-            SqlStore::MySql(pool) => pool.execute("SELECT 1").await.is_ok(),
-            SqlStore::Sqlite(pool) => pool.execute("SELECT 1").await.is_ok(),
-        }
+    /// Whether the database answers within `within`.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let ping = async {
+            match self {
+                SqlStore::MySql(pool) => pool.execute("SELECT 1").await.is_ok(),
+                SqlStore::Sqlite(pool) => pool.execute("SELECT 1").await.is_ok(),
+            }
+        };
+        tokio::time::timeout(within, ping).await.unwrap_or(false)
     }
 
     /// Closes every pooled connection.
@@ -123,6 +150,17 @@ impl Storage for SqlStore {
     type Tx = SqlTx;
 
     async fn begin(&self, mode: TxMode) -> StoreResult<SqlTx> {
+        self.begin_on(mode).await.map_err(|error| match error {
+            // Nothing ran: a connection that fails as it is handed out is the database
+            // being away, not a transaction to retry at once.
+            StoreError::Connection(message) => StoreError::Unavailable(message),
+            other => other,
+        })
+    }
+}
+
+impl SqlStore {
+    async fn begin_on(&self, mode: TxMode) -> StoreResult<SqlTx> {
         let tx = match (self, mode) {
             (SqlStore::MySql(pool), _) => SqlTx::MySql(pool.begin().await.map_err(map_err)?),
             (SqlStore::Sqlite(pool), TxMode::Read) => {
@@ -209,10 +247,15 @@ type RequestKeyRow = (
 
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
-        match self {
+        let committed = match self {
             SqlTx::MySql(tx) => tx.commit().await.map_err(map_err),
             SqlTx::Sqlite(tx) => tx.commit().await.map_err(map_err),
-        }
+        };
+        // The COMMIT was sent: a connection lost now may have lost only its answer.
+        committed.map_err(|error| match error {
+            StoreError::Connection(message) => StoreError::CommitUnknown(message),
+            other => other,
+        })
     }
 
     async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
@@ -850,14 +893,88 @@ fn request_key_from_row(row: RequestKeyRow) -> StoreResult<RequestRecord> {
     })
 }
 
+/// How long startup waits for another instance's migrations before giving up.
+const MIGRATION_WAIT: Duration = Duration::from_secs(60);
+/// How many times startup tries the migrations when they fail (another instance may have applied
+/// the same one at the same time).
+const MIGRATION_ATTEMPTS: u32 = 20;
+/// How long a migration that failed waits before it looks again.
+const MIGRATION_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// The MySQL named lock the migrations run under.
+const MIGRATION_LOCK: &str = "flashsale_migrations";
+
+/// One MySQL migration run under [`MIGRATION_LOCK`], on one connection.
+async fn migrate_mysql(pool: &Pool<MySql>) -> StoreResult<()> {
+    let mut conn = pool.acquire().await.map_err(map_err)?;
+    let wait_s = MIGRATION_WAIT.as_secs();
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(MIGRATION_LOCK)
+        .bind(wait_s)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    if locked != Some(1) {
+        return Err(StoreError::Unavailable(format!(
+            "another instance held the migration lock for {wait_s} s"
+        )));
+    }
+    let result = async {
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT table_name FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        if table.is_some() {
+            // Unfinished under the lock we hold: its migrator died with its lock.
+            let resumed = sqlx::query("DELETE FROM _sqlx_migrations WHERE success = FALSE")
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if resumed.rows_affected() > 0 {
+                tracing::warn!("rerunning a migration an earlier process left unfinished");
+            }
+        }
+        let mut migrator =
+            sqlx::migrate::Migrator::with_migrations(MYSQL_MIGRATOR.iter().cloned().collect());
+        migrator.set_locking(false);
+        migrator
+            .run(&mut *conn)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    }
+    .await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    if released.is_err() {
+        // The lock ends with the connection: make sure the pool does not keep it.
+        conn.detach();
+    }
+    result
+}
+
 /// Sorts a database error into what the service can do about it.
 fn map_err(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(db) => {
             if let Some(mysql) = db.try_downcast_ref::<MySqlDatabaseError>() {
-                // 1213: deadlock; 1205: lock wait timeout; 1020: record changed (MariaDB).
-                if matches!(mysql.number(), 1213 | 1205 | 1020) {
-                    return StoreError::Contention(error.to_string());
+                match mysql.number() {
+                    // 1213: deadlock, or a Galera certification failure at COMMIT; 1205: lock
+                    // wait timeout; 1020: record changed (MariaDB). The transaction was rolled
+                    // back.
+                    1213 | 1205 | 1020 => return StoreError::Contention(error.to_string()),
+                    // 1180: a Galera node could not replicate the commit while the cluster
+                    // changes its members; the server rolled it back.
+                    1180 => return StoreError::Contention(error.to_string()),
+                    // 1053: server shutdown in progress; 1927: connection killed.
+                    1053 | 1927 => return StoreError::Connection(error.to_string()),
+                    // 1047: a Galera node not in the primary component; 1040: too many
+                    // connections.
+                    1047 | 1040 => return StoreError::Unavailable(error.to_string()),
+                    _ => {}
                 }
             }
             let sqlite_busy = db.code().is_some_and(|code| {
@@ -870,7 +987,10 @@ fn map_err(error: sqlx::Error) -> StoreError {
                 StoreError::Database(error.to_string())
             }
         }
-        sqlx::Error::PoolTimedOut => StoreError::Contention(error.to_string()),
+        sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
+            "no connection within {} s: {error}",
+            POOL_ACQUIRE_TIMEOUT.as_secs()
+        )),
         sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
             StoreError::Connection(error.to_string())
         }

@@ -79,8 +79,80 @@ pub async fn spawn_app_without_admin(db: Db, extra_args: &[&str]) -> TestApp {
     spawn(db, extra_args, false).await
 }
 
+/// Starts a server on the database at `url`, which the test owns (a private MariaDB server or
+/// a Galera node): the app neither creates nor drops it. Passes the known webhook secret and
+/// admin token, plus `extra_args`. Fails the test if the server does not start.
+pub async fn spawn_on(url: &str, extra_args: &[&str]) -> TestApp {
+    let db = if url.starts_with("sqlite:") {
+        Db::Sqlite
+    } else {
+        Db::MariaDb
+    };
+    let database = Database::External {
+        url: url.to_owned(),
+    };
+    let launch = Launch::new(&database, extra_args, true);
+    start(db, database, launch).await
+}
+
 async fn spawn(db: Db, extra_args: &[&str], admin: bool) -> TestApp {
     let database = Database::create(db).await;
+    let launch = Launch::new(&database, extra_args, admin);
+    start(db, database, launch).await
+}
+
+/// Starts one server per entry of `instances` (its extra arguments) at the same moment, all on
+/// `database`, which the first app then owns (it is dropped when that app finishes). Fails the
+/// test if any does not start.
+pub async fn spawn_together(database: Database, instances: &[&[&str]]) -> Vec<TestApp> {
+    let db = database.kind();
+    let shared = Database::External {
+        url: database.url().to_owned(),
+    };
+    let mut databases = vec![database];
+    databases.extend((1..instances.len()).map(|_| shared.clone()));
+    let starts = databases
+        .into_iter()
+        .zip(instances)
+        .map(|(database, args)| {
+            let launch = Launch::new(&database, args, true);
+            start(db, database, launch)
+        });
+    futures_util::future::join_all(starts).await
+}
+
+/// How to start one server: its arguments, kept so a killed server restarts the same way.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    args: Vec<String>,
+}
+
+impl Launch {
+    fn new(database: &Database, extra_args: &[&str], admin: bool) -> Launch {
+        let mut args: Vec<String> = ["serve", "--bind", "127.0.0.1:0", "--database-url"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.push(database.url().to_owned());
+        args.extend(["--webhook-secret".to_owned(), WEBHOOK_SECRET.to_owned()]);
+        if admin {
+            args.extend(["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()]);
+        }
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        Launch { args }
+    }
+}
+
+/// The server process of `launch`, with its stderr kept and its stdout read for the address.
+pub struct Process {
+    child: Child,
+    log: Arc<Mutex<Vec<u8>>>,
+    log_reader: Option<JoinHandle<()>>,
+    listening: tokio::sync::oneshot::Receiver<String>,
+}
+
+/// Starts `flashsale-e2e` with exactly `args` and a clean `FLASHSALE_*` environment.
+pub fn start_process(args: &[String]) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale-e2e"));
     // The server reads every flag from the environment too: keep a developer's settings out.
     for (name, _) in std::env::vars_os() {
@@ -89,16 +161,9 @@ async fn spawn(db: Db, extra_args: &[&str], admin: bool) -> TestApp {
             command.env_remove(&name);
         }
     }
-    command
-        .args(["serve", "--bind", "127.0.0.1:0", "--database-url"])
-        .arg(database.url())
-        .args(["--webhook-secret", WEBHOOK_SECRET]);
-    if admin {
-        command.args(["--admin-token", ADMIN_TOKEN]);
-    }
     let log_to_terminal = std::env::var_os("TEST_LOG").is_some();
     command
-        .args(extra_args)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(if log_to_terminal {
@@ -106,14 +171,54 @@ async fn spawn(db: Db, extra_args: &[&str], admin: bool) -> TestApp {
         } else {
             Stdio::piped()
         });
-    let mut server = command.spawn().expect("the flashsale-e2e binary starts");
+    let mut child = command.spawn().expect("the flashsale-e2e binary starts");
     let log = Arc::new(Mutex::new(Vec::new()));
-    let log_reader = server
+    let log_reader = child
         .stderr
         .take()
         .map(|stderr| keep_tail(stderr, log.clone()));
-    let stdout = server.stdout.take().expect("stdout is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
     let listening = listening_address(stdout);
+    Process {
+        child,
+        log,
+        log_reader,
+        listening,
+    }
+}
+
+impl Process {
+    /// The server's address once it listens, or, if it exits first, its exit status and log.
+    pub async fn listening(&mut self) -> Result<String, String> {
+        match tokio::time::timeout(STARTUP_TIMEOUT, &mut self.listening).await {
+            Ok(Ok(address)) => Ok(address),
+            Ok(Err(_)) => {
+                let status = self.child.wait().expect("the server is waited for");
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
+                Err(format!("exited ({status}); its log:\n{}", self.log_tail()))
+            }
+            Err(_) => Err(format!(
+                "did not print `listening on` within {STARTUP_TIMEOUT:?}; its log:\n{}",
+                self.log_tail()
+            )),
+        }
+    }
+
+    /// What the server wrote to stderr, the last [`LOG_TAIL_BYTES`] of it.
+    pub fn log_tail(&self) -> String {
+        let log = self
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        String::from_utf8_lossy(&log).into_owned()
+    }
+}
+
+async fn start(db: Db, database: Database, launch: Launch) -> TestApp {
+    let mut process = start_process(&launch.args);
+    let address = process.listening().await;
     let mut app = TestApp {
         address: String::new(),
         client: reqwest::Client::builder()
@@ -123,25 +228,13 @@ async fn spawn(db: Db, extra_args: &[&str], admin: bool) -> TestApp {
             .expect("an HTTP client builds"),
         db,
         database,
-        server,
-        log,
-        log_reader,
+        launch,
+        process,
         finished: false,
     };
-    match tokio::time::timeout(STARTUP_TIMEOUT, listening).await {
-        Ok(Ok(address)) => app.address = address,
-        Ok(Err(_)) => {
-            let status = app.server.wait().expect("the server is waited for");
-            app.finish_log();
-            panic!(
-                "the server exited ({status}) before listening; its log:\n{}",
-                app.log_tail()
-            );
-        }
-        Err(_) => panic!(
-            "the server did not print `listening on` within {STARTUP_TIMEOUT:?}; its log:\n{}",
-            app.log_tail()
-        ),
+    match address {
+        Ok(address) => app.address = address,
+        Err(failure) => panic!("the server {failure}"),
     }
     app
 }
@@ -180,7 +273,7 @@ fn keep_tail(mut stderr: impl Read + Send + 'static, log: Arc<Mutex<Vec<u8>>>) -
 
 /// A fresh database for one test.
 #[derive(Clone)]
-enum Database {
+pub enum Database {
     Sqlite {
         dir: PathBuf,
         url: String,
@@ -190,13 +283,18 @@ enum Database {
         name: String,
         url: String,
     },
+    /// A database the test made and drops itself.
+    External {
+        url: String,
+    },
 }
 
 /// Numbers the databases of this process, so parallel tests never share one.
 static DATABASES_CREATED: AtomicU32 = AtomicU32::new(0);
 
 impl Database {
-    async fn create(db: Db) -> Database {
+    /// A fresh, empty database of kind `db`.
+    pub async fn create(db: Db) -> Database {
         let counter = DATABASES_CREATED.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         match db {
@@ -229,13 +327,50 @@ impl Database {
         }
     }
 
-    fn url(&self) -> &str {
-        match self {
-            Database::Sqlite { url, .. } | Database::MariaDb { url, .. } => url,
+    /// Which kind of database it is.
+    pub fn kind(&self) -> Db {
+        if self.url().starts_with("sqlite:") {
+            Db::Sqlite
+        } else {
+            Db::MariaDb
         }
     }
 
-    async fn destroy(&self) {
+    /// Its URL, as the server takes it.
+    pub fn url(&self) -> &str {
+        match self {
+            Database::Sqlite { url, .. }
+            | Database::MariaDb { url, .. }
+            | Database::External { url } => url,
+        }
+    }
+
+    /// Runs `sql` on the database behind any server's back.
+    pub async fn execute(&self, sql: &'static str) {
+        let url = self.url();
+        match self.kind() {
+            Db::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = connection.close().await;
+            }
+            Db::MariaDb => {
+                let mut connection = mariadb_connect(url).await;
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = connection.close().await;
+            }
+        }
+    }
+
+    pub async fn destroy(&self) {
         match self {
             Database::Sqlite { dir, .. } => {
                 let _ = std::fs::remove_dir_all(dir);
@@ -251,6 +386,7 @@ impl Database {
                     .unwrap_or_else(|e| panic!("dropping database {name} failed: {e}"));
                 let _ = connection.close().await;
             }
+            Database::External { .. } => {}
         }
     }
 
@@ -315,9 +451,8 @@ pub struct TestApp {
     /// Which database it runs on.
     pub db: Db,
     database: Database,
-    server: Child,
-    log: Arc<Mutex<Vec<u8>>>,
-    log_reader: Option<JoinHandle<()>>,
+    launch: Launch,
+    process: Process,
     finished: bool,
 }
 
@@ -483,26 +618,7 @@ impl TestApp {
     /// Runs `sql` on the test's database behind the server's back, as an operator (or a bug)
     /// might: for tests of what the server does with rows it did not write.
     pub async fn execute(&self, sql: &'static str) {
-        match &self.database {
-            Database::Sqlite { url, .. } => {
-                let mut connection = sqlx::SqliteConnection::connect(url)
-                    .await
-                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-                sqlx::raw_sql(sql)
-                    .execute(&mut connection)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                let _ = connection.close().await;
-            }
-            Database::MariaDb { url, .. } => {
-                let mut connection = mariadb_connect(url).await;
-                sqlx::raw_sql(sql)
-                    .execute(&mut connection)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                let _ = connection.close().await;
-            }
-        }
+        self.database.execute(sql).await;
     }
 
     pub async fn dump(&self) -> Dump {
@@ -519,9 +635,10 @@ impl TestApp {
 
     /// Checks the server still runs and the database's rows keep every invariant, then stops
     /// the server and drops the database.
-    async fn finish(mut self) {
+    pub async fn finish(mut self) {
         if let Some(status) = self
-            .server
+            .process
+            .child
             .try_wait()
             .expect("the server's status is readable")
         {
@@ -540,21 +657,43 @@ impl TestApp {
 
     fn stop(&mut self) {
         // Already exited is fine: killing is only how the test lets go of it.
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 
-    fn url(&self, path: &str) -> String {
+    /// Kills the server with SIGKILL, as a crash would: no drain, no shutdown.
+    pub fn kill9(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the server again, the same way, on the same database (after [`TestApp::kill9`]);
+    /// it may listen on another port. Fails the test if it does not start.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.process = start_process(&self.launch.args);
+        match self.process.listening().await {
+            Ok(address) => self.address = address,
+            Err(failure) => panic!("the restarted server {failure}"),
+        }
+    }
+
+    /// `path` on this server.
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.unwrap_or_else(|e| {
+        self.try_send(request).await.unwrap_or_else(|e| {
             panic!(
                 "the request failed: {e}; the server's log:\n{}",
                 self.log_tail()
             )
-        });
+        })
+    }
+
+    /// Sends `request`; a failure to get an answer (refused, dropped, timed out) is an `Err`.
+    pub async fn try_send(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
+        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -566,29 +705,25 @@ impl TestApp {
             .headers()
             .get("idempotent-replayed")
             .is_some_and(|value| value == "true");
-        let text = response.text().await.expect("the body is readable");
+        let text = response.text().await.map_err(|e| format!("{e:?}"))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
+        Ok(Reply {
             status,
             content_type,
             body,
             replayed,
-        }
+        })
     }
 
     /// Waits until the log reader has read everything an exited server wrote.
     fn finish_log(&mut self) {
-        if let Some(reader) = self.log_reader.take() {
+        if let Some(reader) = self.process.log_reader.take() {
             let _ = reader.join();
         }
     }
 
     pub fn log_tail(&self) -> String {
-        let log = self
-            .log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        String::from_utf8_lossy(&log).into_owned()
+        self.process.log_tail()
     }
 }
 

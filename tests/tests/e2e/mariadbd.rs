@@ -1,0 +1,394 @@
+//! Private MariaDB servers for the fault tests: a `mariadbd` of the test's own, on its own data
+//! directory and port, that the test can kill with SIGKILL and start again; and a Galera cluster
+//! of three of them on this machine.
+//!
+//! They need the MariaDB server binaries (`mariadbd`, `mariadb-install-db`, `mariadb-admin`) and,
+//! for the cluster, the Galera provider (Debian's `galera-4`); `bash .ci/mariadb.sh` installs
+//! them. A missing one fails the test saying so: these tests never skip.
+//!
+//! Every port comes from the kernel (bind to port 0, read it, let go), so tests in parallel and
+//! a MariaDB already on 3306 never collide. A node's data directory lives under the system's
+//! temporary directory and is removed when the server is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Row};
+
+/// Where Debian's `galera-4` puts the provider.
+const GALERA_PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
+/// How long a server may take to answer after it is started (a Galera node joining included).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// Numbers this process's servers, for their directory names.
+static SERVERS: AtomicU32 = AtomicU32::new(0);
+
+/// A free TCP port on 127.0.0.1, as the kernel picks one.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port is bound");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// One `mariadbd` process of the test's own.
+pub struct Mariadbd {
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    /// Arguments beyond the data directory, port and socket: the Galera settings of a node.
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Mariadbd {
+    /// A fresh data directory with root allowed over TCP without a password, and a server
+    /// started on it and answering.
+    pub async fn start_fresh() -> Mariadbd {
+        let mut server = Mariadbd::initialized(Vec::new());
+        server.extra.push(server.init_arg());
+        server.start(&[]).await;
+        server
+    }
+
+    /// A fresh, initialized data directory and no process yet.
+    fn initialized(extra: Vec<String>) -> Mariadbd {
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("flashsale-mdb-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).expect("the data directory is created");
+        let server = Mariadbd {
+            port: free_port(),
+            dir,
+            extra,
+            child: None,
+        };
+        server.own_by_server_user();
+        let mut install = Command::new("mariadb-install-db");
+        install
+            .args(server.user_args())
+            .arg(format!("--datadir={}", server.data().display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        run(&mut install, "initializing a MariaDB data directory");
+        std::fs::write(
+            server.init_file(),
+            "CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '';\n\
+             GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;\n",
+        )
+        .expect("the init file is written");
+        server.own_by_server_user();
+        server
+    }
+
+    /// SQL run by the server as it starts: lets root in over TCP without a password.
+    fn init_file(&self) -> PathBuf {
+        self.dir.join("init.sql")
+    }
+
+    /// The `--init-file` argument, for a start that must let root in over TCP.
+    fn init_arg(&self) -> String {
+        format!("--init-file={}", self.init_file().display())
+    }
+
+    /// `mysql://root@127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// `mysql://root@127.0.0.1:PORT/DATABASE`.
+    pub fn database_url(&self, database: &str) -> String {
+        format!("{}/{database}", self.url())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("mariadbd.sock")
+    }
+
+    /// Runs the server as `mysql` when the tests run as root (mariadbd refuses root).
+    fn user_args(&self) -> Vec<String> {
+        if running_as_root() {
+            vec!["--user=mysql".to_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn own_by_server_user(&self) {
+        if running_as_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "mysql:mysql"]).arg(&self.dir);
+            run(&mut chown, "giving the data directory to the mysql user");
+        }
+    }
+
+    /// Starts the server with `once` added for this start only (`--wsrep-new-cluster`), and
+    /// waits until it answers over TCP.
+    pub async fn start(&mut self, once: &[&str]) {
+        self.spawn(once);
+        self.wait_answering().await;
+    }
+
+    fn spawn(&mut self, once: &[&str]) {
+        assert!(self.child.is_none(), "the server is already running");
+        let binary = "/usr/sbin/mariadbd";
+        assert!(
+            Path::new(binary).exists(),
+            "{binary} is missing: install MariaDB with `bash .ci/mariadb.sh`"
+        );
+        let mut command = Command::new(binary);
+        command
+            .arg("--no-defaults")
+            .args(self.user_args())
+            .arg(format!("--datadir={}", self.data().display()))
+            .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("mariadbd.pid").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--max-connections=500",
+                "--skip-name-resolve",
+            ])
+            .args(&self.extra)
+            .args(once)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(command.spawn().expect("mariadbd starts"));
+    }
+
+    /// Waits until root can run a query over TCP, failing the test with the server's error log
+    /// if it exits or takes longer than [`START_TIMEOUT`].
+    async fn wait_answering(&mut self) {
+        let deadline = deadline_in(START_TIMEOUT);
+        loop {
+            if self.query_text("SELECT 'up'").await.as_deref() == Some("up") {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "mariadbd on port {} exited ({status}); its error log:\n{}",
+                    self.port,
+                    self.error_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd on port {} did not answer within {START_TIMEOUT:?}; its error log:\n{}",
+                self.port,
+                self.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The first column of the first row of `sql`, as text, or `None` when the server does not
+    /// answer (or the login fails).
+    pub async fn query_text(&self, sql: &'static str) -> Option<String> {
+        let connecting = sqlx::MySqlConnection::connect(&self.url());
+        let mut connection = tokio::time::timeout(Duration::from_secs(2), connecting)
+            .await
+            .ok()?
+            .ok()?;
+        let row = sqlx::query(sql).fetch_one(&mut connection).await.ok()?;
+        let value: Option<String> = row
+            .try_get::<String, _>(0)
+            .ok()
+            .or_else(|| row.try_get::<i64, _>(0).ok().map(|v| v.to_string()));
+        let _ = connection.close().await;
+        value
+    }
+
+    /// Kills the server with SIGKILL: a crash, no shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Shuts the server down cleanly and waits for it to exit.
+    fn shutdown(&mut self) {
+        let mut admin = Command::new("mariadb-admin");
+        admin
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "shutdown"]);
+        run(&mut admin, "shutting mariadbd down");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    fn error_log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+        let start = log.len().saturating_sub(4_000);
+        log.get(start..).unwrap_or(&log).to_owned()
+    }
+}
+
+impl Drop for Mariadbd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Galera cluster of MariaDB nodes on this machine, every node taking writes.
+pub struct Galera {
+    /// The nodes, in the order they joined.
+    pub nodes: Vec<Mariadbd>,
+}
+
+impl Galera {
+    /// Starts a cluster of `size` nodes and waits until every node is synced in it.
+    ///
+    /// The first node is initialized, started alone (bootstrapping the cluster) to let root in
+    /// over TCP, and stopped; the others start from copies of its data directory, so no node
+    /// needs a state transfer. Failure detection is set to a few seconds, so a killed node
+    /// leaves the cluster quickly.
+    pub async fn start(size: usize) -> Galera {
+        assert!(
+            Path::new(GALERA_PROVIDER).exists(),
+            "{GALERA_PROVIDER} is missing: install galera-4 and rsync (`bash .ci/mariadb.sh` does)"
+        );
+        let gcomm: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let address = gcomm
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node_args = |i: usize| -> Vec<String> {
+            let base = gcomm.get(i).copied().unwrap_or_default();
+            vec![
+                "--wsrep-on=ON".to_owned(),
+                format!("--wsrep-provider={GALERA_PROVIDER}"),
+                "--wsrep-cluster-name=flashsale-test".to_owned(),
+                format!("--wsrep-node-name=node{i}"),
+                format!("--wsrep-cluster-address=gcomm://{address}"),
+                format!("--wsrep-node-address=127.0.0.1:{base}"),
+                format!("--wsrep-sst-receive-address=127.0.0.1:{}", free_port()),
+                "--wsrep-sst-method=rsync".to_owned(),
+                format!(
+                    "--wsrep-provider-options=base_port={base};ist.recv_addr=127.0.0.1:{};\
+                     evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT2S;\
+                     evs.inactive_timeout=PT4S;evs.inactive_check_period=PT0.5S;\
+                     gcache.size=64M",
+                    free_port()
+                ),
+                "--binlog-format=ROW".to_owned(),
+                "--innodb-autoinc-lock-mode=2".to_owned(),
+            ]
+        };
+        let mut first = Mariadbd::initialized(node_args(0));
+        let init = first.init_arg();
+        first.start(&["--wsrep-new-cluster", &init]).await;
+        first.shutdown();
+        let mut nodes = vec![first];
+        for i in 1..size {
+            let node = Mariadbd::initialized(node_args(i));
+            let _ = std::fs::remove_dir_all(node.data());
+            let mut copy = Command::new("cp");
+            copy.arg("-a")
+                .arg(nodes.first().map(Mariadbd::data).unwrap_or_default())
+                .arg(node.data());
+            run(&mut copy, "copying the first node's data directory");
+            node.own_by_server_user();
+            nodes.push(node);
+        }
+        let mut cluster = Galera { nodes };
+        if let Some(first) = cluster.nodes.first_mut() {
+            first.start(&["--wsrep-new-cluster"]).await;
+        }
+        for node in cluster.nodes.iter_mut().skip(1) {
+            node.spawn(&[]);
+        }
+        for i in 0..size {
+            cluster.wait_synced(i).await;
+        }
+        cluster
+    }
+
+    /// Waits until node `i` answers, is synced and sees every node in the cluster.
+    pub async fn wait_synced(&mut self, i: usize) {
+        let size = self.nodes.len().to_string();
+        let node = self.nodes.get_mut(i).expect("a node of the cluster");
+        node.wait_answering().await;
+        let deadline = deadline_in(START_TIMEOUT);
+        loop {
+            let ready = node
+                .query_text("SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'WSREP_READY'")
+                .await;
+            let members = node
+                .query_text("SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'WSREP_CLUSTER_SIZE'")
+                .await;
+            if ready.as_deref() == Some("ON") && members.as_deref() == Some(size.as_str()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Galera node {i} is not synced after {START_TIMEOUT:?} (ready {ready:?}, \
+                 cluster size {members:?}); its error log:\n{}",
+                node.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.kill();
+        }
+    }
+
+    /// Starts node `i` again; it rejoins the cluster (an incremental state transfer) and the
+    /// call returns once it is synced.
+    pub async fn rejoin(&mut self, i: usize) {
+        if let Some(node) = self.nodes.get_mut(i) {
+            node.spawn(&[]);
+        }
+        self.wait_synced(i).await;
+    }
+}
+
+/// Whether the tests run as root.
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs `command` to completion, failing the test with its output if it fails.
+fn run(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {command:?} did not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{what}: {command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The instant `after` from now.
+pub fn deadline_in(after: Duration) -> Instant {
+    Instant::now()
+        .checked_add(after)
+        .expect("the deadline is representable")
+}

@@ -5,6 +5,8 @@
 # answers it only checks the login and the database. Otherwise it installs MariaDB (Debian,
 # apt-get) if the server binary is missing, starts it without systemd (CI containers have
 # none), and lets root log in over TCP with the statements from the toolchain notes.
+# It also installs what the fault tests start on their own: the Galera provider (galera-4) and
+# rsync, for the three-node cluster they run on private ports.
 # Exits non-zero with a message saying what failed if MariaDB is not usable at the end.
 set -euo pipefail
 
@@ -87,7 +89,22 @@ FLUSH PRIVILEGES;
 SQL
 }
 
+readonly GALERA_PROVIDER=/usr/lib/galera/libgalera_smm.so
+
+install_galera() {
+    if [[ -f $GALERA_PROVIDER ]] && command -v rsync >/dev/null 2>&1 &&
+        command -v mariadb-install-db >/dev/null 2>&1; then
+        return
+    fi
+    log "installing galera-4 and rsync with apt-get (the Galera cluster tests need them)"
+    command -v apt-get >/dev/null 2>&1 || die "$GALERA_PROVIDER is missing and apt-get is not available"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y galera-4 rsync mariadb-server
+    [[ -f $GALERA_PROVIDER ]] || die "galera-4 did not install $GALERA_PROVIDER"
+}
+
 main() {
+    install_galera
     if ! tcp_ping; then
         if [[ ! -x $SERVER_BIN ]] || ! command -v mariadb-admin >/dev/null 2>&1; then
             install_server

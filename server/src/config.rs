@@ -104,6 +104,15 @@ pub struct ServeArgs {
     /// are always seen at once; other instances' at most this late); `0s` turns it off.
     #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]
     pub cache_staleness: Duration,
+    /// How many client connections are served at once; more wait in the kernel's backlog until
+    /// one closes. Keep it below the open-file limit (`ulimit -n`) minus the database pool.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a connection may take to send a request's headers, and may sit idle between
+    /// requests, before it is closed.
+    #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
     /// Test only: this instance's clock runs this many milliseconds ahead of the system's
     /// (negative: behind), to test instances with skewed clocks on one database.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]

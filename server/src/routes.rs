@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use flashsale_core::{
-    Cents, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId, PaymentStatus,
-    ProductId, Qty, Rejection, Timestamp, WebhookPayload, WebhookResult,
+    Cents, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, PaymentStatus, ProductId, Qty,
+    Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -81,10 +81,10 @@ fn with_app(app: SharedApp) -> impl Filter<Extract = (SharedApp,), Error = Infal
 
 /// `GET /api/products/{id}`
 fn product(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("api" / "products" / StoredId)
+    warp::path!("api" / "products" / u64)
         .and(warp::get())
         .and(with_app(app))
-        .then(|StoredId(id): StoredId, app: SharedApp| async move {
+        .then(|id: u64, app: SharedApp| async move {
             match app.service.product(ProductId(id)).await {
                 Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
                 Err(error) => error_reply(error),
@@ -92,41 +92,10 @@ fn product(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::R
         })
 }
 
-/// A product, hold or order id as a request names it, in a path or a body: a decimal up to
-/// [`ID_MAX`], the largest any storage keeps. A larger one in a path matches no route (404);
-/// in a body it is a 422 naming the field. Either way it never reaches a storage, which could
-/// not store it exactly.
-#[derive(Clone, Copy, Debug)]
-struct StoredId(u64);
-
-impl std::str::FromStr for StoredId {
-    type Err = &'static str;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.parse::<u64>() {
-            Ok(id) if id <= ID_MAX => Ok(StoredId(id)),
-            _ => Err("not an id"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for StoredId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let id = u64::deserialize(deserializer)?;
-        if id > ID_MAX {
-            return Err(serde::de::Error::invalid_value(
-                serde::de::Unexpected::Unsigned(id),
-                &"an id up to 9223372036854775807",
-            ));
-        }
-        Ok(StoredId(id))
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HoldRequest {
-    product_id: StoredId,
+    product_id: u64,
     qty: u32,
 }
 
@@ -165,7 +134,7 @@ fn place_hold(
             |key: Option<IdempotencyKey>, request: HoldRequest, app: SharedApp| async move {
                 let placed = app.service.place_hold_keyed(
                     key.as_ref(),
-                    ProductId(request.product_id.0),
+                    ProductId(request.product_id),
                     Qty(request.qty),
                 );
                 match placed.await {
@@ -182,10 +151,10 @@ fn place_hold(
 
 /// `GET /api/holds/{id}`
 fn hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("api" / "holds" / StoredId)
+    warp::path!("api" / "holds" / u64)
         .and(warp::get())
         .and(with_app(app))
-        .then(|StoredId(id): StoredId, app: SharedApp| async move {
+        .then(|id: u64, app: SharedApp| async move {
             match app.service.hold(HoldId(id)).await {
                 Ok((hold, view)) => json_reply(StatusCode::OK, &hold_json(&hold, view)),
                 Err(error) => error_reply(error),
@@ -196,7 +165,7 @@ fn hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Reje
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderRequest {
-    hold_id: StoredId,
+    hold_id: u64,
 }
 
 /// `POST /api/orders {hold_id}`, with an optional `Idempotency-Key`: 201 when created, 200 with
@@ -213,7 +182,7 @@ fn place_order(
             |key: Option<IdempotencyKey>, request: OrderRequest, app: SharedApp| async move {
                 let placed = app
                     .service
-                    .place_order_keyed(key.as_ref(), HoldId(request.hold_id.0));
+                    .place_order_keyed(key.as_ref(), HoldId(request.hold_id));
                 match placed.await {
                     Ok(Keyed { value, replayed }) => {
                         let status = if value.created {
@@ -231,10 +200,10 @@ fn place_order(
 
 /// `GET /api/orders/{id}`
 fn order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("api" / "orders" / StoredId)
+    warp::path!("api" / "orders" / u64)
         .and(warp::get())
         .and(with_app(app))
-        .then(|StoredId(id): StoredId, app: SharedApp| async move {
+        .then(|id: u64, app: SharedApp| async move {
             match app.service.order(OrderId(id)).await {
                 Ok(order) => json_reply(StatusCode::OK, &order_json(&order)),
                 Err(error) => error_reply(error),
@@ -245,7 +214,7 @@ fn order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rej
 #[derive(Deserialize)]
 struct WebhookRequest {
     idempotency_key: String,
-    hold_id: StoredId,
+    hold_id: u64,
     status: String,
 }
 
@@ -286,7 +255,7 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
         .ok_or_else(|| invalid("status must be paid, failed or cancelled", "status"))?;
     let payload = WebhookPayload {
         key,
-        hold_id: HoldId(request.hold_id.0),
+        hold_id: HoldId(request.hold_id),
         status,
     };
     let answer = app.service.apply_webhook(&payload).await.map_err(|error| {
@@ -393,13 +362,13 @@ struct RestockRequest {
 fn admin_restock(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("api" / "admin" / "products" / StoredId / "restock")
+    warp::path!("api" / "admin" / "products" / u64 / "restock")
         .and(warp::post())
         .and(admin(app.clone()))
         .and(problem::json_body::<RestockRequest>())
         .and(with_app(app))
         .then(
-            |StoredId(id): StoredId, request: RestockRequest, app: SharedApp| async move {
+            |id: u64, request: RestockRequest, app: SharedApp| async move {
                 match app.service.restock(ProductId(id), Qty(request.qty)).await {
                     Ok(view) => json_reply(StatusCode::OK, &product_json(&view)),
                     Err(ServiceError::Rejected(Rejection::UnknownProduct { product_id })) => {

@@ -23,9 +23,9 @@ use flashsale_core::payment::{self, WebhookDecision};
 use flashsale_core::product;
 use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, Inserted,
-    KeyedRequest, Order, OrderId, Product, ProductId, Qty, Refusal, Rejection, RequestRecord,
-    Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
+    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, ID_MAX, IdempotencyKey,
+    Inserted, KeyedRequest, Order, OrderId, Product, ProductId, Qty, Refusal, Rejection,
+    RequestRecord, Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
 };
 use flashsale_sync::batch::{HoldQueues, Waiting};
 use flashsale_sync::cache::ProductCache;
@@ -314,6 +314,12 @@ impl<T> std::ops::DerefMut for Tracked<T> {
 }
 
 /// Waits a little longer after each failed attempt, so contenders spread out.
+/// Whether an id is above [`ID_MAX`]: no row has it, and it must not reach a storage, which
+/// could not keep it exactly.
+fn beyond_storage(id: u64) -> bool {
+    id > ID_MAX
+}
+
 async fn backoff(attempt: u32) {
     let ms = 2u64.saturating_pow(attempt.min(8));
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -377,6 +383,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// [`ServiceError::NotFound`] for an unknown product; storage failures;
     /// [`ServiceError::Violated`] when the product's counters are corrupt.
     pub async fn product(&self, id: ProductId) -> Result<ProductView, ServiceError> {
+        if beyond_storage(id.0) {
+            return Err(ServiceError::NotFound {
+                what: "product",
+                id: id.0,
+            });
+        }
         let now = self.clock.now();
         let caching = self.config.cache_staleness_ms > 0;
         if caching && let Some(view) = self.cache.get(id, now) {
@@ -435,6 +447,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         qty: Qty,
     ) -> HoldAnswer {
         hold::validate_request(qty, self.config.hold_ttl_ms)?;
+        if beyond_storage(product_id.0) {
+            return Err(Rejection::UnknownProduct { product_id }.into());
+        }
         let _claim = self.claim(key)?;
         let request = HoldRequest {
             qty,
@@ -593,6 +608,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// # Errors
     /// [`ServiceError::NotFound`]; storage.
     pub async fn hold(&self, id: HoldId) -> Result<(Hold, HoldView), ServiceError> {
+        if beyond_storage(id.0) {
+            return Err(ServiceError::NotFound {
+                what: "hold",
+                id: id.0,
+            });
+        }
         in_transaction!(self, TxMode::Read, "hold", |tx| async {
             let hold = tx.hold(id, false).await?;
             let hold = hold.ok_or(ServiceError::NotFound {
@@ -625,6 +646,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     ) -> Result<Keyed<OrderPlaced>, ServiceError> {
         let window_ms = self.config.payment_window_ms;
         order::validate_payment_window(window_ms)?;
+        if beyond_storage(hold_id.0) {
+            return Err(Rejection::UnknownHold { hold_id }.into());
+        }
         let request = KeyedRequest::PlaceOrder { hold_id };
         let _claim = self.claim(key)?;
         in_transaction!(self, TxMode::Write, "place_order", |tx| async {
@@ -668,6 +692,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// # Errors
     /// [`ServiceError::NotFound`]; storage.
     pub async fn order(&self, id: OrderId) -> Result<Order, ServiceError> {
+        if beyond_storage(id.0) {
+            return Err(ServiceError::NotFound {
+                what: "order",
+                id: id.0,
+            });
+        }
         in_transaction!(self, TxMode::Read, "order", |tx| async {
             let order = tx.order(id, false).await?;
             order.ok_or(ServiceError::NotFound {
@@ -686,6 +716,14 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         &self,
         payload: &WebhookPayload,
     ) -> Result<WebhookAnswer, ServiceError> {
+        // Refused rather than recorded as unmatched: its record could not keep the id exactly,
+        // and would then not match its own redelivery.
+        if beyond_storage(payload.hold_id.0) {
+            return Err(Rejection::UnknownHold {
+                hold_id: payload.hold_id,
+            }
+            .into());
+        }
         in_transaction!(self, TxMode::Write, "apply_webhook", |tx| async {
             let (hold, product) = match lock_hold(&mut *tx, payload.hold_id).await {
                 Ok((hold, product)) => (hold, Some(product)),
@@ -774,6 +812,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         qty: Qty,
     ) -> Result<ProductView, ServiceError> {
         product::validate_restock(qty)?;
+        if beyond_storage(product_id.0) {
+            return Err(Rejection::UnknownProduct { product_id }.into());
+        }
         in_transaction!(self, TxMode::Write, "restock", |tx| async {
             let product = tx.lock_product(product_id).await?;
             let product = product.ok_or(Rejection::UnknownProduct { product_id })?;

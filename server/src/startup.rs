@@ -95,11 +95,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when binding port 0.
     println!("listening on http://{local}");
     let sweeper = tokio::spawn(sweep_forever(app.clone(), args.sweep_interval));
-    warp::serve(routes::routes(app))
-        .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+    let limits = Limits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+    };
+    serve_connections(listener, routes::routes(app), limits, shutdown_signal()).await;
     sweeper.abort();
     store.close().await;
     tracing::info!("stopped");
@@ -132,6 +132,81 @@ fn webhook_secrets(given: &[String], shared_database: bool) -> anyhow::Result<Ve
     // are never accepted unsigned.
     println!("generated webhook secret (set FLASHSALE_WEBHOOK_SECRET to keep one): {secret}");
     Ok(vec![Secret::new(secret.into_bytes())])
+}
+
+/// What one instance allows its clients.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once.
+    max_connections: usize,
+    /// How long a connection may take to send a request's headers or sit idle between requests.
+    header_timeout: Duration,
+}
+
+/// How long shutdown waits for requests in flight before it closes their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 with `filter` on `listener` until `shutdown`, then drains.
+///
+/// At most `limits.max_connections` connections are open at once: past it the loop stops
+/// accepting, and new connections wait in the kernel's backlog, so descriptors cannot run out.
+/// A connection whose request headers take longer than `limits.header_timeout`, or that sits
+/// idle that long between requests (hyper runs the timer whenever it waits for a request's
+/// head), is closed, so idle and slow clients give their slot back.
+async fn serve_connections<F>(
+    listener: tokio::net::TcpListener,
+    filter: F,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let service = warp::service(filter);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was accepted: pause
+                // rather than spin.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service.clone()),
+            );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
+    }
 }
 
 async fn sweep_forever(app: Arc<App>, interval: Duration) {

@@ -16,6 +16,7 @@ use crate::workload::{Endpoint, Seen, buy_until};
 on_both_databases!(
     killed_with_sigkill_under_load_it_loses_nothing_acknowledged,
     instances_starting_together_on_an_empty_database_all_start,
+    ids_beyond_the_stored_range_are_refused,
 );
 
 /// How many kill -9 cycles.
@@ -279,4 +280,70 @@ async fn a_shared_database_needs_a_configured_webhook_secret() {
         "{failure}"
     );
     database.destroy().await;
+}
+
+/// Connections that send nothing, or half a request's headers, are closed after the header
+/// timeout, and the connection cap keeps them from using up the server's descriptors: with
+/// every slot taken by idle sockets, a real request still gets its answer once they are closed.
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_and_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app(
+        Db::Sqlite,
+        &["--max-connections", "8", "--header-timeout", "1s"],
+    )
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for n in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("the server accepts or queues a connection");
+        if n % 2 == 0 {
+            // Half of a request's head, never finished.
+            socket
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("the partial head is sent");
+        }
+        idle.push(socket);
+    }
+    let started = Instant::now();
+    let reply = app.get("/healthz").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a real request behind 20 idle sockets waited {:?}",
+        started.elapsed()
+    );
+    for (n, mut socket) in idle.into_iter().enumerate() {
+        let mut buffer = [0_u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buffer)).await;
+        match read {
+            // Closed, with nothing, or with the 408 hyper may send first: either way closed.
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+            Err(_) => panic!("idle socket {n} is still open after 10 s"),
+        }
+    }
+    app.finish().await;
+}
+
+/// A webhook naming a hold id beyond what a storage keeps is refused (422 `unknown_hold`), the
+/// same way on every redelivery, and stores nothing: it used to be recorded with the id clamped
+/// and its fingerprint not, so every redelivery answered 500.
+async fn ids_beyond_the_stored_range_are_refused(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    for _ in 0..3 {
+        let reply = app.webhook("huge-hold", u64::MAX, "paid").await;
+        let problem = reply.expect_problem(422, "unknown_hold");
+        assert_eq!(problem["field"], "hold_id", "{problem}");
+    }
+    let dump = app.dump().await;
+    assert!(
+        dump.webhooks.is_empty(),
+        "nothing stored: {:?}",
+        dump.webhooks
+    );
+    app
 }

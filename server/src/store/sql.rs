@@ -6,7 +6,8 @@
 //! locks. Rows are read as tuples and parsed into core types, with every stored word and range
 //! checked on the way out ([`StoreError::Corrupt`] otherwise).
 //!
-//! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout: locking reads see the latest
+//! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout (and, on a Galera node, causal
+//! reads: `wsrep_sync_wait = 1`): locking reads see the latest
 //! committed rows, no gap locks stretch across keys, and a concurrent insert of the same webhook
 //! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`,
 //! which needs MariaDB 10.5 or later (MySQL 8 lacks it).
@@ -62,6 +63,11 @@ impl SqlStore {
                             .await?;
                         conn.execute("SET SESSION innodb_lock_wait_timeout = 5")
                             .await?;
+                        // On a Galera node, a transaction first waits until the node has
+                        // applied every write set the cluster committed before it began, so a
+                        // hold granted through one node is found through any other. No effect
+                        // on a server that is not in a cluster.
+                        conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
                         Ok(())
                     })
                 })

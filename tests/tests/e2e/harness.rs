@@ -626,9 +626,25 @@ impl TestApp {
         let store = SqlStore::connect(url)
             .await
             .unwrap_or_else(|e| panic!("connecting to {url} for a dump: {e}"));
-        let mut tx = store.begin(TxMode::Read).await.expect("a read transaction");
-        let dump = tx.dump().await.expect("the dump reads every row");
-        tx.commit().await.expect("the read transaction ends");
+        // A Galera node catching up answers a causal read with a lock-wait timeout: retryable.
+        let mut attempts = 0_u32;
+        let dump = loop {
+            attempts = attempts.saturating_add(1);
+            let read = async {
+                let mut tx = store.begin(TxMode::Read).await?;
+                let dump = tx.dump().await?;
+                tx.commit().await?;
+                Ok::<_, flashsale_server::store::StoreError>(dump)
+            };
+            match read.await {
+                Ok(dump) => break dump,
+                Err(error) if error.is_retryable() && attempts < 5 => {
+                    eprintln!("e2e: the dump of {url} failed ({error}); reading again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => panic!("the dump of {url} failed: {error}"),
+            }
+        };
         store.close().await;
         dump
     }

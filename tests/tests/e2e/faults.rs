@@ -171,13 +171,9 @@ async fn the_database_goes_away_and_comes_back() {
     seen.merge(down);
 
     mariadb.start(&[]).await;
-    app.poll_until("/readyz says ready again", async || {
-        servers[0]
-            .get("/readyz")
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
-    .await;
+    servers[0]
+        .await_ready(&app, "/readyz says ready again")
+        .await;
     let (after, _) = buy_until(
         &servers,
         &products,

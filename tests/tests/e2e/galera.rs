@@ -137,13 +137,8 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
         "/readyz failed while the node was down"
     );
     seen.merge(during);
-    apps[2]
-        .poll_until("the instance on the rejoined node is ready", async || {
-            servers[2]
-                .get("/readyz")
-                .await
-                .is_ok_and(|r| r.status == 200)
-        })
+    servers[2]
+        .await_ready(&apps[2], "the instance on the rejoined node is ready")
         .await;
     let (after, _) = buy_until(
         &servers,

@@ -709,26 +709,7 @@ impl TestApp {
 
     /// Sends `request`; a failure to get an answer (refused, dropped, timed out) is an `Err`.
     pub async fn try_send(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
-        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let replayed = response
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|value| value == "true");
-        let text = response.text().await.map_err(|e| format!("{e:?}"))?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Reply {
-            status,
-            content_type,
-            body,
-            replayed,
-        })
+        send_request(request).await
     }
 
     /// Waits until the log reader has read everything an exited server wrote.
@@ -760,6 +741,37 @@ impl Drop for TestApp {
         // The clone names the same directory or database; `self` is gone after this.
         self.database.clone().destroy_blocking();
     }
+}
+
+/// Sends `request` and reads its answer; a failure to get one (refused, dropped, timed out, a
+/// body cut short) is an `Err` naming it.
+pub async fn send_request(request: reqwest::RequestBuilder) -> Result<Reply, String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let content_type = header("content-type");
+    let replayed = header("idempotent-replayed") == "true";
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("body cut: {e}"))?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Reply {
+        status,
+        content_type,
+        body,
+        replayed,
+    })
 }
 
 /// The signature header value for `body` at unix time `t`, with the server's secret.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use flashsale_server::store::Dump;
 use serde_json::{Value, json};
 
-use crate::harness::{Reply, TestApp, now_unix_s, sign};
+use crate::harness::{Reply, TestApp, now_unix_s, send_request, sign};
 
 /// Where one server answers, and a client for it.
 #[derive(Clone, Debug)]
@@ -40,32 +40,15 @@ impl Endpoint {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("no answer: {e}"))?;
-        let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let content_type = header("content-type");
-        let replayed = header("idempotent-replayed") == "true";
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("body cut: {e}"))?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Reply {
-            status,
-            content_type,
-            body,
-            replayed,
+        send_request(request).await
+    }
+
+    /// Waits until `/readyz` answers 200, failing the test after the harness's poll timeout.
+    pub async fn await_ready(&self, app: &TestApp, what: &str) {
+        app.poll_until(what, async || {
+            self.get("/readyz").await.is_ok_and(|r| r.status == 200)
         })
+        .await;
     }
 
     /// `POST path` with `body`, under `key` when set.

@@ -174,11 +174,14 @@ pub struct Seen {
     pub wrong: Vec<String>,
     /// Requests that got no answer (the server was down, or dropped the connection).
     pub unanswered: u32,
+    /// The slowest answer.
+    pub slowest: Duration,
 }
 
 impl Seen {
     /// Counts `answer` (from a request that took `took`), returning the reply if there was one.
     fn note(&mut self, what: &str, answer: Result<Reply, String>, took: Duration) -> Option<Reply> {
+        self.slowest = self.slowest.max(took);
         if took > ANSWER_WITHIN {
             self.wrong
                 .push(format!("{what} took {took:?}, above {ANSWER_WITHIN:?}"));
@@ -206,6 +209,7 @@ impl Seen {
         }
         self.wrong.extend(other.wrong);
         self.unanswered += other.unanswered;
+        self.slowest = self.slowest.max(other.slowest);
     }
 }
 

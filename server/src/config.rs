@@ -1,7 +1,6 @@
 //! The `flashsale` command line. Every flag can also come from the environment variable named in
 //! its help, so a container or a systemd unit configures the server without arguments.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -61,9 +60,9 @@ pub struct DatabaseArgs {
 /// `flashsale serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: `HOST:PORT`, the host a name (`localhost`) or an address.
     #[arg(long, env = "FLASHSALE_BIND", default_value = "127.0.0.1:8000")]
-    pub bind: SocketAddr,
+    pub bind: String,
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -130,9 +129,16 @@ pub struct SweepArgs {
 /// `flashsale sign-webhook`.
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// The signing secret.
-    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: String,
+    /// The signing secrets, as `serve` takes them (repeat or comma-separate to rotate); it signs
+    /// with the first.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    pub webhook_secret: Vec<String>,
     /// The exact request body to sign.
     #[arg(long)]
     pub body: String,

@@ -14,6 +14,8 @@ pub mod config;
 #[cfg(feature = "sql")]
 pub mod problem;
 #[cfg(feature = "sql")]
+pub mod request_log;
+#[cfg(feature = "sql")]
 pub mod routes;
 #[cfg(feature = "sql")]
 pub mod signature;

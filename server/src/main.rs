@@ -38,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::SignWebhook(args) => {
             let now_s = i64::try_from(SystemClock.now().as_ms() / 1_000).unwrap_or(i64::MAX);
-            let secret = Secret::new(args.webhook_secret.into_bytes());
+            // The first of the rotation list, as `serve` checks it; an empty one signs nothing.
+            let Some(first) = args.webhook_secret.into_iter().find(|s| !s.is_empty()) else {
+                anyhow::bail!("--webhook-secret (FLASHSALE_WEBHOOK_SECRET) is empty");
+            };
+            let secret = Secret::new(first.into_bytes());
             let header = signature::sign(
                 &secret,
                 args.timestamp.unwrap_or(now_s),

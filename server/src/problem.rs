@@ -174,6 +174,17 @@ impl Serialize for Problem {
 
 impl Reply for Problem {
     fn into_response(self) -> warp::reply::Response {
+        // The request's id, so a client's report of a problem finds the server's log lines.
+        let problem = match crate::request_log::current() {
+            Some(id) => self.with_member("request_id", id),
+            None => self,
+        };
+        problem.answer()
+    }
+}
+
+impl Problem {
+    fn answer(self) -> warp::reply::Response {
         let status = self.status_code();
         let body = match serde_json::to_vec(&self) {
             Ok(body) => body,

@@ -11,6 +11,7 @@ use flashsale_core::order::validate_payment_window;
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::{DATABASE_URL_DEFAULT, ServeArgs};
+use crate::request_log::Logged;
 use crate::routes::{self, App};
 use crate::service::{self, Service};
 use crate::signature::Secret;
@@ -57,11 +58,12 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = service_config(&args)?;
     let url = &args.database.database_url;
-    let webhook_secrets = webhook_secrets(&args.webhook_secret, !url.starts_with("sqlite:"))?;
-    // Bound before the database is touched: a port already taken changes nothing.
-    let listener = tokio::net::TcpListener::bind(args.bind)
+    // Bound before the database is touched or a secret made: a port already taken changes
+    // nothing.
+    let listener = tokio::net::TcpListener::bind(args.bind.as_str())
         .await
-        .with_context(|| format!("binding {}", args.bind))?;
+        .with_context(|| format!("binding {} (expected HOST:PORT)", args.bind))?;
+    let webhook_secrets = webhook_secrets(&args.webhook_secret, !url.starts_with("sqlite:"))?;
     let store = open_store(url).await?;
     let clock: Arc<dyn Clock> = if args.clock_offset_ms == 0 {
         Arc::new(SystemClock)
@@ -162,7 +164,7 @@ async fn serve_connections<F>(
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let service = warp::service(filter);
+    let service = Logged::new(warp::service(filter));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -251,14 +253,38 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// The URL without its password, for logs.
+/// The URL without its password, for every message that names it.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split(':').next().unwrap_or("");
-    format!("{scheme}://{user}:***@{host}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only URLs with a host have a password, and those accept a replaced one.
+            if parsed.set_password(Some("***")).is_err() {
+                return "<a database URL>".to_owned();
+            }
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        // Not a URL: say nothing of it rather than risk printing a secret.
+        Err(_) => "<a database URL that does not parse>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            redact("mysql://root:hunter2@db.example:3306/sale"),
+            "mysql://root:***@db.example:3306/sale"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1:3306/x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+        assert_eq!(redact("sqlite:flashsale.db"), "sqlite:flashsale.db");
+        assert!(!redact("mysql://u:p%40ss@h/db").contains("p%40ss"));
+        assert!(!redact("not a url hunter2").contains("hunter2"));
+    }
 }

@@ -54,6 +54,13 @@ impl SqlStore {
         if url.starts_with("mysql:") || url.starts_with("mariadb:") {
             let url = url.replacen("mariadb:", "mysql:", 1);
             let options = MySqlConnectOptions::from_str(&url).map_err(map_err)?;
+            // One connection first, on its own: the pool retries a failed connect until its
+            // timeout and then reports only that it timed out, not why (refused, unknown host,
+            // access denied, no such database).
+            let probe = <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options)
+                .await
+                .map_err(unreachable)?;
+            let _ = sqlx::Connection::close(probe).await;
             let pool = MySqlPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
@@ -73,7 +80,7 @@ impl SqlStore {
                 })
                 .connect_with(options)
                 .await
-                .map_err(map_err)?;
+                .map_err(unreachable)?;
             Ok(SqlStore::MySql(pool))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
@@ -91,9 +98,11 @@ impl SqlStore {
                 .map_err(map_err)?;
             Ok(SqlStore::Sqlite(pool))
         } else {
-            Err(StoreError::Database(format!(
-                "unsupported database url scheme: {url}"
-            )))
+            // The URL itself stays out of the message: it may hold a password.
+            Err(StoreError::Database(
+                "unsupported database URL: expected sqlite:PATH or mysql://USER:PASS@HOST:PORT/DB"
+                    .to_owned(),
+            ))
         }
     }
 
@@ -960,6 +969,17 @@ async fn migrate_mysql(pool: &Pool<MySql>) -> StoreResult<()> {
         conn.detach();
     }
     result
+}
+
+/// A failed first connection: the database is unreachable (refused, no such host, a timeout)
+/// or refuses the login; said as such, not as a lost connection.
+fn unreachable(error: sqlx::Error) -> StoreError {
+    match map_err(error) {
+        StoreError::Connection(message) | StoreError::Unavailable(message) => {
+            StoreError::Unavailable(format!("cannot reach the database: {message}"))
+        }
+        other => other,
+    }
 }
 
 /// Sorts a database error into what the service can do about it.

@@ -35,6 +35,7 @@ macro_rules! on_both_databases {
 
 mod admin;
 mod api;
+mod cli;
 mod concurrency;
 mod corruption;
 mod expiry;
@@ -43,6 +44,7 @@ mod features;
 mod galera;
 mod harness;
 mod idempotency;
+mod logs;
 mod mariadbd;
 mod validation;
 mod webhooks;

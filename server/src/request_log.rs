@@ -1,0 +1,151 @@
+//! One log line per request, and a request id that follows the request everywhere.
+//!
+//! [`Logged`] wraps the routes' service. For each request it takes the client's `X-Request-Id`
+//! when it is a sensible one (1 to 128 characters of letters, digits, `-`, `_`, `.`) or makes one
+//! up, opens a tracing span carrying it (so every line the request logs names it), runs the
+//! request with the id in a task-local (so [`crate::problem::Problem`] bodies carry it as
+//! `request_id`), echoes it in the response's `X-Request-Id`, and logs one line with the method,
+//! the route, the status and the latency.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tracing::Instrument;
+use warp::http::{HeaderMap, HeaderValue, Request};
+use warp::reply::Response;
+
+/// The request id header, read and written.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest request id taken from a client.
+const REQUEST_ID_MAX: usize = 128;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request this task is answering, if it is answering one.
+pub fn current() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The client's id when it is a sensible one, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            (1..=REQUEST_ID_MAX).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// The path with its numeric segments as `{id}`: the route, for logs, without one label per id.
+fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The routes' service with a request id and a log line per request.
+#[derive(Clone, Debug)]
+pub struct Logged<S> {
+    inner: S,
+}
+
+impl<S> Logged<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Logged { inner }
+    }
+}
+
+impl<S, B> tower_service::Service<Request<B>> for Logged<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let id = request_id(request.headers());
+        let method = request.method().clone();
+        let route = route_of(request.uri().path());
+        let span = tracing::info_span!("request", request_id = %id);
+        let started = Instant::now();
+        let answering = self.inner.call(request);
+        let header = HeaderValue::from_str(&id).ok();
+        Box::pin(
+            REQUEST_ID
+                .scope(id, async move {
+                    let Ok(mut response) = answering.await;
+                    if let Some(header) = header {
+                        response.headers_mut().insert(REQUEST_ID_HEADER, header);
+                    }
+                    let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
+                    tracing::info!(
+                        target: "flashsale::request",
+                        %method,
+                        %route,
+                        status = response.status().as_u16(),
+                        latency_ms = format_args!("{latency_ms:.2}"),
+                        "request"
+                    );
+                    Ok(response)
+                })
+                .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_name_ids_as_placeholders() {
+        assert_eq!(
+            route_of("/api/products/12/restock"),
+            "/api/products/{id}/restock"
+        );
+        assert_eq!(route_of("/api/holds"), "/api/holds");
+        assert_eq!(route_of("/"), "/");
+    }
+
+    #[test]
+    fn a_sensible_client_id_is_kept_and_anything_else_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123_x.y"));
+        assert_eq!(request_id(&headers), "abc-123_x.y");
+        for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(bad) {
+                headers.insert(REQUEST_ID_HEADER, value);
+            }
+            let made = request_id(&headers);
+            assert_ne!(made, bad, "{bad:?} is replaced");
+            assert_eq!(made.len(), 16, "{made}");
+        }
+    }
+}

@@ -39,14 +39,33 @@ pub enum LogFormat {
 pub enum Command {
     /// Migrate, seed the demo products on the embedded default, and serve HTTP.
     Serve(ServeArgs),
-    /// Apply pending database migrations.
-    Migrate(DatabaseArgs),
+    /// Apply pending database migrations and list what was applied; `migrate status` lists
+    /// every migration, applied or pending, and changes nothing.
+    Migrate(MigrateArgs),
     /// Seed the ten demo products into an empty database (idempotent).
     Seed(DatabaseArgs),
     /// Run one sweep pass: release expired holds, cancel orders past their payment window.
     Sweep(SweepArgs),
     /// Print the `X-Flashsale-Signature` header value for a webhook body.
     SignWebhook(SignArgs),
+}
+
+/// `flashsale migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// `status`: list the migrations instead of applying them.
+    #[arg(value_enum)]
+    pub action: Option<MigrateAction>,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// What `flashsale migrate` does instead of applying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrateAction {
+    /// List every migration, applied or pending.
+    Status,
 }
 
 /// Where the database is.

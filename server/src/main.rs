@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use flashsale_server::clock::{Clock, SystemClock};
-use flashsale_server::config::{Cli, Command};
+use flashsale_server::config::{Cli, Command, MigrateAction};
 use flashsale_server::service::{self, Service};
 use flashsale_server::signature::{self, Secret};
 use flashsale_server::{startup, telemetry};
@@ -17,8 +17,21 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => startup::serve(args).await,
         Command::Migrate(args) => {
-            startup::open_store(&args.database_url).await?;
-            println!("migrations applied");
+            let store = startup::connect(&args.database.database_url).await?;
+            if args.action == Some(MigrateAction::Status) {
+                for m in store.migrations().await.context("reading the migrations")? {
+                    let state = if m.applied { "applied" } else { "pending" };
+                    println!("{:04} {state:<7} {}", m.version, m.description);
+                }
+                return Ok(());
+            }
+            let applied = store.migrate().await.context("migrating")?;
+            if applied.is_empty() {
+                println!("nothing to apply: every migration is applied");
+            }
+            for m in applied {
+                println!("applied {:04} {}", m.version, m.description);
+            }
             Ok(())
         }
         Command::Seed(args) => {

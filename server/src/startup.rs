@@ -22,11 +22,26 @@ use crate::store::sql::SqlStore;
 /// # Errors
 /// A failed connection or migration.
 pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
-    let store = SqlStore::connect(url)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
-    store.migrate().await.context("migrating")?;
+    let store = connect(url).await?;
+    let applied = store.migrate().await.context("migrating")?;
+    for migration in applied {
+        tracing::info!(
+            version = migration.version,
+            migration = %migration.description,
+            "migration applied"
+        );
+    }
     Ok(store)
+}
+
+/// Connects to `url` without migrating.
+///
+/// # Errors
+/// A failed connection, said without the URL's password.
+pub async fn connect(url: &str) -> anyhow::Result<SqlStore> {
+    SqlStore::connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))
 }
 
 /// The service settings `args` ask for, checked against the core's limits.

@@ -107,7 +107,8 @@ impl SqlStore {
     }
 
     /// Applies the pending migrations, safely when several instances start at once on one
-    /// database, and resuming a MySQL migration a killed process left unfinished.
+    /// database, and resuming a MySQL migration a killed process left unfinished; returns the
+    /// ones this call applied.
     ///
     /// On MySQL the migrations run under a named lock (`GET_LOCK` with a finite wait: sqlx's own
     /// asks for an infinite one, which MariaDB 10.11 refuses at once with NULL). Under the lock a
@@ -120,7 +121,17 @@ impl SqlStore {
     /// # Errors
     /// A migration that fails [`MIGRATION_ATTEMPTS`] times, or the lock held by another
     /// instance for [`MIGRATION_WAIT`].
-    pub async fn migrate(&self) -> StoreResult<()> {
+    pub async fn migrate(&self) -> StoreResult<Vec<MigrationState>> {
+        let before = self.migrations().await?;
+        self.apply_migrations().await?;
+        let after = self.migrations().await?;
+        Ok(after
+            .into_iter()
+            .filter(|m| m.applied && !before.iter().any(|b| b.version == m.version && b.applied))
+            .collect())
+    }
+
+    async fn apply_migrations(&self) -> StoreResult<()> {
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
@@ -139,6 +150,61 @@ impl SqlStore {
                 other => return other,
             }
         }
+    }
+
+    /// Every migration this build knows, in order, and whether the database has it applied.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub async fn migrations(&self) -> StoreResult<Vec<MigrationState>> {
+        let applied: Vec<i64> = match self {
+            SqlStore::MySql(pool) => {
+                let table: Option<String> = sqlx::query_scalar(
+                    "SELECT table_name FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+                )
+                .fetch_optional(pool)
+                .await
+                .map_err(map_err)?;
+                if table.is_none() {
+                    Vec::new()
+                } else {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await
+                        .map_err(map_err)?
+                }
+            }
+            SqlStore::Sqlite(pool) => {
+                let table: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_optional(pool)
+                .await
+                .map_err(map_err)?;
+                if table.is_none() {
+                    Vec::new()
+                } else {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await
+                        .map_err(map_err)?
+                }
+            }
+        };
+        let migrator = match self {
+            SqlStore::MySql(_) => &MYSQL_MIGRATOR,
+            SqlStore::Sqlite(_) => &SQLITE_MIGRATOR,
+        };
+        Ok(migrator
+            .iter()
+            .map(|m| MigrationState {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.contains(&m.version),
+            })
+            .collect())
     }
 
     /// Whether the database answers within `within`.
@@ -187,6 +253,17 @@ impl SqlStore {
         };
         Ok(tx)
     }
+}
+
+/// One migration of this build, and whether the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Its version, the number its file starts with.
+    pub version: i64,
+    /// Its name.
+    pub description: String,
+    /// Whether it is applied.
+    pub applied: bool,
 }
 
 /// An open transaction on either database.

@@ -111,3 +111,31 @@ async fn bind_takes_a_host_name_and_signed_webhooks_from_the_cli_are_accepted(db
     assert_eq!(reply.status, 200, "{reply:?}");
     app
 }
+
+#[test]
+fn migrate_says_what_it_applied_and_status_lists_every_migration() {
+    let dir = std::env::temp_dir().join(format!("flashsale-cli-{}-migrate", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let url = format!("sqlite:{}", dir.join("f.db").display());
+    let status = |expect: &str| {
+        let (ok, out, err) = flashsale(&["migrate", "status", "--database-url", &url], &[]);
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() >= 3, "every migration is listed: {out}");
+        assert!(
+            lines.iter().all(|line| line.contains(expect)),
+            "every migration is {expect}: {out}"
+        );
+    };
+    status("pending");
+    let (ok, out, err) = flashsale(&["migrate", "--database-url", &url], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("applied 0001 init"), "{out}");
+    assert!(out.contains("applied 0003 product counters"), "{out}");
+    status("applied");
+    let (ok, out, err) = flashsale(&["migrate", "--database-url", &url], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing to apply"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,8 @@
 //! up, opens a tracing span carrying it (so every line the request logs names it), runs the
 //! request with the id in a task-local (so [`crate::problem::Problem`] bodies carry it as
 //! `request_id`), echoes it in the response's `X-Request-Id`, and logs one line with the method,
-//! the route, the status and the latency.
+//! the route, the status and the latency. A 405 gets the route's `Allow` header here, where the
+//! request's path is known.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tracing::Instrument;
-use warp::http::{HeaderMap, HeaderValue, Request};
+use warp::http::header::ALLOW;
+use warp::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use warp::reply::Response;
 
 /// The request id header, read and written.
@@ -102,6 +104,13 @@ where
                     let Ok(mut response) = answering.await;
                     if let Some(header) = header {
                         response.headers_mut().insert(REQUEST_ID_HEADER, header);
+                    }
+                    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+                        && let Some(allow) = crate::routes::allowed_methods(&route)
+                    {
+                        response
+                            .headers_mut()
+                            .insert(ALLOW, HeaderValue::from_static(allow));
                     }
                     let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
                     tracing::info!(

@@ -19,7 +19,7 @@ use flashsale_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use warp::http::StatusCode;
-use warp::http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use warp::http::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
@@ -73,6 +73,32 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .or(readyz(app))
         .unify();
     api.recover(problem::recover).map(Reply::into_response)
+}
+
+/// The methods each route answers, by route as [`crate::request_log`] names it (ids as
+/// `{id}`): the `Allow` header of a 405. Kept beside [`routes`], which it mirrors.
+pub fn allowed_methods(route: &str) -> Option<&'static str> {
+    match route {
+        "/healthz" | "/readyz" | "/api/products/{id}" | "/api/holds/{id}" | "/api/orders/{id}" => {
+            Some("GET")
+        }
+        "/api/holds"
+        | "/api/orders"
+        | "/api/payments/webhook"
+        | "/api/admin/products"
+        | "/api/admin/products/{id}/restock" => Some("POST"),
+        _ => None,
+    }
+}
+
+/// A 201 with `Location` naming what it created.
+fn with_location(mut response: Response, location: String) -> Response {
+    if response.status() == StatusCode::CREATED
+        && let Ok(value) = HeaderValue::from_str(&location)
+    {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
 }
 
 fn with_app(app: SharedApp) -> impl Filter<Extract = (SharedApp,), Error = Infallible> + Clone {
@@ -138,10 +164,13 @@ fn place_hold(
                     Qty(request.qty),
                 );
                 match placed.await {
-                    Ok(Keyed { value, replayed }) => keyed_reply(
-                        StatusCode::CREATED,
-                        &hold_json(&value.hold, HoldView::Held),
-                        replayed,
+                    Ok(Keyed { value, replayed }) => with_location(
+                        keyed_reply(
+                            StatusCode::CREATED,
+                            &hold_json(&value.hold, HoldView::Held),
+                            replayed,
+                        ),
+                        format!("/api/holds/{}", value.hold.id),
                     ),
                     Err(error) => error_reply(error),
                 }
@@ -190,7 +219,10 @@ fn place_order(
                         } else {
                             StatusCode::OK
                         };
-                        keyed_reply(status, &order_json(&value.order), replayed)
+                        with_location(
+                            keyed_reply(status, &order_json(&value.order), replayed),
+                            format!("/api/orders/{}", value.order.id),
+                        )
                     }
                     Err(error) => error_reply(error),
                 }
@@ -345,7 +377,10 @@ fn admin_create_product(
                         available: product.stock,
                         product,
                     };
-                    json_reply(StatusCode::CREATED, &product_json(&view))
+                    with_location(
+                        json_reply(StatusCode::CREATED, &product_json(&view)),
+                        format!("/api/products/{}", view.product.id),
+                    )
                 }
                 Err(error) => error_reply(error),
             }

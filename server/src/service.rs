@@ -31,6 +31,7 @@ use flashsale_sync::batch::{HoldQueues, Waiting};
 use flashsale_sync::cache::ProductCache;
 use flashsale_sync::keys::{Claim, KeysInFlight};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::store::{Dump, Storage, StoreError, Transaction, TxMode};
@@ -532,6 +533,18 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         product_id: ProductId,
         requests: &[HoldRequest],
     ) -> Result<Vec<HoldAnswer>, ServiceError> {
+        // Its lines (retries, contention) name the product, whichever task runs the batch.
+        let span = tracing::info_span!("hold_batch", %product_id, requests = requests.len());
+        async { self.place_hold_batch_now(product_id, requests).await }
+            .instrument(span)
+            .await
+    }
+
+    async fn place_hold_batch_now(
+        &self,
+        product_id: ProductId,
+        requests: &[HoldRequest],
+    ) -> Result<Vec<HoldAnswer>, ServiceError> {
         in_transaction!(self, TxMode::Write, "place_holds", |tx| async {
             let mut answers: Vec<Option<HoldAnswer>> = vec![None; requests.len()];
             let mut keyed: Vec<usize> = (0..requests.len())
@@ -879,6 +892,25 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     }
 
     async fn sweep_product(&self, product_id: ProductId) -> Result<(usize, usize), ServiceError> {
+        let swept = self
+            .sweep_product_now(product_id)
+            .instrument(tracing::info_span!("sweep", %product_id))
+            .await?;
+        if swept != (0, 0) {
+            tracing::info!(
+                %product_id,
+                holds_released = swept.0,
+                orders_cancelled = swept.1,
+                "swept"
+            );
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_product_now(
+        &self,
+        product_id: ProductId,
+    ) -> Result<(usize, usize), ServiceError> {
         in_transaction!(self, TxMode::Write, "sweep_product", |tx| async {
             let Some(product) = tx.lock_product(product_id).await? else {
                 return Ok::<_, ServiceError>((0, 0));

@@ -1,10 +1,15 @@
 //! What an operator reads: one log line per request with its method, route, status, latency and
 //! request id; the id accepted from the client or made up, echoed in `X-Request-Id` and in
-//! problem bodies; no terminal colours in a log that is not a terminal.
+//! problem bodies; no terminal colours in a log that is not a terminal; sweeper lines that name
+//! their product; `Location` on a 201 and `Allow` on a 405.
 
 use crate::harness::{Db, TestApp, spawn_app};
 
-on_both_databases!(every_request_is_logged_once_under_its_request_id);
+on_both_databases!(
+    every_request_is_logged_once_under_its_request_id,
+    sweeper_lines_name_the_product,
+    created_answers_have_a_location_and_405s_an_allow,
+);
 
 async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
     let app = spawn_app(db, &[]).await;
@@ -63,5 +68,85 @@ async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
         !log.contains('\u{1b}'),
         "no colour codes in a log that is not a terminal"
     );
+    app
+}
+
+/// The sweeper's lines name the product they released holds of.
+async fn sweeper_lines_name_the_product(db: Db) -> TestApp {
+    let app = spawn_app(db, &["--hold-ttl", "1s", "--sweep-interval", "200ms"]).await;
+    let product = app.create_product(100, 3).await;
+    let hold = app.hold(product, 2).await;
+    app.poll_until("the sweeper releases the hold", async || {
+        app.hold_state(hold).await == "released"
+    })
+    .await;
+    let wanted = format!("product_id={product}");
+    app.poll_until("a sweep line names the product", async || {
+        app.log_tail()
+            .lines()
+            .any(|line| line.contains("swept") && line.contains(&wanted))
+    })
+    .await;
+    app
+}
+
+/// A 201 says where what it created lives; a 405 says which method the path takes.
+async fn created_answers_have_a_location_and_405s_an_allow(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    let product = app.create_product(100, 3).await;
+    let header = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let hold = app
+        .client
+        .post(app.url("/api/holds"))
+        .json(&serde_json::json!({"product_id": product, "qty": 1}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(hold.status(), 201);
+    let location = header(&hold, "location");
+    let body: serde_json::Value = hold.json().await.expect("a body");
+    assert_eq!(location, format!("/api/holds/{}", body["hold_id"]));
+    let order = app
+        .client
+        .post(app.url("/api/orders"))
+        .json(&serde_json::json!({"hold_id": body["hold_id"]}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(order.status(), 201);
+    let location = header(&order, "location");
+    let body: serde_json::Value = order.json().await.expect("a body");
+    assert_eq!(location, format!("/api/orders/{}", body["order_id"]));
+    app.get(&location).await.expect_status(200);
+
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/api/holds".to_owned(), "POST"),
+        (
+            reqwest::Method::POST,
+            format!("/api/products/{product}"),
+            "GET",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/payments/webhook".to_owned(),
+            "POST",
+        ),
+    ] {
+        let answer = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 405, "{method} {path}");
+        assert_eq!(header(&answer, "allow"), allow, "{method} {path}");
+    }
     app
 }

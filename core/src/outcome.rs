@@ -147,15 +147,30 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::InvalidQty { qty } => write!(f, "qty {qty} is out of range"),
-            Rejection::InvalidTtl { ttl_ms } => write!(f, "hold ttl {ttl_ms} ms is out of range"),
-            Rejection::InvalidPaymentWindow { payment_window_ms } => {
-                write!(f, "payment window {payment_window_ms} ms is out of range")
-            }
+            Rejection::InvalidQty { qty } => write!(
+                f,
+                "qty {qty} is out of range: it must be from 1 to {}",
+                crate::hold::HOLD_QTY_MAX
+            ),
+            Rejection::InvalidTtl { ttl_ms } => write!(
+                f,
+                "hold ttl {ttl_ms} ms is out of range: it must be from {} to {} ms",
+                crate::hold::HOLD_TTL_MS_MIN,
+                crate::hold::HOLD_TTL_MS_MAX
+            ),
+            Rejection::InvalidPaymentWindow { payment_window_ms } => write!(
+                f,
+                "payment window {payment_window_ms} ms is out of range: it must be from {} to {} ms",
+                crate::order::PAYMENT_WINDOW_MS_MIN,
+                crate::order::PAYMENT_WINDOW_MS_MAX
+            ),
             Rejection::InvalidName => f.write_str("name must be 1 to 255 bytes and not blank"),
-            Rejection::InvalidPrice { price_cents } => {
-                write!(f, "price_cents {} is out of range", price_cents.0)
-            }
+            Rejection::InvalidPrice { price_cents } => write!(
+                f,
+                "price_cents {} is out of range: it must be at most {}",
+                price_cents.0,
+                crate::product::PRICE_CENTS_MAX.0
+            ),
             Rejection::UnknownProduct { product_id } => write!(f, "product {product_id} not found"),
             Rejection::UnknownHold { hold_id } => write!(f, "hold {hold_id} not found"),
             Rejection::HoldReleased { hold_id } => write!(f, "hold {hold_id} was released"),

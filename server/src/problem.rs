@@ -354,7 +354,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
         Category::Data => {
             let message = message_without_position(&err);
             let field = field_path(body, &err, &message);
-            Problem::validation_failed(truncated(message), field)
+            Problem::validation_failed(truncated(in_api_words(&message)), field)
         }
         Category::Syntax | Category::Eof | Category::Io => {
             Problem::malformed_json(truncated(err.to_string()))
@@ -589,6 +589,32 @@ fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
+/// serde's message with its Rust type names said as the API's ranges: "expected u32" becomes
+/// "expected a whole number from 0 to 4294967295".
+fn in_api_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("i8", "a whole number from -128 to 127"),
+        ("i16", "a whole number from -32768 to 32767"),
+        ("i32", "a whole number from -2147483648 to 2147483647"),
+        (
+            "i64",
+            "a whole number from -9223372036854775808 to 9223372036854775807",
+        ),
+    ];
+    let mut text = message.to_owned();
+    for (rust, words) in TYPES {
+        let rust = format!("expected {rust}");
+        if text.ends_with(&rust) || text.contains(&format!("{rust} ")) {
+            text = text.replace(&rust, &format!("expected {words}"));
+        }
+    }
+    text
+}
+
 fn truncated(mut text: String) -> String {
     if text.len() > DETAIL_BYTES_MAX {
         let cut = (0..=DETAIL_BYTES_MAX)
@@ -778,11 +804,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn validation_details_say_ranges_not_rust_types() {
+        for (body, detail) in [
+            (
+                r#"{"qty":-1}"#,
+                "invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+            ),
+            (
+                r#"{"qty":4294967296}"#,
+                "invalid value: integer `4294967296`, expected a whole number from 0 to 4294967295",
+            ),
+        ] {
+            let (status, problem) = post_json(body).await;
+            assert_eq!(status, 422, "body {body:?}");
+            assert_eq!(problem["detail"], detail, "body {body:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn validation_detail_has_no_byte_position() {
         let (_, problem) = post_json(r#"{"qty":"x"}"#).await;
         assert_eq!(
             problem["detail"],
-            r#"invalid type: string "x", expected u32"#
+            r#"invalid type: string "x", expected a whole number from 0 to 4294967295"#
         );
     }
 

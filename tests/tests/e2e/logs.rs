@@ -1,7 +1,7 @@
 //! What an operator reads: one log line per request with its method, route, status, latency and
 //! request id; the id accepted from the client or made up, echoed in `X-Request-Id` and in
 //! problem bodies; no terminal colours in a log that is not a terminal; sweeper lines that name
-//! their product; `Location` on a 201 and `Allow` on a 405.
+//! their product; `Location` on a 201 and `Allow` on a 405; field errors in the API's words.
 
 use crate::harness::{Db, TestApp, spawn_app};
 
@@ -9,6 +9,7 @@ on_both_databases!(
     every_request_is_logged_once_under_its_request_id,
     sweeper_lines_name_the_product,
     created_answers_have_a_location_and_405s_an_allow,
+    field_errors_say_the_allowed_range,
 );
 
 async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
@@ -147,6 +148,33 @@ async fn created_answers_have_a_location_and_405s_an_allow(db: Db) -> TestApp {
             .expect("an answer");
         assert_eq!(answer.status(), 405, "{method} {path}");
         assert_eq!(header(&answer, "allow"), allow, "{method} {path}");
+    }
+    app
+}
+
+/// A field error names the field and what it may be, in the API's words, never a Rust type.
+async fn field_errors_say_the_allowed_range(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    let product = app.create_product(100, 3).await;
+    for (qty, detail) in [
+        (
+            serde_json::json!(10_001),
+            "qty 10001 is out of range: it must be from 1 to 10000",
+        ),
+        (
+            serde_json::json!(-1),
+            "invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+        ),
+    ] {
+        let reply = app
+            .post(
+                "/api/holds",
+                &serde_json::json!({"product_id": product, "qty": qty}),
+            )
+            .await;
+        let problem = reply.expect_problem(422, "validation_failed");
+        assert_eq!(problem["field"], "qty", "{problem}");
+        assert_eq!(problem["detail"], detail, "{problem}");
     }
     app
 }

@@ -122,6 +122,14 @@ pub struct ServeArgs {
     /// are always seen at once; other instances' at most this late); `0s` turns it off.
     #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]
     pub cache_staleness: Duration,
+    /// How long the sweeper keeps a client request's `Idempotency-Key` record; a key used after
+    /// its record is purged is a new request.
+    #[arg(long, env = "FLASHSALE_REQUEST_KEY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub request_key_retention: Duration,
+    /// How long the sweeper keeps a webhook's record; keep it past the payment provider's
+    /// redeliveries: a delivery after its record is purged is applied as new.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub webhook_retention: Duration,
     /// How many client connections are served at once; more wait in the kernel's backlog until
     /// one closes. Keep it below the open-file limit (`ulimit -n`) minus the database pool.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 512,

@@ -44,8 +44,8 @@ async fn main() -> anyhow::Result<()> {
             let service = service_on(&args.database.database_url).await?;
             let report = service.sweep().await.context("sweeping")?;
             println!(
-                "released {} holds, cancelled {} orders",
-                report.holds_released, report.orders_cancelled
+                "released {} holds, cancelled {} orders, purged {} records",
+                report.holds_released, report.orders_cancelled, report.records_purged
             );
             Ok(())
         }

@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::store::{Dump, Storage, StoreError, Transaction, TxMode};
+use crate::store::{Dump, RecordKind, Storage, StoreError, Transaction, TxMode};
 
 /// How many times a script runs before contention is answered as [`ServiceError::Busy`].
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 8;
@@ -46,6 +46,12 @@ pub const HOLD_BATCH_MAX_DEFAULT: u16 = 128;
 pub const CACHE_STALENESS_MS_DEFAULT: u64 = 1_000;
 /// How many hold requests may wait for one product before new ones are refused, by default.
 pub const HOLD_QUEUE_MAX_DEFAULT: u16 = 4_096;
+/// How long a client request's idempotency-key record is kept, by default: a day.
+pub const REQUEST_KEY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
+/// How long a webhook record is kept, by default: 30 days, past any provider's redeliveries.
+pub const WEBHOOK_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
+/// How many records one purge transaction deletes at most.
+pub const PURGE_BATCH: u32 = 500;
 
 /// The service's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +70,11 @@ pub struct Config {
     /// How long a product's cached availability may be served (writes of other instances are
     /// seen at most this late); 0 turns the cache off.
     pub cache_staleness_ms: u64,
+    /// How long the sweeper keeps a client request's idempotency-key record; `u64::MAX` keeps
+    /// them all.
+    pub request_key_retention_ms: u64,
+    /// How long the sweeper keeps a webhook record; `u64::MAX` keeps them all.
+    pub webhook_retention_ms: u64,
 }
 
 impl Default for Config {
@@ -75,6 +86,8 @@ impl Default for Config {
             hold_batch_max: usize::from(HOLD_BATCH_MAX_DEFAULT),
             hold_queue_max: usize::from(HOLD_QUEUE_MAX_DEFAULT),
             cache_staleness_ms: CACHE_STALENESS_MS_DEFAULT,
+            request_key_retention_ms: REQUEST_KEY_RETENTION_MS_DEFAULT,
+            webhook_retention_ms: WEBHOOK_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -220,6 +233,8 @@ pub struct SweepReport {
     pub holds_released: usize,
     /// Orders cancelled because their payment window closed.
     pub orders_cancelled: usize,
+    /// Request-key and webhook records purged past their retention.
+    pub records_purged: u64,
 }
 
 /// The transaction scripts, over a storage and a clock.
@@ -886,9 +901,40 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 report.orders_cancelled = report.orders_cancelled.saturating_add(orders);
             }
             if !batch_full {
-                return Ok(report);
+                break;
             }
         }
+        report.records_purged = self.purge_records().await?;
+        Ok(report)
+    }
+
+    /// Deletes request-key and webhook records older than their retention, in transactions of
+    /// at most [`PURGE_BATCH`], oldest cut-off by this instance's clock.
+    async fn purge_records(&self) -> Result<u64, ServiceError> {
+        let now = self.clock.now().as_ms();
+        let mut purged: u64 = 0;
+        for (kind, retention_ms) in [
+            (
+                RecordKind::RequestKeys,
+                self.config.request_key_retention_ms,
+            ),
+            (RecordKind::Webhooks, self.config.webhook_retention_ms),
+        ] {
+            let before = Timestamp(now.saturating_sub(retention_ms));
+            if before == Timestamp(0) {
+                continue;
+            }
+            loop {
+                let deleted = in_transaction!(self, TxMode::Write, "purge_records", |tx| async {
+                    Ok::<_, ServiceError>(tx.purge_records(kind, before, PURGE_BATCH).await?)
+                })?;
+                purged = purged.saturating_add(deleted);
+                if deleted < u64::from(PURGE_BATCH) {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     async fn sweep_product(&self, product_id: ProductId) -> Result<(usize, usize), ServiceError> {

@@ -62,8 +62,22 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
         hold_batch_max: usize::from(args.hold_batch_max),
         hold_queue_max: usize::from(args.hold_queue_max),
         cache_staleness_ms: u64::try_from(args.cache_staleness.as_millis()).unwrap_or(u64::MAX),
+        request_key_retention_ms: retention_ms(
+            args.request_key_retention,
+            "--request-key-retention",
+        )?,
+        webhook_retention_ms: retention_ms(args.webhook_retention, "--webhook-retention")?,
         ..service::Config::default()
     })
+}
+
+/// A retention in milliseconds, at least a second.
+fn retention_ms(retention: Duration, flag: &str) -> anyhow::Result<u64> {
+    let ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    if ms < 1_000 {
+        bail!("{flag} must be at least 1s");
+    }
+    Ok(ms)
 }
 
 /// Runs `flashsale serve` until a shutdown signal.
@@ -231,10 +245,15 @@ async fn sweep_forever(app: Arc<App>, interval: Duration) {
     loop {
         ticker.tick().await;
         match app.service.sweep().await {
-            Ok(report) if report.holds_released > 0 || report.orders_cancelled > 0 => {
+            Ok(report)
+                if report.holds_released > 0
+                    || report.orders_cancelled > 0
+                    || report.records_purged > 0 =>
+            {
                 tracing::info!(
                     holds_released = report.holds_released,
                     orders_cancelled = report.orders_cancelled,
+                    records_purged = report.records_purged,
                     "sweep"
                 );
             }

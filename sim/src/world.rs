@@ -285,6 +285,9 @@ impl World {
             hold_ttl_ms: plan.hold_ttl_ms,
             payment_window_ms: plan.payment_window_ms,
             hold_batch_max: plan.hold_batch_max,
+            // Records are never purged: the checkers replay every one (see `purge_records`).
+            request_key_retention_ms: u64::MAX,
+            webhook_retention_ms: u64::MAX,
             ..Config::default()
         };
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);

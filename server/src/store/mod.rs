@@ -171,11 +171,30 @@ pub trait Transaction: Send {
         now: Timestamp,
     ) -> impl Future<Output = StoreResult<Vec<Order>>> + Send;
 
+    /// Deletes up to `limit` records of `kind` made before `before` (a client request key by
+    /// when it was first answered, a webhook record by when it was received); returns how many
+    /// it deleted. A key used after its record is gone is a new request.
+    fn purge_records(
+        &mut self,
+        kind: RecordKind,
+        before: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
     /// How many products exist.
     fn product_count(&mut self) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Every row, for checking invariants on the database's contents.
     fn dump(&mut self) -> impl Future<Output = StoreResult<Dump>> + Send;
+}
+
+/// The records the sweeper purges once they are older than their retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Client request idempotency-key records.
+    RequestKeys,
+    /// Webhook idempotency-key records.
+    Webhooks,
 }
 
 /// A product as `GET /api/products/{id}` reads it.

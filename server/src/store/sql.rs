@@ -24,7 +24,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Executor, MySql, Pool, Sqlite};
 
-use super::{Dump, ProductRead, Storage, StoreError, StoreResult, Transaction, TxMode};
+use super::{Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, Transaction, TxMode};
 
 static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -273,6 +273,16 @@ pub enum SqlTx {
     MySql(sqlx::Transaction<'static, MySql>),
     /// SQLite.
     Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+impl SqlTx {
+    /// The SQL this transaction's database speaks.
+    fn dialect(&self) -> Dialect {
+        match self {
+            SqlTx::MySql(_) => Dialect::MySql,
+            SqlTx::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
 }
 
 /// Which SQL to speak.
@@ -608,6 +618,41 @@ impl Transaction for SqlTx {
         })
         .map_err(map_err)?;
         rows.into_iter().map(order_from_row).collect()
+    }
+
+    async fn purge_records(
+        &mut self,
+        kind: RecordKind,
+        before: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        // SQLite has no DELETE ... LIMIT unless built with it; a rowid subquery is the same.
+        let sql = match (kind, self.dialect()) {
+            (RecordKind::RequestKeys, Dialect::MySql) => {
+                "DELETE FROM request_keys WHERE created_at < ? LIMIT ?"
+            }
+            (RecordKind::RequestKeys, Dialect::Sqlite) => {
+                "DELETE FROM request_keys WHERE rowid IN \
+                 (SELECT rowid FROM request_keys WHERE created_at < ? LIMIT ?)"
+            }
+            (RecordKind::Webhooks, Dialect::MySql) => {
+                "DELETE FROM webhooks WHERE received_at < ? LIMIT ?"
+            }
+            (RecordKind::Webhooks, Dialect::Sqlite) => {
+                "DELETE FROM webhooks WHERE rowid IN \
+                 (SELECT rowid FROM webhooks WHERE received_at < ? LIMIT ?)"
+            }
+        };
+        let deleted = on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(sql)
+                .bind(int(before.as_ms()))
+                .bind(limit)
+                .execute(conn)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(map_err)?;
+        Ok(deleted)
     }
 
     async fn product_count(&mut self) -> StoreResult<u64> {

@@ -46,6 +46,7 @@ mod harness;
 mod idempotency;
 mod logs;
 mod mariadbd;
+mod retention;
 mod validation;
 mod webhooks;
 mod workload;

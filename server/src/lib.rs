@@ -12,6 +12,8 @@ pub mod store;
 #[cfg(feature = "sql")]
 pub mod config;
 #[cfg(feature = "sql")]
+pub mod metrics;
+#[cfg(feature = "sql")]
 pub mod problem;
 #[cfg(feature = "sql")]
 pub mod request_log;

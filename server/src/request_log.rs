@@ -112,7 +112,23 @@ where
                             .headers_mut()
                             .insert(ALLOW, HeaderValue::from_static(allow));
                     }
-                    let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
+                    let seconds = started.elapsed().as_secs_f64();
+                    let latency_ms = seconds * 1_000.0;
+                    // Unknown paths share one label: a scanner must not mint a series per path.
+                    let label = if crate::routes::allowed_methods(&route).is_some() {
+                        route.clone()
+                    } else {
+                        "other".to_owned()
+                    };
+                    let status = response.status().as_u16();
+                    metrics::counter!(
+                        "flashsale_http_requests_total",
+                        "route" => label.clone(),
+                        "status" => status.to_string()
+                    )
+                    .increment(1);
+                    metrics::histogram!("flashsale_http_request_duration_seconds", "route" => label)
+                        .record(seconds);
                     tracing::info!(
                         target: "flashsale::request",
                         %method,

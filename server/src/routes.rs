@@ -41,6 +41,8 @@ pub struct App {
     pub webhook_secrets: Vec<Secret>,
     /// The admin bearer token; admin routes are off without one.
     pub admin_token: Option<String>,
+    /// Renders `GET /metrics`; without one the route answers 404.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The request header carrying a client's idempotency key.
@@ -70,7 +72,9 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .unify()
         .or(healthz())
         .unify()
-        .or(readyz(app))
+        .or(readyz(app.clone()))
+        .unify()
+        .or(metrics(app))
         .unify();
     api.recover(problem::recover).map(Reply::into_response)
 }
@@ -79,9 +83,8 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
 /// `{id}`): the `Allow` header of a 405. Kept beside [`routes`], which it mirrors.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
     match route {
-        "/healthz" | "/readyz" | "/api/products/{id}" | "/api/holds/{id}" | "/api/orders/{id}" => {
-            Some("GET")
-        }
+        "/healthz" | "/readyz" | "/metrics" | "/api/products/{id}" | "/api/holds/{id}"
+        | "/api/orders/{id}" => Some("GET"),
         "/api/holds"
         | "/api/orders"
         | "/api/payments/webhook"
@@ -214,6 +217,10 @@ fn place_order(
                     .place_order_keyed(key.as_ref(), HoldId(request.hold_id));
                 match placed.await {
                     Ok(Keyed { value, replayed }) => {
+                        if value.created && !replayed {
+                            metrics::counter!("flashsale_orders_total", "status" => "created")
+                                .increment(1);
+                        }
                         let status = if value.created {
                             StatusCode::CREATED
                         } else {
@@ -299,6 +306,17 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
     let record = &answer.record;
     if answer.replayed {
         tracing::info!(key = %record.key, result = record.result.as_str(), "duplicate webhook");
+    } else {
+        metrics::counter!("flashsale_webhooks_total", "result" => record.result.as_str())
+            .increment(1);
+        if let Some(order) = answer
+            .order
+            .as_ref()
+            .filter(|_| record.result == WebhookResult::Applied)
+        {
+            metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
+                .increment(1);
+        }
     }
     match record.result {
         WebhookResult::Conflict | WebhookResult::RefundRequired | WebhookResult::Unmatched => {
@@ -420,6 +438,25 @@ fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Cl
     warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app(app))
+        .and_then(|app: SharedApp| async move {
+            let Some(handle) = &app.metrics else {
+                return Err(warp::reject::not_found());
+            };
+            let text = crate::metrics::render(handle, app.service.store());
+            let mut response = Response::new(text.into());
+            response.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok::<_, warp::Rejection>(response)
+        })
 }
 
 /// `GET /readyz`: the database answers.

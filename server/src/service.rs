@@ -275,6 +275,12 @@ macro_rules! in_transaction {
             match result {
                 Err(ServiceError::Store(error)) if error.is_retryable() => {
                     tracing::warn!(script = $what, attempt, %error, "retrying");
+                    let cause = match error {
+                        StoreError::Connection(_) => "connection",
+                        _ => "contention",
+                    };
+                    metrics::counter!("flashsale_retries_total", "script" => $what, "cause" => cause)
+                        .increment(1);
                     if attempt >= $service.config.attempts_max {
                         break Err(match error {
                             // The last attempt lost its connection too: the database is away.
@@ -330,6 +336,32 @@ impl<T> std::ops::DerefMut for Tracked<T> {
 }
 
 /// Waits a little longer after each failed attempt, so contenders spread out.
+/// Counts a committed batch's answers: its size, grants, refusals by code, and the expired
+/// holds it released (once: every grant of a batch lists the same ones).
+fn count_hold_answers(answers: &[HoldAnswer], size: usize) {
+    metrics::histogram!("flashsale_hold_batch_size").record(size as f64);
+    let mut released = 0;
+    for answer in answers {
+        match answer {
+            Ok(Keyed {
+                value,
+                replayed: false,
+            }) => {
+                metrics::counter!("flashsale_holds_granted_total").increment(1);
+                released = released.max(value.holds_released.len());
+            }
+            Ok(Keyed { replayed: true, .. }) => {}
+            Err(ServiceError::Rejected(rejection)) => {
+                metrics::counter!("flashsale_holds_rejected_total", "code" => rejection.code())
+                    .increment(1);
+            }
+            Err(_) => {}
+        }
+    }
+    metrics::counter!("flashsale_holds_released_total", "reason" => "expired")
+        .increment(released as u64);
+}
+
 /// Whether an id is above [`ID_MAX`]: no row has it, and it must not reach a storage, which
 /// could not keep it exactly.
 fn beyond_storage(id: u64) -> bool {
@@ -408,7 +440,11 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         let now = self.clock.now();
         let caching = self.config.cache_staleness_ms > 0;
         if caching && let Some(view) = self.cache.get(id, now) {
+            metrics::counter!("flashsale_product_cache_total", "outcome" => "hit").increment(1);
             return Ok(view);
+        }
+        if caching {
+            metrics::counter!("flashsale_product_cache_total", "outcome" => "miss").increment(1);
         }
         let generation = self.cache.generation(id);
         let (view, next_deadline) = in_transaction!(self, TxMode::Read, "product", |tx| async {
@@ -550,9 +586,11 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     ) -> Result<Vec<HoldAnswer>, ServiceError> {
         // Its lines (retries, contention) name the product, whichever task runs the batch.
         let span = tracing::info_span!("hold_batch", %product_id, requests = requests.len());
-        async { self.place_hold_batch_now(product_id, requests).await }
+        let answers = async { self.place_hold_batch_now(product_id, requests).await }
             .instrument(span)
-            .await
+            .await?;
+        count_hold_answers(&answers, requests.len());
+        Ok(answers)
     }
 
     async fn place_hold_batch_now(
@@ -905,6 +943,11 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             }
         }
         report.records_purged = self.purge_records().await?;
+        metrics::counter!("flashsale_sweep_holds_released_total")
+            .increment(report.holds_released as u64);
+        metrics::counter!("flashsale_sweep_orders_cancelled_total")
+            .increment(report.orders_cancelled as u64);
+        metrics::counter!("flashsale_sweep_records_purged_total").increment(report.records_purged);
         Ok(report)
     }
 

@@ -116,10 +116,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if admin_token.is_none() {
         tracing::info!("no admin token: admin routes are off");
     }
+    let metrics = match crate::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics are off");
+            None
+        }
+    };
     let app = Arc::new(App {
         service,
         webhook_secrets,
         admin_token,
+        metrics,
     });
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, database = %redact(&args.database.database_url), "listening");

@@ -218,6 +218,16 @@ impl SqlStore {
         tokio::time::timeout(within, ping).await.unwrap_or(false)
     }
 
+    /// The pool's connections: `(in use, idle)`.
+    pub fn connections(&self) -> (u32, u32) {
+        let (size, idle) = match self {
+            SqlStore::MySql(pool) => (pool.size(), pool.num_idle()),
+            SqlStore::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        (size.saturating_sub(idle), idle)
+    }
+
     /// Closes every pooled connection.
     pub async fn close(&self) {
         match self {

@@ -1,7 +1,8 @@
 //! What an operator reads: one log line per request with its method, route, status, latency and
 //! request id; the id accepted from the client or made up, echoed in `X-Request-Id` and in
 //! problem bodies; no terminal colours in a log that is not a terminal; sweeper lines that name
-//! their product; `Location` on a 201 and `Allow` on a 405; field errors in the API's words.
+//! their product; `Location` on a 201 and `Allow` on a 405; field errors in the API's words;
+//! Prometheus metrics.
 
 use crate::harness::{Db, TestApp, spawn_app};
 
@@ -10,6 +11,7 @@ on_both_databases!(
     sweeper_lines_name_the_product,
     created_answers_have_a_location_and_405s_an_allow,
     field_errors_say_the_allowed_range,
+    metrics_count_requests_holds_and_connections,
 );
 
 async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
@@ -175,6 +177,54 @@ async fn field_errors_say_the_allowed_range(db: Db) -> TestApp {
         let problem = reply.expect_problem(422, "validation_failed");
         assert_eq!(problem["field"], "qty", "{problem}");
         assert_eq!(problem["detail"], detail, "{problem}");
+    }
+    app
+}
+
+/// `GET /metrics` is Prometheus text with the requests, the holds and the pool in it.
+async fn metrics_count_requests_holds_and_connections(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    let product = app.create_product(100, 1).await;
+    app.hold(product, 1).await;
+    app.place_hold(product, 1)
+        .await
+        .expect_problem(409, "insufficient_stock");
+    app.product(product).await;
+    app.product(product).await;
+    let reply = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status(), 200);
+    let content_type = reply
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = reply.text().await.expect("a body");
+    for line in [
+        r#"flashsale_http_requests_total{route="/api/holds",status="201"} 1"#,
+        r#"flashsale_http_requests_total{route="/api/holds",status="409"} 1"#,
+        "flashsale_holds_granted_total 1",
+        r#"flashsale_holds_rejected_total{code="insufficient_stock"} 1"#,
+        r#"flashsale_product_cache_total{outcome="hit"} 1"#,
+        "flashsale_hold_batch_size_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    for prefix in [
+        r#"flashsale_http_request_duration_seconds_bucket{route="/api/holds",le="0.005"}"#,
+        r#"flashsale_db_connections{state="in_use"}"#,
+        r#"flashsale_db_connections{state="idle"}"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(prefix)),
+            "{prefix:?} in:\n{text}"
+        );
     }
     app
 }

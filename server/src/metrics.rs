@@ -1,0 +1,54 @@
+//! Prometheus metrics at `GET /metrics`, through the `metrics` crate's global recorder.
+//!
+//! The service layer records its domain counters with the `metrics` macros (a no-op without a
+//! recorder, as in the simulator); [`install`] sets the Prometheus recorder once per process,
+//! and [`render`] writes the exposition text, after reading the gauges that are sampled rather
+//! than counted (the database pool).
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `flashsale_http_requests_total` | counter | `route`, `status` |
+//! | `flashsale_http_request_duration_seconds` | histogram | `route` |
+//! | `flashsale_holds_granted_total`, `flashsale_holds_rejected_total` | counter | rejected: `code` |
+//! | `flashsale_holds_released_total` | counter | `reason` (`expired`, `payment_failed`, ...) |
+//! | `flashsale_orders_total` | counter | `status` a webhook or the sweeper moved it to, or `created` |
+//! | `flashsale_webhooks_total` | counter | `result` |
+//! | `flashsale_retries_total` | counter | `script`, `cause` (`contention`, `connection`) |
+//! | `flashsale_hold_batch_size` | histogram | |
+//! | `flashsale_product_cache_total` | counter | `outcome` (`hit`, `miss`) |
+//! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
+//! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::sql::SqlStore;
+
+/// Latency buckets, in seconds: from a cached read to a contended batch.
+const SECONDS_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+/// Batch size buckets, in requests.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Installs the Prometheus recorder for this process and returns the handle that renders it.
+///
+/// # Errors
+/// A recorder is already installed, or the buckets are invalid.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("flashsale_hold_batch_size".into()),
+            &BATCH_BUCKETS,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// The exposition text, with the pool's connections sampled now.
+pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
+    let (in_use, idle) = store.connections();
+    metrics::gauge!("flashsale_db_connections", "state" => "in_use").set(f64::from(in_use));
+    metrics::gauge!("flashsale_db_connections", "state" => "idle").set(f64::from(idle));
+    handle.render()
+}

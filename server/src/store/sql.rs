@@ -157,41 +157,33 @@ impl SqlStore {
     /// # Errors
     /// The database cannot be read.
     pub async fn migrations(&self) -> StoreResult<Vec<MigrationState>> {
+        // The versions recorded as applied, or none before the first migration made the table.
+        macro_rules! applied_on {
+            ($pool:expr, $table_exists:literal) => {{
+                let table: Option<String> = sqlx::query_scalar($table_exists)
+                    .fetch_optional($pool)
+                    .await
+                    .map_err(map_err)?;
+                if table.is_none() {
+                    Vec::new()
+                } else {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all($pool)
+                        .await
+                        .map_err(map_err)?
+                }
+            }};
+        }
         let applied: Vec<i64> = match self {
-            SqlStore::MySql(pool) => {
-                let table: Option<String> = sqlx::query_scalar(
-                    "SELECT table_name FROM information_schema.tables \
-                     WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
-                )
-                .fetch_optional(pool)
-                .await
-                .map_err(map_err)?;
-                if table.is_none() {
-                    Vec::new()
-                } else {
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(pool)
-                        .await
-                        .map_err(map_err)?
-                }
-            }
-            SqlStore::Sqlite(pool) => {
-                let table: Option<String> = sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master \
-                     WHERE type = 'table' AND name = '_sqlx_migrations'",
-                )
-                .fetch_optional(pool)
-                .await
-                .map_err(map_err)?;
-                if table.is_none() {
-                    Vec::new()
-                } else {
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(pool)
-                        .await
-                        .map_err(map_err)?
-                }
-            }
+            SqlStore::MySql(pool) => applied_on!(
+                pool,
+                "SELECT table_name FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'"
+            ),
+            SqlStore::Sqlite(pool) => applied_on!(
+                pool,
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            ),
         };
         let migrator = match self {
             SqlStore::MySql(_) => &MYSQL_MIGRATOR,

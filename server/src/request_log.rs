@@ -94,7 +94,12 @@ where
         let id = request_id(request.headers());
         let method = request.method().clone();
         let route = route_of(request.uri().path());
-        let span = tracing::info_span!("request", request_id = %id);
+        // `product_id` is filled in by the service once it knows the product (`lock_hold`).
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            product_id = tracing::field::Empty
+        );
         let started = Instant::now();
         let answering = self.inner.call(request);
         let header = HeaderValue::from_str(&id).ok();

@@ -499,6 +499,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         qty: Qty,
     ) -> HoldAnswer {
         hold::validate_request(qty, self.config.hold_ttl_ms)?;
+        tracing::Span::current().record("product_id", tracing::field::display(product_id));
         if beyond_storage(product_id.0) {
             return Err(Rejection::UnknownProduct { product_id }.into());
         }
@@ -1051,6 +1052,9 @@ async fn lock_hold<T: Transaction>(
 ) -> Result<(Option<Hold>, Product), ServiceError> {
     let hold = tx.hold(hold_id, false).await?;
     let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
+    // The request's lines from here on (retries, contention, its log line) name the product,
+    // when the driver's span has the field (the server's request span does).
+    tracing::Span::current().record("product_id", tracing::field::display(hold.product_id));
     let product = tx.lock_product(hold.product_id).await?;
     let product = product.ok_or_else(|| {
         StoreError::Corrupt(format!(

@@ -12,6 +12,7 @@ on_both_databases!(
     created_answers_have_a_location_and_405s_an_allow,
     field_errors_say_the_allowed_range,
     metrics_count_requests_holds_and_connections,
+    order_and_webhook_lines_name_the_product,
 );
 
 async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
@@ -226,5 +227,31 @@ async fn metrics_count_requests_holds_and_connections(db: Db) -> TestApp {
             "{prefix:?} in:\n{text}"
         );
     }
+    app
+}
+
+/// The lines of an order or a webhook, which name a hold, also name its product.
+async fn order_and_webhook_lines_name_the_product(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    let product = app.create_product(100, 3).await;
+    let hold = app.hold(product, 1).await;
+    let order = app
+        .client
+        .post(app.url("/api/orders"))
+        .header("x-request-id", "order-line")
+        .json(&serde_json::json!({"hold_id": hold}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(order.status(), 201);
+    let wanted = format!("product_id={product}");
+    app.poll_until("the order's line names its product", async || {
+        app.log_tail().lines().any(|line| {
+            line.contains("order-line")
+                && line.contains("flashsale::request")
+                && line.contains(&wanted)
+        })
+    })
+    .await;
     app
 }

@@ -324,8 +324,24 @@ pub fn check(
     answers: &BTreeMap<u64, Answer>,
 ) -> Result<usize, String> {
     let mut last = BTreeMap::new();
+    // One request attempt commits its effect at most once: the service must never run a
+    // transaction again after a commit whose answer it lost. (A sweep is one request over many
+    // products, a transaction each.)
+    let mut committed: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, entry) in log.iter().enumerate() {
         last.insert(entry.op, i);
+        let sweeping = matches!(entry.command, Command::Sweep | Command::SweepProduct { .. });
+        if entry.wrote
+            && !entry.replayed
+            && !sweeping
+            && let Some(first) = committed.insert(entry.op, i)
+        {
+            return Err(format!(
+                "request {} committed twice: commits {first} and {i} ({:?}); a transaction ran \
+                 again after a commit that had applied",
+                entry.op, entry.command
+            ));
+        }
     }
     let mut ledger = Ledger::new();
     let mut ids = Ids::default();

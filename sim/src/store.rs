@@ -50,17 +50,21 @@ pub enum Bug {
     /// a hold is refused while units are free (the sweeper still releases them). Invariants hold
     /// throughout: only the answers are wrong, which only the replay of answers can see.
     CountExpiredHolds,
+    /// A commit whose answer was lost is reported as a connection lost before the commit, so
+    /// the service runs the transaction again over the commit that applied.
+    LostCommitAsLostConnection,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::SkipProductLock,
         Bug::ForgetReleaseExpired,
         Bug::ConsumeReleasedHold,
         Bug::ApplyWebhookTwice,
         Bug::ForgetRequestKey,
         Bug::CountExpiredHolds,
+        Bug::LostCommitAsLostConnection,
     ];
 
     /// The command-line word for it.
@@ -72,6 +76,7 @@ impl Bug {
             Bug::ApplyWebhookTwice => "apply-webhook-twice",
             Bug::ForgetRequestKey => "forget-request-key",
             Bug::CountExpiredHolds => "count-expired-holds",
+            Bug::LostCommitAsLostConnection => "lost-commit-as-lost-connection",
         }
     }
 
@@ -638,7 +643,11 @@ impl Transaction for SimTx {
             release_locks(&mut shared, self.id);
             lost
         };
-        if answer_lost {
+        if answer_lost && self.bug() == Some(Bug::LostCommitAsLostConnection) {
+            Err(StoreError::Connection(
+                "commit answer lost (injected)".into(),
+            ))
+        } else if answer_lost {
             Err(StoreError::CommitUnknown(
                 "commit answer lost (injected)".into(),
             ))

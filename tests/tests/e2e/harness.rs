@@ -217,6 +217,15 @@ impl Process {
     }
 }
 
+impl Drop for Process {
+    /// A process the test lets go of, on any path (a failed assertion included), is killed:
+    /// none outlives its test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn start(db: Db, database: Database, launch: Launch) -> TestApp {
     let mut process = start_process(&launch.args);
     let address = process.listening().await;

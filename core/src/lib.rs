@@ -30,7 +30,7 @@ pub use command::Command;
 pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
 pub use ids::{Cents, HoldId, ID_MAX, IdempotencyKey, OrderId, ProductId, Qty};
 pub use invariants::Violation;
-pub use order::{NewOrder, Order, OrderDecided, OrderStatus};
+pub use order::{CancelReason, NewOrder, Order, OrderDecided, OrderStatus, Settlement};
 pub use outcome::{Outcome, Refusal, Rejection};
 pub use payment::{
     Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,

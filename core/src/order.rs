@@ -73,6 +73,63 @@ impl OrderStatus {
     }
 }
 
+/// Why an order was cancelled, stored with it so that an operator can follow up every payment
+/// that did not become a sale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CancelReason {
+    /// A `failed` (or `cancelled`) payment webhook arrived for it.
+    PaymentFailed,
+    /// Its payment window closed before any payment webhook.
+    PaymentWindowClosed,
+}
+
+impl CancelReason {
+    /// The API's and the storage's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::PaymentFailed => "payment_failed",
+            CancelReason::PaymentWindowClosed => "payment_window_closed",
+        }
+    }
+
+    /// Parses a stored or requested word.
+    pub fn parse(reason: &str) -> Option<Self> {
+        [
+            CancelReason::PaymentFailed,
+            CancelReason::PaymentWindowClosed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == reason)
+    }
+}
+
+/// What an existing pre-payment order becomes: a terminal status, with its reason when cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Settlement {
+    /// Paid.
+    Paid,
+    /// Cancelled, its units returned to stock.
+    Cancelled(CancelReason),
+}
+
+impl Settlement {
+    /// The order's status after it.
+    pub fn status(self) -> OrderStatus {
+        match self {
+            Settlement::Paid => OrderStatus::Paid,
+            Settlement::Cancelled(_) => OrderStatus::Cancelled,
+        }
+    }
+
+    /// Why the order was cancelled, if it was.
+    pub fn cancel_reason(self) -> Option<CancelReason> {
+        match self {
+            Settlement::Paid => None,
+            Settlement::Cancelled(reason) => Some(reason),
+        }
+    }
+}
+
 /// An order for the units of one hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Order {
@@ -229,7 +286,7 @@ pub fn cancel_overdue(
         if !order.is_overdue(now) {
             return Err(Violation::TerminalOrderChanged { order_id: order.id });
         }
-        changes.cancel(order)?;
+        changes.cancel(order, CancelReason::PaymentWindowClosed)?;
     }
     Ok(())
 }
@@ -314,6 +371,67 @@ mod tests {
         assert_eq!(order.total_cents, Cents(1_000));
         assert_eq!(order.status, OrderStatus::PrePayment);
         assert_eq!(order.payment_due_at, Timestamp(1_050));
+    }
+
+    #[test]
+    fn a_cancelled_order_says_why_a_closed_window_or_a_failed_payment() {
+        use crate::ids::IdempotencyKey;
+        use crate::payment::{PaymentStatus, WebhookDecision, WebhookPayload, decide_webhook};
+        let p = product();
+        let order = NewOrder {
+            hold_id: HoldId(7),
+            product_id: p.id,
+            qty: Qty(2),
+            total_cents: Cents(1_000),
+            status: OrderStatus::PrePayment,
+            created_at: Timestamp(0),
+            payment_due_at: Timestamp(100),
+        }
+        .with_id(OrderId(3));
+        let mut changes = Changes::on(&p);
+        cancel_overdue(&mut changes, &[order], Timestamp(100)).expect("overdue");
+        assert_eq!(
+            changes.finish().orders_updated,
+            vec![(
+                OrderId(3),
+                Settlement::Cancelled(CancelReason::PaymentWindowClosed)
+            )]
+        );
+        let payload = WebhookPayload {
+            key: IdempotencyKey::parse("evt").expect("valid"),
+            hold_id: HoldId(7),
+            status: PaymentStatus::Failed,
+        };
+        let consumed = hold(HoldState::Consumed(OrderId(3)));
+        let decided = decide_webhook(
+            None,
+            &payload,
+            Some((&consumed, &p)),
+            Some(&order),
+            Timestamp(50),
+        );
+        let Ok(WebhookDecision::New { writes, .. }) = decided else {
+            panic!("{decided:?}")
+        };
+        assert_eq!(
+            writes.orders_updated,
+            vec![(
+                OrderId(3),
+                Settlement::Cancelled(CancelReason::PaymentFailed)
+            )]
+        );
+        for reason in [
+            CancelReason::PaymentFailed,
+            CancelReason::PaymentWindowClosed,
+        ] {
+            assert_eq!(CancelReason::parse(reason.as_str()), Some(reason));
+            assert_eq!(
+                Settlement::Cancelled(reason).status(),
+                OrderStatus::Cancelled
+            );
+            assert_eq!(Settlement::Cancelled(reason).cancel_reason(), Some(reason));
+        }
+        assert_eq!(Settlement::Paid.cancel_reason(), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::fmt;
 use crate::hold::{Hold, HoldState, ReleaseReason};
 use crate::ids::{HoldId, IdempotencyKey, OrderId};
 use crate::invariants::Violation;
-use crate::order::{self, NewOrder, Order, OrderStatus};
+use crate::order::{self, CancelReason, NewOrder, Order, OrderStatus};
 use crate::outcome::{Refusal, Rejection};
 use crate::product::Product;
 use crate::time::Timestamp;
@@ -224,7 +224,9 @@ pub fn decide_webhook(
     match (&mut changes, effect) {
         (_, WebhookEffect::None) => {}
         (Some(changes), WebhookEffect::PayOrder(_)) => changes.pay(order_of(order)?)?,
-        (Some(changes), WebhookEffect::CancelOrder(_)) => changes.cancel(order_of(order)?)?,
+        (Some(changes), WebhookEffect::CancelOrder(_)) => {
+            changes.cancel(order_of(order)?, CancelReason::PaymentFailed)?
+        }
         (Some(changes), WebhookEffect::CreatePaidOrder(new)) => {
             changes.consume(hold_of(hold_and_product)?, new)?;
         }

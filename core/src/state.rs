@@ -458,8 +458,8 @@ impl Ledger {
             self.orders.insert(order.id.0, order);
             inserted.order = Some(order.id);
         }
-        for &(order_id, status) in &writes.orders_updated {
-            self.set_order_status(order_id, status);
+        for &(order_id, settlement) in &writes.orders_updated {
+            self.set_order_status(order_id, settlement.status());
         }
         let record = writes.webhook_record(&inserted);
         if let Some(record) = record.unwrap_or_else(|v| panic!("{v}")) {

@@ -17,7 +17,7 @@
 use crate::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
 use crate::ids::{HoldId, IdempotencyKey, OrderId, Qty};
 use crate::invariants::Violation;
-use crate::order::{NewOrder, Order, OrderStatus};
+use crate::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 use crate::payment::WebhookRecord;
 use crate::product::{Counters, Product};
 use crate::request::{KeyedRequest, RequestRecord};
@@ -36,7 +36,7 @@ pub struct WriteSet {
     /// An order to insert; its hold (`hold_id`, held) becomes consumed by the new order's id.
     pub order_inserted: Option<NewOrder>,
     /// Existing pre-payment orders moving to a terminal status.
-    pub orders_updated: Vec<(OrderId, OrderStatus)>,
+    pub orders_updated: Vec<(OrderId, Settlement)>,
     /// A webhook record to insert. An `order_id` of `None` with an `order_inserted` names the
     /// inserted order.
     pub webhook: Option<WebhookRecord>,
@@ -232,7 +232,7 @@ impl Changes {
     /// # Errors
     /// [`Violation::CounterOutOfRange`] if the stock would overflow;
     /// [`Violation::TerminalOrderChanged`] if the order is not pre-payment.
-    pub fn cancel(&mut self, order: &Order) -> Result<(), Violation> {
+    pub fn cancel(&mut self, order: &Order, reason: CancelReason) -> Result<(), Violation> {
         self.leave_pre_payment(order)?;
         self.product.stock = self
             .product
@@ -242,7 +242,7 @@ impl Changes {
         self.product_changed = true;
         self.writes
             .orders_updated
-            .push((order.id, OrderStatus::Cancelled));
+            .push((order.id, Settlement::Cancelled(reason)));
         Ok(())
     }
 
@@ -254,7 +254,7 @@ impl Changes {
         self.leave_pre_payment(order)?;
         self.writes
             .orders_updated
-            .push((order.id, OrderStatus::Paid));
+            .push((order.id, Settlement::Paid));
         Ok(())
     }
 

@@ -48,6 +48,21 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Print the `X-Flashsale-Signature` header value for a webhook body.
     SignWebhook(SignArgs),
+    /// List the payments that did not become a sale: webhooks answered refund_required,
+    /// conflict or unmatched, and orders cancelled when their payment window closed (the same
+    /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`).
+    Report(ReportArgs),
+}
+
+/// `flashsale report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// `flashsale migrate`.

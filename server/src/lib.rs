@@ -16,6 +16,8 @@ pub mod metrics;
 #[cfg(feature = "sql")]
 pub mod problem;
 #[cfg(feature = "sql")]
+pub mod reconcile;
+#[cfg(feature = "sql")]
 pub mod request_log;
 #[cfg(feature = "sql")]
 pub mod routes;

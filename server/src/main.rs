@@ -8,7 +8,7 @@ use flashsale_server::clock::{Clock, SystemClock};
 use flashsale_server::config::{Cli, Command, MigrateAction};
 use flashsale_server::service::{self, Service};
 use flashsale_server::signature::{self, Secret};
-use flashsale_server::{startup, telemetry};
+use flashsale_server::{reconcile, startup, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -47,6 +47,27 @@ async fn main() -> anyhow::Result<()> {
                 "released {} holds, cancelled {} orders, purged {} records",
                 report.holds_released, report.orders_cancelled, report.records_purged
             );
+            Ok(())
+        }
+        Command::Report(args) => {
+            // A report reads and never migrates; a database behind this build says so.
+            let store = startup::connect(&args.database.database_url).await?;
+            let migrations = store.migrations().await.context("reading the migrations")?;
+            if let Some(pending) = migrations.iter().find(|m| !m.applied) {
+                anyhow::bail!(
+                    "migration {:04} {} is pending: run `flashsale migrate` first",
+                    pending.version,
+                    pending.description
+                );
+            }
+            let report = reconcile::report(&store)
+                .await
+                .context("reading the records")?;
+            if args.json {
+                println!("{report:#}");
+            } else {
+                print!("{}", reconcile::render_report(&report));
+            }
             Ok(())
         }
         Command::SignWebhook(args) => {

@@ -25,6 +25,7 @@ use warp::{Filter, Reply};
 
 use crate::clock::Clock;
 use crate::problem::{self, Problem};
+use crate::reconcile;
 use crate::service::{Keyed, ProductView, Service, ServiceError};
 use crate::signature::{self, Secret};
 use crate::store::StoreError;
@@ -70,6 +71,10 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .unify()
         .or(admin_restock(app.clone()))
         .unify()
+        .or(admin_webhooks(app.clone()))
+        .unify()
+        .or(admin_orders(app.clone()))
+        .unify()
         .or(healthz())
         .unify()
         .or(readyz(app.clone()))
@@ -83,8 +88,14 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
 /// `{id}`): the `Allow` header of a 405. Kept beside [`routes`], which it mirrors.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
     match route {
-        "/healthz" | "/readyz" | "/metrics" | "/api/products/{id}" | "/api/holds/{id}"
-        | "/api/orders/{id}" => Some("GET"),
+        "/healthz"
+        | "/readyz"
+        | "/metrics"
+        | "/api/products/{id}"
+        | "/api/holds/{id}"
+        | "/api/orders/{id}"
+        | "/api/admin/webhooks"
+        | "/api/admin/orders" => Some("GET"),
         "/api/holds"
         | "/api/orders"
         | "/api/payments/webhook"
@@ -433,6 +444,56 @@ fn admin_restock(
         )
 }
 
+/// The query string as name/value pairs, in order, for parsers that name what they refuse.
+fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = warp::Rejection> + Clone
+{
+    warp::query::<Vec<(String, String)>>()
+}
+
+/// `GET /api/admin/webhooks?result=&cursor=&limit=`: webhook records, oldest first; with
+/// `result=refund_required` (or `conflict`, `unmatched`) the payments to follow up.
+fn admin_webhooks(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "admin" / "webhooks")
+        .and(warp::get())
+        .and(admin(app.clone()))
+        .and(query_pairs())
+        .and(with_app(app))
+        .then(|params: Vec<(String, String)>, app: SharedApp| async move {
+            let query = match reconcile::WebhookQuery::parse(&params) {
+                Ok(query) => query,
+                Err(problem) => return problem.into_response(),
+            };
+            match reconcile::webhooks(app.service.store(), &query).await {
+                Ok(page) => json_reply(StatusCode::OK, &page),
+                Err(error) => error_reply(ServiceError::Store(error)),
+            }
+        })
+}
+
+/// `GET /api/admin/orders?status=&cancel_reason=&cursor=&limit=`: orders by id; with
+/// `cancel_reason=payment_window_closed` the orders whose payment never came.
+fn admin_orders(
+    app: SharedApp,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "admin" / "orders")
+        .and(warp::get())
+        .and(admin(app.clone()))
+        .and(query_pairs())
+        .and(with_app(app))
+        .then(|params: Vec<(String, String)>, app: SharedApp| async move {
+            let query = match reconcile::OrderQuery::parse(&params) {
+                Ok(query) => query,
+                Err(problem) => return problem.into_response(),
+            };
+            match reconcile::orders(app.service.store(), &query).await {
+                Ok(page) => json_reply(StatusCode::OK, &page),
+                Err(error) => error_reply(ServiceError::Store(error)),
+            }
+        })
+}
+
 /// `GET /healthz`: the process answers.
 fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("healthz")
@@ -528,7 +589,7 @@ struct OrderBody {
     payment_due_at: String,
 }
 
-fn order_json(order: &Order) -> Value {
+pub(crate) fn order_json(order: &Order) -> Value {
     to_value(OrderBody {
         order_id: order.id.0,
         hold_id: order.hold_id.0,
@@ -547,7 +608,7 @@ fn to_value(body: impl Serialize) -> Value {
 }
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T04:00:00.000Z`.
-fn rfc3339(at: Timestamp) -> String {
+pub(crate) fn rfc3339(at: Timestamp) -> String {
     let ms = i64::try_from(at.as_ms()).unwrap_or(i64::MAX);
     let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
     at.to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -836,7 +836,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 (Some(created), _) => Some(created),
                 (None, Some(order)) => {
                     let updated = writes.orders_updated.iter().find(|(id, _)| *id == order.id);
-                    let status = updated.map_or(order.status, |&(_, status)| status);
+                    let status = updated.map_or(order.status, |&(_, settled)| settled.status());
                     Some(Order { status, ..order })
                 }
                 (None, None) => None,

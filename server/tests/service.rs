@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::{
-    Cents, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey, OrderStatus, PaymentStatus,
-    ProductId, Qty, Rejection, ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
+    CancelReason, Cents, Fingerprint, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey,
+    OrderId, OrderStatus, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason, Timestamp,
+    WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, Service, ServiceError};
-use flashsale_server::store::sql::SqlStore;
+use flashsale_server::store::sql::{OrderFilter, SqlStore};
 use sqlx::Executor;
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -611,10 +612,10 @@ async fn the_cache_shows_own_writes_at_once_and_others_within_the_staleness_boun
     db.finish(&here).await;
 }
 
-async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db) {
-    let store = SqlStore::connect(&db.url).await.expect("connect");
-    // The schema as it was before the counters: every migration but the last.
-    let dialect = match &store {
+/// Migrates `store` with only the migrations `names`, writes `rows` in that old schema, then
+/// applies every migration of this build over them.
+async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
+    let dialect = match store {
         SqlStore::MySql(_) => "mysql",
         SqlStore::Sqlite(_) => "sqlite",
     };
@@ -623,32 +624,44 @@ async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db)
         .join(dialect);
     let before = std::env::temp_dir().join(format!("flashsale-migrations-{}", unique()));
     std::fs::create_dir_all(&before).expect("temp dir");
-    for name in ["0001_init.sql", "0002_request_keys.sql"] {
+    for name in names {
         std::fs::copy(all.join(name), before.join(name)).expect("copy a migration");
     }
     let old = sqlx::migrate::Migrator::new(before.as_path())
         .await
         .expect("the old migrations");
-    let rows = "INSERT INTO products (id, name, price_cents, stock, units_received) \
-                VALUES (1, 'P', 100, 10, 10), (2, 'Q', 100, 4, 4); \
-                INSERT INTO holds (product_id, qty, created_at, expires_at, state, release_reason) \
-                VALUES (1, 3, 0, 9999999999999, 'held', NULL), (1, 2, 0, 1, 'held', NULL), \
-                (1, 4, 0, 1, 'released', 'expired');";
-    match &store {
+    match store {
         SqlStore::MySql(pool) => {
-            old.run(pool).await.expect("migrate to 2");
-            sqlx::raw_sql(rows).execute(pool).await.expect("old rows");
+            old.run(pool).await.expect("the old migrations apply");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rows))
+                .execute(pool)
+                .await
+                .expect("old rows");
         }
         SqlStore::Sqlite(pool) => {
-            old.run(pool).await.expect("migrate to 2");
-            sqlx::raw_sql(rows).execute(pool).await.expect("old rows");
+            old.run(pool).await.expect("the old migrations apply");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rows))
+                .execute(pool)
+                .await
+                .expect("old rows");
         }
     }
     let _ = std::fs::remove_dir_all(&before);
     store
         .migrate()
         .await
-        .expect("the counters migration applies");
+        .expect("the new migrations apply over the old rows");
+}
+
+async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    // The schema as it was before the counters.
+    let rows = "INSERT INTO products (id, name, price_cents, stock, units_received) \
+                VALUES (1, 'P', 100, 10, 10), (2, 'Q', 100, 4, 4); \
+                INSERT INTO holds (product_id, qty, created_at, expires_at, state, release_reason) \
+                VALUES (1, 3, 0, 9999999999999, 'held', NULL), (1, 2, 0, 1, 'held', NULL), \
+                (1, 4, 0, 1, 'released', 'expired');";
+    migrate_over_old_rows(&store, &["0001_init.sql", "0002_request_keys.sql"], rows).await;
     store.close().await;
     let clock = ManualClock::new(T0);
     let service = db.service(&clock).await;
@@ -673,6 +686,57 @@ async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db)
         .await
         .expect("granted");
     assert_eq!(placed.holds_released, vec![HoldId(2)]);
+    db.finish(&service).await;
+}
+
+async fn the_cancel_reason_migration_names_why_old_orders_were_cancelled(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    // Orders cancelled before reasons were stored: one by a failed webhook, one by its payment
+    // window (a late paid webhook does not make it a payment failure), one with no webhook at
+    // all; and a paid order that a failed webhook contradicted.
+    let print = |hold: u64, status| Fingerprint::of(HoldId(hold), status).to_string();
+    let rows = format!(
+        "INSERT INTO products (id, name, price_cents, stock, units_held, units_received) \
+         VALUES (1, 'P', 100, 9, 0, 10); \
+         INSERT INTO holds (id, product_id, qty, created_at, expires_at, state, order_id) \
+         VALUES (1, 1, 1, 0, 1, 'consumed', 1), (2, 1, 1, 0, 1, 'consumed', 2), \
+         (3, 1, 1, 0, 1, 'consumed', 3), (4, 1, 1, 0, 1, 'consumed', 4); \
+         INSERT INTO orders (id, hold_id, product_id, qty, total_cents, status, created_at, \
+         payment_due_at) VALUES (1, 1, 1, 1, 100, 'cancelled', 0, 5), \
+         (2, 2, 1, 1, 100, 'cancelled', 0, 5), (3, 3, 1, 1, 100, 'paid', 0, 5), \
+         (4, 4, 1, 1, 100, 'cancelled', 0, 5); \
+         INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, \
+         order_id, received_at) VALUES ('f1', 1, 'failed', '{}', 'applied', 1, 1), \
+         ('p2', 2, 'paid', '{}', 'refund_required', 2, 9), \
+         ('f3', 3, 'failed', '{}', 'conflict', 3, 9);",
+        print(1, PaymentStatus::Failed),
+        print(2, PaymentStatus::Paid),
+        print(3, PaymentStatus::Failed),
+    );
+    let old = [
+        "0001_init.sql",
+        "0002_request_keys.sql",
+        "0003_product_counters.sql",
+        "0004_record_retention.sql",
+    ];
+    migrate_over_old_rows(&store, &old, &rows).await;
+    let listed = store
+        .order_page(OrderFilter::default(), None, 10)
+        .await
+        .expect("orders");
+    let reasons: Vec<_> = listed.iter().map(|(o, r)| (o.id, *r)).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (OrderId(1), Some(CancelReason::PaymentFailed)),
+            (OrderId(2), Some(CancelReason::PaymentWindowClosed)),
+            (OrderId(3), None),
+            (OrderId(4), Some(CancelReason::PaymentWindowClosed)),
+        ]
+    );
+    store.close().await;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
     db.finish(&service).await;
 }
 
@@ -712,4 +776,5 @@ on_both_databases!(
     concurrent_requests_under_one_key_on_two_servers_place_one_hold,
     the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound,
     the_counters_migration_backfills_units_held_from_the_held_holds,
+    the_cancel_reason_migration_names_why_old_orders_were_cancelled,
 );

@@ -749,10 +749,10 @@ impl Transaction for SimTx {
             self.set_hold_state(new.hold_id, HoldState::Consumed(order.id))?;
             inserted.order = Some(order.id);
         }
-        for &(order_id, status) in &writes.orders_updated {
+        for &(order_id, settled) in &writes.orders_updated {
             let mut order = self.order_row(order_id);
             let order = order.as_mut().ok_or_else(|| missing("order", order_id.0))?;
-            order.status = status;
+            order.status = settled.status();
             self.stage(Row::Order(*order));
         }
         let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());

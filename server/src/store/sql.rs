@@ -16,9 +16,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Counters, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey, Inserted,
-    KeyedRequest, NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty,
-    ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult, WriteSet,
+    CancelReason, Cents, Counters, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey,
+    Inserted, KeyedRequest, NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product,
+    ProductId, Qty, ReleaseReason, RequestRecord, Settlement, Timestamp, WebhookRecord,
+    WebhookResult, WriteSet,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -337,6 +338,7 @@ macro_rules! on_conn {
 type ProductRow = (u64, String, u64, u32, u32, u64);
 type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
 type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64);
+type ListedOrderRow = (u64, u64, u64, u32, u64, String, u64, u64, Option<String>);
 type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
 type RequestKeyRow = (
     String,
@@ -505,8 +507,8 @@ impl Transaction for SqlTx {
             self.consume_hold(order.hold_id, id).await?;
             inserted.order = Some(id);
         }
-        for &(order_id, status) in &writes.orders_updated {
-            self.update_order_status(order_id, status).await?;
+        for &(order_id, settled) in &writes.orders_updated {
+            self.settle_order(order_id, settled).await?;
         }
         let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
         if let Some(record) = writes.webhook_record(&inserted).map_err(unresolved)? {
@@ -728,6 +730,122 @@ impl Transaction for SqlTx {
     }
 }
 
+/// Where a page of webhook records resumes: after this record, in `received_at`, key order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookCursor {
+    /// The last listed record's arrival.
+    pub received_at: Timestamp,
+    /// The last listed record's key.
+    pub key: IdempotencyKey,
+}
+
+/// Which orders to list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only orders cancelled for this reason.
+    pub cancel_reason: Option<CancelReason>,
+}
+
+/// An order as listed for reconciliation: the order and, when cancelled, why.
+pub type ListedOrder = (Order, Option<CancelReason>);
+
+/// Reconciliation reads: pages of records for an operator, each in one read transaction of
+/// its own, never locking a row.
+impl SqlStore {
+    /// Up to `limit` webhook records with `result` (any when `None`), oldest first, after
+    /// `after`.
+    ///
+    /// # Errors
+    /// The database failed, or a stored row is corrupt.
+    pub async fn webhook_page(
+        &self,
+        result: Option<WebhookResult>,
+        after: Option<&WebhookCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookRecord>> {
+        const COLUMNS: &str = "SELECT idempotency_key, hold_id, status, fingerprint, result, \
+            order_id, received_at FROM webhooks WHERE ";
+        const AFTER: &str = "(received_at > ? OR (received_at = ? AND idempotency_key > ?)) \
+            ORDER BY received_at, idempotency_key LIMIT ?";
+        let sql = match result {
+            Some(_) => format!("{COLUMNS}result = ? AND {AFTER}"),
+            None => format!("{COLUMNS}{AFTER}"),
+        };
+        // Every key is at least one character long, so (0, "") precedes every record.
+        let (at, key) = after.map_or((0, ""), |c| (int(c.received_at.as_ms()), c.key.as_str()));
+        let mut tx = self.begin(TxMode::Read).await?;
+        let rows: Vec<WebhookRow> = on_conn!(&mut tx, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            if let Some(result) = result {
+                query = query.bind(result.as_str());
+            }
+            query
+                .bind(at)
+                .bind(at)
+                .bind(key)
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+        })
+        .map_err(map_err)?;
+        tx.commit().await?;
+        rows.into_iter().map(webhook_from_row).collect()
+    }
+
+    /// Up to `limit` orders matching `filter`, by id, after order `after`.
+    ///
+    /// # Errors
+    /// The database failed, or a stored row is corrupt.
+    pub async fn order_page(
+        &self,
+        filter: OrderFilter,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ListedOrder>> {
+        let mut sql = String::from(
+            "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+             payment_due_at, cancel_reason FROM orders WHERE id > ?",
+        );
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.cancel_reason.is_some() {
+            sql.push_str(" AND cancel_reason = ?");
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        let mut tx = self.begin(TxMode::Read).await?;
+        let rows: Vec<ListedOrderRow> = on_conn!(&mut tx, |conn, _d| {
+            let mut query =
+                sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(after.map_or(0, |id| id.0)));
+            if let Some(status) = filter.status {
+                query = query.bind(status.as_str());
+            }
+            if let Some(reason) = filter.cancel_reason {
+                query = query.bind(reason.as_str());
+            }
+            query.bind(limit).fetch_all(conn).await
+        })
+        .map_err(map_err)?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(
+                |(id, hold, product, qty, total, status, created, due, reason)| {
+                    let order =
+                        order_from_row((id, hold, product, qty, total, status, created, due))?;
+                    let reason = reason
+                        .map(|r| {
+                            CancelReason::parse(&r).ok_or_else(|| corrupt("order", id, r.as_str()))
+                        })
+                        .transpose()?;
+                    Ok((order, reason))
+                },
+            )
+            .collect()
+    }
+}
+
 /// The statements [`Transaction::write`] is made of, one per kind of row change.
 impl SqlTx {
     async fn update_product(&mut self, product: &Counters) -> StoreResult<()> {
@@ -855,13 +973,16 @@ impl SqlTx {
         Ok(OrderId(id))
     }
 
-    /// Moves a pre-payment order to `status`; anything but one row updated is corruption.
-    async fn update_order_status(&mut self, id: OrderId, status: OrderStatus) -> StoreResult<()> {
+    /// Moves a pre-payment order to its terminal status, with the reason when cancelled;
+    /// anything but one row updated is corruption.
+    async fn settle_order(&mut self, id: OrderId, settled: Settlement) -> StoreResult<()> {
         let done = on_conn!(self, |conn, _d| {
             sqlx::query::<Db>(
-                "UPDATE orders SET status = ? WHERE id = ? AND status = 'pre_payment'",
+                "UPDATE orders SET status = ?, cancel_reason = ? \
+                 WHERE id = ? AND status = 'pre_payment'",
             )
-            .bind(status.as_str())
+            .bind(settled.status().as_str())
+            .bind(settled.cancel_reason().map(CancelReason::as_str))
             .bind(int(id.0))
             .execute(conn)
             .await

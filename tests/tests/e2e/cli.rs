@@ -8,7 +8,7 @@ use crate::harness::{Db, TestApp, WEBHOOK_SECRET, spawn_app};
 
 /// Runs the binary with `args` and a clean `FLASHSALE_*` environment plus `env`; returns its
 /// exit success, stdout and stderr.
-fn flashsale(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) fn flashsale(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale-e2e"));
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();

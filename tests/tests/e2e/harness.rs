@@ -541,6 +541,17 @@ impl TestApp {
         self.send(request).await
     }
 
+    /// `GET path` with `Authorization: Bearer <token>`.
+    pub async fn get_admin(&self, path: &str, token: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).bearer_auth(token))
+            .await
+    }
+
+    /// The URL of the server's database, for the command line's subcommands.
+    pub fn database_url(&self) -> &str {
+        self.database.url()
+    }
+
     /// Delivers a webhook signed now with the server's secret.
     pub async fn webhook(&self, key: &str, hold_id: u64, status: &str) -> Reply {
         let body = json!({"idempotency_key": key, "hold_id": hold_id, "status": status});

@@ -46,6 +46,7 @@ mod harness;
 mod idempotency;
 mod logs;
 mod mariadbd;
+mod reconcile;
 mod retention;
 mod validation;
 mod webhooks;

@@ -18,6 +18,8 @@ pub mod problem;
 #[cfg(feature = "sql")]
 pub mod reconcile;
 #[cfg(feature = "sql")]
+pub mod refusals;
+#[cfg(feature = "sql")]
 pub mod request_log;
 #[cfg(feature = "sql")]
 pub mod routes;

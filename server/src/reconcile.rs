@@ -7,6 +7,10 @@
 //! record that existed when the previous page was read, because the order is a total order on
 //! columns that never change (`received_at` then key; the order id).
 
+// A refused listing is one problem per bad request, on a cold path; boxing it would only add
+// noise.
+#![allow(clippy::result_large_err)]
+
 use flashsale_core::{
     CancelReason, IdempotencyKey, OrderId, OrderStatus, Timestamp, WebhookResult,
 };
@@ -122,8 +126,6 @@ impl WebhookQuery {
     ///
     /// # Errors
     /// 400 `invalid_query` for an unknown parameter, result, cursor or limit.
-    // One problem per bad request; boxing it would only add noise.
-    #[allow(clippy::result_large_err)]
     pub fn parse(params: &[(String, String)]) -> Result<Self, Problem> {
         only(params, &["result", "cursor", "limit"])?;
         let result = param(params, "result")
@@ -161,7 +163,6 @@ impl OrderQuery {
     /// # Errors
     /// 400 `invalid_query` for an unknown parameter or value, or a `cancel_reason` with a
     /// status other than `cancelled`.
-    #[allow(clippy::result_large_err)]
     pub fn parse(params: &[(String, String)]) -> Result<Self, Problem> {
         only(params, &["status", "cancel_reason", "cursor", "limit"])?;
         let status = param(params, "status")

@@ -80,30 +80,43 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .or(readyz(app.clone()))
         .unify()
         .or(metrics(app))
+        .unify()
+        .or(openapi())
         .unify();
     api.recover(problem::recover).map(Reply::into_response)
 }
 
-/// The methods each route answers, by route as [`crate::request_log`] names it (ids as
-/// `{id}`): the `Allow` header of a 405. Kept beside [`routes`], which it mirrors.
+/// Every route and its method, as [`crate::request_log`] names routes (ids as `{id}`): the
+/// `Allow` header of a 405, the metrics' route label, and what `openapi.json` must describe.
+/// Kept beside [`routes`], which it mirrors.
+pub const ROUTES: [(&str, &str); 14] = [
+    ("/api/products/{id}", "GET"),
+    ("/api/holds", "POST"),
+    ("/api/holds/{id}", "GET"),
+    ("/api/orders", "POST"),
+    ("/api/orders/{id}", "GET"),
+    ("/api/payments/webhook", "POST"),
+    ("/api/admin/products", "POST"),
+    ("/api/admin/products/{id}/restock", "POST"),
+    ("/api/admin/webhooks", "GET"),
+    ("/api/admin/orders", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+    ("/api/openapi.json", "GET"),
+];
+
+/// The methods a route answers, for the `Allow` header of a 405.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
-    match route {
-        "/healthz"
-        | "/readyz"
-        | "/metrics"
-        | "/api/products/{id}"
-        | "/api/holds/{id}"
-        | "/api/orders/{id}"
-        | "/api/admin/webhooks"
-        | "/api/admin/orders" => Some("GET"),
-        "/api/holds"
-        | "/api/orders"
-        | "/api/payments/webhook"
-        | "/api/admin/products"
-        | "/api/admin/products/{id}/restock" => Some("POST"),
-        _ => None,
-    }
+    ROUTES
+        .iter()
+        .find(|(path, _)| *path == route)
+        .map(|(_, method)| *method)
 }
+
+/// The OpenAPI 3.1 description of [`ROUTES`], served at `GET /api/openapi.json`. Tests keep
+/// the two in step and check every answer of the end-to-end suite against its schemas.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// A 201 with `Location` naming what it created.
 fn with_location(mut response: Response, location: String) -> Response {
@@ -501,6 +514,20 @@ fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Cl
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
 }
 
+/// `GET /api/openapi.json`: this API's OpenAPI 3.1 description.
+fn openapi() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            let mut response = Response::new(OPENAPI_JSON.into());
+            response.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        })
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("metrics")
@@ -757,4 +784,118 @@ fn rejection_problem(rejection: &Rejection) -> Problem {
 /// Compares two byte strings in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("a path item").keys() {
+                documented.insert((path.clone(), method.to_ascii_uppercase()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(path, method)| ((*path).to_owned(), (*method).to_owned()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    /// `"word"` at the start of `text` (after blanks), when `word` is a code: `[a-z_]+`.
+    fn code_literal(text: &str) -> Option<&str> {
+        let (word, _) = text.trim_start().strip_prefix('"')?.split_once('"')?;
+        let is_code = !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        is_code.then_some(word)
+    }
+
+    /// The code each `Problem::new(<status>, "<code>"` in `source` names.
+    fn problem_codes(source: &str, constructor: &str, out: &mut BTreeSet<String>) {
+        for (at, marker) in source.match_indices(constructor) {
+            let rest = source
+                .get(at.saturating_add(marker.len())..)
+                .unwrap_or_default();
+            let rest = rest
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            if let Some(word) = rest.trim_start().strip_prefix(',').and_then(code_literal) {
+                out.insert(word.to_owned());
+            }
+        }
+    }
+
+    /// The source before its tests.
+    fn without_tests(text: &str) -> &str {
+        text.split_once("#[cfg(test)]")
+            .map_or(text, |(code, _)| code)
+    }
+
+    /// Every `code` a problem can carry, read from the code that builds problems: the
+    /// literals given to `Problem::new` and the words of each error type's `code()` and of
+    /// `not_found`.
+    fn codes_in_source() -> BTreeSet<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut codes = BTreeSet::new();
+        let sources = [
+            "src/routes.rs",
+            "src/problem.rs",
+            "src/startup.rs",
+            "src/reconcile.rs",
+            "src/request_log.rs",
+        ];
+        for file in sources {
+            let text = std::fs::read_to_string(root.join(file)).expect("source");
+            problem_codes(without_tests(&text), "Problem::new(", &mut codes);
+            problem_codes(without_tests(&text), "Self::new(", &mut codes);
+        }
+        codes.extend(crate::refusals::AUTOMATIC.iter().map(|a| a.2.to_owned()));
+        let mappings = [
+            ("../core/src/outcome.rs", "fn code("),
+            ("src/signature.rs", "fn code("),
+            ("src/routes.rs", "fn not_found("),
+        ];
+        for (file, function) in mappings {
+            let text = std::fs::read_to_string(root.join(file)).expect("source");
+            let body = text
+                .split_once(function)
+                .and_then(|(_, rest)| rest.split_once("\n    }\n"))
+                .map(|(body, _)| body)
+                .expect("the function that maps errors to codes");
+            for piece in body.split("=> ").skip(1) {
+                if let Some(word) = code_literal(piece) {
+                    codes.insert(word.to_owned());
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn the_document_names_every_problem_code_and_no_other() {
+        let doc = document();
+        let documented: BTreeSet<String> =
+            doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("a code enum")
+                .iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect();
+        let built = codes_in_source();
+        assert!(built.len() > 20, "the scan finds the codes: {built:?}");
+        assert_eq!(
+            documented, built,
+            "openapi.json's Problem.code enum and the codes the server builds"
+        );
+    }
 }

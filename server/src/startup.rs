@@ -229,7 +229,7 @@ async fn serve_connections<F>(
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::rt::TokioIo::new(crate::refusals::Refusals::new(stream)),
                 hyper_util::service::TowerToHyperService::new(service.clone()),
             );
         let connection = graceful.watch(connection);

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::contract;
 use flashsale_server::signature::{self, Secret};
 use flashsale_server::store::sql::SqlStore;
 use flashsale_server::store::{Dump, Storage, Transaction, TxMode};
@@ -765,10 +766,15 @@ impl Drop for TestApp {
 }
 
 /// Sends `request` and reads its answer; a failure to get one (refused, dropped, timed out, a
-/// body cut short) is an `Err` naming it.
+/// body cut short) is an `Err` naming it. Every answer is checked against the OpenAPI document
+/// (see `contract.rs`); one that breaks it fails the test here.
 pub async fn send_request(request: reqwest::RequestBuilder) -> Result<Reply, String> {
-    let response = request
-        .send()
+    let (client, request) = request.build_split();
+    let request = request.map_err(|e| format!("the request cannot be built: {e}"))?;
+    let method = request.method().as_str().to_owned();
+    let path = request.url().path().to_owned();
+    let response = client
+        .execute(request)
         .await
         .map_err(|e| format!("no answer: {e}"))?;
     let status = response.status().as_u16();
@@ -782,11 +788,23 @@ pub async fn send_request(request: reqwest::RequestBuilder) -> Result<Reply, Str
     };
     let content_type = header("content-type");
     let replayed = header("idempotent-replayed") == "true";
+    let request_id = header("x-request-id");
     let text = response
         .text()
         .await
         .map_err(|e| format!("body cut: {e}"))?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let answer = contract::Answer {
+        method: &method,
+        path: &path,
+        status,
+        content_type: &content_type,
+        request_id: Some(request_id.as_str()),
+        body: &body,
+    };
+    if let Err(broken) = contract::check(&answer) {
+        panic!("the answer to {method} {path} breaks openapi.json: {broken}");
+    }
     Ok(Reply {
         status,
         content_type,

@@ -134,7 +134,7 @@ async fn listings_page_with_a_cursor_to_the_end(db: Db) -> TestApp {
         app.webhook(key, hold_id, "paid").await.expect_status(202);
     }
     let mut seen = Vec::new();
-    let mut pages = 0;
+    let mut pages = 0_u32;
     let mut path = "/api/admin/webhooks?result=unmatched&limit=2".to_owned();
     loop {
         let reply = app.get_admin(&path, ADMIN_TOKEN).await;
@@ -142,7 +142,7 @@ async fn listings_page_with_a_cursor_to_the_end(db: Db) -> TestApp {
         let page_items = items(&page);
         assert!(page_items.len() <= 2, "{page}");
         seen.extend(field(&page_items, "idempotency_key"));
-        pages += 1;
+        pages = pages.saturating_add(1);
         match page["next_cursor"].as_str() {
             Some(cursor) => {
                 path = format!("/api/admin/webhooks?result=unmatched&limit=2&cursor={cursor}");

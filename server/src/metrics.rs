@@ -15,6 +15,7 @@
 //! | `flashsale_webhooks_total` | counter | `result` |
 //! | `flashsale_retries_total` | counter | `script`, `cause` (`contention`, `connection`) |
 //! | `flashsale_hold_batch_size` | histogram | |
+//! | `flashsale_hold_queue_waiting` | gauge | hold requests queued for a batch, all products |
 //! | `flashsale_product_cache_total` | counter | `outcome` (`hit`, `miss`) |
 //! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
 //! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |

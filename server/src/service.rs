@@ -520,8 +520,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             request,
             reply: Reply { sender, tag },
         };
+        // Counted before it is queued: the drainer may take it at once.
+        let queue_waiting = metrics::gauge!("flashsale_hold_queue_waiting");
+        queue_waiting.increment(1.0);
         match self.hold_queues.push(product_id, waiting) {
             Err(waiting) => {
+                queue_waiting.decrement(1.0);
                 return Err(ServiceError::Overloaded {
                     product_id,
                     waiting,
@@ -544,6 +548,8 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// Decides the product's waiting hold requests, batch after batch, until none wait.
     async fn drain_holds(&self, product_id: ProductId) {
         while let Some(batch) = self.hold_queues.next_batch(product_id) {
+            let taken = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            metrics::gauge!("flashsale_hold_queue_waiting").decrement(taken);
             let requests: Vec<HoldRequest> = batch.iter().map(|w| w.request.clone()).collect();
             let (senders, tags): (Vec<_>, Vec<_>) = batch
                 .into_iter()

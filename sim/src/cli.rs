@@ -1,397 +1,390 @@
-//! The `flashsale-sim` command line: `run`, `sweep`, `replay` and `check-determinism`.
+//! The `flashsale-sim` command line (clap): `run`, `replay`, `sweep`, `check-determinism` and
+//! `merge`. Every command documents its defaults in `--help`; the exit codes are listed in
+//! [`EXIT_CODES`] and in docs/SIMULATION.md.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
 
 use crate::plan::Plan;
-use crate::shrink;
+use crate::planfile::PlanFile;
 use crate::store::Bug;
+use crate::summary::{self, Seeds, Shard};
+use crate::sweep::{self, FailureOptions, ProgressMode};
+use crate::trace::Event;
 use crate::world::{self, Report, RunConfig};
 
-const USAGE: &str = "\
-usage:
-  flashsale-sim run --seed N [--ops N] [--clients N] [--servers N] [--bug NAME] [--json]
-  flashsale-sim replay --seed N [--ops N] [--clients N] [--servers N] [--bug NAME] [--trace]
-  flashsale-sim sweep --seeds A..B [--ops N] [--clients N] [--servers N] [--bug NAME] [--keep-going]
-  flashsale-sim check-determinism --seeds A..B [--ops N] [--clients N] [--servers N]
-bugs (planted in the simulated storage): skip-product-lock, forget-release-expired,
-  consume-released-hold, apply-webhook-twice, forget-request-key, count-expired-holds";
+/// Where failing plans are written by default.
+pub const PLAN_DIR_DEFAULT: &str = "target/sim/failures";
 
-/// Defaults for a run.
+/// Journeys in a plan by default.
 pub const OPS_DEFAULT: usize = 200;
 /// Concurrent clients by default.
 pub const CLIENTS_DEFAULT: usize = 8;
 /// Server instances by default.
 pub const SERVERS_DEFAULT: usize = 3;
 
-#[derive(Debug)]
-struct Args {
-    command: String,
-    seeds: (u64, u64),
-    ops: usize,
-    clients: usize,
-    servers: usize,
-    bug: Option<Bug>,
+/// The exit codes, as `--help` prints them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  every seed passed (and, for a sweep or merge, every coverage item happened)
+  1  a seed failed, a coverage item never happened, or a seed was not deterministic
+  2  usage error: bad arguments, an unreadable or invalid plan file, shard summaries that do not
+     fit together";
+
+/// Exit code of a usage error (clap's own errors exit with it too).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashsale-sim",
+    version,
+    about = "Seeded deterministic simulations of the flashsale service layer (madsim).",
+    long_about = "Seeded deterministic simulations of the flashsale service layer (madsim): \
+                  several server instances over a simulated storage with row locks, faults, \
+                  clock steps and crashes, racing clients and a misbehaving payment provider. \
+                  Everything in a run follows from its seed (or its plan file). \
+                  See docs/SIMULATION.md.",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one seed (or a plan file) and prints what happened; a failure is shrunk, explained
+    /// and its plan written to a file.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Runs one seed or plan file like `run`, and prints its trace (filtered with
+    /// --trace-request and --trace-product).
+    #[command(after_help = EXIT_CODES)]
+    Replay(RunArgs),
+    /// Runs a range of seeds (or one shard of it) and checks coverage across them.
+    #[command(after_help = EXIT_CODES)]
+    Sweep(SweepArgs),
+    /// Runs each seed twice and compares the trace hashes.
+    #[command(after_help = EXIT_CODES)]
+    CheckDeterminism(DeterminismArgs),
+    /// Adds up the JSON summaries of a sweep's shards (`sweep --shard K/N --json > FILE`) and
+    /// judges coverage over the whole range.
+    #[command(after_help = EXIT_CODES)]
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// The shard summaries, one per shard.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Prints the merged summary as one JSON document.
+    #[arg(long)]
     json: bool,
+    /// Writes a self-contained HTML report of the merged sweep to this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+}
+
+/// Where failures go.
+#[derive(Debug, Args)]
+struct FailureArgs {
+    /// Directory the shrunk plan of each failure is written to (as seed-N[-BUG].json).
+    #[arg(long, default_value = PLAN_DIR_DEFAULT)]
+    plan_dir: PathBuf,
+}
+
+impl FailureArgs {
+    fn options(&self) -> FailureOptions {
+        FailureOptions {
+            plan_dir: self.plan_dir.clone(),
+        }
+    }
+}
+
+/// What every seed's plan is drawn with.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Workload {
+    /// Journeys in each seed's plan, spread over the clients.
+    #[arg(long, default_value_t = OPS_DEFAULT, value_parser = at_least_one)]
+    pub ops: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = CLIENTS_DEFAULT, value_parser = at_least_one)]
+    pub clients: usize,
+    /// Server instances sharing the storage.
+    #[arg(long, default_value_t = SERVERS_DEFAULT, value_parser = at_least_one)]
+    pub servers: usize,
+    /// Plants a bug in the simulated storage (never in the service), to see a checker find it.
+    #[arg(long, value_enum)]
+    pub bug: Option<Bug>,
+}
+
+impl Workload {
+    /// The run of `seed` under this workload.
+    pub fn config(&self, seed: u64) -> RunConfig {
+        RunConfig {
+            seed,
+            plan: Plan::draw(seed, self.ops, self.clients, self.servers),
+            bug: self.bug,
+            trace: false,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The seed: madsim's scheduler, latencies and faults, and the plan drawn from it.
+    #[arg(long, required_unless_present = "plan")]
+    seed: Option<u64>,
+    /// Runs a plan file (a failure's shrunk plan, or a regression) instead of drawing one:
+    /// its seed, bug and workload come from the file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "ops", "clients", "servers", "bug"])]
+    plan: Option<PathBuf>,
+    /// With --plan: runs it without its planted bug (a regression must then pass).
+    #[arg(long, requires = "plan")]
+    without_bug: bool,
+    #[command(flatten)]
+    workload: Workload,
+    /// Prints one JSON document (the summary and any failure) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Prints the trace (always on for `replay`).
+    #[arg(long)]
     trace: bool,
+    /// Prints only the trace lines of request N (the `rN` of the trace and of failures).
+    #[arg(long, value_name = "N")]
+    trace_request: Option<u64>,
+    /// Prints only the trace lines about product P (numbered from 1, as the API does).
+    #[arg(long, value_name = "P")]
+    trace_product: Option<u64>,
+    /// Does not shrink a failure (nor write its plan).
+    #[arg(long)]
+    no_shrink: bool,
+    #[command(flatten)]
+    failures: FailureArgs,
+    /// Writes a self-contained HTML report (plan, faults, coverage, and for a failure a
+    /// timeline) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// The seeds, A..B: from A up to but not including B.
+    #[arg(long, value_parser = Seeds::parse)]
+    seeds: Seeds,
+    /// Runs only shard K of N (1 <= K <= N): the seeds whose offset from A is K-1 modulo N.
+    #[arg(long, value_parser = Shard::parse, default_value = "1/1")]
+    shard: Shard,
+    #[command(flatten)]
+    workload: Workload,
+    /// Goes on after a failing seed instead of stopping at the first.
+    #[arg(long)]
     keep_going: bool,
+    /// Prints one JSON document (the sweep's summary, which `merge` reads) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Progress on stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    #[command(flatten)]
+    failures: FailureArgs,
+    /// Writes a self-contained HTML report (seeds per second, coverage per item, failures) to
+    /// this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let command = args.next().ok_or("missing command")?;
-    let mut parsed = Args {
-        command,
-        seeds: (0, 0),
-        ops: OPS_DEFAULT,
-        clients: CLIENTS_DEFAULT,
-        servers: SERVERS_DEFAULT,
-        bug: None,
-        json: false,
-        trace: false,
-        keep_going: false,
-    };
-    let mut seed_given = false;
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--seed" => {
-                let seed = number(value()?)?;
-                parsed.seeds = (seed, seed.saturating_add(1));
-                seed_given = true;
-            }
-            "--seeds" => {
-                let v = value()?;
-                let (a, b) = v
-                    .split_once("..")
-                    .ok_or(format!("--seeds takes A..B, not {v}"))?;
-                let (a, b) = (number(a.to_owned())?, number(b.to_owned())?);
-                if a >= b {
-                    return Err(format!("--seeds {v}: empty range"));
-                }
-                parsed.seeds = (a, b);
-                seed_given = true;
-            }
-            "--ops" => {
-                parsed.ops = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
-            }
-            "--clients" => {
-                parsed.clients = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
-            }
-            "--servers" => {
-                parsed.servers = usize::try_from(number(value()?)?).map_err(|e| e.to_string())?
-            }
-            "--bug" => {
-                let v = value()?;
-                parsed.bug = Some(Bug::parse(&v).ok_or(format!("unknown bug {v}"))?);
-            }
-            "--json" => parsed.json = true,
-            "--trace" => parsed.trace = true,
-            "--keep-going" => parsed.keep_going = true,
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if !seed_given {
-        return Err("--seed or --seeds is required".into());
-    }
-    if parsed.clients == 0 || parsed.servers == 0 || parsed.ops == 0 {
-        return Err("--ops, --clients and --servers must be at least 1".into());
-    }
-    Ok(parsed)
+#[derive(Debug, Args)]
+struct DeterminismArgs {
+    /// The seeds, A..B: from A up to but not including B.
+    #[arg(long, value_parser = Seeds::parse)]
+    seeds: Seeds,
+    #[command(flatten)]
+    workload: Workload,
 }
 
-/// Runs the command line; returns failure when a run failed or the arguments were wrong.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs the command line. See [`EXIT_CODES`].
 pub fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("error: {error}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let cli = Cli::parse();
     world::quiet_panics();
-    match args.command.as_str() {
-        "run" | "replay" => run_one(&args),
-        "sweep" => sweep(&args),
-        "check-determinism" => check_determinism(&args),
-        other => {
-            eprintln!("error: unknown command {other}\n{USAGE}");
-            ExitCode::from(2)
-        }
+    match cli.command {
+        Command::Run(args) => run_one(&args, args.trace),
+        Command::Replay(args) => run_one(&args, true),
+        Command::Sweep(args) => sweep::sweep(&sweep::SweepOptions {
+            seeds: args.seeds,
+            shard: args.shard,
+            workload: args.workload,
+            keep_going: args.keep_going,
+            json: args.json,
+            progress: args.progress,
+            failures: args.failures.options(),
+            report: args.report,
+        }),
+        Command::CheckDeterminism(args) => check_determinism(&args),
+        Command::Merge(args) => sweep::merge(&args.files, args.json, args.report.as_deref()),
     }
 }
 
-fn config(args: &Args, seed: u64) -> RunConfig {
-    RunConfig {
-        seed,
-        plan: Plan::draw(seed, args.ops, args.clients, args.servers),
-        bug: args.bug,
-        trace: args.trace,
-    }
-}
-
-/// The one line that replays a seed.
-pub fn replay_command(
-    args_ops: usize,
-    clients: usize,
-    servers: usize,
-    seed: u64,
-    bug: Option<Bug>,
-) -> String {
-    let bug = bug
+/// The one line that replays a seed with the binary at hand.
+pub fn replay_command(workload: &Workload, seed: u64) -> String {
+    let bug = workload
+        .bug
         .map(|b| format!(" --bug {}", b.name()))
         .unwrap_or_default();
     format!(
-        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo run --release -p flashsale-sim -- \
-         replay --seed {seed} --ops {args_ops} --clients {clients} --servers {servers}{bug} --trace"
+        "{} replay --seed {seed} --ops {} --clients {} --servers {}{bug}",
+        binary(),
+        workload.ops,
+        workload.clients,
+        workload.servers
     )
 }
 
-fn run_one(args: &Args) -> ExitCode {
-    let config = config(args, args.seeds.0);
+/// How this binary was invoked, for the lines it prints to run it again.
+pub fn binary() -> String {
+    std::env::args()
+        .next()
+        .map(PathBuf::from)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flashsale-sim".to_owned())
+}
+
+/// The run `args` ask for: a plan file's, or a seed's; and the file, if any.
+fn run_config(args: &RunArgs) -> Result<(RunConfig, Option<PlanFile>), String> {
+    match &args.plan {
+        Some(path) => {
+            let (file, mut config) = PlanFile::read(path)?;
+            if args.without_bug {
+                config.bug = None;
+            }
+            Ok((config, Some(file)))
+        }
+        None => Ok((args.workload.config(args.seed.unwrap_or_default()), None)),
+    }
+}
+
+/// Whether the trace shows `event` under the filters.
+fn shown(args: &RunArgs, event: &Event) -> bool {
+    args.trace_request.is_none_or(|r| event.is_about_request(r))
+        && args.trace_product.is_none_or(|p| event.is_about_product(p))
+}
+
+fn run_one(args: &RunArgs, trace: bool) -> ExitCode {
+    let (mut config, file) = match run_config(args) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let filtered = args.trace_request.is_some() || args.trace_product.is_some();
+    config.trace = trace || filtered || args.report.is_some();
     let wall = Instant::now();
-    let report = world::run(&config);
+    let mut report = world::run(&config);
     let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
-    if args.trace {
-        for event in &report.trace {
+    if report.failure.is_some() && !config.trace {
+        // Once more with the trace kept, for the words of its last lines (the run is the same).
+        config.trace = true;
+        report = world::run(&config);
+    }
+    if (trace || filtered) && !args.json {
+        for event in report.trace.iter().filter(|e| shown(args, e)) {
             println!("{event}");
         }
     }
-    if args.json {
-        println!("{}", summary_json(&report, wall_ms));
-    } else {
-        print!("{}", summary(&report, wall_ms));
+    if !args.json {
+        print!("{}", summary::run_text(&report, wall_ms));
     }
-    match &report.failure {
-        None => ExitCode::SUCCESS,
-        Some(_) => {
-            explain_failure(args, &config, &report);
-            ExitCode::FAILURE
-        }
+    let expected = file.as_ref().map(|f| expectation(f, &config, &report));
+    if let (Some(line), false) = (&expected, args.json) {
+        println!("{line}");
     }
-}
-
-fn explain_failure(args: &Args, config: &RunConfig, report: &Report) {
-    eprintln!(
-        "\nFAILED seed {}: {}",
-        report.seed,
-        report.failure.as_deref().unwrap_or("")
-    );
-    eprintln!(
-        "replay: {}",
-        replay_command(args.ops, args.clients, args.servers, report.seed, args.bug)
-    );
-    eprintln!("shrinking (re-running the seed with less)...");
-    let (small, small_report) = shrink::shrink(config, report);
-    eprintln!(
-        "smallest failing plan ({} ops): {}\n{}",
-        small.plan.ops(),
-        small_report.failure.as_deref().unwrap_or(""),
-        small.plan
-    );
-}
-
-fn summary(report: &Report, wall_ms: f64) -> String {
-    let s = &report.stats;
-    let c = &report.fault_counts;
-    format!(
-        "seed {} ops {}: {} requests; holds granted {} rejected {}; orders created {} existing {} refused {}; \
-         request errors {}; restocks {}\n  keyed: retries {} replays {} in flight {}; answers checked against the replay {}\n  \
-         webhooks {:?}\n  races {:?}\n  faults fired: deadlock {}+{} real, lock timeout {}+{} real, \
-         connection lost {}, commit answer lost {}; commits {} rollbacks {}; crashes {}, clock steps +{} -{}\n  \
-         simulated {} ms in {:.1} ms wall; trace {:016x} ({} events){}\n",
-        report.seed,
-        report.ops,
-        s.requests,
-        s.holds_granted,
-        s.holds_rejected,
-        s.orders_created,
-        s.orders_existing,
-        s.orders_refused,
-        s.request_errors,
-        s.restocks,
-        s.keyed_retries,
-        s.keyed_replays,
-        s.keys_in_flight,
-        s.answers_checked,
-        s.webhooks,
-        s.races,
-        c.deadlock,
-        c.deadlock_real,
-        c.lock_timeout,
-        c.lock_timeout_real,
-        c.connection_lost,
-        c.commit_answer_lost,
-        c.commits,
-        c.rollbacks,
-        s.crashes,
-        s.clock_steps_forward,
-        s.clock_steps_back,
-        report.sim_ms,
-        wall_ms,
-        report.trace_hash,
-        report.trace_events,
-        match &report.failure {
-            None => " ok".to_owned(),
-            Some(f) => format!("\n  FAILED: {f}"),
+    let explained = match (&report.failure, args.no_shrink || file.is_some()) {
+        (Some(failure), false) => {
+            eprintln!("\nFAILED seed {}: {failure}", report.seed);
+            let explained =
+                sweep::explain(&args.workload, &config, &report, &args.failures.options());
+            eprint!("{}", explained.text);
+            Some(explained)
         }
-    )
-}
-
-fn summary_json(report: &Report, wall_ms: f64) -> serde_json::Value {
-    let s = &report.stats;
-    let c = &report.fault_counts;
-    json!({
-        "seed": report.seed,
-        "ops": report.ops,
-        "requests": s.requests,
-        "holds": {"granted": s.holds_granted, "rejected": s.holds_rejected},
-        "orders": {"created": s.orders_created, "existing": s.orders_existing, "refused": s.orders_refused},
-        "request_errors": s.request_errors,
-        "restocks": s.restocks,
-        "keyed": {"retries": s.keyed_retries, "replays": s.keyed_replays, "in_flight": s.keys_in_flight},
-        "answers_checked": s.answers_checked,
-        "webhooks": s.webhooks,
-        "races": s.races,
-        "faults": {
-            "deadlock": c.deadlock, "deadlock_real": c.deadlock_real,
-            "lock_timeout": c.lock_timeout, "lock_timeout_real": c.lock_timeout_real,
-            "connection_lost": c.connection_lost, "commit_answer_lost": c.commit_answer_lost,
-            "commits": c.commits, "rollbacks": c.rollbacks,
-            "crashes": s.crashes, "clock_steps_forward": s.clock_steps_forward,
-            "clock_steps_back": s.clock_steps_back,
-        },
-        "sim_ms": report.sim_ms,
-        "wall_ms": wall_ms,
-        "trace_hash": format!("{:016x}", report.trace_hash),
-        "failure": report.failure,
-    })
-}
-
-/// What must have happened at least once across a sweep, or the sweep proves nothing about it.
-fn coverage(total: &BTreeMap<&'static str, u64>) -> Vec<&'static str> {
-    total
-        .iter()
-        .filter(|&(_, &n)| n == 0)
-        .map(|(&name, _)| name)
-        .collect()
-}
-
-fn tally(total: &mut BTreeMap<&'static str, u64>, report: &Report) {
-    let c = &report.fault_counts;
-    let s = &report.stats;
-    let race = |name: &str| s.races.get(name).copied().unwrap_or(0);
-    let add = |total: &mut BTreeMap<&'static str, u64>, name: &'static str, n: u64| {
-        *total.entry(name).or_default() += n;
-    };
-    add(total, "fault: deadlock", c.deadlock);
-    add(total, "fault: lock wait timeout", c.lock_timeout);
-    add(total, "fault: connection lost", c.connection_lost);
-    add(total, "fault: commit answer lost", c.commit_answer_lost);
-    add(total, "batch: hold requests decided together", c.batched);
-    add(total, "chaos: crash", s.crashes);
-    add(total, "chaos: clock step back", s.clock_steps_back);
-    add(total, "chaos: clock step forward", s.clock_steps_forward);
-    add(total, "race: webhook before order", race("early"));
-    add(
-        total,
-        "race: duplicate webhooks at once",
-        race("duplicate_concurrent"),
-    );
-    add(
-        total,
-        "race: duplicate webhooks in turn",
-        race("duplicate_sequential"),
-    );
-    add(total, "race: conflicting verdicts", race("conflicting"));
-    add(total, "race: webhook after expiry", race("after_expiry"));
-    add(
-        total,
-        "race: webhook for unknown hold",
-        race("unknown_hold"),
-    );
-    add(
-        total,
-        "answer: replayed webhook",
-        s.webhooks.get("replayed").copied().unwrap_or(0),
-    );
-    add(total, "answer: hold rejected for stock", s.holds_rejected);
-    add(total, "answer: order refused", s.orders_refused);
-    add(total, "answer: keyed retry replayed", s.keyed_replays);
-    add(total, "answer: key in flight", s.keys_in_flight);
-    add(total, "admin: restock", s.restocks);
-}
-
-fn sweep(args: &Args) -> ExitCode {
-    let (first, end) = args.seeds;
-    let wall = Instant::now();
-    let mut total: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut failures = Vec::new();
-    let count = end.saturating_sub(first);
-    for (done, seed) in (first..end).enumerate() {
-        let config = config(args, seed);
-        let report = world::run(&config);
-        tally(&mut total, &report);
-        if report.failure.is_some() {
-            eprintln!();
-            print!("{}", summary(&report, 0.0));
-            explain_failure(args, &config, &report);
-            failures.push(seed);
-            if !args.keep_going {
-                break;
+        (Some(failure), true) => {
+            eprintln!("\nFAILED seed {}: {failure}", report.seed);
+            for line in &failure.trace_tail {
+                eprintln!("  {line}");
             }
+            None
         }
-        if done % 10 == 9 || seed + 1 == end {
-            let elapsed = wall.elapsed().as_secs_f64();
-            eprint!(
-                "\r[{:>5}/{count}] {:>6.1}s  {} failed",
-                done + 1,
-                elapsed,
-                failures.len()
-            );
-            let _ = std::io::stderr().flush();
+        (None, _) => None,
+    };
+    if args.json {
+        let mut document = summary::run_json(&report, wall_ms);
+        if let Some(explained) = &explained {
+            document["shrunk"] = explained.json.clone();
         }
+        if let Some(line) = &expected {
+            document["expectation"] = serde_json::json!(line);
+        }
+        println!("{document:#}");
     }
-    eprintln!();
-    let uncovered = coverage(&total);
-    println!(
-        "sweep {first}..{end}: {} failed in {:.1}s",
-        failures.len(),
-        wall.elapsed().as_secs_f64()
-    );
-    println!("coverage: {total:?}");
-    if !failures.is_empty() {
-        println!("failing seeds: {failures:?}");
-        return ExitCode::FAILURE;
+    if let Some(path) = &args.report {
+        let shrunk = explained.as_ref().map(|e| &e.shrunk);
+        sweep::write_report(path, &crate::report::run_page(&config, &report, shrunk));
     }
-    if !uncovered.is_empty() {
-        println!("coverage FAILED: never happened in this sweep: {uncovered:?}");
-        return ExitCode::FAILURE;
+    if report.failure.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
-    ExitCode::SUCCESS
 }
 
-fn check_determinism(args: &Args) -> ExitCode {
-    let (first, end) = args.seeds;
-    for seed in first..end {
-        let config = config(args, seed);
+/// What a plan file's run showed against what the file expects.
+fn expectation(file: &PlanFile, config: &RunConfig, report: &Report) -> String {
+    let kind = report.failure.as_ref().map(|f| f.kind.as_str());
+    let bug = config.bug.map_or("no planted bug".to_owned(), |b| {
+        format!("--bug {}", b.name())
+    });
+    match (&file.expect, kind) {
+        (Some(want), Some(got)) if want.kind == got => {
+            format!("plan: failed as the file expects ({got}), with {bug}")
+        }
+        (Some(want), got) => format!(
+            "plan: the file expects {:?}, the run {} (with {bug})",
+            want.kind,
+            got.map_or("passed".to_owned(), |g| format!("failed with {g:?}"))
+        ),
+        (None, None) => format!("plan: passed as the file expects, with {bug}"),
+        (None, Some(got)) => format!("plan: the file expects a pass, the run failed with {got:?}"),
+    }
+}
+
+fn check_determinism(args: &DeterminismArgs) -> ExitCode {
+    let Seeds { start, end } = args.seeds;
+    for seed in start..end {
+        let config = args.workload.config(seed);
         let a = world::run(&config);
         let b = world::run(&config);
         if (a.trace_hash, a.trace_events) != (b.trace_hash, b.trace_events) {
             println!(
-                "NOT deterministic: seed {seed} gave trace {:016x} ({} events) then {:016x} ({} events)",
+                "NOT deterministic: seed {seed} gave trace {:016x} ({} events) then {:016x} \
+                 ({} events)",
                 a.trace_hash, a.trace_events, b.trace_hash, b.trace_events
             );
             return ExitCode::FAILURE;
         }
     }
-    println!("deterministic: seeds {first}..{end} each gave the same trace hash twice");
+    println!("deterministic: seeds {start}..{end} each gave the same trace hash twice");
     ExitCode::SUCCESS
 }

@@ -19,10 +19,22 @@ pub mod cli;
 #[cfg(madsim)]
 pub mod clock;
 #[cfg(madsim)]
+pub mod failure;
+#[cfg(madsim)]
+pub mod planfile;
+#[cfg(madsim)]
 pub mod refine;
+#[cfg(madsim)]
+pub mod report;
 #[cfg(madsim)]
 pub mod shrink;
 #[cfg(madsim)]
 pub mod store;
+#[cfg(madsim)]
+pub mod summary;
+#[cfg(madsim)]
+pub mod sweep;
+#[cfg(madsim)]
+pub mod words;
 #[cfg(madsim)]
 pub mod world;

@@ -2,8 +2,14 @@
 //! payment provider's behaviour for each, stray webhooks and the chaos events. Because the plan
 //! is explicit, a failing run can be shrunk by removing journeys and chaos events and running the
 //! smaller plan again under the same seed.
+//!
+//! A plan is also a file (see `planfile`): its serde form is the plan file's `plan` field, so
+//! the field names and meanings here are a documented format (docs/SIMULATION.md). Products are
+//! numbered from 1, as the API numbers them; clients and instances from 0.
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// A small deterministic generator (SplitMix64) for plans, independent of madsim's own RNG so a
 /// plan can be edited and re-run.
@@ -38,7 +44,8 @@ impl PlanRng {
 
 /// How often each fault fires, drawn per seed ("swarm testing": each seed explores its own mix
 /// of faults, each class on or off and at its own rate).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultProfile {
     /// Probability per storage step of an injected deadlock error.
     pub deadlock: f64,
@@ -82,7 +89,8 @@ impl FaultProfile {
 }
 
 /// The payment provider's verdict on one hold, and how it delivers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Verdict {
     /// `paid`, else `failed`.
     pub paid: bool,
@@ -99,11 +107,12 @@ pub struct Verdict {
 }
 
 /// One client's journey: hold, maybe order, and the provider's verdict.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Journey {
     /// Think time before the hold request.
     pub start_ms: u64,
-    /// Index of the product.
+    /// The product, as the API numbers it: from 1.
     pub product: usize,
     /// Units to hold.
     pub qty: u32,
@@ -120,7 +129,8 @@ pub struct Journey {
 }
 
 /// Something the world does to the servers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Chaos {
     /// Steps an instance's clock by this many milliseconds, forward or back.
     ClockStep {
@@ -137,18 +147,42 @@ pub enum Chaos {
 }
 
 /// A chaos event at a point in simulated time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChaosAt {
     /// When, from the start of the run.
     pub at_ms: u64,
     /// What.
+    #[serde(flatten)]
     pub chaos: Chaos,
 }
 
+/// A webhook for a hold that never existed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stray {
+    /// When, from the start of the run.
+    pub at_ms: u64,
+    /// `paid`, else `failed`.
+    pub paid: bool,
+}
+
+/// An admin restock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restock {
+    /// When, from the start of the run.
+    pub at_ms: u64,
+    /// The product, from 1.
+    pub product: usize,
+    /// Units added.
+    pub qty: u32,
+}
+
 /// Everything a run does.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// Stock of each product; product 0 is the hot one.
+    /// Stock of each product, products 1, 2, ... in order; product 1 is the hot one.
     pub stocks: Vec<u32>,
     /// Hold TTL for every instance.
     pub hold_ttl_ms: u64,
@@ -158,12 +192,12 @@ pub struct Plan {
     pub servers: usize,
     /// Each client's journeys, run one after another.
     pub clients: Vec<Vec<Journey>>,
-    /// Webhooks for holds that never existed: (delay, paid).
-    pub strays: Vec<(u64, bool)>,
+    /// Webhooks for holds that never existed.
+    pub strays: Vec<Stray>,
     /// Chaos events.
     pub chaos: Vec<ChaosAt>,
-    /// Admin restocks: (delay, product index, units).
-    pub restocks: Vec<(u64, usize, u32)>,
+    /// Admin restocks.
+    pub restocks: Vec<Restock>,
     /// The storage faults while the load runs.
     pub faults: FaultProfile,
     /// How many concurrent hold requests for one product one transaction decides (1: one
@@ -199,7 +233,10 @@ impl Plan {
             .collect();
         let span_ms = per_client as u64 * 1_500;
         let strays = (0..1 + rng.below(3))
-            .map(|_| (rng.below(span_ms), rng.chance(50)))
+            .map(|_| Stray {
+                at_ms: rng.below(span_ms),
+                paid: rng.chance(50),
+            })
             .collect();
         let chaos_events = (ops / 25).max(2);
         let chaos = (0..chaos_events)
@@ -210,8 +247,13 @@ impl Plan {
             .collect();
         let restocks = (0..rng.below(1 + ops as u64 / 50))
             .map(|_| {
-                let product = rng.below(products as u64) as usize;
-                (rng.below(span_ms), product, 1 + rng.below(5) as u32)
+                let product = 1 + rng.below(products as u64) as usize;
+                let at_ms = rng.below(span_ms);
+                Restock {
+                    at_ms,
+                    product,
+                    qty: 1 + rng.below(5) as u32,
+                }
             })
             .collect();
         // Drawn last, so the rest of every seed's plan stays as it was before batching existed.
@@ -239,13 +281,60 @@ impl Plan {
     pub fn ops(&self) -> usize {
         self.journeys() + self.strays.len() + self.chaos.len() + self.restocks.len()
     }
+
+    /// Checks what a hand-edited plan could get wrong: every product and instance it names
+    /// exists, and the service's limits hold.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn check(&self) -> Result<(), String> {
+        let products = self.stocks.len();
+        if products == 0 {
+            return Err("stocks: a plan needs at least one product".into());
+        }
+        if self.servers == 0 {
+            return Err("servers: a plan needs at least one server".into());
+        }
+        if self.hold_batch_max == 0 {
+            return Err("hold_batch_max must be at least 1".into());
+        }
+        let product_ok = |p: usize| (1..=products).contains(&p);
+        for (c, journeys) in self.clients.iter().enumerate() {
+            for (j, journey) in journeys.iter().enumerate() {
+                if !product_ok(journey.product) {
+                    return Err(format!(
+                        "clients[{c}][{j}].product is {}: products are 1 to {products}",
+                        journey.product
+                    ));
+                }
+            }
+        }
+        for (i, restock) in self.restocks.iter().enumerate() {
+            if !product_ok(restock.product) {
+                return Err(format!(
+                    "restocks[{i}].product is {}: products are 1 to {products}",
+                    restock.product
+                ));
+            }
+        }
+        for (i, event) in self.chaos.iter().enumerate() {
+            let (Chaos::ClockStep { instance, .. } | Chaos::Crash { instance }) = event.chaos;
+            if instance >= self.servers {
+                return Err(format!(
+                    "chaos[{i}].instance is {instance}: instances are 0 to {}",
+                    self.servers - 1
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> Journey {
     let product = if rng.chance(70) {
-        0
+        1
     } else {
-        rng.below(products as u64) as usize
+        1 + rng.below(products as u64) as usize
     };
     let order_after_ms = if rng.chance(15) {
         None
@@ -352,18 +441,32 @@ impl fmt::Display for Plan {
                 writeln!(f)?;
             }
         }
-        for (at, paid) in &self.strays {
+        for stray in &self.strays {
             writeln!(
                 f,
-                "  at {at} ms: {} webhook for an unknown hold",
-                if *paid { "paid" } else { "failed" }
+                "  at {} ms: {} webhook for an unknown hold",
+                stray.at_ms,
+                if stray.paid { "paid" } else { "failed" }
             )?;
         }
         for c in &self.chaos {
-            writeln!(f, "  at {} ms: {:?}", c.at_ms, c.chaos)?;
+            match c.chaos {
+                Chaos::ClockStep { instance, delta_ms } => writeln!(
+                    f,
+                    "  at {} ms: the clock of instance {instance} steps {delta_ms:+} ms",
+                    c.at_ms
+                )?,
+                Chaos::Crash { instance } => {
+                    writeln!(f, "  at {} ms: instance {instance} crashes", c.at_ms)?
+                }
+            }
         }
-        for (at, product, qty) in &self.restocks {
-            writeln!(f, "  at {at} ms: restock {qty} of product {product}")?;
+        for r in &self.restocks {
+            writeln!(
+                f,
+                "  at {} ms: restock {} of product {}",
+                r.at_ms, r.qty, r.product
+            )?;
         }
         Ok(())
     }
@@ -391,6 +494,49 @@ mod tests {
         assert!(
             instances.into_iter().all(|i| i < 2),
             "chaos names existing instances"
+        );
+    }
+
+    #[test]
+    fn a_plan_reads_back_from_its_json_as_it_was() {
+        let plan = Plan::draw(3, 40, 4, 3);
+        let text = serde_json::to_string_pretty(&plan).expect("serialises");
+        let back: Plan = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, plan);
+        assert!(text.contains("\"kind\": \"crash\"") || text.contains("\"kind\": \"clock_step\""));
+    }
+
+    #[test]
+    fn products_are_numbered_from_one_as_the_api_numbers_them() {
+        let plan = Plan::draw(5, 200, 8, 3);
+        let products = plan.stocks.len();
+        let named = plan.clients.iter().flatten().map(|j| j.product);
+        assert!(named.clone().all(|p| (1..=products).contains(&p)));
+        assert!(
+            plan.clients.iter().flatten().any(|j| j.product == 1),
+            "1 is the hot one"
+        );
+        assert_eq!(plan.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_hand_edited_plan_that_names_what_it_lacks_is_refused() {
+        let mut plan = Plan::draw(5, 20, 2, 2);
+        plan.clients[0][0].product = 0;
+        assert!(
+            plan.check()
+                .is_err_and(|e| e.starts_with("clients[0][0].product is 0"))
+        );
+        let mut plan = Plan::draw(5, 20, 2, 2);
+        plan.chaos[0].chaos = Chaos::Crash { instance: 2 };
+        assert!(
+            plan.check()
+                .is_err_and(|e| e.contains("instances are 0 to 1"))
+        );
+        let typo = r#"{"stocks": [1], "hold_ttl_msx": 1}"#;
+        assert!(
+            serde_json::from_str::<Plan>(typo).is_err(),
+            "unknown fields are refused"
         );
     }
 }

@@ -20,6 +20,9 @@ use flashsale_core::{
     Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
 };
 
+use crate::failure::{Check, Failure};
+use crate::words;
+
 tokio::task_local! {
     /// The operation the current request performs, and the last time its clock gave.
     pub static OP: RefCell<OpContext>;
@@ -38,17 +41,46 @@ pub struct OpContext {
     pub key: Option<IdempotencyKey>,
     /// The last clock reading inside the request.
     pub now: Option<Timestamp>,
+    /// The server instance serving it (from 0), if any.
+    pub instance: Option<usize>,
+    /// The product it concerns, if known.
+    pub product: Option<ProductId>,
 }
 
 impl OpContext {
     /// A context for request `id` doing `command`.
     pub fn new(id: u64, command: Command, key: Option<IdempotencyKey>) -> RefCell<OpContext> {
+        let product = match &command {
+            Command::PlaceHold { product_id, .. }
+            | Command::Restock { product_id, .. }
+            | Command::SweepProduct { product_id } => Some(*product_id),
+            _ => None,
+        };
         RefCell::new(OpContext {
             id,
             command,
             key,
             now: None,
+            instance: None,
+            product,
         })
+    }
+
+    /// A context for request `id` doing `command` on `instance`, about `product`.
+    pub fn on(
+        id: u64,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        instance: usize,
+        product: Option<ProductId>,
+    ) -> RefCell<OpContext> {
+        let op = OpContext::new(id, command, key);
+        {
+            let mut context = op.borrow_mut();
+            context.instance = Some(instance);
+            context.product = product.or(context.product);
+        }
+        op
     }
 
     /// Whether a client is answered with what this command decides, so that an end without
@@ -83,6 +115,23 @@ pub fn current() -> Vec<OpContext> {
     BATCH
         .try_with(|ops| ops.borrow().clone())
         .unwrap_or_default()
+}
+
+/// The numbers of the requests the current transaction serves, and the first one's instance
+/// and product, without copying their commands.
+pub fn current_ids() -> (Vec<u64>, Option<usize>, Option<ProductId>) {
+    let of = |ops: &[OpContext]| {
+        let first = ops.first();
+        (
+            ops.iter().map(|op| op.id).collect(),
+            first.and_then(|op| op.instance),
+            first.and_then(|op| op.product),
+        )
+    };
+    if let Ok(found) = OP.try_with(|op| of(std::slice::from_ref(&*op.borrow()))) {
+        return found;
+    }
+    BATCH.try_with(|ops| of(&ops.borrow())).unwrap_or_default()
 }
 
 /// One transaction's end for one request it served, in the order the storage saw them. A batch's
@@ -281,6 +330,55 @@ impl Ids {
         })
     }
 
+    /// An answer of the ledger's in the storage's ids (the API's), where the storage has them.
+    fn to_storage(&self, answer: &Answer) -> Answer {
+        fn back<T: Copy + PartialEq>(map: &BTreeMap<u64, T>, id: T, make: fn(u64) -> T) -> T {
+            map.iter()
+                .find(|&(_, &v)| v == id)
+                .map_or(id, |(&k, _)| make(k))
+        }
+        let hold_id = |id| back(&self.holds, id, HoldId);
+        let order_id = |id| back(&self.orders, id, OrderId);
+        let product_id = |id| back(&self.products, id, ProductId);
+        let order_row = |o: &Order| Order {
+            id: order_id(o.id),
+            hold_id: hold_id(o.hold_id),
+            product_id: product_id(o.product_id),
+            ..*o
+        };
+        match answer {
+            Answer::Hold {
+                hold,
+                holds_released,
+            } => Answer::Hold {
+                hold: Hold {
+                    id: hold_id(hold.id),
+                    product_id: product_id(hold.product_id),
+                    state: match hold.state {
+                        HoldState::Consumed(o) => HoldState::Consumed(order_id(o)),
+                        other => other,
+                    },
+                    ..*hold
+                },
+                holds_released: holds_released.iter().map(|&h| hold_id(h)).collect(),
+            },
+            Answer::Order { order, created } => Answer::Order {
+                order: order_row(order),
+                created: *created,
+            },
+            Answer::Webhook {
+                result,
+                order_id: order,
+                replayed,
+            } => Answer::Webhook {
+                result: *result,
+                order_id: order.map(order_id),
+                replayed: *replayed,
+            },
+            other => other.clone(),
+        }
+    }
+
     /// A client's answer in the ledger's ids.
     fn answer(&self, answer: &Answer) -> Result<Answer, String> {
         Ok(match answer {
@@ -318,11 +416,15 @@ impl Ids {
 /// The first disagreement: a committed transaction the ledger refuses, a different number of
 /// rows created, an answer the ledger would not have given at that point, or a final row that
 /// differs.
+#[allow(
+    clippy::result_large_err,
+    reason = "a failure ends the run's check: it is returned once, never on a hot path"
+)]
 pub fn check(
     stored: &Ledger,
     log: &[Entry],
     answers: &BTreeMap<u64, Answer>,
-) -> Result<usize, String> {
+) -> Result<usize, Failure> {
     let mut last = BTreeMap::new();
     // One request attempt commits its effect at most once: the service must never run a
     // transaction again after a commit whose answer it lost. (A sweep is one request over many
@@ -336,11 +438,19 @@ pub fn check(
             && !sweeping
             && let Some(first) = committed.insert(entry.op, i)
         {
-            return Err(format!(
-                "request {} committed twice: commits {first} and {i} ({:?}); a transaction ran \
-                 again after a commit that had applied",
-                entry.op, entry.command
-            ));
+            return Err(Failure::new(
+                Check::Refinement,
+                "request committed twice",
+                format!(
+                    "request r{} ({}) committed twice, in tx{} and tx{}: a transaction ran \
+                     again after a commit that had applied",
+                    entry.op,
+                    words::command(&entry.command),
+                    log[first].tx,
+                    entry.tx
+                ),
+            )
+            .at_request(Some(entry.op)));
         }
     }
     let mut ledger = Ledger::new();
@@ -367,20 +477,31 @@ pub fn check(
         )?);
         start = end;
     }
-    compare(stored, &ledger, &ids)?;
+    compare(stored, &ledger, &ids)
+        .map_err(|message| Failure::new(Check::Refinement, "final rows differ", message))?;
     Ok(checked)
+}
+
+/// A replay that could not go on: an id the storage never committed, or an outcome no client is
+/// answered with.
+fn broken(message: String, entry: &Entry) -> Failure {
+    Failure::new(Check::Refinement, "replay broken", message).at_request(Some(entry.op))
 }
 
 /// Replays the entries `range` of one transaction through `ledger`: each request in order at its
 /// clock reading, then (if it wrote) the rows it created against the storage's, then each
 /// answered request's answer. Returns how many answers it checked.
+#[allow(
+    clippy::result_large_err,
+    reason = "a failure ends the run's check: it is returned once, never on a hot path"
+)]
 fn replay_transaction<'a>(
     ledger: &mut Ledger,
     ids: &mut Ids,
     log: &[Entry],
     range: std::ops::Range<usize>,
     answer_of: impl Fn(usize) -> Option<&'a Answer>,
-) -> Result<usize, String> {
+) -> Result<usize, Failure> {
     let first = range.start;
     let wrote = log[first].wrote;
     let alone = range.len() == 1;
@@ -397,19 +518,31 @@ fn replay_transaction<'a>(
         }
         let command = ids
             .command(&entry.command)
-            .map_err(|e| format!("commit {i}: {e}"))?;
+            .map_err(|e| broken(format!("tx{}: {e}", entry.tx), entry))?;
         let result = ledger.apply(entry.now, command.clone());
         if wrote
             && alone
             && let Err(rejection) = &result
         {
-            return Err(format!(
-                "commit {i} ({command:?} at {}) wrote rows, the ledger refuses it: {rejection}",
-                entry.now
-            ));
+            return Err(Failure::new(
+                Check::Refinement,
+                "commit the replay refuses",
+                format!(
+                    "request r{} ({} at {}) committed writes in tx{}, but in commit order it is \
+                     refused: {} {rejection}",
+                    entry.op,
+                    words::command(&entry.command),
+                    words::time(entry.now),
+                    entry.tx,
+                    rejection.code()
+                ),
+            )
+            .at_request(Some(entry.op)));
         }
         if let Some(answer) = answer {
-            let replayed = Answer::of(result)?.normalised();
+            let replayed = Answer::of(result)
+                .map_err(|e| broken(e, entry))?
+                .normalised();
             pending.push((i, command, answer, replayed));
         }
     }
@@ -435,11 +568,18 @@ fn replay_transaction<'a>(
             entry.orders_inserted.len(),
         );
         if counts != stored_counts {
-            return Err(format!(
-                "commit {first} ({:?}, {} requests): the storage inserted {stored_counts:?} rows, the ledger {counts:?}",
-                entry.command,
-                range.len()
-            ));
+            return Err(Failure::new(
+                Check::Refinement,
+                "rows inserted differ",
+                format!(
+                    "tx{} ({}, {} requests) inserted (products, holds, orders) \
+                     {stored_counts:?}; in commit order it inserts {counts:?}",
+                    entry.tx,
+                    words::command(&entry.command),
+                    range.len()
+                ),
+            )
+            .at_request(Some(entry.op)));
         }
         ids.products
             .extend(entry.products_inserted.iter().copied().zip(products));
@@ -448,14 +588,29 @@ fn replay_transaction<'a>(
         ids.orders
             .extend(entry.orders_inserted.iter().copied().zip(orders));
     }
-    for (i, command, answer, replayed) in pending {
-        let seen = ids.answer(answer)?.normalised();
+    for (i, _command, answer, replayed) in pending {
+        let entry = &log[i];
+        let seen = ids
+            .answer(answer)
+            .map_err(|e| broken(e, entry))?
+            .normalised();
         if seen != replayed {
-            let entry = &log[i];
-            return Err(format!(
-                "answer to request {} ({command:?} at {}): the client saw {seen:?}, in commit order it is {replayed:?}",
-                entry.op, entry.now
-            ));
+            let in_storage_ids = ids.to_storage(&replayed);
+            return Err(Failure::new(
+                Check::Refinement,
+                "answer differs",
+                format!(
+                    "request r{} ({}, decided at {} on its instance's clock in tx{}): the \
+                     client was answered `{}`, but in commit order the answer is `{}`",
+                    entry.op,
+                    words::command(&entry.command),
+                    words::time(entry.now),
+                    entry.tx,
+                    words::answer(&answer.clone().normalised()),
+                    words::answer(&in_storage_ids)
+                ),
+            )
+            .at_request(Some(entry.op)));
         }
         checked = checked.saturating_add(1);
     }
@@ -629,7 +784,8 @@ mod tests {
     fn a_row_that_differs_from_the_replay_is_reported() {
         let difference =
             check(&stored(1), &log(), &BTreeMap::new()).expect_err("qty 1 is not what was decided");
-        assert!(difference.starts_with("hold 40"), "{difference}");
+        assert_eq!(difference.kind, "refinement: final rows differ");
+        assert!(difference.message.starts_with("hold 40"), "{difference}");
     }
 
     #[test]
@@ -642,7 +798,14 @@ mod tests {
         };
         let difference =
             check(&stored(2), &log, &BTreeMap::new()).expect_err("4 of 3 units cannot be held");
-        assert!(difference.contains("refuses"), "{difference}");
+        assert_eq!(difference.kind, "refinement: commit the replay refuses");
+        assert_eq!(difference.request, Some(2));
+        assert!(
+            difference
+                .message
+                .contains("POST /api/holds {product_id: 7, qty: 4}"),
+            "{difference}"
+        );
     }
 
     fn granted(hold_id: u64, qty: u32) -> Answer {
@@ -669,8 +832,15 @@ mod tests {
     fn an_answer_other_than_the_replay_is_reported() {
         let answers = BTreeMap::from([(2, granted(40, 1))]);
         let difference = check(&stored(2), &log(), &answers).expect_err("the client saw qty 1");
+        assert_eq!(difference.kind, "refinement: answer differs");
+        assert_eq!(difference.request, Some(2));
+        // In the API's ids: hold 40 of product 7, as the storage numbered them.
         assert!(
-            difference.starts_with("answer to request 2"),
+            difference.message.contains(
+                "answered `201 hold 40 {product_id: 7, qty: 1, expires_at: t-1767225598990ms, \
+                 state: held}`, but in commit order the answer is `201 hold 40 {product_id: 7, \
+                 qty: 2,"
+            ),
             "{difference}"
         );
     }
@@ -694,8 +864,11 @@ mod tests {
         });
         let answers = BTreeMap::from([(3, refused)]);
         let difference = check(&stored(2), &log, &answers).expect_err("a unit was free");
+        assert_eq!(difference.request, Some(3));
         assert!(
-            difference.starts_with("answer to request 3"),
+            difference
+                .message
+                .contains("answered `insufficient_stock requested 1 units, 0 available`"),
             "{difference}"
         );
         // The same refusal where the ledger refuses too passes, and changes nothing.

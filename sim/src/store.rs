@@ -24,40 +24,54 @@ use flashsale_server::store::{
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
+use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
 use crate::refine::{self, Entry};
-use crate::trace::Trace;
+use crate::trace::{Event, Trace};
+use crate::words;
 
 /// How long a locking read waits before failing as InnoDB's error 1205 would.
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A bug planted in the storage, to prove the checkers catch it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A bug planted in the storage, to prove the checkers catch it. The first line of each
+/// variant's doc is what `--help` lists for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bug {
-    /// Locking a product takes no lock: concurrent holds can oversell.
+    /// Locking a product takes no lock, so two hold requests decide on one read of its counters.
     SkipProductLock,
-    /// The write of an expired hold's release is dropped while the product's counters still
-    /// move, so a hold stays held that its product no longer counts.
+    /// The release of an expired hold is not written while its product's counters still move.
+    ///
+    /// A hold stays held that its product no longer counts.
     ForgetReleaseExpired,
     /// A released hold reads back as held, so an order can consume it.
     ConsumeReleasedHold,
-    /// A webhook key's record is never found, so a replay is applied again.
+    /// A webhook key's record is never found, so a redelivered webhook is applied again.
     ApplyWebhookTwice,
-    /// A client request's idempotency key is never recorded, so a retry after a lost answer
-    /// holds again.
+    /// A client's Idempotency-Key record is never written, so a retry holds or orders again.
     ForgetRequestKey,
-    /// A hold request never finds its product's expired holds, so their units count as held and
-    /// a hold is refused while units are free (the sweeper still releases them). Invariants hold
-    /// throughout: only the answers are wrong, which only the replay of answers can see.
+    /// A hold request never finds expired holds, so it is refused while their units are free.
+    ///
+    /// The sweeper still releases them. Invariants hold throughout: only the answers are wrong,
+    /// which only the replay of answers can see.
     CountExpiredHolds,
-    /// A commit whose answer was lost is reported as a connection lost before the commit, so
-    /// the service runs the transaction again over the commit that applied.
+    /// A commit whose answer was lost is reported as a lost connection, so it runs again.
+    ///
+    /// The service retries a lost connection, and so runs the transaction again over the commit
+    /// that applied.
     LostCommitAsLostConnection,
+    /// The storage panics while committing the 5th webhook record, as a failed assertion would.
+    ///
+    /// It proves that a panic inside the simulation fails its seed with the panic's message,
+    /// the request, and the last trace lines, instead of taking the run down.
+    PanicInCommit,
 }
+
+/// The webhook record whose commit [`Bug::PanicInCommit`] panics in.
+const PANIC_AT_WEBHOOK: usize = 5;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::SkipProductLock,
         Bug::ForgetReleaseExpired,
         Bug::ConsumeReleasedHold,
@@ -65,6 +79,7 @@ impl Bug {
         Bug::ForgetRequestKey,
         Bug::CountExpiredHolds,
         Bug::LostCommitAsLostConnection,
+        Bug::PanicInCommit,
     ];
 
     /// The command-line word for it.
@@ -77,6 +92,7 @@ impl Bug {
             Bug::ForgetRequestKey => "forget-request-key",
             Bug::CountExpiredHolds => "count-expired-holds",
             Bug::LostCommitAsLostConnection => "lost-commit-as-lost-connection",
+            Bug::PanicInCommit => "panic-in-commit",
         }
     }
 
@@ -184,7 +200,7 @@ struct Shared {
     faults: FaultProfile,
     counts: FaultCounts,
     bug: Option<Bug>,
-    violation: Option<String>,
+    violation: Option<Failure>,
     trace: Trace,
     log: Vec<Entry>,
 }
@@ -223,7 +239,7 @@ impl SimStore {
     }
 
     /// The first invariant violation seen after a commit, if any.
-    pub fn violation(&self) -> Option<String> {
+    pub fn violation(&self) -> Option<Failure> {
         self.shared().violation.clone()
     }
 
@@ -258,9 +274,58 @@ impl SimStore {
         self.shared().trace.keep();
     }
 
-    /// Records a client-visible event in the trace.
-    pub fn note(&self, event: &str) {
+    /// Records an event in the trace.
+    pub fn note(&self, event: Event) {
         self.shared().trace.record(event);
+    }
+}
+
+/// Simulated time since the run began, in microseconds.
+pub fn sim_us() -> u64 {
+    let elapsed = madsim::time::TimeHandle::current().elapsed();
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// An event of transaction `tx` for the requests it serves now, about `product` (else the
+/// first request's product).
+fn tx_event(tx: u64, product: Option<ProductId>, text: String) -> Event {
+    let (requests, instance, first_product) = refine::current_ids();
+    Event {
+        at_us: sim_us(),
+        instance,
+        requests,
+        tx: Some(tx),
+        product: product.or(first_product).map(|p| p.0),
+        text,
+        digest: None,
+    }
+}
+
+/// The failure a violated invariant is, located at the requests the committing transaction
+/// served.
+fn violated(violation: &flashsale_core::Violation, tx: u64) -> Failure {
+    let (kind, message) = words::violation(violation);
+    let ops = refine::current();
+    let first = ops.first();
+    let mut failure = Failure::new(
+        Check::Invariant,
+        kind,
+        format!("{message} (after commit tx{tx})"),
+    )
+    .at_request(first.map(|op| op.id));
+    failure.instance = first.and_then(|op| op.instance);
+    failure.at_ms = Some(sim_us() / 1_000);
+    failure
+}
+
+/// A row as the trace shows it, and its product.
+fn row_words(row: &Row) -> (Option<ProductId>, String) {
+    match row {
+        Row::Product(p) => (Some(p.id), words::product(p)),
+        Row::Hold(h) => (Some(h.product_id), words::hold(h)),
+        Row::Order(o) => (Some(o.product_id), words::order(o)),
+        Row::Webhook(w) => (None, words::webhook(w)),
+        Row::RequestKey(r) => (None, words::request_key(r)),
     }
 }
 
@@ -322,6 +387,8 @@ impl SimTx {
             Some(error) => {
                 {
                     let mut shared = self.store.shared();
+                    let event = tx_event(self.id, None, format!("fault injected: {error}"));
+                    shared.trace.record(event);
                     match &error {
                         StoreError::Contention(m) if m.starts_with("1213") => {
                             shared.counts.deadlock += 1
@@ -616,28 +683,50 @@ impl Transaction for SimTx {
                     return Err(StoreError::Contention("1062 duplicate key".into()));
                 }
             }
+            let webhooks = writes
+                .values()
+                .filter(|row| matches!(row, Row::Webhook(_)))
+                .count();
+            if shared.bug == Some(Bug::PanicInCommit)
+                && webhooks > 0
+                && shared.tables.webhooks.len().saturating_add(webhooks) >= PANIC_AT_WEBHOOK
+            {
+                drop(shared);
+                panic!(
+                    "planted panic-in-commit: tx{} writes webhook record {PANIC_AT_WEBHOOK}",
+                    self.id
+                );
+            }
             let entries = end_entries(self.id, &self.keys_found, &shared.tables, &writes);
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
             }
             if entries.is_empty() && !writes.is_empty() {
-                let message = "refinement: a transaction committed outside any request";
-                shared.violation.get_or_insert_with(|| message.to_owned());
+                let failure = Failure::new(
+                    Check::Refinement,
+                    "commit outside any request",
+                    format!("transaction tx{} committed outside any request", self.id),
+                );
+                shared.violation.get_or_insert(failure);
             }
             shared.log.extend(entries);
             for row in writes.into_values() {
-                shared.trace.record(&format!("{row:?}"));
+                let (product, text) = row_words(&row);
+                let event = tx_event(self.id, product, format!("commit: {text}"));
+                shared.trace.record(event);
                 shared.tables.put(row);
             }
             shared.counts.commits += 1;
             if shared.violation.is_none()
                 && let Err(violation) = shared.tables.ledger().check_invariants()
             {
-                shared.violation = Some(violation.to_string());
+                shared.violation = Some(violated(&violation, self.id));
             }
             let lost = thread_rng().gen_bool(shared.faults.commit_answer_lost.clamp(0.0, 1.0));
             if lost {
                 shared.counts.commit_answer_lost += 1;
+                let text = "fault injected: the commit applied, its answer is lost".to_owned();
+                shared.trace.record(tx_event(self.id, None, text));
             }
             self.open = false;
             release_locks(&mut shared, self.id);

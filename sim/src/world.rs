@@ -24,10 +24,13 @@ use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
 use crate::clock::{SimClock, true_now};
+use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
 use crate::plan::{Chaos, Journey, Plan, Verdict};
 use crate::refine::{self, Answer, Entry, OP, OpContext};
-use crate::store::{Bug, FaultCounts, SimStore};
+use crate::store::{Bug, FaultCounts, SimStore, sim_us};
+use crate::trace::Event;
+use crate::words;
 
 type Svc = Service<SimStore, SimClock>;
 
@@ -134,30 +137,111 @@ pub struct Report {
     /// Trace events recorded.
     pub trace_events: u64,
     /// The kept trace, with `trace`.
-    pub trace: Vec<String>,
+    pub trace: Vec<Event>,
+    /// Every request sent, in the order they were answered.
+    pub requests: Vec<RequestSpan>,
     /// The first failure, if any.
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
+}
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// A client, from 0.
+    Client(usize),
+    /// The payment provider.
+    Provider,
+    /// The admin.
+    Admin,
+    /// An instance's sweeper.
+    Sweeper,
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lane::Client(c) => write!(f, "client {c}"),
+            Lane::Provider => f.write_str("provider"),
+            Lane::Admin => f.write_str("admin"),
+            Lane::Sweeper => f.write_str("sweeper"),
+        }
+    }
+}
+
+/// One request: who sent it where, when, and what came back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RequestSpan {
+    /// Its number in the run (`r<N>` in the trace).
+    pub request: u64,
+    /// The instance it was sent to.
+    pub instance: usize,
+    /// Who sent it.
+    pub lane: Lane,
+    /// Simulated time it was sent at, in microseconds since the run began.
+    pub start_us: u64,
+    /// Simulated time it was answered (or given up) at.
+    pub end_us: u64,
+    /// The request in the API's words (with `trace`; empty otherwise).
+    pub what: String,
+    /// The answer in the API's words (with `trace`; empty otherwise).
+    pub outcome: String,
 }
 
 /// Runs one seed to completion in its own madsim runtime. A panic anywhere in the run (an
-/// assertion in the core or the service) is a failure of that seed, not of the simulator.
+/// assertion in the core, the service or the simulator) is a failure of that seed, reported
+/// with its message, what the run did until then and the last trace lines before it.
 pub fn run(config: &RunConfig) -> Report {
     let runtime =
         madsim::runtime::Runtime::with_seed_and_config(config.seed, madsim::Config::default());
     let owned = config.clone();
+    IN_RUN.with(|in_run| in_run.set(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         runtime.block_on(async move { World::run(owned).await })
     }));
-    outcome.unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "non-string panic".to_owned());
-        let location = LAST_PANIC
-            .with(|last| last.borrow_mut().take())
-            .unwrap_or_default();
-        Report {
+    IN_RUN.with(|in_run| in_run.set(false));
+    let partial = PARTIAL.with(|slot| slot.borrow_mut().take());
+    outcome.unwrap_or_else(|payload| panicked(config, &*payload, partial))
+}
+
+/// What a run that panicked outside a request leaves: its storage and counters so far.
+struct Partial {
+    store: SimStore,
+    stats: Arc<Mutex<Stats>>,
+    failure: Arc<Mutex<Option<Failure>>>,
+    requests: Arc<Mutex<Vec<RequestSpan>>>,
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    static PARTIAL: std::cell::RefCell<Option<Partial>> = const { std::cell::RefCell::new(None) };
+    static IN_RUN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic's message and where it happened.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic".to_owned());
+    let location = LAST_PANIC.with(|last| last.borrow_mut().take());
+    match location {
+        Some(location) => format!("{message} ({location})"),
+        None => message,
+    }
+}
+
+/// The report of a run that panicked outside any request (the run itself cannot go on).
+fn panicked(
+    config: &RunConfig,
+    payload: &(dyn std::any::Any + Send),
+    partial: Option<Partial>,
+) -> Report {
+    let message = panic_message(payload);
+    let mut failure = Failure::new(Check::Panic, "panic", format!("panicked: {message}"));
+    let Some(partial) = partial else {
+        return Report {
             seed: config.seed,
             ops: config.plan.ops(),
             fault_counts: FaultCounts::default(),
@@ -166,24 +250,68 @@ pub fn run(config: &RunConfig) -> Report {
             trace_hash: 0,
             trace_events: 0,
             trace: Vec::new(),
-            failure: Some(format!("panic: {message} {location}")),
-        }
-    })
+            requests: Vec::new(),
+            failure: Some(failure),
+        };
+    };
+    let trace = partial.store.trace();
+    failure.trace_tail = trace.tail();
+    failure.at_ms = Some(trace.last_at_us() / 1_000);
+    let first = partial
+        .store
+        .violation()
+        .or_else(|| lock(&partial.failure).clone());
+    Report {
+        seed: config.seed,
+        ops: config.plan.ops(),
+        fault_counts: partial.store.counts(),
+        stats: lock(&partial.stats).clone(),
+        sim_ms: trace.last_at_us() / 1_000,
+        trace_hash: trace.hash(),
+        trace_events: trace.len(),
+        trace: trace.events().to_vec(),
+        requests: lock(&partial.requests).clone(),
+        failure: Some(first.unwrap_or(failure)),
+    }
 }
 
-thread_local! {
-    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Keeps panics quiet (a failing seed is reported, and shrinking panics many times) while
-/// remembering where the last one happened.
+/// Keeps panics inside a run quiet (a failing seed is reported, and shrinking panics many
+/// times) while remembering where the last one happened. Panics outside a run (a failing test's
+/// assertion) still go to the hook that was there before.
 pub fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!("at {}:{}", l.file(), l.line()));
-        LAST_PANIC.with(|last| *last.borrow_mut() = location);
+    let before = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_RUN.with(std::cell::Cell::get) {
+            let location = info
+                .location()
+                .map(|l| format!("at {}:{}", l.file(), l.line()));
+            LAST_PANIC.with(|last| *last.borrow_mut() = location);
+        } else {
+            before(info);
+        }
     }));
+}
+
+/// A future that turns a panic while polling it into `Err` with the panic's message, so a
+/// panic in one request fails the seed without taking the run down.
+struct CatchUnwind<F> {
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(&*payload))),
+        }
+    }
 }
 
 struct Instance {
@@ -196,10 +324,14 @@ struct World {
     store: SimStore,
     service_config: Config,
     instances: Mutex<Vec<Instance>>,
-    stats: Mutex<Stats>,
-    answers: Mutex<BTreeMap<String, (WebhookResult, Option<u64>)>>,
-    undelivered: Mutex<Vec<WebhookPayload>>,
-    failure: Mutex<Option<String>>,
+    stats: Arc<Mutex<Stats>>,
+    /// Each webhook key's first answer (result, order) and the request it answered.
+    answers: Mutex<BTreeMap<String, FirstAnswer>>,
+    undelivered: Mutex<Vec<(WebhookPayload, Option<ProductId>)>>,
+    failure: Arc<Mutex<Option<Failure>>>,
+    requests: Arc<Mutex<Vec<RequestSpan>>>,
+    /// Whether to keep what each request sent and was answered, for a report.
+    keep: bool,
     skew_max_ms: Mutex<u64>,
     products: Vec<ProductId>,
     next_key: Mutex<u64>,
@@ -214,14 +346,43 @@ struct World {
 /// decide (a replay from a request key's record, which the world checks itself, or a sweep).
 trait Answered {
     fn answer(&self) -> Option<Answer>;
+
+    /// The answer in the API's words, for the trace.
+    fn describe(&self) -> String;
+
+    /// What the trace hash takes of the answer: its kind and ids.
+    fn digest(&self) -> [u64; 3];
+}
+
+/// A keyed answer's words: a replay from the key's record says so.
+fn keyed_words(replayed: bool, answer: &Answer) -> String {
+    let replay = if replayed {
+        " (replayed from its key's record)"
+    } else {
+        ""
+    };
+    format!("{}{replay}", words::answer(answer))
 }
 
 impl Answered for Keyed<HoldPlaced> {
     fn answer(&self) -> Option<Answer> {
-        (!self.replayed).then(|| Answer::Hold {
-            hold: self.value.hold,
-            holds_released: self.value.holds_released.clone(),
-        })
+        (!self.replayed).then(|| hold_answer(self))
+    }
+
+    fn describe(&self) -> String {
+        keyed_words(self.replayed, &hold_answer(self))
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        [1, self.value.hold.id.0, u64::from(self.replayed)]
+    }
+}
+
+/// A granted hold as the replay's answer.
+fn hold_answer(placed: &Keyed<HoldPlaced>) -> Answer {
+    Answer::Hold {
+        hold: placed.value.hold,
+        holds_released: placed.value.holds_released.clone(),
     }
 }
 
@@ -231,6 +392,19 @@ impl Answered for Keyed<OrderPlaced> {
             order: self.value.order,
             created: self.value.created,
         })
+    }
+
+    fn describe(&self) -> String {
+        let answer = Answer::Order {
+            order: self.value.order,
+            created: self.value.created,
+        };
+        keyed_words(self.replayed, &answer)
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        let flags = u64::from(self.value.created) | u64::from(self.replayed) << 1;
+        [2, self.value.order.id.0, flags]
     }
 }
 
@@ -242,6 +416,21 @@ impl Answered for WebhookAnswer {
             replayed: self.replayed,
         })
     }
+
+    fn describe(&self) -> String {
+        self.answer()
+            .map(|a| keyed_words(self.replayed, &a))
+            .unwrap_or_default()
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        let order = self.record.order_id.map_or(u64::MAX, |o| o.0);
+        [
+            3,
+            self.record.result as u64 | u64::from(self.replayed) << 8,
+            order,
+        ]
+    }
 }
 
 impl Answered for ProductView {
@@ -251,11 +440,59 @@ impl Answered for ProductView {
             units_received: self.product.units_received,
         })
     }
+
+    fn describe(&self) -> String {
+        self.answer().map(|a| words::answer(&a)).unwrap_or_default()
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        [
+            4,
+            u64::from(self.product.stock.0),
+            self.product.units_received,
+        ]
+    }
 }
 
 impl Answered for SweepReport {
     fn answer(&self) -> Option<Answer> {
         None
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "sweep released {} holds, cancelled {} orders",
+            self.holds_released, self.orders_cancelled
+        )
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        [5, self.holds_released as u64, self.orders_cancelled as u64]
+    }
+}
+
+/// Records `failure` in `slot` unless a failure came first, with the trace's last lines and the
+/// time now.
+fn record_failure(slot: &Mutex<Option<Failure>>, store: &SimStore, mut failure: Failure) {
+    let mut first = lock(slot);
+    if first.is_none() {
+        if failure.trace_tail.is_empty() {
+            failure.trace_tail = store.trace().tail();
+        }
+        failure.at_ms = failure.at_ms.or(Some(sim_us() / 1_000));
+        *first = Some(failure);
+    }
+}
+
+/// A webhook key's first answer: its result, its order, and the request it answered.
+type FirstAnswer = (WebhookResult, Option<u64>, u64);
+
+/// What a client key names: `hold-3` a hold, `order-4` an order.
+fn key_resource(key: &str) -> &'static str {
+    if key.starts_with("order") {
+        "order"
+    } else {
+        "hold"
     }
 }
 
@@ -322,10 +559,12 @@ impl World {
             store: store.clone(),
             service_config,
             instances: Mutex::new(instances),
-            stats: Mutex::new(Stats::default()),
+            stats: Arc::new(Mutex::new(Stats::default())),
             answers: Mutex::new(BTreeMap::new()),
             undelivered: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
+            failure: Arc::new(Mutex::new(None)),
+            requests: Arc::new(Mutex::new(Vec::new())),
+            keep: config.trace,
             skew_max_ms: Mutex::new(2_500),
             next_op: Mutex::new(products.len() as u64),
             products,
@@ -333,10 +572,20 @@ impl World {
             client_answers: Mutex::new(BTreeMap::new()),
             key_answers: Mutex::new(BTreeMap::new()),
         });
+        PARTIAL.with(|slot| {
+            *slot.borrow_mut() = Some(Partial {
+                store: store.clone(),
+                stats: world.stats.clone(),
+                failure: world.failure.clone(),
+                requests: world.requests.clone(),
+            });
+        });
         let started = madsim::time::Instant::now();
         world.clone().chaos_and_load(&plan).await;
         world.liveness(&plan).await;
         let failure = store.violation().or_else(|| lock(&world.failure).clone());
+        let requests = lock(&world.requests).clone();
+        let failure = failure.map(|f| world.located(f, &requests));
         let trace = store.trace();
         Report {
             seed: config.seed,
@@ -347,6 +596,7 @@ impl World {
             trace_hash: trace.hash(),
             trace_events: trace.len(),
             trace: trace.events().to_vec(),
+            requests,
             failure,
         }
     }
@@ -361,32 +611,39 @@ impl World {
             .strays
             .iter()
             .enumerate()
-            .map(|(i, &(at_ms, paid))| {
+            .map(|(i, &crate::plan::Stray { at_ms, paid })| {
                 let world = self.clone();
                 madsim::task::spawn(async move {
                     madsim::time::sleep(Duration::from_millis(at_ms)).await;
                     world.race("unknown_hold");
                     let hold_id = HoldId(1_000_000 + i as u64);
-                    world.deliver(world.payload(hold_id, paid)).await;
+                    world.deliver(world.payload(hold_id, paid), None).await;
                 })
             })
             .collect();
         let restocks: Vec<_> = plan
             .restocks
             .iter()
-            .map(|&(at_ms, product, qty)| {
-                let world = self.clone();
-                madsim::task::spawn(async move {
-                    madsim::time::sleep(Duration::from_millis(at_ms)).await;
-                    world.restock(product, Qty(qty)).await;
-                })
-            })
+            .map(
+                |&crate::plan::Restock {
+                     at_ms,
+                     product,
+                     qty,
+                 }| {
+                    let world = self.clone();
+                    madsim::task::spawn(async move {
+                        madsim::time::sleep(Duration::from_millis(at_ms)).await;
+                        world.restock(product, Qty(qty)).await;
+                    })
+                },
+            )
             .collect();
         let clients: Vec<_> = plan
             .clients
             .iter()
             .cloned()
-            .map(|journeys| madsim::task::spawn(self.clone().client(journeys)))
+            .enumerate()
+            .map(|(c, journeys)| madsim::task::spawn(self.clone().client(c, journeys)))
             .collect();
         let mut deliveries = Vec::new();
         for client in clients {
@@ -410,8 +667,8 @@ impl World {
             instance.clock.heal();
         }
         let pending = std::mem::take(&mut *lock(&self.undelivered));
-        for payload in pending {
-            self.deliver(payload).await;
+        for (payload, product) in pending {
+            self.deliver(payload, product).await;
         }
         // A deadline set by a clock that ran ahead lies that far beyond true time; wait for the
         // latest one, but never longer than the largest skew plus a TTL or window allows.
@@ -420,8 +677,13 @@ impl World {
             .saturating_add_ms(self.skew_max_ms());
         let latest = self.latest_deadline();
         if latest > deadline_bound {
-            self.fail(format!(
-                "liveness: a deadline at {latest} lies beyond any clock's reach"
+            self.fail(Failure::new(
+                Check::Liveness,
+                "deadline out of reach",
+                format!(
+                    "a deadline at {} lies beyond any clock's reach",
+                    words::time(latest)
+                ),
             ));
         }
         let wait_ms = latest
@@ -432,45 +694,58 @@ impl World {
         let service = lock(&self.instances)[0].service.clone();
         let op = OpContext::new(self.next_op(), Command::Sweep, None);
         if let Err(error) = OP.scope(op, service.sweep()).await {
-            self.fail(format!(
-                "liveness: the sweep failed with faults off: {error}"
+            self.fail(Failure::new(
+                Check::Liveness,
+                "sweep failed",
+                format!("the sweep failed with faults off: {error}"),
             ));
         }
         let ledger = self.store.ledger();
         if let Some(hold) = ledger.holds().find(|h| h.state == HoldState::Held) {
-            self.fail(format!(
-                "liveness: hold {} still held after every deadline passed",
-                hold.id
+            self.fail(Failure::new(
+                Check::Liveness,
+                "hold still held",
+                format!(
+                    "{} is still held after every deadline passed",
+                    words::hold(hold)
+                ),
             ));
         }
         if let Some(order) = ledger
             .orders()
             .find(|o| o.status == OrderStatus::PrePayment)
         {
-            self.fail(format!(
-                "liveness: order {} still awaits payment after its window",
-                order.id
+            self.fail(Failure::new(
+                Check::Liveness,
+                "order still awaits payment",
+                format!(
+                    "{} still awaits payment after its window",
+                    words::order(order)
+                ),
             ));
         }
-        if let Some(payload) = lock(&self.undelivered).first() {
-            self.fail(format!(
-                "liveness: webhook {} never answered with faults off",
-                payload.key
+        if let Some((payload, _)) = lock(&self.undelivered).first() {
+            self.fail(Failure::new(
+                Check::Liveness,
+                "webhook never answered",
+                format!("webhook {} was never answered with faults off", payload.key),
             ));
         }
         let log = self.store.commit_log();
         let answers = lock(&self.client_answers).clone();
         match refine::check(&ledger, &log, &answers) {
             Ok(checked) => self.count(|s| s.answers_checked = checked as u64),
-            Err(difference) => self.fail(format!("refinement: {difference}")),
+            Err(difference) => self.fail(difference),
         }
         self.check_request_keys(&ledger, &log);
         let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
         for key in answered {
             let recorded = IdempotencyKey::parse(&key).and_then(|k| ledger.webhook(&k).cloned());
             if recorded.is_none() {
-                self.fail(format!(
-                    "liveness: webhook {key} was answered but has no record"
+                self.fail(Failure::new(
+                    Check::Liveness,
+                    "webhook without record",
+                    format!("webhook {key} was answered but has no record"),
                 ));
             }
         }
@@ -485,7 +760,7 @@ impl World {
             .into_iter()
             .map(|r| (r.key.as_str().to_owned(), r))
             .collect();
-        let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut applied: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
         for (i, entry) in log
             .iter()
             .enumerate()
@@ -505,31 +780,61 @@ impl World {
                     .is_some_and(|k| entry.keys_recorded.iter().any(|r| r == k.as_str()))
             };
             if let (Some(key), true) = (&entry.key, made) {
-                *applied.entry(key.as_str()).or_default() += 1;
+                applied
+                    .entry(key.as_str())
+                    .or_default()
+                    .push((entry.op, entry.tx));
             }
         }
-        if let Some((key, times)) = applied.iter().find(|&(_, &n)| n > 1) {
-            self.fail(format!(
-                "idempotency: key {key} made a hold or order in {times} commits"
-            ));
+        if let Some((key, commits)) = applied.iter().find(|(_, c)| c.len() > 1) {
+            let list: Vec<String> = commits
+                .iter()
+                .map(|(op, tx)| format!("r{op} in tx{tx}"))
+                .collect();
+            self.fail(
+                Failure::new(
+                    Check::Idempotency,
+                    "key applied twice",
+                    format!(
+                        "Idempotency-Key {key} made a {} in {} commits: {}",
+                        key_resource(key),
+                        commits.len(),
+                        list.join(", ")
+                    ),
+                )
+                .at_request(commits.get(1).map(|&(op, _)| op)),
+            );
         }
         for (key, seen) in lock(&self.key_answers).iter() {
             let record = records.get(key).map(|r| r.resource_id);
             let expected: BTreeSet<u64> = record.into_iter().collect();
             if *seen != expected {
-                self.fail(format!(
-                    "idempotency: key {key} answered {seen:?}, its record names {record:?}"
+                let what = key_resource(key);
+                let seen: Vec<String> = seen.iter().map(|id| format!("{what} {id}")).collect();
+                self.fail(Failure::new(
+                    Check::Idempotency,
+                    "key answered otherwise than its record",
+                    format!(
+                        "Idempotency-Key {key} was answered with {}, but its record names {}",
+                        seen.join(" and "),
+                        record.map_or(format!("no {what}"), |id| format!("{what} {id}"))
+                    ),
                 ));
             }
         }
         for record in records.values() {
             if !record.names_its_resource(ledger) {
-                self.fail(format!(
-                    "idempotency: key {} names {} {}, which does not match {:?}",
-                    record.key,
-                    record.request.name(),
-                    record.resource_id,
-                    record.request
+                self.fail(Failure::new(
+                    Check::Idempotency,
+                    "record names another resource",
+                    format!(
+                        "Idempotency-Key {} names {} {}, which does not match its request \
+                         {:?}",
+                        record.key,
+                        record.request.name(),
+                        record.resource_id,
+                        record.request
+                    ),
                 ));
             }
         }
@@ -556,8 +861,24 @@ impl World {
         *lock(&self.skew_max_ms)
     }
 
-    fn fail(&self, message: String) {
-        lock(&self.failure).get_or_insert(message);
+    /// Records the run's first failure, with the trace's last lines and the time now.
+    fn fail(&self, failure: Failure) {
+        record_failure(&self.failure, &self.store, failure);
+    }
+
+    /// The failure with its request's instance and the simulated time it was sent at, where
+    /// the checker that found it did not know them.
+    fn located(&self, mut failure: Failure, requests: &[RequestSpan]) -> Failure {
+        let span = failure
+            .request
+            .and_then(|r| requests.iter().find(|span| span.request == r));
+        if let Some(span) = span {
+            failure.instance = failure.instance.or(Some(span.instance));
+            if failure.check != Check::Invariant && failure.check != Check::Panic {
+                failure.at_ms = Some(span.start_us / 1_000);
+            }
+        }
+        failure
     }
 
     fn count(&self, update: impl FnOnce(&mut Stats)) {
@@ -575,14 +896,16 @@ impl World {
     }
 
     /// Sends `request` to an instance as a task that a crash of that instance cuts off, and
-    /// keeps what the client saw for the replay to check.
+    /// keeps what the client saw for the replay to check. A panic in the request fails the run
+    /// and answers the client as a crash would. Returns the request's number and its answer.
     async fn call<T, F, Fut>(
         &self,
-        instance: usize,
+        (instance, lane): (usize, Lane),
+        product: Option<ProductId>,
         command: Command,
         key: Option<IdempotencyKey>,
         request: F,
-    ) -> Result<T, CallError>
+    ) -> (u64, Result<T, CallError>)
     where
         T: Answered + Send + 'static,
         F: FnOnce(Arc<Svc>) -> Fut,
@@ -590,18 +913,65 @@ impl World {
     {
         self.count(|s| s.requests += 1);
         let op = self.next_op();
+        let start_us = sim_us();
+        let lane_code = match lane {
+            Lane::Client(c) => c as u64,
+            Lane::Provider => 1 << 32,
+            Lane::Admin => 2 << 32,
+            Lane::Sweeper => 3 << 32,
+        };
+        // Words cost: they are written out only when the trace is kept.
+        let what = if self.keep {
+            let key = key
+                .as_ref()
+                .map(|k| format!(" with Idempotency-Key {k}"))
+                .unwrap_or_default();
+            format!("{}{key}", words::command(&command))
+        } else {
+            String::new()
+        };
+        let sent = if self.keep {
+            format!("{lane} sends {what}")
+        } else {
+            String::new()
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        {
+        let instance = {
             let mut instances = lock(&self.instances);
             let count = instances.len();
-            let instance = &mut instances[instance % count];
+            let index = instance % count;
+            let instance = &mut instances[index];
             let future = request(instance.service.clone());
             instance.inflight.retain(|handle| !handle.is_finished());
-            let scoped = OP.scope(OpContext::new(op, command, key), future);
+            let context = OpContext::on(op, command, key, index, product);
+            let scoped = CatchUnwind {
+                inner: Box::pin(OP.scope(context, future)),
+            };
+            let (store, failure) = (self.store.clone(), self.failure.clone());
             instance.inflight.push(madsim::task::spawn(async move {
-                let _ = sender.send(scoped.await);
+                match scoped.await {
+                    Ok(answer) => {
+                        let _ = sender.send(answer);
+                    }
+                    Err(message) => {
+                        let failure_of_request =
+                            Failure::new(Check::Panic, "panic", format!("panicked: {message}"))
+                                .at_request(Some(op));
+                        record_failure(&failure, &store, failure_of_request);
+                    }
+                }
             }));
-        }
+            index
+        };
+        self.store.note(Event {
+            at_us: start_us,
+            instance: Some(instance),
+            requests: vec![op],
+            tx: None,
+            product: product.map(|p| p.0),
+            text: sent,
+            digest: Some([0, lane_code, 0, 0]),
+        });
         let answer = match madsim::time::timeout(CLIENT_TIMEOUT, receiver).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(error))) => Err(CallError::Service(error)),
@@ -615,6 +985,56 @@ impl World {
             }
             Err(_) => None,
         };
+        let digest = match &answer {
+            Ok(value) => value.digest(),
+            Err(CallError::Service(ServiceError::Rejected(r))) => {
+                let code = r
+                    .code()
+                    .bytes()
+                    .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+                [6, code, 0]
+            }
+            Err(CallError::Service(_)) => [7, 0, 0],
+            Err(CallError::Crashed) => [8, 0, 0],
+            Err(CallError::Timeout) => [9, 0, 0],
+        };
+        let outcome = if self.keep {
+            match &answer {
+                Ok(value) => value.describe(),
+                Err(CallError::Service(ServiceError::Rejected(r))) => {
+                    format!("{} {r}", r.code())
+                }
+                Err(CallError::Service(error)) => format!("error: {error}"),
+                Err(CallError::Crashed) => "no answer: the instance crashed".to_owned(),
+                Err(CallError::Timeout) => "no answer: timed out".to_owned(),
+            }
+        } else {
+            String::new()
+        };
+        let answered = if self.keep {
+            format!("{lane} is answered {outcome}")
+        } else {
+            String::new()
+        };
+        let end_us = sim_us();
+        self.store.note(Event {
+            at_us: end_us,
+            instance: Some(instance),
+            requests: vec![op],
+            tx: None,
+            product: product.map(|p| p.0),
+            text: answered,
+            digest: Some([1, lane_code, digest[0] << 32 | digest[1], digest[2]]),
+        });
+        lock(&self.requests).push(RequestSpan {
+            request: op,
+            instance,
+            lane,
+            start_us,
+            end_us,
+            what,
+            outcome,
+        });
         if let Some(seen) = seen {
             lock(&self.client_answers).insert(op, seen);
         }
@@ -623,7 +1043,7 @@ impl World {
         {
             self.count(|s| s.request_errors += 1);
         }
-        answer
+        (op, answer)
     }
 
     fn any_instance(&self) -> usize {
@@ -631,27 +1051,34 @@ impl World {
     }
 
     /// One client: its journeys in order. Returns the provider deliveries it set off.
-    async fn client(self: Arc<Self>, journeys: Vec<Journey>) -> Vec<JoinHandle<()>> {
+    async fn client(self: Arc<Self>, client: usize, journeys: Vec<Journey>) -> Vec<JoinHandle<()>> {
         let mut deliveries = Vec::new();
         for journey in journeys {
             madsim::time::sleep(Duration::from_millis(journey.start_ms)).await;
-            deliveries.extend(self.clone().journey(journey).await);
+            deliveries.extend(self.clone().journey(client, journey).await);
         }
         deliveries
     }
 
-    async fn journey(self: Arc<Self>, journey: Journey) -> Option<JoinHandle<()>> {
-        let product_id = self.products[journey.product % self.products.len()];
-        let hold = self.hold(product_id, Qty(journey.qty), &journey).await?;
+    /// The storage's id of plan product `product` (from 1).
+    fn product_id(&self, product: usize) -> ProductId {
+        self.products[product.saturating_sub(1) % self.products.len()]
+    }
+
+    async fn journey(self: Arc<Self>, client: usize, journey: Journey) -> Option<JoinHandle<()>> {
+        let product_id = self.product_id(journey.product);
+        let hold = self
+            .hold(client, product_id, Qty(journey.qty), &journey)
+            .await?;
         let mut delivery = None;
         if let Some(verdict) = journey.verdict.clone().filter(|v| v.early) {
-            delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
+            delivery = Some(madsim::task::spawn(self.clone().provider(hold, verdict)));
         }
         let after_ms = journey.order_after_ms?;
         madsim::time::sleep(Duration::from_millis(after_ms)).await;
-        let ordered = self.order(hold.id, journey.keyed).await;
+        let ordered = self.order(client, &hold, journey.keyed).await;
         if ordered && let Some(verdict) = journey.verdict.filter(|v| !v.early) {
-            delivery = Some(madsim::task::spawn(self.clone().provider(hold.id, verdict)));
+            delivery = Some(madsim::task::spawn(self.clone().provider(hold, verdict)));
         }
         delivery
     }
@@ -681,6 +1108,7 @@ impl World {
     /// answer was lost comes back instead of a second one; without, it gives up.
     async fn hold(
         &self,
+        client: usize,
         product_id: ProductId,
         qty: Qty,
         journey: &Journey,
@@ -692,7 +1120,7 @@ impl World {
                 self.count(|s| s.keyed_retries += 1);
                 madsim::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            let instance = self.any_instance();
+            let instance = (self.any_instance(), Lane::Client(client));
             let placed = if journey.double_submit && attempt == 0 {
                 let (first, second) = tokio::join!(
                     self.place_hold(instance, key.as_ref(), product_id, qty),
@@ -716,8 +1144,6 @@ impl World {
                 Ok(Keyed { value, replayed }) => {
                     self.count(|s| s.holds_granted += 1);
                     self.keyed_answer(key.as_ref(), value.hold.id.0, replayed);
-                    self.store
-                        .note(&format!("client: hold {} granted", value.hold.id));
                     return Some(value.hold);
                 }
                 Err(CallError::Service(ServiceError::Rejected(rejection))) => {
@@ -738,7 +1164,7 @@ impl World {
     /// One hold request to one instance.
     async fn place_hold(
         &self,
-        instance: usize,
+        instance: (usize, Lane),
         key: Option<&IdempotencyKey>,
         product_id: ProductId,
         qty: Qty,
@@ -749,15 +1175,20 @@ impl World {
             qty,
             ttl_ms: self.service_config.hold_ttl_ms,
         };
-        self.call(instance, command, key.cloned(), move |s| async move {
-            s.place_hold_keyed(sent.as_ref(), product_id, qty).await
-        })
-        .await
+        let call = self.call(
+            instance,
+            Some(product_id),
+            command,
+            key.cloned(),
+            move |s| async move { s.place_hold_keyed(sent.as_ref(), product_id, qty).await },
+        );
+        call.await.1
     }
 
     /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any),
     /// under one idempotency key when `keyed`.
-    async fn order(&self, hold_id: HoldId, keyed: bool) -> bool {
+    async fn order(&self, client: usize, hold: &flashsale_core::Hold, keyed: bool) -> bool {
+        let hold_id = hold.id;
         let key = keyed.then(|| self.request_key("order"));
         for attempt in 0..4 {
             if attempt > 0 && keyed {
@@ -768,15 +1199,14 @@ impl World {
                 hold_id,
                 payment_window_ms: self.service_config.payment_window_ms,
             };
-            match self
-                .call(
-                    self.any_instance(),
-                    command,
-                    key.clone(),
-                    move |s| async move { s.place_order_keyed(sent.as_ref(), hold_id).await },
-                )
-                .await
-            {
+            let call = self.call(
+                (self.any_instance(), Lane::Client(client)),
+                Some(hold.product_id),
+                command,
+                key.clone(),
+                move |s| async move { s.place_order_keyed(sent.as_ref(), hold_id).await },
+            );
+            match call.await.1 {
                 Ok(Keyed { value, replayed }) => {
                     self.count(|s| {
                         if value.created {
@@ -786,10 +1216,6 @@ impl World {
                         }
                     });
                     self.keyed_answer(key.as_ref(), value.order.id.0, replayed);
-                    self.store.note(&format!(
-                        "client: order {} for hold {hold_id}",
-                        value.order.id
-                    ));
                     return true;
                 }
                 Err(CallError::Service(ServiceError::Rejected(_))) => {
@@ -808,19 +1234,17 @@ impl World {
 
     /// An admin restocks a product.
     async fn restock(&self, product: usize, qty: Qty) {
-        let product_id = self.products[product % self.products.len()];
+        let product_id = self.product_id(product);
         let command = Command::Restock { product_id, qty };
-        let restocked = self
-            .call(self.any_instance(), command, None, move |s| async move {
-                s.restock(product_id, qty).await
-            })
-            .await;
-        if let Ok(view) = restocked {
+        let call = self.call(
+            (self.any_instance(), Lane::Admin),
+            Some(product_id),
+            command,
+            None,
+            move |s| async move { s.restock(product_id, qty).await },
+        );
+        if call.await.1.is_ok() {
             self.count(|s| s.restocks += 1);
-            self.store.note(&format!(
-                "admin: product {product_id} restocked to {}",
-                view.product.stock
-            ));
         }
     }
 
@@ -842,7 +1266,8 @@ impl World {
     }
 
     /// The payment provider's deliveries for one hold.
-    async fn provider(self: Arc<Self>, hold_id: HoldId, verdict: Verdict) {
+    async fn provider(self: Arc<Self>, hold: flashsale_core::Hold, verdict: Verdict) {
+        let (hold_id, product) = (hold.id, Some(hold.product_id));
         madsim::time::sleep(Duration::from_millis(verdict.delay_ms)).await;
         let payload = self.payload(hold_id, verdict.paid);
         if verdict.early {
@@ -859,7 +1284,7 @@ impl World {
         for _ in 0..verdict.copies {
             let world = self.clone();
             let payload = payload.clone();
-            let copy = madsim::task::spawn(async move { world.deliver(payload).await });
+            let copy = madsim::task::spawn(async move { world.deliver(payload, product).await });
             if verdict.concurrent {
                 copies.push(copy);
             } else {
@@ -869,7 +1294,8 @@ impl World {
         }
         if verdict.conflicting {
             self.race("conflicting");
-            self.deliver(self.payload(hold_id, !verdict.paid)).await;
+            self.deliver(self.payload(hold_id, !verdict.paid), product)
+                .await;
         }
         for copy in copies {
             let _ = copy.await;
@@ -877,12 +1303,13 @@ impl World {
     }
 
     /// Delivers one webhook until the service answers, like a provider retrying on 5xx.
-    async fn deliver(&self, payload: WebhookPayload) {
+    async fn deliver(&self, payload: WebhookPayload, product: Option<ProductId>) {
         for attempt in 0..DELIVERY_ATTEMPTS_MAX {
             let sent = payload.clone();
-            let answer = self
+            let (op, answer) = self
                 .call(
-                    self.any_instance(),
+                    (self.any_instance(), Lane::Provider),
+                    product,
                     Command::ApplyWebhook(payload.clone()),
                     None,
                     move |s| async move { s.apply_webhook(&sent).await },
@@ -892,15 +1319,32 @@ impl World {
                 Ok(answer) => {
                     let key = payload.key.as_str().to_owned();
                     let result = answer.record.result;
-                    let seen = (result, answer.record.order_id.map(|o| o.0));
+                    let seen = (result, answer.record.order_id.map(|o| o.0), op);
                     let first = *lock(&self.answers).entry(key.clone()).or_insert(seen);
-                    if first != seen {
-                        self.fail(format!(
-                            "webhook key {key} answered {seen:?} after {first:?}: a key must always answer the same"
-                        ));
+                    if (first.0, first.1) != (seen.0, seen.1) {
+                        let words = |(result, order, _): FirstAnswer| {
+                            let order = order.map(|o| format!(", order_id: {o}"));
+                            format!(
+                                "{{result: {}{}}}",
+                                result.as_str(),
+                                order.unwrap_or_default()
+                            )
+                        };
+                        self.fail(
+                            Failure::new(
+                                Check::Webhook,
+                                "key answered differently",
+                                format!(
+                                    "webhook {key} was answered `200 {}` to r{op}, after `200 {}` \
+                                     to r{}: a key must always answer the same",
+                                    words(seen),
+                                    words(first),
+                                    first.2
+                                ),
+                            )
+                            .at_request(Some(op)),
+                        );
                     }
-                    self.store
-                        .note(&format!("provider: {key} -> {}", result.as_str()));
                     self.count(|s| {
                         *s.webhooks.entry(result.as_str().to_owned()).or_default() += 1;
                         if answer.replayed {
@@ -913,7 +1357,18 @@ impl World {
                     return;
                 }
                 Err(CallError::Service(ServiceError::Rejected(rejection))) => {
-                    self.fail(format!("webhook {} refused: {rejection}", payload.key));
+                    self.fail(
+                        Failure::new(
+                            Check::Webhook,
+                            "webhook refused",
+                            format!(
+                                "webhook {} was refused: {} {rejection}",
+                                payload.key,
+                                rejection.code()
+                            ),
+                        )
+                        .at_request(Some(op)),
+                    );
                     return;
                 }
                 Err(_) => {
@@ -922,17 +1377,20 @@ impl World {
                 }
             }
         }
-        lock(&self.undelivered).push(payload);
+        lock(&self.undelivered).push((payload, product));
     }
 
     async fn sweep_forever(self: Arc<Self>, instance: usize) {
         loop {
             madsim::time::sleep(Duration::from_millis(1_000)).await;
-            let _ = self
-                .call(instance, Command::Sweep, None, |s| async move {
-                    s.sweep().await
-                })
-                .await;
+            let call = self.call(
+                (instance, Lane::Sweeper),
+                None,
+                Command::Sweep,
+                None,
+                |s| async move { s.sweep().await },
+            );
+            let _ = call.await;
         }
     }
 
@@ -961,14 +1419,17 @@ impl World {
                             s.clock_steps_forward += 1
                         }
                     });
-                    self.store.note(&format!(
-                        "chaos: clock of instance {instance} steps {delta_ms} ms"
-                    ));
+                    self.store.note(Event {
+                        at_us: sim_us(),
+                        instance: Some(instance),
+                        text: format!("chaos: the clock steps {delta_ms:+} ms"),
+                        ..Event::default()
+                    });
                 }
-                Chaos::Crash { instance } => {
+                Chaos::Crash { instance: index } => {
                     let mut instances = lock(&self.instances);
                     let count = instances.len();
-                    let instance = &mut instances[instance % count];
+                    let instance = &mut instances[index % count];
                     for handle in instance.inflight.drain(..) {
                         handle.abort();
                     }
@@ -976,7 +1437,12 @@ impl World {
                     instance.service = instance_service(&self.store, clock, self.service_config);
                     drop(instances);
                     self.count(|s| s.crashes += 1);
-                    self.store.note("chaos: crash and restart");
+                    self.store.note(Event {
+                        at_us: sim_us(),
+                        instance: Some(index % count),
+                        text: "chaos: crash and restart".to_owned(),
+                        ..Event::default()
+                    });
                 }
             }
         }

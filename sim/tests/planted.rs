@@ -7,6 +7,7 @@
 
 #![cfg(madsim)]
 
+use flashsale_sim::failure::Failure;
 use flashsale_sim::plan::Plan;
 use flashsale_sim::shrink;
 use flashsale_sim::store::Bug;
@@ -25,7 +26,7 @@ fn config(seed: u64, bug: Option<Bug>) -> RunConfig {
 }
 
 /// The first seed below [`SEEDS_MAX`] whose run fails, with its failure.
-fn first_failure(bug: Option<Bug>) -> Option<(u64, String)> {
+fn first_failure(bug: Option<Bug>) -> Option<(u64, Failure)> {
     (0..SEEDS_MAX).find_map(|seed| world::run(&config(seed, bug)).failure.map(|f| (seed, f)))
 }
 
@@ -38,18 +39,21 @@ fn every_planted_bug_is_found_within_fifty_seeds() {
             "{} went unnoticed for {SEEDS_MAX} seeds",
             bug.name()
         );
-        let (seed, failure) = found.unwrap_or_default();
+        let Some((seed, failure)) = found else {
+            continue;
+        };
         eprintln!("{}: found at seed {seed}: {failure}", bug.name());
         // These leave every invariant intact: only their own checkers can see them.
         let checker = match bug {
             Bug::ForgetRequestKey => Some("idempotency:"),
-            Bug::CountExpiredHolds => Some("refinement: answer to request"),
-            Bug::LostCommitAsLostConnection => Some("refinement: request"),
+            Bug::CountExpiredHolds => Some("refinement: answer differs"),
+            Bug::LostCommitAsLostConnection => Some("refinement: request committed twice"),
+            Bug::PanicInCommit => Some("panic:"),
             _ => None,
         };
         if let Some(checker) = checker {
             assert!(
-                failure.starts_with(checker),
+                failure.kind.starts_with(checker),
                 "{} found by another check: {failure}",
                 bug.name()
             );
@@ -107,4 +111,29 @@ fn shrinking_keeps_the_failure_and_leaves_a_smaller_plan() {
         small_report.failure,
         "the shrunk plan replays"
     );
+}
+
+#[test]
+fn a_panic_fails_its_seed_with_its_message_request_and_last_trace_lines() {
+    world::quiet_panics();
+    let report = world::run(&config(0, Some(Bug::PanicInCommit)));
+    let failure = report.failure.expect("the planted panic fails the seed");
+    assert_eq!(failure.kind, "panic: panic");
+    assert!(
+        failure.message.contains("planted panic-in-commit") && failure.message.contains("store.rs"),
+        "the message and where: {failure}"
+    );
+    assert!(
+        failure.request.is_some() && failure.instance.is_some(),
+        "{failure}"
+    );
+    assert!(failure.at_ms.is_some_and(|ms| ms > 0), "{failure}");
+    assert!(
+        failure.trace_tail.len() >= 5,
+        "the last trace lines: {:?}",
+        failure.trace_tail
+    );
+    // Not an all-zero summary: the run went on and counted what it did.
+    assert!(report.stats.requests > 100, "{:?}", report.stats);
+    assert!(report.trace_events > 100 && report.trace_hash != 0);
 }

@@ -1,0 +1,233 @@
+//! Requests, answers, rows and violated invariants in the API's words (DESIGN.md's routes and
+//! fields, ids as the API shows them), for failures and traces a person reads. Times are the
+//! instance's wall clock as milliseconds since the run's epoch (`t+12345ms`), so they compare
+//! with the simulated times in the trace.
+
+use flashsale_core::{
+    Command, Hold, HoldState, Order, OrderStatus, Product, RequestRecord, Timestamp, WebhookRecord,
+    invariants::Violation,
+};
+
+use crate::clock::EPOCH_MS;
+use crate::refine::Answer;
+
+/// A wall-clock reading as an offset from the run's epoch.
+pub fn time(at: Timestamp) -> String {
+    let ms = i128::from(at.as_ms()) - i128::from(EPOCH_MS);
+    format!("t{ms:+}ms")
+}
+
+/// A request, as the route it stands for.
+pub fn command(command: &Command) -> String {
+    match command {
+        Command::CreateProduct { name, stock, .. } => {
+            format!("POST /api/admin/products {{name: {name:?}, stock: {stock}}}")
+        }
+        Command::Restock { product_id, qty } => {
+            format!("POST /api/admin/products/{product_id}/restock {{qty: {qty}}}")
+        }
+        Command::PlaceHold {
+            product_id, qty, ..
+        } => format!("POST /api/holds {{product_id: {product_id}, qty: {qty}}}"),
+        Command::PlaceOrder { hold_id, .. } => format!("POST /api/orders {{hold_id: {hold_id}}}"),
+        Command::ApplyWebhook(p) => format!(
+            "POST /api/payments/webhook {{idempotency_key: {}, hold_id: {}, status: {}}}",
+            p.key,
+            p.hold_id,
+            p.status.as_str()
+        ),
+        Command::Sweep => "sweep".to_owned(),
+        Command::SweepProduct { product_id } => format!("sweep of product {product_id}"),
+    }
+}
+
+/// A hold as `GET /api/holds/{id}` would show it.
+pub fn hold(hold: &Hold) -> String {
+    format!(
+        "hold {} {{product_id: {}, qty: {}, expires_at: {}, state: {}}}",
+        hold.id,
+        hold.product_id,
+        hold.qty,
+        time(hold.expires_at),
+        hold_state(hold.state)
+    )
+}
+
+fn hold_state(state: HoldState) -> String {
+    match state {
+        HoldState::Held => "held".to_owned(),
+        HoldState::Consumed(order) => format!("consumed by order {order}"),
+        HoldState::Released(reason) => format!("released ({reason:?})").to_lowercase(),
+    }
+}
+
+/// An order as `GET /api/orders/{id}` would show it.
+pub fn order(order: &Order) -> String {
+    format!(
+        "order {} {{hold_id: {}, product_id: {}, qty: {}, total_cents: {}, status: {}, \
+         payment_due_at: {}}}",
+        order.id,
+        order.hold_id,
+        order.product_id,
+        order.qty,
+        order.total_cents.0,
+        order_status(order.status),
+        time(order.payment_due_at)
+    )
+}
+
+fn order_status(status: OrderStatus) -> String {
+    format!("{status:?}").to_lowercase()
+}
+
+/// A product row, with the counters the API does not show.
+pub fn product(product: &Product) -> String {
+    format!(
+        "product {} {{stock: {}, units_held: {}, units_received: {}}}",
+        product.id, product.stock, product.units_held, product.units_received
+    )
+}
+
+/// A webhook record.
+pub fn webhook(record: &WebhookRecord) -> String {
+    format!(
+        "webhook {} {{hold_id: {}, status: {}, result: {}{}}}",
+        record.key,
+        record.hold_id,
+        record.status.as_str(),
+        record.result.as_str(),
+        record
+            .order_id
+            .map(|o| format!(", order_id: {o}"))
+            .unwrap_or_default()
+    )
+}
+
+/// A client request key's record.
+pub fn request_key(record: &RequestRecord) -> String {
+    format!(
+        "Idempotency-Key {} -> {} {}",
+        record.key,
+        record.request.name(),
+        record.resource_id
+    )
+}
+
+/// What a client was answered, as the API's status and body.
+pub fn answer(answer: &Answer) -> String {
+    match answer {
+        Answer::Hold {
+            hold: h,
+            holds_released,
+        } => {
+            let released = if holds_released.is_empty() {
+                String::new()
+            } else {
+                let ids: Vec<String> = holds_released.iter().map(ToString::to_string).collect();
+                format!(" (releasing expired holds {})", ids.join(", "))
+            };
+            format!("201 {}{released}", hold(h))
+        }
+        Answer::Order { order: o, created } => {
+            format!("{} {}", if *created { 201 } else { 200 }, order(o))
+        }
+        Answer::Webhook {
+            result, order_id, ..
+        } => format!(
+            "200 {{result: {}{}}}",
+            result.as_str(),
+            order_id
+                .map(|o| format!(", order_id: {o}"))
+                .unwrap_or_default()
+        ),
+        Answer::Restocked {
+            stock,
+            units_received,
+        } => format!("200 {{stock: {stock}, units_received: {units_received}}}"),
+        Answer::Rejected(rejection) => format!("{} {rejection}", rejection.code()),
+    }
+}
+
+/// A violated invariant, as DESIGN.md states it, and a short stable name for its kind.
+pub fn violation(violation: &Violation) -> (&'static str, String) {
+    match violation {
+        Violation::HeldExceedsStock {
+            product_id,
+            units_held,
+            stock,
+        } => (
+            "units held exceed stock",
+            format!("product {product_id} has {units_held} units held but a stock of {stock}"),
+        ),
+        Violation::HeldCounterMismatch {
+            product_id,
+            counter,
+            units_held,
+        } => (
+            "units held counter",
+            format!(
+                "product {product_id} counts {counter} units held, but its held holds hold \
+                 {units_held}"
+            ),
+        ),
+        Violation::CounterOutOfRange {
+            product_id,
+            counter,
+        } => (
+            "counter out of range",
+            format!("product {product_id}: {counter} is out of range"),
+        ),
+        Violation::HoldNotHeld { hold_id } => (
+            "hold not held",
+            format!("hold {hold_id} was changed while no longer held"),
+        ),
+        Violation::TerminalOrderChanged { order_id } => (
+            "terminal order changed",
+            format!("order {order_id} changed after it was paid or cancelled"),
+        ),
+        Violation::WriteSetUnresolved => (
+            "write set unresolved",
+            "a write named a row that was never inserted".to_owned(),
+        ),
+        Violation::UnitsNotConserved {
+            product_id,
+            stock,
+            units_sold,
+            units_received,
+        } => (
+            "units not conserved",
+            format!(
+                "product {product_id}: stock {stock} + units sold {units_sold} != units \
+                 received {units_received}"
+            ),
+        ),
+        Violation::DanglingProduct { product_id } => (
+            "dangling product",
+            format!("product {product_id} is named by a hold or order but does not exist"),
+        ),
+        Violation::HoldOrderMismatch { hold_id, order_id } => (
+            "hold and order disagree",
+            format!("hold {hold_id} and order {order_id} do not name each other"),
+        ),
+        Violation::OrderDisagreesWithHold { order_id } => (
+            "order disagrees with its hold",
+            format!("order {order_id} disagrees with its hold (product or qty)"),
+        ),
+        Violation::WebhookAppliedTwice {
+            hold_id,
+            first,
+            second,
+        } => (
+            "webhook applied twice",
+            format!("hold {hold_id} was changed by two webhook keys, {first} and {second}"),
+        ),
+        Violation::WebhookResultMismatch { key } => (
+            "webhook result",
+            format!("webhook {key}'s stored result does not match its hold and order"),
+        ),
+        Violation::PaymentDropped { key, hold_id } => (
+            "payment dropped",
+            format!("webhook {key} paid for hold {hold_id}, which has no paid order nor refund"),
+        ),
+    }
+}

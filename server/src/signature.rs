@@ -288,6 +288,78 @@ mod tests {
         );
     }
 
+    /// Every single-byte change of a valid signature's tag, timestamp or body is refused: a
+    /// comparison over only a prefix of the tag, or of the message, would let some through.
+    #[test]
+    fn every_single_byte_change_of_tag_timestamp_or_body_is_refused() {
+        let key = [secret("s")];
+        let header = sign(&key[0], NOW, BODY);
+        let (t_part, tag_hex) = header.split_once(",v1=").expect("t and v1");
+        let mut tag = [0_u8; TAG_BYTES];
+        hex::decode_to_slice(tag_hex, &mut tag).expect("hex");
+        for at in 0..TAG_BYTES {
+            for flip in [0x01_u8, 0x80, 0xff] {
+                let mut changed = tag;
+                if let Some(byte) = changed.get_mut(at) {
+                    *byte ^= flip;
+                }
+                let forged = format!("{t_part},v1={}", hex::encode(changed));
+                assert_eq!(
+                    verify(Some(&forged), BODY, &key, NOW),
+                    Err(SignatureError::Mismatch),
+                    "tag byte {at} ^ {flip:#04x}"
+                );
+            }
+        }
+        // A tag cut short is no tag, however much of it is right.
+        for len in 0..tag_hex.len() {
+            let cut = format!("{t_part},v1={}", tag_hex.get(..len).unwrap_or_default());
+            assert_eq!(
+                verify(Some(&cut), BODY, &key, NOW),
+                Err(SignatureError::Malformed),
+                "tag cut to {len} hex digits"
+            );
+        }
+        // Each digit of the timestamp changed to every other digit: signed over another
+        // message, so never accepted, whether or not it is still fresh.
+        let t_text = NOW.to_string();
+        for (at, _) in t_text.char_indices() {
+            for digit in b'0'..=b'9' {
+                let mut t_bytes = t_text.clone().into_bytes();
+                let Some(slot) = t_bytes.get_mut(at) else {
+                    continue;
+                };
+                if *slot == digit {
+                    continue;
+                }
+                *slot = digit;
+                let t_changed = String::from_utf8(t_bytes).expect("digits");
+                let forged = format!("t={t_changed},v1={tag_hex}");
+                let answer = verify(Some(&forged), BODY, &key, NOW);
+                assert!(
+                    matches!(
+                        answer,
+                        Err(SignatureError::Mismatch | SignatureError::Stale)
+                    ),
+                    "timestamp {t_changed}: {answer:?}"
+                );
+            }
+        }
+        // Each byte of the body changed.
+        for at in 0..BODY.len() {
+            let mut body = BODY.to_vec();
+            if let Some(byte) = body.get_mut(at) {
+                *byte ^= 0x01;
+            }
+            assert_eq!(
+                verify(Some(&header), &body, &key, NOW),
+                Err(SignatureError::Mismatch),
+                "body byte {at}"
+            );
+        }
+        assert_eq!(verify(Some(&header), BODY, &key, NOW), Ok(()));
+    }
+
     #[test]
     fn timestamp_exactly_at_the_tolerance_is_accepted() {
         let past = sign(&secret("s"), NOW - SIGNATURE_TOLERANCE_S, BODY);

@@ -277,6 +277,52 @@ async fn a_refused_hold_leaves_expired_holds_as_they_were(db: Db) {
     db.finish(&service).await;
 }
 
+/// Reads and grants agree at and around a hold's exact deadline: one instant before it the
+/// hold's units are held, at it they are free. Each read is asked of the database (the cache is
+/// off) and of the cache, which may not serve a value past the deadline.
+async fn reads_and_grants_agree_at_a_holds_exact_deadline(db: Db) {
+    let mut last = None;
+    for cache_staleness_ms in [0, CACHE_STALENESS_MS_DEFAULT] {
+        let clock = ManualClock::new(T0);
+        let config = Config {
+            cache_staleness_ms,
+            ..Config::default()
+        };
+        let service = db.service_with(&clock, config).await;
+        let p = product(&service, 5).await;
+        let hold = service.place_hold(p, Qty(2)).await.expect("granted").hold;
+        let view = async |service: &TestService| {
+            let read = service.product(p).await.expect("the product");
+            let (_, state) = service.hold(hold.id).await.expect("the hold");
+            (read.available, state)
+        };
+        // Read once before the deadline, so that a cached value exists to be wrongly kept.
+        assert_eq!(view(&service).await, (Qty(3), HoldView::Held));
+        clock.set(Timestamp(hold.expires_at.as_ms().saturating_sub(1)));
+        assert_eq!(
+            view(&service).await,
+            (Qty(3), HoldView::Held),
+            "one ms before"
+        );
+        rejected(service.place_hold(p, Qty(4)).await);
+        clock.set(hold.expires_at);
+        assert_eq!(
+            view(&service).await,
+            (Qty(5), HoldView::Expired),
+            "at the deadline the units are free (cache {cache_staleness_ms} ms)"
+        );
+        // ... and a grant agrees: all five.
+        let placed = service
+            .place_hold(p, Qty(5))
+            .await
+            .expect("granted at the deadline");
+        assert_eq!(placed.holds_released, vec![hold.id]);
+        assert_eq!(view(&service).await.0, Qty(0));
+        last = Some(service);
+    }
+    db.finish(&last.expect("two rounds")).await;
+}
+
 async fn webhooks_apply_once_and_answer_replays_from_the_record(db: Db) {
     let clock = ManualClock::new(T0);
     let service = db.service(&clock).await;
@@ -766,6 +812,7 @@ on_both_databases!(
     two_servers_with_skewed_clocks_agree_on_one_database,
     a_batch_is_granted_in_arrival_order_and_inserted_together,
     a_refused_hold_leaves_expired_holds_as_they_were,
+    reads_and_grants_agree_at_a_holds_exact_deadline,
     webhooks_apply_once_and_answer_replays_from_the_record,
     the_sweep_cancels_overdue_orders_and_returns_their_units_once,
     concurrent_holds_grant_exactly_the_stock,

@@ -251,3 +251,93 @@ fn whole_code(summary: &Value) -> Option<i32> {
         .is_some_and(|u| !u.is_empty());
     Some(if failed || uncovered { 1 } else { 0 })
 }
+
+/// No scripts, styles, images or links from elsewhere.
+fn assert_self_contained(page: &str) {
+    for outside in ["<script", "<link", " src=", " href=", "url("] {
+        assert!(!page.contains(outside), "the page loads {outside}");
+    }
+}
+
+#[test]
+fn a_failing_run_report_has_a_timeline_with_the_violating_request_highlighted() {
+    let dir = scratch("report");
+    let page = dir.join("run.html");
+    let output = sim(&[
+        "run",
+        "--seed",
+        "0",
+        "--bug",
+        "count-expired-holds",
+        "--json",
+        "--plan-dir",
+        dir.to_str().expect("utf-8"),
+        "--report",
+        page.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let request = json(&output)["shrunk"]["failure"]["request"]
+        .as_u64()
+        .expect("the shrunk failure names its request");
+    let html = std::fs::read_to_string(&page).expect("the report is written");
+    assert_self_contained(&html);
+    assert!(html.contains("<svg") && html.contains("Fault profile") && html.contains("Coverage"));
+    for lane in ["instance 0", "instance 2", "provider", "sweeper"] {
+        assert!(
+            html.contains(&format!(">{lane}</text>")),
+            "a lane for {lane}"
+        );
+    }
+    let violating = format!("class=\"violating\" data-request=\"r{request}\"");
+    assert_eq!(
+        html.matches(&violating).count(),
+        2,
+        "in its instance's and its client's lane"
+    );
+    assert_eq!(html.matches("class=\"violating\"").count(), 2, "only it");
+    // The shrunk plan lost its faults and chaos; seed 0's own run has both.
+    let whole = dir.join("whole.html");
+    let output = sim(&[
+        "run",
+        "--seed",
+        "0",
+        "--report",
+        whole.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let html = std::fs::read_to_string(&whole).expect("the report is written");
+    assert!(
+        html.contains("stroke=\"#000\""),
+        "injected faults are marked"
+    );
+    assert!(html.contains("stroke=\"#d00\""), "crashes are marked");
+    assert!(
+        !html.contains("class=\"violating\""),
+        "a passing run highlights nothing"
+    );
+}
+
+#[test]
+fn a_sweep_report_shows_seeds_per_second_and_coverage_per_item() {
+    let dir = scratch("sweep-report");
+    let page = dir.join("sweep.html");
+    let output = sim(&[
+        "sweep",
+        "--seeds",
+        "0..20",
+        "--report",
+        page.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.code().is_some());
+    let html = std::fs::read_to_string(&page).expect("the report is written");
+    assert_self_contained(&html);
+    assert!(html.contains("seeds/s"));
+    for item in [
+        "fault: deadlock",
+        "fault: commit answer lost",
+        "chaos: crash",
+    ] {
+        assert!(html.contains(&format!("<td>{item}</td>")), "{item}");
+    }
+    assert!(html.contains("20 seeds run"));
+}

@@ -37,8 +37,9 @@ fn every_regression_plan_replays_to_what_it_expects() {
             Some(expected) => assert_eq!(
                 kind.as_deref(),
                 Some(expected.kind.as_str()),
-                "{}: expected {}, got {:?}",
+                "{}: expected a failure of kind {:?} ({}), got {:?}",
                 path.display(),
+                expected.kind,
                 expected.message,
                 report.failure.map(|f| f.to_string())
             ),

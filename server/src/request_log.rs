@@ -51,7 +51,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The path with its numeric segments as `{id}`: the route, for logs, without one label per id.
-fn route_of(path: &str) -> String {
+pub fn route_of(path: &str) -> String {
     path.split('/')
         .map(|segment| {
             if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {

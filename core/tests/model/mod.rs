@@ -19,6 +19,8 @@ pub fn cases() -> u32 {
         .unwrap_or(1_000)
 }
 
+pub mod agree;
+
 use flashsale_core::{
     Cents, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, Order, OrderId, OrderStatus,
     Outcome, PaymentStatus, Product, ProductId, Qty, Rejection, ReleaseReason, Timestamp,

@@ -358,9 +358,8 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
 #[allow(clippy::result_large_err)]
 fn decode_webhook(body: &[u8]) -> Result<WebhookPayload, Problem> {
     let request: WebhookRequest = problem::parse_json(body)?;
-    let invalid = |detail: &str, field: &str| {
-        Problem::validation_failed(detail, Some(field.to_owned()))
-    };
+    let invalid =
+        |detail: &str, field: &str| Problem::validation_failed(detail, Some(field.to_owned()));
     let key = IdempotencyKey::parse(&request.idempotency_key).ok_or_else(|| {
         invalid(
             "idempotency_key must be 1 to 255 printable ASCII characters",

@@ -9,7 +9,6 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::{
     CancelReason, Cents, Fingerprint, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey,
@@ -17,102 +16,12 @@ use flashsale_core::{
     WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, Service, ServiceError};
+use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, ServiceError};
 use flashsale_server::store::sql::{OrderFilter, SqlStore};
-use sqlx::Executor;
 
-const T0: Timestamp = Timestamp(1_800_000_000_000);
-const TTL_MS: u64 = 60_000;
-const WINDOW_MS: u64 = 600_000;
+mod common;
 
-type TestService = Service<SqlStore, ManualClock>;
-
-/// A fresh database; dropped MariaDB databases are removed at the end of the test.
-struct Db {
-    url: String,
-    cleanup: Option<String>,
-    dir: Option<std::path::PathBuf>,
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique() -> String {
-    format!(
-        "{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-async fn sqlite() -> Db {
-    let dir = std::env::temp_dir().join(format!("flashsale-service-{}", unique()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let url = format!("sqlite:{}", dir.join("flashsale.db").display());
-    Db {
-        url,
-        cleanup: None,
-        dir: Some(dir),
-    }
-}
-
-async fn mariadb() -> Db {
-    let base = std::env::var("FLASHSALE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned());
-    let admin = sqlx::MySqlPool::connect(&base).await.unwrap_or_else(|e| {
-        panic!("MariaDB not reachable at {base} ({e}); start it with `bash .ci/mariadb.sh`")
-    });
-    let name = format!("fs_service_{}", unique());
-    let create = format!("CREATE DATABASE {name}");
-    admin
-        .execute(sqlx::AssertSqlSafe(create))
-        .await
-        .expect("create database");
-    admin.close().await;
-    Db {
-        url: format!("{base}/{name}"),
-        cleanup: Some(name),
-        dir: None,
-    }
-}
-
-impl Db {
-    async fn service(&self, clock: &ManualClock) -> TestService {
-        self.service_with(clock, Config::default()).await
-    }
-
-    /// A service with `config`, but the tests' TTL and payment window.
-    async fn service_with(&self, clock: &ManualClock, config: Config) -> TestService {
-        let store = SqlStore::connect(&self.url).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let config = Config {
-            hold_ttl_ms: TTL_MS,
-            payment_window_ms: WINDOW_MS,
-            ..config
-        };
-        Service::new(store, clock.clone(), config)
-    }
-
-    /// Checks the invariants on the database's rows, then drops a MariaDB database.
-    async fn finish(self, service: &TestService) {
-        let dump = service.dump().await.expect("dump");
-        if let Err(violation) = dump.check() {
-            panic!("invariant violated in {}: {violation}", self.url);
-        }
-        service.store().close().await;
-        if let Some(dir) = self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        if let Some(name) = self.cleanup {
-            let base = self.url.trim_end_matches(&format!("/{name}")).to_owned();
-            let admin = sqlx::MySqlPool::connect(&base).await.expect("reconnect");
-            let drop = format!("DROP DATABASE {name}");
-            admin
-                .execute(sqlx::AssertSqlSafe(drop))
-                .await
-                .expect("drop database");
-        }
-    }
-}
+use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite, unique};
 
 fn key(k: &str) -> IdempotencyKey {
     IdempotencyKey::parse(k).expect("valid key")

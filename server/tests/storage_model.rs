@@ -6,8 +6,12 @@
 //! the end the database's rows must equal the ledger's and keep the invariants. proptest shrinks
 //! a failure to a minimal sequence.
 //!
-//! Cases: 48 on SQLite and 16 on MariaDB by default (each case is a fresh database); set
-//! `STORAGE_MODEL_CASES` for more.
+//! The concurrent variant runs eight clients at once on three services with skewed clocks over
+//! one database, while the clocks pass hold deadlines, and checks the database's own state
+//! against every answer the clients got.
+//!
+//! Cases: 48 on SQLite and 16 on MariaDB by default, 6 each for the concurrent variant (each case
+//! is a fresh database); set `STORAGE_MODEL_CASES` for more.
 
 // Test arithmetic is on small generated numbers; an overflow would panic the test, as it should.
 #![allow(clippy::arithmetic_side_effects)]
@@ -503,4 +507,255 @@ fn the_service_on_sqlite_agrees_with_the_ledger() {
 #[test]
 fn the_service_on_mariadb_agrees_with_the_ledger() {
     check(mariadb, cases(16));
+}
+
+/// What one concurrent client does: a few hold attempts, each followed maybe by an order and a
+/// payment webhook (sometimes delivered twice, sometimes before the order).
+#[derive(Clone, Debug)]
+struct Journey {
+    product: u64,
+    qty: u32,
+    order: bool,
+    webhook: Option<(bool, bool)>,
+    early: bool,
+}
+
+fn journey() -> impl Strategy<Value = Journey> {
+    (
+        1u64..=2,
+        1u32..=3,
+        any::<bool>(),
+        prop::option::of((any::<bool>(), any::<bool>())),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(product, qty, order, webhook, early)| Journey {
+            product,
+            qty,
+            order,
+            webhook,
+            early,
+        })
+}
+
+/// What the clients were told, to check against the database afterwards.
+#[derive(Debug, Default)]
+struct Told {
+    holds: Vec<(HoldId, ProductId, Qty)>,
+    orders: Vec<(OrderId, HoldId, bool)>,
+    webhooks: Vec<(String, HoldId, bool, flashsale_core::WebhookResult)>,
+}
+
+/// One client on one of the services.
+async fn client(
+    service: TestService,
+    journeys: Vec<Journey>,
+    client: usize,
+) -> Result<Told, String> {
+    let mut told = Told::default();
+    for (n, j) in journeys.into_iter().enumerate() {
+        let placed = service.place_hold(ProductId(j.product), Qty(j.qty)).await;
+        let hold = match placed {
+            Ok(placed) => placed.hold,
+            Err(ServiceError::Rejected(Rejection::InsufficientStock { .. })) => continue,
+            Err(ServiceError::Busy { .. }) => continue,
+            Err(other) => return Err(format!("client {client}: hold: {other}")),
+        };
+        told.holds.push((hold.id, hold.product_id, hold.qty));
+        let deliver = async |told: &mut Told, paid: bool, twice: bool| -> Result<(), String> {
+            let key = format!("evt_{client}_{n}");
+            let payload = WebhookPayload {
+                key: IdempotencyKey::parse(&key).ok_or("a key")?,
+                hold_id: hold.id,
+                status: if paid {
+                    PaymentStatus::Paid
+                } else {
+                    PaymentStatus::Failed
+                },
+            };
+            for _ in 0..if twice { 2 } else { 1 } {
+                match service.apply_webhook(&payload).await {
+                    Ok(answer) => {
+                        told.webhooks
+                            .push((key.clone(), hold.id, paid, answer.record.result))
+                    }
+                    Err(ServiceError::Busy { .. }) => {}
+                    Err(other) => return Err(format!("client {client}: webhook: {other}")),
+                }
+            }
+            Ok(())
+        };
+        if let (true, Some((paid, twice))) = (j.early, j.webhook) {
+            deliver(&mut told, paid, twice).await?;
+        }
+        if j.order {
+            match service.place_order(hold.id).await {
+                Ok(placed) => told.orders.push((placed.order.id, hold.id, placed.created)),
+                Err(ServiceError::Rejected(
+                    Rejection::HoldExpired { .. } | Rejection::HoldReleased { .. },
+                ))
+                | Err(ServiceError::Busy { .. }) => {}
+                Err(other) => return Err(format!("client {client}: order: {other}")),
+            }
+        }
+        if let (false, Some((paid, twice))) = (j.early, j.webhook) {
+            deliver(&mut told, paid, twice).await?;
+        }
+    }
+    Ok(told)
+}
+
+/// The database's own state against what the clients were told: the invariants (no unit sold
+/// twice, conservation), every granted hold stored as granted and granted once, every created
+/// order the one order of its hold, every applied webhook's effect in the rows.
+fn told_agrees(dump: &flashsale_server::store::Dump, told: &[Told]) -> Result<(), String> {
+    dump.clone().check()?;
+    let mut granted = std::collections::HashSet::new();
+    for (id, product, qty) in told.iter().flat_map(|t| &t.holds) {
+        if !granted.insert(*id) {
+            return Err(format!("hold {id} granted to two requests"));
+        }
+        let row = dump.holds.iter().find(|h| h.id == *id);
+        if row.map(|h| (h.product_id, h.qty)) != Some((*product, *qty)) {
+            return Err(format!("hold {id} told {product} x{qty}, stored {row:?}"));
+        }
+    }
+    let mut created = std::collections::HashSet::new();
+    for (id, hold, was_created) in told.iter().flat_map(|t| &t.orders) {
+        let row = dump.orders.iter().find(|o| o.id == *id);
+        if row.map(|o| o.hold_id) != Some(*hold) {
+            return Err(format!("order {id} of hold {hold}, stored {row:?}"));
+        }
+        if *was_created && !created.insert(*hold) {
+            return Err(format!("two orders created for hold {hold}"));
+        }
+    }
+    for (key, hold, paid, result) in told.iter().flat_map(|t| &t.webhooks) {
+        let record = dump.webhooks.iter().find(|w| w.key.as_str() == key);
+        if record.map(|r| (r.hold_id, r.result)) != Some((*hold, *result)) {
+            return Err(format!("webhook {key} told {result:?}, stored {record:?}"));
+        }
+        if *result == flashsale_core::WebhookResult::Applied {
+            let order = dump
+                .orders
+                .iter()
+                .find(|o| o.hold_id == *hold)
+                .map(|o| o.status);
+            let hold_row = dump.holds.iter().find(|h| h.id == *hold).map(|h| h.state);
+            let effect = match (paid, order) {
+                (true, Some(status)) => status == flashsale_core::OrderStatus::Paid,
+                (false, Some(status)) => status == flashsale_core::OrderStatus::Cancelled,
+                (false, None) => matches!(hold_row, Some(flashsale_core::HoldState::Released(_))),
+                (true, None) => false,
+            };
+            if !effect {
+                return Err(format!(
+                    "webhook {key} applied, but hold {hold} is {hold_row:?}, its order {order:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Eight clients at once on three services with skewed clocks over one database, while the
+/// clocks move past hold deadlines; then the database's state against what they were told.
+fn check_concurrent<F, Fut>(make: F, cases: u32)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Db>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let config = Config {
+        cases,
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let plans = prop::collection::vec(prop::collection::vec(journey(), 1..8), 8);
+    let result = runner.run(&plans, |plans| {
+        runtime.block_on(async {
+            let db = make().await;
+            // Three services, one database, clocks 0, +300 ms and -300 ms from the first.
+            let skews = [0_i64, 300, -300];
+            let clocks: Vec<ManualClock> = skews
+                .iter()
+                .map(|&skew| ManualClock::new(Timestamp(T0.as_ms().saturating_add_signed(skew))))
+                .collect();
+            let mut services = Vec::new();
+            for clock in &clocks {
+                services.push(db.service(clock).await);
+            }
+            let first = &services[0];
+            first
+                .create_product("P", Cents(100), Qty(20))
+                .await
+                .expect("product 1");
+            first
+                .create_product("Q", Cents(100), Qty(4))
+                .await
+                .expect("product 2");
+            let mover = {
+                let clocks = clocks.clone();
+                tokio::spawn(async move {
+                    for _ in 0..40 {
+                        tokio::task::yield_now().await;
+                        for clock in &clocks {
+                            clock.advance(TTL_MS as i64 / 8);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                })
+            };
+            let tasks: Vec<_> = plans
+                .into_iter()
+                .enumerate()
+                .map(|(n, journeys)| {
+                    let service = services[n % services.len()].clone();
+                    tokio::spawn(client(service, journeys, n))
+                })
+                .collect();
+            let mut told = Vec::new();
+            let mut failure = None;
+            for task in tasks {
+                match task.await {
+                    Ok(Ok(t)) => told.push(t),
+                    Ok(Err(e)) => failure = Some(e),
+                    Err(e) => failure = Some(format!("a client panicked: {e}")),
+                }
+            }
+            let _ = mover.await;
+            // A sweep on every service, then the final state.
+            for service in &services {
+                let _ = service.sweep().await;
+            }
+            let dump = first
+                .dump()
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let verdict = match failure {
+                Some(e) => Err(e),
+                None => told_agrees(&dump, &told),
+            };
+            db.discard(first).await;
+            verdict.map_err(TestCaseError::fail)
+        })
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
+
+#[test]
+fn concurrent_clients_on_skewed_services_on_sqlite_keep_their_answers() {
+    check_concurrent(sqlite, cases(6));
+}
+
+#[test]
+fn concurrent_clients_on_skewed_services_on_mariadb_keep_their_answers() {
+    check_concurrent(mariadb, cases(6));
 }

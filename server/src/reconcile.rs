@@ -230,6 +230,14 @@ fn decode_webhook_cursor(text: &str) -> Option<WebhookCursor> {
     })
 }
 
+/// Cuts a fetch of `limit + 1` rows to the page; whether a row was cut says there is a next page.
+fn truncate_page<T>(rows: &mut Vec<T>, limit: u32) -> bool {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    more
+}
+
 /// One page of webhook records as JSON: `{"items": [...], "next_cursor": ...}`, the cursor
 /// `null` on the last page.
 ///
@@ -241,8 +249,7 @@ pub async fn webhooks(store: &SqlStore, query: &WebhookQuery) -> Result<Value, S
     let mut records = store
         .webhook_page(query.result, query.after.as_ref(), fetch)
         .await?;
-    let more = records.len() > usize::try_from(query.limit).unwrap_or(usize::MAX);
-    records.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+    let more = truncate_page(&mut records, query.limit);
     let next = more.then(|| records.last()).flatten().map(|last| {
         encode_webhook_cursor(&WebhookCursor {
             received_at: last.received_at,
@@ -272,8 +279,7 @@ pub async fn webhooks(store: &SqlStore, query: &WebhookQuery) -> Result<Value, S
 pub async fn orders(store: &SqlStore, query: &OrderQuery) -> Result<Value, StoreError> {
     let fetch = query.limit.saturating_add(1);
     let mut orders = store.order_page(query.filter, query.after, fetch).await?;
-    let more = orders.len() > usize::try_from(query.limit).unwrap_or(usize::MAX);
-    orders.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+    let more = truncate_page(&mut orders, query.limit);
     let next = more
         .then(|| orders.last())
         .flatten()

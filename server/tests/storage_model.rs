@@ -449,12 +449,8 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// Runs the property on fresh databases made by `make`.
-fn check<F, Fut>(make: F, cases: u32)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Db>,
-{
+/// A runtime for the services, and a proptest runner of `cases` cases.
+fn runner(cases: u32, max_shrink_iters: u32) -> (tokio::runtime::Runtime, TestRunner) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -462,11 +458,20 @@ where
         .expect("a runtime");
     let config = Config {
         cases,
-        max_shrink_iters: 200,
+        max_shrink_iters,
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new(config);
+    (runtime, TestRunner::new(config))
+}
+
+/// Runs the property on fresh databases made by `make`.
+fn check<F, Fut>(make: F, cases: u32)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Db>,
+{
+    let (runtime, mut runner) = runner(cases, 200);
     let result = runner.run(&sequence(), |ops| {
         runtime.block_on(async {
             let db = make().await;
@@ -664,18 +669,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Db>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let config = Config {
-        cases,
-        max_shrink_iters: 0,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
+    // Shrinking would rerun a different interleaving: a failure is reported as it happened.
+    let (runtime, mut runner) = runner(cases, 0);
     let plans = prop::collection::vec(prop::collection::vec(journey(), 1..8), 8);
     let result = runner.run(&plans, |plans| {
         runtime.block_on(async {

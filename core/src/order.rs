@@ -346,6 +346,41 @@ mod tests {
     }
 
     #[test]
+    fn the_payment_window_is_one_second_to_seven_days_fifteen_minutes_by_default() {
+        assert_eq!(PAYMENT_WINDOW_MS_DEFAULT, 900_000);
+        for ok in [1_000, 900_000, 604_800_000] {
+            assert_eq!(validate_payment_window(ok), Ok(()), "{ok} ms");
+        }
+        for refused in [0, 999, 604_800_001] {
+            assert_eq!(
+                validate_payment_window(refused),
+                Err(Rejection::InvalidPaymentWindow {
+                    payment_window_ms: refused
+                }),
+                "{refused} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_have_their_api_words_and_only_paid_and_cancelled_are_final() {
+        let words = [
+            (OrderStatus::PrePayment, "pre_payment", false, true),
+            (OrderStatus::Paid, "paid", true, true),
+            (OrderStatus::Cancelled, "cancelled", true, false),
+        ];
+        for (status, word, terminal, holds_units) in words {
+            assert_eq!(status.as_str(), word);
+            assert_eq!(OrderStatus::parse(word), Some(status));
+            assert_eq!(status.is_terminal(), terminal, "{word}");
+            assert_eq!(status.holds_units(), holds_units, "{word}");
+        }
+        for unknown in ["", "Paid", "pending", "xyzzy"] {
+            assert_eq!(OrderStatus::parse(unknown), None, "{unknown:?}");
+        }
+    }
+
+    #[test]
     fn a_held_hold_becomes_a_pre_payment_order_priced_at_qty_times_price() {
         let decision = place_order(
             &hold(HoldState::Held),

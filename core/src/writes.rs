@@ -265,11 +265,6 @@ impl Changes {
         self.product_changed = true;
     }
 
-    /// Records a webhook delivery with its result.
-    pub fn record_webhook(&mut self, record: WebhookRecord) {
-        self.writes.webhook = Some(record);
-    }
-
     /// Records a client request's idempotency key with the resource it answered.
     pub fn record_request(&mut self, write: RequestKeyWrite) {
         self.writes.request_keys.push(write);

@@ -28,7 +28,7 @@ use flashsale_core::{
     RequestRecord, Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
 };
 use flashsale_sync::batch::{HoldQueues, Waiting};
-use flashsale_sync::cache::ProductCache;
+use flashsale_sync::cache::{Moment, ProductCache};
 use flashsale_sync::keys::{Claim, KeysInFlight};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -438,8 +438,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             });
         }
         let now = self.clock.now();
+        let moment = Moment {
+            wall: now,
+            monotonic_ms: self.clock.monotonic_ms(),
+        };
         let caching = self.config.cache_staleness_ms > 0;
-        if caching && let Some(view) = self.cache.get(id, now) {
+        if caching && let Some(view) = self.cache.get(id, moment) {
             metrics::counter!("flashsale_product_cache_total", "outcome" => "hit").increment(1);
             return Ok(view);
         }
@@ -461,10 +465,17 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             Ok::<_, ServiceError>((view, read.next_deadline))
         })?;
         if caching {
-            let stale_at = now.saturating_add_ms(self.config.cache_staleness_ms);
+            let staleness_ms = self.config.cache_staleness_ms;
+            let stale_at = now.saturating_add_ms(staleness_ms);
             let valid_until = next_deadline.map_or(stale_at, |at| at.min(stale_at));
-            self.cache
-                .store(id, generation, view.clone(), now, valid_until);
+            self.cache.store(
+                id,
+                generation,
+                view.clone(),
+                moment,
+                valid_until,
+                staleness_ms,
+            );
         }
         Ok(view)
     }

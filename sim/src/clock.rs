@@ -53,6 +53,12 @@ pub fn true_now() -> Timestamp {
 }
 
 impl Clock for SimClock {
+    /// True simulated time since the clock was made: no offset, no steps, no drift (the drift
+    /// is the wall clock's, and `heal` takes it away, which a monotonic clock must not see).
+    fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn now(&self) -> Timestamp {
         let elapsed_ms = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
         let drift = elapsed_ms.saturating_mul(self.drift_ppm.load(Ordering::SeqCst)) / 1_000_000;

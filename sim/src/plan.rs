@@ -126,6 +126,11 @@ pub struct Journey {
     /// Whether a keyed client sends its hold request twice at once to one server, as a double
     /// click does.
     pub double_submit: bool,
+    /// Whether the client reads what it made (`GET` of the product, the hold, the order) after
+    /// each step, and the product and hold again one millisecond before, at and after the hold's
+    /// deadline on one instance's clock, and the order at its payment deadline.
+    #[serde(default)]
+    pub reads: bool,
 }
 
 /// Something the world does to the servers.
@@ -258,6 +263,11 @@ impl Plan {
             .collect();
         // Drawn last, so the rest of every seed's plan stays as it was before batching existed.
         let hold_batch_max = [1, 2, 8, 128][rng.below(4) as usize];
+        // Drawn after it, for the same reason: reads came later still.
+        let mut clients = clients;
+        for journey in clients.iter_mut().flatten() {
+            journey.reads = rng.chance(30);
+        }
         Plan {
             stocks,
             hold_ttl_ms,
@@ -365,6 +375,7 @@ fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> J
         verdict,
         keyed,
         double_submit: keyed && rng.chance(20),
+        reads: false,
     }
 }
 
@@ -418,6 +429,9 @@ impl fmt::Display for Plan {
                         (false, _) => "",
                     }
                 )?;
+                if j.reads {
+                    write!(f, ", reading")?;
+                }
                 match j.order_after_ms {
                     Some(ms) => write!(f, ", order {ms} ms later")?,
                     None => write!(f, ", abandon")?,

@@ -16,8 +16,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use flashsale_core::{
-    Command, Hold, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderId, Outcome, ProductId,
-    Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
+    Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId, Outcome,
+    Product, ProductId, Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
 };
 
 use crate::failure::{Check, Failure};
@@ -35,8 +35,8 @@ tokio::task_local! {
 pub struct OpContext {
     /// The request's number in the run; answers are matched to log entries by it.
     pub id: u64,
-    /// The command, with the storage's ids.
-    pub command: Command,
+    /// The command, with the storage's ids; `None` for a read, which commands nothing.
+    pub command: Option<Command>,
     /// The client's idempotency key, on keyed hold and order requests.
     pub key: Option<IdempotencyKey>,
     /// The last clock reading inside the request.
@@ -58,7 +58,7 @@ impl OpContext {
         };
         RefCell::new(OpContext {
             id,
-            command,
+            command: Some(command),
             key,
             now: None,
             instance: None,
@@ -66,15 +66,26 @@ impl OpContext {
         })
     }
 
-    /// A context for request `id` doing `command` on `instance`, about `product`.
+    /// A context for request `id` doing `command` (or reading, without one) on `instance`,
+    /// about `product`.
     pub fn on(
         id: u64,
-        command: Command,
+        command: Option<Command>,
         key: Option<IdempotencyKey>,
         instance: usize,
         product: Option<ProductId>,
     ) -> RefCell<OpContext> {
-        let op = OpContext::new(id, command, key);
+        let op = match command {
+            Some(command) => OpContext::new(id, command, key),
+            None => RefCell::new(OpContext {
+                id,
+                command: None,
+                key,
+                now: None,
+                instance: None,
+                product: None,
+            }),
+        };
         {
             let mut context = op.borrow_mut();
             context.instance = Some(instance);
@@ -83,15 +94,22 @@ impl OpContext {
         op
     }
 
+    /// The clock reading of the current request, if it is one and read its clock.
+    pub fn now_of_current() -> Option<Timestamp> {
+        OP.try_with(|op| op.borrow().now).ok().flatten()
+    }
+
     /// Whether a client is answered with what this command decides, so that an end without
     /// writes is worth logging.
     pub fn is_answered(&self) -> bool {
         matches!(
             self.command,
-            Command::PlaceHold { .. }
-                | Command::PlaceOrder { .. }
-                | Command::ApplyWebhook(_)
-                | Command::Restock { .. }
+            Some(
+                Command::PlaceHold { .. }
+                    | Command::PlaceOrder { .. }
+                    | Command::ApplyWebhook(_)
+                    | Command::Restock { .. }
+            )
         )
     }
 }
@@ -149,6 +167,8 @@ pub struct Entry {
     pub key: Option<IdempotencyKey>,
     /// The clock reading it decided at.
     pub now: Timestamp,
+    /// The true simulated time it ended at, in microseconds from the run's start.
+    pub at_us: u64,
     /// Whether it committed writes; otherwise it rolled back or committed a read.
     pub wrote: bool,
     /// Whether it answered this request from its idempotency key's record, deciding nothing.
@@ -233,6 +253,83 @@ impl Answer {
         }
         self
     }
+}
+
+/// What a request asks of the service: a command, or a read.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// A command, which the commit log records.
+    Command(Command),
+    /// A read, which writes nothing and is checked against every state it may have seen.
+    Read(Target),
+}
+
+impl From<Command> for Request {
+    fn from(command: Command) -> Self {
+        Request::Command(command)
+    }
+}
+
+/// What a read asks for, with the storage's ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `GET /api/products/{id}`.
+    Product(ProductId),
+    /// `GET /api/holds/{id}`.
+    Hold(HoldId),
+    /// `GET /api/orders/{id}`.
+    Order(OrderId),
+}
+
+/// What a read was answered, with the storage's ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A product's row and its units available at the read's clock reading.
+    Product {
+        /// The row.
+        product: Product,
+        /// Units available.
+        available: Qty,
+    },
+    /// A hold's row and how it looks at the read's clock reading.
+    Hold {
+        /// The row.
+        hold: Hold,
+        /// Its view.
+        view: HoldView,
+    },
+    /// An order's row.
+    Order(Order),
+}
+
+/// A read a client was answered, and the positions of the commit log whose states it may have
+/// read: a read is linearizable if some state between the commits before it was sent and those
+/// before it was answered gives its answer at its clock reading. A product read may be
+/// answered from the instance's cache, so its first position is the log's length a
+/// cache-staleness before it was sent.
+#[derive(Clone, Debug)]
+pub struct Read {
+    /// The request's number.
+    pub op: u64,
+    /// What it read.
+    pub target: Target,
+    /// The clock reading it decided at.
+    pub now: Timestamp,
+    /// The first position (a log length) it may have read.
+    pub from: usize,
+    /// The last position (the log's length when it was answered).
+    pub to: usize,
+    /// What it was answered.
+    pub seen: Seen,
+}
+
+/// What `check` checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Answers to commands, each at its request's last log entry.
+    pub answers: usize,
+    /// Reads, each against the states of its positions.
+    pub reads: usize,
 }
 
 /// Storage ids to ledger ids, built while replaying.
@@ -330,40 +427,51 @@ impl Ids {
         })
     }
 
+    /// A ledger id's storage id, where the storage has one.
+    fn back<T: Copy + PartialEq>(map: &BTreeMap<u64, T>, id: T, make: fn(u64) -> T) -> T {
+        map.iter()
+            .find(|&(_, &v)| v == id)
+            .map_or(id, |(&k, _)| make(k))
+    }
+
+    /// A ledger's hold row in the storage's ids.
+    fn storage_hold(&self, hold: &Hold) -> Hold {
+        Hold {
+            id: Ids::back(&self.holds, hold.id, HoldId),
+            product_id: Ids::back(&self.products, hold.product_id, ProductId),
+            state: match hold.state {
+                HoldState::Consumed(o) => HoldState::Consumed(Ids::back(&self.orders, o, OrderId)),
+                other => other,
+            },
+            ..*hold
+        }
+    }
+
+    /// A ledger's order row in the storage's ids.
+    fn storage_order(&self, order: &Order) -> Order {
+        Order {
+            id: Ids::back(&self.orders, order.id, OrderId),
+            hold_id: Ids::back(&self.holds, order.hold_id, HoldId),
+            product_id: Ids::back(&self.products, order.product_id, ProductId),
+            ..*order
+        }
+    }
+
     /// An answer of the ledger's in the storage's ids (the API's), where the storage has them.
     fn to_storage(&self, answer: &Answer) -> Answer {
-        fn back<T: Copy + PartialEq>(map: &BTreeMap<u64, T>, id: T, make: fn(u64) -> T) -> T {
-            map.iter()
-                .find(|&(_, &v)| v == id)
-                .map_or(id, |(&k, _)| make(k))
-        }
-        let hold_id = |id| back(&self.holds, id, HoldId);
-        let order_id = |id| back(&self.orders, id, OrderId);
-        let product_id = |id| back(&self.products, id, ProductId);
-        let order_row = |o: &Order| Order {
-            id: order_id(o.id),
-            hold_id: hold_id(o.hold_id),
-            product_id: product_id(o.product_id),
-            ..*o
-        };
         match answer {
             Answer::Hold {
                 hold,
                 holds_released,
             } => Answer::Hold {
-                hold: Hold {
-                    id: hold_id(hold.id),
-                    product_id: product_id(hold.product_id),
-                    state: match hold.state {
-                        HoldState::Consumed(o) => HoldState::Consumed(order_id(o)),
-                        other => other,
-                    },
-                    ..*hold
-                },
-                holds_released: holds_released.iter().map(|&h| hold_id(h)).collect(),
+                hold: self.storage_hold(hold),
+                holds_released: holds_released
+                    .iter()
+                    .map(|&h| Ids::back(&self.holds, h, HoldId))
+                    .collect(),
             },
             Answer::Order { order, created } => Answer::Order {
-                order: order_row(order),
+                order: self.storage_order(order),
                 created: *created,
             },
             Answer::Webhook {
@@ -372,10 +480,39 @@ impl Ids {
                 replayed,
             } => Answer::Webhook {
                 result: *result,
-                order_id: order.map(order_id),
+                order_id: order.map(|o| Ids::back(&self.orders, o, OrderId)),
                 replayed: *replayed,
             },
             other => other.clone(),
+        }
+    }
+
+    /// What the ledger answers `read` with at its clock reading, in the storage's ids; `None`
+    /// where the row it reads does not exist yet (in this state, or in the ledger).
+    fn read(&self, ledger: &Ledger, read: &Read) -> Option<Seen> {
+        match read.target {
+            Target::Product(id) => {
+                let id = *self.products.get(&id.0)?;
+                let product = ledger.product(id)?;
+                Some(Seen::Product {
+                    product: Product {
+                        id: Ids::back(&self.products, product.id, ProductId),
+                        ..product.clone()
+                    },
+                    available: ledger.available(id, read.now)?,
+                })
+            }
+            Target::Hold(id) => {
+                let hold = ledger.hold(*self.holds.get(&id.0)?)?;
+                Some(Seen::Hold {
+                    hold: self.storage_hold(hold),
+                    view: hold.view(read.now),
+                })
+            }
+            Target::Order(id) => {
+                let order = ledger.order(*self.orders.get(&id.0)?)?;
+                Some(Seen::Order(self.storage_order(order)))
+            }
         }
     }
 
@@ -409,13 +546,14 @@ impl Ids {
 }
 
 /// Replays `log` through a fresh ledger, checks every answer in `answers` (by request number)
-/// against the ledger's at its request's last entry, and compares the result with `stored`, the
-/// storage's final rows. Returns how many answers it checked.
+/// against the ledger's at its request's last entry and every read in `reads` against the
+/// states of its positions, and compares the result with `stored`, the storage's final rows.
+/// Returns how many answers and reads it checked.
 ///
 /// # Errors
 /// The first disagreement: a committed transaction the ledger refuses, a different number of
-/// rows created, an answer the ledger would not have given at that point, or a final row that
-/// differs.
+/// rows created, an answer the ledger would not have given at that point, a read no state of
+/// its positions gives, or a final row that differs.
 #[allow(
     clippy::result_large_err,
     reason = "a failure ends the run's check: it is returned once, never on a hot path"
@@ -424,7 +562,8 @@ pub fn check(
     stored: &Ledger,
     log: &[Entry],
     answers: &BTreeMap<u64, Answer>,
-) -> Result<usize, Failure> {
+    reads: &[Read],
+) -> Result<Checked, Failure> {
     let mut last = BTreeMap::new();
     // One request attempt commits its effect at most once: the service must never run a
     // transaction again after a commit whose answer it lost. (A sweep is one request over many
@@ -456,8 +595,10 @@ pub fn check(
     let mut ledger = Ledger::new();
     let mut ids = Ids::default();
     let mut checked = 0usize;
+    let mut readings = Readings::new(reads);
     let mut start = 0;
     while start < log.len() {
+        readings.at(start, &ledger, &ids, log)?;
         // One transaction: one entry, or a batch's entries in arrival order.
         let tx = log[start].tx;
         let end = log[start..]
@@ -477,9 +618,94 @@ pub fn check(
         )?);
         start = end;
     }
+    readings.at(log.len(), &ledger, &ids, log)?;
     compare(stored, &ledger, &ids)
         .map_err(|message| Failure::new(Check::Refinement, "final rows differ", message))?;
-    Ok(checked)
+    Ok(Checked {
+        answers: checked,
+        reads: readings.checked,
+    })
+}
+
+/// The reads being checked while the log replays: each is tried at every position from its
+/// first to its last, and passes at the first state that gives its answer.
+struct Readings<'a> {
+    /// By first position.
+    waiting: std::iter::Peekable<std::vec::IntoIter<&'a Read>>,
+    /// Reads whose first position has passed, not yet matched.
+    open: Vec<&'a Read>,
+    checked: usize,
+}
+
+impl<'a> Readings<'a> {
+    fn new(reads: &'a [Read]) -> Self {
+        let mut waiting: Vec<&Read> = reads.iter().collect();
+        waiting.sort_by_key(|r| r.from);
+        Readings {
+            waiting: waiting.into_iter().peekable(),
+            open: Vec::new(),
+            checked: 0,
+        }
+    }
+
+    /// Tries the open reads against the state at log position `position`.
+    #[allow(
+        clippy::result_large_err,
+        reason = "a failure ends the run's check: it is returned once, never on a hot path"
+    )]
+    fn at(
+        &mut self,
+        position: usize,
+        ledger: &Ledger,
+        ids: &Ids,
+        log: &[Entry],
+    ) -> Result<(), Failure> {
+        while let Some(read) = self.waiting.next_if(|r| r.from <= position) {
+            self.open.push(read);
+        }
+        let mut failed = None;
+        let mut checked = 0usize;
+        self.open.retain(|read| {
+            if ids.read(ledger, read).as_ref() == Some(&read.seen) {
+                checked = checked.saturating_add(1);
+                false
+            } else if read.to <= position {
+                if failed.is_none() {
+                    failed = Some((*read, ids.read(ledger, read)));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        self.checked = self.checked.saturating_add(checked);
+        match failed {
+            None => Ok(()),
+            Some((read, last)) => {
+                let tx = |at: usize| {
+                    log.get(at)
+                        .map_or("the end".to_owned(), |e| format!("tx{}", e.tx))
+                };
+                Err(Failure::new(
+                    Check::Refinement,
+                    "read differs",
+                    format!(
+                        "read r{} ({} at {} on its instance's clock) was answered `{}`, but no \
+                         state in commit order from before {} to before {} gives that; the last \
+                         one gives `{}`",
+                        read.op,
+                        words::target(read.target),
+                        words::time(read.now),
+                        words::seen(&read.seen),
+                        tx(read.from),
+                        tx(read.to),
+                        last.map_or("nothing: no such row".to_owned(), |s| words::seen(&s))
+                    ),
+                )
+                .at_request(Some(read.op)))
+            }
+        }
+    }
 }
 
 /// A replay that could not go on: an id the storage never committed, or an outcome no client is
@@ -724,6 +950,7 @@ mod tests {
             command,
             key: None,
             now: Timestamp(now),
+            at_us: now,
             wrote: true,
             holds_inserted: vec![],
             orders_inserted: vec![],
@@ -777,13 +1004,19 @@ mod tests {
 
     #[test]
     fn rows_that_match_the_replay_pass_whatever_their_ids() {
-        assert_eq!(check(&stored(2), &log(), &BTreeMap::new()), Ok(0));
+        assert_eq!(
+            check(&stored(2), &log(), &BTreeMap::new(), &[]),
+            Ok(Checked {
+                answers: 0,
+                reads: 0
+            })
+        );
     }
 
     #[test]
     fn a_row_that_differs_from_the_replay_is_reported() {
-        let difference =
-            check(&stored(1), &log(), &BTreeMap::new()).expect_err("qty 1 is not what was decided");
+        let difference = check(&stored(1), &log(), &BTreeMap::new(), &[])
+            .expect_err("qty 1 is not what was decided");
         assert_eq!(difference.kind, "refinement: final rows differ");
         assert!(difference.message.starts_with("hold 40"), "{difference}");
     }
@@ -796,8 +1029,8 @@ mod tests {
             qty: Qty(4),
             ttl_ms: 1_000,
         };
-        let difference =
-            check(&stored(2), &log, &BTreeMap::new()).expect_err("4 of 3 units cannot be held");
+        let difference = check(&stored(2), &log, &BTreeMap::new(), &[])
+            .expect_err("4 of 3 units cannot be held");
         assert_eq!(difference.kind, "refinement: commit the replay refuses");
         assert_eq!(difference.request, Some(2));
         assert!(
@@ -825,13 +1058,20 @@ mod tests {
     #[test]
     fn answers_that_match_the_replay_pass() {
         let answers = BTreeMap::from([(2, granted(40, 2))]);
-        assert_eq!(check(&stored(2), &log(), &answers), Ok(1));
+        assert_eq!(
+            check(&stored(2), &log(), &answers, &[]),
+            Ok(Checked {
+                answers: 1,
+                reads: 0
+            })
+        );
     }
 
     #[test]
     fn an_answer_other_than_the_replay_is_reported() {
         let answers = BTreeMap::from([(2, granted(40, 1))]);
-        let difference = check(&stored(2), &log(), &answers).expect_err("the client saw qty 1");
+        let difference =
+            check(&stored(2), &log(), &answers, &[]).expect_err("the client saw qty 1");
         assert_eq!(difference.kind, "refinement: answer differs");
         assert_eq!(difference.request, Some(2));
         // In the API's ids: hold 40 of product 7, as the storage numbered them.
@@ -863,7 +1103,7 @@ mod tests {
             available: Qty(0),
         });
         let answers = BTreeMap::from([(3, refused)]);
-        let difference = check(&stored(2), &log, &answers).expect_err("a unit was free");
+        let difference = check(&stored(2), &log, &answers, &[]).expect_err("a unit was free");
         assert_eq!(difference.request, Some(3));
         assert!(
             difference
@@ -882,6 +1122,123 @@ mod tests {
             ttl_ms: 1_000,
         };
         let answers = BTreeMap::from([(3, refused)]);
-        assert_eq!(check(&stored(2), &log, &answers), Ok(1));
+        assert_eq!(
+            check(&stored(2), &log, &answers, &[]),
+            Ok(Checked {
+                answers: 1,
+                reads: 0
+            })
+        );
+    }
+
+    /// Product 7 as the storage has it after `log()`'s hold of 2, and a read of it.
+    fn product_read(now: u64, from: usize, available: u32, units_held: u32) -> Read {
+        Read {
+            op: 9,
+            target: Target::Product(ProductId(7)),
+            now: Timestamp(now),
+            from,
+            to: 2,
+            seen: Seen::Product {
+                product: flashsale_core::Product {
+                    id: ProductId(7),
+                    name: "P".into(),
+                    price_cents: Cents(1),
+                    stock: Qty(3),
+                    units_held: Qty(units_held),
+                    units_received: 3,
+                },
+                available: Qty(available),
+            },
+        }
+    }
+
+    #[test]
+    fn a_read_at_a_hold_deadline_must_count_the_hold_free() {
+        // Hold 40 of 2 units expires at 1010: a read then sees all 3 units free.
+        let reads = [product_read(1_010, 1, 3, 2)];
+        let checked = check(&stored(2), &log(), &BTreeMap::new(), &reads);
+        assert_eq!(
+            checked,
+            Ok(Checked {
+                answers: 0,
+                reads: 1
+            })
+        );
+        // Counting it held, one millisecond too long, matches no state.
+        let reads = [product_read(1_010, 1, 1, 2)];
+        let difference = check(&stored(2), &log(), &BTreeMap::new(), &reads)
+            .expect_err("the hold is free at its deadline");
+        assert_eq!(difference.kind, "refinement: read differs");
+        assert_eq!(difference.request, Some(9));
+        assert!(
+            difference.message.contains("available 1`, but no state")
+                && difference.message.ends_with("available 3`"),
+            "{difference}"
+        );
+        // One millisecond before, it is held.
+        let reads = [product_read(1_009, 1, 1, 2)];
+        let checked = check(&stored(2), &log(), &BTreeMap::new(), &reads);
+        assert_eq!(
+            checked,
+            Ok(Checked {
+                answers: 0,
+                reads: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_read_may_show_any_state_of_its_window_and_no_other() {
+        // Before the hold: 3 available and none held. From position 1 that state is in the
+        // window; from position 2 only the state after the hold is.
+        let before_the_hold = product_read(500, 1, 3, 0);
+        let checked = check(&stored(2), &log(), &BTreeMap::new(), &[before_the_hold]);
+        assert_eq!(
+            checked,
+            Ok(Checked {
+                answers: 0,
+                reads: 1
+            })
+        );
+        let too_old = product_read(500, 2, 3, 0);
+        let difference = check(&stored(2), &log(), &BTreeMap::new(), &[too_old])
+            .expect_err("the state before the hold is older than the read's window");
+        assert_eq!(difference.kind, "refinement: read differs");
+    }
+
+    #[test]
+    fn a_hold_read_is_checked_with_its_view_at_the_reading() {
+        let read = |now: u64, view: HoldView| Read {
+            op: 9,
+            target: Target::Hold(HoldId(40)),
+            now: Timestamp(now),
+            from: 2,
+            to: 2,
+            seen: Seen::Hold {
+                hold: Hold {
+                    id: HoldId(40),
+                    product_id: ProductId(7),
+                    qty: Qty(2),
+                    created_at: Timestamp(10),
+                    expires_at: Timestamp(1_010),
+                    state: HoldState::Held,
+                },
+                view,
+            },
+        };
+        let ok = [read(1_009, HoldView::Held), read(1_010, HoldView::Expired)];
+        let checked = check(&stored(2), &log(), &BTreeMap::new(), &ok);
+        assert_eq!(
+            checked,
+            Ok(Checked {
+                answers: 0,
+                reads: 2
+            })
+        );
+        let wrong = [read(1_010, HoldView::Held)];
+        let difference = check(&stored(2), &log(), &BTreeMap::new(), &wrong)
+            .expect_err("held past its deadline");
+        assert!(difference.message.contains("shown as held"), "{difference}");
     }
 }

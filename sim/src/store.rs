@@ -59,6 +59,11 @@ pub enum Bug {
     /// The service retries a lost connection, and so runs the transaction again over the commit
     /// that applied.
     LostCommitAsLostConnection,
+    /// A product read counts a hold whose deadline is exactly now as held.
+    ///
+    /// A hold request counts it free, so the two disagree for one millisecond per hold; no
+    /// invariant and no command's answer can see it, only reads checked at deadlines.
+    ReadDeadlineAsHeld,
     /// The storage panics while committing the 5th webhook record, as a failed assertion would.
     ///
     /// It proves that a panic inside the simulation fails its seed with the panic's message,
@@ -71,7 +76,7 @@ const PANIC_AT_WEBHOOK: usize = 5;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::SkipProductLock,
         Bug::ForgetReleaseExpired,
         Bug::ConsumeReleasedHold,
@@ -79,6 +84,7 @@ impl Bug {
         Bug::ForgetRequestKey,
         Bug::CountExpiredHolds,
         Bug::LostCommitAsLostConnection,
+        Bug::ReadDeadlineAsHeld,
         Bug::PanicInCommit,
     ];
 
@@ -92,6 +98,7 @@ impl Bug {
             Bug::ForgetRequestKey => "forget-request-key",
             Bug::CountExpiredHolds => "count-expired-holds",
             Bug::LostCommitAsLostConnection => "lost-commit-as-lost-connection",
+            Bug::ReadDeadlineAsHeld => "read-deadline-as-held",
             Bug::PanicInCommit => "panic-in-commit",
         }
     }
@@ -262,6 +269,17 @@ impl SimStore {
     /// rollback or read-only commit of a request a client is answered.
     pub fn commit_log(&self) -> Vec<Entry> {
         self.shared().log.clone()
+    }
+
+    /// How many entries the log holds: a position in commit order, between transactions.
+    pub fn log_len(&self) -> usize {
+        self.shared().log.len()
+    }
+
+    /// How many entries the log held at `at_us` (true simulated time): the first position a
+    /// read answered from a cache entry taken then may have seen.
+    pub fn log_len_at(&self, at_us: u64) -> usize {
+        self.shared().log.partition_point(|e| e.at_us < at_us)
     }
 
     /// The trace of commits so far.
@@ -511,7 +529,7 @@ impl SimTx {
         // so every row ends as it should and only the answers differ.
         let placing = refine::current()
             .iter()
-            .any(|op| matches!(op.command, Command::PlaceHold { .. }));
+            .any(|op| matches!(op.command, Some(Command::PlaceHold { .. })));
         if self.bug() == Some(Bug::CountExpiredHolds) && placing {
             return Vec::new();
         }
@@ -759,7 +777,10 @@ impl Transaction for SimTx {
         let Some(product) = self.product_row(id) else {
             return Ok(None);
         };
-        let expired = self.expired_of(id, now);
+        let mut expired = self.expired_of(id, now);
+        if self.bug() == Some(Bug::ReadDeadlineAsHeld) {
+            expired.retain(|h| h.expires_at != now);
+        }
         let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
         Ok(Some(ProductRead {
             product,
@@ -1019,6 +1040,8 @@ fn end_entries(
         if writes.is_empty() && !op.is_answered() {
             continue;
         }
+        // A read writes nothing and is answered outside the log (see `refine::Read`).
+        let Some(command) = op.command else { continue };
         let replayed = op
             .key
             .as_ref()
@@ -1026,9 +1049,10 @@ fn end_entries(
         let mut entry = Entry {
             tx,
             op: op.id,
-            command: op.command,
+            command,
             key: op.key,
             now: op.now.unwrap_or_default(),
+            at_us: sim_us(),
             wrote: !writes.is_empty(),
             replayed,
             holds_inserted: std::mem::take(&mut holds_inserted),

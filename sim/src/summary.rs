@@ -95,7 +95,7 @@ pub fn run_text(report: &Report, wall_ms: f64) -> String {
     format!(
         "seed {} ops {}: {} requests; holds granted {} rejected {}; orders created {} existing \
          {} refused {}; request errors {}; restocks {}\n  keyed: retries {} replays {} in flight \
-         {}; answers checked against the replay {}\n  webhooks: {}\n  races: {}\n  faults fired: \
+         {}; answers checked against the replay {}, reads {} ({} at a hold's deadline)\n  webhooks: {}\n  races: {}\n  faults fired: \
          deadlock {}+{} real, lock timeout {}+{} real, connection lost {}, commit answer lost {}; \
          commits {} rollbacks {}; crashes {}, clock steps +{} -{}\n  simulated {} ms in {:.1} ms \
          wall; trace {:016x} ({} events){}\n",
@@ -113,6 +113,8 @@ pub fn run_text(report: &Report, wall_ms: f64) -> String {
         s.keyed_replays,
         s.keys_in_flight,
         s.answers_checked,
+        s.reads_checked,
+        s.reads_at_deadline,
         map(&s.webhooks),
         map(&s.races),
         c.deadlock,
@@ -157,6 +159,8 @@ pub fn run_json(report: &Report, wall_ms: f64) -> serde_json::Value {
             "in_flight": s.keys_in_flight,
         },
         "answers_checked": s.answers_checked,
+        "reads_checked": s.reads_checked,
+        "reads_at_deadline": s.reads_at_deadline,
         "webhooks": s.webhooks,
         "races": s.races,
         "faults": {
@@ -187,7 +191,7 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
     let c = &report.fault_counts;
     let s = &report.stats;
     let race = |name: &str| s.races.get(name).copied().unwrap_or(0);
-    let items: [(&str, u64); 20] = [
+    let items: [(&str, u64); 22] = [
         ("fault: deadlock", c.deadlock),
         ("fault: lock wait timeout", c.lock_timeout),
         ("fault: connection lost", c.connection_lost),
@@ -217,6 +221,11 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
         ("answer: keyed retry replayed", s.keyed_replays),
         ("answer: key in flight", s.keys_in_flight),
         ("admin: restock", s.restocks),
+        ("read: checked against the replay", s.reads_checked),
+        (
+            "read: product at a hold's exact deadline",
+            s.reads_at_deadline,
+        ),
     ];
     items
         .into_iter()

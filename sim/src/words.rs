@@ -9,7 +9,7 @@ use flashsale_core::{
 };
 
 use crate::clock::EPOCH_MS;
-use crate::refine::Answer;
+use crate::refine::{Answer, Request, Seen, Target};
 
 /// A wall-clock reading as an offset from the run's epoch.
 pub fn time(at: Timestamp) -> String {
@@ -38,6 +38,35 @@ pub fn command(command: &Command) -> String {
         ),
         Command::Sweep => "sweep".to_owned(),
         Command::SweepProduct { product_id } => format!("sweep of product {product_id}"),
+    }
+}
+
+/// A request, as the route it stands for.
+pub fn request(request: &Request) -> String {
+    match request {
+        Request::Command(c) => command(c),
+        Request::Read(t) => target(*t),
+    }
+}
+
+/// A read, as the route it stands for.
+pub fn target(target: Target) -> String {
+    match target {
+        Target::Product(id) => format!("GET /api/products/{id}"),
+        Target::Hold(id) => format!("GET /api/holds/{id}"),
+        Target::Order(id) => format!("GET /api/orders/{id}"),
+    }
+}
+
+/// What a read was answered.
+pub fn seen(seen: &Seen) -> String {
+    match seen {
+        Seen::Product {
+            product: p,
+            available,
+        } => format!("200 {}, available {available}", product(p)),
+        Seen::Hold { hold: h, view } => format!("200 {}, shown as {}", hold(h), view.as_str()),
+        Seen::Order(o) => format!("200 {}", order(o)),
     }
 }
 

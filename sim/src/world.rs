@@ -4,7 +4,9 @@
 //! crashes). Clients that send an `Idempotency-Key` retry under it after errors. The checks: the
 //! invariants after every commit (in the store); every answer to one webhook key the same; every
 //! idempotency key applied at most once and always answering the same resource; every answer a
-//! client saw equal to the commit-order replay's (see `refine`); and a liveness phase at the end
+//! client saw equal to the commit-order replay's, and every read a client made (some read around
+//! exact hold deadlines) given by a state of the replay it may have seen (see `refine`); and a
+//! liveness phase at the end
 //! in which faults stop, clocks heal, time passes every deadline and everything must settle.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, OrderStatus, PaymentStatus,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderStatus, PaymentStatus,
     ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload, WebhookResult,
 };
+use flashsale_server::clock::Clock;
 use flashsale_server::service::{
     BatchRun, BatchScope, BatchTag, Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service,
     ServiceError, SweepReport, WebhookAnswer,
@@ -27,7 +30,7 @@ use crate::clock::{SimClock, true_now};
 use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
 use crate::plan::{Chaos, Journey, Plan, Verdict};
-use crate::refine::{self, Answer, Entry, OP, OpContext};
+use crate::refine::{self, Answer, Entry, OP, OpContext, Read, Request, Seen, Target};
 use crate::store::{Bug, FaultCounts, SimStore, sim_us};
 use crate::trace::Event;
 use crate::words;
@@ -117,6 +120,10 @@ pub struct Stats {
     pub restocks: u64,
     /// Client answers checked against the commit-order replay.
     pub answers_checked: u64,
+    /// Client reads checked against the states of the commit-order replay they may have seen.
+    pub reads_checked: u64,
+    /// Product reads decided exactly at a hold's deadline on their instance's clock.
+    pub reads_at_deadline: u64,
 }
 
 /// The outcome of a run.
@@ -340,6 +347,8 @@ struct World {
     client_answers: Mutex<BTreeMap<u64, Answer>>,
     /// The holds or orders each client idempotency key was answered with.
     key_answers: Mutex<BTreeMap<String, BTreeSet<u64>>>,
+    /// What clients read, for the replay to check.
+    client_reads: Mutex<Vec<Read>>,
 }
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not
@@ -451,6 +460,31 @@ impl Answered for ProductView {
             u64::from(self.product.stock.0),
             self.product.units_received,
         ]
+    }
+}
+
+/// What a read was answered, and the clock reading its request decided at.
+struct ReadAnswer {
+    seen: Seen,
+    now: Option<Timestamp>,
+}
+
+impl Answered for ReadAnswer {
+    fn answer(&self) -> Option<Answer> {
+        // Reads are checked against every state they may have seen, not at one log entry.
+        None
+    }
+
+    fn describe(&self) -> String {
+        words::seen(&self.seen)
+    }
+
+    fn digest(&self) -> [u64; 3] {
+        match &self.seen {
+            Seen::Product { product, available } => [10, product.id.0, u64::from(available.0)],
+            Seen::Hold { hold, view } => [11, hold.id.0, *view as u64],
+            Seen::Order(order) => [12, order.id.0, order.status as u64],
+        }
     }
 }
 
@@ -571,6 +605,7 @@ impl World {
             next_key: Mutex::new(0),
             client_answers: Mutex::new(BTreeMap::new()),
             key_answers: Mutex::new(BTreeMap::new()),
+            client_reads: Mutex::new(Vec::new()),
         });
         PARTIAL.with(|slot| {
             *slot.borrow_mut() = Some(Partial {
@@ -733,8 +768,12 @@ impl World {
         }
         let log = self.store.commit_log();
         let answers = lock(&self.client_answers).clone();
-        match refine::check(&ledger, &log, &answers) {
-            Ok(checked) => self.count(|s| s.answers_checked = checked as u64),
+        let reads = std::mem::take(&mut *lock(&self.client_reads));
+        match refine::check(&ledger, &log, &answers, &reads) {
+            Ok(checked) => self.count(|s| {
+                s.answers_checked = checked.answers as u64;
+                s.reads_checked = checked.reads as u64;
+            }),
             Err(difference) => self.fail(difference),
         }
         self.check_request_keys(&ledger, &log);
@@ -902,7 +941,7 @@ impl World {
         &self,
         (instance, lane): (usize, Lane),
         product: Option<ProductId>,
-        command: Command,
+        asked: impl Into<Request>,
         key: Option<IdempotencyKey>,
         request: F,
     ) -> (u64, Result<T, CallError>)
@@ -920,13 +959,14 @@ impl World {
             Lane::Admin => 2 << 32,
             Lane::Sweeper => 3 << 32,
         };
+        let asked = asked.into();
         // Words cost: they are written out only when the trace is kept.
         let what = if self.keep {
             let key = key
                 .as_ref()
                 .map(|k| format!(" with Idempotency-Key {k}"))
                 .unwrap_or_default();
-            format!("{}{key}", words::command(&command))
+            format!("{}{key}", words::request(&asked))
         } else {
             String::new()
         };
@@ -943,6 +983,10 @@ impl World {
             let instance = &mut instances[index];
             let future = request(instance.service.clone());
             instance.inflight.retain(|handle| !handle.is_finished());
+            let command = match asked {
+                Request::Command(command) => Some(command),
+                Request::Read(_) => None,
+            };
             let context = OpContext::on(op, command, key, index, product);
             let scoped = CatchUnwind {
                 inner: Box::pin(OP.scope(context, future)),
@@ -1065,22 +1109,178 @@ impl World {
         self.products[product.saturating_sub(1) % self.products.len()]
     }
 
-    async fn journey(self: Arc<Self>, client: usize, journey: Journey) -> Option<JoinHandle<()>> {
+    /// One journey. Returns the tasks it set off: the provider's deliveries, and the reads
+    /// around the hold's and the order's deadlines.
+    async fn journey(self: Arc<Self>, client: usize, journey: Journey) -> Vec<JoinHandle<()>> {
+        let mut spawned = Vec::new();
         let product_id = self.product_id(journey.product);
-        let hold = self
+        let Some(hold) = self
             .hold(client, product_id, Qty(journey.qty), &journey)
-            .await?;
-        let mut delivery = None;
+            .await
+        else {
+            return spawned;
+        };
+        if journey.reads {
+            self.read(client, Target::Hold(hold.id)).await;
+            self.read(client, Target::Product(product_id)).await;
+            spawned.push(madsim::task::spawn(
+                self.clone().read_at_deadline(client, hold),
+            ));
+        }
         if let Some(verdict) = journey.verdict.clone().filter(|v| v.early) {
-            delivery = Some(madsim::task::spawn(self.clone().provider(hold, verdict)));
+            spawned.push(madsim::task::spawn(self.clone().provider(hold, verdict)));
         }
-        let after_ms = journey.order_after_ms?;
+        let Some(after_ms) = journey.order_after_ms else {
+            return spawned;
+        };
         madsim::time::sleep(Duration::from_millis(after_ms)).await;
-        let ordered = self.order(client, &hold, journey.keyed).await;
-        if ordered && let Some(verdict) = journey.verdict.filter(|v| !v.early) {
-            delivery = Some(madsim::task::spawn(self.clone().provider(hold, verdict)));
+        let Some(order) = self.order(client, &hold, journey.keyed).await else {
+            return spawned;
+        };
+        if journey.reads {
+            self.read(client, Target::Order(order.id)).await;
+            self.read(client, Target::Hold(hold.id)).await;
+            spawned.push(madsim::task::spawn(
+                self.clone().read_at_payment_deadline(client, order),
+            ));
         }
-        delivery
+        if let Some(verdict) = journey.verdict.filter(|v| !v.early) {
+            spawned.push(madsim::task::spawn(self.clone().provider(hold, verdict)));
+        }
+        spawned
+    }
+
+    /// One read by `client` from any instance, kept for the replay to check.
+    async fn read(&self, client: usize, target: Target) -> Option<Timestamp> {
+        self.read_on(self.any_instance(), client, target).await
+    }
+
+    /// One read by `client` from `instance`, kept for the replay to check with the log's
+    /// positions it may have seen. Returns the clock reading it decided at.
+    async fn read_on(&self, instance: usize, client: usize, target: Target) -> Option<Timestamp> {
+        let product = match target {
+            Target::Product(id) => Some(id),
+            Target::Hold(_) | Target::Order(_) => None,
+        };
+        let from = match target {
+            // A cached product may be as old as the cache allows, on a clock that may run
+            // slow by the largest drift (500 ppm), plus a millisecond of rounding.
+            Target::Product(_) => {
+                let stale_us = self
+                    .service_config
+                    .cache_staleness_ms
+                    .saturating_mul(1_001)
+                    .saturating_add(1_000);
+                self.store.log_len_at(sim_us().saturating_sub(stale_us))
+            }
+            Target::Hold(_) | Target::Order(_) => self.store.log_len(),
+        };
+        let call = self.call(
+            (instance, Lane::Client(client)),
+            product,
+            Request::Read(target),
+            None,
+            move |s| async move {
+                let seen = match target {
+                    Target::Product(id) => s.product(id).await.map(|view| Seen::Product {
+                        product: view.product,
+                        available: view.available,
+                    }),
+                    Target::Hold(id) => s
+                        .hold(id)
+                        .await
+                        .map(|(hold, view)| Seen::Hold { hold, view }),
+                    Target::Order(id) => s.order(id).await.map(Seen::Order),
+                };
+                seen.map(|seen| ReadAnswer {
+                    seen,
+                    now: OpContext::now_of_current(),
+                })
+            },
+        );
+        let (op, answer) = call.await;
+        let to = self.store.log_len();
+        let Ok(ReadAnswer {
+            seen,
+            now: Some(now),
+        }) = answer
+        else {
+            return None;
+        };
+        lock(&self.client_reads).push(Read {
+            op,
+            target,
+            now,
+            from,
+            to,
+            seen,
+        });
+        Some(now)
+    }
+
+    /// Waits until `instance`'s clock reads `at` (or later, if it steps past it).
+    async fn sleep_until_clock(&self, instance: usize, at: Timestamp) {
+        let clock = {
+            let instances = lock(&self.instances);
+            instances[instance % instances.len()].clock.clone()
+        };
+        for _ in 0..16 {
+            let ahead_ms = at.as_ms().saturating_sub(clock.now().as_ms());
+            if ahead_ms == 0 {
+                return;
+            }
+            // Short of it by more than the largest drift (500 ppm), so never past it.
+            madsim::time::sleep(Duration::from_millis(ahead_ms - ahead_ms / 500)).await;
+        }
+    }
+
+    /// The instance whose clock will reach `at` first, if none has yet: the one where a hold
+    /// expiring at `at` is still held when it gets there.
+    fn first_to_reach(&self, at: Timestamp) -> Option<usize> {
+        let instances = lock(&self.instances);
+        let (index, now) = instances
+            .iter()
+            .map(|instance| instance.clock.now())
+            .enumerate()
+            .max_by_key(|&(_, now)| now)?;
+        (now < at).then_some(index)
+    }
+
+    /// Reads the hold's product one millisecond before, at and after the hold's deadline on one
+    /// instance's clock, and the hold at it: the moments where a read and a grant must agree on
+    /// whether the hold still counts. The reads wait side by side, so one's latency does not
+    /// make the next late.
+    async fn read_at_deadline(self: Arc<Self>, client: usize, hold: flashsale_core::Hold) {
+        let at = |delta: i64| Timestamp(hold.expires_at.as_ms().saturating_add_signed(delta));
+        let Some(instance) = self.first_to_reach(at(-1)) else {
+            return;
+        };
+        let world = &self;
+        let product = |delta: i64| async move {
+            world.sleep_until_clock(instance, at(delta)).await;
+            let now = world
+                .read_on(instance, client, Target::Product(hold.product_id))
+                .await;
+            if now == Some(hold.expires_at) {
+                world.count(|s| s.reads_at_deadline += 1);
+            }
+        };
+        let hold_read = async {
+            self.sleep_until_clock(instance, at(0)).await;
+            self.read_on(instance, client, Target::Hold(hold.id)).await;
+        };
+        tokio::join!(product(-1), product(0), product(1), hold_read);
+    }
+
+    /// Reads the order at its payment deadline on one instance's clock, and just after it.
+    async fn read_at_payment_deadline(self: Arc<Self>, client: usize, order: Order) {
+        let instance = self.any_instance();
+        for delta in [0_i64, 1] {
+            let at = Timestamp(order.payment_due_at.as_ms().saturating_add_signed(delta));
+            self.sleep_until_clock(instance, at).await;
+            self.read_on(instance, client, Target::Order(order.id))
+                .await;
+        }
     }
 
     /// A fresh client idempotency key.
@@ -1187,7 +1387,12 @@ impl World {
 
     /// Orders a hold, retrying on errors (each retry is answered by the order it made, if any),
     /// under one idempotency key when `keyed`.
-    async fn order(&self, client: usize, hold: &flashsale_core::Hold, keyed: bool) -> bool {
+    async fn order(
+        &self,
+        client: usize,
+        hold: &flashsale_core::Hold,
+        keyed: bool,
+    ) -> Option<Order> {
         let hold_id = hold.id;
         let key = keyed.then(|| self.request_key("order"));
         for attempt in 0..4 {
@@ -1216,11 +1421,11 @@ impl World {
                         }
                     });
                     self.keyed_answer(key.as_ref(), value.order.id.0, replayed);
-                    return true;
+                    return Some(value.order);
                 }
                 Err(CallError::Service(ServiceError::Rejected(_))) => {
                     self.count(|s| s.orders_refused += 1);
-                    return false;
+                    return None;
                 }
                 Err(CallError::Service(ServiceError::KeyInFlight { .. })) => {
                     self.count(|s| s.keys_in_flight += 1);
@@ -1229,7 +1434,7 @@ impl World {
                 Err(_) => madsim::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        false
+        None
     }
 
     /// An admin restocks a product.

@@ -48,6 +48,7 @@ fn every_planted_bug_is_found_within_fifty_seeds() {
             Bug::ForgetRequestKey => Some("idempotency:"),
             Bug::CountExpiredHolds => Some("refinement: answer differs"),
             Bug::LostCommitAsLostConnection => Some("refinement: request committed twice"),
+            Bug::ReadDeadlineAsHeld => Some("refinement: read differs"),
             Bug::PanicInCommit => Some("panic:"),
             _ => None,
         };

@@ -4,10 +4,14 @@
 //! An entry is exact for this instance and bounded for the others:
 //! - every commit of this instance that writes a product *invalidates* it after the commit and
 //!   before its caller is answered, so a client always reads its own writes;
-//! - an entry is never served at or past its `valid_until`: the product's next hold deadline (when
-//!   a unit comes back on sale by itself) or the read time plus the staleness bound, whichever is
-//!   first, which bounds how stale another instance's writes can look;
-//! - a clock that jumps back before an entry's read time misses instead of serving it.
+//! - an entry is never served at or past its `valid_until` on the wall clock: the product's next
+//!   hold deadline (when a unit comes back on sale by itself), or sooner;
+//! - nor once it is older than the staleness bound on the *monotonic* clock, which bounds how
+//!   stale another instance's writes can look whatever the wall clock does: a wall clock that
+//!   steps forward, stores an entry, then steps back and catches up again would otherwise serve
+//!   that entry long after its bound;
+//! - a wall clock that jumps back before an entry's read time misses instead of serving it
+//!   (holds that had expired at the read count again there).
 //!
 //! The race it must not lose: a reader reads the database, a writer commits and invalidates, and
 //! only then the reader stores what it read, which is already stale. A per-product *generation*
@@ -38,6 +42,18 @@ struct Entry<V> {
     value: V,
     read_at: Timestamp,
     valid_until: Timestamp,
+    /// On the monotonic clock.
+    stale_at_ms: u64,
+}
+
+/// A moment on both of an instance's clocks: the wall clock, which may step, and a monotonic
+/// one (milliseconds from any fixed start), which never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moment {
+    /// The wall clock.
+    pub wall: Timestamp,
+    /// The monotonic clock.
+    pub monotonic_ms: u64,
 }
 
 /// Cached values per product, with a generation each.
@@ -60,12 +76,15 @@ impl<V: Clone> ProductCache<V> {
         Self::default()
     }
 
-    /// The product's value at `now`, if one is stored, was read at or before `now`, and is still
-    /// valid (`now < valid_until`).
-    pub fn get(&self, id: ProductId, now: Timestamp) -> Option<V> {
+    /// The product's value at `now`, if one is stored, was read at or before `now` on the wall
+    /// clock, and is still valid on both clocks.
+    pub fn get(&self, id: ProductId, now: Moment) -> Option<V> {
         let slots = self.lock();
         let entry = slots.get(&id)?.entry.as_ref()?;
-        (entry.read_at <= now && now < entry.valid_until).then(|| entry.value.clone())
+        let valid = entry.read_at <= now.wall
+            && now.wall < entry.valid_until
+            && now.monotonic_ms < entry.stale_at_ms;
+        valid.then(|| entry.value.clone())
     }
 
     /// The product's generation, to take before reading the database for [`Self::store`].
@@ -73,16 +92,17 @@ impl<V: Clone> ProductCache<V> {
         self.lock().get(&id).map_or(0, |slot| slot.generation)
     }
 
-    /// Stores `value`, read at `read_at` after taking `generation`, valid until `valid_until`;
-    /// does nothing if the product was invalidated since `generation` was taken. Returns whether
-    /// it stored.
+    /// Stores `value`, read at `read` after taking `generation`, valid until `valid_until` on
+    /// the wall clock and for `fresh_ms` on the monotonic one; does nothing if the product was
+    /// invalidated since `generation` was taken. Returns whether it stored.
     pub fn store(
         &self,
         id: ProductId,
         generation: u64,
         value: V,
-        read_at: Timestamp,
+        read: Moment,
         valid_until: Timestamp,
+        fresh_ms: u64,
     ) -> bool {
         let mut slots = self.lock();
         if !slots.contains_key(&id) && slots.len() >= PRODUCTS_MAX {
@@ -107,8 +127,9 @@ impl<V: Clone> ProductCache<V> {
         }
         slot.entry = Some(Entry {
             value,
-            read_at,
+            read_at: read.wall,
             valid_until,
+            stale_at_ms: read.monotonic_ms.saturating_add(fresh_ms),
         });
         true
     }
@@ -139,23 +160,47 @@ mod tests {
 
     const P: ProductId = ProductId(1);
 
+    /// A moment whose two clocks agree.
+    fn at(ms: u64) -> Moment {
+        Moment {
+            wall: Timestamp(ms),
+            monotonic_ms: ms,
+        }
+    }
+
     #[test]
     fn a_value_is_served_only_inside_its_window() {
         let cache = ProductCache::new();
         let generation = cache.generation(P);
-        assert!(cache.store(P, generation, 5u32, Timestamp(100), Timestamp(200)));
-        assert_eq!(cache.get(P, Timestamp(100)), Some(5));
-        assert_eq!(cache.get(P, Timestamp(199)), Some(5));
-        assert_eq!(
-            cache.get(P, Timestamp(200)),
-            None,
-            "the deadline is exclusive"
-        );
-        assert_eq!(
-            cache.get(P, Timestamp(99)),
-            None,
-            "a clock stepped back misses"
-        );
+        assert!(cache.store(P, generation, 5u32, at(100), Timestamp(200), 1_000));
+        assert_eq!(cache.get(P, at(100)), Some(5));
+        assert_eq!(cache.get(P, at(199)), Some(5));
+        assert_eq!(cache.get(P, at(200)), None, "the deadline is exclusive");
+        assert_eq!(cache.get(P, at(99)), None, "a clock stepped back misses");
+    }
+
+    #[test]
+    fn a_value_goes_stale_on_the_monotonic_clock_whatever_the_wall_clock_does() {
+        let cache = ProductCache::new();
+        let generation = cache.generation(P);
+        assert!(cache.store(P, generation, 5u32, at(100), Timestamp(10_000), 1_000));
+        // The wall clock stepped back and caught up again: it reads as at the store, but 8 s
+        // have passed.
+        let later = Moment {
+            wall: Timestamp(150),
+            monotonic_ms: 8_100,
+        };
+        assert_eq!(cache.get(P, later), None);
+        let within = Moment {
+            wall: Timestamp(150),
+            monotonic_ms: 1_099,
+        };
+        assert_eq!(cache.get(P, within), Some(5));
+        let bound = Moment {
+            wall: Timestamp(150),
+            monotonic_ms: 1_100,
+        };
+        assert_eq!(cache.get(P, bound), None, "the bound is exclusive");
     }
 
     #[test]
@@ -163,16 +208,12 @@ mod tests {
         let cache = ProductCache::new();
         let generation = cache.generation(P);
         cache.invalidate(P);
-        assert!(!cache.store(P, generation, 5u32, Timestamp(0), Timestamp(10)));
-        assert_eq!(cache.get(P, Timestamp(1)), None);
+        assert!(!cache.store(P, generation, 5u32, at(0), Timestamp(10), 10));
+        assert_eq!(cache.get(P, at(1)), None);
         let generation = cache.generation(P);
-        assert!(cache.store(P, generation, 4, Timestamp(0), Timestamp(10)));
+        assert!(cache.store(P, generation, 4, at(0), Timestamp(10), 10));
         cache.invalidate(P);
-        assert_eq!(
-            cache.get(P, Timestamp(1)),
-            None,
-            "a write forgets the value"
-        );
+        assert_eq!(cache.get(P, at(1)), None, "a write forgets the value");
     }
 }
 
@@ -197,13 +238,23 @@ mod loom_tests {
                 thread::spawn(move || {
                     let generation = cache.generation(p);
                     let value = database.load(Ordering::SeqCst);
-                    cache.store(p, generation, value, Timestamp(0), Timestamp(10));
+                    let read = Moment {
+                        wall: Timestamp(0),
+                        monotonic_ms: 0,
+                    };
+                    cache.store(p, generation, value, read, Timestamp(10), 10);
                 })
             };
             database.store(2, Ordering::SeqCst);
             cache.invalidate(p);
             reader.join().unwrap();
-            let served = cache.get(p, Timestamp(1));
+            let served = cache.get(
+                p,
+                Moment {
+                    wall: Timestamp(1),
+                    monotonic_ms: 1,
+                },
+            );
             assert!(served.is_none() || served == Some(2), "served {served:?}");
         });
     }

@@ -567,6 +567,32 @@ async fn the_cache_shows_own_writes_at_once_and_others_within_the_staleness_boun
     db.finish(&here).await;
 }
 
+/// A wall clock that steps forward, then back, then catches up again reads as it did when an
+/// entry was stored; the entry must still be gone once the staleness bound has passed on the
+/// monotonic clock. (The simulator's reads found an entry served 8 s after it was stored.)
+async fn a_cached_value_never_outlives_the_staleness_bound_whatever_the_wall_clock_does(db: Db) {
+    let here_clock = ManualClock::new(T0);
+    let there_clock = ManualClock::new(T0);
+    let here = db.service(&here_clock).await;
+    let there = db.service(&there_clock).await;
+    let p = product(&here, 5).await;
+    let step = 6_672;
+    there_clock.advance(step);
+    here_clock.advance(step);
+    assert_eq!(there.product(p).await.expect("exists").available, Qty(5));
+    here.place_hold(p, Qty(2)).await.expect("granted");
+    // Back by more than the step, then forward again to 300 ms past the read: the wall clock
+    // is inside the entry's window, but 8.2 s have passed.
+    there_clock.advance(-7_931);
+    there_clock.advance(7_931 + 300);
+    assert_eq!(
+        there.product(p).await.expect("exists").available,
+        Qty(3),
+        "an entry older than the staleness bound is read again"
+    );
+    db.finish(&here).await;
+}
+
 /// Migrates `store` with only the migrations `names`, writes `rows` in that old schema, then
 /// applies every migration of this build over them.
 async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
@@ -731,6 +757,7 @@ on_both_databases!(
     a_keyed_order_replays_its_first_answer,
     concurrent_requests_under_one_key_on_two_servers_place_one_hold,
     the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound,
+    a_cached_value_never_outlives_the_staleness_bound_whatever_the_wall_clock_does,
     the_counters_migration_backfills_units_held_from_the_held_holds,
     the_cancel_reason_migration_names_why_old_orders_were_cancelled,
 );

@@ -1131,6 +1131,11 @@ mod tests {
         );
     }
 
+    /// How many of `reads` the check over `log()` and `stored(2)` passed, or its failure.
+    fn reads_checked(reads: &[Read]) -> Result<usize, Failure> {
+        check(&stored(2), &log(), &BTreeMap::new(), reads).map(|c| c.reads)
+    }
+
     /// Product 7 as the storage has it after `log()`'s hold of 2, and a read of it.
     fn product_read(now: u64, from: usize, available: u32, units_held: u32) -> Read {
         Read {
@@ -1157,18 +1162,10 @@ mod tests {
     fn a_read_at_a_hold_deadline_must_count_the_hold_free() {
         // Hold 40 of 2 units expires at 1010: a read then sees all 3 units free.
         let reads = [product_read(1_010, 1, 3, 2)];
-        let checked = check(&stored(2), &log(), &BTreeMap::new(), &reads);
-        assert_eq!(
-            checked,
-            Ok(Checked {
-                answers: 0,
-                reads: 1
-            })
-        );
+        assert_eq!(reads_checked(&reads), Ok(1));
         // Counting it held, one millisecond too long, matches no state.
         let reads = [product_read(1_010, 1, 1, 2)];
-        let difference = check(&stored(2), &log(), &BTreeMap::new(), &reads)
-            .expect_err("the hold is free at its deadline");
+        let difference = reads_checked(&reads).expect_err("the hold is free at its deadline");
         assert_eq!(difference.kind, "refinement: read differs");
         assert_eq!(difference.request, Some(9));
         assert!(
@@ -1178,14 +1175,7 @@ mod tests {
         );
         // One millisecond before, it is held.
         let reads = [product_read(1_009, 1, 1, 2)];
-        let checked = check(&stored(2), &log(), &BTreeMap::new(), &reads);
-        assert_eq!(
-            checked,
-            Ok(Checked {
-                answers: 0,
-                reads: 1
-            })
-        );
+        assert_eq!(reads_checked(&reads), Ok(1));
     }
 
     #[test]
@@ -1193,16 +1183,9 @@ mod tests {
         // Before the hold: 3 available and none held. From position 1 that state is in the
         // window; from position 2 only the state after the hold is.
         let before_the_hold = product_read(500, 1, 3, 0);
-        let checked = check(&stored(2), &log(), &BTreeMap::new(), &[before_the_hold]);
-        assert_eq!(
-            checked,
-            Ok(Checked {
-                answers: 0,
-                reads: 1
-            })
-        );
+        assert_eq!(reads_checked(&[before_the_hold]), Ok(1));
         let too_old = product_read(500, 2, 3, 0);
-        let difference = check(&stored(2), &log(), &BTreeMap::new(), &[too_old])
+        let difference = reads_checked(&[too_old])
             .expect_err("the state before the hold is older than the read's window");
         assert_eq!(difference.kind, "refinement: read differs");
     }
@@ -1228,17 +1211,9 @@ mod tests {
             },
         };
         let ok = [read(1_009, HoldView::Held), read(1_010, HoldView::Expired)];
-        let checked = check(&stored(2), &log(), &BTreeMap::new(), &ok);
-        assert_eq!(
-            checked,
-            Ok(Checked {
-                answers: 0,
-                reads: 2
-            })
-        );
+        assert_eq!(reads_checked(&ok), Ok(2));
         let wrong = [read(1_010, HoldView::Held)];
-        let difference = check(&stored(2), &log(), &BTreeMap::new(), &wrong)
-            .expect_err("held past its deadline");
+        let difference = reads_checked(&wrong).expect_err("held past its deadline");
         assert!(difference.message.contains("shown as held"), "{difference}");
     }
 }

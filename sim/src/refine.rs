@@ -1132,6 +1132,10 @@ mod tests {
     }
 
     /// How many of `reads` the check over `log()` and `stored(2)` passed, or its failure.
+    #[allow(
+        clippy::result_large_err,
+        reason = "a test helper handing back the check's own failure"
+    )]
     fn reads_checked(reads: &[Read]) -> Result<usize, Failure> {
         check(&stored(2), &log(), &BTreeMap::new(), reads).map(|c| c.reads)
     }

@@ -197,6 +197,17 @@ pub struct HoldsDecided {
     pub writes: WriteSet,
 }
 
+impl HoldsDecided {
+    /// The holds the `n`th request's decision released, as the same requests one by one would
+    /// have it: the first grant releases the expired holds, and every later one finds none.
+    pub fn released_by(&self, n: usize) -> &[HoldId] {
+        match self.decisions.iter().position(Result::is_ok) {
+            Some(first) if first == n => &self.holds_released,
+            _ => &[],
+        }
+    }
+}
+
 /// Decides a batch of hold requests on one product, granted in arrival order: each request is
 /// granted if its `qty` fits in what the earlier grants left available, else rejected with
 /// [`Rejection::InsufficientStock`] naming what was available to it. The result has one entry per
@@ -405,6 +416,30 @@ mod tests {
         assert!(refused.writes.is_empty());
         let early = place_holds(&p, &[expired], &ask(1), Timestamp(9), HOLD_TTL_MS_DEFAULT);
         assert_eq!(early, Err(Violation::HoldNotHeld { hold_id: HoldId(4) }));
+    }
+
+    #[test]
+    fn in_a_batch_the_first_grant_releases_the_expired_holds_as_one_by_one() {
+        let expired = HoldGrant {
+            qty: Qty(3),
+            created_at: Timestamp(0),
+            expires_at: Timestamp(10),
+        }
+        .with_id(HoldId(4), ProductId(1));
+        let p = Product {
+            units_held: Qty(3),
+            ..product(3)
+        };
+        let asked = [9, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+        let now = Timestamp(10);
+        let batch = place_holds(&p, &[expired], &asked, now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let released: Vec<&[HoldId]> = (0..3).map(|n| batch.released_by(n)).collect();
+        // The first request is refused, so the second is the first grant.
+        assert_eq!(released, [&[][..], &[HoldId(4)][..], &[][..]]);
+        // One by one: the refusal releases nothing, the first grant releases, the next finds
+        // nothing left to release.
+        let first = place_holds(&p, &[expired], &asked[1..2], now, HOLD_TTL_MS_DEFAULT).unwrap();
+        assert_eq!(first.released_by(0), &[HoldId(4)]);
     }
 
     #[test]

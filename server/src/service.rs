@@ -193,7 +193,8 @@ pub struct ProductView {
 pub struct HoldPlaced {
     /// The hold.
     pub hold: Hold,
-    /// Expired holds of the product released by the same transaction.
+    /// Expired holds of the product this grant released: a batch's first grant lists the
+    /// ones its transaction released, as the requests one by one would, and later grants none.
     pub holds_released: Vec<HoldId>,
 }
 
@@ -335,12 +336,11 @@ impl<T> std::ops::DerefMut for Tracked<T> {
     }
 }
 
-/// Waits a little longer after each failed attempt, so contenders spread out.
 /// Counts a committed batch's answers: its size, grants, refusals by code, and the expired
-/// holds it released (once: every grant of a batch lists the same ones).
+/// holds it released (on its first grant's answer).
 fn count_hold_answers(answers: &[HoldAnswer], size: usize) {
     metrics::histogram!("flashsale_hold_batch_size").record(size as f64);
-    let mut released = 0;
+    let mut released = 0usize;
     for answer in answers {
         match answer {
             Ok(Keyed {
@@ -348,7 +348,7 @@ fn count_hold_answers(answers: &[HoldAnswer], size: usize) {
                 replayed: false,
             }) => {
                 metrics::counter!("flashsale_holds_granted_total").increment(1);
-                released = released.max(value.holds_released.len());
+                released = released.saturating_add(value.holds_released.len());
             }
             Ok(Keyed { replayed: true, .. }) => {}
             Err(ServiceError::Rejected(rejection)) => {
@@ -368,6 +368,7 @@ fn beyond_storage(id: u64) -> bool {
     id > ID_MAX
 }
 
+/// Waits a little longer after each failed attempt, so contenders spread out.
 async fn backoff(attempt: u32) {
     let ms = 2u64.saturating_pow(attempt.min(8));
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -673,13 +674,13 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         let decided = hold::place_holds(&product, &expired, &asked, now, self.config.hold_ttl_ms)?;
         let inserted = tx.write(&decided.writes).await?;
         let mut holds = decided.writes.hold_rows(&inserted)?.into_iter();
-        let answers = decided.decisions.into_iter().map(|decision| {
-            let _grant = decision?;
+        let answers = decided.decisions.iter().enumerate().map(|(n, decision)| {
+            let _grant = decision.clone()?;
             let hold = holds.next().ok_or(Violation::WriteSetUnresolved)?;
             Ok(Keyed {
                 value: HoldPlaced {
                     hold,
-                    holds_released: decided.holds_released.clone(),
+                    holds_released: decided.released_by(n).to_vec(),
                 },
                 replayed: false,
             })

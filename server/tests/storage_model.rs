@@ -18,7 +18,9 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite};
 use flashsale_core::{
@@ -26,7 +28,11 @@ use flashsale_core::{
     Qty, Rejection, Timestamp, WebhookPayload,
 };
 use flashsale_server::clock::ManualClock;
-use flashsale_server::service::ServiceError;
+use flashsale_server::service::{Service, ServiceError};
+use flashsale_server::store::sql::SqlStore;
+use flashsale_sim::logged::{Logged, Noting};
+use flashsale_sim::refine::{self, Answer, OP, OpContext, Read, RequestContexts, Seen, Target};
+use flashsale_sim::words;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -550,15 +556,127 @@ struct Told {
     webhooks: Vec<(String, HoldId, bool, flashsale_core::WebhookResult)>,
 }
 
-/// One client on one of the services.
+/// A service of the concurrent variant: over a logged storage and a noting clock, so the
+/// simulator's commit-order replay can check every answer against the database's own rows.
+type LoggedService = Service<Logged<SqlStore>, Noting<ManualClock>>;
+
+/// The requests the clients sent and what they were answered, for the replay.
+#[derive(Debug, Default)]
+struct Recorder {
+    next: AtomicU64,
+    answers: Mutex<BTreeMap<u64, Answer>>,
+    reads: Mutex<Vec<Read>>,
+}
+
+impl Recorder {
+    /// Runs `request` as the next request number, doing `command` (or reading, without one) on
+    /// `instance`, and returns its number and result.
+    async fn run<T, Fut>(
+        &self,
+        instance: usize,
+        command: Option<Command>,
+        request: Fut,
+    ) -> (u64, Fut::Output)
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        let op = self.next.fetch_add(1, Ordering::Relaxed);
+        let context = OpContext::on(op, command, None, instance, None);
+        (op, OP.scope(context, request).await)
+    }
+
+    /// Runs `request`, doing `command` on `instance`, and records its answer (an outcome or a
+    /// refusal) for the replay; an error the replay does not decide (busy, a database error)
+    /// is not recorded.
+    async fn command<T, Fut>(
+        &self,
+        instance: usize,
+        command: Command,
+        request: Fut,
+    ) -> Result<T, ServiceError>
+    where
+        Fut: std::future::Future<Output = Result<T, ServiceError>>,
+        for<'a> &'a T: Into<Answer>,
+    {
+        let (op, result) = self.run(instance, Some(command), request).await;
+        let answer = match &result {
+            Ok(value) => Some(value.into()),
+            Err(ServiceError::Rejected(rejection)) => Some(Answer::Rejected(rejection.clone())),
+            Err(_) => None,
+        };
+        if let Some(answer) = answer {
+            self.answers.lock().expect("answers").insert(op, answer);
+        }
+        result
+    }
+
+    /// Reads `target` through `service` on `instance` and records the read with the log
+    /// positions it may have seen: from the log's length when it was sent to its length when it
+    /// was answered.
+    async fn read(
+        &self,
+        service: &LoggedService,
+        instance: usize,
+        target: Target,
+    ) -> Result<(), String> {
+        let from = service.store().len().await;
+        let (op, answer) = self
+            .run(instance, None, async {
+                let seen = match target {
+                    Target::Product(id) => service.product(id).await.map(|view| Seen::Product {
+                        product: view.product,
+                        available: view.available,
+                    }),
+                    Target::Hold(id) => service
+                        .hold(id)
+                        .await
+                        .map(|(hold, view)| Seen::Hold { hold, view }),
+                    Target::Order(id) => service.order(id).await.map(Seen::Order),
+                };
+                seen.map(|seen| (seen, OpContext::now_of_current()))
+            })
+            .await;
+        let to = service.store().len().await;
+        match answer.map(|(seen, noted)| (seen, target.reading(noted))) {
+            Ok((seen, Some(now))) => {
+                self.reads.lock().expect("reads").push(Read {
+                    op,
+                    target,
+                    now,
+                    from,
+                    to,
+                    seen,
+                });
+                Ok(())
+            }
+            Ok((_, None)) => Err(format!("read r{op} of {target:?} read no clock")),
+            Err(ServiceError::Busy { .. }) => Ok(()),
+            Err(other) => Err(format!("read r{op} of {target:?}: {other}")),
+        }
+    }
+}
+
+/// One client on one of the services: each request runs as a numbered request whose answer
+/// the replay checks; it reads the hold and its product after a grant and the order after an
+/// order.
 async fn client(
-    service: TestService,
+    service: LoggedService,
+    instance: usize,
+    recorder: Arc<Recorder>,
     journeys: Vec<Journey>,
     client: usize,
 ) -> Result<Told, String> {
     let mut told = Told::default();
     for (n, j) in journeys.into_iter().enumerate() {
-        let placed = service.place_hold(ProductId(j.product), Qty(j.qty)).await;
+        let (product, qty) = (ProductId(j.product), Qty(j.qty));
+        let command = Command::PlaceHold {
+            product_id: product,
+            qty,
+            ttl_ms: TTL_MS,
+        };
+        let placed = recorder
+            .command(instance, command, service.place_hold(product, qty))
+            .await;
         let hold = match placed {
             Ok(placed) => placed.hold,
             Err(ServiceError::Rejected(Rejection::InsufficientStock { .. })) => continue,
@@ -566,6 +684,12 @@ async fn client(
             Err(other) => return Err(format!("client {client}: hold: {other}")),
         };
         told.holds.push((hold.id, hold.product_id, hold.qty));
+        recorder
+            .read(&service, instance, Target::Hold(hold.id))
+            .await?;
+        recorder
+            .read(&service, instance, Target::Product(product))
+            .await?;
         let deliver = async |told: &mut Told, paid: bool, twice: bool| -> Result<(), String> {
             let key = format!("evt_{client}_{n}");
             let payload = WebhookPayload {
@@ -578,7 +702,11 @@ async fn client(
                 },
             };
             for _ in 0..if twice { 2 } else { 1 } {
-                match service.apply_webhook(&payload).await {
+                let command = Command::ApplyWebhook(payload.clone());
+                match recorder
+                    .command(instance, command, service.apply_webhook(&payload))
+                    .await
+                {
                     Ok(answer) => {
                         told.webhooks
                             .push((key.clone(), hold.id, paid, answer.record.result))
@@ -593,8 +721,20 @@ async fn client(
             deliver(&mut told, paid, twice).await?;
         }
         if j.order {
-            match service.place_order(hold.id).await {
-                Ok(placed) => told.orders.push((placed.order.id, hold.id, placed.created)),
+            let command = Command::PlaceOrder {
+                hold_id: hold.id,
+                payment_window_ms: WINDOW_MS,
+            };
+            match recorder
+                .command(instance, command, service.place_order(hold.id))
+                .await
+            {
+                Ok(placed) => {
+                    told.orders.push((placed.order.id, hold.id, placed.created));
+                    recorder
+                        .read(&service, instance, Target::Order(placed.order.id))
+                        .await?;
+                }
                 Err(ServiceError::Rejected(
                     Rejection::HoldExpired { .. } | Rejection::HoldReleased { .. },
                 ))
@@ -663,7 +803,10 @@ fn told_agrees(dump: &flashsale_server::store::Dump, told: &[Told]) -> Result<()
 }
 
 /// Eight clients at once on three services with skewed clocks over one database, while the
-/// clocks move past hold deadlines; then the database's state against what they were told.
+/// clocks move past hold deadlines; then the database's state against what they were told, and
+/// the simulator's commit-order replay: the committed transactions replayed through the core's
+/// ledger in the order the database committed them must give every answer a client got, every
+/// read a state it may have seen, and the database's final rows.
 fn check_concurrent<F, Fut>(make: F, cases: u32)
 where
     F: Fn() -> Fut,
@@ -675,25 +818,52 @@ where
     let result = runner.run(&plans, |plans| {
         runtime.block_on(async {
             let db = make().await;
-            // Three services, one database, clocks 0, +300 ms and -300 ms from the first.
+            // Three services, one database, clocks 0, +300 ms and -300 ms from the first; reads
+            // go to the database (the cache is the simulator's to check), and records are kept
+            // for the replay.
+            let config = Db::config(flashsale_server::service::Config {
+                cache_staleness_ms: 0,
+                request_key_retention_ms: u64::MAX,
+                webhook_retention_ms: u64::MAX,
+                ..Default::default()
+            });
             let skews = [0_i64, 300, -300];
             let clocks: Vec<ManualClock> = skews
                 .iter()
-                .map(|&skew| ManualClock::new(Timestamp(T0.as_ms().saturating_add_signed(skew))))
+                .map(|&skew| {
+                    // From the simulator's epoch, so a failure's times read as from the start.
+                    ManualClock::new(Timestamp(words::EPOCH_MS.saturating_add_signed(skew)))
+                })
                 .collect();
+            let logged = Logged::new(db.store().await);
             let mut services = Vec::new();
-            for clock in &clocks {
-                services.push(db.service(clock).await);
+            for (n, clock) in clocks.iter().enumerate() {
+                let store = if n == 0 {
+                    logged.clone()
+                } else {
+                    logged.beside(db.store().await)
+                };
+                let service = Service::new(store, Noting(clock.clone()), config)
+                    .with_batch_scope(Arc::new(RequestContexts));
+                services.push(service);
             }
+            let recorder = Arc::new(Recorder::default());
             let first = &services[0];
-            first
-                .create_product("P", Cents(100), Qty(20))
-                .await
-                .expect("product 1");
-            first
-                .create_product("Q", Cents(100), Qty(4))
-                .await
-                .expect("product 2");
+            for (name, stock) in [("P", 20), ("Q", 4)] {
+                let command = Command::CreateProduct {
+                    name: name.into(),
+                    price_cents: Cents(100),
+                    stock: Qty(stock),
+                };
+                let (_, product) = recorder
+                    .run(
+                        0,
+                        Some(command),
+                        first.create_product(name, Cents(100), Qty(stock)),
+                    )
+                    .await;
+                product.expect("a product");
+            }
             let mover = {
                 let clocks = clocks.clone();
                 tokio::spawn(async move {
@@ -710,8 +880,9 @@ where
                 .into_iter()
                 .enumerate()
                 .map(|(n, journeys)| {
-                    let service = services[n % services.len()].clone();
-                    tokio::spawn(client(service, journeys, n))
+                    let instance = n % services.len();
+                    let service = services[instance].clone();
+                    tokio::spawn(client(service, instance, recorder.clone(), journeys, n))
                 })
                 .collect();
             let mut told = Vec::new();
@@ -725,24 +896,82 @@ where
             }
             let _ = mover.await;
             // A sweep on every service, then the final state.
-            for service in &services {
-                let _ = service.sweep().await;
+            for (instance, service) in services.iter().enumerate() {
+                let _ = recorder
+                    .run(instance, Some(Command::Sweep), service.sweep())
+                    .await;
             }
             let dump = first
                 .dump()
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let log = logged.log().await;
             let verdict = match failure {
                 Some(e) => Err(e),
-                None => told_agrees(&dump, &told),
+                None => {
+                    told_agrees(&dump, &told).and_then(|()| replay_agrees(&dump, &log, &recorder))
+                }
             };
-            db.discard(first).await;
+            db.remove(logged.inner()).await;
             verdict.map_err(TestCaseError::fail)
         })
     });
     if let Err(failure) = result {
         panic!("{failure}");
     }
+}
+
+/// The simulator's refinement check on the database's own state: the log replayed through the
+/// ledger in commit order gives every recorded answer (each checked, none left over), every
+/// read a state it may have seen, and the final rows.
+fn replay_agrees(
+    dump: &flashsale_server::store::Dump,
+    log: &[flashsale_sim::refine::Entry],
+    recorder: &Recorder,
+) -> Result<(), String> {
+    let stored = Ledger::from_rows(
+        dump.products.clone(),
+        dump.holds.clone(),
+        dump.orders.clone(),
+        dump.webhooks.clone(),
+    );
+    let answers = recorder.answers.lock().expect("answers").clone();
+    let reads = recorder.reads.lock().expect("reads").clone();
+    let checked = refine::check(&stored, log, &answers, &reads).map_err(|failure| {
+        // The log up to the failing request's last entry, as the simulator's trace tail.
+        let end = failure
+            .request
+            .and_then(|op| log.iter().rposition(|e| e.op == op))
+            .map_or(log.len(), |i| i + 1);
+        let tail: Vec<String> = log[end.saturating_sub(12)..end]
+            .iter()
+            .map(|e| {
+                let ended = if e.wrote {
+                    "committed"
+                } else {
+                    "ended without writes"
+                };
+                format!(
+                    "  tx{} r{}: {} at {} {ended}",
+                    e.tx,
+                    e.op,
+                    words::command(&e.command),
+                    words::time(e.now)
+                )
+            })
+            .collect();
+        format!("{failure}\nthe commit log before it:\n{}", tail.join("\n"))
+    })?;
+    if checked.answers != answers.len() || checked.reads != reads.len() {
+        return Err(format!(
+            "the replay checked {} of {} answers and {} of {} reads",
+            checked.answers,
+            answers.len(),
+            checked.reads,
+            reads.len()
+        ));
+    }
+    Ok(())
 }
 
 #[test]

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use flashsale_core::Timestamp;
 use flashsale_server::clock::Clock;
 
-/// The wall clock the simulated world starts at: 2026-01-01T00:00:00Z.
-pub const EPOCH_MS: u64 = 1_767_225_600_000;
+use crate::words::EPOCH_MS;
 
 /// An instance's wall clock.
 #[derive(Clone, Debug)]

@@ -13,11 +13,14 @@
 //! change before it ended.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use flashsale_core::{
     Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId, Outcome,
     Product, ProductId, Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
+};
+use flashsale_server::service::{
+    BatchRun, BatchScope, BatchTag, HoldPlaced, OrderPlaced, ProductView, WebhookAnswer,
 };
 
 use crate::failure::{Check, Failure};
@@ -152,6 +155,91 @@ pub fn current_ids() -> (Vec<u64>, Option<usize>, Option<ProductId>) {
     BATCH.try_with(|ops| of(&ops.borrow())).unwrap_or_default()
 }
 
+/// Carries [`OP`] from a queued request's task to its batch's, as [`BATCH`]: a service given it
+/// (`Service::with_batch_scope`) has its storage log a batch's transaction for each request.
+#[derive(Debug)]
+pub struct RequestContexts;
+
+impl BatchScope for RequestContexts {
+    fn capture(&self) -> Option<BatchTag> {
+        let op = OP.try_with(|op| op.borrow().clone()).ok()?;
+        Some(Box::new(op))
+    }
+
+    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a> {
+        let ops: Vec<OpContext> = tags
+            .into_iter()
+            .flatten()
+            .filter_map(|tag| tag.downcast::<OpContext>().ok().map(|op| *op))
+            .collect();
+        Box::pin(BATCH.scope(RefCell::new(ops), run))
+    }
+}
+
+/// How one transaction ended, as a storage saw it: what its log entries are made of.
+#[derive(Clone, Debug, Default)]
+pub struct Ending {
+    /// The transaction.
+    pub tx: u64,
+    /// When it ended, in microseconds from the run's start.
+    pub at_us: u64,
+    /// Whether it committed writes.
+    pub wrote: bool,
+    /// The client request keys whose records it found: the requests it answered by replay.
+    pub keys_found: BTreeSet<String>,
+    /// Holds it inserted (storage ids).
+    pub holds_inserted: Vec<u64>,
+    /// Orders it inserted (storage ids).
+    pub orders_inserted: Vec<u64>,
+    /// Products it inserted (storage ids).
+    pub products_inserted: Vec<u64>,
+    /// Client idempotency keys whose records it wrote.
+    pub keys_recorded: Vec<String>,
+    /// The product whose rows it wrote: a sweep's transaction is the sweep of that product.
+    pub product_written: Option<ProductId>,
+}
+
+impl Ending {
+    /// The log's entries for the requests `ops` this transaction served: one per request
+    /// (several for a batch's transaction, in arrival order, its inserted rows on the first);
+    /// always when it wrote, otherwise only for requests a client is answered, where the end is
+    /// the point its answer was decided at. Reads write nothing and are answered outside the log
+    /// (see [`Read`]).
+    pub fn entries(mut self, ops: Vec<OpContext>) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for op in ops {
+            if !self.wrote && !op.is_answered() {
+                continue;
+            }
+            let Some(command) = op.command else { continue };
+            let replayed = op
+                .key
+                .as_ref()
+                .is_some_and(|k| self.keys_found.contains(k.as_str()));
+            let command = match (command, self.product_written) {
+                // The sweeper commits one product per transaction.
+                (Command::Sweep, Some(product_id)) => Command::SweepProduct { product_id },
+                (command, _) => command,
+            };
+            entries.push(Entry {
+                tx: self.tx,
+                op: op.id,
+                command,
+                key: op.key,
+                now: op.now.unwrap_or_default(),
+                at_us: self.at_us,
+                wrote: self.wrote,
+                replayed,
+                holds_inserted: std::mem::take(&mut self.holds_inserted),
+                orders_inserted: std::mem::take(&mut self.orders_inserted),
+                products_inserted: std::mem::take(&mut self.products_inserted),
+                keys_recorded: self.keys_recorded.clone(),
+            });
+        }
+        entries
+    }
+}
+
 /// One transaction's end for one request it served, in the order the storage saw them. A batch's
 /// transaction logs one entry per request, in arrival order, sharing `tx`; its inserted rows are
 /// on the first.
@@ -220,6 +308,44 @@ pub enum Answer {
     Rejected(Rejection),
 }
 
+impl From<&HoldPlaced> for Answer {
+    fn from(placed: &HoldPlaced) -> Self {
+        Answer::Hold {
+            hold: placed.hold,
+            holds_released: placed.holds_released.clone(),
+        }
+    }
+}
+
+impl From<&OrderPlaced> for Answer {
+    fn from(placed: &OrderPlaced) -> Self {
+        Answer::Order {
+            order: placed.order,
+            created: placed.created,
+        }
+    }
+}
+
+impl From<&WebhookAnswer> for Answer {
+    fn from(answer: &WebhookAnswer) -> Self {
+        Answer::Webhook {
+            result: answer.record.result,
+            order_id: answer.record.order_id,
+            replayed: answer.replayed,
+        }
+    }
+}
+
+impl From<&ProductView> for Answer {
+    /// A restock's answer.
+    fn from(view: &ProductView) -> Self {
+        Answer::Restocked {
+            stock: view.product.stock,
+            units_received: view.product.units_received,
+        }
+    }
+}
+
 impl Answer {
     /// The answer the ledger's result stands for.
     fn of(result: Result<Outcome, Rejection>) -> Result<Answer, String> {
@@ -279,6 +405,18 @@ pub enum Target {
     Hold(HoldId),
     /// `GET /api/orders/{id}`.
     Order(OrderId),
+}
+
+impl Target {
+    /// The clock reading a read of it decided at, from the readings its request noted: an
+    /// order's row does not depend on the time, so its read may read no clock and stands at
+    /// any; a product's or hold's read that read none is `None`.
+    pub fn reading(self, noted: Option<Timestamp>) -> Option<Timestamp> {
+        match self {
+            Target::Order(_) => Some(noted.unwrap_or_default()),
+            Target::Product(_) | Target::Hold(_) => noted,
+        }
+    }
 }
 
 /// What a read was answered, with the storage's ids.

@@ -995,78 +995,46 @@ impl Transaction for SimTx {
 }
 
 /// The log's entries for transaction `tx` ending with `writes` (none for a rollback) over
-/// `tables`: one per request it served (several for a batch's transaction, in arrival order,
-/// its inserted rows on the first); always when it writes, otherwise only for requests a client
-/// is answered, where the end is the point its answer was decided at. `keys_found` are the
-/// request keys whose records the transaction found, so the requests it answered by replay.
+/// `tables` (see [`refine::Ending::entries`]). `keys_found` are the request keys whose records
+/// the transaction found, so the requests it answered by replay.
 fn end_entries(
     tx: u64,
     keys_found: &BTreeSet<String>,
     tables: &Tables,
     writes: &BTreeMap<RowKey, Row>,
 ) -> Vec<Entry> {
-    let ops = refine::current();
-    let mut holds_inserted = Vec::new();
-    let mut orders_inserted = Vec::new();
-    let mut products_inserted = Vec::new();
-    let mut keys_recorded = Vec::new();
-    let mut product_written = None;
+    let mut ending = refine::Ending {
+        tx,
+        at_us: sim_us(),
+        wrote: !writes.is_empty(),
+        keys_found: keys_found.clone(),
+        ..refine::Ending::default()
+    };
     for row in writes.values() {
         match row {
             Row::Product(p) => {
-                product_written = Some(p.id);
+                ending.product_written = Some(p.id);
                 if !tables.products.contains_key(&p.id.0) {
-                    products_inserted.push(p.id.0);
+                    ending.products_inserted.push(p.id.0);
                 }
             }
             Row::Hold(h) => {
-                product_written = Some(h.product_id);
+                ending.product_written = Some(h.product_id);
                 if !tables.holds.contains_key(&h.id.0) {
-                    holds_inserted.push(h.id.0);
+                    ending.holds_inserted.push(h.id.0);
                 }
             }
             Row::Order(o) => {
-                product_written = Some(o.product_id);
+                ending.product_written = Some(o.product_id);
                 if !tables.orders.contains_key(&o.id.0) {
-                    orders_inserted.push(o.id.0);
+                    ending.orders_inserted.push(o.id.0);
                 }
             }
-            Row::RequestKey(r) => keys_recorded.push(r.key.as_str().to_owned()),
+            Row::RequestKey(r) => ending.keys_recorded.push(r.key.as_str().to_owned()),
             Row::Webhook(_) => {}
         }
     }
-    let mut entries = Vec::new();
-    for op in ops {
-        if writes.is_empty() && !op.is_answered() {
-            continue;
-        }
-        // A read writes nothing and is answered outside the log (see `refine::Read`).
-        let Some(command) = op.command else { continue };
-        let replayed = op
-            .key
-            .as_ref()
-            .is_some_and(|k| keys_found.contains(k.as_str()));
-        let mut entry = Entry {
-            tx,
-            op: op.id,
-            command,
-            key: op.key,
-            now: op.now.unwrap_or_default(),
-            at_us: sim_us(),
-            wrote: !writes.is_empty(),
-            replayed,
-            holds_inserted: std::mem::take(&mut holds_inserted),
-            orders_inserted: std::mem::take(&mut orders_inserted),
-            products_inserted: std::mem::take(&mut products_inserted),
-            keys_recorded: keys_recorded.clone(),
-        };
-        // The sweeper commits one product per transaction.
-        if let (Command::Sweep, Some(product_id)) = (&entry.command, product_written) {
-            entry.command = Command::SweepProduct { product_id };
-        }
-        entries.push(entry);
-    }
-    entries
+    ending.entries(refine::current())
 }
 
 fn missing(what: &str, id: u64) -> StoreError {

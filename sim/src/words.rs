@@ -8,8 +8,11 @@ use flashsale_core::{
     invariants::Violation,
 };
 
-use crate::clock::EPOCH_MS;
 use crate::refine::{Answer, Request, Seen, Target};
+
+/// The wall clock the simulated world starts at, 2026-01-01T00:00:00Z, which times are written
+/// from.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
 
 /// A wall-clock reading as an offset from the run's epoch.
 pub fn time(at: Timestamp) -> String {
@@ -161,9 +164,11 @@ pub fn answer(answer: &Answer) -> String {
             format!("{} {}", if *created { 201 } else { 200 }, order(o))
         }
         Answer::Webhook {
-            result, order_id, ..
+            result,
+            order_id,
+            replayed,
         } => format!(
-            "200 {{result: {}{}}}",
+            "200 {{result: {}{}, replayed: {replayed}}}",
             result.as_str(),
             order_id
                 .map(|o| format!(", order_id: {o}"))

@@ -20,8 +20,8 @@ use flashsale_core::{
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::service::{
-    BatchRun, BatchScope, BatchTag, Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service,
-    ServiceError, SweepReport, WebhookAnswer,
+    Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service, ServiceError, SweepReport,
+    WebhookAnswer,
 };
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
@@ -41,27 +41,7 @@ type Svc = Service<SimStore, SimClock>;
 /// batch that decides them, so the storage logs a batch's transaction for each of its requests.
 fn instance_service(store: &SimStore, clock: SimClock, config: Config) -> Arc<Svc> {
     let service = Service::new(store.clone(), clock, config);
-    Arc::new(service.with_batch_scope(Arc::new(RequestContexts)))
-}
-
-/// Carries [`OP`] from a queued request's task to its batch's, as [`refine::BATCH`].
-#[derive(Debug)]
-struct RequestContexts;
-
-impl BatchScope for RequestContexts {
-    fn capture(&self) -> Option<BatchTag> {
-        let op = OP.try_with(|op| op.borrow().clone()).ok()?;
-        Some(Box::new(op))
-    }
-
-    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a> {
-        let ops: Vec<OpContext> = tags
-            .into_iter()
-            .flatten()
-            .filter_map(|tag| tag.downcast::<OpContext>().ok().map(|op| *op))
-            .collect();
-        Box::pin(refine::BATCH.scope(std::cell::RefCell::new(ops), run))
-    }
+    Arc::new(service.with_batch_scope(Arc::new(refine::RequestContexts)))
 }
 
 /// How long a client waits for an answer before giving up on a request.
@@ -389,26 +369,16 @@ impl Answered for Keyed<HoldPlaced> {
 
 /// A granted hold as the replay's answer.
 fn hold_answer(placed: &Keyed<HoldPlaced>) -> Answer {
-    Answer::Hold {
-        hold: placed.value.hold,
-        holds_released: placed.value.holds_released.clone(),
-    }
+    Answer::from(&placed.value)
 }
 
 impl Answered for Keyed<OrderPlaced> {
     fn answer(&self) -> Option<Answer> {
-        (!self.replayed).then_some(Answer::Order {
-            order: self.value.order,
-            created: self.value.created,
-        })
+        (!self.replayed).then(|| Answer::from(&self.value))
     }
 
     fn describe(&self) -> String {
-        let answer = Answer::Order {
-            order: self.value.order,
-            created: self.value.created,
-        };
-        keyed_words(self.replayed, &answer)
+        keyed_words(self.replayed, &Answer::from(&self.value))
     }
 
     fn digest(&self) -> [u64; 3] {
@@ -419,11 +389,7 @@ impl Answered for Keyed<OrderPlaced> {
 
 impl Answered for WebhookAnswer {
     fn answer(&self) -> Option<Answer> {
-        Some(Answer::Webhook {
-            result: self.record.result,
-            order_id: self.record.order_id,
-            replayed: self.replayed,
-        })
+        Some(Answer::from(self))
     }
 
     fn describe(&self) -> String {
@@ -444,10 +410,7 @@ impl Answered for WebhookAnswer {
 
 impl Answered for ProductView {
     fn answer(&self) -> Option<Answer> {
-        Some(Answer::Restocked {
-            stock: self.product.stock,
-            units_received: self.product.units_received,
-        })
+        Some(Answer::from(self))
     }
 
     fn describe(&self) -> String {
@@ -1200,13 +1163,10 @@ impl World {
         );
         let (op, answer) = call.await;
         let to = self.store.log_len();
-        let Ok(ReadAnswer {
-            seen,
-            now: Some(now),
-        }) = answer
-        else {
+        let Ok(ReadAnswer { seen, now }) = answer else {
             return None;
         };
+        let now = target.reading(now)?;
         lock(&self.client_reads).push(Read {
             op,
             target,

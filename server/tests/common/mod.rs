@@ -76,14 +76,23 @@ impl Db {
 
     /// A service with `config`, but the tests' TTL and payment window.
     pub async fn service_with(&self, clock: &ManualClock, config: Config) -> TestService {
-        let store = SqlStore::connect(&self.url).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let config = Config {
+        Service::new(self.store().await, clock.clone(), Db::config(config))
+    }
+
+    /// `config` with the tests' TTL and payment window.
+    pub fn config(config: Config) -> Config {
+        Config {
             hold_ttl_ms: TTL_MS,
             payment_window_ms: WINDOW_MS,
             ..config
-        };
-        Service::new(store, clock.clone(), config)
+        }
+    }
+
+    /// A new pool of connections to the database, migrated.
+    pub async fn store(&self) -> SqlStore {
+        let store = SqlStore::connect(&self.url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
     }
 
     /// Checks the invariants on the database's rows, then drops a MariaDB database.
@@ -97,7 +106,12 @@ impl Db {
 
     /// Closes the service's pool and removes the database, checking nothing.
     pub async fn discard(self, service: &TestService) {
-        service.store().close().await;
+        self.remove(service.store()).await;
+    }
+
+    /// Closes `store`'s pool and removes the database, checking nothing.
+    pub async fn remove(self, store: &SqlStore) {
+        store.close().await;
         if let Some(dir) = self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }

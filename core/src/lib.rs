@@ -17,6 +17,7 @@ pub mod command;
 pub mod hold;
 pub mod ids;
 pub mod invariants;
+pub mod locks;
 pub mod order;
 pub mod outcome;
 pub mod payment;
@@ -30,6 +31,7 @@ pub use command::Command;
 pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
 pub use ids::{Cents, HoldId, ID_MAX, IdempotencyKey, OrderId, ProductId, Qty};
 pub use invariants::Violation;
+pub use locks::{LockOrder, OutOfOrder, RowLock};
 pub use order::{CancelReason, NewOrder, Order, OrderDecided, OrderStatus, Settlement};
 pub use outcome::{Outcome, Refusal, Rejection};
 pub use payment::{

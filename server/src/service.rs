@@ -1,8 +1,9 @@
 //! The service layer: one transaction script per request, over a [`Storage`].
 //!
-//! Each script opens a transaction, locks the rows it needs in the global order (product, hold,
-//! order, webhook record), reads them into core types, reads the clock, calls the core's decision,
-//! writes what the decision says and commits. No business rule is decided here: every `if` that
+//! Each script opens a transaction, locks the rows it needs in the global order
+//! ([`flashsale_core::locks`]: request keys, product, its holds and orders, webhook record),
+//! reads them into core types, reads the clock, calls the core's decision, writes what the
+//! decision says and commits. No business rule is decided here: every `if` that
 //! matters is in `flashsale-core`. A rejection rolls the transaction back, so it changes nothing.
 //! Contention (deadlocks, lock-wait timeouts, Galera certification failures, busy databases, a key
 //! taken by a concurrent insert) and a connection lost before the commit retry the whole script a

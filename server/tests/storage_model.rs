@@ -8,7 +8,10 @@
 //!
 //! The concurrent variant runs eight clients at once on three services with skewed clocks over
 //! one database, while the clocks pass hold deadlines, and checks the database's own state
-//! against every answer the clients got.
+//! against every answer the clients got, then runs the simulator's commit-order replay on it:
+//! the services' storage logs each transaction's end in commit order (`flashsale_sim::logged`),
+//! and the log replayed through the ledger must give every answer, every read a state it may have
+//! seen, and the database's final rows.
 //!
 //! Cases: 48 on SQLite and 16 on MariaDB by default, 6 each for the concurrent variant (each case
 //! is a fresh database); set `STORAGE_MODEL_CASES` for more.

@@ -25,6 +25,8 @@ pub enum Check {
     Liveness,
     /// A panic inside the simulation (an assertion in the core, the service or the simulator).
     Panic,
+    /// A transaction took a row lock against the core's global lock order.
+    LockOrder,
 }
 
 impl Check {
@@ -37,6 +39,7 @@ impl Check {
             Check::Webhook => "webhook",
             Check::Liveness => "liveness",
             Check::Panic => "panic",
+            Check::LockOrder => "lock order",
         }
     }
 }

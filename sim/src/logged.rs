@@ -5,6 +5,9 @@
 //! inside `OP.scope`, and `refine::check` then replays the log through the core's ledger against
 //! the database's own final rows and every answer the clients got.
 //!
+//! Every locking read is also checked against the core's global lock order
+//! ([`flashsale_core::LockOrder`]): a lock taken against it fails its request.
+//!
 //! The log is in commit order because commits take one gate in turn: a transaction commits and
 //! logs its entry while it holds the gate, so no transaction that saw its writes can log before
 //! it. A transaction dropped without committing (a refusal, decided under its locks) logs its
@@ -15,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flashsale_core::{
-    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
-    RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    Cents, Hold, HoldId, IdempotencyKey, Inserted, LockOrder, Order, OrderId, Product, ProductId,
+    Qty, RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::store::{
@@ -140,6 +143,7 @@ where
                 ..Ending::default()
             },
             locked_product: None,
+            locks: LockOrder::default(),
         })
     }
 }
@@ -152,6 +156,8 @@ pub struct LoggedTx<T: Transaction + 'static> {
     ending: Ending,
     /// The product it locked last: a sweep's transaction writes that product's rows.
     locked_product: Option<ProductId>,
+    /// Its locking reads, checked against the core's global lock order.
+    locks: LockOrder,
 }
 
 impl<T: Transaction + 'static> LoggedTx<T> {
@@ -159,6 +165,13 @@ impl<T: Transaction + 'static> LoggedTx<T> {
         self.inner
             .as_mut()
             .ok_or_else(|| StoreError::Database("the transaction has ended".into()))
+    }
+
+    /// Notes a lock the transaction took; one against the global order fails the request.
+    fn took(&mut self, lock: RowLock) -> StoreResult<()> {
+        self.locks.take(lock).map_err(|out_of_order| {
+            StoreError::Database(format!("tx{}: {out_of_order}", self.ending.tx))
+        })
     }
 
     /// This transaction's end for the requests it serves now.
@@ -223,6 +236,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
 
     async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
         self.locked_product = Some(id);
+        self.took(RowLock::Product(id))?;
         self.tx()?.lock_product(id).await
     }
 
@@ -247,11 +261,25 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 
     async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
-        self.tx()?.hold(id, lock).await
+        let hold = self.tx()?.hold(id, lock).await?;
+        if let Some(hold) = hold.as_ref().filter(|_| lock) {
+            self.took(RowLock::Hold {
+                product: hold.product_id,
+                id,
+            })?;
+        }
+        Ok(hold)
     }
 
     async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
-        self.tx()?.order(id, lock).await
+        let order = self.tx()?.order(id, lock).await?;
+        if let Some(order) = order.as_ref().filter(|_| lock) {
+            self.took(RowLock::Order {
+                product: order.product_id,
+                id,
+            })?;
+        }
+        Ok(order)
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
@@ -274,6 +302,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 
     async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
+        self.took(RowLock::Webhook(key.clone()))?;
         self.tx()?.lock_webhook(key).await
     }
 
@@ -281,6 +310,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         &mut self,
         key: &IdempotencyKey,
     ) -> StoreResult<Option<RequestRecord>> {
+        self.took(RowLock::RequestKey(key.clone()))?;
         let record = self.tx()?.lock_request_key(key).await?;
         if record.is_some() {
             self.ending.keys_found.insert(key.as_str().to_owned());
@@ -297,7 +327,14 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         product_id: ProductId,
         now: Timestamp,
     ) -> StoreResult<Vec<Order>> {
-        self.tx()?.lock_overdue_orders(product_id, now).await
+        let orders = self.tx()?.lock_overdue_orders(product_id, now).await?;
+        for order in &orders {
+            self.took(RowLock::Order {
+                product: order.product_id,
+                id: order.id,
+            })?;
+        }
+        Ok(orders)
     }
 
     async fn purge_records(

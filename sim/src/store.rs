@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Ledger, NewOrder, Order,
-    OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
-    WriteSet,
+    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Ledger, LockOrder, NewOrder,
+    Order, OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, RowLock, Timestamp,
+    WebhookRecord, WriteSet,
 };
 use flashsale_server::store::{
     Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, Transaction, TxMode,
@@ -361,6 +361,7 @@ impl Storage for SimStore {
             id,
             writes: BTreeMap::new(),
             keys_found: BTreeSet::new(),
+            locks: LockOrder::default(),
             open: true,
         };
         tx.step().await?;
@@ -376,6 +377,8 @@ pub struct SimTx {
     writes: BTreeMap<RowKey, Row>,
     /// Request keys whose records this transaction found.
     keys_found: BTreeSet<String>,
+    /// The locks it took, checked against the global lock order.
+    locks: LockOrder,
     open: bool,
 }
 
@@ -427,6 +430,18 @@ impl SimTx {
             return Err(StoreError::Connection(
                 "transaction already rolled back".into(),
             ));
+        }
+        if let Some(lock) = self.row_lock(&key)
+            && let Err(out_of_order) = self.locks.take(lock)
+        {
+            let ops = refine::current();
+            let failure = Failure::new(
+                Check::LockOrder,
+                "lock out of order",
+                format!("tx{}: {out_of_order}", self.id),
+            )
+            .at_request(ops.first().map(|op| op.id));
+            self.store.shared().violation.get_or_insert(failure);
         }
         let receiver = {
             let mut guard = self.store.shared();
@@ -579,6 +594,30 @@ impl SimTx {
         let mut shared = self.store.shared();
         shared.tables.id_last[table] = shared.tables.id_last[table].saturating_add(1);
         shared.tables.id_last[table]
+    }
+
+    /// The lock the core's global lock order names for `key`, with a hold's or order's product;
+    /// `None` for a row that does not exist yet (nobody else can be waiting on it).
+    fn row_lock(&self, key: &RowKey) -> Option<RowLock> {
+        Some(match key {
+            RowKey::Product(id) => RowLock::Product(ProductId(*id)),
+            RowKey::Hold(_) => match self.read(key)? {
+                Row::Hold(h) => RowLock::Hold {
+                    product: h.product_id,
+                    id: h.id,
+                },
+                _ => return None,
+            },
+            RowKey::Order(_) => match self.read(key)? {
+                Row::Order(o) => RowLock::Order {
+                    product: o.product_id,
+                    id: o.id,
+                },
+                _ => return None,
+            },
+            RowKey::Webhook(k) => RowLock::Webhook(IdempotencyKey::parse(k)?),
+            RowKey::RequestKey(k) => RowLock::RequestKey(IdempotencyKey::parse(k)?),
+        })
     }
 
     /// Discards the writes and releases the locks, granting each to its next waiter.

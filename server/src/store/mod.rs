@@ -8,7 +8,8 @@
 //!
 //! Every method of a [`Transaction`] that names a row it will change takes that row's lock
 //! (`SELECT ... FOR UPDATE` on MySQL; SQLite's `BEGIN IMMEDIATE` already holds the write lock).
-//! Scripts take locks in one global order: request key, product, hold, order, webhook record.
+//! Scripts take locks in one global order, the core's [`flashsale_core::locks`]: request keys, the
+//! product, its holds and orders (under its lock), a webhook record.
 
 #[cfg(feature = "sql")]
 pub mod sql;

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_core::{
-    CancelReason, Cents, Fingerprint, HoldId, HoldRequest, HoldState, HoldView, IdempotencyKey,
-    OrderId, OrderStatus, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason, Timestamp,
-    WebhookPayload, WebhookResult,
+    CancelReason, Cents, Fingerprint, HoldId, HoldRequest, HoldState, HoldView, ID_MAX,
+    IdempotencyKey, OrderId, OrderStatus, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason,
+    Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, ServiceError};
@@ -721,6 +721,79 @@ async fn the_cancel_reason_migration_names_why_old_orders_were_cancelled(db: Db)
     db.finish(&service).await;
 }
 
+/// Ids past what the storage keeps exactly (`ID_MAX`) are refused before they reach it: a
+/// webhook for one is refused, not recorded (its record could not keep the id, so would not match
+/// its own redelivery), while one for the largest storable id is recorded unmatched and replayed.
+async fn ids_beyond_the_storage_are_refused_before_it(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let beyond = ID_MAX + 1;
+    assert_eq!(
+        rejected(
+            service
+                .apply_webhook(&paid("evt_beyond", HoldId(beyond)))
+                .await
+        ),
+        Rejection::UnknownHold {
+            hold_id: HoldId(beyond)
+        }
+    );
+    assert_eq!(
+        rejected(
+            service
+                .apply_webhook(&paid("evt_max", HoldId(u64::MAX)))
+                .await
+        ),
+        Rejection::UnknownHold {
+            hold_id: HoldId(u64::MAX)
+        }
+    );
+    let largest = paid("evt_largest", HoldId(ID_MAX));
+    let first = service.apply_webhook(&largest).await.expect("recorded");
+    assert_eq!(
+        (first.record.result, first.replayed),
+        (WebhookResult::Unmatched, false)
+    );
+    let again = service.apply_webhook(&largest).await.expect("replayed");
+    assert_eq!((again.record, again.replayed), (first.record, true));
+    let keys: Vec<_> = service
+        .dump()
+        .await
+        .expect("dump")
+        .webhooks
+        .into_iter()
+        .map(|w| w.key)
+        .collect();
+    assert_eq!(keys, vec![key("evt_largest")]);
+    for id in [beyond, u64::MAX] {
+        assert_eq!(
+            rejected(service.place_hold(ProductId(id), Qty(1)).await),
+            Rejection::UnknownProduct {
+                product_id: ProductId(id)
+            }
+        );
+        assert_eq!(
+            rejected(service.place_order(HoldId(id)).await),
+            Rejection::UnknownHold {
+                hold_id: HoldId(id)
+            }
+        );
+        assert!(matches!(
+            service.hold(HoldId(id)).await,
+            Err(ServiceError::NotFound { what: "hold", .. })
+        ));
+        assert!(matches!(
+            service.order(OrderId(id)).await,
+            Err(ServiceError::NotFound { what: "order", .. })
+        ));
+        assert!(matches!(
+            service.product(ProductId(id)).await,
+            Err(ServiceError::NotFound { .. })
+        ));
+    }
+    db.finish(&service).await;
+}
+
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -760,4 +833,5 @@ on_both_databases!(
     a_cached_value_never_outlives_the_staleness_bound_whatever_the_wall_clock_does,
     the_counters_migration_backfills_units_held_from_the_held_holds,
     the_cancel_reason_migration_names_why_old_orders_were_cancelled,
+    ids_beyond_the_storage_are_refused_before_it,
 );

@@ -313,7 +313,9 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use clap::Parser;
+
+    use super::{redact, service, service_config};
 
     #[test]
     fn passwords_never_reach_a_message() {
@@ -328,5 +330,21 @@ mod tests {
         assert_eq!(redact("sqlite:flashsale.db"), "sqlite:flashsale.db");
         assert!(!redact("mysql://u:p%40ss@h/db").contains("p%40ss"));
         assert!(!redact("not a url hunter2").contains("hunter2"));
+    }
+
+    /// (With no `FLASHSALE_*` setting of these flags in the environment, as in CI.)
+    #[test]
+    fn serve_without_flags_runs_the_services_defaults() {
+        let cli =
+            crate::config::Cli::try_parse_from(["flashsale", "serve"]).expect("the defaults parse");
+        let crate::config::Command::Serve(args) = cli.command else {
+            panic!("serve parses as serve");
+        };
+        let config = service_config(&args).expect("the defaults are valid");
+        assert_eq!(config, service::Config::default());
+        // The documented defaults (docs/OPERATIONS.md).
+        assert_eq!(config.request_key_retention_ms, 86_400_000, "24h");
+        assert_eq!(config.webhook_retention_ms, 2_592_000_000, "30days");
+        assert_eq!(config.cache_staleness_ms, 1_000, "1s");
     }
 }

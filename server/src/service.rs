@@ -410,11 +410,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The storage.
     pub fn store(&self) -> &S {
         &self.store

@@ -721,6 +721,77 @@ async fn the_cancel_reason_migration_names_why_old_orders_were_cancelled(db: Db)
     db.finish(&service).await;
 }
 
+/// A lock on a product's row taken from outside the service (a write transaction on SQLite, the
+/// row `FOR UPDATE` on MariaDB), held until released.
+enum Elsewhere {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+impl Elsewhere {
+    async fn lock(db: &Db, p: ProductId) -> Elsewhere {
+        let id = i64::try_from(p.0).expect("a small id");
+        if db.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("connect");
+            let mut tx = pool.begin().await.expect("begin");
+            sqlx::query("UPDATE products SET name = name WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .expect("the database locked");
+            Elsewhere::Sqlite(tx)
+        } else {
+            let pool = sqlx::MySqlPool::connect(&db.url).await.expect("connect");
+            let mut tx = pool.begin().await.expect("begin");
+            sqlx::query("SELECT id FROM products WHERE id = ? FOR UPDATE")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .expect("the row locked");
+            Elsewhere::MySql(tx)
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Elsewhere::Sqlite(tx) => tx.rollback().await.expect("unlocked"),
+            Elsewhere::MySql(tx) => tx.rollback().await.expect("unlocked"),
+        }
+    }
+}
+
+/// While a keyed request runs on a server (here: waiting on the product's lock), the same key on
+/// the same server is answered `KeyInFlight` at once, without touching the database; once the
+/// first has answered, the key replays its hold.
+async fn a_key_in_flight_on_this_server_is_refused_at_once(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 5).await;
+    let lock = Elsewhere::lock(&db, p).await;
+    let k = key("k");
+    let mut first = Box::pin(service.place_hold_keyed(Some(&k), p, Qty(1)));
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(100), &mut first).await;
+    assert!(waiting.is_err(), "the first request waits on the lock");
+    // At once: a request that went to the database would wait on the lock too.
+    let second = service.place_hold_keyed(Some(&k), p, Qty(1));
+    match tokio::time::timeout(std::time::Duration::from_secs(2), second).await {
+        Ok(Err(ServiceError::KeyInFlight { key: in_flight })) => assert_eq!(in_flight, k),
+        other => panic!("expected the key in flight, got {other:?}"),
+    }
+    lock.release().await;
+    let placed = first.await.expect("the first request granted");
+    assert!(!placed.replayed);
+    let again = service
+        .place_hold_keyed(Some(&key("k")), p, Qty(1))
+        .await
+        .expect("replayed");
+    assert_eq!(
+        (again.value.hold.id, again.replayed),
+        (placed.value.hold.id, true)
+    );
+    db.finish(&service).await;
+}
+
 /// Ids past what the storage keeps exactly (`ID_MAX`) are refused before they reach it: a
 /// webhook for one is refused, not recorded (its record could not keep the id, so would not match
 /// its own redelivery), while one for the largest storable id is recorded unmatched and replayed.
@@ -834,4 +905,5 @@ on_both_databases!(
     the_counters_migration_backfills_units_held_from_the_held_holds,
     the_cancel_reason_migration_names_why_old_orders_were_cancelled,
     ids_beyond_the_storage_are_refused_before_it,
+    a_key_in_flight_on_this_server_is_refused_at_once,
 );

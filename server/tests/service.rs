@@ -792,6 +792,62 @@ async fn a_key_in_flight_on_this_server_is_refused_at_once(db: Db) {
     db.finish(&service).await;
 }
 
+/// Polls `future` once, as a caller that sent its request and now waits for the answer.
+fn send<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(future).poll(&mut cx)
+}
+
+/// Hold requests for a product whose row is locked (from outside) queue behind the batch being
+/// decided; past `hold_queue_max` waiting, a request is refused at once with `Overloaded`, and
+/// once the lock goes every queued request is granted.
+async fn a_full_hold_queue_refuses_at_once(db: Db) {
+    let clock = ManualClock::new(T0);
+    let config = Config {
+        hold_batch_max: 2,
+        hold_queue_max: 2,
+        ..Config::default()
+    };
+    let service = db.service_with(&clock, config).await;
+    let p = product(&service, 10).await;
+    let lock = Elsewhere::lock(&db, p).await;
+    // At most a batch of two is in the transaction waiting on the lock and two wait in the
+    // queue, so the fifth request is refused at the latest.
+    let mut sent = Vec::new();
+    let mut refused = None;
+    for n in 0..5 {
+        let mut request = Box::pin(service.place_hold(p, Qty(1)));
+        match send(&mut request) {
+            std::task::Poll::Pending => sent.push(request),
+            std::task::Poll::Ready(answer) => {
+                refused = Some((n, answer));
+                break;
+            }
+        }
+    }
+    match refused {
+        Some((
+            n,
+            Err(ServiceError::Overloaded {
+                product_id,
+                waiting,
+            }),
+        )) => {
+            assert!(
+                n >= 2,
+                "refused with {n} sent before it, the queue holds two"
+            );
+            assert_eq!((product_id, waiting), (p, 2));
+        }
+        other => panic!("expected the fifth request at the latest refused, got {other:?}"),
+    }
+    lock.release().await;
+    for request in sent {
+        request.await.expect("a queued request granted");
+    }
+    db.finish(&service).await;
+}
+
 /// Ids past what the storage keeps exactly (`ID_MAX`) are refused before they reach it: a
 /// webhook for one is refused, not recorded (its record could not keep the id, so would not match
 /// its own redelivery), while one for the largest storable id is recorded unmatched and replayed.
@@ -906,4 +962,5 @@ on_both_databases!(
     the_cancel_reason_migration_names_why_old_orders_were_cancelled,
     ids_beyond_the_storage_are_refused_before_it,
     a_key_in_flight_on_this_server_is_refused_at_once,
+    a_full_hold_queue_refuses_at_once,
 );

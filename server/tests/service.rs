@@ -160,6 +160,31 @@ async fn a_batch_is_granted_in_arrival_order_and_inserted_together(db: Db) {
     db.finish(&service).await;
 }
 
+/// A batch that releases expired holds says so on its first grant only, as the same requests one
+/// by one would: the first grant released them, the later ones found none.
+async fn a_batch_lists_the_holds_it_released_on_its_first_grant(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 3).await;
+    let expired = service.place_hold(p, Qty(3)).await.expect("granted").hold;
+    clock.advance(TTL_MS as i64);
+    let requests = [4, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+    let placed = service
+        .place_hold_batch(p, &requests)
+        .await
+        .expect("decided");
+    let released: Vec<_> = placed
+        .iter()
+        .map(|r| r.as_ref().ok().map(|k| k.value.holds_released.clone()))
+        .collect();
+    assert_eq!(
+        released,
+        vec![None, Some(vec![expired.id]), Some(vec![])],
+        "refused, then the first grant releases, then the next finds nothing to release"
+    );
+    db.finish(&service).await;
+}
+
 fn rejection_for(requested: u32) -> Rejection {
     Rejection::InsufficientStock {
         requested: Qty(requested),
@@ -963,4 +988,5 @@ on_both_databases!(
     ids_beyond_the_storage_are_refused_before_it,
     a_key_in_flight_on_this_server_is_refused_at_once,
     a_full_hold_queue_refuses_at_once,
+    a_batch_lists_the_holds_it_released_on_its_first_grant,
 );

@@ -13,7 +13,7 @@
 //! and the log replayed through the ledger must give every answer, every read a state it may have
 //! seen, and the database's final rows.
 //!
-//! Cases: 48 on SQLite and 16 on MariaDB by default, 6 each for the concurrent variant (each case
+//! Cases: 48 on SQLite and 16 on MariaDB by default, 24 each for the concurrent variant (each case
 //! is a fresh database); set `STORAGE_MODEL_CASES` for more.
 
 // Test arithmetic is on small generated numbers; an overflow would panic the test, as it should.
@@ -979,10 +979,10 @@ fn replay_agrees(
 
 #[test]
 fn concurrent_clients_on_skewed_services_on_sqlite_keep_their_answers() {
-    check_concurrent(sqlite, cases(6));
+    check_concurrent(sqlite, cases(24));
 }
 
 #[test]
 fn concurrent_clients_on_skewed_services_on_mariadb_keep_their_answers() {
-    check_concurrent(mariadb, cases(6));
+    check_concurrent(mariadb, cases(24));
 }

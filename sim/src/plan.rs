@@ -131,6 +131,11 @@ pub struct Journey {
     /// deadline on one instance's clock, and the order at its payment deadline.
     #[serde(default)]
     pub reads: bool,
+    /// How many other buyers send the same hold request to one instance at the same moment,
+    /// without keys, and abandon what they get: a flash sale's crowd, which the product's queue
+    /// decides in batches (the abandoned holds expire, for later batches to release).
+    #[serde(default)]
+    pub crowd: u8,
 }
 
 /// Something the world does to the servers.
@@ -268,6 +273,14 @@ impl Plan {
         for journey in clients.iter_mut().flatten() {
             journey.reads = rng.chance(30);
         }
+        // And crowds after reads.
+        for journey in clients.iter_mut().flatten() {
+            journey.crowd = if rng.chance(10) {
+                2 + rng.below(7) as u8
+            } else {
+                0
+            };
+        }
         Plan {
             stocks,
             hold_ttl_ms,
@@ -376,6 +389,7 @@ fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> J
         keyed,
         double_submit: keyed && rng.chance(20),
         reads: false,
+        crowd: 0,
     }
 }
 
@@ -431,6 +445,9 @@ impl fmt::Display for Plan {
                 )?;
                 if j.reads {
                     write!(f, ", reading")?;
+                }
+                if j.crowd > 0 {
+                    write!(f, ", in a crowd of {} more", j.crowd)?;
                 }
                 match j.order_after_ms {
                     Some(ms) => write!(f, ", order {ms} ms later")?,

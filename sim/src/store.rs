@@ -120,6 +120,8 @@ pub struct FaultCounts {
     pub lock_timeout_real: u64,
     /// Real deadlocks detected in the wait-for graph.
     pub deadlock_real: u64,
+    /// Batches (transactions deciding several hold requests) that released expired holds.
+    pub batched_releasing: u64,
     /// Connections lost mid-transaction.
     pub connection_lost: u64,
     /// Commits whose answer was lost.
@@ -757,6 +759,13 @@ impl Transaction for SimTx {
             let entries = end_entries(self.id, &self.keys_found, &shared.tables, &writes);
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
+                let releases = writes.values().any(|row| {
+                    matches!(row, Row::Hold(h) if h.state == HoldState::Released(ReleaseReason::Expired)
+                        && shared.tables.holds.get(&h.id.0).is_some_and(|old| old.state == HoldState::Held))
+                });
+                if releases {
+                    shared.counts.batched_releasing += 1;
+                }
             }
             if entries.is_empty() && !writes.is_empty() {
                 let failure = Failure::new(

@@ -1077,6 +1077,19 @@ impl World {
     async fn journey(self: Arc<Self>, client: usize, journey: Journey) -> Vec<JoinHandle<()>> {
         let mut spawned = Vec::new();
         let product_id = self.product_id(journey.product);
+        // Drawn only for a crowd, so a plan without one runs as it did before crowds existed.
+        let crowd_at = if journey.crowd > 0 {
+            self.any_instance()
+        } else {
+            0
+        };
+        for _ in 0..journey.crowd {
+            let world = self.clone();
+            let qty = Qty(journey.qty);
+            spawned.push(madsim::task::spawn(async move {
+                world.crowd_buyer(client, crowd_at, product_id, qty).await;
+            }));
+        }
         let Some(hold) = self
             .hold(client, product_id, Qty(journey.qty), &journey)
             .await
@@ -1319,6 +1332,19 @@ impl World {
             }
         }
         None
+    }
+
+    /// One buyer of a crowd: one hold request without a key to `instance`, whatever it gets
+    /// abandoned.
+    async fn crowd_buyer(&self, client: usize, instance: usize, product_id: ProductId, qty: Qty) {
+        let lane = (instance, Lane::Client(client));
+        match self.place_hold(lane, None, product_id, qty).await {
+            Ok(_) => self.count(|s| s.holds_granted += 1),
+            Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock {
+                ..
+            }))) => self.count(|s| s.holds_rejected += 1),
+            Err(_) => {}
+        }
     }
 
     /// One hold request to one instance.

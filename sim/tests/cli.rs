@@ -282,7 +282,15 @@ fn a_failing_run_report_has_a_timeline_with_the_violating_request_highlighted() 
     let html = std::fs::read_to_string(&page).expect("the report is written");
     assert_self_contained(&html);
     assert!(html.contains("<svg") && html.contains("Fault profile") && html.contains("Coverage"));
-    for lane in ["instance 0", "instance 2", "provider", "sweeper"] {
+    // A lane for each instance of the shrunk plan, the provider and the sweeper.
+    let plan = std::fs::read_to_string(dir.join("seed-0-count-expired-holds.json"))
+        .expect("the shrunk plan is written");
+    let plan: serde_json::Value = serde_json::from_str(&plan).expect("a plan file");
+    let servers = plan["plan"]["servers"].as_u64().expect("servers");
+    let lanes = (0..servers)
+        .map(|i| format!("instance {i}"))
+        .chain(["provider".to_owned(), "sweeper".to_owned()]);
+    for lane in lanes {
         assert!(
             html.contains(&format!(">{lane}</text>")),
             "a lane for {lane}"

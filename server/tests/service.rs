@@ -817,6 +817,20 @@ async fn a_key_in_flight_on_this_server_is_refused_at_once(db: Db) {
     db.finish(&service).await;
 }
 
+/// The demo products go into an empty database once: ten of them, product 1 with 5 units (as
+/// the README's first request shows); a second seeding, or one over existing products, adds none.
+async fn the_demo_products_are_seeded_once_into_an_empty_database(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    assert_eq!(service.seed_demo().await.expect("seeded"), 10);
+    assert_eq!(service.seed_demo().await.expect("idempotent"), 0);
+    let products = service.dump().await.expect("dump").products;
+    assert_eq!(products.len(), 10);
+    let first = service.product(ProductId(1)).await.expect("product 1");
+    assert_eq!((first.product.stock, first.available), (Qty(5), Qty(5)));
+    db.finish(&service).await;
+}
+
 /// Polls `future` once, as a caller that sent its request and now waits for the answer.
 fn send<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -989,4 +1003,5 @@ on_both_databases!(
     a_key_in_flight_on_this_server_is_refused_at_once,
     a_full_hold_queue_refuses_at_once,
     a_batch_lists_the_holds_it_released_on_its_first_grant,
+    the_demo_products_are_seeded_once_into_an_empty_database,
 );

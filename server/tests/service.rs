@@ -16,7 +16,7 @@ use flashsale_core::{
     Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, ServiceError};
+use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, PURGE_BATCH, ServiceError};
 use flashsale_server::store::sql::{OrderFilter, SqlStore};
 
 mod common;
@@ -817,6 +817,52 @@ async fn a_key_in_flight_on_this_server_is_refused_at_once(db: Db) {
     db.finish(&service).await;
 }
 
+/// The sweeper purges records older than their retention, each kind by its own, in transactions
+/// of at most `PURGE_BATCH` until none is left; a key whose record is gone is a new request.
+async fn the_sweep_purges_records_past_their_retention_batch_after_batch(db: Db) {
+    let clock = ManualClock::new(T0);
+    let config = Config {
+        request_key_retention_ms: 10_000,
+        webhook_retention_ms: 20_000,
+        ..Config::default()
+    };
+    let service = db.service_with(&clock, config).await;
+    let p = product(&service, 5).await;
+    let k = key("hold-key");
+    let first = service
+        .place_hold_keyed(Some(&k), p, Qty(1))
+        .await
+        .expect("granted");
+    // More webhook records than one purge transaction deletes (unmatched: no such holds).
+    let webhooks = PURGE_BATCH as u64 + 20;
+    for i in 0..webhooks {
+        let payload = paid(&format!("evt_{i}"), HoldId(1_000 + i));
+        service.apply_webhook(&payload).await.expect("recorded");
+    }
+    // A record is purged once it is older than its retention, not at it.
+    clock.advance(10_000);
+    assert_eq!(service.sweep().await.expect("swept").records_purged, 0);
+    clock.advance(1);
+    let report = service.sweep().await.expect("swept");
+    assert_eq!(report.records_purged, 1, "the request key only");
+    let again = service
+        .place_hold_keyed(Some(&k), p, Qty(1))
+        .await
+        .expect("new");
+    assert!(!again.replayed && again.value.hold.id != first.value.hold.id);
+    clock.advance(10_000);
+    let report = service.sweep().await.expect("swept");
+    assert_eq!(
+        report.records_purged, webhooks,
+        "every webhook, the new key not yet"
+    );
+    let dump = service.dump().await.expect("dump");
+    assert!(dump.webhooks.is_empty());
+    let keys: Vec<_> = dump.request_keys.iter().map(|r| r.resource_id).collect();
+    assert_eq!(keys, vec![again.value.hold.id.0]);
+    db.finish(&service).await;
+}
+
 /// The demo products go into an empty database once: ten of them, product 1 with 5 units (as
 /// the README's first request shows); a second seeding, or one over existing products, adds none.
 async fn the_demo_products_are_seeded_once_into_an_empty_database(db: Db) {
@@ -1004,4 +1050,5 @@ on_both_databases!(
     a_full_hold_queue_refuses_at_once,
     a_batch_lists_the_holds_it_released_on_its_first_grant,
     the_demo_products_are_seeded_once_into_an_empty_database,
+    the_sweep_purges_records_past_their_retention_batch_after_batch,
 );

@@ -1,0 +1,50 @@
+//! The service's domain metrics as `GET /metrics` renders them. A test binary of its own: the
+//! Prometheus recorder is global to the process, so nothing else may record into it.
+
+mod common;
+
+use common::{T0, TTL_MS, sqlite};
+use flashsale_core::{HoldRequest, Qty};
+use flashsale_server::clock::ManualClock;
+
+/// The line of `text` for `metric`, e.g. `flashsale_holds_granted_total 3`.
+fn value<'a>(text: &'a str, metric: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_batches_count_their_size_grants_refusals_and_released_holds_once() {
+    let handle = flashsale_server::metrics::install().expect("the recorder");
+    let db = sqlite().await;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = service
+        .create_product("P", flashsale_core::Cents(100), Qty(3))
+        .await
+        .expect("created")
+        .id;
+    service.place_hold(p, Qty(3)).await.expect("granted");
+    clock.advance(TTL_MS as i64);
+    // Refused, then a grant releasing the expired hold, then a grant finding none to release.
+    let requests = [4, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+    service
+        .place_hold_batch(p, &requests)
+        .await
+        .expect("decided");
+    let text = flashsale_server::metrics::render(&handle, service.store());
+    let expected = [
+        ("flashsale_holds_granted_total", "3"),
+        (
+            "flashsale_holds_rejected_total{code=\"insufficient_stock\"}",
+            "1",
+        ),
+        ("flashsale_holds_released_total{reason=\"expired\"}", "1"),
+        ("flashsale_hold_batch_size_count", "2"),
+        ("flashsale_hold_batch_size_sum", "4"),
+    ];
+    for (metric, wanted) in expected {
+        assert_eq!(value(&text, metric), Some(wanted), "{metric} in:\n{text}");
+    }
+    db.finish(&service).await;
+}

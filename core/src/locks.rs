@@ -205,6 +205,25 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_out_of_order_says_which_and_why() {
+        let after = OutOfOrder::After {
+            held: RowLock::Webhook(key("w")),
+            asked: RowLock::RequestKey(key("k")),
+        };
+        assert_eq!(
+            after.to_string(),
+            "request key k locked after webhook record w, against the global lock order"
+        );
+        let without = OutOfOrder::WithoutProduct { asked: hold(1, 5) };
+        assert_eq!(
+            without.to_string(),
+            "hold 5 (of product 1) locked without its product's lock"
+        );
+        assert_eq!(order(2, 3).to_string(), "order 3 (of product 2)");
+        assert_eq!(RowLock::Product(ProductId(7)).to_string(), "product 7");
+    }
+
+    #[test]
     fn a_hold_or_order_needs_its_products_lock() {
         let mut locks = LockOrder::default();
         assert_eq!(

@@ -202,6 +202,17 @@ mod tests {
         let mut webhook = LockOrder::default();
         webhook.take(RowLock::Webhook(key("w"))).unwrap();
         assert!(webhook.take(RowLock::Product(ProductId(1))).is_err());
+        // A product's rows come before the webhook record, even under the product's lock.
+        let mut rows = LockOrder::default();
+        rows.take(RowLock::Product(ProductId(1))).unwrap();
+        rows.take(RowLock::Webhook(key("w"))).unwrap();
+        assert_eq!(
+            rows.take(hold(1, 2)),
+            Err(OutOfOrder::After {
+                held: RowLock::Webhook(key("w")),
+                asked: hold(1, 2),
+            })
+        );
     }
 
     #[test]

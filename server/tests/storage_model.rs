@@ -625,17 +625,7 @@ impl Recorder {
         let from = service.store().len().await;
         let (op, answer) = self
             .run(instance, None, async {
-                let seen = match target {
-                    Target::Product(id) => service.product(id).await.map(|view| Seen::Product {
-                        product: view.product,
-                        available: view.available,
-                    }),
-                    Target::Hold(id) => service
-                        .hold(id)
-                        .await
-                        .map(|(hold, view)| Seen::Hold { hold, view }),
-                    Target::Order(id) => service.order(id).await.map(Seen::Order),
-                };
+                let seen = Seen::read(service, target).await;
                 seen.map(|seen| (seen, OpContext::now_of_current()))
             })
             .await;

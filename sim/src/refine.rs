@@ -440,6 +440,36 @@ pub enum Seen {
     Order(Order),
 }
 
+impl Seen {
+    /// Reads `target` through `service`, as its route does.
+    ///
+    /// # Errors
+    /// The service's: not found, busy, storage.
+    pub async fn read<S, C>(
+        service: &flashsale_server::service::Service<S, C>,
+        target: Target,
+    ) -> Result<Seen, flashsale_server::service::ServiceError>
+    where
+        S: flashsale_server::store::Storage + Clone,
+        C: flashsale_server::clock::Clock + Clone,
+    {
+        Ok(match target {
+            Target::Product(id) => {
+                let view = service.product(id).await?;
+                Seen::Product {
+                    product: view.product,
+                    available: view.available,
+                }
+            }
+            Target::Hold(id) => {
+                let (hold, view) = service.hold(id).await?;
+                Seen::Hold { hold, view }
+            }
+            Target::Order(id) => Seen::Order(service.order(id).await?),
+        })
+    }
+}
+
 /// A read a client was answered, and the positions of the commit log whose states it may have
 /// read: a read is linearizable if some state between the commits before it was sent and those
 /// before it was answered gives its answer at its clock reading. A product read may be

@@ -1157,18 +1157,7 @@ impl World {
             Request::Read(target),
             None,
             move |s| async move {
-                let seen = match target {
-                    Target::Product(id) => s.product(id).await.map(|view| Seen::Product {
-                        product: view.product,
-                        available: view.available,
-                    }),
-                    Target::Hold(id) => s
-                        .hold(id)
-                        .await
-                        .map(|(hold, view)| Seen::Hold { hold, view }),
-                    Target::Order(id) => s.order(id).await.map(Seen::Order),
-                };
-                seen.map(|seen| ReadAnswer {
+                Seen::read(&s, target).await.map(|seen| ReadAnswer {
                     seen,
                     now: OpContext::now_of_current(),
                 })

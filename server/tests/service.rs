@@ -863,6 +863,29 @@ async fn the_sweep_purges_records_past_their_retention_batch_after_batch(db: Db)
     db.finish(&service).await;
 }
 
+/// `migrate` answers the migrations it applied: every one on a fresh database, none again.
+async fn migrate_answers_what_it_applied_and_then_nothing(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    let applied: Vec<i64> = store
+        .migrate()
+        .await
+        .expect("migrated")
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    let all: Vec<i64> = store
+        .migrations()
+        .await
+        .expect("listed")
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert!(!applied.is_empty());
+    assert_eq!(applied, all);
+    assert!(store.migrate().await.expect("again").is_empty());
+    db.remove(&store).await;
+}
+
 /// The demo products go into an empty database once: ten of them, product 1 with 5 units (as
 /// the README's first request shows); a second seeding, or one over existing products, adds none.
 async fn the_demo_products_are_seeded_once_into_an_empty_database(db: Db) {
@@ -1051,4 +1074,5 @@ on_both_databases!(
     a_batch_lists_the_holds_it_released_on_its_first_grant,
     the_demo_products_are_seeded_once_into_an_empty_database,
     the_sweep_purges_records_past_their_retention_batch_after_batch,
+    migrate_answers_what_it_applied_and_then_nothing,
 );

@@ -21,6 +21,7 @@ pub mod locks;
 pub mod order;
 pub mod outcome;
 pub mod payment;
+pub mod plan;
 pub mod product;
 pub mod request;
 pub mod state;
@@ -38,6 +39,7 @@ pub use payment::{
     Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,
     WebhookResult,
 };
+pub use plan::{Load, Loaded, Plan, Rows};
 pub use product::{Counters, NewProduct, Product};
 pub use request::{KeyDecision, KeyedRequest, RequestRecord};
 pub use state::Ledger;

@@ -16,6 +16,7 @@ use crate::invariants::{self, Violation};
 use crate::order::{self, Order, OrderStatus};
 use crate::outcome::{Outcome, Refusal, Rejection};
 use crate::payment::{self, WebhookDecision, WebhookPayload, WebhookRecord};
+use crate::plan::{Load, Loaded, Plan, Rows};
 use crate::product::{self, Product};
 use crate::time::{Timestamp, is_past};
 use crate::writes::{Changes, Inserted, WriteSet};
@@ -178,7 +179,7 @@ impl Ledger {
                 price_cents,
                 stock,
             } => self.create_product(&name, price_cents, stock),
-            Command::Restock { product_id, qty } => self.restock(product_id, qty),
+            Command::Restock { product_id, qty } => self.restock(now, product_id, qty),
             Command::PlaceHold {
                 product_id,
                 qty,
@@ -289,9 +290,15 @@ impl Ledger {
         Ok(Outcome::ProductCreated(product))
     }
 
-    fn restock(&mut self, product_id: ProductId, qty: Qty) -> Result<Outcome, Rejection> {
+    fn restock(
+        &mut self,
+        now: Timestamp,
+        product_id: ProductId,
+        qty: Qty,
+    ) -> Result<Outcome, Rejection> {
         product::validate_restock(qty)?;
-        let product = self.products.get(product_id.0);
+        let rows = self.load(&Plan::Restock { product_id }, now);
+        let product = rows.product();
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
         let writes = product::restock(product, qty)?;
         self.write(&writes);
@@ -306,11 +313,11 @@ impl Ledger {
         ttl_ms: u64,
     ) -> Result<Outcome, Rejection> {
         hold::validate_request(qty, ttl_ms)?;
-        let product = self.products.get(product_id.0);
-        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        let expired = self.expired_holds(product_id, now);
         let request = [HoldRequest::unkeyed(qty)];
-        let decided = hold::place_holds(product, &expired, &request, now, ttl_ms);
+        let rows = self.load(&Plan::place_holds(product_id, &request), now);
+        let product = rows.product();
+        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+        let decided = hold::place_holds(product, rows.expired(), &request, now, ttl_ms);
         let mut decided = decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
         let grant = decided
             .decisions
@@ -335,11 +342,11 @@ impl Ledger {
         payment_window_ms: u64,
     ) -> Result<Outcome, Rejection> {
         order::validate_payment_window(payment_window_ms)?;
-        let hold = self
-            .holds
-            .get(hold_id.0)
+        let rows = self.load(&Plan::PlaceOrder { hold_id, key: None }, now);
+        let (hold, product) = rows
+            .hold_and_product()
+            .unwrap_or_else(|v| panic!("ledger corrupt: {v}"))
             .ok_or(Rejection::UnknownHold { hold_id })?;
-        let product = self.product_of(hold);
         let decided = order::place_order(hold, product, now, payment_window_ms, None);
         let decided = decided.map_err(refused)?;
         let inserted = self.write(&decided.writes);
@@ -358,14 +365,16 @@ impl Ledger {
         now: Timestamp,
         payload: WebhookPayload,
     ) -> Result<Outcome, Rejection> {
-        let record = self.webhooks.get(&payload.key);
-        let hold = self.holds.get(payload.hold_id.0);
-        let hold_and_product = hold.map(|hold| (hold, self.product_of(hold)));
-        let order = hold.and_then(|hold| match hold.state {
-            HoldState::Consumed(order_id) => self.orders.get(order_id.0),
-            HoldState::Held | HoldState::Released(_) => None,
-        });
-        let decision = payment::decide_webhook(record, &payload, hold_and_product, order, now);
+        let plan = Plan::ApplyWebhook {
+            hold_id: payload.hold_id,
+            key: payload.key.clone(),
+        };
+        let rows = self.load(&plan, now);
+        let corrupt = |v: Violation| -> ! { panic!("ledger corrupt: {v}") };
+        let hold_and_product = rows.hold_and_product().unwrap_or_else(|v| corrupt(v));
+        let order = rows.order_of_hold().unwrap_or_else(|v| corrupt(v));
+        let decision =
+            payment::decide_webhook(rows.webhook(), &payload, hold_and_product, order, now);
         let writes = match decision.map_err(refused)? {
             WebhookDecision::Replay(record) => {
                 return Ok(Outcome::WebhookApplied {
@@ -385,17 +394,16 @@ impl Ledger {
     }
 
     /// Releases expired holds and cancels overdue orders, of every product or of `only`, one
-    /// product's write-set at a time as the server's sweeper commits them.
+    /// product's plan and write-set at a time as the server's sweeper commits them.
     fn sweep(&mut self, now: Timestamp, only: Option<ProductId>) -> Outcome {
-        let mut overdue: BTreeMap<ProductId, Vec<Order>> = BTreeMap::new();
         let due = self
             .due
             .iter()
             .take_while(|&&(due_at, _)| is_past(due_at, now));
-        for order in due.filter_map(|&(_, id)| self.orders.get(id.0)) {
-            overdue.entry(order.product_id).or_default().push(*order);
-        }
-        let mut product_ids: BTreeSet<ProductId> = overdue.keys().copied().collect();
+        let mut product_ids: BTreeSet<ProductId> = due
+            .filter_map(|&(_, id)| self.orders.get(id.0))
+            .map(|order| order.product_id)
+            .collect();
         product_ids.extend(self.held.keys().copied());
         if let Some(only) = only {
             product_ids.retain(|&id| id == only);
@@ -403,14 +411,18 @@ impl Ledger {
         let mut holds_released = Vec::new();
         let mut orders_cancelled = Vec::new();
         for product_id in product_ids {
-            let expired = self.expired_holds(product_id, now);
-            let overdue = overdue.remove(&product_id).unwrap_or_default();
+            let rows = self.load(&Plan::SweepProduct { product_id }, now);
+            let (Some(product), expired, overdue) =
+                (rows.product(), rows.expired(), rows.overdue())
+            else {
+                continue;
+            };
             if expired.is_empty() && overdue.is_empty() {
                 continue;
             }
-            let mut changes = Changes::on(self.product_of_id(product_id));
-            let decided = hold::release_expired(&mut changes, &expired, now)
-                .and_then(|()| order::cancel_overdue(&mut changes, &overdue, now));
+            let mut changes = Changes::on(product);
+            let decided = hold::release_expired(&mut changes, expired, now)
+                .and_then(|()| order::cancel_overdue(&mut changes, overdue, now));
             decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
             let writes = changes.finish();
             holds_released.extend(writes.holds_released.iter().map(|&(id, _)| id));
@@ -423,6 +435,39 @@ impl Ledger {
             holds_released,
             orders_cancelled,
         }
+    }
+
+    /// Loads a plan's rows from the tables, as a storage's transaction would read them at `now`.
+    /// The ledger keeps no client request records: every key is new to it.
+    fn load(&self, plan: &Plan, now: Timestamp) -> Rows {
+        let mut rows = Rows::default();
+        while let Some(load) = plan.next(&rows) {
+            rows.put(match load {
+                Load::RequestKey(key) => Loaded::RequestKey(key, None),
+                Load::FindHold(id) => Loaded::FoundHold(self.holds.get(id.0).copied()),
+                Load::Product(id) => Loaded::Product(self.products.get(id.0).cloned()),
+                Load::Hold { id, .. } => Loaded::Hold(self.holds.get(id.0).copied()),
+                Load::Order { id, .. } => Loaded::Order(self.orders.get(id.0).copied()),
+                Load::ExpiredHolds(id) => Loaded::ExpiredHolds(self.expired_holds(id, now)),
+                Load::OverdueOrders(id) => Loaded::OverdueOrders(self.overdue_orders(id, now)),
+                Load::Webhook(key) => Loaded::Webhook(self.webhooks.get(&key).cloned()),
+            });
+        }
+        rows
+    }
+
+    /// The product's pre-payment orders whose payment window closed at `now`, in deadline
+    /// order.
+    fn overdue_orders(&self, product_id: ProductId, now: Timestamp) -> Vec<Order> {
+        let due = self
+            .due
+            .iter()
+            .take_while(|&&(due_at, _)| is_past(due_at, now));
+        let orders = due.filter_map(|&(_, id)| self.orders.get(id.0));
+        orders
+            .filter(|o| o.product_id == product_id)
+            .copied()
+            .collect()
     }
 
     /// Applies a write-set: the one place the ledger changes rows, in the order every storage
@@ -470,11 +515,6 @@ impl Ledger {
             "ledger commands carry no request keys"
         );
         inserted
-    }
-
-    fn product_of(&self, hold: &Hold) -> &Product {
-        let product = self.products.get(hold.product_id.0);
-        product.unwrap_or_else(|| panic!("hold {} names missing product", hold.id))
     }
 
     fn product_of_id(&self, product_id: ProductId) -> &Product {

@@ -3,7 +3,9 @@
 //! - units are conserved: stock plus units sold equals the units received, counted from the
 //!   commands themselves rather than from the ledger's own counter;
 //! - a released hold can never be consumed, whatever `now` is passed later;
-//! - deciding a batch of hold requests equals applying them one by one.
+//! - deciding a batch of hold requests equals applying them one by one;
+//! - every command's plan, over any history, takes its locks in the global order, ends, and
+//!   leaves rows its decision can read without a violation.
 //!
 //! Cases: 1,000 per property by default; set `PROPTEST_CASES` for more.
 
@@ -14,8 +16,8 @@ mod model;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Outcome, PaymentStatus, ProductId,
-    Qty, Rejection, Timestamp, WebhookPayload,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, Outcome,
+    PaymentStatus, Plan, ProductId, Qty, Rejection, RowLock, Rows, Timestamp, WebhookPayload,
 };
 use proptest::prelude::*;
 
@@ -54,6 +56,66 @@ fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
         let _ = ledger.apply(Timestamp(now), command.clone());
     }
     (ledger, Timestamp(now))
+}
+
+/// A plan of any kind, over the same small id space as [`step`].
+fn plan() -> impl Strategy<Value = Plan> {
+    let key = || (0u8..4).prop_map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("valid"));
+    let request = (1u32..3, proptest::option::of(key()))
+        .prop_map(|(qty, key)| HoldRequest { qty: Qty(qty), key });
+    prop_oneof![
+        (1u64..5, proptest::collection::vec(request, 1..5))
+            .prop_map(|(p, requests)| Plan::place_holds(ProductId(p), &requests)),
+        (1u64..30, proptest::option::of(key())).prop_map(|(h, key)| Plan::PlaceOrder {
+            hold_id: HoldId(h),
+            key
+        }),
+        (1u64..30, key()).prop_map(|(h, key)| Plan::ApplyWebhook {
+            hold_id: HoldId(h),
+            key
+        }),
+        (1u64..5).prop_map(|p| Plan::Restock {
+            product_id: ProductId(p)
+        }),
+        (1u64..5).prop_map(|p| Plan::SweepProduct {
+            product_id: ProductId(p)
+        }),
+    ]
+}
+
+/// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes:
+/// the load's own, and each overdue order it locks.
+fn find(ledger: &Ledger, load: Load, now: Timestamp) -> (Loaded, Vec<RowLock>) {
+    let mut locks: Vec<RowLock> = load.lock().into_iter().collect();
+    let loaded = match load {
+        // The ledger keeps no request records; a storage may have one (it ends the plan).
+        Load::RequestKey(key) => Loaded::RequestKey(key, None),
+        Load::FindHold(id) => Loaded::FoundHold(ledger.hold(id).copied()),
+        Load::Product(id) => Loaded::Product(ledger.product(id).cloned()),
+        Load::Hold { id, .. } => Loaded::Hold(ledger.hold(id).copied()),
+        Load::Order { id, .. } => Loaded::Order(ledger.order(id).copied()),
+        Load::ExpiredHolds(id) => Loaded::ExpiredHolds(
+            ledger
+                .holds()
+                .filter(|h| h.product_id == id && h.state == HoldState::Held && h.is_expired(now))
+                .copied()
+                .collect(),
+        ),
+        Load::OverdueOrders(id) => {
+            let overdue: Vec<_> = ledger
+                .orders()
+                .filter(|o| o.product_id == id && o.is_overdue(now))
+                .copied()
+                .collect();
+            locks.extend(overdue.iter().map(|o| RowLock::Order {
+                product: id,
+                id: o.id,
+            }));
+            Loaded::OverdueOrders(overdue)
+        }
+        Load::Webhook(key) => Loaded::Webhook(ledger.webhook(&key).cloned()),
+    };
+    (loaded, locks)
 }
 
 /// The rows of a ledger, for comparing two ledgers.
@@ -210,5 +272,29 @@ proptest! {
         let holds = |l: &Ledger| l.holds().copied().collect::<Vec<_>>();
         prop_assert_eq!(holds(&ledger_batch), holds(&ledger));
         prop_assert_eq!(ledger_batch.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn every_plan_locks_in_the_global_order_ends_and_reads_sound_rows(
+        steps in proptest::collection::vec(step(), 0..40),
+        plans in proptest::collection::vec(plan(), 1..6),
+    ) {
+        let (ledger, now) = run(&steps);
+        for plan in plans {
+            let mut rows = Rows::default();
+            let mut taken = LockOrder::default();
+            let mut loads = Vec::new();
+            while let Some(load) = plan.next(&rows) {
+                prop_assert!(loads.len() < 8, "{:?} does not end: {:?}", plan, loads);
+                let (loaded, locks) = find(&ledger, load.clone(), now);
+                for lock in locks {
+                    prop_assert_eq!(taken.take(lock), Ok(()), "{:?} after {:?}", plan, loads);
+                }
+                rows.put(loaded);
+                loads.push(load);
+            }
+            prop_assert_eq!(rows.hold_and_product().map(|_| ()), Ok(()));
+            prop_assert_eq!(rows.order_of_hold().map(|_| ()), Ok(()));
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The service layer: one transaction script per request, over a [`Storage`].
 //!
-//! Each script opens a transaction, locks the rows it needs in the global order
-//! ([`flashsale_core::locks`]: request keys, product, its holds and orders, webhook record),
-//! reads them into core types, reads the clock, calls the core's decision, writes what the
-//! decision says and commits. No business rule is decided here: every `if` that
+//! Each script opens a transaction, loads the rows its command's [`Plan`] asks for, each with
+//! its lock, in the global order ([`flashsale_core::locks`]: request keys, product, its holds
+//! and orders, webhook record), reads the clock, calls the core's decision on those rows, writes
+//! what the decision says and commits. No business rule is decided here: every `if` that
 //! matters is in `flashsale-core`. A rejection rolls the transaction back, so it changes nothing.
 //! Contention (deadlocks, lock-wait timeouts, Galera certification failures, busy databases, a key
 //! taken by a concurrent insert) and a connection lost before the commit retry the whole script a
@@ -24,9 +24,9 @@ use flashsale_core::payment::{self, WebhookDecision};
 use flashsale_core::product;
 use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Changes, Hold, HoldId, HoldRequest, HoldState, HoldView, ID_MAX, IdempotencyKey,
-    Inserted, KeyedRequest, Order, OrderId, Product, ProductId, Qty, Refusal, Rejection,
-    RequestRecord, Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
+    Cents, Changes, Hold, HoldId, HoldRequest, HoldView, ID_MAX, IdempotencyKey, Inserted,
+    KeyedRequest, Load, Loaded, Order, OrderId, Plan, Product, ProductId, Qty, Refusal, Rejection,
+    RequestRecord, Rows, Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
 };
 use flashsale_sync::batch::{HoldQueues, Waiting};
 use flashsale_sync::cache::{Moment, ProductCache};
@@ -614,30 +614,30 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         requests: &[HoldRequest],
     ) -> Result<Vec<HoldAnswer>, ServiceError> {
         in_transaction!(self, TxMode::Write, "place_holds", |tx| async {
+            let plan = Plan::place_holds(product_id, requests);
+            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
             let mut answers: Vec<Option<HoldAnswer>> = vec![None; requests.len()];
-            let mut keyed: Vec<usize> = (0..requests.len())
-                .filter(|&i| requests[i].key.is_some())
-                .collect();
-            keyed.sort_by(|&a, &b| requests[a].key.cmp(&requests[b].key));
-            for i in keyed {
+            let mut fresh = Vec::new();
+            for (i, request) in requests.iter().enumerate() {
+                let Some(key) = &request.key else {
+                    fresh.push(i);
+                    continue;
+                };
                 let asked = KeyedRequest::PlaceHold {
                     product_id,
-                    qty: requests[i].qty,
+                    qty: request.qty,
                 };
-                answers[i] = match replay(&mut *tx, requests[i].key.as_ref(), &asked).await {
-                    Ok(None) => None,
-                    Ok(Some(record)) => Some(Ok(replayed_hold(&mut *tx, &record).await?)),
-                    Err(ServiceError::Rejected(rejection)) => Some(Err(rejection.into())),
-                    Err(error) => return Err(error),
-                };
+                match request::decide_request_key(rows.request_record(key), key, &asked) {
+                    Ok(KeyDecision::Fresh) => fresh.push(i),
+                    Ok(KeyDecision::Replay(record)) => {
+                        answers[i] = Some(Ok(replayed_hold(&mut *tx, &record).await?));
+                    }
+                    Err(rejection) => answers[i] = Some(Err(rejection.into())),
+                }
             }
-            let fresh: Vec<usize> = (0..requests.len())
-                .filter(|&i| answers[i].is_none())
-                .collect();
             if !fresh.is_empty() {
-                let decided = self
-                    .grant_holds(&mut tx, product_id, requests, &fresh)
-                    .await?;
+                let decided = self.grant_holds(&mut tx, product_id, &rows, requests, &fresh, now);
+                let decided = decided.await?;
                 for (i, answer) in fresh.into_iter().zip(decided) {
                     answers[i] = Some(answer);
                 }
@@ -652,22 +652,24 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         })
     }
 
-    /// The fresh requests (`fresh`, indexes into `requests`) of a batch, decided and written.
+    /// The fresh requests (`fresh`, indexes into `requests`) of a batch, decided on the
+    /// plan's rows and written.
     async fn grant_holds<T: Transaction>(
         &self,
         tx: &mut Tracked<T>,
         product_id: ProductId,
+        rows: &Rows,
         requests: &[HoldRequest],
         fresh: &[usize],
+        now: Timestamp,
     ) -> Result<Vec<HoldAnswer>, ServiceError> {
-        let Some(product) = tx.lock_product(product_id).await? else {
+        let Some(product) = rows.product() else {
             let unknown = Rejection::UnknownProduct { product_id };
             return Ok(fresh.iter().map(|_| Err(unknown.clone().into())).collect());
         };
-        let now = self.clock.now();
-        let expired = tx.expired_holds(product_id, now).await?;
         let asked: Vec<HoldRequest> = fresh.iter().map(|&i| requests[i].clone()).collect();
-        let decided = hold::place_holds(&product, &expired, &asked, now, self.config.hold_ttl_ms)?;
+        let ttl_ms = self.config.hold_ttl_ms;
+        let decided = hold::place_holds(product, rows.expired(), &asked, now, ttl_ms)?;
         let inserted = tx.write(&decided.writes).await?;
         let mut holds = decided.writes.hold_rows(&inserted)?.into_iter();
         let answers = decided.decisions.iter().enumerate().map(|(n, decision)| {
@@ -732,8 +734,13 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         }
         let request = KeyedRequest::PlaceOrder { hold_id };
         let _claim = self.claim(key)?;
+        let plan = Plan::PlaceOrder {
+            hold_id,
+            key: key.cloned(),
+        };
         in_transaction!(self, TxMode::Write, "place_order", |tx| async {
-            if let Some(record) = replay(&mut *tx, key, &request).await? {
+            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
+            if let Some(record) = replay(&rows, key, &request)? {
                 let order = tx.order(OrderId(record.resource_id), false).await?;
                 let order = order.ok_or_else(|| lost_resource(&record))?;
                 let value = OrderPlaced {
@@ -745,10 +752,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                     replayed: true,
                 });
             }
-            let (hold, product) = lock_hold(&mut *tx, hold_id).await?;
-            let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
-            let now = self.clock.now();
-            let decided = order::place_order(&hold, &product, now, window_ms, key)?;
+            let found = rows.hold_and_product()?;
+            let (hold, product) = found.ok_or(Rejection::UnknownHold { hold_id })?;
+            let decided = order::place_order(hold, product, now, window_ms, key)?;
             let inserted = tx.write(&decided.writes).await?;
             let order = match (decided.existing, decided.writes.order_row(&inserted)?) {
                 (None, Some(order)) => order,
@@ -805,27 +811,17 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             }
             .into());
         }
+        let plan = Plan::ApplyWebhook {
+            hold_id: payload.hold_id,
+            key: payload.key.clone(),
+        };
         in_transaction!(self, TxMode::Write, "apply_webhook", |tx| async {
-            let (hold, product) = match lock_hold(&mut *tx, payload.hold_id).await {
-                Ok((hold, product)) => (hold, Some(product)),
-                Err(ServiceError::Rejected(Rejection::UnknownHold { .. })) => (None, None),
-                Err(error) => return Err(error),
-            };
-            let order = match hold.as_ref().map(|h| h.state) {
-                Some(HoldState::Consumed(order_id)) => Some(
-                    tx.order(order_id, true)
-                        .await?
-                        .ok_or_else(|| lost(order_id))?,
-                ),
-                _ => None,
-            };
-            let record = tx.lock_webhook(&payload.key).await?;
-            let now = self.clock.now();
-            let hold_and_product = hold.as_ref().zip(product.as_ref());
+            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
+            let order = rows.order_of_hold()?.copied();
             let decision = payment::decide_webhook(
-                record.as_ref(),
+                rows.webhook(),
                 payload,
-                hold_and_product,
+                rows.hold_and_product()?,
                 order.as_ref(),
                 now,
             )?;
@@ -897,12 +893,14 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             return Err(Rejection::UnknownProduct { product_id }.into());
         }
         in_transaction!(self, TxMode::Write, "restock", |tx| async {
-            let product = tx.lock_product(product_id).await?;
+            let plan = Plan::Restock { product_id };
+            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
+            let product = rows.product();
             let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-            let writes = product::restock(&product, qty)?;
+            let writes = product::restock(product, qty)?;
             tx.write(&writes).await?;
             // Read back as a GET would, inside the transaction: the answer is what it wrote.
-            let read = tx.product_view(product_id, self.clock.now()).await?;
+            let read = tx.product_view(product_id, now).await?;
             let read = read.ok_or(Violation::WriteSetUnresolved)?;
             let available = product::available(&read.product, read.units_expired)?;
             Ok::<_, ServiceError>(ProductView {
@@ -1016,15 +1014,15 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         product_id: ProductId,
     ) -> Result<(usize, usize), ServiceError> {
         in_transaction!(self, TxMode::Write, "sweep_product", |tx| async {
-            let Some(product) = tx.lock_product(product_id).await? else {
+            let plan = Plan::SweepProduct { product_id };
+            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
+            let Some(product) = rows.product() else {
                 return Ok::<_, ServiceError>((0, 0));
             };
-            let now = self.clock.now();
-            let expired = tx.expired_holds(product_id, now).await?;
-            let overdue = tx.lock_overdue_orders(product_id, now).await?;
-            let mut changes = Changes::on(&product);
-            hold::release_expired(&mut changes, &expired, now)?;
-            order::cancel_overdue(&mut changes, &overdue, now)?;
+            let (expired, overdue) = (rows.expired(), rows.overdue());
+            let mut changes = Changes::on(product);
+            hold::release_expired(&mut changes, expired, now)?;
+            order::cancel_overdue(&mut changes, overdue, now)?;
             tx.write(&changes.finish()).await?;
             Ok((expired.len(), overdue.len()))
         })
@@ -1041,44 +1039,60 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     }
 }
 
-/// Locks the key's record, if there is a key, and decides it: `Some(record)` when the key
-/// answered this very request before.
-async fn replay<T: Transaction>(
+/// Loads a plan's rows, each with the lock the plan asks for, and reads the clock once: when the
+/// plan first needs the time (to find expired holds or overdue orders), or after its last load,
+/// so a request that waited for a lock decides at the time it got it.
+async fn load<T: Transaction, C: Clock>(
     tx: &mut T,
+    plan: &Plan,
+    clock: &C,
+) -> Result<(Rows, Timestamp), StoreError> {
+    let mut rows = Rows::default();
+    let mut now = None;
+    while let Some(load) = plan.next(&rows) {
+        rows.put(match load {
+            Load::RequestKey(key) => {
+                let record = tx.lock_request_key(&key).await?;
+                Loaded::RequestKey(key, record)
+            }
+            Load::FindHold(id) => Loaded::FoundHold(tx.hold(id, false).await?),
+            Load::Product(id) => {
+                // The request's lines from here on (retries, contention, its log line) name the
+                // product, when the driver's span has the field (the server's request span does).
+                tracing::Span::current().record("product_id", tracing::field::display(id));
+                Loaded::Product(tx.lock_product(id).await?)
+            }
+            Load::Hold { id, .. } => Loaded::Hold(tx.hold(id, true).await?),
+            Load::Order { id, .. } => Loaded::Order(tx.order(id, true).await?),
+            Load::ExpiredHolds(id) => {
+                let now = *now.get_or_insert_with(|| clock.now());
+                Loaded::ExpiredHolds(tx.expired_holds(id, now).await?)
+            }
+            Load::OverdueOrders(id) => {
+                let now = *now.get_or_insert_with(|| clock.now());
+                Loaded::OverdueOrders(tx.lock_overdue_orders(id, now).await?)
+            }
+            Load::Webhook(key) => Loaded::Webhook(tx.lock_webhook(&key).await?),
+        });
+    }
+    let now = now.unwrap_or_else(|| clock.now());
+    Ok((rows, now))
+}
+
+/// Decides a request's key from the plan's rows: `Some(record)` when the key answered this very
+/// request before.
+fn replay(
+    rows: &Rows,
     key: Option<&IdempotencyKey>,
     request: &KeyedRequest,
 ) -> Result<Option<RequestRecord>, ServiceError> {
     let Some(key) = key else {
         return Ok(None);
     };
-    let record = tx.lock_request_key(key).await?;
-    match request::decide_request_key(record.as_ref(), key, request)? {
+    match request::decide_request_key(rows.request_record(key), key, request)? {
         KeyDecision::Fresh => Ok(None),
         KeyDecision::Replay(record) => Ok(Some(record)),
     }
-}
-
-/// Reads a hold, then locks its product and the hold, in the global lock order. `Ok((None, _))`
-/// never happens: an unknown hold is [`Rejection::UnknownHold`].
-async fn lock_hold<T: Transaction>(
-    tx: &mut T,
-    hold_id: HoldId,
-) -> Result<(Option<Hold>, Product), ServiceError> {
-    let hold = tx.hold(hold_id, false).await?;
-    let hold = hold.ok_or(Rejection::UnknownHold { hold_id })?;
-    // The request's lines from here on (retries, contention, its log line) name the product,
-    // when the driver's span has the field (the server's request span does).
-    tracing::Span::current().record("product_id", tracing::field::display(hold.product_id));
-    let product = tx.lock_product(hold.product_id).await?;
-    let product = product.ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "hold {hold_id} names missing product {}",
-            hold.product_id
-        ))
-    })?;
-    // Read again under the product's lock: the first read only found which product to lock.
-    let hold = tx.hold(hold_id, true).await?;
-    Ok((hold, product))
 }
 
 fn lost(order_id: OrderId) -> ServiceError {

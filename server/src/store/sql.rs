@@ -1,7 +1,7 @@
 //! The SQL storages: MySQL/MariaDB (InnoDB row locks) and SQLite (one writer at a time).
 //!
 //! One implementation serves both. Each step's body is written once and expanded for each
-//! database by [`on_conn!`], with the dialect's SQL picked where the two differ: MySQL locks rows
+//! database by `on_conn!`, with the dialect's SQL picked where the two differ: MySQL locks rows
 //! with `FOR UPDATE`; SQLite takes the write lock up front with `BEGIN IMMEDIATE` and has no row
 //! locks. Rows are read as tuples and parsed into core types, with every stored word and range
 //! checked on the way out ([`StoreError::Corrupt`] otherwise).
@@ -120,8 +120,8 @@ impl SqlStore {
     /// race to apply a migration fails on it, and tries again until it sees the migration done.
     ///
     /// # Errors
-    /// A migration that fails [`MIGRATION_ATTEMPTS`] times, or the lock held by another
-    /// instance for [`MIGRATION_WAIT`].
+    /// A migration that fails `MIGRATION_ATTEMPTS` times, or the lock held by another
+    /// instance for `MIGRATION_WAIT`.
     pub async fn migrate(&self) -> StoreResult<Vec<MigrationState>> {
         let before = self.migrations().await?;
         self.apply_migrations().await?;

@@ -17,8 +17,8 @@ use flashsale_core::{
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{CACHE_STALENESS_MS_DEFAULT, Config, PURGE_BATCH, ServiceError};
+use flashsale_server::store::StoreError;
 use flashsale_server::store::sql::{OrderFilter, SqlStore};
-
 mod common;
 
 use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite, unique};
@@ -653,10 +653,25 @@ async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(&before);
-    store
+    let applied = store
         .migrate()
         .await
         .expect("the new migrations apply over the old rows");
+    let known = store.migrations().await.expect("listed");
+    let newer: Vec<i64> = known
+        .iter()
+        .filter(|m| {
+            !names
+                .iter()
+                .any(|n| n.starts_with(&format!("{:04}_", m.version)))
+        })
+        .map(|m| m.version)
+        .collect();
+    let applied: Vec<i64> = applied.iter().map(|m| m.version).collect();
+    assert_eq!(
+        applied, newer,
+        "migrate answers only the migrations it applied"
+    );
 }
 
 async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db) {
@@ -886,6 +901,63 @@ async fn migrate_answers_what_it_applied_and_then_nothing(db: Db) {
     db.remove(&store).await;
 }
 
+/// Instances starting at once on one fresh database all migrate it: on MySQL one after the
+/// other under the named lock; on SQLite the ones that lose the race to apply a migration fail on
+/// it and try again until they see it applied.
+async fn instances_starting_at_once_all_migrate(db: Db) {
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(SqlStore::connect(&db.url).await.expect("connect"));
+    }
+    let answers = tokio::join!(
+        stores[0].migrate(),
+        stores[1].migrate(),
+        stores[2].migrate(),
+        stores[3].migrate(),
+    );
+    let mut applied = Vec::new();
+    for answer in [answers.0, answers.1, answers.2, answers.3] {
+        let answer = answer.unwrap_or_else(|e| panic!("an instance failed to migrate: {e}"));
+        applied.extend(answer.into_iter().map(|m| m.version));
+    }
+    let known = stores[0].migrations().await.expect("listed");
+    assert!(known.iter().all(|m| m.applied), "every migration applied");
+    for m in &known {
+        assert!(
+            applied.contains(&m.version),
+            "some instance applied {}",
+            m.version
+        );
+    }
+    for store in &stores[1..] {
+        store.close().await;
+    }
+    db.remove(&stores[0]).await;
+}
+
+/// A migration that fails every time is an error once its attempts are spent, naming the
+/// migration's failure, never an endless retry.
+async fn a_migration_that_keeps_failing_is_an_error_after_its_attempts(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    // A table the first migration cannot make its own: SQLite refuses to create it again, and
+    // MySQL's foreign keys cannot reference its missing id.
+    let squatter = "CREATE TABLE products (squatter INTEGER)";
+    match &store {
+        SqlStore::MySql(pool) => sqlx::raw_sql(squatter).execute(pool).await.map(|_| ()),
+        SqlStore::Sqlite(pool) => sqlx::raw_sql(squatter).execute(pool).await.map(|_| ()),
+    }
+    .expect("the squatting table");
+    match store.migrate().await {
+        Err(StoreError::Database(message)) => {
+            assert!(message.contains("migration failed"), "{message}");
+        }
+        other => panic!("expected the migration's failure, got {other:?}"),
+    }
+    let known = store.migrations().await.expect("listed");
+    assert!(known.iter().all(|m| !m.applied), "{known:?}");
+    db.remove(&store).await;
+}
+
 /// The demo products go into an empty database once: ten of them, product 1 with 5 units (as
 /// the README's first request shows); a second seeding, or one over existing products, adds none.
 async fn the_demo_products_are_seeded_once_into_an_empty_database(db: Db) {
@@ -1075,4 +1147,6 @@ on_both_databases!(
     the_demo_products_are_seeded_once_into_an_empty_database,
     the_sweep_purges_records_past_their_retention_batch_after_batch,
     migrate_answers_what_it_applied_and_then_nothing,
+    instances_starting_at_once_all_migrate,
+    a_migration_that_keeps_failing_is_an_error_after_its_attempts,
 );

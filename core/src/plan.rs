@@ -7,6 +7,7 @@
 //! decisions then take their inputs from the [`Rows`], so which rows a decision sees, and which
 //! locks guard them, is decided here once.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::hold::{Hold, HoldRequest, HoldState};
@@ -71,15 +72,16 @@ impl Load {
     }
 }
 
-/// What one [`Load`] found, handed to [`Rows::put`].
+/// What one [`Load`] found, handed to [`Rows::put`]. A storage that reads rows into new values
+/// hands them over owned; the [`crate::Ledger`] lends its own rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Loaded {
+pub enum Loaded<'a> {
     /// For [`Load::RequestKey`].
     RequestKey(IdempotencyKey, Option<RequestRecord>),
     /// For [`Load::FindHold`].
     FoundHold(Option<Hold>),
     /// For [`Load::Product`].
-    Product(Option<Product>),
+    Product(Option<Cow<'a, Product>>),
     /// For [`Load::Hold`].
     Hold(Option<Hold>),
     /// For [`Load::Order`].
@@ -89,25 +91,25 @@ pub enum Loaded {
     /// For [`Load::OverdueOrders`].
     OverdueOrders(Vec<Order>),
     /// For [`Load::Webhook`].
-    Webhook(Option<WebhookRecord>),
+    Webhook(Option<Cow<'a, WebhookRecord>>),
 }
 
 /// The rows a plan has loaded. A field is `None` until its load ran, then holds what was found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rows {
+pub struct Rows<'a> {
     request_keys: BTreeMap<IdempotencyKey, Option<RequestRecord>>,
     found_hold: Option<Option<Hold>>,
-    product: Option<Option<Product>>,
+    product: Option<Option<Cow<'a, Product>>>,
     hold: Option<Option<Hold>>,
     order: Option<Option<Order>>,
     expired: Option<Vec<Hold>>,
     overdue: Option<Vec<Order>>,
-    webhook: Option<Option<WebhookRecord>>,
+    webhook: Option<Option<Cow<'a, WebhookRecord>>>,
 }
 
-impl Rows {
+impl<'a> Rows<'a> {
     /// Records what a load found.
-    pub fn put(&mut self, loaded: Loaded) {
+    pub fn put(&mut self, loaded: Loaded<'a>) {
         match loaded {
             Loaded::RequestKey(key, record) => {
                 self.request_keys.insert(key, record);
@@ -129,7 +131,7 @@ impl Rows {
 
     /// The locked product, if it was loaded and exists.
     pub fn product(&self) -> Option<&Product> {
-        self.product.as_ref().and_then(Option::as_ref)
+        self.product.as_ref().and_then(Option::as_deref)
     }
 
     /// The hold, read under its product's lock, with that product; `None` for an unknown hold.
@@ -184,7 +186,7 @@ impl Rows {
 
     /// The webhook's record, if one exists.
     pub fn webhook(&self) -> Option<&WebhookRecord> {
-        self.webhook.as_ref().and_then(Option::as_ref)
+        self.webhook.as_ref().and_then(Option::as_deref)
     }
 
     fn locked_hold(&self) -> Option<&Hold> {
@@ -312,7 +314,7 @@ fn product_then(
     match &rows.product {
         None => Some(Load::Product(product_id)),
         Some(None) => None,
-        Some(Some(product)) => then(product),
+        Some(Some(product)) => then(product.as_ref()),
     }
 }
 
@@ -368,7 +370,10 @@ mod tests {
 
     /// Runs `plan` over `answer`, checking every lock against the global order; returns the
     /// loads it asked for.
-    fn run(plan: &Plan, mut answer: impl FnMut(&Load) -> Loaded) -> (Vec<Load>, Rows) {
+    fn run(
+        plan: &Plan,
+        mut answer: impl FnMut(&Load) -> Loaded<'static>,
+    ) -> (Vec<Load>, Rows<'static>) {
         let mut rows = Rows::default();
         let mut loads = Vec::new();
         let mut locks = LockOrder::default();
@@ -411,7 +416,7 @@ mod tests {
         let (loads, rows) = run(&plan, |load| match load {
             Load::RequestKey(k) if k == &key("a") => Loaded::RequestKey(k.clone(), None),
             Load::RequestKey(k) => Loaded::RequestKey(k.clone(), Some(record(k))),
-            Load::Product(id) => Loaded::Product(Some(product(id.0))),
+            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
             Load::ExpiredHolds(_) => Loaded::ExpiredHolds(vec![]),
             other => panic!("asked for {other:?}"),
         });
@@ -439,7 +444,7 @@ mod tests {
         let (loads, rows) = run(&plan, |load| match load {
             Load::RequestKey(k) => Loaded::RequestKey(k.clone(), None),
             Load::FindHold(_) => Loaded::FoundHold(Some(hold(4, 2, HoldState::Held))),
-            Load::Product(id) => Loaded::Product(Some(product(id.0))),
+            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
             Load::Hold { .. } => Loaded::Hold(Some(hold(4, 2, HoldState::Held))),
             other => panic!("asked for {other:?}"),
         });
@@ -487,7 +492,7 @@ mod tests {
         let (loads, rows) = run(&plan, |load| match load {
             Load::FindHold(_) => Loaded::FoundHold(Some(consumed)),
             Load::Hold { .. } => Loaded::Hold(Some(consumed)),
-            Load::Product(id) => Loaded::Product(Some(product(id.0))),
+            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
             Load::Order { .. } => Loaded::Order(None),
             Load::Webhook(_) => Loaded::Webhook(None),
             other => panic!("asked for {other:?}"),
@@ -523,7 +528,7 @@ mod tests {
             product_id: ProductId(1),
         };
         let (loads, _) = run(&plan, |load| match load {
-            Load::Product(id) => Loaded::Product(Some(product(id.0))),
+            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
             Load::ExpiredHolds(_) => Loaded::ExpiredHolds(vec![]),
             Load::OverdueOrders(_) => Loaded::OverdueOrders(vec![]),
             other => panic!("asked for {other:?}"),

@@ -7,6 +7,7 @@
 //! and unit total), and the pre-payment orders ordered by payment deadline. Both are derived from
 //! the rows and checked against them in debug builds.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
@@ -439,18 +440,18 @@ impl Ledger {
 
     /// Loads a plan's rows from the tables, as a storage's transaction would read them at `now`.
     /// The ledger keeps no client request records: every key is new to it.
-    fn load(&self, plan: &Plan, now: Timestamp) -> Rows {
+    fn load(&self, plan: &Plan, now: Timestamp) -> Rows<'_> {
         let mut rows = Rows::default();
         while let Some(load) = plan.next(&rows) {
             rows.put(match load {
                 Load::RequestKey(key) => Loaded::RequestKey(key, None),
                 Load::FindHold(id) => Loaded::FoundHold(self.holds.get(id.0).copied()),
-                Load::Product(id) => Loaded::Product(self.products.get(id.0).cloned()),
+                Load::Product(id) => Loaded::Product(self.products.get(id.0).map(Cow::Borrowed)),
                 Load::Hold { id, .. } => Loaded::Hold(self.holds.get(id.0).copied()),
                 Load::Order { id, .. } => Loaded::Order(self.orders.get(id.0).copied()),
                 Load::ExpiredHolds(id) => Loaded::ExpiredHolds(self.expired_holds(id, now)),
                 Load::OverdueOrders(id) => Loaded::OverdueOrders(self.overdue_orders(id, now)),
-                Load::Webhook(key) => Loaded::Webhook(self.webhooks.get(&key).cloned()),
+                Load::Webhook(key) => Loaded::Webhook(self.webhooks.get(&key).map(Cow::Borrowed)),
             });
         }
         rows

@@ -19,6 +19,8 @@ use flashsale_core::{
     Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, Outcome,
     PaymentStatus, Plan, ProductId, Qty, Rejection, RowLock, Rows, Timestamp, WebhookPayload,
 };
+use std::borrow::Cow;
+
 use proptest::prelude::*;
 
 /// A command over a small id space (products, holds and orders share one id sequence), with a
@@ -85,13 +87,13 @@ fn plan() -> impl Strategy<Value = Plan> {
 
 /// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes:
 /// the load's own, and each overdue order it locks.
-fn find(ledger: &Ledger, load: Load, now: Timestamp) -> (Loaded, Vec<RowLock>) {
+fn find(ledger: &Ledger, load: Load, now: Timestamp) -> (Loaded<'_>, Vec<RowLock>) {
     let mut locks: Vec<RowLock> = load.lock().into_iter().collect();
     let loaded = match load {
         // The ledger keeps no request records; a storage may have one (it ends the plan).
         Load::RequestKey(key) => Loaded::RequestKey(key, None),
         Load::FindHold(id) => Loaded::FoundHold(ledger.hold(id).copied()),
-        Load::Product(id) => Loaded::Product(ledger.product(id).cloned()),
+        Load::Product(id) => Loaded::Product(ledger.product(id).map(Cow::Borrowed)),
         Load::Hold { id, .. } => Loaded::Hold(ledger.hold(id).copied()),
         Load::Order { id, .. } => Loaded::Order(ledger.order(id).copied()),
         Load::ExpiredHolds(id) => Loaded::ExpiredHolds(
@@ -113,7 +115,7 @@ fn find(ledger: &Ledger, load: Load, now: Timestamp) -> (Loaded, Vec<RowLock>) {
             }));
             Loaded::OverdueOrders(overdue)
         }
-        Load::Webhook(key) => Loaded::Webhook(ledger.webhook(&key).cloned()),
+        Load::Webhook(key) => Loaded::Webhook(ledger.webhook(&key).map(Cow::Borrowed)),
     };
     (loaded, locks)
 }

@@ -13,6 +13,7 @@
 //! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -658,7 +659,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         &self,
         tx: &mut Tracked<T>,
         product_id: ProductId,
-        rows: &Rows,
+        rows: &Rows<'_>,
         requests: &[HoldRequest],
         fresh: &[usize],
         now: Timestamp,
@@ -1046,7 +1047,7 @@ async fn load<T: Transaction, C: Clock>(
     tx: &mut T,
     plan: &Plan,
     clock: &C,
-) -> Result<(Rows, Timestamp), StoreError> {
+) -> Result<(Rows<'static>, Timestamp), StoreError> {
     let mut rows = Rows::default();
     let mut now = None;
     while let Some(load) = plan.next(&rows) {
@@ -1060,7 +1061,7 @@ async fn load<T: Transaction, C: Clock>(
                 // The request's lines from here on (retries, contention, its log line) name the
                 // product, when the driver's span has the field (the server's request span does).
                 tracing::Span::current().record("product_id", tracing::field::display(id));
-                Loaded::Product(tx.lock_product(id).await?)
+                Loaded::Product(tx.lock_product(id).await?.map(Cow::Owned))
             }
             Load::Hold { id, .. } => Loaded::Hold(tx.hold(id, true).await?),
             Load::Order { id, .. } => Loaded::Order(tx.order(id, true).await?),
@@ -1072,7 +1073,7 @@ async fn load<T: Transaction, C: Clock>(
                 let now = *now.get_or_insert_with(|| clock.now());
                 Loaded::OverdueOrders(tx.lock_overdue_orders(id, now).await?)
             }
-            Load::Webhook(key) => Loaded::Webhook(tx.lock_webhook(&key).await?),
+            Load::Webhook(key) => Loaded::Webhook(tx.lock_webhook(&key).await?.map(Cow::Owned)),
         });
     }
     let now = now.unwrap_or_else(|| clock.now());
@@ -1082,7 +1083,7 @@ async fn load<T: Transaction, C: Clock>(
 /// Decides a request's key from the plan's rows: `Some(record)` when the key answered this very
 /// request before.
 fn replay(
-    rows: &Rows,
+    rows: &Rows<'_>,
     key: Option<&IdempotencyKey>,
     request: &KeyedRequest,
 ) -> Result<Option<RequestRecord>, ServiceError> {

@@ -935,8 +935,8 @@ async fn instances_starting_at_once_all_migrate(db: Db) {
     db.remove(&stores[0]).await;
 }
 
-/// A migration that fails every time is an error once its attempts are spent, naming the
-/// migration's failure, never an endless retry.
+/// A migration that fails every time is an error once its 20 attempts are spent, naming the
+/// migration's failure and the attempts, never an endless retry.
 async fn a_migration_that_keeps_failing_is_an_error_after_its_attempts(db: Db) {
     let store = SqlStore::connect(&db.url).await.expect("connect");
     // A table the first migration cannot make its own: SQLite refuses to create it again, and
@@ -950,6 +950,7 @@ async fn a_migration_that_keeps_failing_is_an_error_after_its_attempts(db: Db) {
     match store.migrate().await {
         Err(StoreError::Database(message)) => {
             assert!(message.contains("migration failed"), "{message}");
+            assert!(message.ends_with("(after 20 attempts)"), "{message}");
         }
         other => panic!("expected the migration's failure, got {other:?}"),
     }

@@ -148,6 +148,11 @@ impl SqlStore {
                     tracing::info!(%error, "migration did not apply; another instance may be applying it; retrying");
                     tokio::time::sleep(MIGRATION_RETRY_PAUSE).await;
                 }
+                Err(StoreError::Database(error)) => {
+                    return Err(StoreError::Database(format!(
+                        "{error} (after {attempt} attempts)"
+                    )));
+                }
                 other => return other,
             }
         }

@@ -1343,6 +1343,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_counts_its_connections_answers_pings_and_closes() {
+        let dir = std::env::temp_dir().join(format!("flashsale-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite:{}", dir.join("pool.db").display());
+        let store = SqlStore::connect(&url).await.expect("connect");
+        assert!(
+            store.ping(Duration::from_secs(5)).await,
+            "a live store answers"
+        );
+        let SqlStore::Sqlite(pool) = &store else {
+            panic!("a sqlite: URL makes a SQLite store")
+        };
+        let held = (
+            pool.acquire().await.expect("one"),
+            pool.acquire().await.expect("two"),
+        );
+        let (in_use, idle) = store.connections();
+        assert_eq!(in_use, 2, "two connections held ({idle} idle)");
+        drop(held);
+        store.close().await;
+        assert!(
+            !store.ping(Duration::from_secs(5)).await,
+            "a closed store answers no ping"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn a_lock_wait_timeout_is_contention() {
         let pool = mysql().await;
         let t = table(&pool).await;

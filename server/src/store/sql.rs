@@ -22,8 +22,9 @@ use flashsale_core::{
     WebhookResult, WriteSet,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+use sqlx::pool::MaybePoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Executor, MySql, Pool, Sqlite};
+use sqlx::{AssertSqlSafe, Executor, MySql, Pool, SqlSafeStr, Sqlite};
 
 use super::{Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, Transaction, TxMode};
 
@@ -35,6 +36,27 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long SQLite waits for the write lock before answering busy.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle for longer than this is pinged before it is handed out (the
+/// database may have closed it meanwhile, or restarted); see [`ping_if_idle`].
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The pools' check before handing out a connection: a ping, but only for one idle longer than
+/// [`PING_IDLE_AFTER`]. sqlx pings every connection as it goes back to the pool, so one used a
+/// moment ago was alive then; pinging it again would put a round trip before every
+/// transaction's first statement, on the critical path of a hot product's batches. A connection
+/// that dies between the two fails its `BEGIN`, which [`SqlStore::begin`] takes again on
+/// another.
+fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if meta.idle_for >= PING_IDLE_AFTER {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
 
 /// A connection pool on MySQL/MariaDB or SQLite.
 #[derive(Clone, Debug)]
@@ -65,6 +87,8 @@ impl SqlStore {
             let pool = MySqlPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(ping_if_idle)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -94,6 +118,8 @@ impl SqlStore {
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(ping_if_idle)
                 .connect_with(options)
                 .await
                 .map_err(map_err)?;
@@ -239,27 +265,45 @@ impl Storage for SqlStore {
     type Tx = SqlTx;
 
     async fn begin(&self, mode: TxMode) -> StoreResult<SqlTx> {
-        self.begin_on(mode).await.map_err(|error| match error {
-            // Nothing ran: a connection that fails as it is handed out is the database
-            // being away, not a transaction to retry at once.
-            StoreError::Connection(message) => StoreError::Unavailable(message),
-            other => other,
-        })
-    }
-}
-
-impl SqlStore {
-    async fn begin_on(&self, mode: TxMode) -> StoreResult<SqlTx> {
         let tx = match (self, mode) {
-            (SqlStore::MySql(pool), _) => SqlTx::MySql(pool.begin().await.map_err(map_err)?),
-            (SqlStore::Sqlite(pool), TxMode::Read) => {
-                SqlTx::Sqlite(pool.begin().await.map_err(map_err)?)
-            }
+            (SqlStore::MySql(pool), _) => SqlTx::MySql(begin_on(pool, None).await?),
+            (SqlStore::Sqlite(pool), TxMode::Read) => SqlTx::Sqlite(begin_on(pool, None).await?),
             (SqlStore::Sqlite(pool), TxMode::Write) => {
-                SqlTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?)
+                SqlTx::Sqlite(begin_on(pool, Some("BEGIN IMMEDIATE")).await?)
             }
         };
         Ok(tx)
+    }
+}
+
+/// A transaction on a pooled connection, begun with `statement` (`BEGIN` by default).
+///
+/// A pooled connection used a moment ago is handed out unpinged ([`ping_if_idle`]), so one that
+/// died since fails its `BEGIN`; nothing ran on it, and the next connection is tried, as many
+/// times as the pool has connections. A connection that cannot be had at all is the database
+/// being away: [`StoreError::Unavailable`], not a transaction to retry at once.
+async fn begin_on<DB: sqlx::Database>(
+    pool: &Pool<DB>,
+    statement: Option<&'static str>,
+) -> StoreResult<sqlx::Transaction<'static, DB>> {
+    let mut tries = pool.options().get_max_connections();
+    loop {
+        let conn = pool.acquire().await.map_err(|error| match map_err(error) {
+            StoreError::Connection(message) => StoreError::Unavailable(message),
+            other => other,
+        })?;
+        let statement = statement.map(SqlSafeStr::into_sql_str);
+        let begun = sqlx::Transaction::begin(MaybePoolConnection::PoolConnection(conn), statement);
+        match begun.await.map_err(map_err) {
+            Err(StoreError::Connection(message)) => {
+                tries = tries.saturating_sub(1);
+                if tries == 0 {
+                    return Err(StoreError::Unavailable(message));
+                }
+                tracing::info!(%message, "a pooled connection failed its BEGIN; taking another");
+            }
+            begun => return begun,
+        }
     }
 }
 
@@ -1444,6 +1488,57 @@ mod tests {
         let error = map_err(error.expect_err("the connection is gone"));
         assert!(matches!(error, StoreError::Connection(_)), "{error:?}");
         victim.detach();
+    }
+
+    /// The connection id of the session `tx` runs on.
+    async fn session_id(tx: &mut SqlTx) -> u64 {
+        let SqlTx::MySql(tx) = tx else {
+            panic!("a mysql: URL makes MySQL transactions")
+        };
+        sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut **tx)
+            .await
+            .expect("id")
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_killed_while_idle_is_replaced_at_begin() {
+        // Used a moment ago, so handed out again without a ping: its BEGIN fails, and the
+        // transaction begins on a new connection instead of answering that the database is away.
+        let store = SqlStore::connect(&mysql_url()).await.expect("connect");
+        let SqlStore::MySql(pool) = &store else {
+            panic!("a mysql: URL makes a MySQL store")
+        };
+        let mut tx = store.begin(TxMode::Write).await.expect("begin");
+        let first = session_id(&mut tx).await;
+        tx.commit().await.expect("commit");
+        // Back in the pool (after sqlx's ping on release) and the only connection there.
+        for _ in 0..500 {
+            if pool.num_idle() == 1 && pool.size() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            (pool.size(), pool.num_idle()),
+            (1, 1),
+            "one idle connection"
+        );
+        let mut killer = <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_url())
+            .await
+            .expect("a connection outside the pool");
+        killer
+            .execute(AssertSqlSafe(format!("KILL CONNECTION {first}")))
+            .await
+            .expect("kill");
+        let mut tx = store
+            .begin(TxMode::Write)
+            .await
+            .expect("a dead pooled connection is replaced, not Unavailable");
+        let second = session_id(&mut tx).await;
+        assert_ne!(second, first, "the transaction runs on a new connection");
+        tx.commit().await.expect("commit");
+        store.close().await;
     }
 
     #[tokio::test]

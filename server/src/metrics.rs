@@ -46,6 +46,21 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// How often [`upkeep_forever`] drains the recorded histogram samples.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the histograms' recorded samples into their buckets every [`UPKEEP_INTERVAL`], for
+/// as long as the server runs. The recorder keeps every sample until it is drained, and only
+/// rendering `/metrics` drains otherwise: unscraped, the server's memory grew by about 6 MiB a
+/// minute under load (16 to 72 MiB in ten minutes of `benches/soak.sh`).
+pub async fn upkeep_forever(handle: PrometheusHandle) {
+    let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// The exposition text, with the pool's connections sampled now.
 pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
     let (in_use, idle) = store.connections();

@@ -134,12 +134,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when binding port 0.
     println!("listening on http://{local}");
     let sweeper = tokio::spawn(sweep_forever(app.clone(), args.sweep_interval));
+    let upkeep = app
+        .metrics
+        .clone()
+        .map(|handle| tokio::spawn(crate::metrics::upkeep_forever(handle)));
     let limits = Limits {
         max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
         header_timeout: args.header_timeout.max(Duration::from_millis(100)),
     };
     serve_connections(listener, routes::routes(app), limits, shutdown_signal()).await;
     sweeper.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -56,6 +56,7 @@ impl Mariadbd {
         let dir = std::env::temp_dir().join(format!("flashsale-mdb-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("the data directory is created");
+        std::fs::create_dir_all(dir.join("tmp")).expect("the temporary directory is created");
         let server = Mariadbd {
             port: free_port(),
             dir,
@@ -63,10 +64,15 @@ impl Mariadbd {
             child: None,
         };
         server.own_by_server_user();
+        // Neither the machine's own server's configuration nor its /tmp: a bootstrap once
+        // failed on a temporary table that vanished from the shared /tmp (`Could not remove
+        // temporary table '/tmp/#sql-temptable-...'`, then `Unknown table 'mysql.tmp_user_sys'`).
         let mut install = Command::new("mariadb-install-db");
         install
+            .arg("--no-defaults")
             .args(server.user_args())
             .arg(format!("--datadir={}", server.data().display()))
+            .arg(format!("--tmpdir={}", server.tmp().display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
         run(&mut install, "initializing a MariaDB data directory");
         std::fs::write(
@@ -101,6 +107,10 @@ impl Mariadbd {
 
     fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
     }
 
     fn socket(&self) -> PathBuf {
@@ -144,6 +154,7 @@ impl Mariadbd {
             .args(self.user_args())
             .arg(format!("--datadir={}", self.data().display()))
             .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--tmpdir={}", self.tmp().display()))
             .arg(format!(
                 "--pid-file={}",
                 self.dir.join("mariadbd.pid").display()

@@ -1,7 +1,8 @@
-//! The commands the ledger applies. Each carries everything its decision needs besides the state
-//! and `now`, so replaying a list of commands with their timestamps rebuilds the same state.
+//! The commands the ledger applies and [`crate::execute`] decides. Each carries everything its
+//! decision needs besides the state and `now`, so replaying a list of commands with their
+//! timestamps rebuilds the same state.
 
-use crate::ids::{Cents, HoldId, ProductId, Qty};
+use crate::ids::{Cents, HoldId, IdempotencyKey, ProductId, Qty};
 use crate::payment::WebhookPayload;
 
 /// One thing the service is asked to do.
@@ -31,6 +32,8 @@ pub enum Command {
         qty: Qty,
         /// How long the hold lasts.
         ttl_ms: u64,
+        /// The client's idempotency key: the same key and request again answers the same hold.
+        key: Option<IdempotencyKey>,
     },
     /// Turn a hold into an order that must be paid within `payment_window_ms`.
     PlaceOrder {
@@ -38,10 +41,13 @@ pub enum Command {
         hold_id: HoldId,
         /// How long the order waits for its payment.
         payment_window_ms: u64,
+        /// The client's idempotency key: the same key and request again answers the same order.
+        key: Option<IdempotencyKey>,
     },
     /// Apply a payment webhook.
     ApplyWebhook(WebhookPayload),
-    /// Release every expired hold and cancel every order past its payment window.
+    /// Release every expired hold and cancel every order past its payment window. The ledger
+    /// runs it as one [`Command::SweepProduct`] per product.
     Sweep,
     /// The same for one product only, as the server's sweeper does, one product per
     /// transaction.

@@ -9,9 +9,9 @@ use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::Violation;
 use crate::outcome::Rejection;
 use crate::product::{self, Product};
-use crate::request::KeyedRequest;
+use crate::request::{KeyedRequest, RequestRecord};
 use crate::time::{Timestamp, is_past};
-use crate::writes::{Changes, RequestKeyWrite, Resource, WriteSet};
+use crate::writes::{Changes, WriteSet};
 
 /// The largest quantity one hold may ask for.
 pub const HOLD_QTY_MAX: Qty = Qty(10_000);
@@ -189,7 +189,8 @@ impl HoldRequest {
 /// A batch's decisions, one per request in order, and what they write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldsDecided {
-    /// Each request's grant or rejection; the `n`th grant is the `n`th hold inserted.
+    /// Each request's grant or rejection; the `n`th grant is the `n`th hold inserted (pending
+    /// id [`crate::writes::pending_hold`]`(n)`).
     pub decisions: Vec<Result<HoldGrant, Rejection>>,
     /// The product's expired holds released (only when something was granted), by id.
     pub holds_released: Vec<HoldId>,
@@ -247,15 +248,15 @@ pub fn place_holds(
     }
     for (request, decision) in requests.iter().zip(&decisions) {
         let Ok(grant) = decision else { continue };
-        let n = changes.grant(*grant)?;
+        let hold_id = changes.grant(*grant)?;
         if let Some(key) = &request.key {
-            changes.record_request(RequestKeyWrite {
+            changes.record_request(RequestRecord {
                 key: key.clone(),
                 request: KeyedRequest::PlaceHold {
                     product_id: product.id,
                     qty: request.qty,
                 },
-                resource: Resource::InsertedHold(n),
+                resource_id: hold_id.0,
                 created: true,
                 created_at: now,
             });
@@ -287,7 +288,11 @@ pub fn release_expired(
 }
 
 /// The units of `expired`, after checking each is a held hold of the product past its deadline.
-fn expired_units(
+///
+/// # Errors
+/// A [`Violation`] when a hold is not a held hold of the product past its deadline, or the
+/// units overflow.
+pub(crate) fn expired_units(
     product_id: ProductId,
     expired: &[Hold],
     now: Timestamp,
@@ -410,7 +415,7 @@ mod tests {
         let now = Timestamp(10);
         let granted = place_holds(&p, &[expired], &ask(3), now, HOLD_TTL_MS_DEFAULT).unwrap();
         assert_eq!(granted.holds_released, vec![HoldId(4)]);
-        let counters = granted.writes.product.map(|p| p.units_held);
+        let counters = granted.writes.product(ProductId(1)).map(|p| p.units_held);
         assert_eq!(counters, Some(Qty(3)));
         let refused = place_holds(&p, &[expired], &ask(4), now, HOLD_TTL_MS_DEFAULT).unwrap();
         assert!(refused.writes.is_empty());

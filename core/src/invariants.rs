@@ -107,6 +107,22 @@ pub enum Violation {
         /// The hold it was for.
         hold_id: HoldId,
     },
+    /// Invariant 4: a client request key's record names a hold or order that does not exist or
+    /// does not match the request (another product, qty or hold), so its replay would answer
+    /// something the request never got.
+    RequestKeyDangling {
+        /// The key.
+        key: IdempotencyKey,
+    },
+    /// An order's cancel reason disagrees with its status: a cancelled order says why, and no
+    /// other does.
+    CancelReasonMismatch {
+        /// The order.
+        order_id: OrderId,
+    },
+    /// A command that is not decided over a plan's rows (creating a product, sweeping every
+    /// product) reached [`crate::execute`]: a bug in its caller.
+    CommandOutsideExecute,
 }
 
 impl fmt::Display for Violation {
@@ -122,7 +138,8 @@ impl fmt::Display for Violation {
 pub fn check(ledger: &Ledger) -> Result<(), Violation> {
     check_products(ledger)?;
     check_holds_and_orders(ledger)?;
-    check_webhooks(ledger)
+    check_webhooks(ledger)?;
+    check_request_keys(ledger)
 }
 
 /// Invariants 1 and 2, per product.
@@ -202,6 +219,9 @@ fn check_holds_and_orders(ledger: &Ledger) -> Result<(), Violation> {
         if !agrees {
             return Err(Violation::OrderDisagreesWithHold { order_id: order.id });
         }
+        if (order.status == OrderStatus::Cancelled) != order.cancel_reason.is_some() {
+            return Err(Violation::CancelReasonMismatch { order_id: order.id });
+        }
     }
     for hold in ledger.holds() {
         if ledger.product(hold.product_id).is_none() {
@@ -279,4 +299,18 @@ fn check_webhooks(ledger: &Ledger) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Invariant 4 for client request keys: every record names the hold or order its request got,
+/// which is what a replay answers.
+fn check_request_keys(ledger: &Ledger) -> Result<(), Violation> {
+    let dangling = ledger
+        .request_keys()
+        .find(|r| !r.names_its_resource(ledger));
+    match dangling {
+        Some(record) => Err(Violation::RequestKeyDangling {
+            key: record.key.clone(),
+        }),
+        None => Ok(()),
+    }
 }

@@ -2,9 +2,10 @@
 //!
 //! Everything that decides whether a unit may be sold lives here, as small pure functions over the
 //! few rows a transaction reads ([`hold::place_holds`], [`order::place_order`],
-//! [`payment::decide_webhook`], [`product::restock`]). The in-memory [`Ledger`] runs commands
-//! through exactly those functions, and so do the SQL server and the simulator: no decision is
-//! written twice.
+//! [`payment::decide_webhook`], [`product::restock`]), driven by one step, [`execute`]: a batch
+//! of commands decided in order over the rows its [`Plan`] loaded, into one answer each and one
+//! [`WriteSet`]. The in-memory [`Ledger`] runs every command through it, and so do the SQL server
+//! and the simulator: no decision is written twice.
 //!
 //! The core reads no clock, does no IO and draws no random numbers: time comes in as a
 //! [`Timestamp`] with each command, and nothing assumes it only moves forward. `core/clippy.toml`
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod command;
+pub mod execute;
 pub mod hold;
 pub mod ids;
 pub mod invariants;
@@ -29,6 +31,7 @@ pub mod time;
 pub mod writes;
 
 pub use command::Command;
+pub use execute::{Executed, execute};
 pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
 pub use ids::{Cents, HoldId, ID_MAX, IdempotencyKey, OrderId, ProductId, Qty};
 pub use invariants::Violation;
@@ -44,4 +47,4 @@ pub use product::{Counters, NewProduct, Product};
 pub use request::{KeyDecision, KeyedRequest, RequestRecord};
 pub use state::Ledger;
 pub use time::Timestamp;
-pub use writes::{Changes, Inserted, RequestKeyWrite, Resource, WriteSet};
+pub use writes::{Changes, Inserted, NewHold, Pending, WriteSet, pending_hold, pending_order};

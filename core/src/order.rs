@@ -10,9 +10,9 @@ use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::Violation;
 use crate::outcome::{Refusal, Rejection};
 use crate::product::Product;
-use crate::request::KeyedRequest;
+use crate::request::{KeyedRequest, RequestRecord};
 use crate::time::{Timestamp, is_past};
-use crate::writes::{Changes, RequestKeyWrite, Resource, WriteSet};
+use crate::writes::{Changes, WriteSet};
 
 /// The shortest payment window accepted: one second.
 pub const PAYMENT_WINDOW_MS_MIN: u64 = 1_000;
@@ -149,12 +149,23 @@ pub struct Order {
     pub created_at: Timestamp,
     /// When an unpaid order is cancelled; a `paid` webhook at or after it asks for a refund.
     pub payment_due_at: Timestamp,
+    /// Why it was cancelled: set exactly when `status` is `Cancelled`.
+    pub cancel_reason: Option<CancelReason>,
 }
 
 impl Order {
     /// Whether it still waits for payment but its window has closed at `now`.
     pub fn is_overdue(&self, now: Timestamp) -> bool {
         self.status == OrderStatus::PrePayment && is_past(self.payment_due_at, now)
+    }
+
+    /// The order once `settlement` moved it to its terminal status.
+    pub fn settled(self, settlement: Settlement) -> Order {
+        Order {
+            status: settlement.status(),
+            cancel_reason: settlement.cancel_reason(),
+            ..self
+        }
     }
 }
 
@@ -189,6 +200,7 @@ impl NewOrder {
             status: self.status,
             created_at: self.created_at,
             payment_due_at: self.payment_due_at,
+            cancel_reason: None,
         }
     }
 }
@@ -197,7 +209,7 @@ impl NewOrder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderDecided {
     /// The order the hold already became, answered again; `None` when this decision creates
-    /// the order in `writes.order_inserted`.
+    /// the order (the first of `writes.orders_inserted`).
     pub existing: Option<OrderId>,
     /// The writes: the new order consuming its hold, and the request's key record if any.
     pub writes: WriteSet,
@@ -239,8 +251,8 @@ pub fn place_order(
     );
     validate_payment_window(payment_window_ms)?;
     let mut changes = Changes::on(product);
-    let existing = match hold.state {
-        HoldState::Consumed(order_id) => Some(order_id),
+    let (existing, answered) = match hold.state {
+        HoldState::Consumed(order_id) => (Some(order_id), order_id),
         HoldState::Released(_) => return Err(Rejection::HoldReleased { hold_id: hold.id }.into()),
         HoldState::Held if hold.is_expired(now) => {
             return Err(Rejection::HoldExpired { hold_id: hold.id }.into());
@@ -253,15 +265,14 @@ pub fn place_order(
                 OrderStatus::PrePayment,
                 payment_window_ms,
             )?;
-            changes.consume(hold, order)?;
-            None
+            (None, changes.consume(hold, order)?)
         }
     };
     if let Some(key) = key {
-        changes.record_request(RequestKeyWrite {
+        changes.record_request(RequestRecord {
             key: key.clone(),
             request: KeyedRequest::PlaceOrder { hold_id: hold.id },
-            resource: existing.map_or(Resource::InsertedOrder, Resource::Order),
+            resource_id: answered.0,
             created: existing.is_none(),
             created_at: now,
         });
@@ -396,8 +407,10 @@ mod tests {
         else {
             panic!("{decision:?}")
         };
-        let order = writes.order_inserted.expect("an order is inserted");
-        let counters = writes.product.map(|p| (p.stock, p.units_held));
+        let order = writes.orders_inserted[0];
+        let counters = writes
+            .product(ProductId(1))
+            .map(|p| (p.stock, p.units_held));
         assert_eq!(
             counters,
             Some((Qty(1), Qty(0))),

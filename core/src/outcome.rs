@@ -13,27 +13,38 @@ use crate::invariants::Violation;
 use crate::order::Order;
 use crate::payment::WebhookRecord;
 use crate::product::Product;
+use crate::writes::{Inserted, Pending};
 
-/// What a successfully applied command did.
+/// What a successfully applied command did. Rows a batch inserts carry pending ids
+/// ([`crate::writes::pending_hold`]) until [`Outcome::resolve`] gives them the stored ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A product was created.
     ProductCreated(Product),
-    /// A product was restocked; its new state.
-    Restocked(Product),
-    /// A hold was granted; `holds_released` lists the product's expired holds released first.
+    /// A product was restocked.
+    Restocked {
+        /// Its new state.
+        product: Product,
+        /// Units available to a new hold after it.
+        available: Qty,
+    },
+    /// A hold was granted, or answered again under its idempotency key.
     HoldPlaced {
-        /// The new hold.
+        /// The hold (as it is now, on a replay).
         hold: Hold,
-        /// Expired holds of the same product released by the same transaction, by id.
+        /// Expired holds of the same product released by the same decision, by id.
         holds_released: Vec<HoldId>,
+        /// Whether the request's key had answered it before, so nothing was decided now.
+        replayed: bool,
     },
     /// An order for the hold exists: created now (`created`), or found from an earlier request.
     OrderPlaced {
-        /// The order.
+        /// The order, as it is now.
         order: Order,
-        /// Whether this command created it.
+        /// Whether the request that made this answer created it.
         created: bool,
+        /// Whether the request's key had answered it before, so nothing was decided now.
+        replayed: bool,
     },
     /// A webhook was answered; `replayed` when the key was seen before with the same payload.
     WebhookApplied {
@@ -41,6 +52,8 @@ pub enum Outcome {
         record: WebhookRecord,
         /// Whether this was a replay that changed nothing.
         replayed: bool,
+        /// The order concerned, as it is now.
+        order: Option<Order>,
     },
     /// A sweep ran.
     Swept {
@@ -49,6 +62,86 @@ pub enum Outcome {
         /// Orders cancelled because their payment window closed, by id.
         orders_cancelled: Vec<OrderId>,
     },
+}
+
+impl Outcome {
+    /// The same outcome in its batch's numbering: a decision numbers the rows it inserts in a
+    /// range of its own, and its batch moves them after the rows earlier commands inserted.
+    pub fn moved(self, offsets: Pending) -> Outcome {
+        match self {
+            Outcome::HoldPlaced {
+                hold,
+                holds_released,
+                replayed,
+            } => Outcome::HoldPlaced {
+                hold: offsets.hold_row(hold),
+                holds_released,
+                replayed,
+            },
+            Outcome::OrderPlaced {
+                order,
+                created,
+                replayed,
+            } => Outcome::OrderPlaced {
+                order: offsets.order_row(order),
+                created,
+                replayed,
+            },
+            Outcome::WebhookApplied {
+                record,
+                replayed,
+                order,
+            } => Outcome::WebhookApplied {
+                record: offsets.webhook_record(record),
+                replayed,
+                order: order.map(|o| offsets.order_row(o)),
+            },
+            other @ (Outcome::ProductCreated(_)
+            | Outcome::Restocked { .. }
+            | Outcome::Swept { .. }) => other,
+        }
+    }
+
+    /// The same outcome in stored ids, once a storage applied its batch's write-set and
+    /// assigned `inserted`.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] when a pending id names a row the storage did not
+    /// insert.
+    pub fn resolve(self, inserted: &Inserted) -> Result<Outcome, Violation> {
+        Ok(match self {
+            Outcome::HoldPlaced {
+                hold,
+                holds_released,
+                replayed,
+            } => Outcome::HoldPlaced {
+                hold: inserted.hold_row(hold)?,
+                holds_released,
+                replayed,
+            },
+            Outcome::OrderPlaced {
+                order,
+                created,
+                replayed,
+            } => Outcome::OrderPlaced {
+                order: inserted.order_row(order)?,
+                created,
+                replayed,
+            },
+            Outcome::WebhookApplied {
+                record,
+                replayed,
+                order,
+            } => Outcome::WebhookApplied {
+                record: inserted.webhook_record(&record)?,
+                replayed,
+                order: order.map(|o| inserted.order_row(o)).transpose()?,
+            },
+            other @ (Outcome::ProductCreated(_)
+            | Outcome::Restocked { .. }
+            | Outcome::Swept { .. }) => other,
+        })
+    }
 }
 
 /// Why a command was refused. Nothing changed.

@@ -188,7 +188,7 @@ pub enum WebhookDecision {
         /// The change made, as the module table says.
         effect: WebhookEffect,
         /// The writes: the effect and the key's record (whose `order_id` names the order
-        /// concerned, or is resolved to the order the effect inserts). Boxed: it is the large
+        /// concerned, or the pending id of the order the effect inserts). Boxed: it is the large
         /// variant, and a replay is the common answer to a provider's retries.
         writes: Box<WriteSet>,
     },
@@ -221,6 +221,7 @@ pub fn decide_webhook(
     }
     let (result, order_id, effect) = decide_new(payload, hold_and_product, order, now)?;
     let mut changes = hold_and_product.map(|(_, product)| Changes::on(product));
+    let mut order_id = order_id;
     match (&mut changes, effect) {
         (_, WebhookEffect::None) => {}
         (Some(changes), WebhookEffect::PayOrder(_)) => changes.pay(order_of(order)?)?,
@@ -228,7 +229,7 @@ pub fn decide_webhook(
             changes.cancel(order_of(order)?, CancelReason::PaymentFailed)?
         }
         (Some(changes), WebhookEffect::CreatePaidOrder(new)) => {
-            changes.consume(hold_of(hold_and_product)?, new)?;
+            order_id = Some(changes.consume(hold_of(hold_and_product)?, new)?);
         }
         (Some(changes), WebhookEffect::ReleaseHold(_, reason)) => {
             changes.release(hold_of(hold_and_product)?, reason)?;
@@ -236,7 +237,7 @@ pub fn decide_webhook(
         (None, _) => return Err(Violation::WriteSetUnresolved.into()),
     }
     let mut writes = changes.map_or_else(Changes::none, Changes::finish);
-    writes.webhook = Some(WebhookRecord {
+    writes.webhooks.push(WebhookRecord {
         key: payload.key.clone(),
         hold_id: payload.hold_id,
         status: payload.status,

@@ -1,126 +1,184 @@
-//! Which rows a command's transaction reads, in the global lock order ([`crate::locks`]).
+//! Which rows a batch of commands reads, in the global lock order ([`crate::locks`]).
 //!
-//! A [`Plan`] is asked for its next [`Load`] with the [`Rows`] loaded so far, until it needs
-//! nothing more; what it asks for next depends on what was found (an order's hold names the
-//! product to lock; a replayed key needs nothing else). Every storage runs the same loop: the SQL
-//! storage and the simulator's through the service layer, the [`crate::Ledger`] from its maps. The
-//! decisions then take their inputs from the [`Rows`], so which rows a decision sees, and which
-//! locks guard them, is decided here once.
+//! A [`Plan`] is made from the commands one transaction decides (one, or a batch of any kinds
+//! and products) and asked for its next [`Load`] with the [`Rows`] loaded so far, until it needs
+//! nothing more. Each load reads every row of one kind the batch needs at once, so a storage can
+//! read them in one statement, and the loads come in the lock order:
+//!
+//! 1. the client request keys, in key order (locked);
+//! 2. the holds that orders, webhooks and replayed keys name, read without a lock only to learn
+//!    their products;
+//! 3. the products, in id order (locked);
+//! 4. those holds again, locked under their products;
+//! 5. the orders of the consumed ones (locked);
+//! 6. the expired holds of the products that hold requests, restocks and sweeps name (read under
+//!    the product's lock, at the decision's `now`);
+//! 7. the overdue orders of the products swept (locked);
+//! 8. the webhook records, in key order (locked).
+//!
+//! What a stage asks for depends only on what the stages before it found, so every storage runs
+//! the same loop: the SQL storage and the simulator's through the service layer, the
+//! [`crate::Ledger`] from its tables. [`crate::execute`] then decides on the [`Rows`], so which
+//! rows a decision sees, and which locks guard them, is decided here once.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::hold::{Hold, HoldRequest, HoldState};
+use crate::command::Command;
+use crate::hold::{Hold, HoldState};
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId};
-use crate::invariants::Violation;
 use crate::locks::RowLock;
 use crate::order::Order;
 use crate::payment::WebhookRecord;
 use crate::product::Product;
-use crate::request::RequestRecord;
+use crate::request::{KeyedRequest, RequestRecord};
 
-/// One read a plan asks for. The locking ones say which lock in [`Load::lock`].
+/// One read a plan asks for: every row of one kind the batch needs, in the lock order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Load {
-    /// Lock and read a client request's idempotency-key record.
-    RequestKey(IdempotencyKey),
-    /// Read a hold without a lock, only to learn which product to lock before it.
-    FindHold(HoldId),
-    /// Lock and read a product.
-    Product(ProductId),
-    /// Lock and read a hold, under its product's lock.
-    Hold {
-        /// Its product, locked already.
-        product: ProductId,
-        /// The hold.
-        id: HoldId,
-    },
-    /// Lock and read an order, under its product's lock.
-    Order {
-        /// Its product, locked already.
-        product: ProductId,
-        /// The order.
-        id: OrderId,
-    },
-    /// Read the product's held holds whose deadline has passed at the decision's `now`, under
-    /// the product's lock (which keeps every other transaction off them).
-    ExpiredHolds(ProductId),
-    /// Lock and read the product's pre-payment orders whose payment window closed at `now`.
-    OverdueOrders(ProductId),
-    /// Lock and read a webhook's idempotency-key record.
-    Webhook(IdempotencyKey),
+    /// Lock and read client request idempotency-key records, in key order.
+    RequestKeys(Vec<IdempotencyKey>),
+    /// Read holds without a lock, only to learn which products to lock before them.
+    FindHolds(Vec<HoldId>),
+    /// Lock and read products, in id order.
+    Products(Vec<ProductId>),
+    /// Lock and read holds, each under its product's lock (taken already).
+    Holds(Vec<(ProductId, HoldId)>),
+    /// Lock and read orders, each under its product's lock (taken already).
+    Orders(Vec<(ProductId, OrderId)>),
+    /// Read the products' held holds whose deadline has passed at the decision's `now`, under
+    /// the products' locks (which keep every other transaction off them).
+    ExpiredHolds(Vec<ProductId>),
+    /// Lock and read the products' pre-payment orders whose payment window closed at `now`.
+    OverdueOrders(Vec<ProductId>),
+    /// Lock and read webhook idempotency-key records, in key order.
+    Webhooks(Vec<IdempotencyKey>),
 }
 
 impl Load {
-    /// The one row lock this read takes, if it names one. [`Load::OverdueOrders`] locks the
-    /// orders it finds, each a [`RowLock::Order`] under the product's lock.
-    pub fn lock(&self) -> Option<RowLock> {
+    /// The row locks this read takes, in the order it takes them. [`Load::OverdueOrders`]
+    /// locks the orders it finds, each a [`RowLock::Order`] under its product's lock.
+    pub fn locks(&self) -> Vec<RowLock> {
         match self {
-            Load::RequestKey(key) => Some(RowLock::RequestKey(key.clone())),
-            Load::Product(id) => Some(RowLock::Product(*id)),
-            Load::Hold { product, id } => Some(RowLock::Hold {
-                product: *product,
-                id: *id,
-            }),
-            Load::Order { product, id } => Some(RowLock::Order {
-                product: *product,
-                id: *id,
-            }),
-            Load::Webhook(key) => Some(RowLock::Webhook(key.clone())),
-            Load::FindHold(_) | Load::ExpiredHolds(_) | Load::OverdueOrders(_) => None,
+            Load::RequestKeys(keys) => keys.iter().cloned().map(RowLock::RequestKey).collect(),
+            Load::Products(ids) => ids.iter().copied().map(RowLock::Product).collect(),
+            Load::Holds(ids) => ids
+                .iter()
+                .map(|&(product, id)| RowLock::Hold { product, id })
+                .collect(),
+            Load::Orders(ids) => ids
+                .iter()
+                .map(|&(product, id)| RowLock::Order { product, id })
+                .collect(),
+            Load::Webhooks(keys) => keys.iter().cloned().map(RowLock::Webhook).collect(),
+            Load::FindHolds(_) | Load::ExpiredHolds(_) | Load::OverdueOrders(_) => Vec::new(),
         }
+    }
+
+    /// Whether it needs the decision's `now`.
+    pub fn needs_now(&self) -> bool {
+        matches!(self, Load::ExpiredHolds(_) | Load::OverdueOrders(_))
     }
 }
 
-/// What one [`Load`] found, handed to [`Rows::put`]. A storage that reads rows into new values
-/// hands them over owned; the [`crate::Ledger`] lends its own rows.
+/// What one [`Load`] found: the rows that exist, in any order; a row asked for and absent does
+/// not exist. A storage that reads rows into new values hands them over owned; the
+/// [`crate::Ledger`] lends its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Loaded<'a> {
-    /// For [`Load::RequestKey`].
-    RequestKey(IdempotencyKey, Option<RequestRecord>),
-    /// For [`Load::FindHold`].
-    FoundHold(Option<Hold>),
-    /// For [`Load::Product`].
-    Product(Option<Cow<'a, Product>>),
-    /// For [`Load::Hold`].
-    Hold(Option<Hold>),
-    /// For [`Load::Order`].
-    Order(Option<Order>),
-    /// For [`Load::ExpiredHolds`].
-    ExpiredHolds(Vec<Hold>),
-    /// For [`Load::OverdueOrders`].
-    OverdueOrders(Vec<Order>),
-    /// For [`Load::Webhook`].
-    Webhook(Option<Cow<'a, WebhookRecord>>),
+    /// For [`Load::RequestKeys`].
+    RequestKeys(Vec<RequestRecord>),
+    /// For [`Load::FindHolds`] and [`Load::Holds`].
+    Holds(Vec<Hold>),
+    /// For [`Load::Products`].
+    Products(Vec<Cow<'a, Product>>),
+    /// For [`Load::Orders`] and [`Load::OverdueOrders`].
+    Orders(Vec<Order>),
+    /// For [`Load::Webhooks`].
+    Webhooks(Vec<Cow<'a, WebhookRecord>>),
 }
 
-/// The rows a plan has loaded. A field is `None` until its load ran, then holds what was found.
+/// The rows a plan has loaded. A map holds an entry for every row asked for: the row, or `None`
+/// when it does not exist.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rows<'a> {
     request_keys: BTreeMap<IdempotencyKey, Option<RequestRecord>>,
-    found_hold: Option<Option<Hold>>,
-    product: Option<Option<Cow<'a, Product>>>,
-    hold: Option<Option<Hold>>,
-    order: Option<Option<Order>>,
-    expired: Option<Vec<Hold>>,
-    overdue: Option<Vec<Order>>,
-    webhook: Option<Option<Cow<'a, WebhookRecord>>>,
+    found_holds: BTreeMap<HoldId, Option<Hold>>,
+    products: BTreeMap<ProductId, Option<Cow<'a, Product>>>,
+    /// Holds read under their product's lock: the locked reads and the expired holds.
+    holds: BTreeMap<HoldId, Option<Hold>>,
+    /// Orders read under their product's lock: the locked reads and the overdue orders.
+    orders: BTreeMap<OrderId, Option<Order>>,
+    expired: BTreeMap<ProductId, Vec<HoldId>>,
+    overdue: BTreeMap<ProductId, Vec<OrderId>>,
+    webhooks: BTreeMap<IdempotencyKey, Option<Cow<'a, WebhookRecord>>>,
 }
 
 impl<'a> Rows<'a> {
-    /// Records what a load found.
-    pub fn put(&mut self, loaded: Loaded<'a>) {
-        match loaded {
-            Loaded::RequestKey(key, record) => {
-                self.request_keys.insert(key, record);
+    /// Records what `load` found.
+    ///
+    /// # Panics
+    /// If `loaded` is not the kind of rows `load` asks for: the storage's loop is wrong.
+    pub fn put(&mut self, load: Load, loaded: Loaded<'a>) {
+        match (load, loaded) {
+            (Load::RequestKeys(keys), Loaded::RequestKeys(records)) => {
+                self.request_keys
+                    .extend(keys.into_iter().map(|k| (k, None)));
+                for record in records {
+                    self.request_keys.insert(record.key.clone(), Some(record));
+                }
             }
-            Loaded::FoundHold(hold) => self.found_hold = Some(hold),
-            Loaded::Product(product) => self.product = Some(product),
-            Loaded::Hold(hold) => self.hold = Some(hold),
-            Loaded::Order(order) => self.order = Some(order),
-            Loaded::ExpiredHolds(holds) => self.expired = Some(holds),
-            Loaded::OverdueOrders(orders) => self.overdue = Some(orders),
-            Loaded::Webhook(record) => self.webhook = Some(record),
+            (Load::FindHolds(ids), Loaded::Holds(holds)) => {
+                self.found_holds
+                    .extend(ids.into_iter().map(|id| (id, None)));
+                self.found_holds
+                    .extend(holds.into_iter().map(|h| (h.id, Some(h))));
+            }
+            (Load::Products(ids), Loaded::Products(products)) => {
+                self.products.extend(ids.into_iter().map(|id| (id, None)));
+                self.products
+                    .extend(products.into_iter().map(|p| (p.id, Some(p))));
+            }
+            (Load::Holds(ids), Loaded::Holds(holds)) => {
+                self.holds.extend(ids.into_iter().map(|(_, id)| (id, None)));
+                self.holds
+                    .extend(holds.into_iter().map(|h| (h.id, Some(h))));
+            }
+            (Load::Orders(ids), Loaded::Orders(orders)) => {
+                self.orders
+                    .extend(ids.into_iter().map(|(_, id)| (id, None)));
+                self.orders
+                    .extend(orders.into_iter().map(|o| (o.id, Some(o))));
+            }
+            (Load::ExpiredHolds(ids), Loaded::Holds(holds)) => {
+                self.expired
+                    .extend(ids.into_iter().map(|id| (id, Vec::new())));
+                for hold in holds {
+                    self.expired
+                        .entry(hold.product_id)
+                        .or_default()
+                        .push(hold.id);
+                    self.holds.entry(hold.id).or_insert(Some(hold));
+                }
+            }
+            (Load::OverdueOrders(ids), Loaded::Orders(orders)) => {
+                self.overdue
+                    .extend(ids.into_iter().map(|id| (id, Vec::new())));
+                for order in orders {
+                    self.overdue
+                        .entry(order.product_id)
+                        .or_default()
+                        .push(order.id);
+                    self.orders.entry(order.id).or_insert(Some(order));
+                }
+            }
+            (Load::Webhooks(keys), Loaded::Webhooks(records)) => {
+                self.webhooks.extend(keys.into_iter().map(|k| (k, None)));
+                for record in records {
+                    self.webhooks.insert(record.key.clone(), Some(record));
+                }
+            }
+            (load, loaded) => panic!("{load:?} answered with {loaded:?}"),
         }
     }
 
@@ -129,222 +187,189 @@ impl<'a> Rows<'a> {
         self.request_keys.get(key).and_then(Option::as_ref)
     }
 
-    /// The locked product, if it was loaded and exists.
-    pub fn product(&self) -> Option<&Product> {
-        self.product.as_ref().and_then(Option::as_deref)
+    /// A hold as found without a lock (only its product is to be trusted).
+    pub fn found_hold(&self, id: HoldId) -> Option<&Hold> {
+        self.found_holds.get(&id).and_then(Option::as_ref)
     }
 
-    /// The hold, read under its product's lock, with that product; `None` for an unknown hold.
-    ///
-    /// # Errors
-    /// [`Violation::DanglingProduct`] when the hold names a product that does not exist.
-    pub fn hold_and_product(&self) -> Result<Option<(&Hold, &Product)>, Violation> {
-        let Some(found) = self.found_hold.as_ref().and_then(Option::as_ref) else {
-            return Ok(None);
-        };
-        let Some(product) = self.product() else {
-            return Err(Violation::DanglingProduct {
-                product_id: found.product_id,
-            });
-        };
-        Ok(self
-            .hold
-            .as_ref()
-            .and_then(Option::as_ref)
-            .map(|hold| (hold, product)))
+    /// A locked product, if it was loaded and exists.
+    pub fn product(&self, id: ProductId) -> Option<&Product> {
+        self.products.get(&id).and_then(Option::as_deref)
     }
 
-    /// The order that consumed the hold, locked, when the hold is consumed and the plan loads
-    /// it (a webhook's does; an order's does not: [`crate::order::place_order`] needs only the
-    /// hold).
-    ///
-    /// # Errors
-    /// [`Violation::HoldOrderMismatch`] when the hold names an order that does not exist.
-    pub fn order_of_hold(&self) -> Result<Option<&Order>, Violation> {
-        match (self.locked_hold(), &self.order) {
-            (_, None) | (None, _) => Ok(None),
-            (Some(_), Some(Some(order))) => Ok(Some(order)),
-            (Some(hold), Some(None)) => Err(Violation::HoldOrderMismatch {
-                hold_id: hold.id,
-                order_id: match hold.state {
-                    HoldState::Consumed(id) => id,
-                    HoldState::Held | HoldState::Released(_) => OrderId(0),
-                },
-            }),
-        }
+    /// A hold read under its product's lock, if it was loaded and exists.
+    pub fn hold(&self, id: HoldId) -> Option<&Hold> {
+        self.holds.get(&id).and_then(Option::as_ref)
+    }
+
+    /// An order read under its product's lock, if it was loaded and exists.
+    pub fn order(&self, id: OrderId) -> Option<&Order> {
+        self.orders.get(&id).and_then(Option::as_ref)
     }
 
     /// The product's expired held holds, as loaded (none when not loaded).
-    pub fn expired(&self) -> &[Hold] {
-        self.expired.as_deref().unwrap_or(&[])
+    pub fn expired(&self, product_id: ProductId) -> impl Iterator<Item = &Hold> {
+        let ids = self.expired.get(&product_id).into_iter().flatten();
+        ids.filter_map(|id| self.hold(*id))
     }
 
     /// The product's overdue orders, as loaded (none when not loaded).
-    pub fn overdue(&self) -> &[Order] {
-        self.overdue.as_deref().unwrap_or(&[])
+    pub fn overdue(&self, product_id: ProductId) -> impl Iterator<Item = &Order> {
+        let ids = self.overdue.get(&product_id).into_iter().flatten();
+        ids.filter_map(|id| self.order(*id))
     }
 
-    /// The webhook's record, if one exists.
-    pub fn webhook(&self) -> Option<&WebhookRecord> {
-        self.webhook.as_ref().and_then(Option::as_deref)
-    }
-
-    fn locked_hold(&self) -> Option<&Hold> {
-        self.hold.as_ref().and_then(Option::as_ref)
+    /// A webhook key's record, if one exists.
+    pub fn webhook(&self, key: &IdempotencyKey) -> Option<&WebhookRecord> {
+        self.webhooks.get(key).and_then(Option::as_deref)
     }
 }
 
-/// The rows one command's transaction needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
-    /// A batch of hold requests on one product: their keys in key order, then (when any request
-    /// is fresh: unkeyed, or its key has no record) the product and its expired holds.
-    PlaceHolds {
-        /// The product.
-        product_id: ProductId,
-        /// The requests' keys, sorted and without duplicates.
-        keys: Vec<IdempotencyKey>,
-        /// Whether any request has no key.
-        unkeyed: bool,
-    },
-    /// An order from a hold: the key (a record ends the plan: the request replays or is
-    /// refused), then the hold's product, then the hold.
-    PlaceOrder {
-        /// The hold.
-        hold_id: HoldId,
-        /// The request's key.
-        key: Option<IdempotencyKey>,
-    },
-    /// A webhook: the hold's product, the hold, its order when consumed, then the webhook's
-    /// record (last in the lock order, so the product's rows are locked first even when the
-    /// record replays).
-    ApplyWebhook {
-        /// The hold the payment is for.
-        hold_id: HoldId,
-        /// The webhook's key.
-        key: IdempotencyKey,
-    },
-    /// A restock: the product.
-    Restock {
-        /// The product.
-        product_id: ProductId,
-    },
-    /// One product's sweep: the product, its expired holds, its overdue orders.
-    SweepProduct {
-        /// The product.
-        product_id: ProductId,
-    },
+/// The rows one transaction's commands need, stage by stage (see the module doc).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Client request keys (hold and order requests), sorted.
+    request_keys: BTreeSet<IdempotencyKey>,
+    /// Holds named by order requests and webhooks.
+    holds: BTreeSet<HoldId>,
+    /// Products named by hold requests, restocks and sweeps.
+    products: BTreeSet<ProductId>,
+    /// Products whose expired holds the decisions count or release.
+    expired_of: BTreeSet<ProductId>,
+    /// Products whose overdue orders a sweep cancels.
+    overdue_of: BTreeSet<ProductId>,
+    /// Webhook keys, sorted.
+    webhooks: BTreeSet<IdempotencyKey>,
 }
 
 impl Plan {
-    /// The plan of a batch of hold requests.
-    pub fn place_holds(product_id: ProductId, requests: &[HoldRequest]) -> Plan {
-        let mut keys: Vec<IdempotencyKey> = requests.iter().filter_map(|r| r.key.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        Plan::PlaceHolds {
-            product_id,
-            keys,
-            unkeyed: requests.iter().any(|r| r.key.is_none()),
+    /// The plan of `commands`, decided together in one transaction. [`Command::CreateProduct`]
+    /// and [`Command::Sweep`] read no rows: they are not decided over a plan.
+    pub fn new(commands: &[Command]) -> Plan {
+        let mut plan = Plan::default();
+        for command in commands {
+            plan.add(command);
         }
+        plan
     }
 
-    /// The next row to load, given the rows loaded so far; `None` when the decision has all it
-    /// needs.
-    pub fn next(&self, rows: &Rows) -> Option<Load> {
-        match self {
-            Plan::PlaceHolds {
-                product_id,
-                keys,
-                unkeyed,
+    fn add(&mut self, command: &Command) {
+        match command {
+            Command::PlaceHold {
+                product_id, key, ..
             } => {
-                if let Some(key) = keys.iter().find(|k| !rows.request_keys.contains_key(*k)) {
-                    return Some(Load::RequestKey(key.clone()));
-                }
-                let fresh = *unkeyed || rows.request_keys.values().any(Option::is_none);
-                if !fresh {
-                    return None;
-                }
-                product_then(rows, *product_id, |_| {
-                    rows.expired
-                        .is_none()
-                        .then_some(Load::ExpiredHolds(*product_id))
-                })
+                self.request_keys.extend(key.iter().cloned());
+                self.products.insert(*product_id);
+                self.expired_of.insert(*product_id);
             }
-            Plan::PlaceOrder { hold_id, key } => {
-                if let Some(key) = key {
-                    match rows.request_keys.get(key) {
-                        None => return Some(Load::RequestKey(key.clone())),
-                        Some(Some(_)) => return None,
-                        Some(None) => {}
-                    }
-                }
-                hold_then(rows, *hold_id, |_| None)
+            Command::PlaceOrder { hold_id, key, .. } => {
+                self.request_keys.extend(key.iter().cloned());
+                self.holds.insert(*hold_id);
             }
-            Plan::ApplyWebhook { hold_id, key } => {
-                let before = hold_then(rows, *hold_id, |hold| match hold.state {
-                    HoldState::Consumed(id) if rows.order.is_none() => Some(Load::Order {
-                        product: hold.product_id,
-                        id,
-                    }),
-                    _ => None,
-                });
-                before.or_else(|| rows.webhook.is_none().then(|| Load::Webhook(key.clone())))
+            Command::ApplyWebhook(payload) => {
+                self.holds.insert(payload.hold_id);
+                self.webhooks.insert(payload.key.clone());
             }
-            Plan::Restock { product_id } => product_then(rows, *product_id, |_| None),
-            Plan::SweepProduct { product_id } => product_then(rows, *product_id, |_| {
-                if rows.expired.is_none() {
-                    Some(Load::ExpiredHolds(*product_id))
-                } else if rows.overdue.is_none() {
-                    Some(Load::OverdueOrders(*product_id))
-                } else {
-                    None
-                }
-            }),
+            Command::Restock { product_id, .. } => {
+                self.products.insert(*product_id);
+                self.expired_of.insert(*product_id);
+            }
+            Command::SweepProduct { product_id } => {
+                self.products.insert(*product_id);
+                self.expired_of.insert(*product_id);
+                self.overdue_of.insert(*product_id);
+            }
+            Command::CreateProduct { .. } | Command::Sweep => {}
         }
     }
-}
 
-/// The product's lock, then what `then` asks for once the product exists.
-fn product_then(
-    rows: &Rows,
-    product_id: ProductId,
-    then: impl FnOnce(&Product) -> Option<Load>,
-) -> Option<Load> {
-    match &rows.product {
-        None => Some(Load::Product(product_id)),
-        Some(None) => None,
-        Some(Some(product)) => then(product.as_ref()),
+    /// The next rows to load, given the rows loaded so far; `None` when the decisions have all
+    /// they need.
+    pub fn next(&self, rows: &Rows) -> Option<Load> {
+        let keys = missing(&self.request_keys, &rows.request_keys);
+        if !keys.is_empty() {
+            return Some(Load::RequestKeys(keys));
+        }
+        let to_find = self.holds_to_find(rows);
+        let find = missing(&to_find, &rows.found_holds);
+        if !find.is_empty() {
+            return Some(Load::FindHolds(find));
+        }
+        let found = || rows.found_holds.values().flatten();
+        let mut products = self.products.clone();
+        products.extend(found().map(|h| h.product_id));
+        let lock = missing(&products, &rows.products);
+        if !lock.is_empty() {
+            return Some(Load::Products(lock));
+        }
+        let exists = |id: &ProductId| rows.product(*id).is_some();
+        let holds: Vec<(ProductId, HoldId)> = found()
+            .filter(|h| exists(&h.product_id) && !rows.holds.contains_key(&h.id))
+            .map(|h| (h.product_id, h.id))
+            .collect();
+        if !holds.is_empty() {
+            return Some(Load::Holds(holds));
+        }
+        let orders: Vec<(ProductId, OrderId)> = found()
+            .filter_map(|found| rows.hold(found.id))
+            .filter_map(|hold| match hold.state {
+                HoldState::Consumed(order_id) => Some((hold.product_id, order_id)),
+                HoldState::Held | HoldState::Released(_) => None,
+            })
+            .filter(|(_, id)| !rows.orders.contains_key(id))
+            .collect();
+        if !orders.is_empty() {
+            return Some(Load::Orders(orders));
+        }
+        let expired: Vec<ProductId> = self.expired_of.iter().copied().filter(exists).collect();
+        let expired = missing_in(expired, &rows.expired);
+        if !expired.is_empty() {
+            return Some(Load::ExpiredHolds(expired));
+        }
+        let overdue: Vec<ProductId> = self.overdue_of.iter().copied().filter(exists).collect();
+        let overdue = missing_in(overdue, &rows.overdue);
+        if !overdue.is_empty() {
+            return Some(Load::OverdueOrders(overdue));
+        }
+        let webhooks = missing(&self.webhooks, &rows.webhooks);
+        (!webhooks.is_empty()).then_some(Load::Webhooks(webhooks))
+    }
+
+    /// The holds to find: those the commands name, and those the loaded hold-request keys
+    /// answered before (a replay answers its hold as it is now, read under its product's lock).
+    fn holds_to_find(&self, rows: &Rows) -> BTreeSet<HoldId> {
+        let mut holds = self.holds.clone();
+        let records = rows.request_keys.values().flatten();
+        holds.extend(records.filter_map(|record| match record.request {
+            KeyedRequest::PlaceHold { .. } => Some(HoldId(record.resource_id)),
+            KeyedRequest::PlaceOrder { hold_id } => Some(hold_id),
+        }));
+        holds
     }
 }
 
-/// A hold found without a lock, its product locked, the hold locked and read again, then what
-/// `then` asks for once the locked hold exists. Nothing when the hold or its product is missing.
-fn hold_then(
-    rows: &Rows,
-    hold_id: HoldId,
-    then: impl FnOnce(&Hold) -> Option<Load>,
-) -> Option<Load> {
-    let found = match &rows.found_hold {
-        None => return Some(Load::FindHold(hold_id)),
-        Some(None) => return None,
-        Some(Some(found)) => found,
-    };
-    product_then(rows, found.product_id, |product| match &rows.hold {
-        None => Some(Load::Hold {
-            product: product.id,
-            id: hold_id,
-        }),
-        Some(None) => None,
-        Some(Some(hold)) => then(hold),
-    })
+/// The members of `wanted` not yet asked for, in order.
+fn missing<K: Ord + Clone, V>(wanted: &BTreeSet<K>, asked: &BTreeMap<K, V>) -> Vec<K> {
+    wanted
+        .iter()
+        .filter(|k| !asked.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+fn missing_in<K: Ord, V>(wanted: Vec<K>, asked: &BTreeMap<K, V>) -> Vec<K> {
+    wanted
+        .into_iter()
+        .filter(|k| !asked.contains_key(k))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Qty;
+    use crate::ids::{Cents, Qty};
     use crate::locks::LockOrder;
+    use crate::payment::{PaymentStatus, WebhookPayload};
     use crate::time::Timestamp;
 
     fn key(k: &str) -> IdempotencyKey {
@@ -352,7 +377,7 @@ mod tests {
     }
 
     fn product(id: u64) -> Product {
-        crate::product::create_product("p", crate::ids::Cents(100), Qty(5))
+        crate::product::create_product("p", Cents(100), Qty(5))
             .unwrap()
             .with_id(ProductId(id))
     }
@@ -368,6 +393,23 @@ mod tests {
         }
     }
 
+    fn place_hold(product: u64, k: Option<&str>) -> Command {
+        Command::PlaceHold {
+            product_id: ProductId(product),
+            qty: Qty(1),
+            ttl_ms: 1_000,
+            key: k.map(key),
+        }
+    }
+
+    fn webhook(hold: u64, k: &str) -> Command {
+        Command::ApplyWebhook(WebhookPayload {
+            key: key(k),
+            hold_id: HoldId(hold),
+            status: PaymentStatus::Paid,
+        })
+    }
+
     /// Runs `plan` over `answer`, checking every lock against the global order; returns the
     /// loads it asked for.
     fn run(
@@ -378,173 +420,137 @@ mod tests {
         let mut loads = Vec::new();
         let mut locks = LockOrder::default();
         while let Some(load) = plan.next(&rows) {
-            assert!(loads.len() < 32, "the plan ends: {loads:?}");
-            if let Some(lock) = load.lock() {
+            assert!(loads.len() < 16, "the plan ends: {loads:?}");
+            for lock in load.locks() {
                 locks.take(lock).unwrap();
             }
-            rows.put(answer(&load));
+            let loaded = answer(&load);
+            rows.put(load.clone(), loaded);
             loads.push(load);
         }
         (loads, rows)
     }
 
-    #[test]
-    fn a_batch_locks_its_keys_in_order_then_the_product_unless_every_key_replays() {
-        let request = |k: Option<&str>| HoldRequest {
-            qty: Qty(1),
-            key: k.map(key),
+    /// A store of a few rows: products 1..=3, hold 4 of product 2 (consumed by order 9 when
+    /// `consumed`), and no records.
+    fn store(consumed: bool) -> impl FnMut(&Load) -> Loaded<'static> {
+        let state = if consumed {
+            HoldState::Consumed(OrderId(9))
+        } else {
+            HoldState::Held
         };
-        let plan = Plan::place_holds(ProductId(3), &[request(Some("b")), request(Some("a"))]);
-        let record = |k: &IdempotencyKey| RequestRecord {
-            key: k.clone(),
-            request: crate::request::KeyedRequest::PlaceHold {
-                product_id: ProductId(3),
+        move |load| match load {
+            Load::RequestKeys(_) => Loaded::RequestKeys(vec![]),
+            Load::FindHolds(ids) => Loaded::Holds(
+                ids.iter()
+                    .filter(|id| id.0 == 4)
+                    .map(|_| hold(4, 2, state))
+                    .collect(),
+            ),
+            Load::Holds(ids) => Loaded::Holds(
+                ids.iter()
+                    .filter(|(_, id)| id.0 == 4)
+                    .map(|_| hold(4, 2, state))
+                    .collect(),
+            ),
+            Load::Products(ids) => Loaded::Products(
+                ids.iter()
+                    .filter(|id| id.0 <= 3)
+                    .map(|id| Cow::Owned(product(id.0)))
+                    .collect(),
+            ),
+            Load::Orders(_) | Load::OverdueOrders(_) => Loaded::Orders(vec![]),
+            Load::ExpiredHolds(_) => Loaded::Holds(vec![]),
+            Load::Webhooks(_) => Loaded::Webhooks(vec![]),
+        }
+    }
+
+    #[test]
+    fn a_batch_loads_each_kind_once_in_the_lock_order() {
+        let commands = [
+            place_hold(3, Some("b")),
+            webhook(4, "w"),
+            place_hold(1, Some("a")),
+            Command::PlaceOrder {
+                hold_id: HoldId(4),
+                payment_window_ms: 1_000,
+                key: None,
+            },
+        ];
+        let (loads, rows) = run(&Plan::new(&commands), store(true));
+        assert_eq!(
+            loads,
+            [
+                Load::RequestKeys(vec![key("a"), key("b")]),
+                Load::FindHolds(vec![HoldId(4)]),
+                Load::Products(vec![ProductId(1), ProductId(2), ProductId(3)]),
+                Load::Holds(vec![(ProductId(2), HoldId(4))]),
+                Load::Orders(vec![(ProductId(2), OrderId(9))]),
+                Load::ExpiredHolds(vec![ProductId(1), ProductId(3)]),
+                Load::Webhooks(vec![key("w")]),
+            ]
+        );
+        assert_eq!(rows.order(OrderId(9)), None, "asked for, and missing");
+        assert!(rows.hold(HoldId(4)).is_some());
+    }
+
+    #[test]
+    fn a_hold_replayed_by_its_key_is_found_and_locked_under_its_product() {
+        let record = RequestRecord {
+            key: key("k"),
+            request: KeyedRequest::PlaceHold {
+                product_id: ProductId(2),
                 qty: Qty(1),
             },
-            resource_id: 1,
+            resource_id: 4,
             created: true,
             created_at: Timestamp(0),
         };
-        let (loads, _) = run(&plan, |load| match load {
-            Load::RequestKey(k) => Loaded::RequestKey(k.clone(), Some(record(k))),
-            other => panic!("asked for {other:?}"),
-        });
-        assert_eq!(
-            loads,
-            [Load::RequestKey(key("a")), Load::RequestKey(key("b"))]
-        );
+        let mut rows_of = store(false);
+        let plan = Plan::new(&[place_hold(2, Some("k"))]);
         let (loads, rows) = run(&plan, |load| match load {
-            Load::RequestKey(k) if k == &key("a") => Loaded::RequestKey(k.clone(), None),
-            Load::RequestKey(k) => Loaded::RequestKey(k.clone(), Some(record(k))),
-            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
-            Load::ExpiredHolds(_) => Loaded::ExpiredHolds(vec![]),
-            other => panic!("asked for {other:?}"),
+            Load::RequestKeys(_) => Loaded::RequestKeys(vec![record.clone()]),
+            other => rows_of(other),
         });
-        assert_eq!(
-            loads[2..],
-            [
-                Load::Product(ProductId(3)),
-                Load::ExpiredHolds(ProductId(3))
-            ]
-        );
-        assert_eq!(rows.product().map(|p| p.id), Some(ProductId(3)));
-        assert!(rows.request_record(&key("b")).is_some());
-        assert!(rows.request_record(&key("a")).is_none());
-        let unknown = Plan::place_holds(ProductId(3), &[request(None)]);
-        let (loads, _) = run(&unknown, |_| Loaded::Product(None));
-        assert_eq!(loads, [Load::Product(ProductId(3))]);
+        assert_eq!(loads[1], Load::FindHolds(vec![HoldId(4)]));
+        assert_eq!(loads[3], Load::Holds(vec![(ProductId(2), HoldId(4))]));
+        assert_eq!(rows.request_record(&key("k")), Some(&record));
     }
 
     #[test]
-    fn an_order_finds_its_hold_then_locks_the_product_and_the_hold() {
-        let plan = Plan::PlaceOrder {
-            hold_id: HoldId(4),
-            key: Some(key("k")),
-        };
-        let (loads, rows) = run(&plan, |load| match load {
-            Load::RequestKey(k) => Loaded::RequestKey(k.clone(), None),
-            Load::FindHold(_) => Loaded::FoundHold(Some(hold(4, 2, HoldState::Held))),
-            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
-            Load::Hold { .. } => Loaded::Hold(Some(hold(4, 2, HoldState::Held))),
-            other => panic!("asked for {other:?}"),
-        });
+    fn an_unknown_hold_or_product_ends_its_part_of_the_plan() {
+        let plan = Plan::new(&[webhook(5, "w"), place_hold(7, None)]);
+        let (loads, rows) = run(&plan, store(false));
         assert_eq!(
             loads,
             [
-                Load::RequestKey(key("k")),
-                Load::FindHold(HoldId(4)),
-                Load::Product(ProductId(2)),
-                Load::Hold {
-                    product: ProductId(2),
-                    id: HoldId(4)
-                },
+                Load::FindHolds(vec![HoldId(5)]),
+                Load::Products(vec![ProductId(7)]),
+                Load::Webhooks(vec![key("w")]),
             ]
         );
-        let (hold_read, product_read) = rows.hold_and_product().unwrap().unwrap();
-        assert_eq!((hold_read.id, product_read.id), (HoldId(4), ProductId(2)));
-        // A hold naming a missing product is corrupt rows, said so.
-        let (_, rows) = run(&plan, |load| match load {
-            Load::RequestKey(k) => Loaded::RequestKey(k.clone(), None),
-            Load::FindHold(_) => Loaded::FoundHold(Some(hold(4, 2, HoldState::Held))),
-            _ => Loaded::Product(None),
-        });
-        assert_eq!(
-            rows.hold_and_product(),
-            Err(Violation::DanglingProduct {
-                product_id: ProductId(2)
-            })
-        );
-        let (loads, rows) = run(&plan, |load| match load {
-            Load::RequestKey(k) => Loaded::RequestKey(k.clone(), None),
-            _ => Loaded::FoundHold(None),
-        });
-        assert_eq!(loads.len(), 2, "an unknown hold ends the plan: {loads:?}");
-        assert_eq!(rows.hold_and_product(), Ok(None));
-    }
-
-    #[test]
-    fn a_webhook_locks_the_product_its_rows_then_its_record() {
-        let plan = Plan::ApplyWebhook {
-            hold_id: HoldId(4),
-            key: key("w"),
-        };
-        let consumed = hold(4, 2, HoldState::Consumed(OrderId(9)));
-        let (loads, rows) = run(&plan, |load| match load {
-            Load::FindHold(_) => Loaded::FoundHold(Some(consumed)),
-            Load::Hold { .. } => Loaded::Hold(Some(consumed)),
-            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
-            Load::Order { .. } => Loaded::Order(None),
-            Load::Webhook(_) => Loaded::Webhook(None),
-            other => panic!("asked for {other:?}"),
-        });
-        assert_eq!(
-            loads[3..],
-            [
-                Load::Order {
-                    product: ProductId(2),
-                    id: OrderId(9)
-                },
-                Load::Webhook(key("w"))
-            ]
-        );
-        assert_eq!(
-            rows.order_of_hold(),
-            Err(Violation::HoldOrderMismatch {
-                hold_id: HoldId(4),
-                order_id: OrderId(9)
-            })
-        );
-        // An unknown hold: only the record, still last.
-        let (loads, _) = run(&plan, |load| match load {
-            Load::FindHold(_) => Loaded::FoundHold(None),
-            _ => Loaded::Webhook(None),
-        });
-        assert_eq!(loads, [Load::FindHold(HoldId(4)), Load::Webhook(key("w"))]);
+        assert_eq!(rows.product(ProductId(7)), None);
+        assert_eq!(rows.found_hold(HoldId(5)), None);
     }
 
     #[test]
     fn a_sweep_locks_the_product_then_reads_its_expired_holds_and_overdue_orders() {
-        let plan = Plan::SweepProduct {
+        let plan = Plan::new(&[Command::SweepProduct {
             product_id: ProductId(1),
-        };
-        let (loads, _) = run(&plan, |load| match load {
-            Load::Product(id) => Loaded::Product(Some(Cow::Owned(product(id.0)))),
-            Load::ExpiredHolds(_) => Loaded::ExpiredHolds(vec![]),
-            Load::OverdueOrders(_) => Loaded::OverdueOrders(vec![]),
-            other => panic!("asked for {other:?}"),
-        });
+        }]);
+        let (loads, _) = run(&plan, store(false));
         assert_eq!(
             loads,
             [
-                Load::Product(ProductId(1)),
-                Load::ExpiredHolds(ProductId(1)),
-                Load::OverdueOrders(ProductId(1))
+                Load::Products(vec![ProductId(1)]),
+                Load::ExpiredHolds(vec![ProductId(1)]),
+                Load::OverdueOrders(vec![ProductId(1)])
             ]
         );
-        let restock = Plan::Restock {
-            product_id: ProductId(1),
-        };
-        let (loads, _) = run(&restock, |_| Loaded::Product(None));
-        assert_eq!(loads, [Load::Product(ProductId(1))]);
+        assert!(
+            Plan::new(&[Command::Sweep])
+                .next(&Rows::default())
+                .is_none()
+        );
     }
 }

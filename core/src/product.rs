@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn restock_adds_to_stock_and_units_received() {
-        let restocked = restock(&product(5), Qty(3)).map(|w| w.product);
+        let restocked = restock(&product(5), Qty(3)).map(|w| w.product(ProductId(1)).copied());
         let counters = restocked.map(|p| p.map(|p| (p.stock, p.units_received)));
         assert_eq!(counters, Ok(Some((Qty(8), 8))));
         assert_eq!(

@@ -194,6 +194,7 @@ mod tests {
                 product_id: ProductId(1),
                 qty: Qty(2),
                 ttl_ms: 60_000,
+                key: None,
             },
         );
         assert!(held.is_ok());
@@ -214,6 +215,7 @@ mod tests {
             crate::Command::PlaceOrder {
                 hold_id: HoldId(1),
                 payment_window_ms: 60_000,
+                key: None,
             },
         );
         assert!(ordered.is_ok());

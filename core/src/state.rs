@@ -1,5 +1,6 @@
-//! The in-memory ledger: products, holds, orders and webhook records, and the one entry point
-//! [`Ledger::apply`] that runs a command through the same decisions the SQL server calls.
+//! The in-memory ledger: products, holds, orders, webhook and request-key records, and the one
+//! entry point [`Ledger::apply`] that runs a command through the same steps the SQL server runs:
+//! load its [`Plan`]'s rows, [`execute`], write the [`WriteSet`].
 //!
 //! Rows live in dense tables indexed by id (each kind has its own sequence from 1, as a database
 //! table does), so a lookup is an index, not a search. Two indexes sit beside the rows so that no
@@ -11,16 +12,18 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
-use crate::hold::{self, Hold, HoldRequest, HoldState};
+use crate::execute::execute;
+use crate::hold::{Hold, HoldState};
 use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::{self, Violation};
-use crate::order::{self, Order, OrderStatus};
+use crate::order::{Order, OrderStatus, Settlement};
 use crate::outcome::{Outcome, Refusal, Rejection};
-use crate::payment::{self, WebhookDecision, WebhookPayload, WebhookRecord};
+use crate::payment::WebhookRecord;
 use crate::plan::{Load, Loaded, Plan, Rows};
 use crate::product::{self, Product};
+use crate::request::RequestRecord;
 use crate::time::{Timestamp, is_past};
-use crate::writes::{Changes, Inserted, WriteSet};
+use crate::writes::{Inserted, WriteSet};
 
 /// A refusal of the ledger's own decision: a rejection is answered; a violation means the
 /// ledger's own rows are corrupt, which is a bug.
@@ -128,6 +131,7 @@ pub struct Ledger {
     holds: Table<Hold>,
     orders: Table<Order>,
     webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
+    request_keys: BTreeMap<IdempotencyKey, RequestRecord>,
     held: BTreeMap<ProductId, HeldIndex>,
     due: BTreeSet<(Timestamp, OrderId)>,
 }
@@ -165,8 +169,14 @@ impl Ledger {
         ledger
     }
 
-    /// Applies `command` at `now`: decides it with the core's pure decisions, then writes the
-    /// decision's effects. A rejection changes nothing.
+    /// The same ledger with these client request-key records.
+    pub fn with_request_keys(mut self, records: impl IntoIterator<Item = RequestRecord>) -> Self {
+        self.request_keys = records.into_iter().map(|r| (r.key.clone(), r)).collect();
+        self
+    }
+
+    /// Applies `command` at `now`: loads its plan's rows, [`execute`]s it, and writes the
+    /// write-set. A rejection changes nothing.
     ///
     /// In debug builds every call ends by checking the invariants and the indexes, and panics on a
     /// violation: corrupt state is a bug, never a condition to handle.
@@ -180,20 +190,65 @@ impl Ledger {
                 price_cents,
                 stock,
             } => self.create_product(&name, price_cents, stock),
-            Command::Restock { product_id, qty } => self.restock(now, product_id, qty),
-            Command::PlaceHold {
-                product_id,
-                qty,
-                ttl_ms,
-            } => self.place_hold(now, product_id, qty, ttl_ms),
-            Command::PlaceOrder {
-                hold_id,
-                payment_window_ms,
-            } => self.place_order(now, hold_id, payment_window_ms),
-            Command::ApplyWebhook(payload) => self.apply_webhook(now, payload),
-            Command::Sweep => Ok(self.sweep(now, None)),
-            Command::SweepProduct { product_id } => Ok(self.sweep(now, Some(product_id))),
+            Command::Sweep => Ok(self.sweep(now)),
+            command => {
+                let mut answers = self.execute(now, std::slice::from_ref(&command));
+                answers
+                    .pop()
+                    .unwrap_or_else(|| panic!("one answer per command"))
+            }
         };
+        self.check_in_debug(now);
+        outcome
+    }
+
+    /// Applies `commands` as one batch at `now`, as the service's group commit does: one plan,
+    /// one [`execute`], one write-set. Returns one answer per command, in order.
+    ///
+    /// # Panics
+    /// On a [`Command::CreateProduct`] or [`Command::Sweep`], which are not batched; in debug
+    /// builds, on a broken invariant afterwards.
+    pub fn apply_batch(
+        &mut self,
+        now: Timestamp,
+        commands: &[Command],
+    ) -> Vec<Result<Outcome, Rejection>> {
+        let answers = self.execute(now, commands);
+        self.check_in_debug(now);
+        answers
+    }
+
+    fn execute(&mut self, now: Timestamp, commands: &[Command]) -> Vec<Result<Outcome, Rejection>> {
+        let executed = {
+            let rows = self.load(&Plan::new(commands), now);
+            execute(&rows, now, commands)
+        };
+        // The ids the write-set will get, known before writing: the ledger allocates densely.
+        let next = |table_next: u64, n: usize| table_next.saturating_add(n as u64);
+        let predicted = Inserted {
+            holds: (0..executed.writes.holds_inserted.len())
+                .map(|n| HoldId(next(self.holds.next_id(), n)))
+                .collect(),
+            orders: (0..executed.writes.orders_inserted.len())
+                .map(|n| OrderId(next(self.orders.next_id(), n)))
+                .collect(),
+        };
+        if let Some(split) = executed.stale(&predicted) {
+            let (before, after) = commands.split_at(split);
+            let mut answers = self.execute(now, before);
+            answers.extend(self.execute(now, after));
+            return answers;
+        }
+        let inserted = self.write(&executed.writes);
+        debug_assert_eq!(inserted, predicted, "the ledger allocates ids as predicted");
+        let resolve = |answer: Result<Outcome, Refusal>| {
+            let outcome = answer.map_err(refused)?;
+            Ok(outcome.resolve(&inserted).unwrap_or_else(|v| panic!("{v}")))
+        };
+        executed.answers.into_iter().map(resolve).collect()
+    }
+
+    fn check_in_debug(&self, now: Timestamp) {
         if cfg!(debug_assertions) {
             if let Err(violation) = self.check_invariants() {
                 panic!("invariant violated after apply at {now}: {violation}");
@@ -209,7 +264,6 @@ impl Ledger {
                 "due index matches the rows"
             );
         }
-        outcome
     }
 
     /// The earliest instant at which a [`Command::Sweep`] would change something: the first
@@ -279,6 +333,16 @@ impl Ledger {
         self.webhooks.values()
     }
 
+    /// A client request key's record.
+    pub fn request_key(&self, key: &IdempotencyKey) -> Option<&RequestRecord> {
+        self.request_keys.get(key)
+    }
+
+    /// Every client request-key record, by key.
+    pub fn request_keys(&self) -> impl Iterator<Item = &RequestRecord> {
+        self.request_keys.values()
+    }
+
     fn create_product(
         &mut self,
         name: &str,
@@ -291,112 +355,9 @@ impl Ledger {
         Ok(Outcome::ProductCreated(product))
     }
 
-    fn restock(
-        &mut self,
-        now: Timestamp,
-        product_id: ProductId,
-        qty: Qty,
-    ) -> Result<Outcome, Rejection> {
-        product::validate_restock(qty)?;
-        let rows = self.load(&Plan::Restock { product_id }, now);
-        let product = rows.product();
-        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        let writes = product::restock(product, qty)?;
-        self.write(&writes);
-        Ok(Outcome::Restocked(self.product_of_id(product_id).clone()))
-    }
-
-    fn place_hold(
-        &mut self,
-        now: Timestamp,
-        product_id: ProductId,
-        qty: Qty,
-        ttl_ms: u64,
-    ) -> Result<Outcome, Rejection> {
-        hold::validate_request(qty, ttl_ms)?;
-        let request = [HoldRequest::unkeyed(qty)];
-        let rows = self.load(&Plan::place_holds(product_id, &request), now);
-        let product = rows.product();
-        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        let decided = hold::place_holds(product, rows.expired(), &request, now, ttl_ms);
-        let mut decided = decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
-        let grant = decided
-            .decisions
-            .pop()
-            .unwrap_or(Err(Rejection::InvalidQty { qty }))?;
-        let inserted = self.write(&decided.writes);
-        let hold_id = inserted.holds.first().copied();
-        let hold = grant.with_id(
-            hold_id.unwrap_or_else(|| panic!("grant not inserted")),
-            product_id,
-        );
-        Ok(Outcome::HoldPlaced {
-            hold,
-            holds_released: decided.holds_released,
-        })
-    }
-
-    fn place_order(
-        &mut self,
-        now: Timestamp,
-        hold_id: HoldId,
-        payment_window_ms: u64,
-    ) -> Result<Outcome, Rejection> {
-        order::validate_payment_window(payment_window_ms)?;
-        let rows = self.load(&Plan::PlaceOrder { hold_id, key: None }, now);
-        let (hold, product) = rows
-            .hold_and_product()
-            .unwrap_or_else(|v| panic!("ledger corrupt: {v}"))
-            .ok_or(Rejection::UnknownHold { hold_id })?;
-        let decided = order::place_order(hold, product, now, payment_window_ms, None);
-        let decided = decided.map_err(refused)?;
-        let inserted = self.write(&decided.writes);
-        let order_id = decided.existing.or(inserted.order);
-        let order_id = order_id.unwrap_or_else(|| panic!("order not inserted"));
-        let order = self.orders.get(order_id.0);
-        let order = order.unwrap_or_else(|| panic!("invariant 3: order {order_id} lost"));
-        Ok(Outcome::OrderPlaced {
-            order: *order,
-            created: decided.existing.is_none(),
-        })
-    }
-
-    fn apply_webhook(
-        &mut self,
-        now: Timestamp,
-        payload: WebhookPayload,
-    ) -> Result<Outcome, Rejection> {
-        let plan = Plan::ApplyWebhook {
-            hold_id: payload.hold_id,
-            key: payload.key.clone(),
-        };
-        let rows = self.load(&plan, now);
-        let corrupt = |v: Violation| -> ! { panic!("ledger corrupt: {v}") };
-        let hold_and_product = rows.hold_and_product().unwrap_or_else(|v| corrupt(v));
-        let order = rows.order_of_hold().unwrap_or_else(|v| corrupt(v));
-        let decision =
-            payment::decide_webhook(rows.webhook(), &payload, hold_and_product, order, now);
-        let writes = match decision.map_err(refused)? {
-            WebhookDecision::Replay(record) => {
-                return Ok(Outcome::WebhookApplied {
-                    record,
-                    replayed: true,
-                });
-            }
-            WebhookDecision::New { writes, .. } => writes,
-        };
-        let inserted = self.write(&writes);
-        let record = writes.webhook_record(&inserted);
-        let record = record.ok().flatten();
-        Ok(Outcome::WebhookApplied {
-            record: record.unwrap_or_else(|| panic!("a new webhook writes its record")),
-            replayed: false,
-        })
-    }
-
-    /// Releases expired holds and cancels overdue orders, of every product or of `only`, one
-    /// product's plan and write-set at a time as the server's sweeper commits them.
-    fn sweep(&mut self, now: Timestamp, only: Option<ProductId>) -> Outcome {
+    /// Releases expired holds and cancels overdue orders of every product, one product's
+    /// [`Command::SweepProduct`] at a time as the server's sweeper commits them.
+    fn sweep(&mut self, now: Timestamp) -> Outcome {
         let due = self
             .due
             .iter()
@@ -406,29 +367,19 @@ impl Ledger {
             .map(|order| order.product_id)
             .collect();
         product_ids.extend(self.held.keys().copied());
-        if let Some(only) = only {
-            product_ids.retain(|&id| id == only);
-        }
         let mut holds_released = Vec::new();
         let mut orders_cancelled = Vec::new();
         for product_id in product_ids {
-            let rows = self.load(&Plan::SweepProduct { product_id }, now);
-            let (Some(product), expired, overdue) =
-                (rows.product(), rows.expired(), rows.overdue())
-            else {
-                continue;
-            };
-            if expired.is_empty() && overdue.is_empty() {
-                continue;
+            let command = Command::SweepProduct { product_id };
+            let mut answers = self.execute(now, std::slice::from_ref(&command));
+            if let Some(Ok(Outcome::Swept {
+                holds_released: holds,
+                orders_cancelled: orders,
+            })) = answers.pop()
+            {
+                holds_released.extend(holds);
+                orders_cancelled.extend(orders);
             }
-            let mut changes = Changes::on(product);
-            let decided = hold::release_expired(&mut changes, expired, now)
-                .and_then(|()| order::cancel_overdue(&mut changes, overdue, now));
-            decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
-            let writes = changes.finish();
-            holds_released.extend(writes.holds_released.iter().map(|&(id, _)| id));
-            orders_cancelled.extend(writes.orders_updated.iter().map(|&(id, _)| id));
-            self.write(&writes);
         }
         holds_released.sort_unstable();
         orders_cancelled.sort_unstable();
@@ -439,22 +390,50 @@ impl Ledger {
     }
 
     /// Loads a plan's rows from the tables, as a storage's transaction would read them at `now`.
-    /// The ledger keeps no client request records: every key is new to it.
     fn load(&self, plan: &Plan, now: Timestamp) -> Rows<'_> {
         let mut rows = Rows::default();
         while let Some(load) = plan.next(&rows) {
-            rows.put(match load {
-                Load::RequestKey(key) => Loaded::RequestKey(key, None),
-                Load::FindHold(id) => Loaded::FoundHold(self.holds.get(id.0).copied()),
-                Load::Product(id) => Loaded::Product(self.products.get(id.0).map(Cow::Borrowed)),
-                Load::Hold { id, .. } => Loaded::Hold(self.holds.get(id.0).copied()),
-                Load::Order { id, .. } => Loaded::Order(self.orders.get(id.0).copied()),
-                Load::ExpiredHolds(id) => Loaded::ExpiredHolds(self.expired_holds(id, now)),
-                Load::OverdueOrders(id) => Loaded::OverdueOrders(self.overdue_orders(id, now)),
-                Load::Webhook(key) => Loaded::Webhook(self.webhooks.get(&key).map(Cow::Borrowed)),
-            });
+            let loaded = self.read(&load, now);
+            rows.put(load, loaded);
         }
         rows
+    }
+
+    fn read(&self, load: &Load, now: Timestamp) -> Loaded<'_> {
+        let hold = |id: &HoldId| self.holds.get(id.0).copied();
+        let order = |id: &OrderId| self.orders.get(id.0).copied();
+        match load {
+            Load::RequestKeys(keys) => Loaded::RequestKeys(
+                keys.iter()
+                    .filter_map(|k| self.request_keys.get(k).cloned())
+                    .collect(),
+            ),
+            Load::FindHolds(ids) => Loaded::Holds(ids.iter().filter_map(hold).collect()),
+            Load::Products(ids) => Loaded::Products(
+                ids.iter()
+                    .filter_map(|id| self.products.get(id.0).map(Cow::Borrowed))
+                    .collect(),
+            ),
+            Load::Holds(ids) => Loaded::Holds(ids.iter().filter_map(|(_, id)| hold(id)).collect()),
+            Load::Orders(ids) => {
+                Loaded::Orders(ids.iter().filter_map(|(_, id)| order(id)).collect())
+            }
+            Load::ExpiredHolds(ids) => Loaded::Holds(
+                ids.iter()
+                    .flat_map(|&id| self.expired_holds(id, now))
+                    .collect(),
+            ),
+            Load::OverdueOrders(ids) => Loaded::Orders(
+                ids.iter()
+                    .flat_map(|&id| self.overdue_orders(id, now))
+                    .collect(),
+            ),
+            Load::Webhooks(keys) => Loaded::Webhooks(
+                keys.iter()
+                    .filter_map(|k| self.webhooks.get(k).map(Cow::Borrowed))
+                    .collect(),
+            ),
+        }
     }
 
     /// The product's pre-payment orders whose payment window closed at `now`, in deadline
@@ -479,48 +458,52 @@ impl Ledger {
     /// only write what they read, so this is a bug.
     pub fn write(&mut self, writes: &WriteSet) -> Inserted {
         let mut inserted = Inserted::default();
-        if let Some(counters) = writes.product {
+        let resolved = |v: Violation| -> ! { panic!("{v}") };
+        for counters in &writes.products {
             let row = self.products.get_mut(counters.id.0);
             let row = row.unwrap_or_else(|| panic!("product {} missing", counters.id));
-            row.set_counters(counters);
+            row.set_counters(*counters);
         }
         for &(hold_id, reason) in &writes.holds_released {
+            let hold_id = inserted.hold(hold_id).unwrap_or_else(|v| resolved(v));
             self.leave_held(hold_id, HoldState::Released(reason));
         }
-        for grant in &writes.holds_inserted {
-            let product = writes.product.as_ref();
-            let product_id = product.unwrap_or_else(|| panic!("holds of no product")).id;
-            let hold = grant.with_id(HoldId(self.holds.next_id()), product_id);
-            self.held.entry(product_id).or_default().insert(&hold);
+        for new in &writes.holds_inserted {
+            let hold = new.with_id(HoldId(self.holds.next_id()));
+            self.held.entry(hold.product_id).or_default().insert(&hold);
             self.holds.insert(hold.id.0, hold);
             inserted.holds.push(hold.id);
         }
-        if let Some(new) = writes.order_inserted {
-            let order = new.with_id(OrderId(self.orders.next_id()));
+        for new in &writes.orders_inserted {
+            let hold_id = inserted.hold(new.hold_id).unwrap_or_else(|v| resolved(v));
+            let order = Order {
+                hold_id,
+                ..new.with_id(OrderId(self.orders.next_id()))
+            };
             self.leave_held(order.hold_id, HoldState::Consumed(order.id));
             if order.status == OrderStatus::PrePayment {
                 self.due.insert((order.payment_due_at, order.id));
             }
             self.orders.insert(order.id.0, order);
-            inserted.order = Some(order.id);
+            inserted.orders.push(order.id);
         }
         for &(order_id, settlement) in &writes.orders_updated {
-            self.set_order_status(order_id, settlement.status());
+            let order_id = inserted.order(order_id).unwrap_or_else(|v| resolved(v));
+            self.settle_order(order_id, settlement);
         }
-        let record = writes.webhook_record(&inserted);
-        if let Some(record) = record.unwrap_or_else(|v| panic!("{v}")) {
+        for record in &writes.webhooks {
+            let record = inserted
+                .webhook_record(record)
+                .unwrap_or_else(|v| resolved(v));
             self.webhooks.insert(record.key.clone(), record);
         }
-        debug_assert!(
-            writes.request_keys.is_empty(),
-            "ledger commands carry no request keys"
-        );
+        for record in &writes.request_keys {
+            let record = inserted
+                .request_record(record)
+                .unwrap_or_else(|v| resolved(v));
+            self.request_keys.insert(record.key.clone(), record);
+        }
         inserted
-    }
-
-    fn product_of_id(&self, product_id: ProductId) -> &Product {
-        let product = self.products.get(product_id.0);
-        product.unwrap_or_else(|| panic!("product {product_id} missing"))
     }
 
     /// The units of the product's held holds whose deadline has passed at `now`, counted
@@ -575,14 +558,14 @@ impl Ledger {
         }
     }
 
-    fn set_order_status(&mut self, order_id: OrderId, status: OrderStatus) {
+    fn settle_order(&mut self, order_id: OrderId, settlement: Settlement) {
         let order = self.orders.get_mut(order_id.0);
         let order = order.unwrap_or_else(|| panic!("order {order_id} missing"));
         assert!(
             !order.status.is_terminal(),
             "invariant 3: order {order_id} is terminal"
         );
-        order.status = status;
+        *order = order.settled(settlement);
         self.due.remove(&(order.payment_due_at, order_id));
     }
 

@@ -1,82 +1,273 @@
-//! Write-sets: what a decision writes, as data. Each decision returns one; the SQL storage, the
-//! simulator's storage and the in-memory [`Ledger`](crate::Ledger) each apply a write-set in one
-//! function, so every effect (grant, consume, release, cancel, pay, restock, record) is composed
-//! here, once, and written once per storage.
+//! Write-sets: what decisions write, as data. Each decision returns one, [`crate::execute`] joins
+//! a batch's into one, and the SQL storage, the simulator's storage and the in-memory
+//! [`Ledger`](crate::Ledger) each apply a write-set in one function, so every effect (grant,
+//! consume, release, cancel, pay, restock, record) is composed here, once, and written once per
+//! storage.
 //!
-//! A write-set is built with [`Changes`], which starts from the product row the transaction
-//! locked and keeps its counters (`stock`, `units_held`, `units_received`) in step with every
-//! effect, with checked arithmetic: a counter that would leave its range means the rows read
-//! were corrupt, and is a [`Violation`], never a wrap.
+//! A decision's write-set is built with [`Changes`], which starts from the product row the
+//! transaction locked and keeps its counters (`stock`, `units_held`, `units_received`) in step
+//! with every effect, with checked arithmetic: a counter that would leave its range means the
+//! rows read were corrupt, and is a [`Violation`], never a wrap.
 //!
-//! Storages apply the parts in this order: the product row, the released holds, the inserted
-//! holds (ids assigned in order), the inserted order (then its hold is consumed by the new id),
-//! order statuses, the webhook record, the request-key records. Ids the storage assigns are
-//! returned as [`Inserted`]; records that name a row inserted by the same write-set say so with
-//! [`Resource`], and [`WriteSet::request_records`] and [`WriteSet::webhook_record`] resolve them.
+//! Rows a write-set inserts have no ids until a storage assigns them, yet later parts of the same
+//! write-set (a webhook record naming the order it created, a request key naming its hold, a
+//! later command of the batch paying an order an earlier one created) must name them. They name
+//! them by *pending* ids, above [`ID_MAX`] where no stored row and no request's id can be: the
+//! `n`th hold a transaction's write-set inserts is [`pending_hold`]`(n)`, the `n`th order
+//! [`pending_order`]`(n)`. A decision does not know how many rows the commands before it in its
+//! batch inserted, so [`Changes`] numbers its new rows in a range of their own, above the batch's,
+//! and [`WriteSet::append`] (and [`Pending`] for answers) moves them into the batch's numbering;
+//! rows the decision read keep the ids they had. A storage applies the parts in this order,
+//! resolving pending ids through the [`Inserted`] ids it has assigned so far: the product rows,
+//! the released holds, the inserted holds (ids assigned in order), the inserted orders (ids in
+//! order; each consumes its hold), order statuses, the webhook records, the request-key records.
 
 use crate::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
-use crate::ids::{HoldId, IdempotencyKey, OrderId, Qty};
+use crate::ids::{HoldId, ID_MAX, OrderId, ProductId, Qty};
 use crate::invariants::Violation;
 use crate::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 use crate::payment::WebhookRecord;
 use crate::product::{Counters, Product};
 use crate::request::{KeyedRequest, RequestRecord};
-use crate::time::Timestamp;
 
-/// Everything one decision writes. Empty when the decision changes nothing.
+/// Where a decision's own numbering of its new rows starts, above any batch's numbering (a
+/// batch inserts far fewer than 2^40 rows).
+const OWN: u64 = 1 << 40;
+
+/// The pending id of the `n`th hold a transaction's write-set inserts.
+pub fn pending_hold(n: usize) -> HoldId {
+    HoldId(pending(0, n))
+}
+
+/// The pending id of the `n`th order a transaction's write-set inserts.
+pub fn pending_order(n: usize) -> OrderId {
+    OrderId(pending(0, n))
+}
+
+fn pending(base: u64, n: usize) -> u64 {
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    ID_MAX
+        .saturating_add(1)
+        .saturating_add(base)
+        .saturating_add(n)
+}
+
+/// Which inserted row of the transaction a pending id names, if it is one.
+fn pending_index(id: u64) -> Option<usize> {
+    let n = id.checked_sub(ID_MAX)?.checked_sub(1)?;
+    (n < OWN).then(|| usize::try_from(n).ok()).flatten()
+}
+
+/// The id of a decision's `n`th new hold, in its own numbering.
+pub(crate) fn own_hold(n: usize) -> HoldId {
+    HoldId(pending(OWN, n))
+}
+
+/// The id of a decision's `n`th new order, in its own numbering.
+pub(crate) fn own_order(n: usize) -> OrderId {
+    OrderId(pending(OWN, n))
+}
+
+/// Which of its own new rows a decision's id names, if it is one.
+fn own_index(id: u64) -> Option<usize> {
+    let n = id.checked_sub(ID_MAX)?.checked_sub(1)?.checked_sub(OWN)?;
+    usize::try_from(n).ok()
+}
+
+/// How many holds and orders a write-set inserts: the offsets at which the rows of a decision
+/// appended to it are numbered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Holds inserted.
+    pub holds: usize,
+    /// Orders inserted.
+    pub orders: usize,
+}
+
+impl Pending {
+    /// `id` in the batch's numbering: a decision's own new row moves past these offsets; any
+    /// other id stays.
+    pub fn hold(self, id: HoldId) -> HoldId {
+        match own_index(id.0) {
+            Some(n) => pending_hold(n.saturating_add(self.holds)),
+            None => id,
+        }
+    }
+
+    /// `id` in the batch's numbering, as [`Pending::hold`].
+    pub fn order(self, id: OrderId) -> OrderId {
+        match own_index(id.0) {
+            Some(n) => pending_order(n.saturating_add(self.orders)),
+            None => id,
+        }
+    }
+
+    /// A hold row with its ids moved past these offsets.
+    pub fn hold_row(self, hold: Hold) -> Hold {
+        Hold {
+            id: self.hold(hold.id),
+            state: match hold.state {
+                HoldState::Consumed(order_id) => HoldState::Consumed(self.order(order_id)),
+                other => other,
+            },
+            ..hold
+        }
+    }
+
+    /// An order row with its ids moved past these offsets.
+    pub fn order_row(self, order: Order) -> Order {
+        Order {
+            id: self.order(order.id),
+            hold_id: self.hold(order.hold_id),
+            ..order
+        }
+    }
+
+    /// A record with the id it names moved past these offsets.
+    pub fn request_record(self, record: RequestRecord) -> RequestRecord {
+        let resource_id = match record.request {
+            KeyedRequest::PlaceHold { .. } => self.hold(HoldId(record.resource_id)).0,
+            KeyedRequest::PlaceOrder { .. } => self.order(OrderId(record.resource_id)).0,
+        };
+        RequestRecord {
+            resource_id,
+            ..record
+        }
+    }
+
+    /// A webhook record with the order it names moved past these offsets.
+    pub fn webhook_record(self, record: WebhookRecord) -> WebhookRecord {
+        WebhookRecord {
+            order_id: record.order_id.map(|id| self.order(id)),
+            ..record
+        }
+    }
+}
+
+/// A hold a write-set inserts: a grant on a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewHold {
+    /// The product it holds units of.
+    pub product_id: ProductId,
+    /// What was granted.
+    pub grant: HoldGrant,
+}
+
+impl NewHold {
+    /// The hold this becomes once the store gave it `id`.
+    pub fn with_id(self, id: HoldId) -> Hold {
+        self.grant.with_id(id, self.product_id)
+    }
+}
+
+/// Everything one transaction writes: one decision's, or a batch's joined in arrival order.
+/// Empty when nothing changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSet {
-    /// The product row's new counters, when any changed. Every change of a product's units
-    /// writes its row, which is also what certification-based replication compares.
-    pub product: Option<Counters>,
-    /// Holds of the product leaving state held for `released`.
+    /// The new counters of every product whose units changed, one entry per product. Every
+    /// change of a product's units writes its row, which is also what certification-based
+    /// replication compares.
+    pub products: Vec<Counters>,
+    /// Held holds leaving state held for `released`.
     pub holds_released: Vec<(HoldId, ReleaseReason)>,
-    /// Holds granted on the product, in order; the storage assigns their ids in this order.
-    pub holds_inserted: Vec<HoldGrant>,
-    /// An order to insert; its hold (`hold_id`, held) becomes consumed by the new order's id.
-    pub order_inserted: Option<NewOrder>,
-    /// Existing pre-payment orders moving to a terminal status.
+    /// Holds granted, in order; the storage assigns their ids in this order.
+    pub holds_inserted: Vec<NewHold>,
+    /// Orders to insert, in order; each consumes its hold (held until then).
+    pub orders_inserted: Vec<NewOrder>,
+    /// Pre-payment orders moving to a terminal status (a pending id names an inserted one).
     pub orders_updated: Vec<(OrderId, Settlement)>,
-    /// A webhook record to insert. An `order_id` of `None` with an `order_inserted` names the
-    /// inserted order.
-    pub webhook: Option<WebhookRecord>,
-    /// Client request idempotency-key records to insert.
-    pub request_keys: Vec<RequestKeyWrite>,
+    /// Webhook records to insert (an `order_id` may be pending).
+    pub webhooks: Vec<WebhookRecord>,
+    /// Client request idempotency-key records to insert (a `resource_id` may be pending).
+    pub request_keys: Vec<RequestRecord>,
 }
 
-/// A request-key record to write, naming its resource by reference.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestKeyWrite {
-    /// The key.
-    pub key: IdempotencyKey,
-    /// The request it answered.
-    pub request: KeyedRequest,
-    /// The hold or order it answered with.
-    pub resource: Resource,
-    /// Whether the request created the resource.
-    pub created: bool,
-    /// When the request was decided.
-    pub created_at: Timestamp,
-}
-
-/// A row a record names: one inserted by the same write-set, or one that exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resource {
-    /// The `n`th of [`WriteSet::holds_inserted`].
-    InsertedHold(usize),
-    /// [`WriteSet::order_inserted`].
-    InsertedOrder,
-    /// An existing order.
-    Order(OrderId),
-}
-
-/// The ids a storage assigned while applying a write-set.
+/// The ids a storage assigned while applying a write-set, in insertion order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inserted {
     /// The ids of [`WriteSet::holds_inserted`], in order.
     pub holds: Vec<HoldId>,
-    /// The id of [`WriteSet::order_inserted`].
-    pub order: Option<OrderId>,
+    /// The ids of [`WriteSet::orders_inserted`], in order.
+    pub orders: Vec<OrderId>,
+}
+
+impl Inserted {
+    /// The stored id of `id`: itself, or the id assigned to the row a pending id names.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] when a pending id names a row not inserted (yet).
+    pub fn hold(&self, id: HoldId) -> Result<HoldId, Violation> {
+        if id.0 <= ID_MAX {
+            return Ok(id);
+        }
+        let assigned = pending_index(id.0).and_then(|n| self.holds.get(n));
+        assigned.copied().ok_or(Violation::WriteSetUnresolved)
+    }
+
+    /// The stored id of `id`: itself, or the id assigned to the row a pending id names.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] when a pending id names a row not inserted (yet).
+    pub fn order(&self, id: OrderId) -> Result<OrderId, Violation> {
+        if id.0 <= ID_MAX {
+            return Ok(id);
+        }
+        let assigned = pending_index(id.0).and_then(|n| self.orders.get(n));
+        assigned.copied().ok_or(Violation::WriteSetUnresolved)
+    }
+
+    /// A hold row in stored ids.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] for a pending id without its row.
+    pub fn hold_row(&self, hold: Hold) -> Result<Hold, Violation> {
+        Ok(Hold {
+            id: self.hold(hold.id)?,
+            state: match hold.state {
+                HoldState::Consumed(order_id) => HoldState::Consumed(self.order(order_id)?),
+                other => other,
+            },
+            ..hold
+        })
+    }
+
+    /// An order row in stored ids.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] for a pending id without its row.
+    pub fn order_row(&self, order: Order) -> Result<Order, Violation> {
+        Ok(Order {
+            id: self.order(order.id)?,
+            hold_id: self.hold(order.hold_id)?,
+            ..order
+        })
+    }
+
+    /// A webhook record in stored ids.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] for a pending id without its row.
+    pub fn webhook_record(&self, record: &WebhookRecord) -> Result<WebhookRecord, Violation> {
+        Ok(WebhookRecord {
+            order_id: record.order_id.map(|id| self.order(id)).transpose()?,
+            ..record.clone()
+        })
+    }
+
+    /// A request-key record in stored ids.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] for a pending id without its row.
+    pub fn request_record(&self, record: &RequestRecord) -> Result<RequestRecord, Violation> {
+        let resource_id = match record.request {
+            KeyedRequest::PlaceHold { .. } => self.hold(HoldId(record.resource_id))?.0,
+            KeyedRequest::PlaceOrder { .. } => self.order(OrderId(record.resource_id))?.0,
+        };
+        Ok(RequestRecord {
+            resource_id,
+            ..record.clone()
+        })
+    }
 }
 
 impl WriteSet {
@@ -85,77 +276,73 @@ impl WriteSet {
         *self == WriteSet::default()
     }
 
-    /// The holds inserted, as rows with the ids the storage assigned.
-    ///
-    /// # Errors
-    /// [`Violation::WriteSetUnresolved`] when `inserted` lacks an id or the write-set its product.
-    pub fn hold_rows(&self, inserted: &Inserted) -> Result<Vec<Hold>, Violation> {
-        if self.holds_inserted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let product = self.product.as_ref().ok_or(Violation::WriteSetUnresolved)?;
-        if inserted.holds.len() != self.holds_inserted.len() {
-            return Err(Violation::WriteSetUnresolved);
-        }
-        let rows = self.holds_inserted.iter().zip(&inserted.holds);
-        Ok(rows.map(|(g, &id)| g.with_id(id, product.id)).collect())
-    }
-
-    /// The order inserted, as a row with the id the storage assigned.
-    ///
-    /// # Errors
-    /// [`Violation::WriteSetUnresolved`] when `inserted` lacks its id.
-    pub fn order_row(&self, inserted: &Inserted) -> Result<Option<Order>, Violation> {
-        match (self.order_inserted, inserted.order) {
-            (None, _) => Ok(None),
-            (Some(new), Some(id)) => Ok(Some(new.with_id(id))),
-            (Some(_), None) => Err(Violation::WriteSetUnresolved),
+    /// How many holds and orders it inserts.
+    pub fn pending(&self) -> Pending {
+        Pending {
+            holds: self.holds_inserted.len(),
+            orders: self.orders_inserted.len(),
         }
     }
 
-    /// The webhook record as stored, with an inserted order's id filled in.
-    ///
-    /// # Errors
-    /// [`Violation::WriteSetUnresolved`] when `inserted` lacks the order's id.
-    pub fn webhook_record(&self, inserted: &Inserted) -> Result<Option<WebhookRecord>, Violation> {
-        let Some(record) = &self.webhook else {
-            return Ok(None);
-        };
-        let order_id = match (record.order_id, self.order_inserted) {
-            (Some(id), _) => Some(id),
-            (None, Some(_)) => Some(inserted.order.ok_or(Violation::WriteSetUnresolved)?),
-            (None, None) => None,
-        };
-        Ok(Some(WebhookRecord {
-            order_id,
-            ..record.clone()
-        }))
+    /// The new counters of `product_id`, if it writes them.
+    pub fn product(&self, product_id: ProductId) -> Option<&Counters> {
+        self.products.iter().find(|c| c.id == product_id)
     }
 
-    /// The request-key records as stored, with inserted ids filled in.
-    ///
-    /// # Errors
-    /// [`Violation::WriteSetUnresolved`] when `inserted` lacks an id a record names.
-    pub fn request_records(&self, inserted: &Inserted) -> Result<Vec<RequestRecord>, Violation> {
-        let resolve = |write: &RequestKeyWrite| {
-            let resource_id = match write.resource {
-                Resource::InsertedHold(n) => inserted.holds.get(n).map(|id| id.0),
-                Resource::InsertedOrder => inserted.order.map(|id| id.0),
-                Resource::Order(id) => Some(id.0),
-            };
-            Ok(RequestRecord {
-                key: write.key.clone(),
-                request: write.request,
-                resource_id: resource_id.ok_or(Violation::WriteSetUnresolved)?,
-                created: write.created,
-                created_at: write.created_at,
-            })
-        };
-        self.request_keys.iter().map(resolve).collect()
+    /// Appends `later`, a decision's write-set decided after this one's effects: the rows it
+    /// inserts are numbered after this one's, and its product counters replace this one's.
+    pub fn append(&mut self, later: WriteSet) {
+        let moved = later.moved(self.pending());
+        self.join(moved);
+    }
+
+    /// A decision's write-set in its batch's numbering: its own new rows after `offsets`.
+    pub fn moved(self, offsets: Pending) -> WriteSet {
+        WriteSet {
+            products: self.products,
+            holds_released: (self.holds_released.into_iter())
+                .map(|(id, reason)| (offsets.hold(id), reason))
+                .collect(),
+            holds_inserted: self.holds_inserted,
+            orders_inserted: (self.orders_inserted.into_iter())
+                .map(|order| NewOrder {
+                    hold_id: offsets.hold(order.hold_id),
+                    ..order
+                })
+                .collect(),
+            orders_updated: (self.orders_updated.into_iter())
+                .map(|(id, settled)| (offsets.order(id), settled))
+                .collect(),
+            webhooks: (self.webhooks.into_iter())
+                .map(|record| offsets.webhook_record(record))
+                .collect(),
+            request_keys: (self.request_keys.into_iter())
+                .map(|record| offsets.request_record(record))
+                .collect(),
+        }
+    }
+
+    /// Appends `later`, already in this write-set's numbering: its rows after this one's, its
+    /// product counters replacing this one's.
+    pub fn join(&mut self, later: WriteSet) {
+        for counters in later.products {
+            match self.products.iter_mut().find(|c| c.id == counters.id) {
+                Some(written) => *written = counters,
+                None => self.products.push(counters),
+            }
+        }
+        self.holds_released.extend(later.holds_released);
+        self.holds_inserted.extend(later.holds_inserted);
+        self.orders_inserted.extend(later.orders_inserted);
+        self.orders_updated.extend(later.orders_updated);
+        self.webhooks.extend(later.webhooks);
+        self.request_keys.extend(later.request_keys);
     }
 }
 
-/// Builds a write-set from the product row a transaction locked, keeping its counters in step.
+/// Builds one decision's write-set from the product row its transaction locked, keeping the
+/// product's counters in step. Its new rows are numbered in the decision's own range, which
+/// [`WriteSet::append`] moves into the batch's.
 #[derive(Clone, Debug)]
 pub struct Changes {
     product: Counters,
@@ -184,10 +371,11 @@ impl Changes {
     }
 
     /// Grants a hold: its units become held. The caller decided it fits in `available`.
+    /// Returns the new hold's id in the decision's own numbering.
     ///
     /// # Errors
     /// [`Violation::HeldExceedsStock`] if the held units would exceed the stock.
-    pub fn grant(&mut self, grant: HoldGrant) -> Result<usize, Violation> {
+    pub fn grant(&mut self, grant: HoldGrant) -> Result<HoldId, Violation> {
         let units_held = self.product.units_held.checked_add(grant.qty);
         let units_held = units_held.filter(|&held| held <= self.product.stock);
         self.product.units_held = units_held.ok_or(Violation::HeldExceedsStock {
@@ -196,8 +384,12 @@ impl Changes {
             stock: self.product.stock,
         })?;
         self.product_changed = true;
-        self.writes.holds_inserted.push(grant);
-        Ok(self.writes.holds_inserted.len().saturating_sub(1))
+        let id = own_hold(self.writes.holds_inserted.len());
+        self.writes.holds_inserted.push(NewHold {
+            product_id: self.product.id,
+            grant,
+        });
+        Ok(id)
     }
 
     /// Releases a held hold of the product: its units go back on sale.
@@ -211,11 +403,11 @@ impl Changes {
     }
 
     /// Creates `order`, consuming its held hold: the units leave `units_held` and `stock` (they
-    /// are sold).
+    /// are sold). Returns the new order's id in the decision's own numbering.
     ///
     /// # Errors
     /// [`Violation::CounterOutOfRange`] if the counters cannot give up the hold's units.
-    pub fn consume(&mut self, hold: &Hold, order: NewOrder) -> Result<(), Violation> {
+    pub fn consume(&mut self, hold: &Hold, order: NewOrder) -> Result<OrderId, Violation> {
         debug_assert_eq!(order.hold_id, hold.id, "an order consumes its own hold");
         self.leave_held(hold)?;
         self.product.stock = self
@@ -223,8 +415,9 @@ impl Changes {
             .stock
             .checked_sub(hold.qty)
             .ok_or(self.out_of_range("stock"))?;
-        self.writes.order_inserted = Some(order);
-        Ok(())
+        let id = own_order(self.writes.orders_inserted.len());
+        self.writes.orders_inserted.push(order);
+        Ok(id)
     }
 
     /// Cancels a pre-payment order: its units return to `stock`, exactly once.
@@ -265,9 +458,10 @@ impl Changes {
         self.product_changed = true;
     }
 
-    /// Records a client request's idempotency key with the resource it answered.
-    pub fn record_request(&mut self, write: RequestKeyWrite) {
-        self.writes.request_keys.push(write);
+    /// Records a client request's idempotency key with the resource it answered (a pending id
+    /// for a row these changes insert).
+    pub fn record_request(&mut self, record: RequestRecord) {
+        self.writes.request_keys.push(record);
     }
 
     /// The write-set.
@@ -278,7 +472,7 @@ impl Changes {
             mut writes,
         } = self;
         if product_changed {
-            writes.product = Some(product);
+            writes.products.push(product);
         }
         writes
     }
@@ -314,7 +508,8 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Cents, ProductId};
+    use crate::ids::{Cents, IdempotencyKey};
+    use crate::time::Timestamp;
 
     fn product(stock: u32, units_held: u32) -> Product {
         Product {
@@ -327,13 +522,20 @@ mod tests {
         }
     }
 
-    fn held(id: u64, qty: u32) -> Hold {
-        let grant = HoldGrant {
+    fn grant(qty: u32) -> HoldGrant {
+        HoldGrant {
             qty: Qty(qty),
             created_at: Timestamp(0),
             expires_at: Timestamp(10),
-        };
-        grant.with_id(HoldId(id), ProductId(1))
+        }
+    }
+
+    fn held(id: u64, qty: u32) -> Hold {
+        grant(qty).with_id(HoldId(id), ProductId(1))
+    }
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::parse(k).unwrap()
     }
 
     #[test]
@@ -342,14 +544,12 @@ mod tests {
         changes
             .release(&held(1, 2), ReleaseReason::Expired)
             .unwrap();
-        let grant = HoldGrant {
-            qty: Qty(5),
-            created_at: Timestamp(0),
-            expires_at: Timestamp(10),
-        };
-        assert_eq!(changes.grant(grant), Ok(0));
+        let own = changes.grant(grant(5)).unwrap();
+        assert_eq!(Pending::default().hold(own), pending_hold(0));
         let writes = changes.finish();
-        let written = writes.product.as_ref().map(|p| (p.stock, p.units_held));
+        let written = writes
+            .product(ProductId(1))
+            .map(|p| (p.stock, p.units_held));
         assert_eq!(written, Some((Qty(5), Qty(5))));
         assert_eq!(
             writes.holds_released,
@@ -367,50 +567,75 @@ mod tests {
                 counter: "units_held"
             })
         );
-        let grant = HoldGrant {
-            qty: Qty(5),
-            created_at: Timestamp(0),
-            expires_at: Timestamp(10),
-        };
         assert!(matches!(
-            changes.grant(grant),
+            changes.grant(grant(5)),
             Err(Violation::HeldExceedsStock { .. })
         ));
     }
 
     #[test]
-    fn records_resolve_the_ids_the_storage_assigned() {
+    fn pending_ids_lie_above_every_stored_id_and_resolve_to_the_ids_assigned() {
+        assert!(pending_hold(0).0 > ID_MAX);
+        assert_eq!(pending_index(pending_order(7).0), Some(7));
+        assert_eq!(
+            pending_index(ID_MAX),
+            None,
+            "the largest stored id is not pending"
+        );
         let mut changes = Changes::on(&product(5, 0));
-        let grant = HoldGrant {
-            qty: Qty(1),
-            created_at: Timestamp(0),
-            expires_at: Timestamp(10),
-        };
-        changes.grant(grant).unwrap();
-        let n = changes.grant(grant).unwrap();
-        let key = IdempotencyKey::parse("k").unwrap();
-        changes.record_request(RequestKeyWrite {
-            key,
+        changes.grant(grant(1)).unwrap();
+        let second = changes.grant(grant(1)).unwrap();
+        changes.record_request(RequestRecord {
+            key: key("k"),
             request: KeyedRequest::PlaceHold {
                 product_id: ProductId(1),
                 qty: Qty(1),
             },
-            resource: Resource::InsertedHold(n),
+            resource_id: second.0,
             created: true,
             created_at: Timestamp(0),
         });
-        let writes = changes.finish();
+        let mut writes = WriteSet::default();
+        writes.append(changes.finish());
         let inserted = Inserted {
             holds: vec![HoldId(7), HoldId(8)],
-            order: None,
+            orders: vec![],
         };
-        let records = writes.request_records(&inserted).unwrap();
-        assert_eq!(records[0].resource_id, 8);
-        assert_eq!(writes.hold_rows(&inserted).unwrap()[1].id, HoldId(8));
+        let record = inserted.request_record(&writes.request_keys[0]).unwrap();
+        assert_eq!(record.resource_id, 8);
+        assert_eq!(inserted.hold(HoldId(3)), Ok(HoldId(3)), "a stored id stays");
         let short = Inserted::default();
         assert_eq!(
-            writes.request_records(&short),
+            short.request_record(&writes.request_keys[0]),
             Err(Violation::WriteSetUnresolved)
         );
+    }
+
+    #[test]
+    fn an_appended_write_set_numbers_its_rows_after_the_first_and_keeps_the_last_counters() {
+        let mut first = Changes::on(&product(5, 0));
+        first.grant(grant(2)).unwrap();
+        let mut batch = WriteSet::default();
+        batch.append(first.finish());
+        let mut second = Changes::on(&Product {
+            units_held: Qty(2),
+            ..product(5, 0)
+        });
+        let id = second.grant(grant(1)).unwrap();
+        second.record_request(RequestRecord {
+            key: key("k"),
+            request: KeyedRequest::PlaceHold {
+                product_id: ProductId(1),
+                qty: Qty(1),
+            },
+            resource_id: id.0,
+            created: true,
+            created_at: Timestamp(0),
+        });
+        batch.append(second.finish());
+        assert_eq!(batch.holds_inserted.len(), 2);
+        assert_eq!(batch.request_keys[0].resource_id, pending_hold(1).0);
+        assert_eq!(batch.products.len(), 1, "one entry per product");
+        assert_eq!(batch.products[0].units_held, Qty(3));
     }
 }

@@ -41,6 +41,8 @@ fn order(id: u64, hold_id: u64, qty: u32, status: OrderStatus) -> Order {
         status,
         created_at: Timestamp(0),
         payment_due_at: Timestamp(5_000),
+        cancel_reason: (status == OrderStatus::Cancelled)
+            .then_some(flashsale_core::CancelReason::PaymentFailed),
     }
 }
 
@@ -328,12 +330,15 @@ fn an_inserted_order_reads_back_with_its_id() {
     .expect("a held hold becomes an order");
     let inserted = flashsale_core::Inserted {
         holds: Vec::new(),
-        order: Some(OrderId(7)),
+        orders: vec![OrderId(7)],
     };
-    let row = decided.writes.order_row(&inserted).expect("resolved");
+    let new = decided.writes.orders_inserted[0];
+    let row = inserted
+        .order_row(new.with_id(flashsale_core::pending_order(0)))
+        .expect("resolved");
     assert_eq!(
-        row.map(|o| (o.id, o.hold_id, o.qty)),
-        Some((OrderId(7), HoldId(1), Qty(2)))
+        (row.id, row.hold_id, row.qty),
+        (OrderId(7), HoldId(1), Qty(2))
     );
 }
 

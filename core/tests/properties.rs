@@ -4,8 +4,10 @@
 //!   commands themselves rather than from the ledger's own counter;
 //! - a released hold can never be consumed, whatever `now` is passed later;
 //! - deciding a batch of hold requests equals applying them one by one;
-//! - every command's plan, over any history, takes its locks in the global order, ends, and
-//!   leaves rows its decision can read without a violation.
+//! - executing a batch of mixed commands (holds, orders, webhooks, restocks, sweeps, keyed or
+//!   not, on any products) answers and writes exactly as applying them one by one in its order;
+//! - every batch's plan, over any history, takes its locks in the global order, ends, and
+//!   leaves rows its decisions read without a violation.
 //!
 //! Cases: 1,000 per property by default; set `PROPTEST_CASES` for more.
 
@@ -17,36 +19,50 @@ mod model;
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
 use flashsale_core::{
     Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, Outcome,
-    PaymentStatus, Plan, ProductId, Qty, Rejection, RowLock, Rows, Timestamp, WebhookPayload,
+    PaymentStatus, Plan, ProductId, Qty, Refusal, Rejection, RowLock, Rows, Timestamp,
+    WebhookPayload, execute,
 };
 use std::borrow::Cow;
 
 use proptest::prelude::*;
 
-/// A command over a small id space (products, holds and orders share one id sequence), with a
-/// time step that may go backwards.
+/// A command over a small id space (each kind has its own sequence from 1), with a time step
+/// that may go backwards.
 fn step() -> impl Strategy<Value = (i64, Command)> {
-    let key = (0u8..4).prop_map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("valid"));
-    let status = prop_oneof![Just(PaymentStatus::Paid), Just(PaymentStatus::Failed)];
     let command = prop_oneof![
         1 => (0u32..6).prop_map(|stock| Command::CreateProduct {
             name: "P".into(), price_cents: Cents(100), stock: Qty(stock),
         }),
-        1 => (1u64..4, 0u32..3).prop_map(|(p, qty)| Command::Restock {
-            product_id: ProductId(p), qty: Qty(qty),
-        }),
-        5 => (1u64..4, 1u32..3, 1_000u64..5_000).prop_map(|(p, qty, ttl_ms)| Command::PlaceHold {
-            product_id: ProductId(p), qty: Qty(qty), ttl_ms,
-        }),
-        3 => (1u64..30, 1_000u64..8_000).prop_map(|(h, w)| Command::PlaceOrder {
-            hold_id: HoldId(h), payment_window_ms: w,
-        }),
-        3 => (key, 1u64..30, status).prop_map(|(key, h, status)| {
-            Command::ApplyWebhook(WebhookPayload { key, hold_id: HoldId(h), status })
-        }),
+        10 => batched(),
         1 => Just(Command::Sweep),
     ];
     (prop_oneof![4 => 0i64..3_000, 1 => -6_000i64..0], command)
+}
+
+/// A command a batch may hold: anything but creating a product or sweeping every product.
+fn batched() -> impl Strategy<Value = Command> {
+    let webhook_key =
+        (0u8..4).prop_map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("valid"));
+    let client_key = || {
+        let key = (0u8..3).prop_map(|k| IdempotencyKey::parse(&format!("c{k}")).expect("valid"));
+        proptest::option::weighted(0.3, key)
+    };
+    let status = prop_oneof![Just(PaymentStatus::Paid), Just(PaymentStatus::Failed)];
+    prop_oneof![
+        1 => (1u64..4, 0u32..3).prop_map(|(p, qty)| Command::Restock {
+            product_id: ProductId(p), qty: Qty(qty),
+        }),
+        5 => (1u64..4, 1u32..3, 1_000u64..5_000, client_key()).prop_map(|(p, qty, ttl_ms, key)| {
+            Command::PlaceHold { product_id: ProductId(p), qty: Qty(qty), ttl_ms, key }
+        }),
+        3 => (1u64..12, 1_000u64..8_000, client_key()).prop_map(|(h, w, key)| Command::PlaceOrder {
+            hold_id: HoldId(h), payment_window_ms: w, key,
+        }),
+        3 => (webhook_key, 1u64..12, status).prop_map(|(key, h, status)| {
+            Command::ApplyWebhook(WebhookPayload { key, hold_id: HoldId(h), status })
+        }),
+        1 => (1u64..4).prop_map(|p| Command::SweepProduct { product_id: ProductId(p) }),
+    ]
 }
 
 /// Runs the steps from an empty ledger; returns the ledger and the final `now`.
@@ -60,62 +76,61 @@ fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
     (ledger, Timestamp(now))
 }
 
-/// A plan of any kind, over the same small id space as [`step`].
-fn plan() -> impl Strategy<Value = Plan> {
-    let key = || (0u8..4).prop_map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("valid"));
-    let request = (1u32..3, proptest::option::of(key()))
-        .prop_map(|(qty, key)| HoldRequest { qty: Qty(qty), key });
-    prop_oneof![
-        (1u64..5, proptest::collection::vec(request, 1..5))
-            .prop_map(|(p, requests)| Plan::place_holds(ProductId(p), &requests)),
-        (1u64..30, proptest::option::of(key())).prop_map(|(h, key)| Plan::PlaceOrder {
-            hold_id: HoldId(h),
-            key
-        }),
-        (1u64..30, key()).prop_map(|(h, key)| Plan::ApplyWebhook {
-            hold_id: HoldId(h),
-            key
-        }),
-        (1u64..5).prop_map(|p| Plan::Restock {
-            product_id: ProductId(p)
-        }),
-        (1u64..5).prop_map(|p| Plan::SweepProduct {
-            product_id: ProductId(p)
-        }),
-    ]
-}
-
 /// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes:
 /// the load's own, and each overdue order it locks.
-fn find(ledger: &Ledger, load: Load, now: Timestamp) -> (Loaded<'_>, Vec<RowLock>) {
-    let mut locks: Vec<RowLock> = load.lock().into_iter().collect();
+fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<RowLock>) {
+    let mut locks = load.locks();
     let loaded = match load {
-        // The ledger keeps no request records; a storage may have one (it ends the plan).
-        Load::RequestKey(key) => Loaded::RequestKey(key, None),
-        Load::FindHold(id) => Loaded::FoundHold(ledger.hold(id).copied()),
-        Load::Product(id) => Loaded::Product(ledger.product(id).map(Cow::Borrowed)),
-        Load::Hold { id, .. } => Loaded::Hold(ledger.hold(id).copied()),
-        Load::Order { id, .. } => Loaded::Order(ledger.order(id).copied()),
-        Load::ExpiredHolds(id) => Loaded::ExpiredHolds(
+        Load::RequestKeys(keys) => Loaded::RequestKeys(
+            keys.iter()
+                .filter_map(|k| ledger.request_key(k).cloned())
+                .collect(),
+        ),
+        Load::FindHolds(ids) => Loaded::Holds(
+            ids.iter()
+                .filter_map(|&id| ledger.hold(id).copied())
+                .collect(),
+        ),
+        Load::Holds(ids) => Loaded::Holds(
+            ids.iter()
+                .filter_map(|&(_, id)| ledger.hold(id).copied())
+                .collect(),
+        ),
+        Load::Products(ids) => Loaded::Products(
+            ids.iter()
+                .filter_map(|&id| ledger.product(id).cloned().map(Cow::Owned))
+                .collect(),
+        ),
+        Load::Orders(ids) => Loaded::Orders(
+            ids.iter()
+                .filter_map(|&(_, id)| ledger.order(id).copied())
+                .collect(),
+        ),
+        Load::ExpiredHolds(ids) => Loaded::Holds(
             ledger
                 .holds()
-                .filter(|h| h.product_id == id && h.state == HoldState::Held && h.is_expired(now))
+                .filter(|h| ids.contains(&h.product_id))
+                .filter(|h| h.state == HoldState::Held && h.is_expired(now))
                 .copied()
                 .collect(),
         ),
-        Load::OverdueOrders(id) => {
+        Load::OverdueOrders(ids) => {
             let overdue: Vec<_> = ledger
                 .orders()
-                .filter(|o| o.product_id == id && o.is_overdue(now))
+                .filter(|o| ids.contains(&o.product_id) && o.is_overdue(now))
                 .copied()
                 .collect();
             locks.extend(overdue.iter().map(|o| RowLock::Order {
-                product: id,
+                product: o.product_id,
                 id: o.id,
             }));
-            Loaded::OverdueOrders(overdue)
+            Loaded::Orders(overdue)
         }
-        Load::Webhook(key) => Loaded::Webhook(ledger.webhook(&key).map(Cow::Borrowed)),
+        Load::Webhooks(keys) => Loaded::Webhooks(
+            keys.iter()
+                .filter_map(|k| ledger.webhook(k).cloned().map(Cow::Owned))
+                .collect(),
+        ),
     };
     (loaded, locks)
 }
@@ -126,7 +141,8 @@ fn rows(ledger: &Ledger) -> String {
     let holds: Vec<_> = ledger.holds().collect();
     let orders: Vec<_> = ledger.orders().collect();
     let webhooks: Vec<_> = ledger.webhooks().collect();
-    format!("{products:?}\n{holds:?}\n{orders:?}\n{webhooks:?}")
+    let keys: Vec<_> = ledger.request_keys().collect();
+    format!("{products:?}\n{holds:?}\n{orders:?}\n{webhooks:?}\n{keys:?}")
 }
 
 proptest! {
@@ -152,7 +168,7 @@ proptest! {
             let again = many.apply(later, Command::ApplyWebhook(payload.clone()));
             match (&first, &again) {
                 (Ok(Outcome::WebhookApplied { record: a, .. }),
-                 Ok(Outcome::WebhookApplied { record: b, replayed: true })) => {
+                 Ok(Outcome::WebhookApplied { record: b, replayed: true, .. })) => {
                     prop_assert_eq!(a, b);
                 }
                 other => prop_assert!(false, "replay answered differently: {:?}", other),
@@ -178,7 +194,7 @@ proptest! {
                 Ok(Outcome::ProductCreated(p)) => {
                     received.insert(p.id, u64::from(p.stock.0));
                 }
-                Ok(Outcome::Restocked(p)) => {
+                Ok(Outcome::Restocked { product: p, .. }) => {
                     *received.entry(p.id).or_insert(0) += restock_qty;
                 }
                 _ => {}
@@ -219,7 +235,7 @@ proptest! {
             for (i, &at) in probes.iter().enumerate() {
                 let order = ledger.apply(
                     Timestamp(at),
-                    Command::PlaceOrder { hold_id, payment_window_ms: 60_000 },
+                    Command::PlaceOrder { hold_id, payment_window_ms: 60_000, key: None },
                 );
                 prop_assert_eq!(order, Err(Rejection::HoldReleased { hold_id }));
                 let key = IdempotencyKey::parse(&format!("probe-{hold_id}-{i}")).expect("valid");
@@ -246,7 +262,7 @@ proptest! {
             return Err(TestCaseError::fail("product not created"));
         };
         let hold = |qty| Command::PlaceHold {
-            product_id: product.id, qty: Qty(qty), ttl_ms: HOLD_TTL_MS_DEFAULT,
+            product_id: product.id, qty: Qty(qty), ttl_ms: HOLD_TTL_MS_DEFAULT, key: None,
         };
         for qty in held_before {
             let _ = ledger.apply(now, hold(qty));
@@ -277,26 +293,48 @@ proptest! {
     }
 
     #[test]
+    fn a_batch_of_mixed_commands_answers_and_writes_as_one_by_one(
+        history in proptest::collection::vec(step(), 0..40),
+        batch in proptest::collection::vec(batched(), 1..12),
+        dt in 0u64..4_000,
+    ) {
+        let (mut one_by_one, now) = run(&history);
+        let now = Timestamp(now.as_ms() + dt);
+        let mut batched = one_by_one.clone();
+        let answers = batched.apply_batch(now, &batch);
+        prop_assert_eq!(answers.len(), batch.len());
+        for (command, answer) in batch.iter().zip(answers) {
+            let one = one_by_one.apply(now, command.clone());
+            prop_assert_eq!(answer, one, "{:?} in a batch of {:?}", command, batch);
+        }
+        prop_assert_eq!(rows(&batched), rows(&one_by_one));
+    }
+
+    #[test]
     fn every_plan_locks_in_the_global_order_ends_and_reads_sound_rows(
         steps in proptest::collection::vec(step(), 0..40),
-        plans in proptest::collection::vec(plan(), 1..6),
+        batches in proptest::collection::vec(proptest::collection::vec(batched(), 1..8), 1..4),
     ) {
         let (ledger, now) = run(&steps);
-        for plan in plans {
+        for batch in batches {
+            let plan = Plan::new(&batch);
             let mut rows = Rows::default();
             let mut taken = LockOrder::default();
             let mut loads = Vec::new();
             while let Some(load) = plan.next(&rows) {
                 prop_assert!(loads.len() < 8, "{:?} does not end: {:?}", plan, loads);
-                let (loaded, locks) = find(&ledger, load.clone(), now);
+                let (loaded, locks) = find(&ledger, &load, now);
                 for lock in locks {
-                    prop_assert_eq!(taken.take(lock), Ok(()), "{:?} after {:?}", plan, loads);
+                    prop_assert_eq!(taken.take(lock), Ok(()), "{:?} after {:?}", batch, loads);
                 }
-                rows.put(loaded);
+                rows.put(load.clone(), loaded);
                 loads.push(load);
             }
-            prop_assert_eq!(rows.hold_and_product().map(|_| ()), Ok(()));
-            prop_assert_eq!(rows.order_of_hold().map(|_| ()), Ok(()));
+            let executed = execute(&rows, now, &batch);
+            for (command, answer) in batch.iter().zip(&executed.answers) {
+                let violated = matches!(answer, Err(Refusal::Violated(_)));
+                prop_assert!(!violated, "{:?} read unsound rows: {:?}", command, answer);
+            }
         }
     }
 }

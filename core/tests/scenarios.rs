@@ -642,6 +642,7 @@ fn an_invalid_payment_window_is_reported_before_an_unknown_hold() {
     let command = Command::PlaceOrder {
         hold_id: HoldId(999),
         payment_window_ms,
+        key: None,
     };
     let invalid = Rejection::InvalidPaymentWindow { payment_window_ms };
     s.step(0, command, expect_rejected(invalid));
@@ -910,7 +911,7 @@ impl Expect {
                     stock,
                     units_received,
                 },
-                Outcome::Restocked(product),
+                Outcome::Restocked { product, .. },
             ) => {
                 assert_eq!(product.stock, Qty(*stock), "{context}: stock");
                 let received = product.units_received;
@@ -924,17 +925,21 @@ impl Expect {
                 Outcome::HoldPlaced {
                     hold,
                     holds_released: released,
+                    ..
                 },
             ) => {
                 assert_eq!(hold.qty, Qty(*qty), "{context}: qty granted");
                 assert_eq!(hold.state, HoldState::Held, "{context}: a new hold is held");
                 assert_eq!(released, holds_released, "{context}: holds released");
             }
-            (Expect::NewOrder, Outcome::OrderPlaced { order, created }) => {
+            (Expect::NewOrder, Outcome::OrderPlaced { order, created, .. }) => {
                 assert!(created, "{context}: got {order:?} again");
                 assert_eq!(order.status, OrderStatus::PrePayment, "{context}: status");
             }
-            (Expect::SameOrder { order_id, status }, Outcome::OrderPlaced { order, created }) => {
+            (
+                Expect::SameOrder { order_id, status },
+                Outcome::OrderPlaced { order, created, .. },
+            ) => {
                 assert!(
                     !created,
                     "{context}: expected {order_id} again, got a new one"
@@ -947,6 +952,7 @@ impl Expect {
                 Outcome::WebhookApplied {
                     record,
                     replayed: was_replayed,
+                    ..
                 },
             ) => {
                 assert_eq!(record.result, *result, "{context}: webhook result");
@@ -1040,6 +1046,7 @@ fn hold_for(product_id: ProductId, qty: u32, ttl_ms: u64) -> Command {
         product_id,
         qty: Qty(qty),
         ttl_ms,
+        key: None,
     }
 }
 
@@ -1048,6 +1055,7 @@ fn order(hold_id: HoldId) -> Command {
     Command::PlaceOrder {
         hold_id,
         payment_window_ms: WINDOW_MS,
+        key: None,
     }
 }
 

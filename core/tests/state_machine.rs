@@ -58,16 +58,19 @@ impl ReferenceStateMachine for Reference {
         let ttl = prop_oneof![8 => 1_000u64..6_000, 1 => Just(0u64), 1 => Just(86_400_001u64)];
         let window = prop_oneof![8 => 1_000u64..10_000, 1 => Just(999u64)];
         let key = (0u8..6).prop_map(|k| format!("evt_{k}"));
+        // Client keys: few, so retries and reuse across requests and kinds are common.
+        let client_key =
+            || proptest::option::weighted(0.3, (0u8..4).prop_map(|k| format!("req_{k}")));
         let command = prop_oneof![
             1 => (prop_oneof![6 => Just("P".to_owned()), 1 => Just(" ".to_owned())],
                   0u64..1_000, 0u32..6)
                 .prop_map(|(name, price, stock)| ModelCommand::CreateProduct { name, price, stock }),
             1 => (products.clone(), 0u32..4)
                 .prop_map(|(product, qty)| ModelCommand::Restock { product, qty }),
-            6 => (products, 0u32..4, ttl)
-                .prop_map(|(product, qty, ttl)| ModelCommand::PlaceHold { product, qty, ttl }),
-            4 => (holds.clone(), window)
-                .prop_map(|(hold, window)| ModelCommand::PlaceOrder { hold, window }),
+            6 => (products, 0u32..4, ttl, client_key())
+                .prop_map(|(product, qty, ttl, key)| ModelCommand::PlaceHold { product, qty, ttl, key }),
+            4 => (holds.clone(), window, client_key())
+                .prop_map(|(hold, window, key)| ModelCommand::PlaceOrder { hold, window, key }),
             4 => (key, holds, any::<bool>())
                 .prop_map(|(key, hold, paid)| ModelCommand::Webhook { key, hold, paid }),
             1 => Just(ModelCommand::Sweep),

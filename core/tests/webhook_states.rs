@@ -69,6 +69,8 @@ fn ledger(state: State) -> Ledger {
             status,
             created_at: Timestamp(0),
             payment_due_at: Timestamp(DUE),
+            cancel_reason: (status == OrderStatus::Cancelled)
+                .then_some(flashsale_core::CancelReason::PaymentFailed),
         }],
         _ => Vec::new(),
     };
@@ -135,7 +137,9 @@ fn conserved(ledger: &Ledger) -> bool {
 
 fn result_of(outcome: &Result<Outcome, flashsale_core::Rejection>) -> (WebhookResult, bool) {
     match outcome {
-        Ok(Outcome::WebhookApplied { record, replayed }) => (record.result, *replayed),
+        Ok(Outcome::WebhookApplied {
+            record, replayed, ..
+        }) => (record.result, *replayed),
         other => panic!("a webhook answer, got {other:?}"),
     }
 }

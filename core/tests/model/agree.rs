@@ -22,14 +22,21 @@ pub fn to_command(command: &ModelCommand) -> Command {
             product_id: ProductId(product),
             qty: Qty(qty),
         },
-        ModelCommand::PlaceHold { product, qty, ttl } => Command::PlaceHold {
+        ModelCommand::PlaceHold {
+            product,
+            qty,
+            ttl,
+            key,
+        } => Command::PlaceHold {
             product_id: ProductId(product),
             qty: Qty(qty),
             ttl_ms: ttl,
+            key: key.as_deref().map(parse_key),
         },
-        ModelCommand::PlaceOrder { hold, window } => Command::PlaceOrder {
+        ModelCommand::PlaceOrder { hold, window, key } => Command::PlaceOrder {
             hold_id: HoldId(hold),
             payment_window_ms: window,
+            key: key.as_deref().map(parse_key),
         },
         ModelCommand::Webhook { key, hold, paid } => Command::ApplyWebhook(WebhookPayload {
             key: IdempotencyKey::parse(&key).expect("generated keys are valid"),
@@ -42,6 +49,10 @@ pub fn to_command(command: &ModelCommand) -> Command {
         }),
         ModelCommand::Sweep => Command::Sweep,
     }
+}
+
+fn parse_key(key: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(key).expect("generated keys are valid")
 }
 
 /// The ledger's rows and derived numbers equal the model's at `now`, and its invariants hold.
@@ -79,6 +90,12 @@ pub fn assert_agree(ledger: &Ledger, model: &Model, now_ms: u64) {
     for webhook in &model.webhooks {
         let key = IdempotencyKey::parse(&webhook.key).expect("valid key");
         assert_eq!(ledger.webhook(&key), Some(&model.webhook_row(&webhook.key)));
+    }
+    assert_eq!(ledger.request_keys().count(), model.request_keys.len());
+    for record in &model.request_keys {
+        let key = parse_key(&record.key);
+        let row = model.request_key_row(&record.key);
+        assert_eq!(ledger.request_key(&key), Some(&row));
     }
     assert_eq!(ledger.next_deadline(), model.next_deadline().map(Timestamp));
 }

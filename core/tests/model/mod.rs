@@ -22,9 +22,9 @@ pub fn cases() -> u32 {
 pub mod agree;
 
 use flashsale_core::{
-    Cents, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, Order, OrderId, OrderStatus,
-    Outcome, PaymentStatus, Product, ProductId, Qty, Rejection, ReleaseReason, Timestamp,
-    WebhookRecord, WebhookResult,
+    CancelReason, Cents, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, KeyedRequest, Order,
+    OrderId, OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection,
+    ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult,
 };
 
 /// One row per product: what it was created with.
@@ -57,6 +57,19 @@ pub struct ModelOrder {
     pub status: OrderStatus,
     pub created: u64,
     pub due: u64,
+    pub cancelled_because: Option<CancelReason>,
+}
+
+/// A client's idempotency key and what it answered: the hold granted, or the order created or
+/// found.
+#[derive(Clone, Debug)]
+pub struct ModelRequestKey {
+    pub key: String,
+    /// `Ok((product, qty))` for a hold request, `Err(hold)` for an order request.
+    pub asked: Result<(u64, u32), u64>,
+    pub resource: u64,
+    pub created: bool,
+    pub at: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -85,10 +98,12 @@ pub enum ModelCommand {
         product: u64,
         qty: u32,
         ttl: u64,
+        key: Option<String>,
     },
     PlaceOrder {
         hold: u64,
         window: u64,
+        key: Option<String>,
     },
     Webhook {
         key: String,
@@ -105,6 +120,7 @@ pub struct Model {
     pub holds: Vec<ModelHold>,
     pub orders: Vec<ModelOrder>,
     pub webhooks: Vec<ModelWebhook>,
+    pub request_keys: Vec<ModelRequestKey>,
     /// Ids handed out so far, per kind: products, holds, orders (each its own sequence).
     pub ids_used: [u64; 3],
 }
@@ -213,15 +229,115 @@ impl Model {
                     });
                 }
                 self.restocks.push((product, qty));
-                Ok(Outcome::Restocked(self.product_row(product)))
+                Ok(Outcome::Restocked {
+                    product: self.product_row(product),
+                    available: Qty(self.available(product, now) as u32),
+                })
             }
-            ModelCommand::PlaceHold { product, qty, ttl } => {
-                self.place_hold(now, product, qty, ttl)
+            ModelCommand::PlaceHold {
+                product,
+                qty,
+                ttl,
+                key,
+            } => self.place_hold_keyed(now, product, qty, ttl, key),
+            ModelCommand::PlaceOrder { hold, window, key } => {
+                self.place_order_keyed(now, hold, window, key)
             }
-            ModelCommand::PlaceOrder { hold, window } => self.place_order(now, hold, window),
             ModelCommand::Webhook { key, hold, paid } => self.webhook(now, key, hold, paid),
             ModelCommand::Sweep => Ok(self.sweep(now)),
         }
+    }
+
+    /// A hold request under an optional key: the key's record answers a request like the first
+    /// again, refuses one unlike it, and is written only when the request succeeds.
+    fn place_hold_keyed(
+        &mut self,
+        now: u64,
+        product: u64,
+        qty: u32,
+        ttl: u64,
+        key: Option<String>,
+    ) -> Result<Outcome, Rejection> {
+        if qty == 0 || qty > 10_000 {
+            return Err(Rejection::InvalidQty { qty: Qty(qty) });
+        }
+        if !(1_000..=86_400_000).contains(&ttl) {
+            return Err(Rejection::InvalidTtl { ttl_ms: ttl });
+        }
+        let Some(key) = key else {
+            return self.place_hold(now, product, qty, ttl);
+        };
+        if let Some(record) = self.request_keys.iter().find(|r| r.key == key) {
+            let field = match record.asked {
+                Err(_) => Some("request"),
+                Ok((p, _)) if p != product => Some("product_id"),
+                Ok((_, q)) if q != qty => Some("qty"),
+                Ok(_) => None,
+            };
+            return match field {
+                Some(field) => Err(reused(&key, field)),
+                None => Ok(Outcome::HoldPlaced {
+                    hold: self.hold_row(record.resource),
+                    holds_released: Vec::new(),
+                    replayed: true,
+                }),
+            };
+        }
+        let outcome = self.place_hold(now, product, qty, ttl)?;
+        if let Outcome::HoldPlaced { hold, .. } = &outcome {
+            self.request_keys.push(ModelRequestKey {
+                key,
+                asked: Ok((product, qty)),
+                resource: hold.id.0,
+                created: true,
+                at: now,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// An order request under an optional key, as [`Model::place_hold_keyed`].
+    fn place_order_keyed(
+        &mut self,
+        now: u64,
+        hold: u64,
+        window: u64,
+        key: Option<String>,
+    ) -> Result<Outcome, Rejection> {
+        if !(1_000..=604_800_000).contains(&window) {
+            return Err(Rejection::InvalidPaymentWindow {
+                payment_window_ms: window,
+            });
+        }
+        let Some(key) = key else {
+            return self.place_order(now, hold, window);
+        };
+        if let Some(record) = self.request_keys.iter().find(|r| r.key == key) {
+            let field = match record.asked {
+                Ok(_) => Some("request"),
+                Err(h) if h != hold => Some("hold_id"),
+                Err(_) => None,
+            };
+            return match field {
+                Some(field) => Err(reused(&key, field)),
+                None => Ok(Outcome::OrderPlaced {
+                    order: self.order_row(record.resource),
+                    created: record.created,
+                    replayed: true,
+                }),
+            };
+        }
+        let outcome = self.place_order(now, hold, window)?;
+        if let Outcome::OrderPlaced { order, created, .. } = &outcome {
+            self.request_keys.push(ModelRequestKey {
+                key,
+                asked: Err(hold),
+                resource: order.id.0,
+                created: *created,
+                at: now,
+            });
+        }
+        Ok(outcome)
     }
 
     fn place_hold(
@@ -269,6 +385,7 @@ impl Model {
         Ok(Outcome::HoldPlaced {
             hold: self.hold_row(id),
             holds_released: released,
+            replayed: false,
         })
     }
 
@@ -288,6 +405,7 @@ impl Model {
                 return Ok(Outcome::OrderPlaced {
                     order: self.order_row(order),
                     created: false,
+                    replayed: false,
                 });
             }
             Some(Err(_)) => {
@@ -306,6 +424,7 @@ impl Model {
         Ok(Outcome::OrderPlaced {
             order: self.order_row(id),
             created: true,
+            replayed: false,
         })
     }
 
@@ -321,6 +440,7 @@ impl Model {
             status,
             created: now,
             due,
+            cancelled_because: None,
         });
         let h = self
             .holds
@@ -353,9 +473,11 @@ impl Model {
                 });
             }
             let record = self.webhook_row(&key);
+            let order = w.order.map(|id| self.order_row(id));
             return Ok(Outcome::WebhookApplied {
                 record,
                 replayed: true,
+                order,
             });
         }
         let (result, order) = self.webhook_effect(now, hold, paid);
@@ -370,6 +492,7 @@ impl Model {
         Ok(Outcome::WebhookApplied {
             record: self.webhook_row(&key),
             replayed: false,
+            order: order.map(|id| self.order_row(id)),
         })
     }
 
@@ -410,6 +533,7 @@ impl Model {
                 let result = match (order.status, paid) {
                     (OrderStatus::PrePayment, true) if order.due <= now => {
                         order.status = OrderStatus::Cancelled;
+                        order.cancelled_because = Some(CancelReason::PaymentFailed);
                         WebhookResult::RefundRequired
                     }
                     (OrderStatus::PrePayment, true) => {
@@ -418,6 +542,7 @@ impl Model {
                     }
                     (OrderStatus::PrePayment, false) => {
                         order.status = OrderStatus::Cancelled;
+                        order.cancelled_because = Some(CancelReason::PaymentFailed);
                         WebhookResult::Applied
                     }
                     (OrderStatus::Paid, true) | (OrderStatus::Cancelled, false) => {
@@ -443,6 +568,7 @@ impl Model {
         for order in &mut self.orders {
             if order.status == OrderStatus::PrePayment && order.due <= now {
                 order.status = OrderStatus::Cancelled;
+                order.cancelled_because = Some(CancelReason::PaymentWindowClosed);
                 orders_cancelled.push(OrderId(order.id));
             }
         }
@@ -497,6 +623,30 @@ impl Model {
             status: o.status,
             created_at: Timestamp(o.created),
             payment_due_at: Timestamp(o.due),
+            cancel_reason: o.cancelled_because,
+        }
+    }
+
+    pub fn request_key_row(&self, key: &str) -> RequestRecord {
+        let r = self
+            .request_keys
+            .iter()
+            .find(|r| r.key == key)
+            .expect("record exists");
+        RequestRecord {
+            key: IdempotencyKey::parse(key).expect("model keys are valid"),
+            request: match r.asked {
+                Ok((product, qty)) => KeyedRequest::PlaceHold {
+                    product_id: ProductId(product),
+                    qty: Qty(qty),
+                },
+                Err(hold) => KeyedRequest::PlaceOrder {
+                    hold_id: HoldId(hold),
+                },
+            },
+            resource_id: r.resource,
+            created: r.created,
+            created_at: Timestamp(r.at),
         }
     }
 
@@ -520,5 +670,12 @@ impl Model {
             order_id: w.order.map(OrderId),
             received_at: Timestamp(w.received),
         }
+    }
+}
+
+fn reused(key: &str, field: &'static str) -> Rejection {
+    Rejection::IdempotencyKeyReused {
+        key: IdempotencyKey::parse(key).expect("model keys are valid"),
+        field,
     }
 }

@@ -1,0 +1,476 @@
+//! The one execute step: a batch of commands of any kinds and products, decided in arrival order
+//! over the rows their [`Plan`](crate::Plan) loaded, into one answer per command and one
+//! [`WriteSet`] for the whole batch.
+//!
+//! Every driver runs the same three steps, as TigerBeetle's state machine does (prefetch, execute,
+//! write): load the plan's rows in the lock order, [`execute`], apply the write-set. The
+//! [`crate::Ledger`] does it from its tables for one command at a time; the service layer does it
+//! in one database transaction for every request that arrived while the previous one ran, and
+//! commits once.
+//!
+//! Each command sees the writes of the commands before it: a working view lays their effects over
+//! the loaded rows (a grant's units, a released hold, an order created or paid, a record written),
+//! so a batch decides exactly as the same commands would one by one, in its order, at its `now`.
+//! A refused command (a [`Rejection`], or a [`crate::Violation`] in the rows it read) writes
+//! nothing and the others go on: one corrupt product fails only the commands that touch it.
+
+use std::collections::BTreeMap;
+
+use crate::command::Command;
+use crate::hold::{self, Hold, HoldRequest, HoldState};
+use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::invariants::Violation;
+use crate::order::{self, Order};
+use crate::outcome::{Outcome, Refusal, Rejection};
+use crate::payment::{self, WebhookDecision, WebhookPayload, WebhookRecord};
+use crate::plan::Rows;
+use crate::product::{self, Product};
+use crate::request::{self, KeyDecision, KeyedRequest, RequestRecord};
+use crate::time::Timestamp;
+use crate::writes::{
+    Changes, Inserted, Pending, WriteSet, own_hold, own_order, pending_hold, pending_order,
+};
+
+/// What [`execute`] decided: one answer per command, in order, and the batch's writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    /// Each command's outcome (with pending ids for the rows the batch inserts, until
+    /// [`Outcome::resolve`]) or refusal.
+    pub answers: Vec<Result<Outcome, Refusal>>,
+    /// Everything the batch writes; only granted, applied commands contribute.
+    pub writes: WriteSet,
+    /// The holds each command named that did not exist when the batch loaded its rows, by
+    /// command.
+    holds_missing: Vec<(usize, HoldId)>,
+    /// The command that inserted each of the batch's new holds, in insertion order.
+    holds_inserted_by: Vec<usize>,
+}
+
+impl Executed {
+    /// The first command that found a hold missing which an earlier command of the same batch
+    /// inserted, under the id the storage then gave it (`inserted`). One by one, that command
+    /// would have found the hold; in the batch it could not, since ids are assigned only when
+    /// the write-set is applied. Only a client guessing an id it was never answered meets this;
+    /// the driver then decides the batch again in two parts, the commands before this one and
+    /// the rest, so every answer is still the one arrival order gives.
+    pub fn stale(&self, inserted: &Inserted) -> Option<usize> {
+        let stale = self.holds_missing.iter().filter(|&&(command, hold_id)| {
+            let at = inserted.holds.iter().position(|&id| id == hold_id);
+            let by = at.and_then(|n| self.holds_inserted_by.get(n));
+            by.is_some_and(|&by| by < command)
+        });
+        stale.map(|&(command, _)| command).min()
+    }
+}
+
+/// Decides `commands` in order at `now` over `rows`, the rows [`crate::Plan::new`]`(commands)`
+/// loaded. [`Command::CreateProduct`] and [`Command::Sweep`] are not decided over rows (the
+/// ledger and the service run them themselves): each is refused as
+/// [`Violation::CommandOutsideExecute`].
+pub fn execute(rows: &Rows<'_>, now: Timestamp, commands: &[Command]) -> Executed {
+    let mut working = Working::over(rows);
+    let mut writes = WriteSet::default();
+    let mut answers = Vec::with_capacity(commands.len());
+    let mut holds_missing = Vec::new();
+    let mut holds_inserted_by = Vec::new();
+    for (n, command) in commands.iter().enumerate() {
+        holds_missing.extend(
+            named_hold(command)
+                .filter(|&id| rows.found_hold(id).is_none())
+                .map(|id| (n, id)),
+        );
+        let answer = working.decide(now, command).and_then(|(outcome, own)| {
+            let offsets = writes.pending();
+            let own = own.moved(offsets);
+            // The last command's effects are seen by no one: not laying them over the rows
+            // spares a single command's decision every copy.
+            if n.saturating_add(1) < commands.len() {
+                working.apply(&own, offsets)?;
+            }
+            holds_inserted_by.extend(own.holds_inserted.iter().map(|_| n));
+            writes.join(own);
+            Ok(outcome.moved(offsets))
+        });
+        answers.push(answer);
+    }
+    debug_assert_eq!(answers.len(), commands.len(), "one answer per command");
+    Executed {
+        answers,
+        writes,
+        holds_missing,
+        holds_inserted_by,
+    }
+}
+
+/// The hold a command names by id, if it names one.
+fn named_hold(command: &Command) -> Option<HoldId> {
+    match command {
+        Command::PlaceOrder { hold_id, .. } => Some(*hold_id),
+        Command::ApplyWebhook(payload) => Some(payload.hold_id),
+        Command::CreateProduct { .. }
+        | Command::Restock { .. }
+        | Command::PlaceHold { .. }
+        | Command::Sweep
+        | Command::SweepProduct { .. } => None,
+    }
+}
+
+/// A decision's outcome with its own new rows numbered from 0, and its writes.
+type Decided = Result<(Outcome, WriteSet), Refusal>;
+
+/// The loaded rows with the effects of the batch's earlier commands laid over them.
+struct Working<'r, 'a> {
+    rows: &'r Rows<'a>,
+    products: BTreeMap<ProductId, Product>,
+    holds: BTreeMap<HoldId, Hold>,
+    orders: BTreeMap<OrderId, Order>,
+    webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
+    request_keys: BTreeMap<IdempotencyKey, RequestRecord>,
+}
+
+impl<'r, 'a> Working<'r, 'a> {
+    fn over(rows: &'r Rows<'a>) -> Self {
+        Working {
+            rows,
+            products: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            orders: BTreeMap::new(),
+            webhooks: BTreeMap::new(),
+            request_keys: BTreeMap::new(),
+        }
+    }
+
+    fn decide(&self, now: Timestamp, command: &Command) -> Decided {
+        match command {
+            Command::PlaceHold {
+                product_id,
+                qty,
+                ttl_ms,
+                key,
+            } => self.place_hold(now, *product_id, *qty, *ttl_ms, key.as_ref()),
+            Command::PlaceOrder {
+                hold_id,
+                payment_window_ms,
+                key,
+            } => self.place_order(now, *hold_id, *payment_window_ms, key.as_ref()),
+            Command::ApplyWebhook(payload) => self.apply_webhook(now, payload),
+            Command::Restock { product_id, qty } => self.restock(now, *product_id, *qty),
+            Command::SweepProduct { product_id } => self.sweep(now, *product_id),
+            Command::CreateProduct { .. } | Command::Sweep => {
+                Err(Violation::CommandOutsideExecute.into())
+            }
+        }
+    }
+
+    /// Checks, first failure wins: qty and ttl, the key (a replay answers the hold as it is
+    /// now), the product, then stock.
+    fn place_hold(
+        &self,
+        now: Timestamp,
+        product_id: ProductId,
+        qty: Qty,
+        ttl_ms: u64,
+        key: Option<&IdempotencyKey>,
+    ) -> Decided {
+        hold::validate_request(qty, ttl_ms)?;
+        let asked = KeyedRequest::PlaceHold { product_id, qty };
+        if let Some(record) = self.replay(key, &asked)? {
+            let hold = self.hold(HoldId(record.resource_id));
+            let hold = *hold.ok_or_else(|| dangling(&record))?;
+            let outcome = Outcome::HoldPlaced {
+                hold,
+                holds_released: Vec::new(),
+                replayed: true,
+            };
+            return Ok((outcome, WriteSet::default()));
+        }
+        let product = self.product(product_id);
+        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+        let expired = self.expired(product_id);
+        let request = [HoldRequest {
+            qty,
+            key: key.cloned(),
+        }];
+        let mut decided = hold::place_holds(product, &expired, &request, now, ttl_ms)?;
+        let grant = decided.decisions.pop();
+        let grant = grant.ok_or(Violation::WriteSetUnresolved)??;
+        let outcome = Outcome::HoldPlaced {
+            hold: grant.with_id(own_hold(0), product_id),
+            holds_released: decided.holds_released,
+            replayed: false,
+        };
+        Ok((outcome, decided.writes))
+    }
+
+    /// Checks, first failure wins: the window, the key (a replay answers the order as it is
+    /// now), the hold's existence, then as [`order::place_order`].
+    fn place_order(
+        &self,
+        now: Timestamp,
+        hold_id: HoldId,
+        payment_window_ms: u64,
+        key: Option<&IdempotencyKey>,
+    ) -> Decided {
+        order::validate_payment_window(payment_window_ms)?;
+        if let Some(record) = self.replay(key, &KeyedRequest::PlaceOrder { hold_id })? {
+            let order = self.order(OrderId(record.resource_id));
+            let order = *order.ok_or_else(|| dangling(&record))?;
+            let outcome = Outcome::OrderPlaced {
+                order,
+                created: record.created,
+                replayed: true,
+            };
+            return Ok((outcome, WriteSet::default()));
+        }
+        let found = self.hold_and_product(hold_id)?;
+        let (hold, product) = found.ok_or(Rejection::UnknownHold { hold_id })?;
+        let decided = order::place_order(&hold, product, now, payment_window_ms, key)?;
+        let order = match decided.existing {
+            Some(order_id) => *self
+                .order(order_id)
+                .ok_or(Violation::HoldOrderMismatch { hold_id, order_id })?,
+            None => {
+                let new = decided.writes.orders_inserted.first();
+                new.ok_or(Violation::WriteSetUnresolved)?
+                    .with_id(own_order(0))
+            }
+        };
+        let outcome = Outcome::OrderPlaced {
+            order,
+            created: decided.existing.is_none(),
+            replayed: false,
+        };
+        Ok((outcome, decided.writes))
+    }
+
+    /// As [`payment::decide_webhook`]; the answer carries the order as the webhook leaves it.
+    fn apply_webhook(&self, now: Timestamp, payload: &WebhookPayload) -> Decided {
+        let found = self.hold_and_product(payload.hold_id)?;
+        let order = match &found {
+            Some((hold, _)) => self.order_of(hold)?,
+            None => None,
+        };
+        let record = self.webhook(&payload.key);
+        let hold_and_product = found.as_ref().map(|(hold, product)| (hold, *product));
+        let decision =
+            payment::decide_webhook(record, payload, hold_and_product, order.as_ref(), now)?;
+        let writes = match decision {
+            WebhookDecision::Replay(record) => {
+                let order = record.order_id.and_then(|id| self.order(id)).copied();
+                let outcome = Outcome::WebhookApplied {
+                    record,
+                    replayed: true,
+                    order,
+                };
+                return Ok((outcome, WriteSet::default()));
+            }
+            WebhookDecision::New { writes, .. } => *writes,
+        };
+        let record = writes.webhooks.first().cloned();
+        let record = record.ok_or(Violation::WriteSetUnresolved)?;
+        let order = match (writes.orders_inserted.first(), order) {
+            (Some(new), _) => Some(new.with_id(own_order(0))),
+            (None, Some(order)) => {
+                let settled = writes.orders_updated.iter().find(|(id, _)| *id == order.id);
+                Some(settled.map_or(order, |&(_, settlement)| order.settled(settlement)))
+            }
+            (None, None) => None,
+        };
+        let outcome = Outcome::WebhookApplied {
+            record,
+            replayed: false,
+            order,
+        };
+        Ok((outcome, writes))
+    }
+
+    /// Checks, first failure wins: the qty, the product, then the stock's range. The answer
+    /// carries the units available after it at `now`.
+    fn restock(&self, now: Timestamp, product_id: ProductId, qty: Qty) -> Decided {
+        product::validate_restock(qty)?;
+        let product = self.product(product_id);
+        let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
+        let writes = product::restock(product, qty)?;
+        let counters = writes.product(product_id).copied();
+        let mut restocked = product.clone();
+        restocked.set_counters(counters.ok_or(Violation::WriteSetUnresolved)?);
+        let units_expired = hold::expired_units(product_id, &self.expired(product_id), now)?;
+        let available = product::available(&restocked, units_expired)?;
+        let outcome = Outcome::Restocked {
+            product: restocked,
+            available,
+        };
+        Ok((outcome, writes))
+    }
+
+    /// Releases the product's expired holds and cancels its overdue orders; an unknown product
+    /// has none.
+    fn sweep(&self, now: Timestamp, product_id: ProductId) -> Decided {
+        let Some(product) = self.product(product_id) else {
+            let outcome = Outcome::Swept {
+                holds_released: Vec::new(),
+                orders_cancelled: Vec::new(),
+            };
+            return Ok((outcome, WriteSet::default()));
+        };
+        let (expired, overdue) = (self.expired(product_id), self.overdue(product_id));
+        let mut changes = Changes::on(product);
+        hold::release_expired(&mut changes, &expired, now)?;
+        order::cancel_overdue(&mut changes, &overdue, now)?;
+        let mut holds_released: Vec<HoldId> = expired.iter().map(|h| h.id).collect();
+        let mut orders_cancelled: Vec<OrderId> = overdue.iter().map(|o| o.id).collect();
+        holds_released.sort_unstable();
+        orders_cancelled.sort_unstable();
+        let outcome = Outcome::Swept {
+            holds_released,
+            orders_cancelled,
+        };
+        Ok((outcome, changes.finish()))
+    }
+
+    /// The record a keyed request replays, if its key answered this very request before.
+    fn replay(
+        &self,
+        key: Option<&IdempotencyKey>,
+        asked: &KeyedRequest,
+    ) -> Result<Option<RequestRecord>, Rejection> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        match request::decide_request_key(self.request_record(key), key, asked)? {
+            KeyDecision::Fresh => Ok(None),
+            KeyDecision::Replay(record) => Ok(Some(record)),
+        }
+    }
+
+    fn product(&self, id: ProductId) -> Option<&Product> {
+        self.products.get(&id).or_else(|| self.rows.product(id))
+    }
+
+    fn hold(&self, id: HoldId) -> Option<&Hold> {
+        self.holds.get(&id).or_else(|| self.rows.hold(id))
+    }
+
+    fn order(&self, id: OrderId) -> Option<&Order> {
+        self.orders.get(&id).or_else(|| self.rows.order(id))
+    }
+
+    fn webhook(&self, key: &IdempotencyKey) -> Option<&WebhookRecord> {
+        self.webhooks.get(key).or_else(|| self.rows.webhook(key))
+    }
+
+    fn request_record(&self, key: &IdempotencyKey) -> Option<&RequestRecord> {
+        self.request_keys
+            .get(key)
+            .or_else(|| self.rows.request_record(key))
+    }
+
+    /// The hold, read under its product's lock, with that product; `None` for an unknown hold.
+    fn hold_and_product(&self, hold_id: HoldId) -> Result<Option<(Hold, &Product)>, Violation> {
+        let Some(found) = self.rows.found_hold(hold_id) else {
+            return Ok(None);
+        };
+        let product_id = found.product_id;
+        let product = self.product(product_id);
+        let product = product.ok_or(Violation::DanglingProduct { product_id })?;
+        Ok(self.hold(hold_id).map(|hold| (*hold, product)))
+    }
+
+    /// The order that consumed `hold`, if it is consumed.
+    fn order_of(&self, hold: &Hold) -> Result<Option<Order>, Violation> {
+        match hold.state {
+            HoldState::Consumed(order_id) => {
+                self.order(order_id)
+                    .copied()
+                    .map(Some)
+                    .ok_or(Violation::HoldOrderMismatch {
+                        hold_id: hold.id,
+                        order_id,
+                    })
+            }
+            HoldState::Held | HoldState::Released(_) => Ok(None),
+        }
+    }
+
+    /// The product's holds loaded as expired that are still held.
+    fn expired(&self, product_id: ProductId) -> Vec<Hold> {
+        let loaded = self.rows.expired(product_id);
+        let now_held = loaded.filter_map(|h| self.hold(h.id));
+        now_held
+            .filter(|h| h.state == HoldState::Held)
+            .copied()
+            .collect()
+    }
+
+    /// The product's orders loaded as overdue that still wait for payment.
+    fn overdue(&self, product_id: ProductId) -> Vec<Order> {
+        let loaded = self.rows.overdue(product_id);
+        let now_waiting = loaded.filter_map(|o| self.order(o.id));
+        now_waiting
+            .filter(|o| o.status == order::OrderStatus::PrePayment)
+            .copied()
+            .collect()
+    }
+
+    /// Lays a decision's write-set (in the batch's numbering, its new rows after `offsets`)
+    /// over the rows, so the commands after it see its effects.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] when it changes a row the batch never read: a decision
+    /// only writes what it read, so nothing is laid over.
+    fn apply(&mut self, writes: &WriteSet, offsets: Pending) -> Result<(), Violation> {
+        let missing = Violation::WriteSetUnresolved;
+        let mut products = Vec::new();
+        for counters in &writes.products {
+            let mut product = self.product(counters.id).ok_or(missing.clone())?.clone();
+            product.set_counters(*counters);
+            products.push(product);
+        }
+        let mut holds = Vec::new();
+        for &(id, reason) in &writes.holds_released {
+            let hold = self.hold(id).ok_or(missing.clone())?;
+            holds.push(Hold {
+                state: HoldState::Released(reason),
+                ..*hold
+            });
+        }
+        for (n, new) in writes.holds_inserted.iter().enumerate() {
+            holds.push(new.with_id(pending_hold(offsets.holds.saturating_add(n))));
+        }
+        let mut orders = Vec::new();
+        for (n, new) in writes.orders_inserted.iter().enumerate() {
+            let order = new.with_id(pending_order(offsets.orders.saturating_add(n)));
+            let hold = self.hold(new.hold_id).ok_or(missing.clone())?;
+            holds.push(Hold {
+                state: HoldState::Consumed(order.id),
+                ..*hold
+            });
+            orders.push(order);
+        }
+        for &(id, settlement) in &writes.orders_updated {
+            let current = orders.iter().rev().find(|o| o.id == id);
+            let current = current.or_else(|| self.order(id)).copied();
+            orders.push(current.ok_or(missing.clone())?.settled(settlement));
+        }
+        self.products
+            .extend(products.into_iter().map(|p| (p.id, p)));
+        self.holds.extend(holds.into_iter().map(|h| (h.id, h)));
+        self.orders.extend(orders.into_iter().map(|o| (o.id, o)));
+        self.webhooks
+            .extend(writes.webhooks.iter().map(|r| (r.key.clone(), r.clone())));
+        let keys = writes.request_keys.iter();
+        self.request_keys
+            .extend(keys.map(|r| (r.key.clone(), r.clone())));
+        Ok(())
+    }
+}
+
+/// A request key whose record names a hold or order that does not exist.
+fn dangling(record: &RequestRecord) -> Violation {
+    Violation::RequestKeyDangling {
+        key: record.key.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

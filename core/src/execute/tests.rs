@@ -1,0 +1,280 @@
+use std::borrow::Cow;
+
+use super::*;
+use crate::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant};
+use crate::ids::Cents;
+use crate::order::{OrderStatus, Settlement};
+use crate::payment::PaymentStatus;
+use crate::plan::{Load, Loaded, Plan};
+use crate::writes::Inserted;
+use crate::{Ledger, pending_hold, pending_order};
+
+const NOW: Timestamp = Timestamp(10_000);
+
+fn key(k: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(k).unwrap()
+}
+
+fn product(id: u64, stock: u32, units_held: u32) -> Product {
+    Product {
+        id: ProductId(id),
+        name: "p".into(),
+        price_cents: Cents(100),
+        stock: Qty(stock),
+        units_held: Qty(units_held),
+        units_received: u64::from(stock),
+    }
+}
+
+fn held(id: u64, product_id: u64, expires_at: u64) -> Hold {
+    let grant = HoldGrant {
+        qty: Qty(1),
+        created_at: Timestamp(0),
+        expires_at: Timestamp(expires_at),
+    };
+    grant.with_id(HoldId(id), ProductId(product_id))
+}
+
+fn hold_request(product_id: u64, qty: u32) -> Command {
+    Command::PlaceHold {
+        product_id: ProductId(product_id),
+        qty: Qty(qty),
+        ttl_ms: HOLD_TTL_MS_DEFAULT,
+        key: None,
+    }
+}
+
+fn order_request(hold_id: u64) -> Command {
+    Command::PlaceOrder {
+        hold_id: HoldId(hold_id),
+        payment_window_ms: 60_000,
+        key: None,
+    }
+}
+
+fn webhook(k: &str, hold_id: u64, status: PaymentStatus) -> Command {
+    Command::ApplyWebhook(WebhookPayload {
+        key: key(k),
+        hold_id: HoldId(hold_id),
+        status,
+    })
+}
+
+/// The rows `commands`' plan loads from a store of `products` and `holds` (no orders or
+/// records).
+fn rows_of(products: &[Product], holds: &[Hold], commands: &[Command]) -> Rows<'static> {
+    let plan = Plan::new(commands);
+    let mut rows = Rows::default();
+    let hold = |id: &HoldId| holds.iter().find(|h| h.id == *id).copied();
+    while let Some(load) = plan.next(&rows) {
+        let loaded = match &load {
+            Load::RequestKeys(_) => Loaded::RequestKeys(vec![]),
+            Load::FindHolds(ids) => Loaded::Holds(ids.iter().filter_map(hold).collect()),
+            Load::Holds(ids) => Loaded::Holds(ids.iter().filter_map(|(_, id)| hold(id)).collect()),
+            Load::Products(ids) => Loaded::Products(
+                products
+                    .iter()
+                    .filter(|p| ids.contains(&p.id))
+                    .cloned()
+                    .map(Cow::Owned)
+                    .collect(),
+            ),
+            Load::ExpiredHolds(ids) => Loaded::Holds(
+                holds
+                    .iter()
+                    .filter(|h| ids.contains(&h.product_id) && h.is_expired(NOW))
+                    .copied()
+                    .collect(),
+            ),
+            Load::Orders(_) | Load::OverdueOrders(_) => Loaded::Orders(vec![]),
+            Load::Webhooks(_) => Loaded::Webhooks(vec![]),
+        };
+        rows.put(load, loaded);
+    }
+    rows
+}
+
+#[test]
+fn a_batch_over_two_products_grants_each_in_arrival_order_and_releases_expired_holds_once() {
+    let products = [product(1, 3, 1), product(2, 1, 0)];
+    let holds = [held(7, 1, 5_000)];
+    let commands = [
+        hold_request(1, 2),
+        hold_request(2, 1),
+        hold_request(1, 1),
+        hold_request(2, 1),
+        hold_request(1, 1),
+    ];
+    let executed = execute(&rows_of(&products, &holds, &commands), NOW, &commands);
+    let granted: Vec<_> = executed
+        .answers
+        .iter()
+        .map(|a| match a {
+            Ok(Outcome::HoldPlaced {
+                hold,
+                holds_released,
+                ..
+            }) => Ok((hold.id, holds_released.clone())),
+            Ok(other) => panic!("{other:?}"),
+            Err(refusal) => Err(refusal.clone()),
+        })
+        .collect();
+    let short = |available| {
+        Err(Refusal::Rejected(Rejection::InsufficientStock {
+            requested: Qty(1),
+            available: Qty(available),
+        }))
+    };
+    assert_eq!(
+        granted,
+        [
+            Ok((pending_hold(0), vec![HoldId(7)])),
+            Ok((pending_hold(1), vec![])),
+            Ok((pending_hold(2), vec![])),
+            short(0),
+            short(0),
+        ]
+    );
+    let writes = &executed.writes;
+    assert_eq!(
+        writes.holds_released.len(),
+        1,
+        "the expired hold is released once"
+    );
+    assert_eq!(writes.holds_inserted.len(), 3);
+    let counters = |id| writes.product(ProductId(id)).map(|c| c.units_held);
+    assert_eq!((counters(1), counters(2)), (Some(Qty(3)), Some(Qty(1))));
+}
+
+#[test]
+fn an_order_and_a_paid_webhook_on_one_hold_in_one_batch_pay_the_order_the_batch_creates() {
+    let products = [product(1, 2, 1)];
+    let holds = [held(4, 1, 60_000)];
+    let commands = [
+        order_request(4),
+        webhook("evt", 4, PaymentStatus::Paid),
+        order_request(4),
+    ];
+    let executed = execute(&rows_of(&products, &holds, &commands), NOW, &commands);
+    let writes = &executed.writes;
+    assert_eq!(writes.orders_inserted.len(), 1, "one order for the hold");
+    assert_eq!(
+        writes.orders_updated,
+        [(pending_order(0), Settlement::Paid)]
+    );
+    assert_eq!(writes.webhooks[0].order_id, Some(pending_order(0)));
+    let Ok(Outcome::OrderPlaced { order, created, .. }) = &executed.answers[2] else {
+        panic!("{:?}", executed.answers[2]);
+    };
+    assert!(!created, "the second request finds the order");
+    assert_eq!(order.status, OrderStatus::Paid, "as the webhook left it");
+    // Once the storage gives the order its id, every answer and record names it.
+    let inserted = Inserted {
+        holds: vec![],
+        orders: vec![OrderId(31)],
+    };
+    let resolved = executed.answers[1].clone().map(|o| o.resolve(&inserted));
+    let Ok(Ok(Outcome::WebhookApplied { record, order, .. })) = resolved else {
+        panic!("{resolved:?}");
+    };
+    assert_eq!(record.order_id, Some(OrderId(31)));
+    assert_eq!(
+        order.map(|o| (o.id, o.status)),
+        Some((OrderId(31), OrderStatus::Paid))
+    );
+}
+
+#[test]
+fn a_refused_or_violated_command_writes_nothing_and_the_others_still_decide() {
+    // Product 2's counter says one unit is held, but no held hold exists: corrupt, and only
+    // the commands on product 2 see it.
+    let corrupt = Product {
+        stock: Qty(1),
+        units_held: Qty(2),
+        ..product(2, 1, 0)
+    };
+    let products = [product(1, 1, 0), corrupt];
+    let commands = [
+        hold_request(1, 5),
+        hold_request(2, 1),
+        hold_request(1, 1),
+        hold_request(9, 1),
+    ];
+    let executed = execute(&rows_of(&products, &[], &commands), NOW, &commands);
+    let answers = &executed.answers;
+    assert!(matches!(
+        answers[0],
+        Err(Refusal::Rejected(Rejection::InsufficientStock { .. }))
+    ));
+    assert!(
+        matches!(answers[1], Err(Refusal::Violated(_))),
+        "{:?}",
+        answers[1]
+    );
+    assert!(matches!(answers[2], Ok(Outcome::HoldPlaced { .. })));
+    assert_eq!(
+        answers[3],
+        Err(Refusal::Rejected(Rejection::UnknownProduct {
+            product_id: ProductId(9)
+        }))
+    );
+    assert_eq!(
+        executed.writes.products.len(),
+        1,
+        "only product 1 is written"
+    );
+    assert_eq!(executed.writes.holds_inserted.len(), 1);
+}
+
+#[test]
+fn a_command_that_missed_a_hold_its_batch_inserted_is_found_stale() {
+    let products = [product(1, 5, 0)];
+    let commands = [hold_request(1, 1), order_request(5), hold_request(1, 1)];
+    let executed = execute(&rows_of(&products, &[], &commands), NOW, &commands);
+    assert!(matches!(
+        executed.answers[1],
+        Err(Refusal::Rejected(Rejection::UnknownHold { .. }))
+    ));
+    let inserted = |first: u64| Inserted {
+        holds: vec![HoldId(first), HoldId(first + 1)],
+        orders: vec![],
+    };
+    // The storage gave the first grant id 5, the very hold the order asked for.
+    assert_eq!(executed.stale(&inserted(5)), Some(1));
+    // Only the second grant got id 5: it came after the order, which rightly missed it.
+    assert_eq!(executed.stale(&inserted(4)), None);
+    assert_eq!(executed.stale(&inserted(6)), None);
+}
+
+#[test]
+fn a_keyed_request_twice_in_one_batch_replays_the_first_answer() {
+    let mut ledger = Ledger::new();
+    let create = Command::CreateProduct {
+        name: "p".into(),
+        price_cents: Cents(100),
+        stock: Qty(3),
+    };
+    ledger.apply(NOW, create).unwrap();
+    let keyed = |qty| Command::PlaceHold {
+        product_id: ProductId(1),
+        qty: Qty(qty),
+        ttl_ms: HOLD_TTL_MS_DEFAULT,
+        key: Some(key("cart-1")),
+    };
+    let answers = ledger.apply_batch(NOW, &[keyed(2), keyed(2), keyed(1)]);
+    let hold_of = |answer: &Result<Outcome, Rejection>| match answer {
+        Ok(Outcome::HoldPlaced { hold, replayed, .. }) => (hold.id, *replayed),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hold_of(&answers[0]), (HoldId(1), false));
+    assert_eq!(hold_of(&answers[1]), (HoldId(1), true));
+    assert_eq!(
+        answers[2],
+        Err(Rejection::IdempotencyKeyReused {
+            key: key("cart-1"),
+            field: "qty"
+        })
+    );
+    assert_eq!(ledger.holds().count(), 1);
+    assert_eq!(ledger.request_keys().count(), 1);
+}

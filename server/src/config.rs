@@ -124,15 +124,16 @@ pub struct ServeArgs {
     /// How often the background sweep runs.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
-    /// How many concurrent hold requests for one product one transaction decides at most;
-    /// 1 runs one transaction per request (for comparison).
-    #[arg(long, env = "FLASHSALE_HOLD_BATCH_MAX", default_value_t = crate::service::HOLD_BATCH_MAX_DEFAULT,
+    /// How many requests (holds, orders, webhooks, restocks, on any products) that arrive
+    /// while a transaction runs the next transaction decides together, at most; 1 runs one
+    /// transaction per request (for comparison).
+    #[arg(long, env = "FLASHSALE_BATCH_MAX", default_value_t = crate::service::BATCH_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub hold_batch_max: u16,
-    /// How many hold requests may wait for one product before new ones get 503 `busy`.
-    #[arg(long, env = "FLASHSALE_HOLD_QUEUE_MAX", default_value_t = crate::service::HOLD_QUEUE_MAX_DEFAULT,
+    pub batch_max: u16,
+    /// How many requests may wait for the next transaction before new ones get 503 `busy`.
+    #[arg(long, env = "FLASHSALE_QUEUE_MAX", default_value_t = crate::service::QUEUE_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub hold_queue_max: u16,
+    pub queue_max: u16,
     /// How long `GET /api/products/{id}` may answer from this instance's cache (its own writes
     /// are always seen at once; other instances' at most this late); `0s` turns it off.
     #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]

@@ -14,8 +14,8 @@
 //! | `flashsale_orders_total` | counter | `status` a webhook or the sweeper moved it to, or `created` |
 //! | `flashsale_webhooks_total` | counter | `result` |
 //! | `flashsale_retries_total` | counter | `script`, `cause` (`contention`, `connection`) |
-//! | `flashsale_hold_batch_size` | histogram | |
-//! | `flashsale_hold_queue_waiting` | gauge | hold requests queued for a batch, all products |
+//! | `flashsale_batch_size` | histogram | commands one transaction decided |
+//! | `flashsale_queue_waiting` | gauge | requests waiting for the next transaction |
 //! | `flashsale_product_cache_total` | counter | `outcome` (`hit`, `miss`) |
 //! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
 //! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |
@@ -39,7 +39,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
         .set_buckets_for_metric(
-            Matcher::Full("flashsale_hold_batch_size".into()),
+            Matcher::Full("flashsale_batch_size".into()),
             &BATCH_BUCKETS,
         )?
         .install_recorder()?;

@@ -715,15 +715,12 @@ fn error_reply(error: ServiceError) -> Response {
             );
             retry_later(problem)
         }
-        ServiceError::Overloaded {
-            product_id,
-            waiting,
-        } => {
-            tracing::warn!(%product_id, waiting, "hold queue full, refusing");
+        ServiceError::Overloaded { waiting } => {
+            tracing::warn!(waiting, "queue full, refusing");
             let problem = Problem::new(
                 503,
                 "busy",
-                format!("{waiting} hold requests already wait for product {product_id}; retry"),
+                format!("{waiting} requests already wait for this server; retry"),
             );
             retry_later(problem)
         }

@@ -1,35 +1,41 @@
-//! The service layer: one transaction script per request, over a [`Storage`].
+//! The service layer: one transaction script for every command, over a [`Storage`], and the
+//! group committer that shares its transactions between the requests that arrive together.
 //!
-//! Each script opens a transaction, loads the rows its command's [`Plan`] asks for, each with
-//! its lock, in the global order ([`flashsale_core::locks`]: request keys, product, its holds
-//! and orders, webhook record), reads the clock, calls the core's decision on those rows, writes
-//! what the decision says and commits. No business rule is decided here: every `if` that
-//! matters is in `flashsale-core`. A rejection rolls the transaction back, so it changes nothing.
-//! Contention (deadlocks, lock-wait timeouts, Galera certification failures, busy databases, a key
-//! taken by a concurrent insert) and a connection lost before the commit retry the whole script a
-//! bounded number of times, then answer [`ServiceError::Busy`] (or the lost connection). A
-//! connection lost while committing is never retried: the transaction may have committed.
+//! The script ([`Service::execute_batch`]) opens a transaction, loads the rows the batch's
+//! [`Plan`] asks for, each with its lock, in the global order ([`flashsale_core::locks`]: request
+//! keys, products, their holds and orders, webhook records), reads the clock, lets the core
+//! [`execute`] the commands in arrival order, writes the one write-set it returns and commits
+//! once. No business rule is decided here: every `if` that matters is in `flashsale-core`. A
+//! refused command writes nothing, and the others still commit. Contention (deadlocks, lock-wait
+//! timeouts, Galera certification failures, busy databases, a key taken by a concurrent insert)
+//! and a connection lost before the commit retry the whole script a bounded number of times, then
+//! answer [`ServiceError::Busy`] (or the lost connection). A connection lost while committing is
+//! never retried: the transaction may have committed.
+//!
+//! Requests that arrive while a transaction is in flight queue up (`flashsale_sync::batch`), and
+//! the next transaction takes up to `batch_max` of them, any mix of products and kinds; answers
+//! go out only after the commit. A batch that fails on one poisoned command (a corrupt row the
+//! database refuses) is decided again one command at a time, so only that request gets the error.
 //!
 //! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
 use flashsale_core::order::{self, PAYMENT_WINDOW_MS_DEFAULT};
-use flashsale_core::payment::{self, WebhookDecision};
 use flashsale_core::product;
-use flashsale_core::request::{self, KeyDecision};
 use flashsale_core::{
-    Cents, Changes, Hold, HoldId, HoldRequest, HoldView, ID_MAX, IdempotencyKey, Inserted,
-    KeyedRequest, Load, Loaded, Order, OrderId, Plan, Product, ProductId, Qty, Refusal, Rejection,
-    RequestRecord, Rows, Timestamp, Violation, WebhookPayload, WebhookRecord, WriteSet,
+    Cents, Command, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Load, Loaded, Order, OrderId,
+    Outcome, Plan, Product, ProductId, Qty, Refusal, Rejection, Rows, Timestamp, Violation,
+    WebhookPayload, WebhookRecord, execute,
 };
-use flashsale_sync::batch::{HoldQueues, Waiting};
+use flashsale_sync::batch::{Batches, Waiting};
 use flashsale_sync::cache::{Moment, ProductCache};
 use flashsale_sync::keys::{Claim, KeysInFlight};
 use tokio::sync::oneshot;
@@ -42,12 +48,12 @@ use crate::store::{Dump, RecordKind, Storage, StoreError, Transaction, TxMode};
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 8;
 /// How many products one sweep transaction batch looks at.
 pub const SWEEP_PRODUCTS_PER_BATCH: u32 = 100;
-/// How many hold requests for one product one transaction decides at most, by default.
-pub const HOLD_BATCH_MAX_DEFAULT: u16 = 128;
+/// How many commands one transaction decides at most, by default.
+pub const BATCH_MAX_DEFAULT: u16 = 128;
 /// How long a cached product may be served, by default: one second.
 pub const CACHE_STALENESS_MS_DEFAULT: u64 = 1_000;
-/// How many hold requests may wait for one product before new ones are refused, by default.
-pub const HOLD_QUEUE_MAX_DEFAULT: u16 = 4_096;
+/// How many commands may wait for the next transaction before new ones are refused, by default.
+pub const QUEUE_MAX_DEFAULT: u16 = 4_096;
 /// How long a client request's idempotency-key record is kept, by default: a day.
 pub const REQUEST_KEY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 /// How long a webhook record is kept, by default: 30 days, past any provider's redeliveries.
@@ -64,11 +70,12 @@ pub struct Config {
     pub payment_window_ms: u64,
     /// How many times a script runs under contention.
     pub attempts_max: u32,
-    /// How many concurrent hold requests for one product one transaction decides at most;
-    /// 1 runs one transaction per request.
-    pub hold_batch_max: usize,
-    /// How many hold requests may wait for one product; past it, [`ServiceError::Overloaded`].
-    pub hold_queue_max: usize,
+    /// How many commands (holds, orders, webhooks, restocks, on any products) one transaction
+    /// decides at most; 1 runs one transaction per request, each in its request's own task.
+    pub batch_max: usize,
+    /// How many commands may wait for the next transaction; past it,
+    /// [`ServiceError::Overloaded`].
+    pub queue_max: usize,
     /// How long a product's cached availability may be served (writes of other instances are
     /// seen at most this late); 0 turns the cache off.
     pub cache_staleness_ms: u64,
@@ -85,8 +92,8 @@ impl Default for Config {
             hold_ttl_ms: HOLD_TTL_MS_DEFAULT,
             payment_window_ms: PAYMENT_WINDOW_MS_DEFAULT,
             attempts_max: ATTEMPTS_MAX_DEFAULT,
-            hold_batch_max: usize::from(HOLD_BATCH_MAX_DEFAULT),
-            hold_queue_max: usize::from(HOLD_QUEUE_MAX_DEFAULT),
+            batch_max: usize::from(BATCH_MAX_DEFAULT),
+            queue_max: usize::from(QUEUE_MAX_DEFAULT),
             cache_staleness_ms: CACHE_STALENESS_MS_DEFAULT,
             request_key_retention_ms: REQUEST_KEY_RETENTION_MS_DEFAULT,
             webhook_retention_ms: WEBHOOK_RETENTION_MS_DEFAULT,
@@ -120,11 +127,10 @@ pub enum ServiceError {
         /// Attempts made.
         attempts: u32,
     },
-    /// Too many hold requests wait for this product already; the client may retry later.
-    #[error("{waiting} hold requests already wait for product {product_id}")]
+    /// Too many commands wait for this server's next transaction already; the client may retry
+    /// later.
+    #[error("{waiting} requests already wait for this server's next transaction")]
     Overloaded {
-        /// The product.
-        product_id: ProductId,
         /// Requests waiting.
         waiting: usize,
     },
@@ -151,24 +157,23 @@ impl From<Violation> for ServiceError {
     }
 }
 
+/// One command's answer.
+pub type Answer = Result<Outcome, ServiceError>;
+
 /// One hold request's answer.
 pub type HoldAnswer = Result<Keyed<HoldPlaced>, ServiceError>;
-
-/// Where a queued hold request's answer goes.
-pub type HoldAnswerSender = oneshot::Sender<HoldAnswer>;
 
 /// A queued request's context, carried from its own task to the batch that decides it.
 pub type BatchTag = Box<dyn std::any::Any + Send>;
 
 /// A batch's transaction script, boxed so a [`BatchScope`] can wrap it.
-pub type BatchRun<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<HoldAnswer>, ServiceError>> + Send + 'a>>;
+pub type BatchRun<'a> = Pin<Box<dyn Future<Output = Vec<Answer>> + Send + 'a>>;
 
-/// Lets a driver carry each queued hold request's context to the transaction that decides it,
-/// which runs on the drainer's task. The server needs none; the simulator uses it so its storage
-/// can tell which requests a batch's transaction served.
+/// Lets a driver carry each queued request's context to the transaction that decides it, which
+/// runs on the drainer's task. The server needs none; the simulator uses it so its storage can
+/// tell which requests a batch's transaction served.
 pub trait BatchScope: Send + Sync + std::fmt::Debug + 'static {
-    /// Called on the request's own task as it joins its product's queue.
+    /// Called on the request's own task as it joins the queue.
     fn capture(&self) -> Option<BatchTag>;
     /// Wraps a batch's transaction, given its requests' tags in arrival order.
     fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a>;
@@ -177,7 +182,7 @@ pub trait BatchScope: Send + Sync + std::fmt::Debug + 'static {
 /// A queued request's way back, and its driver's context.
 #[derive(Debug)]
 pub struct Reply {
-    sender: HoldAnswerSender,
+    sender: oneshot::Sender<Answer>,
     tag: Option<BatchTag>,
 }
 
@@ -190,13 +195,13 @@ pub struct ProductView {
     pub available: Qty,
 }
 
-/// A granted hold and the expired holds its transaction released.
+/// A granted hold and the expired holds its decision released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldPlaced {
     /// The hold.
     pub hold: Hold,
-    /// Expired holds of the product this grant released: a batch's first grant lists the
-    /// ones its transaction released, as the requests one by one would, and later grants none.
+    /// Expired holds of the product this grant released: the first grant of a batch on a
+    /// product lists the ones released, as the requests one by one would, and later grants none.
     pub holds_released: Vec<HoldId>,
 }
 
@@ -246,14 +251,23 @@ pub struct Service<S, C> {
     store: S,
     clock: C,
     config: Config,
-    /// Hold requests waiting per product, decided together by one transaction.
-    hold_queues: Arc<HoldQueues<Reply>>,
+    /// Commands waiting for the next transaction, decided together.
+    batches: Arc<Batches<Command, Reply>>,
     /// The driver's hook around batch transactions, if it has one.
     batch_scope: Option<Arc<dyn BatchScope>>,
     /// What `product` answered, per product, for GET storms.
     cache: Arc<ProductCache<ProductView>>,
     /// Idempotency keys of requests running on this server.
     keys_in_flight: Arc<KeysInFlight>,
+}
+
+/// What one run of a batch's script came to.
+enum Decided {
+    /// Committed (or nothing to commit): one answer per command.
+    Answers(Vec<Answer>),
+    /// Rolled back: the command at this index missed a hold an earlier command of the batch
+    /// inserted ([`flashsale_core::Executed::stale`]), so the batch is decided again in two parts.
+    SplitAt(usize),
 }
 
 /// Runs `$script` (an expression producing a future over `$tx`) in a transaction of `$mode`,
@@ -264,100 +278,44 @@ macro_rules! in_transaction {
         loop {
             attempt = attempt.saturating_add(1);
             let result: Result<_, ServiceError> = async {
-                let mut $tx = Tracked::new($service.store.begin($mode).await?);
+                let mut $tx = $service.store.begin($mode).await?;
                 let value = $script.await?;
-                let Tracked { inner, written } = $tx;
-                inner.commit().await?;
-                // After the commit and before the caller is answered: it reads its own write.
-                if let Some(product_id) = written {
-                    $service.cache.invalidate(product_id);
-                }
+                $tx.commit().await?;
                 Ok(value)
             }
             .await;
-            match result {
-                Err(ServiceError::Store(error)) if error.is_retryable() => {
-                    tracing::warn!(script = $what, attempt, %error, "retrying");
-                    let cause = match error {
-                        StoreError::Connection(_) => "connection",
-                        _ => "contention",
-                    };
-                    metrics::counter!("flashsale_retries_total", "script" => $what, "cause" => cause)
-                        .increment(1);
-                    if attempt >= $service.config.attempts_max {
-                        break Err(match error {
-                            // The last attempt lost its connection too: the database is away.
-                            StoreError::Connection(_) => ServiceError::Store(error),
-                            _ => ServiceError::Busy { attempts: attempt },
-                        });
-                    }
-                    backoff(attempt).await;
-                }
-                other => break other,
+            match $service.settle($what, attempt, result) {
+                ControlFlow::Break(settled) => break settled,
+                ControlFlow::Continue(()) => backoff(attempt).await,
             }
         }
     }};
 }
 
-/// A transaction that remembers the product its write-set changed (a write-set changes at most
-/// one), so the cache can forget that product once the transaction commits. Every other step is
-/// the storage's own, through `Deref`.
-struct Tracked<T> {
-    inner: T,
-    written: Option<ProductId>,
-}
-
-impl<T: Transaction> Tracked<T> {
-    fn new(inner: T) -> Self {
-        Tracked {
-            inner,
-            written: None,
-        }
-    }
-
-    /// [`Transaction::write`], noting the product written.
-    async fn write(&mut self, writes: &WriteSet) -> Result<Inserted, StoreError> {
-        let inserted = self.inner.write(writes).await?;
-        if let Some(product) = &writes.product {
-            self.written = Some(product.id);
-        }
-        Ok(inserted)
-    }
-}
-
-impl<T> std::ops::Deref for Tracked<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T> std::ops::DerefMut for Tracked<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-}
-
-/// Counts a committed batch's answers: its size, grants, refusals by code, and the expired
-/// holds it released (on its first grant's answer).
-fn count_hold_answers(answers: &[HoldAnswer], size: usize) {
-    metrics::histogram!("flashsale_hold_batch_size").record(size as f64);
+/// Counts a committed batch's answers: its size, and its hold requests' grants, refusals by
+/// code and the expired holds released.
+fn count_answers(commands: &[Command], answers: &[Answer]) {
+    metrics::histogram!("flashsale_batch_size").record(commands.len() as f64);
     let mut released = 0usize;
-    for answer in answers {
+    let holds = commands
+        .iter()
+        .zip(answers)
+        .filter(|(command, _)| matches!(command, Command::PlaceHold { .. }));
+    for (_, answer) in holds {
         match answer {
-            Ok(Keyed {
-                value,
+            Ok(Outcome::HoldPlaced {
+                holds_released,
                 replayed: false,
+                ..
             }) => {
                 metrics::counter!("flashsale_holds_granted_total").increment(1);
-                released = released.saturating_add(value.holds_released.len());
+                released = released.saturating_add(holds_released.len());
             }
-            Ok(Keyed { replayed: true, .. }) => {}
             Err(ServiceError::Rejected(rejection)) => {
                 metrics::counter!("flashsale_holds_rejected_total", "code" => rejection.code())
                     .increment(1);
             }
-            Err(_) => {}
+            Ok(_) | Err(_) => {}
         }
     }
     metrics::counter!("flashsale_holds_released_total", "reason" => "expired")
@@ -376,6 +334,31 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// Whether a whole batch's failure may come from one of its commands, so deciding them one at
+/// a time gives each its own answer: the database refused a value or found a row corrupt. Not
+/// contention, a lost or unknown commit, or an unreachable database, which every command of the
+/// batch shares.
+fn poisoned(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::Violated(_)
+            | ServiceError::Store(StoreError::Corrupt(_) | StoreError::Database(_))
+    )
+}
+
+/// The answer a request's task gets when the batch's task ended without answering it: the
+/// batch may have committed.
+fn unanswered() -> Answer {
+    Err(StoreError::CommitUnknown("the batch ended without an answer".into()).into())
+}
+
+/// A command the core answered with an outcome no request of this kind gets: a bug.
+fn mismatched(outcome: &Outcome) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt(format!(
+        "unexpected outcome {outcome:?}"
+    )))
+}
+
 impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// A service over `store`, reading time from `clock`.
     pub fn new(store: S, clock: C, config: Config) -> Self {
@@ -383,18 +366,14 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             store,
             clock,
             config,
-            hold_queues: Arc::new(HoldQueues::new(
-                config.hold_batch_max,
-                config.hold_queue_max,
-            )),
+            batches: Arc::new(Batches::new(config.batch_max, config.queue_max)),
             cache: Arc::default(),
             batch_scope: None,
             keys_in_flight: Arc::default(),
         }
     }
 
-    /// The same service, carrying each queued hold request's context to its batch through
-    /// `scope`.
+    /// The same service, carrying each queued request's context to its batch through `scope`.
     pub fn with_batch_scope(mut self, scope: Arc<dyn BatchScope>) -> Self {
         self.batch_scope = Some(scope);
         self
@@ -419,6 +398,36 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// The current time by this service's clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// What to do after a script's attempt: `Break` with its result, or `Continue` to run it
+    /// again after a backoff. Contention and a connection lost before the commit are retried up
+    /// to `attempts_max` attempts; everything else, a lost commit answer above all, is final.
+    fn settle<T>(
+        &self,
+        what: &'static str,
+        attempt: u32,
+        result: Result<T, ServiceError>,
+    ) -> ControlFlow<Result<T, ServiceError>> {
+        let error = match result {
+            Err(ServiceError::Store(error)) if error.is_retryable() => error,
+            other => return ControlFlow::Break(other),
+        };
+        tracing::warn!(script = what, attempt, %error, "retrying");
+        let cause = match error {
+            StoreError::Connection(_) => "connection",
+            _ => "contention",
+        };
+        metrics::counter!("flashsale_retries_total", "script" => what, "cause" => cause)
+            .increment(1);
+        if attempt < self.config.attempts_max {
+            return ControlFlow::Continue(());
+        }
+        ControlFlow::Break(Err(match error {
+            // The last attempt lost its connection too: the database is away.
+            StoreError::Connection(_) => ServiceError::Store(error),
+            _ => ServiceError::Busy { attempts: attempt },
+        }))
     }
 
     /// A product and its units available now. Served from the cache while its entry is valid:
@@ -493,198 +502,43 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// Places one hold, at most once per idempotency key: under a key that answered this request
     /// before, answers the same hold and changes nothing. The key's record commits with the hold.
     ///
-    /// Concurrent requests for one product wait in its queue and are decided together by one
-    /// transaction ([`Service::place_hold_batch`]), up to `hold_batch_max` at a time; a request
-    /// that finds no queue starts one and runs at once, so nothing waits without contention.
-    ///
     /// # Errors
     /// As [`Service::place_hold`], and [`Rejection::IdempotencyKeyReused`] for a key used with
     /// another request, [`ServiceError::KeyInFlight`] for a key still running on this server,
-    /// [`ServiceError::Overloaded`] when the product's queue is full.
+    /// [`ServiceError::Overloaded`] when too many requests wait.
     pub async fn place_hold_keyed(
         &self,
         key: Option<&IdempotencyKey>,
         product_id: ProductId,
         qty: Qty,
     ) -> HoldAnswer {
-        hold::validate_request(qty, self.config.hold_ttl_ms)?;
+        let ttl_ms = self.config.hold_ttl_ms;
+        hold::validate_request(qty, ttl_ms)?;
         tracing::Span::current().record("product_id", tracing::field::display(product_id));
         if beyond_storage(product_id.0) {
             return Err(Rejection::UnknownProduct { product_id }.into());
         }
         let _claim = self.claim(key)?;
-        let request = HoldRequest {
+        let command = Command::PlaceHold {
+            product_id,
             qty,
+            ttl_ms,
             key: key.cloned(),
         };
-        if self.config.hold_batch_max <= 1 {
-            let mut answers = self.place_hold_batch(product_id, &[request]).await?;
-            return answers
-                .pop()
-                .unwrap_or(Err(Rejection::InvalidQty { qty }.into()));
-        }
-        let (sender, answer) = oneshot::channel();
-        let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
-        let waiting = Waiting {
-            request,
-            reply: Reply { sender, tag },
-        };
-        // Counted before it is queued: the drainer may take it at once.
-        let queue_waiting = metrics::gauge!("flashsale_hold_queue_waiting");
-        queue_waiting.increment(1.0);
-        match self.hold_queues.push(product_id, waiting) {
-            Err(waiting) => {
-                queue_waiting.decrement(1.0);
-                return Err(ServiceError::Overloaded {
-                    product_id,
-                    waiting,
-                });
-            }
-            Ok(true) => {
-                // The queue's drainer runs on its own task: a caller that goes away (a closed
-                // connection) must not take the other callers' answers with it.
-                let service = self.clone();
-                tokio::spawn(async move { service.drain_holds(product_id).await });
-            }
-            Ok(false) => {}
-        }
-        answer.await.unwrap_or_else(|_| {
-            // The batch's task ended without answering: it may have committed.
-            Err(StoreError::CommitUnknown("the hold batch ended without an answer".into()).into())
-        })
-    }
-
-    /// Decides the product's waiting hold requests, batch after batch, until none wait.
-    async fn drain_holds(&self, product_id: ProductId) {
-        while let Some(batch) = self.hold_queues.next_batch(product_id) {
-            let taken = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-            metrics::gauge!("flashsale_hold_queue_waiting").decrement(taken);
-            let requests: Vec<HoldRequest> = batch.iter().map(|w| w.request.clone()).collect();
-            let (senders, tags): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|w| (w.reply.sender, w.reply.tag))
-                .unzip();
-            let run: BatchRun<'_> = Box::pin(self.place_hold_batch(product_id, &requests));
-            let result = match &self.batch_scope {
-                Some(scope) => scope.scope(tags, run).await,
-                None => run.await,
-            };
-            match result {
-                Ok(answers) => {
-                    for (sender, answer) in senders.into_iter().zip(answers) {
-                        let _ = sender.send(answer);
-                    }
-                }
-                Err(error) => {
-                    for sender in senders {
-                        let _ = sender.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Decides a batch of hold requests on one product in one transaction: locks their
-    /// idempotency keys (in key order) and answers replays from their records, locks the product
-    /// once, releases its expired holds, grants the rest in arrival order through the core's
-    /// batch decision, inserts the granted holds in one statement, and commits once. Returns one
-    /// answer per request, in order; a batch with no grant changes nothing.
-    ///
-    /// Precondition: no two requests share a key (each caller claims its key first).
-    ///
-    /// # Errors
-    /// `Busy`; storage; [`ServiceError::Violated`] for the whole batch when the product's rows
-    /// are corrupt.
-    pub async fn place_hold_batch(
-        &self,
-        product_id: ProductId,
-        requests: &[HoldRequest],
-    ) -> Result<Vec<HoldAnswer>, ServiceError> {
-        // Its lines (retries, contention) name the product, whichever task runs the batch.
-        let span = tracing::info_span!("hold_batch", %product_id, requests = requests.len());
-        let answers = async { self.place_hold_batch_now(product_id, requests).await }
-            .instrument(span)
-            .await?;
-        count_hold_answers(&answers, requests.len());
-        Ok(answers)
-    }
-
-    async fn place_hold_batch_now(
-        &self,
-        product_id: ProductId,
-        requests: &[HoldRequest],
-    ) -> Result<Vec<HoldAnswer>, ServiceError> {
-        in_transaction!(self, TxMode::Write, "place_holds", |tx| async {
-            let plan = Plan::place_holds(product_id, requests);
-            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
-            let mut answers: Vec<Option<HoldAnswer>> = vec![None; requests.len()];
-            let mut fresh = Vec::new();
-            for (i, request) in requests.iter().enumerate() {
-                let Some(key) = &request.key else {
-                    fresh.push(i);
-                    continue;
-                };
-                let asked = KeyedRequest::PlaceHold {
-                    product_id,
-                    qty: request.qty,
-                };
-                match request::decide_request_key(rows.request_record(key), key, &asked) {
-                    Ok(KeyDecision::Fresh) => fresh.push(i),
-                    Ok(KeyDecision::Replay(record)) => {
-                        answers[i] = Some(Ok(replayed_hold(&mut *tx, &record).await?));
-                    }
-                    Err(rejection) => answers[i] = Some(Err(rejection.into())),
-                }
-            }
-            if !fresh.is_empty() {
-                let decided = self.grant_holds(&mut tx, product_id, &rows, requests, &fresh, now);
-                let decided = decided.await?;
-                for (i, answer) in fresh.into_iter().zip(decided) {
-                    answers[i] = Some(answer);
-                }
-            }
-            let lost = || Err(StoreError::Corrupt("a hold request went unanswered".into()).into());
-            Ok::<_, ServiceError>(
-                answers
-                    .into_iter()
-                    .map(|a| a.unwrap_or_else(lost))
-                    .collect(),
-            )
-        })
-    }
-
-    /// The fresh requests (`fresh`, indexes into `requests`) of a batch, decided on the
-    /// plan's rows and written.
-    async fn grant_holds<T: Transaction>(
-        &self,
-        tx: &mut Tracked<T>,
-        product_id: ProductId,
-        rows: &Rows<'_>,
-        requests: &[HoldRequest],
-        fresh: &[usize],
-        now: Timestamp,
-    ) -> Result<Vec<HoldAnswer>, ServiceError> {
-        let Some(product) = rows.product() else {
-            let unknown = Rejection::UnknownProduct { product_id };
-            return Ok(fresh.iter().map(|_| Err(unknown.clone().into())).collect());
-        };
-        let asked: Vec<HoldRequest> = fresh.iter().map(|&i| requests[i].clone()).collect();
-        let ttl_ms = self.config.hold_ttl_ms;
-        let decided = hold::place_holds(product, rows.expired(), &asked, now, ttl_ms)?;
-        let inserted = tx.write(&decided.writes).await?;
-        let mut holds = decided.writes.hold_rows(&inserted)?.into_iter();
-        let answers = decided.decisions.iter().enumerate().map(|(n, decision)| {
-            let _grant = decision.clone()?;
-            let hold = holds.next().ok_or(Violation::WriteSetUnresolved)?;
-            Ok(Keyed {
+        match self.execute(command).await? {
+            Outcome::HoldPlaced {
+                hold,
+                holds_released,
+                replayed,
+            } => Ok(Keyed {
                 value: HoldPlaced {
                     hold,
-                    holds_released: decided.released_by(n).to_vec(),
+                    holds_released,
                 },
-                replayed: false,
-            })
-        });
-        Ok(answers.collect())
+                replayed,
+            }),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// A hold and how it looks now.
@@ -692,18 +546,16 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// # Errors
     /// [`ServiceError::NotFound`]; storage.
     pub async fn hold(&self, id: HoldId) -> Result<(Hold, HoldView), ServiceError> {
+        let not_found = ServiceError::NotFound {
+            what: "hold",
+            id: id.0,
+        };
         if beyond_storage(id.0) {
-            return Err(ServiceError::NotFound {
-                what: "hold",
-                id: id.0,
-            });
+            return Err(not_found);
         }
         in_transaction!(self, TxMode::Read, "hold", |tx| async {
-            let hold = tx.hold(id, false).await?;
-            let hold = hold.ok_or(ServiceError::NotFound {
-                what: "hold",
-                id: id.0,
-            })?;
+            let hold = tx.holds(&[id], false).await?.pop();
+            let hold = hold.ok_or(not_found.clone())?;
             let view = hold.view(self.clock.now());
             Ok::<_, ServiceError>((hold, view))
         })
@@ -728,51 +580,28 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         key: Option<&IdempotencyKey>,
         hold_id: HoldId,
     ) -> Result<Keyed<OrderPlaced>, ServiceError> {
-        let window_ms = self.config.payment_window_ms;
-        order::validate_payment_window(window_ms)?;
+        let payment_window_ms = self.config.payment_window_ms;
+        order::validate_payment_window(payment_window_ms)?;
         if beyond_storage(hold_id.0) {
             return Err(Rejection::UnknownHold { hold_id }.into());
         }
-        let request = KeyedRequest::PlaceOrder { hold_id };
         let _claim = self.claim(key)?;
-        let plan = Plan::PlaceOrder {
+        let command = Command::PlaceOrder {
             hold_id,
+            payment_window_ms,
             key: key.cloned(),
         };
-        in_transaction!(self, TxMode::Write, "place_order", |tx| async {
-            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
-            if let Some(record) = replay(&rows, key, &request)? {
-                let order = tx.order(OrderId(record.resource_id), false).await?;
-                let order = order.ok_or_else(|| lost_resource(&record))?;
-                let value = OrderPlaced {
-                    order,
-                    created: record.created,
-                };
-                return Ok::<_, ServiceError>(Keyed {
-                    value,
-                    replayed: true,
-                });
-            }
-            let found = rows.hold_and_product()?;
-            let (hold, product) = found.ok_or(Rejection::UnknownHold { hold_id })?;
-            let decided = order::place_order(hold, product, now, window_ms, key)?;
-            let inserted = tx.write(&decided.writes).await?;
-            let order = match (decided.existing, decided.writes.order_row(&inserted)?) {
-                (None, Some(order)) => order,
-                (Some(order_id), _) => tx
-                    .order(order_id, false)
-                    .await?
-                    .ok_or_else(|| lost(order_id))?,
-                (None, None) => return Err(Violation::WriteSetUnresolved.into()),
-            };
-            Ok(Keyed {
-                value: OrderPlaced {
-                    order,
-                    created: decided.existing.is_none(),
-                },
-                replayed: false,
-            })
-        })
+        match self.execute(command).await? {
+            Outcome::OrderPlaced {
+                order,
+                created,
+                replayed,
+            } => Ok(Keyed {
+                value: OrderPlaced { order, created },
+                replayed,
+            }),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// An order.
@@ -780,18 +609,16 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// # Errors
     /// [`ServiceError::NotFound`]; storage.
     pub async fn order(&self, id: OrderId) -> Result<Order, ServiceError> {
+        let not_found = ServiceError::NotFound {
+            what: "order",
+            id: id.0,
+        };
         if beyond_storage(id.0) {
-            return Err(ServiceError::NotFound {
-                what: "order",
-                id: id.0,
-            });
+            return Err(not_found);
         }
         in_transaction!(self, TxMode::Read, "order", |tx| async {
-            let order = tx.order(id, false).await?;
-            order.ok_or(ServiceError::NotFound {
-                what: "order",
-                id: id.0,
-            })
+            let order = tx.orders(&[id], false).await?.pop();
+            order.ok_or(not_found.clone())
         })
     }
 
@@ -812,52 +639,18 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             }
             .into());
         }
-        let plan = Plan::ApplyWebhook {
-            hold_id: payload.hold_id,
-            key: payload.key.clone(),
-        };
-        in_transaction!(self, TxMode::Write, "apply_webhook", |tx| async {
-            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
-            let order = rows.order_of_hold()?.copied();
-            let decision = payment::decide_webhook(
-                rows.webhook(),
-                payload,
-                rows.hold_and_product()?,
-                order.as_ref(),
-                now,
-            )?;
-            let writes = match decision {
-                WebhookDecision::Replay(record) => {
-                    let order = match record.order_id {
-                        Some(id) => tx.order(id, false).await?,
-                        None => None,
-                    };
-                    return Ok::<_, ServiceError>(WebhookAnswer {
-                        record,
-                        replayed: true,
-                        order,
-                    });
-                }
-                WebhookDecision::New { writes, .. } => writes,
-            };
-            let inserted = tx.write(&writes).await?;
-            let record = writes.webhook_record(&inserted)?;
-            let record = record.ok_or(Violation::WriteSetUnresolved)?;
-            let order = match (writes.order_row(&inserted)?, order) {
-                (Some(created), _) => Some(created),
-                (None, Some(order)) => {
-                    let updated = writes.orders_updated.iter().find(|(id, _)| *id == order.id);
-                    let status = updated.map_or(order.status, |&(_, settled)| settled.status());
-                    Some(Order { status, ..order })
-                }
-                (None, None) => None,
-            };
-            Ok(WebhookAnswer {
+        match self.execute(Command::ApplyWebhook(payload.clone())).await? {
+            Outcome::WebhookApplied {
                 record,
-                replayed: false,
+                replayed,
                 order,
-            })
-        })
+            } => Ok(WebhookAnswer {
+                record,
+                replayed,
+                order,
+            }),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Creates a product.
@@ -893,22 +686,143 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         if beyond_storage(product_id.0) {
             return Err(Rejection::UnknownProduct { product_id }.into());
         }
-        in_transaction!(self, TxMode::Write, "restock", |tx| async {
-            let plan = Plan::Restock { product_id };
-            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
-            let product = rows.product();
-            let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-            let writes = product::restock(product, qty)?;
-            tx.write(&writes).await?;
-            // Read back as a GET would, inside the transaction: the answer is what it wrote.
-            let read = tx.product_view(product_id, now).await?;
-            let read = read.ok_or(Violation::WriteSetUnresolved)?;
-            let available = product::available(&read.product, read.units_expired)?;
-            Ok::<_, ServiceError>(ProductView {
-                product: read.product,
-                available,
-            })
-        })
+        match self.execute(Command::Restock { product_id, qty }).await? {
+            Outcome::Restocked { product, available } => Ok(ProductView { product, available }),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    /// Decides one command: in the next transaction with whatever else arrives meanwhile, or
+    /// alone in this task's own transaction when `batch_max` is 1.
+    ///
+    /// # Errors
+    /// [`ServiceError::Overloaded`] at once when the queue is full; the command's own answer
+    /// otherwise.
+    pub async fn execute(&self, command: Command) -> Answer {
+        if self.config.batch_max <= 1 {
+            let mut answers = self.execute_batch(std::slice::from_ref(&command)).await;
+            return answers.pop().unwrap_or_else(unanswered);
+        }
+        let (sender, answer) = oneshot::channel();
+        let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
+        let waiting = Waiting {
+            command,
+            reply: Reply { sender, tag },
+        };
+        // Counted before it is queued: the drainer may take it at once.
+        let queue_waiting = metrics::gauge!("flashsale_queue_waiting");
+        queue_waiting.increment(1.0);
+        match self.batches.push(waiting) {
+            Err(waiting) => {
+                queue_waiting.decrement(1.0);
+                return Err(ServiceError::Overloaded { waiting });
+            }
+            Ok(true) => {
+                // The drainer runs on its own task: a caller that goes away (a closed
+                // connection) must not take the other callers' answers with it.
+                let service = self.clone();
+                tokio::spawn(async move { service.drain().await });
+            }
+            Ok(false) => {}
+        }
+        answer.await.unwrap_or_else(|_| unanswered())
+    }
+
+    /// Decides the waiting commands, batch after batch, until none wait. Each batch's answers go
+    /// out only after its commit, and the next batch starts at once, so the database works on
+    /// one batch while the last one's callers read their answers.
+    async fn drain(&self) {
+        while let Some(batch) = self.batches.next_batch() {
+            let taken = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+            metrics::gauge!("flashsale_queue_waiting").decrement(taken);
+            let (commands, replies): (Vec<Command>, Vec<Reply>) =
+                batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+            let (senders, tags): (Vec<_>, Vec<_>) =
+                replies.into_iter().map(|r| (r.sender, r.tag)).unzip();
+            let run: BatchRun<'_> = Box::pin(self.execute_batch(&commands));
+            let answers = match &self.batch_scope {
+                Some(scope) => scope.scope(tags, run).await,
+                None => run.await,
+            };
+            for (sender, answer) in senders.into_iter().zip(answers) {
+                let _ = sender.send(answer);
+            }
+        }
+    }
+
+    /// The one transaction script, for a batch of any commands: plan their row loads in the
+    /// global lock order, load, [`execute`], write, commit. Returns one answer per command, in
+    /// order. A batch the core finds stale is decided again in two parts; one whose transaction
+    /// fails on what may be one poisoned command is decided again one command at a time.
+    pub fn execute_batch<'a>(
+        &'a self,
+        commands: &'a [Command],
+    ) -> Pin<Box<dyn Future<Output = Vec<Answer>> + Send + 'a>> {
+        let span = tracing::info_span!("batch", commands = commands.len());
+        Box::pin(
+            async move {
+                match self.transact(commands).await {
+                    Ok(Decided::Answers(answers)) => answers,
+                    Ok(Decided::SplitAt(at)) => {
+                        let (before, after) = commands.split_at(at);
+                        let mut answers = self.execute_batch(before).await;
+                        answers.extend(self.execute_batch(after).await);
+                        answers
+                    }
+                    Err(error) if commands.len() > 1 && poisoned(&error) => {
+                        tracing::warn!(%error, "batch failed; deciding its commands one by one");
+                        let mut answers = Vec::with_capacity(commands.len());
+                        for command in commands {
+                            let alone = self.execute_batch(std::slice::from_ref(command));
+                            answers.extend(alone.await);
+                        }
+                        answers
+                    }
+                    Err(error) => commands.iter().map(|_| Err(error.clone())).collect(),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Runs the batch's script until it commits, rolls back stale, or fails for good.
+    async fn transact(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let result = self.transact_once(commands).await;
+            match self.settle("batch", attempt, result) {
+                ControlFlow::Break(settled) => return settled,
+                ControlFlow::Continue(()) => backoff(attempt).await,
+            }
+        }
+    }
+
+    async fn transact_once(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
+        let mut tx = self.store.begin(TxMode::Write).await?;
+        let plan = Plan::new(commands);
+        let (rows, now) = load(&mut tx, &plan, &self.clock).await?;
+        let executed = execute(&rows, now, commands);
+        let inserted = tx.write(&executed.writes).await?;
+        if let Some(at) = executed.stale(&inserted) {
+            // Dropped without a commit: rolled back.
+            return Ok(Decided::SplitAt(at));
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(commands.len());
+        for answer in executed.answers {
+            // An id the storage did not return fails the whole batch, before its commit.
+            answers.push(match answer {
+                Ok(outcome) => Ok(outcome.resolve(&inserted)?),
+                Err(refusal) => Err(refusal.into()),
+            });
+        }
+        tx.commit().await?;
+        // After the commit and before any caller is answered: each reads its own writes.
+        for counters in &executed.writes.products {
+            self.cache.invalidate(counters.id);
+        }
+        count_answers(commands, &answers);
+        Ok(Decided::Answers(answers))
     }
 
     /// Seeds the original service's ten demo products into an empty database: `Product i`,
@@ -994,11 +908,23 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         Ok(purged)
     }
 
+    /// Sweeps one product in a transaction of its own, through the same script as every command.
     async fn sweep_product(&self, product_id: ProductId) -> Result<(usize, usize), ServiceError> {
+        let command = Command::SweepProduct { product_id };
         let swept = self
-            .sweep_product_now(product_id)
+            .execute_batch(std::slice::from_ref(&command))
             .instrument(tracing::info_span!("sweep", %product_id))
-            .await?;
+            .await
+            .pop()
+            .unwrap_or_else(unanswered)?;
+        let Outcome::Swept {
+            holds_released,
+            orders_cancelled,
+        } = swept
+        else {
+            return Err(mismatched(&swept));
+        };
+        let swept = (holds_released.len(), orders_cancelled.len());
         if swept != (0, 0) {
             tracing::info!(
                 %product_id,
@@ -1008,25 +934,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             );
         }
         Ok(swept)
-    }
-
-    async fn sweep_product_now(
-        &self,
-        product_id: ProductId,
-    ) -> Result<(usize, usize), ServiceError> {
-        in_transaction!(self, TxMode::Write, "sweep_product", |tx| async {
-            let plan = Plan::SweepProduct { product_id };
-            let (rows, now) = load(&mut *tx, &plan, &self.clock).await?;
-            let Some(product) = rows.product() else {
-                return Ok::<_, ServiceError>((0, 0));
-            };
-            let (expired, overdue) = (rows.expired(), rows.overdue());
-            let mut changes = Changes::on(product);
-            hold::release_expired(&mut changes, expired, now)?;
-            order::cancel_overdue(&mut changes, overdue, now)?;
-            tx.write(&changes.finish()).await?;
-            Ok((expired.len(), overdue.len()))
-        })
     }
 
     /// Every row, read in one transaction.
@@ -1040,9 +947,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     }
 }
 
-/// Loads a plan's rows, each with the lock the plan asks for, and reads the clock once: when the
-/// plan first needs the time (to find expired holds or overdue orders), or after its last load,
-/// so a request that waited for a lock decides at the time it got it.
+/// Loads a plan's rows, each kind in one read with the locks the plan asks for, and reads the
+/// clock once: when the plan first needs the time (to find expired holds or overdue orders), or
+/// after its last load, so a batch that waited for a lock decides at the time it got it.
 async fn load<T: Transaction, C: Clock>(
     tx: &mut T,
     plan: &Plan,
@@ -1051,75 +958,36 @@ async fn load<T: Transaction, C: Clock>(
     let mut rows = Rows::default();
     let mut now = None;
     while let Some(load) = plan.next(&rows) {
-        rows.put(match load {
-            Load::RequestKey(key) => {
-                let record = tx.lock_request_key(&key).await?;
-                Loaded::RequestKey(key, record)
+        let loaded = match &load {
+            Load::RequestKeys(keys) => Loaded::RequestKeys(tx.lock_request_keys(keys).await?),
+            Load::FindHolds(ids) => Loaded::Holds(tx.holds(ids, false).await?),
+            Load::Products(ids) => {
+                let products = tx.lock_products(ids).await?;
+                Loaded::Products(products.into_iter().map(Cow::Owned).collect())
             }
-            Load::FindHold(id) => Loaded::FoundHold(tx.hold(id, false).await?),
-            Load::Product(id) => {
-                // The request's lines from here on (retries, contention, its log line) name the
-                // product, when the driver's span has the field (the server's request span does).
-                tracing::Span::current().record("product_id", tracing::field::display(id));
-                Loaded::Product(tx.lock_product(id).await?.map(Cow::Owned))
+            Load::Holds(ids) => {
+                let ids: Vec<HoldId> = ids.iter().map(|&(_, id)| id).collect();
+                Loaded::Holds(tx.holds(&ids, true).await?)
             }
-            Load::Hold { id, .. } => Loaded::Hold(tx.hold(id, true).await?),
-            Load::Order { id, .. } => Loaded::Order(tx.order(id, true).await?),
-            Load::ExpiredHolds(id) => {
+            Load::Orders(ids) => {
+                let ids: Vec<OrderId> = ids.iter().map(|&(_, id)| id).collect();
+                Loaded::Orders(tx.orders(&ids, true).await?)
+            }
+            Load::ExpiredHolds(ids) => {
                 let now = *now.get_or_insert_with(|| clock.now());
-                Loaded::ExpiredHolds(tx.expired_holds(id, now).await?)
+                Loaded::Holds(tx.expired_holds(ids, now).await?)
             }
-            Load::OverdueOrders(id) => {
+            Load::OverdueOrders(ids) => {
                 let now = *now.get_or_insert_with(|| clock.now());
-                Loaded::OverdueOrders(tx.lock_overdue_orders(id, now).await?)
+                Loaded::Orders(tx.lock_overdue_orders(ids, now).await?)
             }
-            Load::Webhook(key) => Loaded::Webhook(tx.lock_webhook(&key).await?.map(Cow::Owned)),
-        });
+            Load::Webhooks(keys) => {
+                let records = tx.lock_webhooks(keys).await?;
+                Loaded::Webhooks(records.into_iter().map(Cow::Owned).collect())
+            }
+        };
+        rows.put(load, loaded);
     }
     let now = now.unwrap_or_else(|| clock.now());
     Ok((rows, now))
-}
-
-/// Decides a request's key from the plan's rows: `Some(record)` when the key answered this very
-/// request before.
-fn replay(
-    rows: &Rows<'_>,
-    key: Option<&IdempotencyKey>,
-    request: &KeyedRequest,
-) -> Result<Option<RequestRecord>, ServiceError> {
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    match request::decide_request_key(rows.request_record(key), key, request)? {
-        KeyDecision::Fresh => Ok(None),
-        KeyDecision::Replay(record) => Ok(Some(record)),
-    }
-}
-
-fn lost(order_id: OrderId) -> ServiceError {
-    ServiceError::Store(StoreError::Corrupt(format!(
-        "order {order_id} named but missing"
-    )))
-}
-
-fn lost_resource(record: &RequestRecord) -> ServiceError {
-    ServiceError::Store(StoreError::Corrupt(format!(
-        "idempotency key {} names missing {} {}",
-        record.key,
-        record.request.name(),
-        record.resource_id
-    )))
-}
-
-/// The answer a replayed hold request's record gives: the hold as it is now.
-async fn replayed_hold<T: Transaction>(tx: &mut T, record: &RequestRecord) -> HoldAnswer {
-    let hold = tx.hold(HoldId(record.resource_id), false).await?;
-    let hold = hold.ok_or_else(|| lost_resource(record))?;
-    Ok(Keyed {
-        value: HoldPlaced {
-            hold,
-            holds_released: Vec::new(),
-        },
-        replayed: true,
-    })
 }

@@ -59,8 +59,8 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
     Ok(service::Config {
         hold_ttl_ms,
         payment_window_ms,
-        hold_batch_max: usize::from(args.hold_batch_max),
-        hold_queue_max: usize::from(args.hold_queue_max),
+        batch_max: usize::from(args.batch_max),
+        queue_max: usize::from(args.queue_max),
         cache_staleness_ms: u64::try_from(args.cache_staleness.as_millis()).unwrap_or(u64::MAX),
         request_key_retention_ms: retention_ms(
             args.request_key_retention,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{T0, TTL_MS, sqlite};
-use flashsale_core::{HoldRequest, Qty};
+use flashsale_core::{Command, Qty};
 use flashsale_server::clock::ManualClock;
 
 /// The line of `text` for `metric`, e.g. `flashsale_holds_granted_total 3`.
@@ -14,7 +14,7 @@ fn value<'a>(text: &'a str, metric: &str) -> Option<&'a str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hold_batches_count_their_size_grants_refusals_and_released_holds_once() {
+async fn batches_count_their_size_grants_refusals_and_released_holds_once() {
     let handle = flashsale_server::metrics::install().expect("the recorder");
     let db = sqlite().await;
     let clock = ManualClock::new(T0);
@@ -27,11 +27,13 @@ async fn hold_batches_count_their_size_grants_refusals_and_released_holds_once()
     service.place_hold(p, Qty(3)).await.expect("granted");
     clock.advance(TTL_MS as i64);
     // Refused, then a grant releasing the expired hold, then a grant finding none to release.
-    let requests = [4, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
-    service
-        .place_hold_batch(p, &requests)
-        .await
-        .expect("decided");
+    let commands = [4, 1, 2].map(|qty| Command::PlaceHold {
+        product_id: p,
+        qty: Qty(qty),
+        ttl_ms: TTL_MS,
+        key: None,
+    });
+    service.execute_batch(&commands).await;
     let text = flashsale_server::metrics::render(&handle, service.store());
     let expected = [
         ("flashsale_holds_granted_total", "3"),
@@ -40,8 +42,8 @@ async fn hold_batches_count_their_size_grants_refusals_and_released_holds_once()
             "1",
         ),
         ("flashsale_holds_released_total{reason=\"expired\"}", "1"),
-        ("flashsale_hold_batch_size_count", "2"),
-        ("flashsale_hold_batch_size_sum", "4"),
+        ("flashsale_batch_size_count", "2"),
+        ("flashsale_batch_size_sum", "4"),
     ];
     for (metric, wanted) in expected {
         assert_eq!(value(&text, metric), Some(wanted), "{metric} in:\n{text}");

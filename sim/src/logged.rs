@@ -222,10 +222,6 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         Ok(())
     }
 
-    async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
-        self.tx()?.product(id).await
-    }
-
     async fn product_view(
         &mut self,
         id: ProductId,
@@ -234,10 +230,12 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         self.tx()?.product_view(id, now).await
     }
 
-    async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
-        self.locked_product = Some(id);
-        self.took(RowLock::Product(id))?;
-        self.tx()?.lock_product(id).await
+    async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
+        self.locked_product = ids.last().copied();
+        for &id in ids {
+            self.took(RowLock::Product(id))?;
+        }
+        self.tx()?.lock_products(ids).await
     }
 
     async fn insert_product(
@@ -254,32 +252,32 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
 
     async fn expired_holds(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Hold>> {
-        self.tx()?.expired_holds(product_id, now).await
+        self.tx()?.expired_holds(products, now).await
     }
 
-    async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
-        let hold = self.tx()?.hold(id, lock).await?;
-        if let Some(hold) = hold.as_ref().filter(|_| lock) {
+    async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
+        let holds = self.tx()?.holds(ids, lock).await?;
+        for hold in holds.iter().filter(|_| lock) {
             self.took(RowLock::Hold {
                 product: hold.product_id,
-                id,
+                id: hold.id,
             })?;
         }
-        Ok(hold)
+        Ok(holds)
     }
 
-    async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
-        let order = self.tx()?.order(id, lock).await?;
-        if let Some(order) = order.as_ref().filter(|_| lock) {
+    async fn orders(&mut self, ids: &[OrderId], lock: bool) -> StoreResult<Vec<Order>> {
+        let orders = self.tx()?.orders(ids, lock).await?;
+        for order in orders.iter().filter(|_| lock) {
             self.took(RowLock::Order {
                 product: order.product_id,
-                id,
+                id: order.id,
             })?;
         }
-        Ok(order)
+        Ok(orders)
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
@@ -291,7 +289,9 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         ending
             .holds_inserted
             .extend(inserted.holds.iter().map(|h| h.0));
-        ending.orders_inserted.extend(inserted.order.map(|o| o.0));
+        ending
+            .orders_inserted
+            .extend(inserted.orders.iter().map(|o| o.0));
         ending.keys_recorded.extend(
             writes
                 .request_keys
@@ -301,21 +301,24 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         Ok(inserted)
     }
 
-    async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
-        self.took(RowLock::Webhook(key.clone()))?;
-        self.tx()?.lock_webhook(key).await
+    async fn lock_webhooks(&mut self, keys: &[IdempotencyKey]) -> StoreResult<Vec<WebhookRecord>> {
+        for key in keys {
+            self.took(RowLock::Webhook(key.clone()))?;
+        }
+        self.tx()?.lock_webhooks(keys).await
     }
 
-    async fn lock_request_key(
+    async fn lock_request_keys(
         &mut self,
-        key: &IdempotencyKey,
-    ) -> StoreResult<Option<RequestRecord>> {
-        self.took(RowLock::RequestKey(key.clone()))?;
-        let record = self.tx()?.lock_request_key(key).await?;
-        if record.is_some() {
-            self.ending.keys_found.insert(key.as_str().to_owned());
+        keys: &[IdempotencyKey],
+    ) -> StoreResult<Vec<RequestRecord>> {
+        for key in keys {
+            self.took(RowLock::RequestKey(key.clone()))?;
         }
-        Ok(record)
+        let records = self.tx()?.lock_request_keys(keys).await?;
+        let found = records.iter().map(|r| r.key.as_str().to_owned());
+        self.ending.keys_found.extend(found);
+        Ok(records)
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
@@ -324,10 +327,10 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
 
     async fn lock_overdue_orders(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Order>> {
-        let orders = self.tx()?.lock_overdue_orders(product_id, now).await?;
+        let orders = self.tx()?.lock_overdue_orders(products, now).await?;
         for order in &orders {
             self.took(RowLock::Order {
                 product: order.product_id,

@@ -16,11 +16,12 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use flashsale_core::{
-    Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId, Outcome,
-    Product, ProductId, Qty, Rejection, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
+    Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest, Ledger, Order,
+    OrderId, Outcome, Product, ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload,
+    WebhookRecord, WebhookResult,
 };
 use flashsale_server::service::{
-    BatchRun, BatchScope, BatchTag, HoldPlaced, OrderPlaced, ProductView, WebhookAnswer,
+    BatchRun, BatchScope, BatchTag, HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer,
 };
 
 use crate::failure::{Check, Failure};
@@ -274,19 +275,24 @@ pub struct Entry {
 /// What a client was answered, with the storage's ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// A hold granted, and the expired holds its transaction released.
+    /// A hold granted (or replayed under its key), and the expired holds its decision
+    /// released.
     Hold {
         /// The hold.
         hold: Hold,
         /// The holds released first, by id.
         holds_released: Vec<HoldId>,
+        /// Whether its key's record answered it.
+        replayed: bool,
     },
-    /// An order, and whether this request created it.
+    /// An order, and whether the request that made this answer created it.
     Order {
         /// The order.
         order: Order,
-        /// Whether this request created it.
+        /// Whether that request created it.
         created: bool,
+        /// Whether its key's record answered it.
+        replayed: bool,
     },
     /// A webhook's result.
     Webhook {
@@ -308,20 +314,44 @@ pub enum Answer {
     Rejected(Rejection),
 }
 
+impl From<&Keyed<HoldPlaced>> for Answer {
+    fn from(placed: &Keyed<HoldPlaced>) -> Self {
+        Answer::Hold {
+            hold: placed.value.hold,
+            holds_released: placed.value.holds_released.clone(),
+            replayed: placed.replayed,
+        }
+    }
+}
+
+impl From<&Keyed<OrderPlaced>> for Answer {
+    fn from(placed: &Keyed<OrderPlaced>) -> Self {
+        Answer::Order {
+            order: placed.value.order,
+            created: placed.value.created,
+            replayed: placed.replayed,
+        }
+    }
+}
+
 impl From<&HoldPlaced> for Answer {
+    /// An unkeyed request's hold.
     fn from(placed: &HoldPlaced) -> Self {
         Answer::Hold {
             hold: placed.hold,
             holds_released: placed.holds_released.clone(),
+            replayed: false,
         }
     }
 }
 
 impl From<&OrderPlaced> for Answer {
+    /// An unkeyed request's order.
     fn from(placed: &OrderPlaced) -> Self {
         Answer::Order {
             order: placed.order,
             created: placed.created,
+            replayed: false,
         }
     }
 }
@@ -353,17 +383,29 @@ impl Answer {
             Ok(Outcome::HoldPlaced {
                 hold,
                 holds_released,
+                replayed,
             }) => Answer::Hold {
                 hold,
                 holds_released,
+                replayed,
             },
-            Ok(Outcome::OrderPlaced { order, created }) => Answer::Order { order, created },
-            Ok(Outcome::WebhookApplied { record, replayed }) => Answer::Webhook {
+            Ok(Outcome::OrderPlaced {
+                order,
+                created,
+                replayed,
+            }) => Answer::Order {
+                order,
+                created,
+                replayed,
+            },
+            Ok(Outcome::WebhookApplied {
+                record, replayed, ..
+            }) => Answer::Webhook {
                 result: record.result,
                 order_id: record.order_id,
                 replayed,
             },
-            Ok(Outcome::Restocked(product)) => Answer::Restocked {
+            Ok(Outcome::Restocked { product, .. }) => Answer::Restocked {
                 stock: product.stock,
                 units_received: product.units_received,
             },
@@ -539,17 +581,21 @@ impl Ids {
                 product_id,
                 qty,
                 ttl_ms,
+                key,
             } => Command::PlaceHold {
                 product_id: self.product(product_id)?,
                 qty,
                 ttl_ms,
+                key,
             },
             Command::PlaceOrder {
                 hold_id,
                 payment_window_ms,
+                key,
             } => Command::PlaceOrder {
                 hold_id: self.hold(hold_id),
                 payment_window_ms,
+                key,
             },
             Command::ApplyWebhook(payload) => Command::ApplyWebhook(WebhookPayload {
                 hold_id: self.hold(payload.hold_id),
@@ -568,6 +614,33 @@ impl Ids {
             hold_id: self.hold(order.hold_id),
             product_id: self.product(order.product_id)?,
             ..*order
+        })
+    }
+
+    /// A stored request-key record in the ledger's ids.
+    fn request_record(&self, record: &RequestRecord) -> Result<RequestRecord, String> {
+        let (request, resource_id) = match record.request {
+            KeyedRequest::PlaceHold { product_id, qty } => (
+                KeyedRequest::PlaceHold {
+                    product_id: self.product(product_id)?,
+                    qty,
+                },
+                self.holds
+                    .get(&record.resource_id)
+                    .map(|id| id.0)
+                    .ok_or(format!("hold {} never committed", record.resource_id))?,
+            ),
+            KeyedRequest::PlaceOrder { hold_id } => (
+                KeyedRequest::PlaceOrder {
+                    hold_id: self.hold(hold_id),
+                },
+                self.order(OrderId(record.resource_id))?.0,
+            ),
+        };
+        Ok(RequestRecord {
+            request,
+            resource_id,
+            ..record.clone()
         })
     }
 
@@ -631,16 +704,23 @@ impl Ids {
             Answer::Hold {
                 hold,
                 holds_released,
+                replayed,
             } => Answer::Hold {
                 hold: self.storage_hold(hold),
                 holds_released: holds_released
                     .iter()
                     .map(|&h| Ids::back(&self.holds, h, HoldId))
                     .collect(),
+                replayed: *replayed,
             },
-            Answer::Order { order, created } => Answer::Order {
+            Answer::Order {
+                order,
+                created,
+                replayed,
+            } => Answer::Order {
                 order: self.storage_order(order),
                 created: *created,
+                replayed: *replayed,
             },
             Answer::Webhook {
                 result,
@@ -690,13 +770,20 @@ impl Ids {
             Answer::Hold {
                 hold,
                 holds_released,
+                replayed,
             } => Answer::Hold {
                 hold: translate_hold(hold, self)?,
                 holds_released: holds_released.iter().map(|&id| self.hold(id)).collect(),
+                replayed: *replayed,
             },
-            Answer::Order { order, created } => Answer::Order {
+            Answer::Order {
+                order,
+                created,
+                replayed,
+            } => Answer::Order {
                 order: self.order_row(order)?,
                 created: *created,
+                replayed: *replayed,
             },
             Answer::Webhook {
                 result,
@@ -905,9 +992,10 @@ fn replay_transaction<'a>(
     for i in range.clone() {
         let entry = &log[i];
         let answer = answer_of(i);
-        if entry.replayed || (!wrote && answer.is_none()) {
-            // A replay decides nothing; a rolled-back attempt or a read nobody was answered
-            // has nothing to replay.
+        if !wrote && answer.is_none() {
+            // A rolled-back attempt nobody was answered by has nothing to replay. A replay under
+            // a client's key is replayed too: the ledger keeps the keys' records, and answers
+            // it from its own.
             continue;
         }
         let command = ids
@@ -1080,6 +1168,23 @@ fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> 
             ));
         }
     }
+    for record in stored.request_keys() {
+        let translated = ids.request_record(record)?;
+        let want = replayed.request_key(&record.key);
+        if want != Some(&translated) {
+            return Err(format!(
+                "Idempotency-Key {}: stored {record:?}, replayed {want:?}",
+                record.key
+            ));
+        }
+    }
+    if stored.request_keys().count() != replayed.request_keys().count() {
+        return Err(format!(
+            "request-key records: stored {}, replayed {}",
+            stored.request_keys().count(),
+            replayed.request_keys().count()
+        ));
+    }
     if counts(stored) != counts(replayed) {
         return Err(format!(
             "row counts: stored {:?}, replayed {:?}",
@@ -1136,6 +1241,7 @@ mod tests {
             product_id: ProductId(7),
             qty: Qty(2),
             ttl_ms: 1_000,
+            key: None,
         };
         vec![
             Entry {
@@ -1196,6 +1302,7 @@ mod tests {
             product_id: ProductId(7),
             qty: Qty(4),
             ttl_ms: 1_000,
+            key: None,
         };
         let difference = check(&stored(2), &log, &BTreeMap::new(), &[])
             .expect_err("4 of 3 units cannot be held");
@@ -1220,6 +1327,7 @@ mod tests {
                 state: HoldState::Held,
             },
             holds_released: vec![],
+            replayed: false,
         }
     }
 
@@ -1261,6 +1369,7 @@ mod tests {
             product_id: ProductId(7),
             qty: Qty(1),
             ttl_ms: 1_000,
+            key: None,
         };
         log.push(Entry {
             wrote: false,
@@ -1288,6 +1397,7 @@ mod tests {
             product_id: ProductId(7),
             qty: Qty(2),
             ttl_ms: 1_000,
+            key: None,
         };
         let answers = BTreeMap::from([(3, refused)]);
         assert_eq!(

@@ -811,11 +811,6 @@ impl Transaction for SimTx {
         }
     }
 
-    async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
-        self.step().await?;
-        Ok(self.product_row(id))
-    }
-
     async fn product_view(
         &mut self,
         id: ProductId,
@@ -839,12 +834,16 @@ impl Transaction for SimTx {
         }))
     }
 
-    async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
+    async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
         self.step().await?;
-        if self.bug() != Some(Bug::SkipProductLock) {
-            self.lock(RowKey::Product(id.0)).await?;
+        let mut products = Vec::new();
+        for &id in ids {
+            if self.bug() != Some(Bug::SkipProductLock) {
+                self.lock(RowKey::Product(id.0)).await?;
+            }
+            products.extend(self.product_row(id));
         }
-        Ok(self.product_row(id))
+        Ok(products)
     }
 
     async fn insert_product(
@@ -869,21 +868,25 @@ impl Transaction for SimTx {
 
     async fn expired_holds(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Hold>> {
         self.step().await?;
-        Ok(self.expired_of(product_id, now))
+        Ok(products
+            .iter()
+            .flat_map(|&id| self.expired_of(id, now))
+            .collect())
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         self.step().await?;
         let mut inserted = Inserted::default();
-        if let Some(counters) = writes.product {
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        for counters in &writes.products {
             let mut product = self
                 .product_row(counters.id)
                 .ok_or_else(|| missing("product", counters.id.0))?;
-            product.set_counters(counters);
+            product.set_counters(*counters);
             self.stage(Row::Product(product));
         }
         for &(hold_id, reason) in &writes.holds_released {
@@ -895,79 +898,92 @@ impl Transaction for SimTx {
             }
             self.set_hold_state(hold_id, HoldState::Released(reason))?;
         }
-        if let Some(product) = &writes.product {
-            for grant in &writes.holds_inserted {
-                let hold = grant.with_id(HoldId(self.next_id(1)), product.id);
-                self.stage(Row::Hold(hold));
-                inserted.holds.push(hold.id);
-            }
+        for new in &writes.holds_inserted {
+            let hold = new.with_id(HoldId(self.next_id(1)));
+            self.stage(Row::Hold(hold));
+            inserted.holds.push(hold.id);
         }
-        if let Some(new) = &writes.order_inserted {
+        for new in &writes.orders_inserted {
+            let hold_id = inserted.hold(new.hold_id).map_err(unresolved)?;
             let order = self.insert_order(new)?;
-            self.set_hold_state(new.hold_id, HoldState::Consumed(order.id))?;
-            inserted.order = Some(order.id);
+            self.set_hold_state(hold_id, HoldState::Consumed(order.id))?;
+            inserted.orders.push(order.id);
         }
         for &(order_id, settled) in &writes.orders_updated {
-            let mut order = self.order_row(order_id);
-            let order = order.as_mut().ok_or_else(|| missing("order", order_id.0))?;
-            order.status = settled.status();
-            self.stage(Row::Order(*order));
+            let order_id = inserted.order(order_id).map_err(unresolved)?;
+            let order = self.order_row(order_id);
+            let order = order.ok_or_else(|| missing("order", order_id.0))?;
+            self.stage(Row::Order(order.settled(settled)));
         }
-        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
-        if let Some(record) = writes.webhook_record(&inserted).map_err(unresolved)? {
+        for record in &writes.webhooks {
+            let record = inserted.webhook_record(record).map_err(unresolved)?;
             self.stage(Row::Webhook(record));
         }
         if self.bug() != Some(Bug::ForgetRequestKey) {
-            for record in writes.request_records(&inserted).map_err(unresolved)? {
+            for record in &writes.request_keys {
+                let record = inserted.request_record(record).map_err(unresolved)?;
                 self.stage(Row::RequestKey(record));
             }
         }
         Ok(inserted)
     }
 
-    async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
+    async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
         self.step().await?;
-        if lock {
-            self.lock(RowKey::Hold(id.0)).await?;
-        }
-        Ok(self.hold_row(id))
-    }
-
-    async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
-        self.step().await?;
-        if lock {
-            self.lock(RowKey::Order(id.0)).await?;
-        }
-        Ok(self.order_row(id))
-    }
-
-    async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
-        self.step().await?;
-        let row_key = RowKey::Webhook(key.as_str().to_owned());
-        self.lock(row_key.clone()).await?;
-        if self.bug() == Some(Bug::ApplyWebhookTwice) {
-            return Ok(None);
-        }
-        match self.read(&row_key) {
-            Some(Row::Webhook(w)) => Ok(Some(w)),
-            _ => Ok(None),
-        }
-    }
-
-    async fn lock_request_key(
-        &mut self,
-        key: &IdempotencyKey,
-    ) -> StoreResult<Option<RequestRecord>> {
-        self.step().await?;
-        let row_key = RowKey::RequestKey(key.as_str().to_owned());
-        self.lock(row_key.clone()).await?;
-        match self.read(&row_key) {
-            Some(Row::RequestKey(r)) => {
-                self.keys_found.insert(key.as_str().to_owned());
-                Ok(Some(r))
+        let mut holds = Vec::new();
+        for &id in ids {
+            // A locking read locks the rows it finds; there is no row lock for an absent id.
+            if lock && self.hold_row(id).is_some() {
+                self.lock(RowKey::Hold(id.0)).await?;
             }
-            _ => Ok(None),
+            holds.extend(self.hold_row(id));
         }
+        Ok(holds)
+    }
+
+    async fn orders(&mut self, ids: &[OrderId], lock: bool) -> StoreResult<Vec<Order>> {
+        self.step().await?;
+        let mut orders = Vec::new();
+        for &id in ids {
+            if lock && self.order_row(id).is_some() {
+                self.lock(RowKey::Order(id.0)).await?;
+            }
+            orders.extend(self.order_row(id));
+        }
+        Ok(orders)
+    }
+
+    async fn lock_webhooks(&mut self, keys: &[IdempotencyKey]) -> StoreResult<Vec<WebhookRecord>> {
+        self.step().await?;
+        let mut records = Vec::new();
+        for key in keys {
+            let row_key = RowKey::Webhook(key.as_str().to_owned());
+            self.lock(row_key.clone()).await?;
+            if self.bug() == Some(Bug::ApplyWebhookTwice) {
+                continue;
+            }
+            if let Some(Row::Webhook(w)) = self.read(&row_key) {
+                records.push(w);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn lock_request_keys(
+        &mut self,
+        keys: &[IdempotencyKey],
+    ) -> StoreResult<Vec<RequestRecord>> {
+        self.step().await?;
+        let mut records = Vec::new();
+        for key in keys {
+            let row_key = RowKey::RequestKey(key.as_str().to_owned());
+            self.lock(row_key.clone()).await?;
+            if let Some(Row::RequestKey(r)) = self.read(&row_key) {
+                self.keys_found.insert(key.as_str().to_owned());
+                records.push(r);
+            }
+        }
+        Ok(records)
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
@@ -988,7 +1004,7 @@ impl Transaction for SimTx {
 
     async fn lock_overdue_orders(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Order>> {
         self.step().await?;
@@ -996,7 +1012,7 @@ impl Transaction for SimTx {
             let shared = self.store.shared();
             let orders = shared.tables.orders.values();
             orders
-                .filter(|o| o.product_id == product_id && o.is_overdue(now))
+                .filter(|o| products.contains(&o.product_id) && o.is_overdue(now))
                 .copied()
                 .collect()
         };

@@ -145,12 +145,22 @@ pub fn request_key(record: &RequestRecord) -> String {
     )
 }
 
+/// The `Idempotent-Replayed: true` header, in words, when a key's record answered.
+fn replayed_words(replayed: bool) -> &'static str {
+    if replayed {
+        " (Idempotent-Replayed)"
+    } else {
+        ""
+    }
+}
+
 /// What a client was answered, as the API's status and body.
 pub fn answer(answer: &Answer) -> String {
     match answer {
         Answer::Hold {
             hold: h,
             holds_released,
+            replayed,
         } => {
             let released = if holds_released.is_empty() {
                 String::new()
@@ -158,10 +168,15 @@ pub fn answer(answer: &Answer) -> String {
                 let ids: Vec<String> = holds_released.iter().map(ToString::to_string).collect();
                 format!(" (releasing expired holds {})", ids.join(", "))
             };
-            format!("201 {}{released}", hold(h))
+            format!("201 {}{released}{}", hold(h), replayed_words(*replayed))
         }
-        Answer::Order { order: o, created } => {
-            format!("{} {}", if *created { 201 } else { 200 }, order(o))
+        Answer::Order {
+            order: o,
+            created,
+            replayed,
+        } => {
+            let status = if *created { 201 } else { 200 };
+            format!("{status} {}{}", order(o), replayed_words(*replayed))
         }
         Answer::Webhook {
             result,
@@ -262,6 +277,18 @@ pub fn violation(violation: &Violation) -> (&'static str, String) {
         Violation::PaymentDropped { key, hold_id } => (
             "payment dropped",
             format!("webhook {key} paid for hold {hold_id}, which has no paid order nor refund"),
+        ),
+        Violation::RequestKeyDangling { key } => (
+            "request key dangling",
+            format!("Idempotency-Key {key} names a hold or order that its request never got"),
+        ),
+        Violation::CancelReasonMismatch { order_id } => (
+            "cancel reason mismatch",
+            format!("order {order_id} has a cancel reason that disagrees with its status"),
+        ),
+        Violation::CommandOutsideExecute => (
+            "command outside execute",
+            "a command that is not decided over a plan reached the execute step".to_owned(),
         ),
     }
 }

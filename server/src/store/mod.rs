@@ -84,12 +84,6 @@ pub trait Transaction: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Reads a product without locking it.
-    fn product(
-        &mut self,
-        id: ProductId,
-    ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
-
     /// Reads a product, the units of its held holds already expired at `now` (not yet
     /// released) and the earliest deadline of its live holds, without locks, in one consistent
     /// read (one statement): two statements at READ COMMITTED could pair a counter from before an
@@ -101,11 +95,11 @@ pub trait Transaction: Send {
         now: Timestamp,
     ) -> impl Future<Output = StoreResult<Option<ProductRead>>> + Send;
 
-    /// Reads and locks a product.
-    fn lock_product(
+    /// Reads and locks the products that exist among `ids` (sorted, distinct), in id order.
+    fn lock_products(
         &mut self,
-        id: ProductId,
-    ) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
+        ids: &[ProductId],
+    ) -> impl Future<Output = StoreResult<Vec<Product>>> + Send;
 
     /// Inserts a product with the given fields; returns it with its id.
     fn insert_product(
@@ -115,47 +109,52 @@ pub trait Transaction: Send {
         stock: Qty,
     ) -> impl Future<Output = StoreResult<Product>> + Send;
 
-    /// The product's held holds whose `expires_at <= now`, in id order. Called with the
-    /// product locked, so no other transaction changes them before this one commits.
+    /// The held holds of `products` (sorted, distinct) whose `expires_at <= now`. Called with
+    /// the products locked, so no other transaction changes them before this one commits.
     fn expired_holds(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> impl Future<Output = StoreResult<Vec<Hold>>> + Send;
 
-    /// Reads a hold, locking it when `lock`.
-    fn hold(
+    /// Reads the holds that exist among `ids` (sorted, distinct), locking them when `lock`
+    /// (their products' locks are held then).
+    fn holds(
         &mut self,
-        id: HoldId,
+        ids: &[HoldId],
         lock: bool,
-    ) -> impl Future<Output = StoreResult<Option<Hold>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<Hold>>> + Send;
 
-    /// Reads an order, locking it when `lock`.
-    fn order(
+    /// Reads the orders that exist among `ids` (distinct), locking them when `lock` (their
+    /// products' locks are held then).
+    fn orders(
         &mut self,
-        id: OrderId,
+        ids: &[OrderId],
         lock: bool,
-    ) -> impl Future<Output = StoreResult<Option<Order>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<Order>>> + Send;
 
-    /// Applies a decision's write-set: the one place this storage writes holds, orders,
-    /// product counters and records, in the order [`WriteSet`] documents. Returns the ids it
-    /// assigned. Every row it changes was locked (or, for a product's expired holds, read under
-    /// the product's lock) by the same transaction. A concurrent insert of the same webhook or
-    /// request key is [`StoreError::Contention`]: the retry finds the record and replays it.
+    /// Applies a batch's write-set: the one place this storage writes holds, orders, product
+    /// counters and records, in the order [`WriteSet`] documents, resolving the pending ids it
+    /// names as it assigns them. Returns the ids it assigned. Every row it changes was locked
+    /// (or, for a product's expired holds, read under the product's lock) by the same
+    /// transaction. A concurrent insert of the same webhook or request key is
+    /// [`StoreError::Contention`]: the retry finds the record and replays it.
     fn write(&mut self, writes: &WriteSet) -> impl Future<Output = StoreResult<Inserted>> + Send;
 
-    /// Reads and locks a webhook record.
-    fn lock_webhook(
+    /// Reads and locks the webhook records that exist among `keys` (sorted, distinct), in key
+    /// order.
+    fn lock_webhooks(
         &mut self,
-        key: &IdempotencyKey,
-    ) -> impl Future<Output = StoreResult<Option<WebhookRecord>>> + Send;
+        keys: &[IdempotencyKey],
+    ) -> impl Future<Output = StoreResult<Vec<WebhookRecord>>> + Send;
 
-    /// Reads and locks a client request's idempotency-key record. Scripts lock it before any
-    /// product, so two requests under one key on one database run one after the other.
-    fn lock_request_key(
+    /// Reads and locks the client request idempotency-key records that exist among `keys`
+    /// (sorted, distinct), in key order. Scripts lock them before any product, so two requests
+    /// under one key on one database run one after the other.
+    fn lock_request_keys(
         &mut self,
-        key: &IdempotencyKey,
-    ) -> impl Future<Output = StoreResult<Option<RequestRecord>>> + Send;
+        keys: &[IdempotencyKey],
+    ) -> impl Future<Output = StoreResult<Vec<RequestRecord>>> + Send;
 
     /// Up to `limit` products with a held hold past its deadline or a pre-payment order past its
     /// window at `now`, for the sweeper.
@@ -165,10 +164,11 @@ pub trait Transaction: Send {
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<ProductId>>> + Send;
 
-    /// Locks the product's pre-payment orders whose payment window closed at `now`.
+    /// Locks the pre-payment orders of `products` (sorted, distinct) whose payment window closed
+    /// at `now`.
     fn lock_overdue_orders(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> impl Future<Output = StoreResult<Vec<Order>>> + Send;
 
@@ -226,8 +226,8 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// The rows as a ledger, and a check of the invariants on it and of every request-key
-    /// record naming a hold or order that matches its request.
+    /// The rows as a ledger, and a check of the invariants on it (every request-key record
+    /// naming a hold or order that matches its request among them).
     ///
     /// # Errors
     /// The first invariant violated or record that names no matching resource.
@@ -237,21 +237,8 @@ impl Dump {
             self.holds,
             self.orders,
             self.webhooks,
-        );
-        ledger.check_invariants().map_err(|v| v.to_string())?;
-        match self
-            .request_keys
-            .iter()
-            .find(|r| !r.names_its_resource(&ledger))
-        {
-            Some(record) => Err(format!(
-                "idempotency key {} names {} {}, which does not match {:?}",
-                record.key,
-                record.request.name(),
-                record.resource_id,
-                record.request
-            )),
-            None => Ok(()),
-        }
+        )
+        .with_request_keys(self.request_keys);
+        ledger.check_invariants().map_err(|v| v.to_string())
     }
 }

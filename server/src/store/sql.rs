@@ -16,8 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flashsale_core::{
-    CancelReason, Cents, Counters, Fingerprint, Hold, HoldGrant, HoldId, HoldState, IdempotencyKey,
-    Inserted, KeyedRequest, NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product,
+    CancelReason, Cents, Counters, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, Inserted,
+    KeyedRequest, NewHold, NewOrder, Order, OrderId, OrderStatus, PaymentStatus, Product,
     ProductId, Qty, ReleaseReason, RequestRecord, Settlement, Timestamp, WebhookRecord,
     WebhookResult, WriteSet,
 };
@@ -344,23 +344,6 @@ enum Dialect {
     Sqlite,
 }
 
-impl Dialect {
-    /// `sql` with MySQL's row-lock suffix, or as it is for SQLite.
-    fn locking(self, sql_mysql: &'static str, sql_sqlite: &'static str) -> &'static str {
-        match self {
-            Dialect::MySql => sql_mysql,
-            Dialect::Sqlite => sql_sqlite,
-        }
-    }
-}
-
-/// `"<sql>"` for SQLite and `"<sql> FOR UPDATE"` for MySQL, picked by dialect.
-macro_rules! locking {
-    ($dialect:expr, $sql:literal) => {
-        $dialect.locking(concat!($sql, " FOR UPDATE"), $sql)
-    };
-}
-
 /// Runs `$body` with `$conn` bound to the transaction's connection and `$dialect` to its SQL
 /// dialect, and the type `Db` to its sqlx database; the body is compiled once per database.
 macro_rules! on_conn {
@@ -386,8 +369,7 @@ macro_rules! on_conn {
 
 type ProductRow = (u64, String, u64, u32, u32, u64);
 type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
-type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64);
-type ListedOrderRow = (u64, u64, u64, u32, u64, String, u64, u64, Option<String>);
+type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64, Option<String>);
 type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
 type RequestKeyRow = (
     String,
@@ -411,20 +393,6 @@ impl Transaction for SqlTx {
             StoreError::Connection(message) => StoreError::CommitUnknown(message),
             other => other,
         })
-    }
-
-    async fn product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
-        let row: Option<ProductRow> = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
-                 WHERE id = ?",
-            )
-            .bind(int(id.0))
-            .fetch_optional(conn)
-            .await
-        })
-        .map_err(map_err)?;
-        Ok(row.map(product_from_row))
     }
 
     async fn product_view(
@@ -474,20 +442,27 @@ impl Transaction for SqlTx {
         }))
     }
 
-    async fn lock_product(&mut self, id: ProductId) -> StoreResult<Option<Product>> {
-        let row: Option<ProductRow> = on_conn!(self, |conn, d| {
-            let sql = locking!(
-                d,
-                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
-                WHERE id = ?"
-            );
-            sqlx::query_as::<Db, _>(sql)
-                .bind(int(id.0))
-                .fetch_optional(conn)
-                .await
+    async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
+             WHERE id IN",
+            ids.len(),
+            "ORDER BY id",
+            true,
+        );
+        let rows: Vec<ProductRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        Ok(row.map(product_from_row))
+        Ok(rows.into_iter().map(product_from_row).collect())
     }
 
     async fn insert_product(
@@ -522,19 +497,26 @@ impl Transaction for SqlTx {
 
     async fn expired_holds(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Hold>> {
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
+             order_id FROM holds WHERE state = 'held' AND expires_at <= ? AND product_id IN",
+            products.len(),
+            "ORDER BY id",
+            false,
+        );
         let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
-                 order_id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at <= ? \
-                 ORDER BY id",
-            )
-            .bind(int(product_id.0))
-            .bind(int(now.as_ms()))
-            .fetch_all(conn)
-            .await
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));
+            for id in products {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
         rows.into_iter().map(hold_from_row).collect()
@@ -542,96 +524,127 @@ impl Transaction for SqlTx {
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         let mut inserted = Inserted::default();
-        if let Some(product) = &writes.product {
-            self.update_product(product).await?;
-        }
+        self.update_products(&writes.products).await?;
         self.release_holds(&writes.holds_released).await?;
-        if let Some(product) = &writes.product {
-            inserted.holds = self
-                .insert_holds(product.id, &writes.holds_inserted)
-                .await?;
-        }
-        if let Some(order) = &writes.order_inserted {
-            let id = self.insert_order(order).await?;
-            self.consume_hold(order.hold_id, id).await?;
-            inserted.order = Some(id);
-        }
-        for &(order_id, settled) in &writes.orders_updated {
-            self.settle_order(order_id, settled).await?;
-        }
+        inserted.holds = self.insert_holds(&writes.holds_inserted).await?;
+        inserted.orders = self.insert_orders(&writes.orders_inserted).await?;
         let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
-        if let Some(record) = writes.webhook_record(&inserted).map_err(unresolved)? {
-            self.insert_webhook(&record).await?;
-        }
-        for record in writes.request_records(&inserted).map_err(unresolved)? {
-            self.insert_request_key(&record).await?;
-        }
+        let consumed = (writes.orders_inserted.iter().zip(&inserted.orders))
+            .map(|(order, &id)| Ok((inserted.hold(order.hold_id)?, id)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.consume_holds(&consumed).await?;
+        let settled = (writes.orders_updated.iter())
+            .map(|&(id, settlement)| Ok((inserted.order(id)?, settlement)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.settle_orders(&settled).await?;
+        let webhooks = (writes.webhooks.iter())
+            .map(|record| inserted.webhook_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_webhooks(&webhooks).await?;
+        let keys = (writes.request_keys.iter())
+            .map(|record| inserted.request_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_request_keys(&keys).await?;
         Ok(inserted)
     }
 
-    async fn hold(&mut self, id: HoldId, lock: bool) -> StoreResult<Option<Hold>> {
-        let row: Option<HoldRow> = on_conn!(self, |conn, d| {
-            let sql = if lock {
-                locking!(d, "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
-                    order_id FROM holds WHERE id = ?")
-            } else {
-                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, order_id \
-                 FROM holds WHERE id = ?"
-            };
-            sqlx::query_as::<Db, _>(sql).bind(int(id.0)).fetch_optional(conn).await
+    async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
+             order_id FROM holds WHERE id IN",
+            ids.len(),
+            "ORDER BY id",
+            lock,
+        );
+        let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        row.map(hold_from_row).transpose()
+        rows.into_iter().map(hold_from_row).collect()
     }
 
-    async fn order(&mut self, id: OrderId, lock: bool) -> StoreResult<Option<Order>> {
-        let row: Option<OrderRow> = on_conn!(self, |conn, d| {
-            let sql = if lock {
-                locking!(d, "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
-                    payment_due_at FROM orders WHERE id = ?")
-            } else {
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at \
-                 FROM orders WHERE id = ?"
-            };
-            sqlx::query_as::<Db, _>(sql).bind(int(id.0)).fetch_optional(conn).await
+    async fn orders(&mut self, ids: &[OrderId], lock: bool) -> StoreResult<Vec<Order>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+             payment_due_at, cancel_reason FROM orders WHERE id IN",
+            ids.len(),
+            "ORDER BY id",
+            lock,
+        );
+        let rows: Vec<OrderRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        row.map(order_from_row).transpose()
+        rows.into_iter().map(order_from_row).collect()
     }
 
-    async fn lock_webhook(&mut self, key: &IdempotencyKey) -> StoreResult<Option<WebhookRecord>> {
-        let row: Option<WebhookRow> = on_conn!(self, |conn, d| {
-            let sql = locking!(
-                d,
-                "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, \
-                received_at FROM webhooks WHERE idempotency_key = ?"
-            );
-            sqlx::query_as::<Db, _>(sql)
-                .bind(key.as_str())
-                .fetch_optional(conn)
-                .await
+    async fn lock_webhooks(&mut self, keys: &[IdempotencyKey]) -> StoreResult<Vec<WebhookRecord>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, \
+             received_at FROM webhooks WHERE idempotency_key IN",
+            keys.len(),
+            "ORDER BY idempotency_key",
+            true,
+        );
+        let rows: Vec<WebhookRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for key in keys {
+                query = query.bind(key.as_str());
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        row.map(webhook_from_row).transpose()
+        rows.into_iter().map(webhook_from_row).collect()
     }
 
-    async fn lock_request_key(
+    async fn lock_request_keys(
         &mut self,
-        key: &IdempotencyKey,
-    ) -> StoreResult<Option<RequestRecord>> {
-        let row: Option<RequestKeyRow> = on_conn!(self, |conn, d| {
-            let sql = locking!(
-                d,
-                "SELECT idempotency_key, request, product_id, qty, hold_id, resource_id, created, \
-                created_at FROM request_keys WHERE idempotency_key = ?"
-            );
-            sqlx::query_as::<Db, _>(sql)
-                .bind(key.as_str())
-                .fetch_optional(conn)
-                .await
+        keys: &[IdempotencyKey],
+    ) -> StoreResult<Vec<RequestRecord>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT idempotency_key, request, product_id, qty, hold_id, resource_id, created, \
+             created_at FROM request_keys WHERE idempotency_key IN",
+            keys.len(),
+            "ORDER BY idempotency_key",
+            true,
+        );
+        let rows: Vec<RequestKeyRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for key in keys {
+                query = query.bind(key.as_str());
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        row.map(request_key_from_row).transpose()
+        rows.into_iter().map(request_key_from_row).collect()
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
@@ -653,21 +666,27 @@ impl Transaction for SqlTx {
 
     async fn lock_overdue_orders(
         &mut self,
-        product_id: ProductId,
+        products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Order>> {
-        let rows: Vec<OrderRow> = on_conn!(self, |conn, d| {
-            let sql = locking!(
-                d,
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
-                payment_due_at FROM orders WHERE product_id = ? AND status = 'pre_payment' \
-                AND payment_due_at <= ? ORDER BY id"
-            );
-            sqlx::query_as::<Db, _>(sql)
-                .bind(int(product_id.0))
-                .bind(int(now.as_ms()))
-                .fetch_all(conn)
-                .await
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+             payment_due_at, cancel_reason FROM orders WHERE status = 'pre_payment' \
+             AND payment_due_at <= ? AND product_id IN",
+            products.len(),
+            "ORDER BY id",
+            true,
+        );
+        let rows: Vec<OrderRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));
+            for id in products {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
         rows.into_iter().map(order_from_row).collect()
@@ -735,8 +754,8 @@ impl Transaction for SqlTx {
             .await
             .map_err(map_err)?;
             let orders: Vec<OrderRow> = sqlx::query_as::<Db, _>(
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at \
-                 FROM orders ORDER BY id",
+                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at, \
+                 cancel_reason FROM orders ORDER BY id",
             )
             .fetch_all(&mut *conn)
             .await
@@ -865,7 +884,7 @@ impl SqlStore {
         }
         sql.push_str(" ORDER BY id LIMIT ?");
         let mut tx = self.begin(TxMode::Read).await?;
-        let rows: Vec<ListedOrderRow> = on_conn!(&mut tx, |conn, _d| {
+        let rows: Vec<OrderRow> = on_conn!(&mut tx, |conn, _d| {
             let mut query =
                 sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(after.map_or(0, |id| id.0)));
             if let Some(status) = filter.status {
@@ -879,39 +898,81 @@ impl SqlStore {
         .map_err(map_err)?;
         tx.commit().await?;
         rows.into_iter()
-            .map(
-                |(id, hold, product, qty, total, status, created, due, reason)| {
-                    let order =
-                        order_from_row((id, hold, product, qty, total, status, created, due))?;
-                    let reason = reason
-                        .map(|r| {
-                            CancelReason::parse(&r).ok_or_else(|| corrupt("order", id, r.as_str()))
-                        })
-                        .transpose()?;
-                    Ok((order, reason))
-                },
-            )
+            .map(|row| order_from_row(row).map(|order| (order, order.cancel_reason)))
             .collect()
     }
 }
 
-/// The statements [`Transaction::write`] is made of, one per kind of row change.
+/// `<head> (?, ?, ...) <tail>` with `n` marks, and MySQL's row-lock suffix when `lock`: one
+/// statement reads every row of a kind a batch needs. On the primary key, InnoDB takes the locks
+/// in key order, the global lock order.
+fn in_list(dialect: Dialect, head: &str, n: usize, tail: &str, lock: bool) -> String {
+    let lock = match (dialect, lock) {
+        (Dialect::MySql, true) => " FOR UPDATE",
+        (Dialect::MySql | Dialect::Sqlite, _) => "",
+    };
+    format!("{head} ({}) {tail}{lock}", marks(n))
+}
+
+/// `n` comma-separated `?`.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// `n` comma-separated copies of a row's marks, `(?, ?, ...)`.
+fn rows_of_marks(n: usize, row: &str) -> String {
+    vec![row; n].join(", ")
+}
+
+/// Checks that a statement changed as many rows as it named: fewer means a row was not in the
+/// state the decision read, which the locks rule out unless the data is corrupt.
+fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()> {
+    if rows_affected == expected as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "{expected} {what} to change, {rows_affected} changed"
+        )))
+    }
+}
+
+/// The statements [`Transaction::write`] is made of: one per kind of row change, each covering
+/// every row of its kind the batch writes.
 impl SqlTx {
-    async fn update_product(&mut self, product: &Counters) -> StoreResult<()> {
+    /// Sets the counters of every product written, in one statement.
+    async fn update_products(&mut self, products: &[Counters]) -> StoreResult<()> {
+        if products.is_empty() {
+            return Ok(());
+        }
+        let case = |column: &str| {
+            let arms = vec!["WHEN ? THEN ?"; products.len()].join(" ");
+            format!("{column} = CASE id {arms} END")
+        };
+        let sql = format!(
+            "UPDATE products SET {}, {}, {} WHERE id IN ({})",
+            case("stock"),
+            case("units_held"),
+            case("units_received"),
+            marks(products.len())
+        );
         let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "UPDATE products SET stock = ?, units_held = ?, units_received = ? WHERE id = ?",
-            )
-            .bind(product.stock.0)
-            .bind(product.units_held.0)
-            .bind(int(product.units_received))
-            .bind(int(product.id.0))
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for p in products {
+                query = query.bind(int(p.id.0)).bind(p.stock.0);
+            }
+            for p in products {
+                query = query.bind(int(p.id.0)).bind(p.units_held.0);
+            }
+            for p in products {
+                query = query.bind(int(p.id.0)).bind(int(p.units_received));
+            }
+            for p in products {
+                query = query.bind(int(p.id.0));
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())
         })
         .map_err(map_err)?;
-        expect_one(done, "product", product.id.0)
+        expect_all(done, products.len(), "products")
     }
 
     /// Releases held holds, one statement per reason; each must still be held.
@@ -925,10 +986,10 @@ impl SqlTx {
             if ids.is_empty() {
                 continue;
             }
-            let marks = vec!["?"; ids.len()].join(", ");
             let sql = format!(
                 "UPDATE holds SET state = 'released', release_reason = ? \
-                 WHERE state = 'held' AND id IN ({marks})"
+                 WHERE state = 'held' AND id IN ({})",
+                marks(ids.len())
             );
             let done = on_conn!(self, |conn, _d| {
                 let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
@@ -938,155 +999,200 @@ impl SqlTx {
                 query.execute(conn).await.map(|r| r.rows_affected())
             })
             .map_err(map_err)?;
-            if done != ids.len() as u64 {
-                return Err(StoreError::Corrupt(format!(
-                    "{} holds to release, {done} were held",
-                    ids.len()
-                )));
-            }
+            expect_all(done, ids.len(), "held holds to release")?;
         }
         Ok(())
     }
 
     /// Inserts granted holds in one statement; returns their ids, in order.
-    async fn insert_holds(
-        &mut self,
-        product_id: ProductId,
-        grants: &[HoldGrant],
-    ) -> StoreResult<Vec<HoldId>> {
-        if grants.is_empty() {
+    async fn insert_holds(&mut self, holds: &[NewHold]) -> StoreResult<Vec<HoldId>> {
+        if holds.is_empty() {
             return Ok(Vec::new());
         }
-        let values = vec!["(?, ?, ?, ?, 'held')"; grants.len()].join(", ");
         let sql = format!(
-            "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {values} \
-             RETURNING id"
+            "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {} \
+             RETURNING id",
+            rows_of_marks(holds.len(), "(?, ?, ?, ?, 'held')")
         );
-        let mut ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql.clone()));
-            for grant in grants {
+        let ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for new in holds {
                 query = query
-                    .bind(int(product_id.0))
-                    .bind(grant.qty.0)
-                    .bind(int(grant.created_at.as_ms()))
-                    .bind(int(grant.expires_at.as_ms()));
+                    .bind(int(new.product_id.0))
+                    .bind(new.grant.qty.0)
+                    .bind(int(new.grant.created_at.as_ms()))
+                    .bind(int(new.grant.expires_at.as_ms()));
             }
             query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        if ids.len() != grants.len() {
-            return Err(StoreError::Corrupt(format!(
-                "{} holds inserted, {} ids",
-                grants.len(),
-                ids.len()
-            )));
+        ascending(ids, holds.len(), "holds").map(|ids| ids.into_iter().map(HoldId).collect())
+    }
+
+    /// Inserts orders in one statement; returns their ids, in order.
+    async fn insert_orders(&mut self, orders: &[NewOrder]) -> StoreResult<Vec<OrderId>> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
         }
-        // Ids ascend within one statement; RETURNING does not promise row order.
-        ids.sort_unstable();
-        Ok(ids.into_iter().map(|(id,)| HoldId(id)).collect())
-    }
-
-    /// Marks a held hold consumed by its new order.
-    async fn consume_hold(&mut self, id: HoldId, order_id: OrderId) -> StoreResult<()> {
-        let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "UPDATE holds SET state = 'consumed', order_id = ? WHERE id = ? AND state = 'held'",
-            )
-            .bind(int(order_id.0))
-            .bind(int(id.0))
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())
+        let sql = format!(
+            "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, created_at, \
+             payment_due_at) VALUES {} RETURNING id",
+            rows_of_marks(orders.len(), "(?, ?, ?, ?, ?, ?, ?)")
+        );
+        let ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+            for order in orders {
+                query = query
+                    .bind(int(order.hold_id.0))
+                    .bind(int(order.product_id.0))
+                    .bind(order.qty.0)
+                    .bind(int(order.total_cents.0))
+                    .bind(order.status.as_str())
+                    .bind(int(order.created_at.as_ms()))
+                    .bind(int(order.payment_due_at.as_ms()));
+            }
+            query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        expect_one(done, "hold", id.0)
+        ascending(ids, orders.len(), "orders").map(|ids| ids.into_iter().map(OrderId).collect())
     }
 
-    async fn insert_order(&mut self, order: &NewOrder) -> StoreResult<OrderId> {
-        let (id,): (u64,) = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, created_at, \
-                 payment_due_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(int(order.hold_id.0))
-            .bind(int(order.product_id.0))
-            .bind(order.qty.0)
-            .bind(int(order.total_cents.0))
-            .bind(order.status.as_str())
-            .bind(int(order.created_at.as_ms()))
-            .bind(int(order.payment_due_at.as_ms()))
-            .fetch_one(conn)
-            .await
+    /// Marks held holds consumed by their new orders, in one statement.
+    async fn consume_holds(&mut self, consumed: &[(HoldId, OrderId)]) -> StoreResult<()> {
+        if consumed.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE holds SET state = 'consumed', order_id = CASE id {} END \
+             WHERE state = 'held' AND id IN ({})",
+            vec!["WHEN ? THEN ?"; consumed.len()].join(" "),
+            marks(consumed.len())
+        );
+        let done = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for (hold, order) in consumed {
+                query = query.bind(int(hold.0)).bind(int(order.0));
+            }
+            for (hold, _) in consumed {
+                query = query.bind(int(hold.0));
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())
         })
         .map_err(map_err)?;
-        Ok(OrderId(id))
+        expect_all(done, consumed.len(), "held holds to consume")
     }
 
-    /// Moves a pre-payment order to its terminal status, with the reason when cancelled;
-    /// anything but one row updated is corruption.
-    async fn settle_order(&mut self, id: OrderId, settled: Settlement) -> StoreResult<()> {
-        let done = on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
+    /// Moves pre-payment orders to their terminal status, with the reason when cancelled: one
+    /// statement per settlement; anything but every named row updated is corruption.
+    async fn settle_orders(&mut self, settled: &[(OrderId, Settlement)]) -> StoreResult<()> {
+        let kinds = [
+            Settlement::Paid,
+            Settlement::Cancelled(CancelReason::PaymentFailed),
+            Settlement::Cancelled(CancelReason::PaymentWindowClosed),
+        ];
+        for settlement in kinds {
+            let ids: Vec<u64> = (settled.iter())
+                .filter(|&&(_, s)| s == settlement)
+                .map(|&(id, _)| id.0)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let sql = format!(
                 "UPDATE orders SET status = ?, cancel_reason = ? \
-                 WHERE id = ? AND status = 'pre_payment'",
-            )
-            .bind(settled.status().as_str())
-            .bind(settled.cancel_reason().map(CancelReason::as_str))
-            .bind(int(id.0))
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected())
-        })
-        .map_err(map_err)?;
-        expect_one(done, "order", id.0)
-    }
-
-    async fn insert_webhook(&mut self, record: &WebhookRecord) -> StoreResult<()> {
-        on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, order_id, \
-                 received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(record.key.as_str())
-            .bind(int(record.hold_id.0))
-            .bind(record.status.as_str())
-            .bind(record.fingerprint.to_string())
-            .bind(record.result.as_str())
-            .bind(record.order_id.map(|id| int(id.0)))
-            .bind(int(record.received_at.as_ms()))
-            .execute(conn)
-            .await
-            .map(|_| ())
-        })
-        .map_err(map_err)?;
+                 WHERE status = 'pre_payment' AND id IN ({})",
+                marks(ids.len())
+            );
+            let done = on_conn!(self, |conn, _d| {
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
+                    .bind(settlement.status().as_str())
+                    .bind(settlement.cancel_reason().map(CancelReason::as_str));
+                for &id in &ids {
+                    query = query.bind(int(id));
+                }
+                query.execute(conn).await.map(|r| r.rows_affected())
+            })
+            .map_err(map_err)?;
+            expect_all(done, ids.len(), "pre-payment orders to settle")?;
+        }
         Ok(())
     }
 
-    async fn insert_request_key(&mut self, record: &RequestRecord) -> StoreResult<()> {
-        let (product_id, qty, hold_id) = match record.request {
-            KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
-            KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
-        };
+    /// Inserts webhook records in one statement.
+    async fn insert_webhooks(&mut self, records: &[WebhookRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, \
+             order_id, received_at) VALUES {}",
+            rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?)")
+        );
         on_conn!(self, |conn, _d| {
-            sqlx::query::<Db>(
-                "INSERT INTO request_keys (idempotency_key, request, product_id, qty, hold_id, \
-                 resource_id, created, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(record.key.as_str())
-            .bind(record.request.name())
-            .bind(product_id.map(int))
-            .bind(qty)
-            .bind(hold_id.map(int))
-            .bind(int(record.resource_id))
-            .bind(record.created)
-            .bind(int(record.created_at.as_ms()))
-            .execute(conn)
-            .await
-            .map(|_| ())
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for record in records {
+                query = query
+                    .bind(record.key.as_str())
+                    .bind(int(record.hold_id.0))
+                    .bind(record.status.as_str())
+                    .bind(record.fingerprint.to_string())
+                    .bind(record.result.as_str())
+                    .bind(record.order_id.map(|id| int(id.0)))
+                    .bind(int(record.received_at.as_ms()));
+            }
+            query.execute(conn).await.map(|_| ())
         })
-        .map_err(map_err)?;
-        Ok(())
+        .map_err(map_err)
     }
+
+    /// Inserts client request-key records in one statement.
+    async fn insert_request_keys(&mut self, records: &[RequestRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO request_keys (idempotency_key, request, product_id, qty, hold_id, \
+             resource_id, created, created_at) VALUES {}",
+            rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
+        );
+        on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for record in records {
+                let (product_id, qty, hold_id) = match record.request {
+                    KeyedRequest::PlaceHold { product_id, qty } => {
+                        (Some(product_id.0), Some(qty.0), None)
+                    }
+                    KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
+                };
+                query = query
+                    .bind(record.key.as_str())
+                    .bind(record.request.name())
+                    .bind(product_id.map(int))
+                    .bind(qty)
+                    .bind(hold_id.map(int))
+                    .bind(int(record.resource_id))
+                    .bind(record.created)
+                    .bind(int(record.created_at.as_ms()));
+            }
+            query.execute(conn).await.map(|_| ())
+        })
+        .map_err(map_err)
+    }
+}
+
+/// The ids one multi-row `INSERT ... RETURNING` assigned, in row order: ids ascend within one
+/// statement (whatever the auto-increment lock mode interleaves between statements), while
+/// `RETURNING` does not promise row order.
+fn ascending(ids: Vec<(u64,)>, rows: usize, what: &str) -> StoreResult<Vec<u64>> {
+    if ids.len() != rows {
+        return Err(StoreError::Corrupt(format!(
+            "{rows} {what} inserted, {} ids returned",
+            ids.len()
+        )));
+    }
+    let mut ids: Vec<u64> = ids.into_iter().map(|(id,)| id).collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// A `u64` as SQLite and MySQL both bind it. Ids and amounts stay far below `i64::MAX` (the core
@@ -1094,16 +1200,6 @@ impl SqlTx {
 /// keeps it in the far future.
 fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn expect_one(rows_affected: u64, what: &str, id: u64) -> StoreResult<()> {
-    if rows_affected == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Corrupt(format!(
-            "{what} {id}: {rows_affected} rows updated"
-        )))
-    }
 }
 
 fn product_from_row(row: ProductRow) -> Product {
@@ -1143,7 +1239,11 @@ fn hold_from_row(row: HoldRow) -> StoreResult<Hold> {
 }
 
 fn order_from_row(row: OrderRow) -> StoreResult<Order> {
-    let (id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at) = row;
+    let (id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at, reason) =
+        row;
+    let cancel_reason = reason
+        .map(|r| CancelReason::parse(&r).ok_or_else(|| corrupt("order", id, &r)))
+        .transpose()?;
     Ok(Order {
         id: OrderId(id),
         hold_id: HoldId(hold_id),
@@ -1153,6 +1253,7 @@ fn order_from_row(row: OrderRow) -> StoreResult<Order> {
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt("order", id, &status))?,
         created_at: Timestamp(created_at),
         payment_due_at: Timestamp(payment_due_at),
+        cancel_reason,
     })
 }
 

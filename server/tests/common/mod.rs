@@ -95,6 +95,20 @@ impl Db {
         store
     }
 
+    /// Runs one statement on the database from outside any service (to corrupt a row, say).
+    pub async fn execute(&self, sql: &str) {
+        let statement = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+            pool.execute(statement).await.expect("executed");
+            pool.close().await;
+        } else {
+            let pool = sqlx::MySqlPool::connect(&self.url).await.expect("connect");
+            pool.execute(statement).await.expect("executed");
+            pool.close().await;
+        }
+    }
+
     /// Checks the invariants on the database's rows, then drops a MariaDB database.
     pub async fn finish(self, service: &TestService) {
         let dump = service.dump().await.expect("dump");

@@ -266,6 +266,7 @@ impl Generator {
                 product_id: self.product(),
                 qty: Qty(1 + self.rng.below(2) as u32),
                 ttl_ms: TTL_MS,
+                key: None,
             };
         }
         let orders_percent = (100 - self.mix.holds_percent) * 2 / 3;
@@ -275,6 +276,7 @@ impl Generator {
             return Command::PlaceOrder {
                 hold_id,
                 payment_window_ms: WINDOW_MS,
+                key: None,
             };
         }
         Command::ApplyWebhook(self.webhook())
@@ -323,6 +325,7 @@ impl Generator {
                 Ok(Outcome::HoldPlaced {
                     hold,
                     holds_released,
+                    ..
                 }),
             ) => {
                 stats.holds_granted += 1;
@@ -339,7 +342,7 @@ impl Generator {
                 stats.webhooks_replayed += 1;
             }
             (_, Ok(Outcome::WebhookApplied { .. })) => stats.webhooks_new += 1,
-            (_, Ok(Outcome::Restocked(_))) => stats.restocks += 1,
+            (_, Ok(Outcome::Restocked { .. })) => stats.restocks += 1,
             (_, Ok(Outcome::Swept { holds_released, .. })) => {
                 stats.sweeps += 1;
                 stats.holds_released += holds_released.len() as u64;

@@ -1,5 +1,6 @@
-//! One hold transaction, and one batch of 100 hold requests decided by one transaction, on each
-//! database: what the hot-product batching buys per request, without HTTP in the way.
+//! One hold transaction, and one batch of 100 hold requests decided by one transaction (on one
+//! product, and spread over 100), on each database: what group commit buys per request, without
+//! HTTP in the way.
 //!
 //! `cargo bench -p flashsale-benches --bench store`. MariaDB is `FLASHSALE_BENCH_MYSQL_URL`
 //! (default `mysql://root@127.0.0.1:3306`); each run creates a fresh database and drops it at the
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flashsale_core::{Cents, HoldRequest, ProductId, Qty};
+use flashsale_core::{Cents, Command, ProductId, Qty};
 use flashsale_server::clock::SystemClock;
 use flashsale_server::service::{Config, Service};
 use flashsale_server::store::sql::SqlStore;
@@ -22,7 +23,7 @@ type BenchService = Service<SqlStore, SystemClock>;
 
 /// A fresh database of each kind, named by the process, with its service and one product whose
 /// stock outlasts any run.
-async fn databases() -> Vec<(&'static str, BenchService, ProductId)> {
+async fn databases() -> Vec<(&'static str, BenchService, Vec<ProductId>)> {
     let mut services = Vec::new();
     let dir = std::env::temp_dir().join(format!("flashsale-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -51,12 +52,15 @@ async fn databases() -> Vec<(&'static str, BenchService, ProductId)> {
             ..Config::default()
         };
         let service = Service::new(store, SystemClock, config);
-        let product = service
-            .create_product("bench", Cents(100), Qty(u32::MAX))
-            .await
-            .expect("product")
-            .id;
-        ready.push((name, service, product));
+        let mut products = Vec::new();
+        for _ in 0..BATCH {
+            let product = service
+                .create_product("bench", Cents(100), Qty(u32::MAX))
+                .await
+                .expect("product");
+            products.push(product.id);
+        }
+        ready.push((name, service, products));
     }
     ready
 }
@@ -77,18 +81,28 @@ fn bench_hold_transactions(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let services = runtime.block_on(databases());
-    let one = [HoldRequest::unkeyed(Qty(1))];
-    let batch: Vec<HoldRequest> = (0..BATCH).map(|_| HoldRequest::unkeyed(Qty(1))).collect();
-    for (name, service, product) in &services {
+    for (name, service, products) in &services {
+        let hold = |product_id| Command::PlaceHold {
+            product_id,
+            qty: Qty(1),
+            ttl_ms: 60 * 60 * 1_000,
+            key: None,
+        };
+        let one = [hold(products[0])];
+        let hot: Vec<Command> = (0..BATCH).map(|_| hold(products[0])).collect();
+        let spread: Vec<Command> = products.iter().map(|&p| hold(p)).collect();
         let mut group = c.benchmark_group(format!("hold_transaction/{name}"));
         group.measurement_time(Duration::from_secs(5));
         group.throughput(Throughput::Elements(1));
         group.bench_function("one_request", |b| {
-            b.iter(|| runtime.block_on(service.place_hold_batch(*product, black_box(&one))));
+            b.iter(|| runtime.block_on(service.execute_batch(black_box(&one))));
         });
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function("batch_of_100", |b| {
-            b.iter(|| runtime.block_on(service.place_hold_batch(*product, black_box(&batch))));
+            b.iter(|| runtime.block_on(service.execute_batch(black_box(&hot))));
+        });
+        group.bench_function("batch_of_100_over_100_products", |b| {
+            b.iter(|| runtime.block_on(service.execute_batch(black_box(&spread))));
         });
         group.finish();
     }

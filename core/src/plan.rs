@@ -11,8 +11,9 @@
 //! 3. the products, in id order (locked);
 //! 4. those holds again, locked under their products;
 //! 5. the orders of the consumed ones (locked);
-//! 6. the expired holds of the products that hold requests, restocks and sweeps name (read under
-//!    the product's lock, at the decision's `now`);
+//! 6. the expired holds of the products that hold requests, restocks and sweeps name (locked
+//!    under the product's lock, at the decision's `now`: a grant or a sweep releases them, and
+//!    every row a batch writes is locked while it loads, before any webhook record);
 //! 7. the overdue orders of the products swept (locked);
 //! 8. the webhook records, in key order (locked).
 //!
@@ -46,8 +47,8 @@ pub enum Load {
     Holds(Vec<(ProductId, HoldId)>),
     /// Lock and read orders, each under its product's lock (taken already).
     Orders(Vec<(ProductId, OrderId)>),
-    /// Read the products' held holds whose deadline has passed at the decision's `now`, under
-    /// the products' locks (which keep every other transaction off them).
+    /// Lock and read the products' held holds whose deadline has passed at the decision's
+    /// `now`, under the products' locks (which keep every other transaction off them).
     ExpiredHolds(Vec<ProductId>),
     /// Lock and read the products' pre-payment orders whose payment window closed at `now`.
     OverdueOrders(Vec<ProductId>),
@@ -56,8 +57,9 @@ pub enum Load {
 }
 
 impl Load {
-    /// The row locks this read takes, in the order it takes them. [`Load::OverdueOrders`]
-    /// locks the orders it finds, each a [`RowLock::Order`] under its product's lock.
+    /// The row locks this read takes, in the order it takes them. [`Load::ExpiredHolds`] and
+    /// [`Load::OverdueOrders`] lock the rows they find, each a [`RowLock::Hold`] or
+    /// [`RowLock::Order`] under its product's lock.
     pub fn locks(&self) -> Vec<RowLock> {
         match self {
             Load::RequestKeys(keys) => keys.iter().cloned().map(RowLock::RequestKey).collect(),

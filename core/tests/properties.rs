@@ -77,7 +77,7 @@ fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
 }
 
 /// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes:
-/// the load's own, and each overdue order it locks.
+/// the load's own, and each expired hold and overdue order it locks.
 fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<RowLock>) {
     let mut locks = load.locks();
     let loaded = match load {
@@ -106,14 +106,19 @@ fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<R
                 .filter_map(|&(_, id)| ledger.order(id).copied())
                 .collect(),
         ),
-        Load::ExpiredHolds(ids) => Loaded::Holds(
-            ledger
+        Load::ExpiredHolds(ids) => {
+            let expired: Vec<_> = ledger
                 .holds()
                 .filter(|h| ids.contains(&h.product_id))
                 .filter(|h| h.state == HoldState::Held && h.is_expired(now))
                 .copied()
-                .collect(),
-        ),
+                .collect();
+            locks.extend(expired.iter().map(|h| RowLock::Hold {
+                product: h.product_id,
+                id: h.id,
+            }));
+            Loaded::Holds(expired)
+        }
         Load::OverdueOrders(ids) => {
             let overdue: Vec<_> = ledger
                 .orders()

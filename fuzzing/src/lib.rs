@@ -68,6 +68,7 @@ fn step(u: &mut Unstructured<'_>, model: &Model) -> arbitrary::Result<(i64, Mode
                 1 => 86_400_001,
                 _ => u.int_in_range(1_000..=5_999)?,
             },
+            key: client_key(u)?,
         },
         8..=11 => ModelCommand::PlaceOrder {
             hold: id(u)?,
@@ -76,6 +77,7 @@ fn step(u: &mut Unstructured<'_>, model: &Model) -> arbitrary::Result<(i64, Mode
             } else {
                 u.int_in_range(1_000..=9_999)?
             },
+            key: client_key(u)?,
         },
         12..=15 => ModelCommand::Webhook {
             key: format!("evt_{}", u.int_in_range(0..=5)?),
@@ -85,6 +87,14 @@ fn step(u: &mut Unstructured<'_>, model: &Model) -> arbitrary::Result<(i64, Mode
         _ => ModelCommand::Sweep,
     };
     Ok((dt, command))
+}
+
+/// A client's `Idempotency-Key`, now and then, from a few: retries and reuse across requests.
+fn client_key(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<String>> {
+    Ok(match u.ratio(1, 4)? {
+        true => Some(format!("req_{}", u.int_in_range(0..=3)?)),
+        false => None,
+    })
 }
 
 /// Command sequences into the core: every outcome equals the naive model's, every row and

@@ -38,10 +38,7 @@ const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 25
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
-        .set_buckets_for_metric(
-            Matcher::Full("flashsale_batch_size".into()),
-            &BATCH_BUCKETS,
-        )?
+        .set_buckets_for_metric(Matcher::Full("flashsale_batch_size".into()), &BATCH_BUCKETS)?
         .install_recorder()?;
     Ok(handle)
 }

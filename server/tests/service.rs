@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_core::{
-    CancelReason, Cents, Command, Fingerprint, HoldId, HoldState, HoldView, ID_MAX,
-    IdempotencyKey, OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection,
-    ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
+    CancelReason, Cents, Command, Fingerprint, HoldId, HoldState, HoldView, ID_MAX, IdempotencyKey,
+    OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason,
+    Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{
@@ -204,11 +204,20 @@ async fn a_batch_of_mixed_commands_over_several_products_decides_in_arrival_orde
         panic!("{:?}", answers[1]);
     };
     assert!(created);
-    let Ok(Outcome::WebhookApplied { record, order: paid_order, .. }) = &answers[2] else {
+    let Ok(Outcome::WebhookApplied {
+        record,
+        order: paid_order,
+        ..
+    }) = &answers[2]
+    else {
         panic!("{:?}", answers[2]);
     };
     assert_eq!(record.result, WebhookResult::Applied);
-    assert_eq!(record.order_id, Some(order.id), "the webhook names the batch's order");
+    assert_eq!(
+        record.order_id,
+        Some(order.id),
+        "the webhook names the batch's order"
+    );
     assert_eq!(paid_order.map(|o| o.status), Some(OrderStatus::Paid));
     assert_eq!(held(&answers[3]), Err(rejection_for(1)), "q was sold out");
     let Ok(Outcome::Restocked { available, .. }) = &answers[4] else {
@@ -217,12 +226,20 @@ async fn a_batch_of_mixed_commands_over_several_products_decides_in_arrival_orde
     assert_eq!(*available, Qty(2));
     assert!(held(&answers[5]).is_ok(), "the restock's units");
     assert!(held(&answers[6]).is_ok(), "p's last unit");
-    let Ok(Outcome::OrderPlaced { order: again, created, .. }) = &answers[7] else {
+    let Ok(Outcome::OrderPlaced {
+        order: again,
+        created,
+        ..
+    }) = &answers[7]
+    else {
         panic!("{:?}", answers[7]);
     };
     assert!(!created);
     assert_eq!((again.id, again.status), (order.id, OrderStatus::Paid));
-    assert_eq!(service.order(order.id).await.expect("stored").status, OrderStatus::Paid);
+    assert_eq!(
+        service.order(order.id).await.expect("stored").status,
+        OrderStatus::Paid
+    );
     db.finish(&service).await;
 }
 
@@ -250,7 +267,10 @@ async fn a_command_missing_a_hold_its_batch_inserted_is_decided_after_it(db: Db)
         }
         Err(ServiceError::Rejected(Rejection::UnknownHold { hold_id })) => {
             assert_eq!(*hold_id, next);
-            assert_ne!(hold.id, next, "the batch granted the very hold the order missed");
+            assert_ne!(
+                hold.id, next,
+                "the batch granted the very hold the order missed"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -268,8 +288,11 @@ async fn a_poisoned_command_fails_alone_and_the_rest_of_its_batch_commits(db: Db
     let (p, q) = (product(&service, 2).await, product(&service, 2).await);
     // A hold row with a state word no release can match: reading it fails the batch.
     let hold = service.place_hold(q, Qty(1)).await.expect("granted").hold;
-    db.execute(&format!("UPDATE holds SET state = 'bogus' WHERE id = {}", hold.id))
-        .await;
+    db.execute(&format!(
+        "UPDATE holds SET state = 'bogus' WHERE id = {}",
+        hold.id
+    ))
+    .await;
     let answers = service
         .execute_batch(&[
             hold_command(p, 1, None),
@@ -285,8 +308,11 @@ async fn a_poisoned_command_fails_alone_and_the_rest_of_its_batch_commits(db: Db
     );
     assert!(held(&answers[2]).is_ok());
     assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
-    db.execute(&format!("UPDATE holds SET state = 'held' WHERE id = {}", hold.id))
-        .await;
+    db.execute(&format!(
+        "UPDATE holds SET state = 'held' WHERE id = {}",
+        hold.id
+    ))
+    .await;
     db.finish(&service).await;
 }
 

@@ -255,7 +255,14 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<Hold>> {
-        self.tx()?.expired_holds(products, now).await
+        let holds = self.tx()?.expired_holds(products, now).await?;
+        for hold in &holds {
+            self.took(RowLock::Hold {
+                product: hold.product_id,
+                id: hold.id,
+            })?;
+        }
+        Ok(holds)
     }
 
     async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {

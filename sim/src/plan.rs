@@ -132,10 +132,14 @@ pub struct Journey {
     #[serde(default)]
     pub reads: bool,
     /// How many other buyers send the same hold request to one instance at the same moment,
-    /// without keys, and abandon what they get: a flash sale's crowd, which the product's queue
+    /// without keys, and abandon what they get: a flash sale's crowd, which the instance's queue
     /// decides in batches (the abandoned holds expire, for later batches to release).
     #[serde(default)]
     pub crowd: u8,
+    /// Whether the crowd's buyers spread over every product, one after another, so one
+    /// transaction decides holds on several products.
+    #[serde(default)]
+    pub crowd_spread: bool,
 }
 
 /// Something the world does to the servers.
@@ -210,9 +214,10 @@ pub struct Plan {
     pub restocks: Vec<Restock>,
     /// The storage faults while the load runs.
     pub faults: FaultProfile,
-    /// How many concurrent hold requests for one product one transaction decides (1: one
-    /// transaction per request).
-    pub hold_batch_max: usize,
+    /// How many requests that arrive together one transaction of an instance decides, whatever
+    /// their kinds and products (1: one transaction per request).
+    #[serde(alias = "hold_batch_max")]
+    pub batch_max: usize,
 }
 
 impl Plan {
@@ -267,7 +272,7 @@ impl Plan {
             })
             .collect();
         // Drawn last, so the rest of every seed's plan stays as it was before batching existed.
-        let hold_batch_max = [1, 2, 8, 128][rng.below(4) as usize];
+        let batch_max = [1, 2, 8, 128][rng.below(4) as usize];
         // Drawn after it, for the same reason: reads came later still.
         let mut clients = clients;
         for journey in clients.iter_mut().flatten() {
@@ -281,6 +286,10 @@ impl Plan {
                 0
             };
         }
+        // And whether a crowd spreads over the products, drawn only for a crowd.
+        for journey in clients.iter_mut().flatten().filter(|j| j.crowd > 0) {
+            journey.crowd_spread = rng.chance(50);
+        }
         Plan {
             stocks,
             hold_ttl_ms,
@@ -291,7 +300,7 @@ impl Plan {
             chaos,
             restocks,
             faults,
-            hold_batch_max,
+            batch_max,
         }
     }
 
@@ -318,8 +327,8 @@ impl Plan {
         if self.servers == 0 {
             return Err("servers: a plan needs at least one server".into());
         }
-        if self.hold_batch_max == 0 {
-            return Err("hold_batch_max must be at least 1".into());
+        if self.batch_max == 0 {
+            return Err("batch_max must be at least 1".into());
         }
         let product_ok = |p: usize| (1..=products).contains(&p);
         for (c, journeys) in self.clients.iter().enumerate() {
@@ -390,6 +399,7 @@ fn journey(rng: &mut PlanRng, products: usize, ttl_ms: u64, window_ms: u64) -> J
         double_submit: keyed && rng.chance(20),
         reads: false,
         crowd: 0,
+        crowd_spread: false,
     }
 }
 
@@ -414,13 +424,9 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers; hold batches \
-             of up to {}",
-            self.stocks,
-            self.hold_ttl_ms,
-            self.payment_window_ms,
-            self.servers,
-            self.hold_batch_max
+            "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers; batches of \
+             up to {}",
+            self.stocks, self.hold_ttl_ms, self.payment_window_ms, self.servers, self.batch_max
         )?;
         let p = &self.faults;
         writeln!(

@@ -116,7 +116,7 @@ fn faults_table(config: &RunConfig) -> String {
         p.servers,
         p.hold_ttl_ms,
         p.payment_window_ms,
-        p.hold_batch_max
+        p.batch_max
     )
 }
 

@@ -130,8 +130,13 @@ pub struct FaultCounts {
     pub commits: u64,
     /// Transactions rolled back.
     pub rollbacks: u64,
-    /// Hold requests a committed transaction decided together with others (a batch).
+    /// Requests a committed transaction decided together with others (a batch).
     pub batched: u64,
+    /// Committed batches that wrote the rows of several products.
+    pub batched_products: u64,
+    /// Committed batches that decided requests of several kinds (holds, orders, webhooks,
+    /// restocks).
+    pub batched_kinds: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +195,7 @@ impl Tables {
             self.orders.values().copied(),
             self.webhooks.values().cloned(),
         )
+        .with_request_keys(self.request_keys.values().cloned())
     }
 }
 
@@ -759,6 +765,19 @@ impl Transaction for SimTx {
             let entries = end_entries(self.id, &self.keys_found, &shared.tables, &writes);
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
+                let products: BTreeSet<u64> = (writes.values())
+                    .filter_map(|row| match row {
+                        Row::Product(p) => Some(p.id.0),
+                        _ => None,
+                    })
+                    .collect();
+                if products.len() > 1 {
+                    shared.counts.batched_products += 1;
+                }
+                let kinds: BTreeSet<&str> = entries.iter().map(|e| kind(&e.command)).collect();
+                if kinds.len() > 1 {
+                    shared.counts.batched_kinds += 1;
+                }
                 let releases = writes.values().any(|row| {
                     matches!(row, Row::Hold(h) if h.state == HoldState::Released(ReleaseReason::Expired)
                         && shared.tables.holds.get(&h.id.0).is_some_and(|old| old.state == HoldState::Held))
@@ -872,10 +891,14 @@ impl Transaction for SimTx {
         now: Timestamp,
     ) -> StoreResult<Vec<Hold>> {
         self.step().await?;
-        Ok(products
+        let expired: Vec<Hold> = products
             .iter()
             .flat_map(|&id| self.expired_of(id, now))
-            .collect())
+            .collect();
+        for hold in &expired {
+            self.lock(RowKey::Hold(hold.id.0)).await?;
+        }
+        Ok(expired)
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
@@ -1099,6 +1122,18 @@ fn end_entries(
         }
     }
     ending.entries(refine::current())
+}
+
+/// A command's kind, to tell batches of one kind from mixed ones.
+fn kind(command: &Command) -> &'static str {
+    match command {
+        Command::CreateProduct { .. } => "create product",
+        Command::Restock { .. } => "restock",
+        Command::PlaceHold { .. } => "hold",
+        Command::PlaceOrder { .. } => "order",
+        Command::ApplyWebhook(_) => "webhook",
+        Command::Sweep | Command::SweepProduct { .. } => "sweep",
+    }
 }
 
 fn missing(what: &str, id: u64) -> StoreError {

@@ -191,13 +191,21 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
     let c = &report.fault_counts;
     let s = &report.stats;
     let race = |name: &str| s.races.get(name).copied().unwrap_or(0);
-    let items: [(&str, u64); 23] = [
+    let items: [(&str, u64); 25] = [
         ("fault: deadlock", c.deadlock),
         ("fault: lock wait timeout", c.lock_timeout),
         ("fault: connection lost", c.connection_lost),
         ("fault: commit answer lost", c.commit_answer_lost),
-        ("batch: hold requests decided together", c.batched),
+        ("batch: requests decided together", c.batched),
         ("batch: releasing expired holds", c.batched_releasing),
+        (
+            "batch: several products in one transaction",
+            c.batched_products,
+        ),
+        (
+            "batch: several kinds of request in one transaction",
+            c.batched_kinds,
+        ),
         ("chaos: crash", s.crashes),
         ("chaos: clock step back", s.clock_steps_back),
         ("chaos: clock step forward", s.clock_steps_forward),

@@ -9,14 +9,14 @@
 //! liveness phase at the end
 //! in which faults stop, clocks heal, time passes every deadline and everything must settle.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderStatus, PaymentStatus,
-    ProductId, Qty, Rejection, RequestRecord, Timestamp, WebhookPayload, WebhookResult,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Order, OrderStatus, PaymentStatus,
+    ProductId, Qty, Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::service::{
@@ -30,7 +30,7 @@ use crate::clock::{SimClock, true_now};
 use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
 use crate::plan::{Chaos, Journey, Plan, Verdict};
-use crate::refine::{self, Answer, Entry, OP, OpContext, Read, Request, Seen, Target};
+use crate::refine::{self, Answer, OP, OpContext, Read, Request, Seen, Target};
 use crate::store::{Bug, FaultCounts, SimStore, sim_us};
 use crate::trace::Event;
 use crate::words;
@@ -325,8 +325,6 @@ struct World {
     next_op: Mutex<u64>,
     /// What clients saw, by request number, for the replay to check.
     client_answers: Mutex<BTreeMap<u64, Answer>>,
-    /// The holds or orders each client idempotency key was answered with.
-    key_answers: Mutex<BTreeMap<String, BTreeSet<u64>>>,
     /// What clients read, for the replay to check.
     client_reads: Mutex<Vec<Read>>,
 }
@@ -355,11 +353,11 @@ fn keyed_words(replayed: bool, answer: &Answer) -> String {
 
 impl Answered for Keyed<HoldPlaced> {
     fn answer(&self) -> Option<Answer> {
-        (!self.replayed).then(|| hold_answer(self))
+        Some(Answer::from(self))
     }
 
     fn describe(&self) -> String {
-        keyed_words(self.replayed, &hold_answer(self))
+        words::answer(&Answer::from(self))
     }
 
     fn digest(&self) -> [u64; 3] {
@@ -367,18 +365,13 @@ impl Answered for Keyed<HoldPlaced> {
     }
 }
 
-/// A granted hold as the replay's answer.
-fn hold_answer(placed: &Keyed<HoldPlaced>) -> Answer {
-    Answer::from(&placed.value)
-}
-
 impl Answered for Keyed<OrderPlaced> {
     fn answer(&self) -> Option<Answer> {
-        (!self.replayed).then(|| Answer::from(&self.value))
+        Some(Answer::from(self))
     }
 
     fn describe(&self) -> String {
-        keyed_words(self.replayed, &Answer::from(&self.value))
+        words::answer(&Answer::from(self))
     }
 
     fn digest(&self) -> [u64; 3] {
@@ -484,15 +477,6 @@ fn record_failure(slot: &Mutex<Option<Failure>>, store: &SimStore, mut failure: 
 /// A webhook key's first answer: its result, its order, and the request it answered.
 type FirstAnswer = (WebhookResult, Option<u64>, u64);
 
-/// What a client key names: `hold-3` a hold, `order-4` an order.
-fn key_resource(key: &str) -> &'static str {
-    if key.starts_with("order") {
-        "order"
-    } else {
-        "hold"
-    }
-}
-
 /// Why a client request got no answer from the service.
 #[derive(Debug)]
 enum CallError {
@@ -518,7 +502,7 @@ impl World {
         let service_config = Config {
             hold_ttl_ms: plan.hold_ttl_ms,
             payment_window_ms: plan.payment_window_ms,
-            hold_batch_max: plan.hold_batch_max,
+            batch_max: plan.batch_max,
             // Records are never purged: the checkers replay every one (see `purge_records`).
             request_key_retention_ms: u64::MAX,
             webhook_retention_ms: u64::MAX,
@@ -567,7 +551,6 @@ impl World {
             products,
             next_key: Mutex::new(0),
             client_answers: Mutex::new(BTreeMap::new()),
-            key_answers: Mutex::new(BTreeMap::new()),
             client_reads: Mutex::new(Vec::new()),
         });
         PARTIAL.with(|slot| {
@@ -739,7 +722,6 @@ impl World {
             }),
             Err(difference) => self.fail(difference),
         }
-        self.check_request_keys(&ledger, &log);
         let answered: Vec<String> = lock(&self.answers).keys().cloned().collect();
         for key in answered {
             let recorded = IdempotencyKey::parse(&key).and_then(|k| ledger.webhook(&k).cloned());
@@ -748,95 +730,6 @@ impl World {
                     Check::Liveness,
                     "webhook without record",
                     format!("webhook {key} was answered but has no record"),
-                ));
-            }
-        }
-    }
-
-    /// Every client idempotency key: applied by at most one commit, answering one resource to
-    /// every request under it, recorded with that resource, which matches the request.
-    fn check_request_keys(&self, ledger: &Ledger, log: &[Entry]) {
-        let records: BTreeMap<String, RequestRecord> = self
-            .store
-            .request_keys()
-            .into_iter()
-            .map(|r| (r.key.as_str().to_owned(), r))
-            .collect();
-        let mut applied: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
-        for (i, entry) in log
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.wrote && !e.replayed)
-        {
-            // A transaction's inserted rows are on its first entry. A batch's other requests
-            // each either made one of them (their key was recorded) or were refused.
-            let alone = log.get(i + 1).is_none_or(|next| next.tx != entry.tx)
-                && (i == 0 || log[i - 1].tx != entry.tx);
-            let inserted = !entry.holds_inserted.is_empty() || !entry.orders_inserted.is_empty();
-            let made = if alone {
-                inserted
-            } else {
-                entry
-                    .key
-                    .as_ref()
-                    .is_some_and(|k| entry.keys_recorded.iter().any(|r| r == k.as_str()))
-            };
-            if let (Some(key), true) = (&entry.key, made) {
-                applied
-                    .entry(key.as_str())
-                    .or_default()
-                    .push((entry.op, entry.tx));
-            }
-        }
-        if let Some((key, commits)) = applied.iter().find(|(_, c)| c.len() > 1) {
-            let list: Vec<String> = commits
-                .iter()
-                .map(|(op, tx)| format!("r{op} in tx{tx}"))
-                .collect();
-            self.fail(
-                Failure::new(
-                    Check::Idempotency,
-                    "key applied twice",
-                    format!(
-                        "Idempotency-Key {key} made a {} in {} commits: {}",
-                        key_resource(key),
-                        commits.len(),
-                        list.join(", ")
-                    ),
-                )
-                .at_request(commits.get(1).map(|&(op, _)| op)),
-            );
-        }
-        for (key, seen) in lock(&self.key_answers).iter() {
-            let record = records.get(key).map(|r| r.resource_id);
-            let expected: BTreeSet<u64> = record.into_iter().collect();
-            if *seen != expected {
-                let what = key_resource(key);
-                let seen: Vec<String> = seen.iter().map(|id| format!("{what} {id}")).collect();
-                self.fail(Failure::new(
-                    Check::Idempotency,
-                    "key answered otherwise than its record",
-                    format!(
-                        "Idempotency-Key {key} was answered with {}, but its record names {}",
-                        seen.join(" and "),
-                        record.map_or(format!("no {what}"), |id| format!("{what} {id}"))
-                    ),
-                ));
-            }
-        }
-        for record in records.values() {
-            if !record.names_its_resource(ledger) {
-                self.fail(Failure::new(
-                    Check::Idempotency,
-                    "record names another resource",
-                    format!(
-                        "Idempotency-Key {} names {} {}, which does not match its request \
-                         {:?}",
-                        record.key,
-                        record.request.name(),
-                        record.resource_id,
-                        record.request
-                    ),
                 ));
             }
         }
@@ -1083,9 +976,13 @@ impl World {
         } else {
             0
         };
-        for _ in 0..journey.crowd {
+        for n in 0..journey.crowd {
             let world = self.clone();
             let qty = Qty(journey.qty);
+            let product_id = match journey.crowd_spread {
+                true => self.product_id(journey.product.saturating_add(usize::from(n))),
+                false => product_id,
+            };
             spawned.push(madsim::task::spawn(async move {
                 world.crowd_buyer(client, crowd_at, product_id, qty).await;
             }));
@@ -1252,15 +1149,9 @@ impl World {
         IdempotencyKey::parse(&format!("{what}-{}", *next)).unwrap_or_else(|| unreachable!())
     }
 
-    /// Notes what a keyed request was answered with, and whether it was a replay.
-    fn keyed_answer(&self, key: Option<&IdempotencyKey>, resource_id: u64, replayed: bool) {
-        let Some(key) = key else { return };
-        let mut answers = lock(&self.key_answers);
-        answers
-            .entry(key.as_str().to_owned())
-            .or_default()
-            .insert(resource_id);
-        drop(answers);
+    /// Counts a keyed request answered from its key's record. What it was answered is checked
+    /// by the replay, whose ledger keeps the keys' records too.
+    fn keyed_answer(&self, replayed: bool) {
         if replayed {
             self.count(|s| s.keyed_replays += 1);
         }
@@ -1289,8 +1180,8 @@ impl World {
                     self.place_hold(instance, key.as_ref(), product_id, qty)
                 );
                 match second {
-                    Ok(Keyed { value, replayed }) => {
-                        self.keyed_answer(key.as_ref(), value.hold.id.0, replayed);
+                    Ok(Keyed { replayed, .. }) => {
+                        self.keyed_answer(replayed);
                     }
                     Err(CallError::Service(ServiceError::KeyInFlight { .. })) => {
                         self.count(|s| s.keys_in_flight += 1);
@@ -1305,7 +1196,7 @@ impl World {
             match placed {
                 Ok(Keyed { value, replayed }) => {
                     self.count(|s| s.holds_granted += 1);
-                    self.keyed_answer(key.as_ref(), value.hold.id.0, replayed);
+                    self.keyed_answer(replayed);
                     return Some(value.hold);
                 }
                 Err(CallError::Service(ServiceError::Rejected(rejection))) => {
@@ -1349,6 +1240,7 @@ impl World {
             product_id,
             qty,
             ttl_ms: self.service_config.hold_ttl_ms,
+            key: key.cloned(),
         };
         let call = self.call(
             instance,
@@ -1378,6 +1270,7 @@ impl World {
             let command = Command::PlaceOrder {
                 hold_id,
                 payment_window_ms: self.service_config.payment_window_ms,
+                key: key.clone(),
             };
             let call = self.call(
                 (self.any_instance(), Lane::Client(client)),
@@ -1395,7 +1288,7 @@ impl World {
                             s.orders_existing += 1
                         }
                     });
-                    self.keyed_answer(key.as_ref(), value.order.id.0, replayed);
+                    self.keyed_answer(replayed);
                     return Some(value.order);
                 }
                 Err(CallError::Service(ServiceError::Rejected(_))) => {

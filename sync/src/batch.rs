@@ -140,7 +140,11 @@ mod tests {
         assert_eq!(batches.push(waiting(2)), Ok(false));
         assert_eq!(batches.push(waiting(3)), Err(2));
         assert_eq!(batches.next_batch().map(|b| b.len()), Some(1));
-        assert_eq!(batches.push(waiting(4)), Ok(false), "room again, drainer running");
+        assert_eq!(
+            batches.push(waiting(4)),
+            Ok(false),
+            "room again, drainer running"
+        );
     }
 }
 

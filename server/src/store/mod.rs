@@ -109,8 +109,10 @@ pub trait Transaction: Send {
         stock: Qty,
     ) -> impl Future<Output = StoreResult<Product>> + Send;
 
-    /// The held holds of `products` (sorted, distinct) whose `expires_at <= now`. Called with
-    /// the products locked, so no other transaction changes them before this one commits.
+    /// Reads and locks the held holds of `products` (sorted, distinct) whose `expires_at <= now`.
+    /// Called with the products locked, so no other transaction changes them before this one
+    /// commits; locked too, so the write that releases them takes no lock after the webhook
+    /// records.
     fn expired_holds(
         &mut self,
         products: &[ProductId],

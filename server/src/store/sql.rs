@@ -509,7 +509,7 @@ impl Transaction for SqlTx {
              order_id FROM holds WHERE state = 'held' AND expires_at <= ? AND product_id IN",
             products.len(),
             "ORDER BY id",
-            false,
+            true,
         );
         let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
             let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));

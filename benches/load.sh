@@ -4,13 +4,14 @@
 # flashsale_load, created and dropped here), with durable commits (the server's defaults):
 #
 #   GET /healthz (the HTTP stack's ceiling); GET a product with no holds; hot holds (every
-#   connection on one product) with the default hold batching; GET the same product once at
-#   least 100,000 holds on it are active; holds on a sold-out product (all 409); the whole flow
-#   (hold -> order -> signed webhook) over 100 products; then, restarted with
-#   --hold-batch-max 1 --cache-staleness 0s, GET with no holds and with >= 100,000, and hot holds
-#   one transaction per request.
+#   connection on one product) with the default group commit; holds spread at random over
+#   1,000 products; the whole flow (hold -> order -> signed webhook) over the same 1,000
+#   products; GET the hot product once at least 100,000 holds on it are active; holds on a
+#   sold-out product (all 409); then, restarted with --batch-max 1 --cache-staleness 0s (one
+#   transaction per request), GET with no holds and with >= 100,000, hot holds, spread holds
+#   and the flow.
 #
-# for 16, 64 and 256 connections each, then writes the table between <!-- load:begin --> and
+# for 64 and 256 connections each, then writes the table between <!-- load:begin --> and
 # <!-- load:end --> in docs/PERFORMANCE.md (a "## HTTP load" section is appended if the markers
 # are absent; nothing else in the file changes) and the chart docs/load.svg.
 #
@@ -22,13 +23,13 @@
 #   LOAD_DURATION=10       measured seconds per run (after LOAD_WARMUP=1 seconds discarded)
 #   LOAD_QUICK=1           smoke test: 64 connections, 3 s runs, and the doc and chart go to
 #                          target/load-quick/ instead of docs/ unless LOAD_DOC/LOAD_SVG are set
-#   LOAD_CONNECTIONS="16 64 256"   connection counts
+#   LOAD_CONNECTIONS="64 256"   connection counts
 #   LOAD_DATABASES="sqlite mariadb"
 #   LOAD_DOC, LOAD_SVG     where the markdown and the chart go
 #   LOAD_PORT=18000        the server's port on 127.0.0.1
 #   LOAD_MYSQL_URL=mysql://root@127.0.0.1:3306   MariaDB server (root, empty password)
 #   LOAD_NO_BUILD=1        use the binaries already in target/release
-#   LOAD_NO_BATCH_FLAG=1   escape hatch for a server that does not have --hold-batch-max yet:
+#   LOAD_NO_BATCH_FLAG=1   escape hatch for a server that does not have --batch-max yet:
 #                          the "unbatched" runs then use the server's default, and say so
 #   LOAD_BUILD_WAIT=1800   seconds to wait for other cargo/rustc processes before a run
 #   LOAD_IGNORE_BUILDS=1   run even while cargo/rustc run (figures are then noise)
@@ -38,7 +39,7 @@ cd "$(dirname "$0")/.."
 quick=${LOAD_QUICK:-0}
 duration=${LOAD_DURATION:-10}
 warmup=${LOAD_WARMUP:-1}
-connections_list=${LOAD_CONNECTIONS:-16 64 256}
+connections_list=${LOAD_CONNECTIONS:-64 256}
 doc=${LOAD_DOC:-docs/PERFORMANCE.md}
 svg=${LOAD_SVG:-docs/load.svg}
 if [[ $quick == 1 ]]; then
@@ -58,7 +59,7 @@ admin_token=adm
 webhook_secret=sec
 hot_stock=2000000000
 flow_stock=1000000
-flow_products=100
+flow_products=1000
 active_holds_min=100000
 # Setup phases (placing the missing active holds) are bounded too, just longer.
 setup_duration=900
@@ -117,15 +118,15 @@ fi
 [[ -x $load ]] || die "$load is missing (build it, or unset LOAD_NO_BUILD)"
 
 batch_flag=1
-unbatched_label="hot holds, --hold-batch-max 1"
+unbatched=", --batch-max 1"
 if [[ ${LOAD_NO_BATCH_FLAG:-0} == 1 ]]; then
     batch_flag=0
-    unbatched_label="hot holds, default batching (LOAD_NO_BATCH_FLAG=1)"
-    log "LOAD_NO_BATCH_FLAG=1: not passing --hold-batch-max 1; the unbatched row is the default"
+    unbatched=", default batching (LOAD_NO_BATCH_FLAG=1)"
+    log "LOAD_NO_BATCH_FLAG=1: not passing --batch-max 1; the unbatched rows are the default"
 else
     serve_help=$("$server" serve --help 2>&1) || die "$server serve --help failed: $serve_help"
-    [[ $serve_help == *--hold-batch-max* ]] ||
-        die "$server serve does not accept --hold-batch-max; build a server that has it, or set LOAD_NO_BATCH_FLAG=1 to measure without it"
+    [[ $serve_help == *--batch-max* ]] ||
+        die "$server serve does not accept --batch-max; build a server that has it, or set LOAD_NO_BATCH_FLAG=1 to measure without it"
 fi
 
 if curl -s -o /dev/null --max-time 2 "$target/healthz"; then
@@ -163,7 +164,7 @@ start_server() {
     local args=(serve --bind "127.0.0.1:$port" --database-url "$url" --admin-token "$admin_token"
         --webhook-secret "$webhook_secret" --hold-ttl 1h)
     if [[ $mode == unbatched && $batch_flag == 1 ]]; then
-        args+=(--hold-batch-max 1 --cache-staleness 0s)
+        args+=(--batch-max 1 --cache-staleness 0s)
     fi
     "$server" "${args[@]}" >"$log_file" 2>&1 &
     server_pid=$!
@@ -171,8 +172,8 @@ start_server() {
         if ! kill -0 "$server_pid" 2>/dev/null; then
             wait "$server_pid" 2>/dev/null || true
             server_pid=""
-            if grep -q -- 'hold-batch-max' "$log_file"; then
-                die "the server rejected --hold-batch-max (see $log_file); set LOAD_NO_BATCH_FLAG=1 to measure without it"
+            if grep -q -- 'batch-max' "$log_file"; then
+                die "the server rejected --batch-max (see $log_file); set LOAD_NO_BATCH_FLAG=1 to measure without it"
             fi
             cat "$log_file" >&2
             die "the server exited during start-up"
@@ -235,7 +236,15 @@ suite() {
         measure "$db" "GET product, no holds" "$c" --scenario get-product --product "$hot"
     done
     for c in $connections_list; do
-        measure "$db" "hot holds, default batching" "$c" --scenario hot-holds --product "$hot"
+        measure "$db" "hot holds" "$c" --scenario hot-holds --product "$hot"
+    done
+    for c in $connections_list; do
+        measure "$db" "spread holds, 1,000 products" "$c" --scenario spread-holds \
+            --products "$first..$last"
+    done
+    for c in $connections_list; do
+        measure "$db" "flow" "$c" --scenario flow --products "$first..$last" \
+            --webhook-secret "$webhook_secret"
     done
 
     # GET the hot product again once at least $active_holds_min holds on it are active (the
@@ -258,12 +267,8 @@ suite() {
     for c in $connections_list; do
         measure "$db" "hot holds, sold out (409)" "$c" --scenario hot-holds --product "$sold_out"
     done
-    for c in $connections_list; do
-        measure "$db" "flow" "$c" --scenario flow --products "$first..$last" \
-            --webhook-secret "$webhook_secret"
-    done
 
-    # The comparison mode: one transaction per hold request and no availability cache, with the
+    # The comparison mode: one transaction per request and no availability cache, with the
     # unbatched hot holds on a product of their own so both modes start from one without holds.
     stop_server
     start_server "$url" unbatched "$logs-unbatched.log"
@@ -276,7 +281,15 @@ suite() {
             --product "$hot"
     done
     for c in $connections_list; do
-        measure "$db" "$unbatched_label" "$c" --scenario hot-holds --product "$hot_unbatched"
+        measure "$db" "hot holds$unbatched" "$c" --scenario hot-holds --product "$hot_unbatched"
+    done
+    for c in $connections_list; do
+        measure "$db" "spread holds, 1,000 products$unbatched" "$c" --scenario spread-holds \
+            --products "$first..$last"
+    done
+    for c in $connections_list; do
+        measure "$db" "flow$unbatched" "$c" --scenario flow --products "$first..$last" \
+            --webhook-secret "$webhook_secret"
     done
     stop_server
 }
@@ -313,8 +326,9 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
     echo "then ${duration} s measured per cell. Durable commits: SQLite WAL with synchronous=FULL"
     if [[ -n $mariadb_settings ]]; then echo "(file under target/), $mariadb_settings."; else echo "(file under target/)."; fi
     echo "Hot holds: every connection places \`qty 1\` holds on one product (stock 2,000,000,000,"
-    echo "hold TTL 1 h, so every hold stays active); each batching mode has its own product. The"
-    echo "flow is hold → order → signed \`paid\` webhook, round robin over 100 products."
+    echo "hold TTL 1 h, so every hold stays active); each batching mode has its own product. Spread"
+    echo "holds draw each request's product at random from 1,000 (stock 1,000,000 each). The flow"
+    echo "is hold → order → signed \`paid\` webhook, round robin over the same 1,000 products."
 } >"$work/preamble.md"
 
 mkdir -p "$(dirname "$doc")" "$(dirname "$svg")"

@@ -65,6 +65,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The product it concerns, when it names one: a hold's, an order's, a restocked one.
+    pub fn product(&self) -> Option<ProductId> {
+        match self {
+            Outcome::ProductCreated(product) | Outcome::Restocked { product, .. } => {
+                Some(product.id)
+            }
+            Outcome::HoldPlaced { hold, .. } => Some(hold.product_id),
+            Outcome::OrderPlaced { order, .. } => Some(order.product_id),
+            Outcome::WebhookApplied { order, .. } => order.map(|o| o.product_id),
+            Outcome::Swept { .. } => None,
+        }
+    }
+
     /// The same outcome in its batch's numbering: a decision numbers the rows it inserts in a
     /// range of its own, and its batch moves them after the rows earlier commands inserted.
     pub fn moved(self, offsets: Pending) -> Outcome {

@@ -352,6 +352,14 @@ fn unanswered() -> Answer {
     Err(StoreError::CommitUnknown("the batch ended without an answer".into()).into())
 }
 
+/// A batch taken from the queue, as its commands and their replies; the queue gauge moves down
+/// by its size.
+fn taken(batch: Vec<Waiting<Command, Reply>>) -> (Vec<Command>, Vec<Reply>) {
+    let size = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+    metrics::gauge!("flashsale_queue_waiting").decrement(size);
+    batch.into_iter().map(|w| (w.command, w.reply)).unzip()
+}
+
 /// A command the core answered with an outcome no request of this kind gets: a bug.
 fn mismatched(outcome: &Outcome) -> ServiceError {
     ServiceError::Store(StoreError::Corrupt(format!(
@@ -699,6 +707,16 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// [`ServiceError::Overloaded`] at once when the queue is full; the command's own answer
     /// otherwise.
     pub async fn execute(&self, command: Command) -> Answer {
+        let answer = self.decide(command).await;
+        // The request's lines from here on (its log line above all) name the product, when the
+        // driver's span has the field (the server's request span does).
+        if let Some(product_id) = answer.as_ref().ok().and_then(Outcome::product) {
+            tracing::Span::current().record("product_id", tracing::field::display(product_id));
+        }
+        answer
+    }
+
+    async fn decide(&self, command: Command) -> Answer {
         if self.config.batch_max <= 1 {
             let mut answers = self.execute_batch(std::slice::from_ref(&command)).await;
             return answers.pop().unwrap_or_else(unanswered);
@@ -733,10 +751,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// one batch while the last one's callers read their answers.
     async fn drain(&self) {
         while let Some(batch) = self.batches.next_batch() {
-            let taken = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-            metrics::gauge!("flashsale_queue_waiting").decrement(taken);
-            let (commands, replies): (Vec<Command>, Vec<Reply>) =
-                batch.into_iter().map(|w| (w.command, w.reply)).unzip();
+            let (commands, replies) = taken(batch);
             let (senders, tags): (Vec<_>, Vec<_>) =
                 replies.into_iter().map(|r| (r.sender, r.tag)).unzip();
             let run: BatchRun<'_> = Box::pin(self.execute_batch(&commands));
@@ -744,8 +759,32 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 Some(scope) => scope.scope(tags, run).await,
                 None => run.await,
             };
+            let away = answers.iter().find_map(|answer| match answer {
+                Err(error @ ServiceError::Store(StoreError::Unavailable(_))) => Some(error.clone()),
+                _ => None,
+            });
             for (sender, answer) in senders.into_iter().zip(answers) {
                 let _ = sender.send(answer);
+            }
+            if let Some(error) = away {
+                self.refuse_waiting(&error);
+            }
+        }
+    }
+
+    /// Answers every command waiting now with `error`, the database found away: each would
+    /// otherwise wait out its own connection timeout behind the ones before it, where one
+    /// transaction per request would have waited once. The next batch tries the database again.
+    fn refuse_waiting(&self, error: &ServiceError) {
+        let mut left = self.batches.waiting();
+        while left > 0 {
+            let Some(batch) = self.batches.next_batch() else {
+                return;
+            };
+            left = left.saturating_sub(batch.len());
+            let (_, replies) = taken(batch);
+            for reply in replies {
+                let _ = reply.sender.send(Err(error.clone()));
             }
         }
     }

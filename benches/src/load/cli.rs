@@ -43,6 +43,9 @@ pub enum Scenario {
     GetProduct,
     /// `POST /api/holds {"product_id":--product,"qty":1}`: every connection on one product.
     HotHolds,
+    /// `POST /api/holds {"product_id":P,"qty":1}`, each request on a product P drawn at random
+    /// from `--products A..B`: a sale over many products at once.
+    SpreadHolds,
     /// Hold, then order, then a signed `paid` webhook, over `--products A..B`.
     Flow,
 }
@@ -54,6 +57,7 @@ impl Scenario {
             Scenario::Healthz => "healthz",
             Scenario::GetProduct => "get-product",
             Scenario::HotHolds => "hot-holds",
+            Scenario::SpreadHolds => "spread-holds",
             Scenario::Flow => "flow",
         }
     }
@@ -84,8 +88,9 @@ pub struct RunArgs {
     /// Product for `get-product` and `hot-holds`.
     #[arg(long, default_value_t = 1)]
     pub product: u64,
-    /// Products for `flow`: `A..B` (inclusive) or one id; connection i starts at the i-th and
-    /// each flow moves to the next, round robin.
+    /// Products for `flow` and `spread-holds`: `A..B` (inclusive) or one id. A `flow`
+    /// connection i starts at the i-th and each flow moves to the next, round robin; each
+    /// `spread-holds` request draws one at random.
     #[arg(long, default_value = "1..100", value_parser = parse_product_range)]
     pub products: ProductRange,
     /// Webhook signing secret (the server's `--webhook-secret`); required by `flow`.

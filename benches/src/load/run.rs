@@ -110,6 +110,8 @@ impl Shared {
 enum Plan {
     /// The same request over and over.
     Single(Template),
+    /// One of these requests at a time, drawn at random.
+    Spread(Vec<Template>),
     /// Hold, order, signed webhook.
     Flow(FlowPlan),
 }
@@ -139,6 +141,12 @@ impl Plan {
             Scenario::HotHolds => {
                 Plan::Single(Template::post_json("/api/holds", hold_body(args.product))?)
             }
+            Scenario::SpreadHolds => Plan::Spread(
+                args.products
+                    .ids()
+                    .map(|product| Template::post_json("/api/holds", hold_body(product)))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
             Scenario::Flow => {
                 let secret = args
                     .webhook_secret
@@ -166,7 +174,7 @@ impl Plan {
 
     fn stats(&self) -> anyhow::Result<RunStats> {
         match self {
-            Plan::Single(_) => RunStats::new(1, false),
+            Plan::Single(_) | Plan::Spread(_) => RunStats::new(1, false),
             Plan::Flow(_) => RunStats::new(FLOW_STEPS.len(), true),
         }
     }
@@ -182,6 +190,14 @@ async fn drive(shared: Arc<Shared>, index: u32) -> anyhow::Result<RunStats> {
             Plan::Single(template) => {
                 let request = template.request(&shared.target);
                 link.exchange(&shared, request, &mut stats.steps[0]).await;
+            }
+            Plan::Spread(templates) => {
+                let count = u64::try_from(templates.len()).unwrap_or(u64::MAX).max(1);
+                let drawn = usize::try_from(rand::random::<u64>() % count).unwrap_or(0);
+                if let Some(template) = templates.get(drawn) {
+                    let request = template.request(&shared.target);
+                    link.exchange(&shared, request, &mut stats.steps[0]).await;
+                }
             }
             Plan::Flow(plan) => {
                 flow(&shared, plan, &mut link, &mut stats, index, flows).await;

@@ -213,9 +213,9 @@ async fn metrics_count_requests_holds_and_connections(db: Db) -> TestApp {
         "flashsale_holds_granted_total 1",
         r#"flashsale_holds_rejected_total{code="insufficient_stock"} 1"#,
         r#"flashsale_product_cache_total{outcome="hit"} 1"#,
-        "flashsale_hold_batch_size_count 2",
+        "flashsale_batch_size_count 2",
         // Both were queued and both were taken into a batch.
-        "flashsale_hold_queue_waiting 0",
+        "flashsale_queue_waiting 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }

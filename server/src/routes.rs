@@ -16,8 +16,11 @@ use flashsale_core::{
     Cents, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, PaymentStatus, ProductId, Qty,
     Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
+use headers::HeaderMapExt;
+use headers::authorization::{Authorization, Bearer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::http::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use warp::reply::Response;
@@ -403,17 +406,20 @@ struct CreateProductRequest {
     stock: u32,
 }
 
-/// Admin routes need `Authorization: Bearer <token>`; without a configured token they do not
-/// exist (404).
+/// Admin routes need `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1);
+/// without a configured token they do not exist (404). The token is compared in constant time,
+/// so the time of a refusal says nothing about how much of a guess was right.
 fn admin(app: SharedApp) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
+    warp::header::headers_cloned()
         .and(with_app(app))
-        .and_then(|header: Option<String>, app: SharedApp| async move {
+        .and_then(|headers: HeaderMap, app: SharedApp| async move {
             let Some(token) = app.admin_token.as_deref() else {
                 return Err(warp::reject::not_found());
             };
-            let given = header.as_deref().and_then(|h| h.strip_prefix("Bearer "));
-            if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+            let given = headers.typed_get::<Authorization<Bearer>>();
+            if given
+                .is_some_and(|given| bool::from(given.token().as_bytes().ct_eq(token.as_bytes())))
+            {
                 Ok(())
             } else {
                 let problem = Problem::new(
@@ -804,11 +810,6 @@ fn rejection_problem(rejection: &Rejection) -> Problem {
             Problem::new(422, code, detail).with_member("field", *field)
         }
     }
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

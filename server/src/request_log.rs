@@ -23,6 +23,10 @@ use warp::reply::Response;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id taken from a client.
 const REQUEST_ID_MAX: usize = 128;
+/// The ids taken from a client, as `openapi.json` declares them (a test keeps the two equal):
+/// what [`request_id`] keeps. Nothing that a log line or a header could misread (spaces, quotes,
+/// `=`, `;`), so an id can be pasted into a log search as it is.
+pub const REQUEST_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,128}$";
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -33,7 +37,7 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// The client's id when it is a sensible one, else a new one.
+/// The client's id when it matches [`REQUEST_ID_PATTERN`], else a new one.
 fn request_id(headers: &HeaderMap) -> String {
     let given = headers
         .get(REQUEST_ID_HEADER)

@@ -3,7 +3,8 @@
 //! an RFC 9457 problem. No rule is decided here.
 //!
 //! Every route matches its path before its method, so an unknown path is 404 and a known path
-//! with the wrong method is 405. Client request bodies refuse unknown fields (a typo must not pass
+//! with the wrong method is 405. Every GET route answers HEAD too, and a path with a trailing
+//! slash is another (unknown) path. Client request bodies refuse unknown fields (a typo must not pass
 //! silently); the webhook accepts and ignores them, because payment providers add fields.
 
 use std::convert::Infallible;
@@ -86,7 +87,10 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .unify()
         .or(openapi())
         .unify();
-    api.recover(problem::recover).map(Reply::into_response)
+    no_trailing_slash()
+        .and(api)
+        .recover(problem::recover)
+        .map(Reply::into_response)
 }
 
 /// Every route and its method, as [`crate::request_log`] names routes (ids as `{id}`): the
@@ -109,12 +113,39 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("/api/openapi.json", "GET"),
 ];
 
-/// The methods a route answers, for the `Allow` header of a 405.
+/// The methods a route answers, for the `Allow` header of a 405: a GET route answers HEAD too.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
     ROUTES
         .iter()
         .find(|(path, _)| *path == route)
-        .map(|(_, method)| *method)
+        .map(|(_, method)| {
+            if *method == "GET" {
+                "GET, HEAD"
+            } else {
+                method
+            }
+        })
+}
+
+/// GET, and HEAD alike (RFC 9110 §9.3.2: a server answers HEAD wherever it answers GET); hyper
+/// sends a HEAD's answer without its body.
+fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// One URL per resource: a path ending in `/` (other than `/` itself) names no route, so it is
+/// 404 rather than answered under another path's name (and counted as an unknown route).
+fn no_trailing_slash() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            let path = path.as_str();
+            if path.len() > 1 && path.ends_with('/') {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
 }
 
 /// The OpenAPI 3.1 description of [`ROUTES`], served at `GET /api/openapi.json`. Tests keep
@@ -138,7 +169,7 @@ fn with_app(app: SharedApp) -> impl Filter<Extract = (SharedApp,), Error = Infal
 /// `GET /api/products/{id}`
 fn product(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "products" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.product(ProductId(id)).await {
@@ -211,7 +242,7 @@ fn place_hold(
 /// `GET /api/holds/{id}`
 fn hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "holds" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.hold(HoldId(id)).await {
@@ -267,7 +298,7 @@ fn place_order(
 /// `GET /api/orders/{id}`
 fn order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "orders" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.order(OrderId(id)).await {
@@ -504,7 +535,7 @@ fn admin_webhooks(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "admin" / "webhooks")
-        .and(warp::get())
+        .and(get_or_head())
         .and(admin(app.clone()))
         .and(query_pairs())
         .and(with_app(app))
@@ -526,7 +557,7 @@ fn admin_orders(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "admin" / "orders")
-        .and(warp::get())
+        .and(get_or_head())
         .and(admin(app.clone()))
         .and(query_pairs())
         .and(with_app(app))
@@ -545,14 +576,14 @@ fn admin_orders(
 /// `GET /healthz`: the process answers.
 fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("healthz")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
 }
 
 /// `GET /api/openapi.json`: this API's OpenAPI 3.1 description.
 fn openapi() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "openapi.json")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| {
             let mut response = Response::new(OPENAPI_JSON.into());
             response.headers_mut().insert(
@@ -566,7 +597,7 @@ fn openapi() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Cl
 /// `GET /metrics`: Prometheus text exposition.
 fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .and_then(|app: SharedApp| async move {
             let Some(handle) = &app.metrics else {
@@ -585,7 +616,7 @@ fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::R
 /// `GET /readyz`: the database answers.
 fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("readyz")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|app: SharedApp| async move {
             if app.service.store().ping(READY_PING_TIMEOUT).await {
@@ -905,6 +936,25 @@ mod openapi_tests {
             }
         }
         codes
+    }
+
+    #[test]
+    fn the_document_declares_the_request_id_rule_the_code_applies_on_every_operation() {
+        let doc = document();
+        let parameter = &doc["components"]["parameters"]["X-Request-Id"];
+        assert_eq!(
+            parameter["schema"]["pattern"],
+            crate::request_log::REQUEST_ID_PATTERN
+        );
+        let reference = json!({"$ref": "#/components/parameters/X-Request-Id"});
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .is_some_and(|parameters| parameters.contains(&reference));
+                assert!(declared, "{method} {path} declares X-Request-Id");
+            }
+        }
     }
 
     #[test]

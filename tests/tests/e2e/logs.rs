@@ -135,7 +135,7 @@ async fn created_answers_have_a_location_and_405s_an_allow(db: Db) -> TestApp {
         (
             reqwest::Method::POST,
             format!("/api/products/{product}"),
-            "GET",
+            "GET, HEAD",
         ),
         (
             reqwest::Method::PUT,

@@ -44,6 +44,7 @@ mod faults;
 mod features;
 mod galera;
 mod harness;
+mod http;
 mod idempotency;
 mod logs;
 mod mariadbd;

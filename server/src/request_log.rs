@@ -122,7 +122,8 @@ where
                             .insert(ALLOW, HeaderValue::from_static(allow));
                     }
                     let seconds = started.elapsed().as_secs_f64();
-                    let latency_ms = seconds * 1_000.0;
+                    // A number in JSON logs, to two decimals: a collector aggregates it.
+                    let latency_ms = (seconds * 100_000.0).round() / 100.0;
                     // Unknown paths share one label: a scanner must not mint a series per path.
                     let label = if crate::routes::allowed_methods(&route).is_some() {
                         route.clone()
@@ -143,7 +144,7 @@ where
                         %method,
                         %route,
                         status = response.status().as_u16(),
-                        latency_ms = format_args!("{latency_ms:.2}"),
+                        latency_ms,
                         "request"
                     );
                     Ok(response)

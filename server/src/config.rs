@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The embedded default database: a SQLite file in the working directory.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite:flashsale.db";
+/// The variable that sets `--log-format`.
+pub const LOG_FORMAT_ENV: &str = "FLASHSALE_LOG_FORMAT";
 
 /// Flashsale: an inventory-hold service that cannot oversell.
 #[derive(Debug, Parser)]
@@ -19,7 +21,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "FLASHSALE_LOG_FORMAT",
+        env = LOG_FORMAT_ENV,
         default_value = "human"
     )]
     pub log_format: LogFormat,
@@ -50,7 +52,8 @@ pub enum Command {
     SignWebhook(SignArgs),
     /// List the payments that did not become a sale: webhooks answered refund_required,
     /// conflict or unmatched, and orders cancelled when their payment window closed (the same
-    /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`).
+    /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`). Exits 3 when there
+    /// is any, 0 when there is none.
     Report(ReportArgs),
 }
 

@@ -15,7 +15,7 @@ use crate::request_log::Logged;
 use crate::routes::{self, App};
 use crate::service::{self, Service};
 use crate::signature::Secret;
-use crate::store::sql::SqlStore;
+use crate::store::sql::{PoolSettings, SqlStore};
 
 /// Connects to `url` and applies the migrations.
 ///
@@ -39,9 +39,39 @@ pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
 /// # Errors
 /// A failed connection, said without the URL's password.
 pub async fn connect(url: &str) -> anyhow::Result<SqlStore> {
-    SqlStore::connect(url)
+    connect_with(url, PoolSettings::default()).await
+}
+
+/// Connects to `url` with `settings`, without migrating.
+///
+/// # Errors
+/// A failed connection, said without the URL's password.
+pub async fn connect_with(url: &str, settings: PoolSettings) -> anyhow::Result<SqlStore> {
+    SqlStore::connect_with(url, settings)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))
+}
+
+/// Connects to the database at `url` for a command that only reads: a SQLite file that does not
+/// exist is an error, never created (a misspelled path would otherwise leave an empty database
+/// behind and say its migrations are pending).
+///
+/// # Errors
+/// A missing SQLite file, or a failed connection.
+pub async fn connect_existing(url: &str) -> anyhow::Result<SqlStore> {
+    if let Some(file) = SqlStore::sqlite_file(url)
+        && !file.exists()
+    {
+        bail!(
+            "{} does not exist: check --database-url (`flashsale migrate` creates a database)",
+            file.display()
+        );
+    }
+    let settings = PoolSettings {
+        create_missing: false,
+        ..PoolSettings::default()
+    };
+    connect_with(url, settings).await
 }
 
 /// The service settings `args` ask for, checked against the core's limits.

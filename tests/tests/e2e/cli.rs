@@ -9,20 +9,37 @@ use crate::harness::{Db, TestApp, WEBHOOK_SECRET, spawn_app};
 /// Runs the binary with `args` and a clean `FLASHSALE_*` environment plus `env`; returns its
 /// exit success, stdout and stderr.
 pub(crate) fn flashsale(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let (code, stdout, stderr) = flashsale_code(args, env);
+    (code == Some(0), stdout, stderr)
+}
+
+/// [`flashsale`], with the exit code (`None` when a signal ended it).
+pub(crate) fn flashsale_code(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale-e2e"));
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
-        if text.starts_with("FLASHSALE_") || text == "DATABASE_URL" {
+        if text.starts_with("FLASHSALE_")
+            || text == "DATABASE_URL"
+            || text == "CREDENTIALS_DIRECTORY"
+        {
             command.env_remove(&name);
         }
     }
     command.args(args).envs(env.iter().copied());
     let output = command.output().expect("the binary runs");
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A fresh, empty directory for one test's files, named after `what`.
+pub(crate) fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flashsale-cli-{}-{what}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    dir
 }
 
 #[test]
@@ -118,6 +135,8 @@ fn migrate_says_what_it_applied_and_status_lists_every_migration() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a directory");
     let url = format!("sqlite:{}", dir.join("f.db").display());
+    // An empty file is an empty database; `status` never creates one (see below).
+    std::fs::write(dir.join("f.db"), b"").expect("an empty database");
     let status = |expect: &str| {
         let (ok, out, err) = flashsale(&["migrate", "status", "--database-url", &url], &[]);
         assert!(ok, "{err}");
@@ -137,5 +156,88 @@ fn migrate_says_what_it_applied_and_status_lists_every_migration() {
     let (ok, out, err) = flashsale(&["migrate", "--database-url", &url], &[]);
     assert!(ok, "{err}");
     assert!(out.contains("nothing to apply"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `--log-format json` (or `FLASHSALE_LOG_FORMAT=json`), a start-up error, a command's
+/// error and a usage error are each one JSON line at level ERROR, as a log collector expects.
+#[test]
+fn fatal_errors_are_one_json_line_when_json_logs_are_chosen() {
+    let dir = scratch_dir("json-errors");
+    let url = format!("sqlite:{}", dir.join("f.db").display());
+    let missing = format!("sqlite:{}", dir.join("missing.db").display());
+    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 3] = [
+        (
+            vec![
+                "--log-format",
+                "json",
+                "serve",
+                "--hold-ttl",
+                "0s",
+                "--database-url",
+                &url,
+            ],
+            vec![],
+            "--hold-ttl",
+        ),
+        (
+            vec!["report", "--database-url", &missing],
+            vec![("FLASHSALE_LOG_FORMAT", "json")],
+            "missing.db",
+        ),
+        (
+            vec!["serve", "--log-format", "json", "--no-such-flag"],
+            vec![],
+            "--no-such-flag",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let (ok, _, stderr) = flashsale(&args, &env);
+        assert!(!ok, "{args:?} fails");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        let line: serde_json::Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("{args:?}: a JSON line ({e}): {stderr}"));
+        assert_eq!(line["level"], "ERROR", "{args:?}: {line}");
+        assert!(line.to_string().contains(needle), "{args:?}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Commands that only read (`migrate status`, `report`) on a misspelled
+/// SQLite path say the file does not exist, and create nothing.
+#[test]
+fn read_only_commands_on_a_missing_sqlite_file_say_so_and_create_nothing() {
+    let dir = scratch_dir("read-only");
+    let url = format!("sqlite:{}", dir.join("misspelled.db").display());
+    for command in [
+        &["migrate", "status"][..],
+        &["report"][..],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--database-url", &url]);
+        let (ok, _, stderr) = flashsale(&args, &[]);
+        assert!(!ok, "{command:?} fails");
+        assert!(stderr.contains("does not exist"), "{command:?}: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("the directory lists")
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(left.is_empty(), "{command:?} created {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `flashsale report` exits 0 when there is nothing to follow up, so cron and alerting can
+/// tell it from the exit code (3 when there is; see the reconciliation test).
+#[test]
+fn report_exits_0_when_nothing_needs_follow_up() {
+    let dir = scratch_dir("report-empty");
+    let url = format!("sqlite:{}", dir.join("f.db").display());
+    let (ok, _, err) = flashsale(&["migrate", "--database-url", &url], &[]);
+    assert!(ok, "{err}");
+    let (code, _, err) = flashsale_code(&["report", "--database-url", &url], &[]);
+    assert_eq!(code, Some(0), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,6 +55,26 @@ pub enum Command {
     /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`). Exits 3 when there
     /// is any, 0 when there is none.
     Report(ReportArgs),
+    /// The webhook secret `serve` generated for a SQLite database (`show` prints it).
+    WebhookSecret(WebhookSecretArgs),
+}
+
+/// `flashsale webhook-secret`.
+#[derive(Debug, Args)]
+pub struct WebhookSecretArgs {
+    /// What to do with it.
+    #[arg(value_enum)]
+    pub action: WebhookSecretAction,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// What `flashsale webhook-secret` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WebhookSecretAction {
+    /// Print the secret kept beside the SQLite database.
+    Show,
 }
 
 /// `flashsale report`.
@@ -110,7 +130,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_PAYMENT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
     pub payment_window: Duration,
     /// Webhook signing secret; repeat (or separate with commas) to accept several while rotating.
-    /// Without one, a secret is generated and printed once at start-up.
+    /// Without one on SQLite, a secret is generated the first time, kept beside the database
+    /// file and printed once (`flashsale webhook-secret show` prints it again).
     #[arg(
         long,
         env = "FLASHSALE_WEBHOOK_SECRET",

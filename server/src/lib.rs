@@ -24,6 +24,8 @@ pub mod request_log;
 #[cfg(feature = "sql")]
 pub mod routes;
 #[cfg(feature = "sql")]
+pub mod secrets;
+#[cfg(feature = "sql")]
 pub mod signature;
 #[cfg(feature = "sql")]
 pub mod startup;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use flashsale_server::clock::{Clock, SystemClock};
-use flashsale_server::config::{Cli, Command, MigrateAction, ReportArgs};
+use flashsale_server::config::{Cli, Command, MigrateAction, ReportArgs, WebhookSecretAction};
 use flashsale_server::service::{self, Service};
 use flashsale_server::signature::{self, Secret};
-use flashsale_server::{reconcile, startup, telemetry};
+use flashsale_server::{reconcile, secrets, startup, telemetry};
 
 /// The exit code of a command line that does not parse, as clap's own.
 const EXIT_USAGE: u8 = 2;
@@ -90,6 +90,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Report(args) => return report(args).await,
+        Command::WebhookSecret(args) => match args.action {
+            WebhookSecretAction::Show => {
+                println!("{}", secrets::show(&args.database.database_url)?);
+            }
+        },
         Command::SignWebhook(args) => {
             let now_s = i64::try_from(SystemClock.now().as_ms() / 1_000).unwrap_or(i64::MAX);
             // The first of the rotation list, as `serve` checks it; an empty one signs nothing.

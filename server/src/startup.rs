@@ -14,7 +14,6 @@ use crate::config::{DATABASE_URL_DEFAULT, ServeArgs};
 use crate::request_log::Logged;
 use crate::routes::{self, App};
 use crate::service::{self, Service};
-use crate::signature::Secret;
 use crate::store::sql::{PoolSettings, SqlStore};
 
 /// Connects to `url` and applies the migrations.
@@ -122,7 +121,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.bind.as_str())
         .await
         .with_context(|| format!("binding {} (expected HOST:PORT)", args.bind))?;
-    let webhook_secrets = webhook_secrets(&args.webhook_secret, !url.starts_with("sqlite:"))?;
+    let webhook_secrets = crate::secrets::webhook_secrets(&args.webhook_secret, url)?;
     let store = open_store(url).await?;
     let clock: Arc<dyn Clock> = if args.clock_offset_ms == 0 {
         Arc::new(SystemClock)
@@ -180,34 +179,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The configured secrets, or, on a database of this machine's own (SQLite), one generated and
-/// printed once.
-///
-/// # Errors
-/// No secret configured for a shared database (MySQL/MariaDB): every instance on it must check
-/// the same signatures, and each would otherwise generate its own.
-fn webhook_secrets(given: &[String], shared_database: bool) -> anyhow::Result<Vec<Secret>> {
-    let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
-    if !given.is_empty() {
-        return Ok(given
-            .into_iter()
-            .map(|s| Secret::new(s.as_bytes().to_vec()))
-            .collect());
-    }
-    if shared_database {
-        bail!(
-            "no webhook secret configured: on a shared database (MySQL/MariaDB) every instance \
-             must check the same signatures; set FLASHSALE_WEBHOOK_SECRET or --webhook-secret"
-        );
-    }
-    let bytes: [u8; 32] = rand::random();
-    let secret = hex::encode(bytes);
-    // Printed once, to stdout, so the operator can configure the payment provider; webhooks
-    // are never accepted unsigned.
-    println!("generated webhook secret (set FLASHSALE_WEBHOOK_SECRET to keep one): {secret}");
-    Ok(vec![Secret::new(secret.into_bytes())])
 }
 
 /// What one instance allows its clients.

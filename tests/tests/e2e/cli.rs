@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use crate::harness::{Db, TestApp, WEBHOOK_SECRET, spawn_app};
+use flashsale_server::signature::{self, Secret};
+
+use crate::harness::{Db, TestApp, WEBHOOK_SECRET, now_unix_s, spawn_app, spawn_bare};
 
 /// Runs the binary with `args` and a clean `FLASHSALE_*` environment plus `env`; returns its
 /// exit success, stdout and stderr.
@@ -88,7 +90,7 @@ fn a_taken_port_fails_before_the_database_is_touched() {
     assert!(stderr.contains("binding"), "{stderr}");
     assert!(!db.exists(), "no database was created");
     assert!(
-        !stdout.contains("generated webhook secret"),
+        !stdout.contains("webhook secret"),
         "no secret was made: {stdout}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -159,6 +161,67 @@ fn migrate_says_what_it_applied_and_status_lists_every_migration() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The secret a server generated on SQLite, from the line it printed on stdout.
+fn generated_secret(app: &TestApp) -> Option<String> {
+    app.stdout_lines()
+        .iter()
+        .find(|line| line.contains("webhook secret"))
+        .and_then(|line| line.split_whitespace().last().map(str::to_owned))
+}
+
+/// On SQLite without a configured secret, the server generates one once, keeps it beside the
+/// database (mode 0600), prints it the first time only (never into the log), accepts it after
+/// a restart, and `flashsale webhook-secret show` prints it again.
+#[tokio::test]
+async fn a_generated_webhook_secret_is_kept_across_restarts_and_printed_only_once() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut app = spawn_bare(Db::Sqlite, &["--seed-demo"], &[]).await;
+    let secret = generated_secret(&app).expect("a generated secret is printed");
+    assert!(secret.len() >= 32, "{secret}");
+    assert!(!app.log_tail().contains(&secret), "not in the log");
+    app.restart().await;
+    assert_eq!(
+        generated_secret(&app),
+        None,
+        "not printed again: {:?}",
+        app.stdout_lines()
+    );
+    assert!(!app.log_tail().contains(&secret), "not in the log");
+
+    let hold = app.hold(1, 1).await;
+    let body = format!(r#"{{"idempotency_key":"kept-secret","hold_id":{hold},"status":"paid"}}"#);
+    let header = signature::sign(
+        &Secret::new(secret.as_bytes()),
+        now_unix_s(),
+        body.as_bytes(),
+    );
+    let reply = app.webhook_raw(body.as_bytes(), Some(&header)).await;
+    assert_eq!(
+        reply.status, 200,
+        "the first secret still verifies: {reply:?}"
+    );
+
+    let url = app.database_url().to_owned();
+    let (ok, shown, err) = flashsale(&["webhook-secret", "show", "--database-url", &url], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(shown.trim(), secret);
+
+    let file = url.strip_prefix("sqlite:").expect("a SQLite URL");
+    let dir = std::path::Path::new(file).parent().expect("a directory");
+    let kept: Vec<_> = std::fs::read_dir(dir)
+        .expect("the directory lists")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path()).is_ok_and(|text| text.trim() == secret)
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "one file keeps the secret");
+    let mode = kept[0].metadata().expect("metadata").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads it");
+    app.finish().await;
+}
+
 /// With `--log-format json` (or `FLASHSALE_LOG_FORMAT=json`), a start-up error, a command's
 /// error and a usage error are each one JSON line at level ERROR, as a log collector expects.
 #[test]
@@ -204,7 +267,7 @@ fn fatal_errors_are_one_json_line_when_json_logs_are_chosen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Commands that only read (`migrate status`, `report`) on a misspelled
+/// Commands that only read (`migrate status`, `report`, `webhook-secret show`) on a misspelled
 /// SQLite path say the file does not exist, and create nothing.
 #[test]
 fn read_only_commands_on_a_missing_sqlite_file_say_so_and_create_nothing() {
@@ -213,6 +276,7 @@ fn read_only_commands_on_a_missing_sqlite_file_say_so_and_create_nothing() {
     for command in [
         &["migrate", "status"][..],
         &["report"][..],
+        &["webhook-secret", "show"][..],
     ] {
         let mut args = command.to_vec();
         args.extend(["--database-url", &url]);

@@ -1,0 +1,141 @@
+//! The webhook signing secrets `serve` checks signatures with.
+//!
+//! Configured secrets win. Without one, a shared database (MySQL/MariaDB) is refused: every
+//! instance on it must check the same signatures. On a SQLite file, the one database of this
+//! machine, a secret is generated the first time and kept in a file beside the database (mode
+//! 0600), so a payment provider configured with it keeps working across restarts; it is printed
+//! that first time only, and `flashsale webhook-secret show` prints it again.
+
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::signature::Secret;
+use crate::store::sql::SqlStore;
+
+/// How many random bytes a generated secret has (printed as twice as many hex digits).
+const GENERATED_SECRET_BYTES: usize = 32;
+/// How long to wait for a secret another process is writing at the same moment.
+const CONCURRENT_WRITE_WAIT: Duration = Duration::from_millis(500);
+
+/// The file beside a SQLite database where its generated webhook secret is kept.
+pub fn secret_file_of(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".webhook-secret");
+    PathBuf::from(name)
+}
+
+/// The secrets `serve` checks signatures with: `given` (empty entries ignored), or on a SQLite
+/// file the one generated for it, or on an in-memory SQLite a new one each start.
+///
+/// # Errors
+/// No secret given for a shared database; a generated secret that cannot be kept or read.
+pub fn webhook_secrets(given: &[String], database_url: &str) -> anyhow::Result<Vec<Secret>> {
+    let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
+    if !given.is_empty() {
+        return Ok(given
+            .into_iter()
+            .map(|s| Secret::new(s.as_bytes().to_vec()))
+            .collect());
+    }
+    if !database_url.starts_with("sqlite:") {
+        bail!(
+            "no webhook secret configured: on a shared database (MySQL/MariaDB) every instance \
+             must check the same signatures; set FLASHSALE_WEBHOOK_SECRET or --webhook-secret"
+        );
+    }
+    let secret = match SqlStore::sqlite_file(database_url) {
+        Some(database) => kept_secret(&secret_file_of(&database))?,
+        None => {
+            let secret = generate();
+            // Printed, to stdout, so the operator can configure the payment provider; webhooks
+            // are never accepted unsigned. An in-memory database keeps nothing, this included.
+            println!("generated a webhook secret for this in-memory database: {secret}");
+            secret
+        }
+    };
+    Ok(vec![Secret::new(secret.into_bytes())])
+}
+
+/// The secret kept at `file`, generated and printed once if there is none yet.
+fn kept_secret(file: &Path) -> anyhow::Result<String> {
+    let secret = generate();
+    // `create_new`: of two instances starting at once, one writes and the other reads.
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file);
+    match created {
+        Ok(mut kept) => {
+            kept.write_all(format!("{secret}\n").as_bytes())
+                .and_then(|()| kept.sync_all())
+                .with_context(|| format!("keeping the webhook secret in {}", file.display()))?;
+            println!(
+                "generated a webhook secret, kept in {} (`flashsale webhook-secret show` prints \
+                 it again): {secret}",
+                file.display()
+            );
+            tracing::info!(file = %file.display(), "webhook secret generated");
+            Ok(secret)
+        }
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => read_kept(file),
+        Err(error) => Err(error)
+            .with_context(|| format!("keeping the webhook secret in {}", file.display())),
+    }
+}
+
+/// The secret kept at `file`, waiting briefly for one another process is writing.
+fn read_kept(file: &Path) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + CONCURRENT_WRITE_WAIT;
+    loop {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the webhook secret kept in {}", file.display()))?;
+        let secret = text.trim();
+        if !secret.is_empty() {
+            return Ok(secret.to_owned());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{} is empty: remove it to generate a new secret", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `flashsale webhook-secret show`: the secret generated for the SQLite database at `url`.
+///
+/// # Errors
+/// Another database (its secrets are configured, never kept), a database file that does not
+/// exist, or none generated yet.
+pub fn show(url: &str) -> anyhow::Result<String> {
+    let Some(database) = SqlStore::sqlite_file(url) else {
+        bail!(
+            "only a SQLite file keeps a generated webhook secret; on MySQL/MariaDB the secret \
+             is configured (FLASHSALE_WEBHOOK_SECRET)"
+        );
+    };
+    if !database.exists() {
+        bail!(
+            "{} does not exist: check --database-url",
+            database.display()
+        );
+    }
+    let file = secret_file_of(&database);
+    if !file.exists() {
+        bail!(
+            "no webhook secret was generated for {}: `flashsale serve` generates one the first \
+             time it starts on it without a configured secret",
+            database.display()
+        );
+    }
+    read_kept(&file)
+}
+
+fn generate() -> String {
+    let bytes: [u8; GENERATED_SECRET_BYTES] = rand::random();
+    hex::encode(bytes)
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// The embedded default database: a SQLite file in the working directory.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite:flashsale.db";
@@ -57,6 +57,33 @@ pub enum Command {
     Report(ReportArgs),
     /// The webhook secret `serve` generated for a SQLite database (`show` prints it).
     WebhookSecret(WebhookSecretArgs),
+    /// Print a shell's completion script, e.g. `flashsale completions bash >
+    /// /usr/share/bash-completion/completions/flashsale`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `flashsale man > /usr/share/man/man1/flashsale.1`.
+    Man,
+}
+
+/// `flashsale completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes `shell`'s completion script for `flashsale` to `out`, from the command line's own
+/// definition, so it never lags behind a new flag.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "flashsale", out);
+}
+
+/// Writes the man page of `flashsale` (roff) to `out`, from the command line's own definition.
+///
+/// # Errors
+/// `out` refuses the page.
+pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Cli::command()).render(out)
 }
 
 /// `flashsale webhook-secret`.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use flashsale_server::clock::{Clock, SystemClock};
-use flashsale_server::config::{Cli, Command, MigrateAction, ReportArgs, WebhookSecretAction};
+use flashsale_server::config::{
+    self, Cli, Command, MigrateAction, ReportArgs, WebhookSecretAction,
+};
 use flashsale_server::service::{self, Service};
 use flashsale_server::signature::{self, Secret};
 use flashsale_server::{reconcile, secrets, startup, telemetry};
@@ -95,6 +97,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", secrets::show(&args.database.database_url)?);
             }
         },
+        Command::Completions(args) => {
+            config::write_completions(args.shell, &mut std::io::stdout());
+        }
+        Command::Man => config::write_man_page(&mut std::io::stdout())?,
         Command::SignWebhook(args) => {
             let now_s = i64::try_from(SystemClock.now().as_ms() / 1_000).unwrap_or(i64::MAX);
             // The first of the rotation list, as `serve` checks it; an empty one signs nothing.

@@ -305,3 +305,24 @@ fn report_exits_0_when_nothing_needs_follow_up() {
     assert_eq!(code, Some(0), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Shell completions and a man page come from the command line's own definition.
+#[test]
+fn completions_and_a_man_page_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, script, err) = flashsale(&["completions", shell], &[]);
+        assert!(ok, "{shell}: {err}");
+        for word in ["serve", "report", "hold-ttl"] {
+            assert!(script.contains(word), "{shell}: {word} in the completions");
+        }
+    }
+    let (ok, page, err) = flashsale(&["man"], &[]);
+    assert!(ok, "{err}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH flashsale"),
+        "{page}"
+    );
+    for word in ["serve", "report", "webhook"] {
+        assert!(page.contains(word), "{word} in the man page");
+    }
+}

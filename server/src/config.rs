@@ -1,9 +1,11 @@
 //! The `flashsale` command line. Every flag can also come from the environment variable named in
 //! its help, so a container or a systemd unit configures the server without arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// The embedded default database: a SQLite file in the working directory.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite:flashsale.db";
@@ -156,9 +158,10 @@ pub struct ServeArgs {
     /// How long an order waits for its payment (1s to 7 days).
     #[arg(long, env = "FLASHSALE_PAYMENT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
     pub payment_window: Duration,
-    /// Webhook signing secret; repeat (or separate with commas) to accept several while rotating.
-    /// Without one on SQLite, a secret is generated the first time, kept beside the database
-    /// file and printed once (`flashsale webhook-secret show` prints it again).
+    /// Webhook signing secret (at least 16 bytes); repeat (or separate with commas) to accept
+    /// several while rotating. Without one on SQLite, a secret is generated the first time,
+    /// kept beside the database file and printed once (`flashsale webhook-secret show` prints
+    /// it again).
     #[arg(
         long,
         env = "FLASHSALE_WEBHOOK_SECRET",
@@ -166,12 +169,36 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub webhook_secret: Vec<String>,
-    /// Bearer token for the admin routes; without one they are off (404).
+    /// Read the webhook signing secrets from this file instead (one a line, or comma-separated),
+    /// so they stay out of the environment and the process list. Under systemd,
+    /// `LoadCredential=webhook-secret:PATH` does the same without this flag.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_SECRET_FILE",
+        conflicts_with = "webhook_secret"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Bearer token for the admin routes (at least 16 bytes); without one they are off (404).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file instead. Under systemd,
+    /// `LoadCredential=admin-token:PATH` does the same without this flag.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Seed the ten demo products into an empty database (always done on the embedded default).
-    #[arg(long, env = "FLASHSALE_SEED_DEMO")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(
+        long,
+        env = "FLASHSALE_SEED_DEMO",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub seed_demo: bool,
+    /// The most database connections this instance opens (16 on MySQL/MariaDB and 8 on
+    /// SQLite unless set). Keep instances × this below the database's `max_connections`.
+    #[arg(long, env = "FLASHSALE_DB_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_max_connections: Option<u32>,
     /// How often the background sweep runs.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,

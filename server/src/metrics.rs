@@ -19,6 +19,7 @@
 //! | `flashsale_product_cache_total` | counter | `outcome` (`hit`, `miss`) |
 //! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
 //! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |
+//! | `flashsale_db_connections_max` | gauge | the pool's size (`--db-max-connections`) |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -66,5 +67,6 @@ pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
     let (in_use, idle) = store.connections();
     metrics::gauge!("flashsale_db_connections", "state" => "in_use").set(f64::from(in_use));
     metrics::gauge!("flashsale_db_connections", "state" => "idle").set(f64::from(idle));
+    metrics::gauge!("flashsale_db_connections_max").set(f64::from(store.max_connections()));
     handle.render()
 }

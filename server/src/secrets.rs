@@ -1,6 +1,13 @@
-//! The webhook signing secrets `serve` checks signatures with.
+//! The secrets `serve` is given: the webhook signing secrets it checks signatures with, and the
+//! admin token.
 //!
-//! Configured secrets win. Without one, a shared database (MySQL/MariaDB) is refused: every
+//! Each comes from its flag (or variable), else from a file named by `--*-file`, else from a
+//! systemd credential (`LoadCredential=webhook-secret:...`, `admin-token`, read from
+//! `$CREDENTIALS_DIRECTORY`), so a deployment can keep them out of the environment, which
+//! every process of the unit and `systemctl show` can read. A secret shorter than
+//! [`SECRET_BYTES_MIN`] is refused: a short token or key can be guessed.
+//!
+//! Configured webhook secrets win. Without one, a shared database (MySQL/MariaDB) is refused: every
 //! instance on it must check the same signatures. On a SQLite file, the one database of this
 //! machine, a secret is generated the first time and kept in a file beside the database (mode
 //! 0600), so a payment provider configured with it keeps working across restarts; it is printed
@@ -14,8 +21,94 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::config::ServeArgs;
 use crate::signature::Secret;
 use crate::store::sql::SqlStore;
+
+/// The shortest admin token or webhook secret accepted, in bytes.
+pub const SECRET_BYTES_MIN: usize = 16;
+/// The systemd credential holding the webhook secrets.
+pub const WEBHOOK_SECRET_CREDENTIAL: &str = "webhook-secret";
+/// The systemd credential holding the admin token.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "admin-token";
+
+/// The webhook secrets configured for `serve`: `--webhook-secret`, else the lines (or
+/// comma-separated entries) of `--webhook-secret-file`, else of the `webhook-secret`
+/// credential; empty when none is configured.
+///
+/// # Errors
+/// A file that cannot be read, or a secret shorter than [`SECRET_BYTES_MIN`].
+pub fn configured_webhook_secrets(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
+    let given: Vec<String> = args
+        .webhook_secret
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+    let (secrets, source) = if !given.is_empty() {
+        (given, "--webhook-secret".to_owned())
+    } else if let Some(file) = file_or_credential(&args.webhook_secret_file, WEBHOOK_SECRET_CREDENTIAL)
+    {
+        let text = read_secret_file(&file)?;
+        let secrets = text
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (secrets, format!("--webhook-secret-file {}", file.display()))
+    } else {
+        return Ok(Vec::new());
+    };
+    if let Some(short) = secrets.iter().find(|s| s.len() < SECRET_BYTES_MIN) {
+        bail!(
+            "{source}: each webhook secret must be at least {SECRET_BYTES_MIN} bytes (one has {}); \
+             generate one with `openssl rand -hex 32`",
+            short.len()
+        );
+    }
+    Ok(secrets)
+}
+
+/// The admin token configured for `serve`: `--admin-token`, else `--admin-token-file`, else
+/// the `admin-token` credential; `None` (admin routes off) when none is, or it is empty.
+///
+/// # Errors
+/// A file that cannot be read, or a token shorter than [`SECRET_BYTES_MIN`].
+pub fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let (token, source) = match (&args.admin_token, file_or_credential(&args.admin_token_file, ADMIN_TOKEN_CREDENTIAL)) {
+        (Some(token), _) => (token.clone(), "--admin-token".to_owned()),
+        (None, Some(file)) => (
+            read_secret_file(&file)?.trim().to_owned(),
+            format!("--admin-token-file {}", file.display()),
+        ),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.len() < SECRET_BYTES_MIN {
+        bail!(
+            "{source}: the admin token must be at least {SECRET_BYTES_MIN} bytes (it has {}); \
+             generate one with `openssl rand -hex 32`",
+            token.len()
+        );
+    }
+    Ok(Some(token))
+}
+
+/// `file` when given, else the systemd credential `name` when the unit loaded it.
+fn file_or_credential(file: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
+    file.clone().or_else(|| {
+        let directory = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        let credential = Path::new(&directory).join(name);
+        credential.exists().then_some(credential)
+    })
+}
+
+fn read_secret_file(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading the secret in {}", file.display()))
+}
 
 /// How many random bytes a generated secret has (printed as twice as many hex digits).
 const GENERATED_SECRET_BYTES: usize = 32;
@@ -29,8 +122,8 @@ pub fn secret_file_of(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The secrets `serve` checks signatures with: `given` (empty entries ignored), or on a SQLite
-/// file the one generated for it, or on an in-memory SQLite a new one each start.
+/// The secrets `serve` checks signatures with: `given` ([`configured_webhook_secrets`]), or on a
+/// SQLite file the one generated for it, or on an in-memory SQLite a new one each start.
 ///
 /// # Errors
 /// No secret given for a shared database; a generated secret that cannot be kept or read.

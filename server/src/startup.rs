@@ -21,7 +21,15 @@ use crate::store::sql::{PoolSettings, SqlStore};
 /// # Errors
 /// A failed connection or migration.
 pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
-    let store = connect(url).await?;
+    open_store_with(url, PoolSettings::default()).await
+}
+
+/// Connects to `url` with `settings` and applies the migrations.
+///
+/// # Errors
+/// A failed connection or migration.
+pub async fn open_store_with(url: &str, settings: PoolSettings) -> anyhow::Result<SqlStore> {
+    let store = connect_with(url, settings).await?;
     let applied = store.migrate().await.context("migrating")?;
     for migration in applied {
         tracing::info!(
@@ -116,13 +124,19 @@ fn retention_ms(retention: Duration, flag: &str) -> anyhow::Result<u64> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = service_config(&args)?;
     let url = &args.database.database_url;
+    let admin_token = crate::secrets::admin_token(&args)?;
+    let configured = crate::secrets::configured_webhook_secrets(&args)?;
     // Bound before the database is touched or a secret made: a port already taken changes
     // nothing.
     let listener = tokio::net::TcpListener::bind(args.bind.as_str())
         .await
         .with_context(|| format!("binding {} (expected HOST:PORT)", args.bind))?;
-    let webhook_secrets = crate::secrets::webhook_secrets(&args.webhook_secret, url)?;
-    let store = open_store(url).await?;
+    let webhook_secrets = crate::secrets::webhook_secrets(&configured, url)?;
+    let settings = PoolSettings {
+        max_connections: args.db_max_connections,
+        create_missing: true,
+    };
+    let store = open_store_with(url, settings).await?;
     let clock: Arc<dyn Clock> = if args.clock_offset_ms == 0 {
         Arc::new(SystemClock)
     } else {
@@ -141,7 +155,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(seeded, "seeded demo products");
         }
     }
-    let admin_token = args.admin_token.filter(|t| !t.is_empty());
     if admin_token.is_none() {
         tracing::info!("no admin token: admin routes are off");
     }

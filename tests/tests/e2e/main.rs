@@ -37,6 +37,7 @@ mod admin;
 mod api;
 mod cli;
 mod concurrency;
+mod configuration;
 mod contract;
 mod corruption;
 mod expiry;

@@ -5,6 +5,7 @@
 //! - [`store::sql`]: the MySQL/MariaDB and SQLite storages (feature `sql`, on by default);
 //! - `routes`, `config`, `startup`: the warp HTTP API and the `flashsale` command line (`sql`).
 
+pub mod backoff;
 pub mod clock;
 pub mod service;
 pub mod store;

@@ -183,7 +183,11 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
     /// Read the admin token from this file instead. Under systemd,
     /// `LoadCredential=admin-token:PATH` does the same without this flag.
-    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    #[arg(
+        long,
+        env = "FLASHSALE_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
     pub admin_token_file: Option<PathBuf>,
     /// Seed the ten demo products into an empty database (always done on the embedded default).
     /// The variable takes true/false, 1/0, yes/no, on/off.

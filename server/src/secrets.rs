@@ -47,7 +47,8 @@ pub fn configured_webhook_secrets(args: &ServeArgs) -> anyhow::Result<Vec<String
         .collect();
     let (secrets, source) = if !given.is_empty() {
         (given, "--webhook-secret".to_owned())
-    } else if let Some(file) = file_or_credential(&args.webhook_secret_file, WEBHOOK_SECRET_CREDENTIAL)
+    } else if let Some(file) =
+        file_or_credential(&args.webhook_secret_file, WEBHOOK_SECRET_CREDENTIAL)
     {
         let text = read_secret_file(&file)?;
         let secrets = text
@@ -76,7 +77,10 @@ pub fn configured_webhook_secrets(args: &ServeArgs) -> anyhow::Result<Vec<String
 /// # Errors
 /// A file that cannot be read, or a token shorter than [`SECRET_BYTES_MIN`].
 pub fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    let (token, source) = match (&args.admin_token, file_or_credential(&args.admin_token_file, ADMIN_TOKEN_CREDENTIAL)) {
+    let (token, source) = match (
+        &args.admin_token,
+        file_or_credential(&args.admin_token_file, ADMIN_TOKEN_CREDENTIAL),
+    ) {
         (Some(token), _) => (token.clone(), "--admin-token".to_owned()),
         (None, Some(file)) => (
             read_secret_file(&file)?.trim().to_owned(),
@@ -107,7 +111,8 @@ fn file_or_credential(file: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
 }
 
 fn read_secret_file(file: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(file).with_context(|| format!("reading the secret in {}", file.display()))
+    std::fs::read_to_string(file)
+        .with_context(|| format!("reading the secret in {}", file.display()))
 }
 
 /// How many random bytes a generated secret has (printed as twice as many hex digits).
@@ -177,8 +182,9 @@ fn kept_secret(file: &Path) -> anyhow::Result<String> {
             Ok(secret)
         }
         Err(error) if error.kind() == ErrorKind::AlreadyExists => read_kept(file),
-        Err(error) => Err(error)
-            .with_context(|| format!("keeping the webhook secret in {}", file.display())),
+        Err(error) => {
+            Err(error).with_context(|| format!("keeping the webhook secret in {}", file.display()))
+        }
     }
 }
 
@@ -193,7 +199,10 @@ fn read_kept(file: &Path) -> anyhow::Result<String> {
             return Ok(secret.to_owned());
         }
         if std::time::Instant::now() >= deadline {
-            bail!("{} is empty: remove it to generate a new secret", file.display());
+            bail!(
+                "{} is empty: remove it to generate a new secret",
+                file.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn the_format_asked_is_the_last_flag_then_the_environment_then_human() {
         assert_eq!(asked(&["flashsale", "serve"], None), LogFormat::Human);
-        assert_eq!(asked(&["flashsale", "serve"], Some("json")), LogFormat::Json);
+        assert_eq!(
+            asked(&["flashsale", "serve"], Some("json")),
+            LogFormat::Json
+        );
         assert_eq!(
             asked(&["flashsale", "--log-format", "json", "serve"], None),
             LogFormat::Json
@@ -82,7 +85,10 @@ mod tests {
             LogFormat::Json
         );
         assert_eq!(
-            asked(&["flashsale", "--log-format", "json", "--log-format", "human"], None),
+            asked(
+                &["flashsale", "--log-format", "json", "--log-format", "human"],
+                None
+            ),
             LogFormat::Human
         );
     }

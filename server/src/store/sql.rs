@@ -137,7 +137,11 @@ impl SqlStore {
                 .map_err(unreachable)?;
             let _ = sqlx::Connection::close(probe).await;
             let pool = MySqlPoolOptions::new()
-                .max_connections(settings.max_connections.unwrap_or(MYSQL_CONNECTIONS_DEFAULT))
+                .max_connections(
+                    settings
+                        .max_connections
+                        .unwrap_or(MYSQL_CONNECTIONS_DEFAULT),
+                )
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(ping_if_idle)
@@ -168,7 +172,11 @@ impl SqlStore {
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             let pool = SqlitePoolOptions::new()
-                .max_connections(settings.max_connections.unwrap_or(SQLITE_CONNECTIONS_DEFAULT))
+                .max_connections(
+                    settings
+                        .max_connections
+                        .unwrap_or(SQLITE_CONNECTIONS_DEFAULT),
+                )
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(ping_if_idle)

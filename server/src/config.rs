@@ -236,10 +236,36 @@ pub struct ServeArgs {
     /// requests, before it is closed.
     #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// How long to keep trying to reach the database at start-up before giving up (exit 1):
+    /// `forever` (the default, as a supervisor such as systemd wants: the server answers
+    /// `/healthz` meanwhile and serves once the database answers) or a duration, `0s` for one
+    /// attempt.
+    #[arg(long, env = "FLASHSALE_CONNECT_TIMEOUT", default_value = "forever",
+          value_parser = parse_connect_timeout)]
+    pub connect_timeout: ConnectTimeout,
     /// Test only: this instance's clock runs this many milliseconds ahead of the system's
     /// (negative: behind), to test instances with skewed clocks on one database.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub clock_offset_ms: i64,
+}
+
+/// How long `serve` keeps trying to reach its database at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectTimeout {
+    /// Until it answers.
+    Forever,
+    /// At most this long; the attempt under way when it runs out is the last.
+    After(Duration),
+}
+
+/// `forever`, or a duration as humantime writes it (`0s`, `30s`, `5m`).
+fn parse_connect_timeout(text: &str) -> Result<ConnectTimeout, String> {
+    if text == "forever" {
+        return Ok(ConnectTimeout::Forever);
+    }
+    humantime::parse_duration(text)
+        .map(ConnectTimeout::After)
+        .map_err(|error| format!("{error}; expected `forever` or a duration such as 30s"))
 }
 
 /// `flashsale sweep`.

@@ -20,6 +20,8 @@
 //! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
 //! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |
 //! | `flashsale_db_connections_max` | gauge | the pool's size (`--db-max-connections`) |
+//! | `flashsale_database_up` | gauge | 1 when the database answered its last ping (each second), else 0 |
+//! | `flashsale_database_unavailable_total` | counter | `cause` (`unreachable`, `connection_lost`, `commit_unknown`, `starting`): 503s the database caused |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -60,6 +62,42 @@ pub async fn upkeep_forever(handle: PrometheusHandle) {
         ticker.tick().await;
         handle.run_upkeep();
     }
+}
+
+/// How often [`watch_database_forever`] asks the database whether it answers.
+const DATABASE_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long one such question may take before the database counts as down.
+const DATABASE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// Sets `flashsale_database_up`: 1 when the database answered the last question, else 0.
+pub fn set_database_up(up: bool) {
+    metrics::gauge!("flashsale_database_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Asks the database every [`DATABASE_WATCH_INTERVAL`] whether it answers, for as long as the
+/// server runs: sets `flashsale_database_up`, and logs each change. The gauge is what an alert
+/// watches; the 503s it causes are counted apart (`flashsale_database_unavailable_total`),
+/// and neither needs a request to have come.
+pub async fn watch_database_forever(store: SqlStore) {
+    let mut ticker = tokio::time::interval(DATABASE_WATCH_INTERVAL);
+    let mut was_up = true;
+    loop {
+        ticker.tick().await;
+        let up = store.ping(DATABASE_PING_TIMEOUT).await;
+        set_database_up(up);
+        match (was_up, up) {
+            (true, false) => tracing::warn!("the database does not answer"),
+            (false, true) => tracing::info!("the database answers again"),
+            _ => {}
+        }
+        was_up = up;
+    }
+}
+
+/// The exposition text while the server waits for its database at start-up.
+pub fn render_starting(handle: &PrometheusHandle) -> String {
+    set_database_up(false);
+    handle.render()
 }
 
 /// The exposition text, with the pool's connections sampled now.

@@ -604,13 +604,18 @@ fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::R
                 return Err(warp::reject::not_found());
             };
             let text = crate::metrics::render(handle, app.service.store());
-            let mut response = Response::new(text.into());
-            response.headers_mut().insert(
-                warp::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok::<_, warp::Rejection>(response)
+            Ok::<_, warp::Rejection>(metrics_reply(text))
         })
+}
+
+/// Prometheus text exposition.
+fn metrics_reply(text: String) -> Response {
+    let mut response = Response::new(text.into());
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// `GET /readyz`: the database answers.
@@ -774,29 +779,113 @@ fn error_reply(error: ServiceError) -> Response {
             )
             .into_response()
         }
-        ServiceError::Store(error @ (StoreError::Unavailable(_) | StoreError::Connection(_))) => {
-            tracing::warn!(%error, "database unavailable");
-            retry_later(Problem::new(
-                503,
-                "database_unavailable",
-                "the database cannot be reached; nothing was changed; retry",
-            ))
+        ServiceError::Store(StoreError::Unavailable(error)) => {
+            database_unavailable(DatabaseCause::Unreachable, &error)
+        }
+        ServiceError::Store(StoreError::Connection(error)) => {
+            database_unavailable(DatabaseCause::ConnectionLost, &error)
         }
         ServiceError::Store(StoreError::CommitUnknown(error)) => {
-            tracing::warn!(%error, "database connection lost while committing");
-            retry_later(Problem::new(
-                503,
-                "commit_unknown",
-                "the database connection was lost while committing, so the request may or \
-                 may not have taken effect; retry under the same Idempotency-Key, or read \
-                 the resource first",
-            ))
+            database_unavailable(DatabaseCause::CommitUnknown, &error)
         }
         ServiceError::Store(error) => {
             tracing::error!(%error, "storage failed");
             Problem::internal().into_response()
         }
     }
+}
+
+/// Why a request could not use the database, as `flashsale_database_unavailable_total`'s
+/// `cause` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseCause {
+    /// No connection within the pool's timeout: the database is down or unreachable, refuses
+    /// connections, is a Galera node out of its cluster, or every connection is taken.
+    Unreachable,
+    /// Every attempt lost its connection before committing: nothing was changed.
+    ConnectionLost,
+    /// The connection was lost while committing: the request may or may not have taken effect.
+    CommitUnknown,
+    /// The server is still waiting for its database at start-up.
+    Starting,
+}
+
+impl DatabaseCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseCause::Unreachable => "unreachable",
+            DatabaseCause::ConnectionLost => "connection_lost",
+            DatabaseCause::CommitUnknown => "commit_unknown",
+            DatabaseCause::Starting => "starting",
+        }
+    }
+}
+
+/// The 503 of a request the database failed, logged, and counted by cause: the one place such
+/// an answer is made, so `flashsale_database_unavailable_total` counts every one of them (an
+/// alert on it fires even when the database is gone entirely, which retries never see).
+fn database_unavailable(cause: DatabaseCause, error: &str) -> Response {
+    metrics::counter!("flashsale_database_unavailable_total", "cause" => cause.as_str())
+        .increment(1);
+    let problem = match cause {
+        DatabaseCause::CommitUnknown => {
+            tracing::warn!(%error, "database connection lost while committing");
+            Problem::new(
+                503,
+                "commit_unknown",
+                "the database connection was lost while committing, so the request may or \
+                 may not have taken effect; retry under the same Idempotency-Key, or read \
+                 the resource first",
+            )
+        }
+        DatabaseCause::Unreachable | DatabaseCause::ConnectionLost | DatabaseCause::Starting => {
+            tracing::warn!(%error, cause = cause.as_str(), "database unavailable");
+            Problem::new(
+                503,
+                "database_unavailable",
+                "the database cannot be reached; nothing was changed; retry",
+            )
+        }
+    };
+    retry_later(problem)
+}
+
+/// The routes served while `serve` waits for its database at start-up: `/healthz` (the process
+/// runs), `/readyz` (503: not ready), `/metrics` and `/api/openapi.json`; every other request
+/// is 503 `database_unavailable` with `Retry-After`, counted with cause `starting`.
+pub fn starting_routes(
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let readyz = warp::path!("readyz").and(get_or_head()).map(|| {
+        Problem::new(503, "database_unavailable", "waiting for the database").into_response()
+    });
+    let metrics = warp::path!("metrics").and(get_or_head()).and_then(move || {
+        let rendered = metrics.as_ref().map(crate::metrics::render_starting);
+        async move {
+            rendered
+                .map(metrics_reply)
+                .ok_or_else(warp::reject::not_found)
+        }
+    });
+    let others = warp::any().map(|| {
+        database_unavailable(
+            DatabaseCause::Starting,
+            "the server is waiting for its database",
+        )
+    });
+    no_trailing_slash()
+        .and(
+            healthz()
+                .or(readyz)
+                .unify()
+                .or(metrics)
+                .unify()
+                .or(openapi())
+                .unify(),
+        )
+        .or(others)
+        .unify()
 }
 
 /// A problem the client should retry in a second: `Retry-After: 1`.

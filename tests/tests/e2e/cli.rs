@@ -56,7 +56,9 @@ fn an_unreachable_database_is_named_without_its_password() {
             "--database-url",
             url,
             "--webhook-secret",
-            "s",
+            WEBHOOK_SECRET,
+            "--connect-timeout",
+            "0s",
         ],
         &[],
     );

@@ -49,6 +49,8 @@ mod http;
 mod idempotency;
 mod logs;
 mod mariadbd;
+mod operations;
+mod proxy;
 mod reconcile;
 mod retention;
 mod validation;

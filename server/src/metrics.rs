@@ -5,27 +5,241 @@
 //! and [`render`] writes the exposition text, after reading the gauges that are sampled rather
 //! than counted (the database pool).
 //!
-//! | metric | kind | labels |
-//! |---|---|---|
-//! | `flashsale_http_requests_total` | counter | `route`, `status` |
-//! | `flashsale_http_request_duration_seconds` | histogram | `route` |
-//! | `flashsale_holds_granted_total`, `flashsale_holds_rejected_total` | counter | rejected: `code` |
-//! | `flashsale_holds_released_total` | counter | `reason` (`expired`, `payment_failed`, ...) |
-//! | `flashsale_orders_total` | counter | `status` a webhook or the sweeper moved it to, or `created` |
-//! | `flashsale_webhooks_total` | counter | `result` |
-//! | `flashsale_retries_total` | counter | `script`, `cause` (`contention`, `connection`) |
-//! | `flashsale_hold_batch_size` | histogram | |
-//! | `flashsale_hold_queue_waiting` | gauge | hold requests queued for a batch, all products |
-//! | `flashsale_product_cache_total` | counter | `outcome` (`hit`, `miss`) |
-//! | `flashsale_sweep_holds_released_total`, `flashsale_sweep_orders_cancelled_total`, `flashsale_sweep_records_purged_total` | counter | |
-//! | `flashsale_db_connections` | gauge | `state` (`in_use`, `idle`) |
-//! | `flashsale_db_connections_max` | gauge | the pool's size (`--db-max-connections`) |
-//! | `flashsale_database_up` | gauge | 1 when the database answered its last ping (each second), else 0 |
-//! | `flashsale_database_unavailable_total` | counter | `cause` (`unreachable`, `connection_lost`, `commit_unknown`, `starting`): 503s the database caused |
+//! Every family, with its kind, labels (and the values each takes) and meaning, is listed once,
+//! in [`FAMILIES`]: the documentation (`docs/OPERATIONS.md` points here), and what a test holds
+//! the rendered `/metrics` to, so a family renamed or added in one place fails until the list says
+//! so too.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::sql::SqlStore;
+
+/// A metric family's kind, as its `# TYPE` line says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// A value sampled or set.
+    Gauge,
+    /// Observations in buckets, with `_bucket`, `_sum` and `_count` series.
+    Histogram,
+}
+
+impl Kind {
+    /// The word of the `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One label of a family: its name, and every value it takes (empty for an open set, such as a
+/// route or a status code).
+#[derive(Clone, Copy, Debug)]
+pub struct Label {
+    /// The label's name.
+    pub name: &'static str,
+    /// Its values; empty when they are not a fixed list.
+    pub values: &'static [&'static str],
+}
+
+/// When a family first has a series in `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appears {
+    /// From the first scrape on.
+    Start,
+    /// Once what it counts first happens in ordinary use (a request, a hold, a sweep).
+    FirstUse,
+    /// Only once a fault happens (contention, a lost connection).
+    OnFault,
+}
+
+/// One metric family.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its labels.
+    pub labels: &'static [Label],
+    /// What it measures, as its `# HELP` line says it.
+    pub help: &'static str,
+    /// When it first appears.
+    pub appears: Appears,
+}
+
+const fn open(name: &'static str) -> Label {
+    Label { name, values: &[] }
+}
+
+/// Every family this server renders at `/metrics`.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "flashsale_http_requests_total",
+        kind: Kind::Counter,
+        labels: &[open("route"), open("status")],
+        help: "HTTP requests answered, by route (ids as {id}; `other` for any unknown path) and status.",
+        appears: Appears::FirstUse,
+    },
+    Family {
+        name: "flashsale_http_request_duration_seconds",
+        kind: Kind::Histogram,
+        labels: &[open("route")],
+        help: "Time to answer an HTTP request, by route.",
+        appears: Appears::FirstUse,
+    },
+    Family {
+        name: "flashsale_holds_granted_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Holds granted.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_holds_rejected_total",
+        kind: Kind::Counter,
+        labels: &[open("code")],
+        help: "Hold requests refused, by problem code (insufficient_stock, ...).",
+        appears: Appears::FirstUse,
+    },
+    Family {
+        name: "flashsale_holds_released_total",
+        kind: Kind::Counter,
+        labels: &[Label {
+            name: "reason",
+            values: &["expired", "payment_failed"],
+        }],
+        help: "Holds released by a request: expired ones a new hold found, or by a failed payment.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_orders_total",
+        kind: Kind::Counter,
+        labels: &[Label {
+            name: "status",
+            values: &["created", "paid", "cancelled"],
+        }],
+        help: "Orders created, and moved to paid or cancelled by a webhook.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_webhooks_total",
+        kind: Kind::Counter,
+        labels: &[Label {
+            name: "result",
+            values: &[
+                "applied",
+                "already_applied",
+                "conflict",
+                "refund_required",
+                "unmatched",
+            ],
+        }],
+        help: "Webhooks recorded (replays of a key not counted), by result.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_retries_total",
+        kind: Kind::Counter,
+        labels: &[
+            open("script"),
+            Label {
+                name: "cause",
+                values: &["contention", "connection"],
+            },
+        ],
+        help: "Transaction scripts run again, by script and cause (contention, a lost connection).",
+        appears: Appears::OnFault,
+    },
+    Family {
+        name: "flashsale_hold_batch_size",
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Hold requests one transaction decided.",
+        appears: Appears::FirstUse,
+    },
+    Family {
+        name: "flashsale_hold_queue_waiting",
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Hold requests queued for a batch, all products.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_product_cache_total",
+        kind: Kind::Counter,
+        labels: &[Label {
+            name: "outcome",
+            values: &["hit", "miss"],
+        }],
+        help: "GET of a product answered from this instance's cache (hit) or the database (miss).",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_sweep_holds_released_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Expired holds the sweeper released.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_sweep_orders_cancelled_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Orders the sweeper cancelled when their payment window closed.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_sweep_records_purged_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Idempotency-key and webhook records the sweeper purged past their retention.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_db_connections",
+        kind: Kind::Gauge,
+        labels: &[Label {
+            name: "state",
+            values: &["in_use", "idle"],
+        }],
+        help: "The database pool's connections, in use or idle.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_db_connections_max",
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "The database pool's size (--db-max-connections).",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_database_up",
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "1 when the database answered its last ping (one a second), else 0.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_database_unavailable_total",
+        kind: Kind::Counter,
+        labels: &[Label {
+            name: "cause",
+            values: &[
+                "unreachable",
+                "connection_lost",
+                "commit_unknown",
+                "starting",
+            ],
+        }],
+        help: "503 answers the database caused, by cause.",
+        appears: Appears::Start,
+    },
+];
 
 /// Latency buckets, in seconds: from a cached read to a contended batch.
 const SECONDS_BUCKETS: [f64; 12] = [

@@ -239,7 +239,68 @@ pub const FAMILIES: &[Family] = &[
         help: "503 answers the database caused, by cause.",
         appears: Appears::Start,
     },
+    Family {
+        name: "flashsale_build_info",
+        kind: Kind::Gauge,
+        labels: &[open("version"), open("commit")],
+        help: "1, labelled with this build's version and commit (FLASHSALE_COMMIT at build time).",
+        appears: Appears::Start,
+    },
+    process(
+        "process_cpu_seconds_total",
+        Kind::Counter,
+        "CPU time, user and system, in whole seconds.",
+    ),
+    process("process_open_fds", Kind::Gauge, "Open file descriptors."),
+    process(
+        "process_max_fds",
+        Kind::Gauge,
+        "The open-file limit (0: unlimited).",
+    ),
+    process(
+        "process_virtual_memory_bytes",
+        Kind::Gauge,
+        "Virtual memory size.",
+    ),
+    process(
+        "process_virtual_memory_max_bytes",
+        Kind::Gauge,
+        "The address-space limit (0: unlimited).",
+    ),
+    process(
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory size.",
+    ),
+    process(
+        "process_start_time_seconds",
+        Kind::Gauge,
+        "When the process started, in Unix seconds.",
+    ),
+    process("process_threads", Kind::Gauge, "OS threads."),
 ];
+
+/// A process family, as `metrics-process` names, describes and renders it (at every scrape).
+const fn process(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    Family {
+        name,
+        kind,
+        labels: &[],
+        help,
+        appears: Appears::Start,
+    }
+}
+
+/// This build's commit, when the build was given one (`FLASHSALE_COMMIT`, as CI and the
+/// container build set it); a build from a working tree says `unknown`.
+pub const BUILD_COMMIT: &str = match option_env!("FLASHSALE_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+/// The process's CPU, memory, descriptors and threads, read from `/proc` at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(metrics_process::Collector::default);
 
 /// Latency buckets, in seconds: from a cached read to a contended batch.
 const SECONDS_BUCKETS: [f64; 12] = [
@@ -260,7 +321,55 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             &BATCH_BUCKETS,
         )?
         .install_recorder()?;
+    describe_and_register();
+    PROCESS.describe();
+    metrics::gauge!(
+        "flashsale_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => BUILD_COMMIT
+    )
+    .set(1.0);
     Ok(handle)
+}
+
+/// Gives every family of [`FAMILIES`] its `# HELP`, and registers at zero each series whose
+/// labels take listed values only: such a family renders from the first scrape, so a `rate()`
+/// or `increase()` over it (the documented alerts) has a series before its first event. (The
+/// process families are described by their collector.)
+fn describe_and_register() {
+    for family in FAMILIES.iter().filter(|f| f.name.starts_with("flashsale_")) {
+        match family.kind {
+            Kind::Counter => metrics::describe_counter!(family.name, family.help),
+            Kind::Gauge => metrics::describe_gauge!(family.name, family.help),
+            Kind::Histogram => metrics::describe_histogram!(family.name, family.help),
+        }
+        let listed = family.labels.iter().all(|label| !label.values.is_empty());
+        if !listed || family.kind == Kind::Histogram {
+            continue;
+        }
+        for labels in label_sets(family.labels) {
+            match family.kind {
+                Kind::Counter => metrics::counter!(family.name, labels).increment(0),
+                Kind::Gauge => metrics::gauge!(family.name, labels).increment(0.0),
+                Kind::Histogram => {}
+            }
+        }
+    }
+}
+
+/// Every combination of the listed values of `labels` (one empty set when there are none).
+fn label_sets(labels: &[Label]) -> Vec<Vec<metrics::Label>> {
+    labels.iter().fold(vec![Vec::new()], |sets, label| {
+        sets.iter()
+            .flat_map(|set| {
+                label.values.iter().map(move |value| {
+                    let mut set = set.clone();
+                    set.push(metrics::Label::new(label.name, *value));
+                    set
+                })
+            })
+            .collect()
+    })
 }
 
 /// How often [`upkeep_forever`] drains the recorded histogram samples.
@@ -311,6 +420,7 @@ pub async fn watch_database_forever(store: SqlStore) {
 /// The exposition text while the server waits for its database at start-up.
 pub fn render_starting(handle: &PrometheusHandle) -> String {
     set_database_up(false);
+    PROCESS.collect();
     handle.render()
 }
 
@@ -320,5 +430,6 @@ pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
     metrics::gauge!("flashsale_db_connections", "state" => "in_use").set(f64::from(in_use));
     metrics::gauge!("flashsale_db_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("flashsale_db_connections_max").set(f64::from(store.max_connections()));
+    PROCESS.collect();
     handle.render()
 }

@@ -354,13 +354,19 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
     } else {
         metrics::counter!("flashsale_webhooks_total", "result" => record.result.as_str())
             .increment(1);
-        if let Some(order) = answer
-            .order
-            .as_ref()
-            .filter(|_| record.result == WebhookResult::Applied)
-        {
-            metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
-                .increment(1);
+        match &answer.order {
+            Some(order) if record.result == WebhookResult::Applied => {
+                metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
+                    .increment(1);
+            }
+            // A failed payment for a hold not yet ordered releases the hold.
+            None if record.result == WebhookResult::Applied
+                && record.status == PaymentStatus::Failed =>
+            {
+                metrics::counter!("flashsale_holds_released_total", "reason" => "payment_failed")
+                    .increment(1);
+            }
+            _ => {}
         }
     }
     match record.result {

@@ -41,6 +41,7 @@ mod configuration;
 mod contract;
 mod corruption;
 mod expiry;
+mod exposition;
 mod faults;
 mod features;
 mod galera;

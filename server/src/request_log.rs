@@ -23,9 +23,10 @@ use warp::reply::Response;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id taken from a client.
 const REQUEST_ID_MAX: usize = 128;
-/// The ids taken from a client, as `openapi.json` declares them (a test keeps the two equal):
-/// what [`request_id`] keeps. Nothing that a log line or a header could misread (spaces, quotes,
-/// `=`, `;`), so an id can be pasted into a log search as it is.
+/// The ids kept from a client, as `openapi.json` declares its answers' `X-Request-Id` (a test
+/// keeps the two equal): what [`request_id`] keeps; any other id is replaced, never refused.
+/// Nothing that a log line or a header could misread (spaces, quotes, `=`, `;`), so an id can
+/// be pasted into a log search as it is.
 pub const REQUEST_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,128}$";
 
 tokio::task_local! {

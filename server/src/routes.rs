@@ -1036,11 +1036,15 @@ mod openapi_tests {
     #[test]
     fn the_document_declares_the_request_id_rule_the_code_applies_on_every_operation() {
         let doc = document();
-        let parameter = &doc["components"]["parameters"]["X-Request-Id"];
+        // Any value is taken (the parameter has no pattern: an id is replaced, never refused);
+        // the answer's header says which ones are kept.
+        let header = &doc["components"]["headers"]["X-Request-Id"];
         assert_eq!(
-            parameter["schema"]["pattern"],
+            header["schema"]["pattern"],
             crate::request_log::REQUEST_ID_PATTERN
         );
+        let parameter = &doc["components"]["parameters"]["X-Request-Id"];
+        assert_eq!(parameter["schema"], json!({"type": "string"}));
         let reference = json!({"$ref": "#/components/parameters/X-Request-Id"});
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("a path item") {

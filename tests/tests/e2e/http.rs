@@ -105,7 +105,8 @@ async fn a_trailing_slash_is_another_path_and_404(db: Db) -> TestApp {
     app
 }
 
-/// The schema `openapi.json` gives the `X-Request-Id` request header, for every operation.
+/// The schema `openapi.json` gives the answers' `X-Request-Id` header: the ids the server keeps
+/// from a client; the request header is declared on every operation.
 fn declared_request_id_schema() -> Value {
     let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("JSON");
     let parameter = &doc["components"]["parameters"]["X-Request-Id"];
@@ -120,7 +121,7 @@ fn declared_request_id_schema() -> Value {
             );
         }
     }
-    parameter["schema"].clone()
+    doc["components"]["headers"]["X-Request-Id"]["schema"].clone()
 }
 
 async fn the_request_id_rule_is_declared_and_applied_alike(db: Db) -> TestApp {

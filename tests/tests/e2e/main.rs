@@ -40,6 +40,7 @@ mod concurrency;
 mod configuration;
 mod contract;
 mod corruption;
+mod deploy;
 mod expiry;
 mod exposition;
 mod faults;

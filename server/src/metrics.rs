@@ -488,7 +488,7 @@ mod tests {
     fn series(text: &str) -> Vec<(String, Vec<(String, String)>)> {
         let mut found = Vec::new();
         let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c == 'f' || c == 'p') {
+        while let Some(at) = rest.find(['f', 'p']) {
             let candidate = rest.get(at..).unwrap_or_default();
             let word: String = candidate
                 .chars()
@@ -567,7 +567,10 @@ mod tests {
                 .and_then(|url| url.trim().split_once('#'))
                 .map(|(_, anchor)| anchor.to_owned());
             let runbook = runbook.unwrap_or_else(|| panic!("{name}: a runbook_url with an anchor"));
-            assert!(anchors.contains(&runbook), "{name}: #{runbook} is a heading");
+            assert!(
+                anchors.contains(&runbook),
+                "{name}: #{runbook} is a heading"
+            );
             let expr = rule
                 .split_once("expr:")
                 .map(|(_, rest)| rest.split("labels:").next().unwrap_or(rest))
@@ -582,7 +585,8 @@ mod tests {
                         continue;
                     }
                     let listed = family.labels.iter().find(|l| l.name == label);
-                    let listed = listed.unwrap_or_else(|| panic!("{name}: {series} has no {label}"));
+                    let listed =
+                        listed.unwrap_or_else(|| panic!("{name}: {series} has no {label}"));
                     assert!(
                         value.is_empty()
                             || listed.values.is_empty()

@@ -117,8 +117,10 @@ fn read_secret_file(file: &Path) -> anyhow::Result<String> {
 
 /// How many random bytes a generated secret has (printed as twice as many hex digits).
 const GENERATED_SECRET_BYTES: usize = 32;
-/// How long to wait for a secret another process is writing at the same moment.
-const CONCURRENT_WRITE_WAIT: Duration = Duration::from_millis(500);
+/// How many times to read a secret file another process is writing at the same moment, and the
+/// pause between two reads: half a second in all.
+const CONCURRENT_WRITE_TRIES: u32 = 25;
+const CONCURRENT_WRITE_PAUSE: Duration = Duration::from_millis(20);
 
 /// The file beside a SQLite database where its generated webhook secret is kept.
 pub fn secret_file_of(database: &Path) -> PathBuf {
@@ -190,22 +192,20 @@ fn kept_secret(file: &Path) -> anyhow::Result<String> {
 
 /// The secret kept at `file`, waiting briefly for one another process is writing.
 fn read_kept(file: &Path) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + CONCURRENT_WRITE_WAIT;
-    loop {
+    for _ in 0..CONCURRENT_WRITE_TRIES {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the webhook secret kept in {}", file.display()))?;
         let secret = text.trim();
         if !secret.is_empty() {
             return Ok(secret.to_owned());
         }
-        if std::time::Instant::now() >= deadline {
-            bail!(
-                "{} is empty: remove it to generate a new secret",
-                file.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        // A blocking pause, once, at start-up: only when two instances create the file at once.
+        std::thread::sleep(CONCURRENT_WRITE_PAUSE);
     }
+    bail!(
+        "{} is empty: remove it to generate a new secret",
+        file.display()
+    );
 }
 
 /// `flashsale webhook-secret show`: the secret generated for the SQLite database at `url`.

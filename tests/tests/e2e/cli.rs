@@ -231,7 +231,9 @@ fn fatal_errors_are_one_json_line_when_json_logs_are_chosen() {
     let dir = scratch_dir("json-errors");
     let url = format!("sqlite:{}", dir.join("f.db").display());
     let missing = format!("sqlite:{}", dir.join("missing.db").display());
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 3] = [
+    // The arguments, the environment, and a word the error must carry.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 3] = [
         (
             vec![
                 "--log-format",

@@ -104,8 +104,7 @@ fn the_container_image_is_multi_stage_small_and_not_root() {
     let user = lines
         .iter()
         .skip(last_stage)
-        .filter(|l| l.starts_with("USER "))
-        .next_back()
+        .rfind(|l| l.starts_with("USER "))
         .expect("the runtime stage sets its user");
     let name = user.trim_start_matches("USER ").trim();
     assert!(

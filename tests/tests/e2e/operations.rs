@@ -42,7 +42,9 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
 
 /// Asks `url` until `check` holds for its answer; fails after [`NOTICE_TIMEOUT`] saying `what`.
 async fn until(client: &reqwest::Client, url: &str, what: &str, check: impl Fn(u16, &str) -> bool) {
-    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    let deadline = Instant::now()
+        .checked_add(NOTICE_TIMEOUT)
+        .expect("a deadline");
     loop {
         if let Some((status, body)) = get(client, url).await
             && check(status, &body)
@@ -148,7 +150,9 @@ async fn a_server_started_before_its_database_waits_for_it_and_then_serves() {
     .await
     .expect("an answer");
     hold.expect_problem(503, "database_unavailable");
-    let deadline = Instant::now() + NOTICE_TIMEOUT;
+    let deadline = Instant::now()
+        .checked_add(NOTICE_TIMEOUT)
+        .expect("a deadline");
     while process.log_tail().matches("retrying").count() < 2 {
         assert!(
             Instant::now() < deadline,

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 readonly duration=${CLUSTER_DURATION:-10}
 readonly connections=${CLUSTER_CONNECTIONS:-64}
 readonly provider=/usr/lib/galera/libgalera_smm.so
-readonly admin=adm secret=sec
+readonly admin=bench-admin-token-0001 secret=bench-webhook-secret-0001
 readonly server=target/release/flashsale load=target/release/flashsale-load
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }

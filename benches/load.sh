@@ -55,8 +55,8 @@ mysql_database=flashsale_load
 build_wait=${LOAD_BUILD_WAIT:-1800}
 
 target="http://127.0.0.1:$port"
-admin_token=adm
-webhook_secret=sec
+admin_token=bench-admin-token-0001
+webhook_secret=bench-webhook-secret-0001
 hot_stock=2000000000
 flow_stock=1000000
 flow_products=1000

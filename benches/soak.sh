@@ -27,7 +27,7 @@ work=$(mktemp -d target/soak.XXXXXX)
 
 mariadb -h127.0.0.1 -uroot -e "DROP DATABASE IF EXISTS $database; CREATE DATABASE $database"
 "$server" serve --bind "127.0.0.1:$port" --database-url "$mysql_url/$database" \
-    --admin-token adm --webhook-secret sec >"$work/server.log" 2>&1 &
+    --admin-token bench-admin-token-0001 --webhook-secret bench-webhook-secret-0001 >"$work/server.log" 2>&1 &
 server_pid=$!
 cleanup() {
     kill "$server_pid" 2>/dev/null || true
@@ -42,8 +42,8 @@ done
 curl -sf "$target/readyz" >/dev/null || { echo "soak.sh: the server did not start" >&2; exit 1; }
 
 rss() { ps -o rss= -p "$server_pid" | tr -d ' '; }
-hot=$("$load" setup --target "$target" --admin-token adm --stock 2000000000 --name Hot)
-flow=$("$load" setup --target "$target" --admin-token adm --stock 1000000 --products 100 --name Flow)
+hot=$("$load" setup --target "$target" --admin-token bench-admin-token-0001 --stock 2000000000 --name Hot)
+flow=$("$load" setup --target "$target" --admin-token bench-admin-token-0001 --stock 1000000 --products 100 --name Flow)
 first=$(head -1 <<<"$flow")
 last=$(tail -1 <<<"$flow")
 echo "start: RSS $(rss) KiB"
@@ -52,7 +52,7 @@ run() {
 }
 run --scenario hot-holds --product "$hot" --connections 64 >"$work/hot.txt" &
 hot_pid=$!
-run --scenario flow --products "$first..$last" --webhook-secret sec --connections 32 \
+run --scenario flow --products "$first..$last" --webhook-secret bench-webhook-secret-0001 --connections 32 \
     >"$work/flow.txt" &
 flow_pid=$!
 run --scenario get-product --product "$hot" --connections 64 >"$work/get.txt" &

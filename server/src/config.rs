@@ -1,12 +1,16 @@
 //! The `flashsale` command line. Every flag can also come from the environment variable named in
 //! its help, so a container or a systemd unit configures the server without arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// The embedded default database: a SQLite file in the working directory.
 pub const DATABASE_URL_DEFAULT: &str = "sqlite:flashsale.db";
+/// The variable that sets `--log-format`.
+pub const LOG_FORMAT_ENV: &str = "FLASHSALE_LOG_FORMAT";
 
 /// Flashsale: an inventory-hold service that cannot oversell.
 #[derive(Debug, Parser)]
@@ -19,7 +23,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "FLASHSALE_LOG_FORMAT",
+        env = LOG_FORMAT_ENV,
         default_value = "human"
     )]
     pub log_format: LogFormat,
@@ -35,6 +39,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once per process: `serve`'s settings being larger than the others' costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate, seed the demo products on the embedded default, and serve HTTP.
@@ -50,8 +56,56 @@ pub enum Command {
     SignWebhook(SignArgs),
     /// List the payments that did not become a sale: webhooks answered refund_required,
     /// conflict or unmatched, and orders cancelled when their payment window closed (the same
-    /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`).
+    /// records as `GET /api/admin/webhooks` and `GET /api/admin/orders`). Exits 3 when there
+    /// is any, 0 when there is none.
     Report(ReportArgs),
+    /// The webhook secret `serve` generated for a SQLite database (`show` prints it).
+    WebhookSecret(WebhookSecretArgs),
+    /// Print a shell's completion script, e.g. `flashsale completions bash >
+    /// /usr/share/bash-completion/completions/flashsale`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `flashsale man > /usr/share/man/man1/flashsale.1`.
+    Man,
+}
+
+/// `flashsale completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes `shell`'s completion script for `flashsale` to `out`, from the command line's own
+/// definition, so it never lags behind a new flag.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "flashsale", out);
+}
+
+/// Writes the man page of `flashsale` (roff) to `out`, from the command line's own definition.
+///
+/// # Errors
+/// `out` refuses the page.
+pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Cli::command()).render(out)
+}
+
+/// `flashsale webhook-secret`.
+#[derive(Debug, Args)]
+pub struct WebhookSecretArgs {
+    /// What to do with it.
+    #[arg(value_enum)]
+    pub action: WebhookSecretAction,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// What `flashsale webhook-secret` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WebhookSecretAction {
+    /// Print the secret kept beside the SQLite database.
+    Show,
 }
 
 /// `flashsale report`.
@@ -106,8 +160,10 @@ pub struct ServeArgs {
     /// How long an order waits for its payment (1s to 7 days).
     #[arg(long, env = "FLASHSALE_PAYMENT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
     pub payment_window: Duration,
-    /// Webhook signing secret; repeat (or separate with commas) to accept several while rotating.
-    /// Without one, a secret is generated and printed once at start-up.
+    /// Webhook signing secret (at least 16 bytes); repeat (or separate with commas) to accept
+    /// several while rotating. Without one on SQLite, a secret is generated the first time,
+    /// kept beside the database file and printed once (`flashsale webhook-secret show` prints
+    /// it again).
     #[arg(
         long,
         env = "FLASHSALE_WEBHOOK_SECRET",
@@ -115,12 +171,40 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub webhook_secret: Vec<String>,
-    /// Bearer token for the admin routes; without one they are off (404).
+    /// Read the webhook signing secrets from this file instead (one a line, or comma-separated),
+    /// so they stay out of the environment and the process list. Under systemd,
+    /// `LoadCredential=webhook-secret:PATH` does the same without this flag.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_SECRET_FILE",
+        conflicts_with = "webhook_secret"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Bearer token for the admin routes (at least 16 bytes); without one they are off (404).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file instead. Under systemd,
+    /// `LoadCredential=admin-token:PATH` does the same without this flag.
+    #[arg(
+        long,
+        env = "FLASHSALE_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
     /// Seed the ten demo products into an empty database (always done on the embedded default).
-    #[arg(long, env = "FLASHSALE_SEED_DEMO")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(
+        long,
+        env = "FLASHSALE_SEED_DEMO",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub seed_demo: bool,
+    /// The most database connections this instance opens (16 on MySQL/MariaDB and 8 on
+    /// SQLite unless set). Keep instances × this below the database's `max_connections`.
+    #[arg(long, env = "FLASHSALE_DB_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_max_connections: Option<u32>,
     /// How often the background sweep runs.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
@@ -155,10 +239,36 @@ pub struct ServeArgs {
     /// requests, before it is closed.
     #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// How long to keep trying to reach the database at start-up before giving up (exit 1):
+    /// `forever` (the default, as a supervisor such as systemd wants: the server answers
+    /// `/healthz` meanwhile and serves once the database answers) or a duration, `0s` for one
+    /// attempt.
+    #[arg(long, env = "FLASHSALE_CONNECT_TIMEOUT", default_value = "forever",
+          value_parser = parse_connect_timeout)]
+    pub connect_timeout: ConnectTimeout,
     /// Test only: this instance's clock runs this many milliseconds ahead of the system's
     /// (negative: behind), to test instances with skewed clocks on one database.
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub clock_offset_ms: i64,
+}
+
+/// How long `serve` keeps trying to reach its database at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectTimeout {
+    /// Until it answers.
+    Forever,
+    /// At most this long; the attempt under way when it runs out is the last.
+    After(Duration),
+}
+
+/// `forever`, or a duration as humantime writes it (`0s`, `30s`, `5m`).
+fn parse_connect_timeout(text: &str) -> Result<ConnectTimeout, String> {
+    if text == "forever" {
+        return Ok(ConnectTimeout::Forever);
+    }
+    humantime::parse_duration(text)
+        .map(ConnectTimeout::After)
+        .map_err(|error| format!("{error}; expected `forever` or a duration such as 30s"))
 }
 
 /// `flashsale sweep`.

@@ -350,16 +350,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             None,
         ));
     }
-    serde_json::from_slice::<T>(body).map_err(|err| match err.classify() {
-        Category::Data => {
-            let message = message_without_position(&err);
-            let field = field_path(body, &err, &message);
-            Problem::validation_failed(truncated(in_api_words(&message)), field)
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut deserializer).map_err(|err| {
+        let field = field_path(&err);
+        let err = err.into_inner();
+        match err.classify() {
+            Category::Data => {
+                let message = message_without_position(&err);
+                let field = with_named_field(field, &message);
+                Problem::validation_failed(truncated(in_api_words(&message)), field)
+            }
+            Category::Syntax | Category::Eof | Category::Io => {
+                Problem::malformed_json(truncated(err.to_string()))
+            }
         }
-        Category::Syntax | Category::Eof | Category::Io => {
-            Problem::malformed_json(truncated(err.to_string()))
-        }
-    })
+    })?;
+    // Only blanks can follow: the whole body passed the syntax check above.
+    deserializer
+        .end()
+        .map_err(|err| Problem::malformed_json(truncated(err.to_string())))?;
+    Ok(value)
 }
 
 /// 413 before reading the body when its declared length is already over the limit. A missing
@@ -397,24 +407,17 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 
 /// `application/json` or `application/<anything>+json` (RFC 6839), case-insensitive, with
 /// an optional `charset` parameter that must be UTF-8 (RFC 8259 requires it); other
-/// parameters are ignored.
+/// parameters are ignored. A value that is not a media type by RFC 9110's grammar (a
+/// parameter without a value, say) names no JSON either.
 fn is_json_media_type(value: &str) -> bool {
-    let mut parts = value.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let Some(("application", subtype)) = essence.split_once('/') else {
+    let Ok(media_type) = value.parse::<mime::Mime>() else {
         return false;
     };
-    let json = subtype == "json"
-        || subtype
-            .strip_suffix("+json")
-            .is_some_and(|prefix| !prefix.is_empty());
-    json && parts.all(|parameter| match parameter.split_once('=') {
-        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => charset
-            .trim()
-            .trim_matches('"')
-            .eq_ignore_ascii_case("utf-8"),
-        _ => true,
-    })
+    let json = media_type.type_() == mime::APPLICATION
+        && (media_type.subtype() == mime::JSON || media_type.suffix() == Some(mime::JSON));
+    json && media_type
+        .get_param(mime::CHARSET)
+        .is_none_or(|charset| charset == mime::UTF_8)
 }
 
 /// Collects `body`, failing with 413 as soon as it exceeds `limit` bytes, so an oversized
@@ -456,129 +459,24 @@ fn message_without_position(err: &serde_json::Error) -> String {
     }
 }
 
-/// The path of the field a data error is about, e.g. `qty` or `items[1].qty`.
-///
-/// serde_json's messages name the field only for `missing field` (and `unknown field`), but
-/// every error carries the position where it was detected. The body has already passed the
-/// syntax check, so a small scanner can replay it up to that position and report the object
-/// keys and array indexes it is inside. A missing field is reported just past the closing
-/// brace of its object, so the scan yields the parent's path and the name comes from the
-/// message.
-fn field_path(body: &[u8], err: &serde_json::Error, message: &str) -> Option<String> {
-    let offset = byte_offset(body, err.line(), err.column())?;
-    let mut path = path_at(body, offset);
-    if let Some(name) = backticked_after(message, "missing field `") {
-        path.push(Segment::Key(name.to_owned()));
+/// The path serde was at when the error happened, e.g. `items[1].qty`; `None` at the top level.
+fn field_path(err: &serde_path_to_error::Error<serde_json::Error>) -> Option<String> {
+    let path = err.path();
+    (path.iter().next().is_some()).then(|| path.to_string())
+}
+
+/// `path` extended by the field a message names, when serde reports the error at the object
+/// that lacks or repeats the field rather than at the field itself: `missing field `qty``
+/// and `duplicate field `qty`` are raised by the object once its keys are read.
+fn with_named_field(path: Option<String>, message: &str) -> Option<String> {
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| backticked_after(message, prefix));
+    match (path, named) {
+        (Some(path), Some(name)) => Some(format!("{path}.{name}")),
+        (None, Some(name)) => Some(name.to_owned()),
+        (path, None) => path,
     }
-    render_path(&path)
-}
-
-/// One step of a path into a JSON document.
-#[derive(Debug, PartialEq)]
-enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-/// A container the scanner is inside: an object with its current key, or an array with the
-/// index of the current element.
-enum Frame {
-    Object {
-        key: Option<String>,
-        expect_key: bool,
-    },
-    Array {
-        index: usize,
-    },
-}
-
-/// Scans `body[..end]` and returns the path of keys and indexes open at `end`.
-fn path_at(body: &[u8], end: usize) -> Vec<Segment> {
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut string_start: Option<usize> = None;
-    let mut escaped = false;
-    for (i, &byte) in body.iter().enumerate().take(end) {
-        if let Some(start) = string_start {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                string_start = None;
-                if let Some(Frame::Object { key, expect_key }) = stack.last_mut()
-                    && *expect_key
-                {
-                    // Decoding the quoted text resolves escapes; it parsed once already.
-                    *key = body
-                        .get(start..=i)
-                        .and_then(|raw| serde_json::from_slice(raw).ok());
-                    *expect_key = false;
-                }
-            }
-            continue;
-        }
-        match byte {
-            b'"' => string_start = Some(i),
-            b'{' => stack.push(Frame::Object {
-                key: None,
-                expect_key: true,
-            }),
-            b'[' => stack.push(Frame::Array { index: 0 }),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Object { key, expect_key }) => {
-                    *key = None;
-                    *expect_key = true;
-                }
-                Some(Frame::Array { index }) => *index = index.saturating_add(1),
-                None => {}
-            },
-            _ => {}
-        }
-    }
-    stack
-        .into_iter()
-        .filter_map(|frame| match frame {
-            Frame::Object { key, .. } => key.map(Segment::Key),
-            Frame::Array { index } => Some(Segment::Index(index)),
-        })
-        .collect()
-}
-
-fn render_path(path: &[Segment]) -> Option<String> {
-    let mut rendered = String::new();
-    for segment in path {
-        match segment {
-            Segment::Key(key) if rendered.is_empty() => rendered.push_str(key),
-            Segment::Key(key) => {
-                rendered.push('.');
-                rendered.push_str(key);
-            }
-            Segment::Index(index) => rendered.push_str(&format!("[{index}]")),
-        }
-    }
-    (!rendered.is_empty()).then_some(rendered)
-}
-
-/// Byte offset of serde_json's 1-based `line` and 0-based byte `column`; `None` when the
-/// error has no position (line 0) or the position is outside `body`.
-fn byte_offset(body: &[u8], line: usize, column: usize) -> Option<usize> {
-    let line_start = match line.checked_sub(2) {
-        None if line == 0 => return None,
-        None => 0,
-        Some(newlines_before) => {
-            let (newline, _) = body
-                .iter()
-                .enumerate()
-                .filter(|&(_, &b)| b == b'\n')
-                .nth(newlines_before)?;
-            newline.checked_add(1)?
-        }
-    };
-    let offset = line_start.checked_add(column)?;
-    (offset <= body.len()).then_some(offset)
 }
 
 /// The text between `prefix` and the next backtick in `message`, e.g. the field name in
@@ -588,7 +486,6 @@ fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
     rest.split_once('`').map(|(name, _)| name)
 }
 
-/// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
 /// serde's message with its Rust type names said as the API's ranges: "expected u32" becomes
 /// "expected a whole number from 0 to 4294967295".
 fn in_api_words(message: &str) -> String {
@@ -615,6 +512,7 @@ fn in_api_words(message: &str) -> String {
     text
 }
 
+/// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
 fn truncated(mut text: String) -> String {
     if text.len() > DETAIL_BYTES_MAX {
         let cut = (0..=DETAIL_BYTES_MAX)
@@ -864,6 +762,58 @@ mod tests {
             assert_eq!(problem.status, 422, "body {body}");
             let named = problem.extra.as_ref().and_then(|extra| extra.get("field"));
             assert_eq!(named, Some(&Value::from(field)), "body {body}");
+        }
+    }
+
+    #[test]
+    fn the_field_named_is_the_one_at_fault_whatever_comes_around_it() {
+        // A list where a number belongs is about `qty`, not about an element in it; a missing
+        // or unknown field is named in the element it belongs to, across lines and escapes.
+        let field = |problem: Problem| problem.extra.and_then(|extra| extra.get("field").cloned());
+        for body in [r#"{"qty":[1]}"#, r#"{"qty":{"n":1}}"#] {
+            let problem = parse_json::<QtyBody>(body.as_bytes()).expect_err(body);
+            assert_eq!(field(problem), Some(Value::from("qty")), "body {body}");
+        }
+        let body = r#"{"items":[{"qty":[]}]}"#;
+        let problem = parse_json::<ItemsBody>(body.as_bytes()).expect_err(body);
+        assert_eq!(
+            field(problem),
+            Some(Value::from("items[0].qty")),
+            "body {body}"
+        );
+        for (body, want) in [
+            (r#"{"items":[{},{"qty":1}]}"#, "items[0].qty"),
+            ("{\"items\":[{\"qty\":\"x\"},{\"qty\":1}]}", "items[0].qty"),
+            ("{\n\"items\":[{},\n{\"qty\":1}]}", "items[0].qty"),
+            (
+                "{\n\"items\":[{\"qty\":1},\n{}\n,{\"qty\":1}]}",
+                "items[1].qty",
+            ),
+            (
+                "{\"items\":[{\"qty\":1,\"x\":2},{\"qty\":1}]}",
+                "items[0].x",
+            ),
+            ("{\"items\":[{\"qty\":1}], \"items\":[]}", "items"),
+            ("{\"items\":[{\"qty\":1e3}]}", "items[0].qty"),
+            ("{\"items\":[{\"qty\":\"\\u00e9\\u00e9\"}]}", "items[0].qty"),
+            ("{\"items\":[{\"qty\":\"ééé\"},{}]}", "items[0].qty"),
+        ] {
+            let problem = parse_json::<ItemsBody>(body.as_bytes()).expect_err(body);
+            assert_eq!(field(problem), Some(Value::from(want)), "body {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_media_types_are_415() {
+        for content_type in [
+            "application/json; charset",
+            "application/json; =utf-8",
+            "application/json; charset=\"utf-8",
+            "application/json;;",
+        ] {
+            let (status, problem) = post_qty(Some(content_type), r#"{"qty":3}"#).await;
+            assert_eq!(status, 415, "content type {content_type:?}");
+            assert_eq!(problem["code"], "unsupported_media_type");
         }
     }
 

@@ -340,6 +340,21 @@ pub async fn report(store: &SqlStore) -> Result<Value, StoreError> {
     Ok(json!({"webhooks": sections, "orders_payment_window_closed": cancelled}))
 }
 
+/// How many records of a [`report`] need a person: every listed webhook and order.
+pub fn records_to_follow_up(report: &Value) -> usize {
+    let webhooks = report["webhooks"]
+        .as_object()
+        .into_iter()
+        .flat_map(|sections| sections.values())
+        .filter_map(Value::as_array)
+        .map(Vec::len)
+        .sum::<usize>();
+    let orders = report["orders_payment_window_closed"]
+        .as_array()
+        .map_or(0, Vec::len);
+    webhooks.saturating_add(orders)
+}
+
 /// [`report`] as text for a person: one section per kind, one line per record, with what to do.
 pub fn render_report(report: &Value) -> String {
     use std::fmt::Write as _;

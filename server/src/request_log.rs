@@ -23,6 +23,11 @@ use warp::reply::Response;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id taken from a client.
 const REQUEST_ID_MAX: usize = 128;
+/// The ids kept from a client, as `openapi.json` declares its answers' `X-Request-Id` (a test
+/// keeps the two equal): what [`request_id`] keeps; any other id is replaced, never refused.
+/// Nothing that a log line or a header could misread (spaces, quotes, `=`, `;`), so an id can
+/// be pasted into a log search as it is.
+pub const REQUEST_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,128}$";
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -33,7 +38,7 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// The client's id when it is a sensible one, else a new one.
+/// The client's id when it matches [`REQUEST_ID_PATTERN`], else a new one.
 fn request_id(headers: &HeaderMap) -> String {
     let given = headers
         .get(REQUEST_ID_HEADER)
@@ -118,7 +123,8 @@ where
                             .insert(ALLOW, HeaderValue::from_static(allow));
                     }
                     let seconds = started.elapsed().as_secs_f64();
-                    let latency_ms = seconds * 1_000.0;
+                    // A number in JSON logs, to two decimals: a collector aggregates it.
+                    let latency_ms = (seconds * 100_000.0).round() / 100.0;
                     // Unknown paths share one label: a scanner must not mint a series per path.
                     let label = if crate::routes::allowed_methods(&route).is_some() {
                         route.clone()
@@ -139,7 +145,7 @@ where
                         %method,
                         %route,
                         status = response.status().as_u16(),
-                        latency_ms = format_args!("{latency_ms:.2}"),
+                        latency_ms,
                         "request"
                     );
                     Ok(response)

@@ -3,7 +3,8 @@
 //! an RFC 9457 problem. No rule is decided here.
 //!
 //! Every route matches its path before its method, so an unknown path is 404 and a known path
-//! with the wrong method is 405. Client request bodies refuse unknown fields (a typo must not pass
+//! with the wrong method is 405. Every GET route answers HEAD too, and a path with a trailing
+//! slash is another (unknown) path. Client request bodies refuse unknown fields (a typo must not pass
 //! silently); the webhook accepts and ignores them, because payment providers add fields.
 
 use std::convert::Infallible;
@@ -16,8 +17,11 @@ use flashsale_core::{
     Cents, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, PaymentStatus, ProductId, Qty,
     Rejection, Timestamp, WebhookPayload, WebhookResult,
 };
+use headers::HeaderMapExt;
+use headers::authorization::{Authorization, Bearer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::http::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use warp::reply::Response;
@@ -83,7 +87,10 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .unify()
         .or(openapi())
         .unify();
-    api.recover(problem::recover).map(Reply::into_response)
+    no_trailing_slash()
+        .and(api)
+        .recover(problem::recover)
+        .map(Reply::into_response)
 }
 
 /// Every route and its method, as [`crate::request_log`] names routes (ids as `{id}`): the
@@ -106,12 +113,39 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("/api/openapi.json", "GET"),
 ];
 
-/// The methods a route answers, for the `Allow` header of a 405.
+/// The methods a route answers, for the `Allow` header of a 405: a GET route answers HEAD too.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
     ROUTES
         .iter()
         .find(|(path, _)| *path == route)
-        .map(|(_, method)| *method)
+        .map(|(_, method)| {
+            if *method == "GET" {
+                "GET, HEAD"
+            } else {
+                method
+            }
+        })
+}
+
+/// GET, and HEAD alike (RFC 9110 §9.3.2: a server answers HEAD wherever it answers GET); hyper
+/// sends a HEAD's answer without its body.
+fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// One URL per resource: a path ending in `/` (other than `/` itself) names no route, so it is
+/// 404 rather than answered under another path's name (and counted as an unknown route).
+fn no_trailing_slash() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            let path = path.as_str();
+            if path.len() > 1 && path.ends_with('/') {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
 }
 
 /// The OpenAPI 3.1 description of [`ROUTES`], served at `GET /api/openapi.json`. Tests keep
@@ -135,7 +169,7 @@ fn with_app(app: SharedApp) -> impl Filter<Extract = (SharedApp,), Error = Infal
 /// `GET /api/products/{id}`
 fn product(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "products" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.product(ProductId(id)).await {
@@ -208,7 +242,7 @@ fn place_hold(
 /// `GET /api/holds/{id}`
 fn hold(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "holds" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.hold(HoldId(id)).await {
@@ -264,7 +298,7 @@ fn place_order(
 /// `GET /api/orders/{id}`
 fn order(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "orders" / u64)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|id: u64, app: SharedApp| async move {
             match app.service.order(OrderId(id)).await {
@@ -320,13 +354,19 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
     } else {
         metrics::counter!("flashsale_webhooks_total", "result" => record.result.as_str())
             .increment(1);
-        if let Some(order) = answer
-            .order
-            .as_ref()
-            .filter(|_| record.result == WebhookResult::Applied)
-        {
-            metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
-                .increment(1);
+        match &answer.order {
+            Some(order) if record.result == WebhookResult::Applied => {
+                metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
+                    .increment(1);
+            }
+            // A failed payment for a hold not yet ordered releases the hold.
+            None if record.result == WebhookResult::Applied
+                && record.status == PaymentStatus::Failed =>
+            {
+                metrics::counter!("flashsale_holds_released_total", "reason" => "payment_failed")
+                    .increment(1);
+            }
+            _ => {}
         }
     }
     match record.result {
@@ -403,17 +443,20 @@ struct CreateProductRequest {
     stock: u32,
 }
 
-/// Admin routes need `Authorization: Bearer <token>`; without a configured token they do not
-/// exist (404).
+/// Admin routes need `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1);
+/// without a configured token they do not exist (404). The token is compared in constant time,
+/// so the time of a refusal says nothing about how much of a guess was right.
 fn admin(app: SharedApp) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
+    warp::header::headers_cloned()
         .and(with_app(app))
-        .and_then(|header: Option<String>, app: SharedApp| async move {
+        .and_then(|headers: HeaderMap, app: SharedApp| async move {
             let Some(token) = app.admin_token.as_deref() else {
                 return Err(warp::reject::not_found());
             };
-            let given = header.as_deref().and_then(|h| h.strip_prefix("Bearer "));
-            if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+            let given = headers.typed_get::<Authorization<Bearer>>();
+            if given
+                .is_some_and(|given| bool::from(given.token().as_bytes().ct_eq(token.as_bytes())))
+            {
                 Ok(())
             } else {
                 let problem = Problem::new(
@@ -498,7 +541,7 @@ fn admin_webhooks(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "admin" / "webhooks")
-        .and(warp::get())
+        .and(get_or_head())
         .and(admin(app.clone()))
         .and(query_pairs())
         .and(with_app(app))
@@ -520,7 +563,7 @@ fn admin_orders(
     app: SharedApp,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "admin" / "orders")
-        .and(warp::get())
+        .and(get_or_head())
         .and(admin(app.clone()))
         .and(query_pairs())
         .and(with_app(app))
@@ -539,14 +582,14 @@ fn admin_orders(
 /// `GET /healthz`: the process answers.
 fn healthz() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("healthz")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
 }
 
 /// `GET /api/openapi.json`: this API's OpenAPI 3.1 description.
 fn openapi() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("api" / "openapi.json")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| {
             let mut response = Response::new(OPENAPI_JSON.into());
             response.headers_mut().insert(
@@ -560,26 +603,31 @@ fn openapi() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Cl
 /// `GET /metrics`: Prometheus text exposition.
 fn metrics(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .and_then(|app: SharedApp| async move {
             let Some(handle) = &app.metrics else {
                 return Err(warp::reject::not_found());
             };
             let text = crate::metrics::render(handle, app.service.store());
-            let mut response = Response::new(text.into());
-            response.headers_mut().insert(
-                warp::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok::<_, warp::Rejection>(response)
+            Ok::<_, warp::Rejection>(metrics_reply(text))
         })
+}
+
+/// Prometheus text exposition.
+fn metrics_reply(text: String) -> Response {
+    let mut response = Response::new(text.into());
+    response.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// `GET /readyz`: the database answers.
 fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("readyz")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app))
         .then(|app: SharedApp| async move {
             if app.service.store().ping(READY_PING_TIMEOUT).await {
@@ -734,29 +782,113 @@ fn error_reply(error: ServiceError) -> Response {
             )
             .into_response()
         }
-        ServiceError::Store(error @ (StoreError::Unavailable(_) | StoreError::Connection(_))) => {
-            tracing::warn!(%error, "database unavailable");
-            retry_later(Problem::new(
-                503,
-                "database_unavailable",
-                "the database cannot be reached; nothing was changed; retry",
-            ))
+        ServiceError::Store(StoreError::Unavailable(error)) => {
+            database_unavailable(DatabaseCause::Unreachable, &error)
+        }
+        ServiceError::Store(StoreError::Connection(error)) => {
+            database_unavailable(DatabaseCause::ConnectionLost, &error)
         }
         ServiceError::Store(StoreError::CommitUnknown(error)) => {
-            tracing::warn!(%error, "database connection lost while committing");
-            retry_later(Problem::new(
-                503,
-                "commit_unknown",
-                "the database connection was lost while committing, so the request may or \
-                 may not have taken effect; retry under the same Idempotency-Key, or read \
-                 the resource first",
-            ))
+            database_unavailable(DatabaseCause::CommitUnknown, &error)
         }
         ServiceError::Store(error) => {
             tracing::error!(%error, "storage failed");
             Problem::internal().into_response()
         }
     }
+}
+
+/// Why a request could not use the database, as `flashsale_database_unavailable_total`'s
+/// `cause` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseCause {
+    /// No connection within the pool's timeout: the database is down or unreachable, refuses
+    /// connections, is a Galera node out of its cluster, or every connection is taken.
+    Unreachable,
+    /// Every attempt lost its connection before committing: nothing was changed.
+    ConnectionLost,
+    /// The connection was lost while committing: the request may or may not have taken effect.
+    CommitUnknown,
+    /// The server is still waiting for its database at start-up.
+    Starting,
+}
+
+impl DatabaseCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseCause::Unreachable => "unreachable",
+            DatabaseCause::ConnectionLost => "connection_lost",
+            DatabaseCause::CommitUnknown => "commit_unknown",
+            DatabaseCause::Starting => "starting",
+        }
+    }
+}
+
+/// The 503 of a request the database failed, logged, and counted by cause: the one place such
+/// an answer is made, so `flashsale_database_unavailable_total` counts every one of them (an
+/// alert on it fires even when the database is gone entirely, which retries never see).
+fn database_unavailable(cause: DatabaseCause, error: &str) -> Response {
+    metrics::counter!("flashsale_database_unavailable_total", "cause" => cause.as_str())
+        .increment(1);
+    let problem = match cause {
+        DatabaseCause::CommitUnknown => {
+            tracing::warn!(%error, "database connection lost while committing");
+            Problem::new(
+                503,
+                "commit_unknown",
+                "the database connection was lost while committing, so the request may or \
+                 may not have taken effect; retry under the same Idempotency-Key, or read \
+                 the resource first",
+            )
+        }
+        DatabaseCause::Unreachable | DatabaseCause::ConnectionLost | DatabaseCause::Starting => {
+            tracing::warn!(%error, cause = cause.as_str(), "database unavailable");
+            Problem::new(
+                503,
+                "database_unavailable",
+                "the database cannot be reached; nothing was changed; retry",
+            )
+        }
+    };
+    retry_later(problem)
+}
+
+/// The routes served while `serve` waits for its database at start-up: `/healthz` (the process
+/// runs), `/readyz` (503: not ready), `/metrics` and `/api/openapi.json`; every other request
+/// is 503 `database_unavailable` with `Retry-After`, counted with cause `starting`.
+pub fn starting_routes(
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let readyz = warp::path!("readyz").and(get_or_head()).map(|| {
+        Problem::new(503, "database_unavailable", "waiting for the database").into_response()
+    });
+    let metrics = warp::path!("metrics").and(get_or_head()).and_then(move || {
+        let rendered = metrics.as_ref().map(crate::metrics::render_starting);
+        async move {
+            rendered
+                .map(metrics_reply)
+                .ok_or_else(warp::reject::not_found)
+        }
+    });
+    let others = warp::any().map(|| {
+        database_unavailable(
+            DatabaseCause::Starting,
+            "the server is waiting for its database",
+        )
+    });
+    no_trailing_slash()
+        .and(
+            healthz()
+                .or(readyz)
+                .unify()
+                .or(metrics)
+                .unify()
+                .or(openapi())
+                .unify(),
+        )
+        .or(others)
+        .unify()
 }
 
 /// A problem the client should retry in a second: `Retry-After: 1`.
@@ -801,11 +933,6 @@ fn rejection_problem(rejection: &Rejection) -> Problem {
             Problem::new(422, code, detail).with_member("field", *field)
         }
     }
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -901,6 +1028,29 @@ mod openapi_tests {
             }
         }
         codes
+    }
+
+    #[test]
+    fn the_document_declares_the_request_id_rule_the_code_applies_on_every_operation() {
+        let doc = document();
+        // Any value is taken (the parameter has no pattern: an id is replaced, never refused);
+        // the answer's header says which ones are kept.
+        let header = &doc["components"]["headers"]["X-Request-Id"];
+        assert_eq!(
+            header["schema"]["pattern"],
+            crate::request_log::REQUEST_ID_PATTERN
+        );
+        let parameter = &doc["components"]["parameters"]["X-Request-Id"];
+        assert_eq!(parameter["schema"], json!({"type": "string"}));
+        let reference = json!({"$ref": "#/components/parameters/X-Request-Id"});
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .is_some_and(|parameters| parameters.contains(&reference));
+                assert!(declared, "{method} {path} declares X-Request-Id");
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
 use flashsale_core::order::{self, PAYMENT_WINDOW_MS_DEFAULT};
@@ -330,8 +329,7 @@ fn beyond_storage(id: u64) -> bool {
 
 /// Waits a little longer after each failed attempt, so contenders spread out.
 async fn backoff(attempt: u32) {
-    let ms = 2u64.saturating_pow(attempt.min(8));
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+    tokio::time::sleep(crate::backoff::delay(attempt)).await;
 }
 
 /// Whether a whole batch's failure may come from one of its commands, so deciding them one at

@@ -1,5 +1,6 @@
-//! Building and running the server: connect, migrate, seed, start the sweeper, serve until
-//! SIGINT or SIGTERM, then drain and close.
+//! Building and running the server: bind, wait for the database (serving health checks
+//! meanwhile), migrate, seed, start the sweeper, serve until SIGINT or SIGTERM, then drain and
+//! close.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,19 +11,27 @@ use flashsale_core::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 use flashsale_core::order::validate_payment_window;
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
-use crate::config::{DATABASE_URL_DEFAULT, ServeArgs};
+use crate::config::{ConnectTimeout, DATABASE_URL_DEFAULT, ServeArgs};
 use crate::request_log::Logged;
 use crate::routes::{self, App};
 use crate::service::{self, Service};
-use crate::signature::Secret;
-use crate::store::sql::SqlStore;
+use crate::store::StoreError;
+use crate::store::sql::{PoolSettings, SqlStore};
 
 /// Connects to `url` and applies the migrations.
 ///
 /// # Errors
 /// A failed connection or migration.
 pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
-    let store = connect(url).await?;
+    open_store_with(url, PoolSettings::default()).await
+}
+
+/// Connects to `url` with `settings` and applies the migrations.
+///
+/// # Errors
+/// A failed connection or migration.
+pub async fn open_store_with(url: &str, settings: PoolSettings) -> anyhow::Result<SqlStore> {
+    let store = connect_with(url, settings).await?;
     let applied = store.migrate().await.context("migrating")?;
     for migration in applied {
         tracing::info!(
@@ -39,9 +48,39 @@ pub async fn open_store(url: &str) -> anyhow::Result<SqlStore> {
 /// # Errors
 /// A failed connection, said without the URL's password.
 pub async fn connect(url: &str) -> anyhow::Result<SqlStore> {
-    SqlStore::connect(url)
+    connect_with(url, PoolSettings::default()).await
+}
+
+/// Connects to `url` with `settings`, without migrating.
+///
+/// # Errors
+/// A failed connection, said without the URL's password.
+pub async fn connect_with(url: &str, settings: PoolSettings) -> anyhow::Result<SqlStore> {
+    SqlStore::connect_with(url, settings)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))
+}
+
+/// Connects to the database at `url` for a command that only reads: a SQLite file that does not
+/// exist is an error, never created (a misspelled path would otherwise leave an empty database
+/// behind and say its migrations are pending).
+///
+/// # Errors
+/// A missing SQLite file, or a failed connection.
+pub async fn connect_existing(url: &str) -> anyhow::Result<SqlStore> {
+    if let Some(file) = SqlStore::sqlite_file(url)
+        && !file.exists()
+    {
+        bail!(
+            "{} does not exist: check --database-url (`flashsale migrate` creates a database)",
+            file.display()
+        );
+    }
+    let settings = PoolSettings {
+        create_missing: false,
+        ..PoolSettings::default()
+    };
+    connect_with(url, settings).await
 }
 
 /// The service settings `args` ask for, checked against the core's limits.
@@ -82,102 +121,201 @@ fn retention_ms(retention: Duration, flag: &str) -> anyhow::Result<u64> {
 
 /// Runs `flashsale serve` until a shutdown signal.
 ///
+/// The settings are checked and the port bound first. Then, until the database answers and is
+/// migrated, the server answers only `/healthz` (200), `/readyz` (503) and `/metrics`, and tries
+/// again with a growing, jittered pause (`--connect-timeout` bounds how long): a database down at
+/// boot must not make a supervisor give up on the unit. Once ready it prints `listening on
+/// http://ADDR` and serves every route.
+///
 /// # Errors
-/// Bad settings, an unreachable database, or a port that cannot be bound.
+/// Bad settings, a port that cannot be bound, a database that refuses this server (a wrong
+/// password, no such database) or did not answer within `--connect-timeout`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = service_config(&args)?;
-    let url = &args.database.database_url;
+    let url = args.database.database_url.clone();
+    let admin_token = crate::secrets::admin_token(&args)?;
+    let configured = crate::secrets::configured_webhook_secrets(&args)?;
     // Bound before the database is touched or a secret made: a port already taken changes
     // nothing.
     let listener = tokio::net::TcpListener::bind(args.bind.as_str())
         .await
         .with_context(|| format!("binding {} (expected HOST:PORT)", args.bind))?;
-    let webhook_secrets = webhook_secrets(&args.webhook_secret, !url.starts_with("sqlite:"))?;
-    let store = open_store(url).await?;
-    let clock: Arc<dyn Clock> = if args.clock_offset_ms == 0 {
-        Arc::new(SystemClock)
-    } else {
-        tracing::warn!(
-            offset_ms = args.clock_offset_ms,
-            "this instance's clock is offset from the system's (a test setting)"
-        );
-        Arc::new(OffsetClock {
-            offset_ms: args.clock_offset_ms,
-        })
+    let webhook_secrets = crate::secrets::webhook_secrets(&configured, &url)?;
+    let metrics = install_metrics();
+    let limits = Limits::of(&args);
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(%local, database = %redact(&url), "accepting connections; waiting for the database");
+    let settings = PoolSettings {
+        max_connections: args.db_max_connections,
+        create_missing: true,
     };
-    let service = Service::new(store.clone(), clock, config);
-    if args.seed_demo || args.database.database_url == DATABASE_URL_DEFAULT {
+    let waiting = Waiting {
+        listener: &listener,
+        metrics: metrics.clone(),
+        limits,
+    };
+    let Some(store) = waiting
+        .until_ready(&url, settings, args.connect_timeout)
+        .await?
+    else {
+        tracing::info!("stopped before the database was ready");
+        return Ok(());
+    };
+    crate::metrics::set_database_up(true);
+    let service = Service::new(store.clone(), clock_of(&args), config);
+    if args.seed_demo || url == DATABASE_URL_DEFAULT {
         let seeded = service.seed_demo().await.context("seeding demo products")?;
         if seeded > 0 {
             tracing::info!(seeded, "seeded demo products");
         }
     }
-    let admin_token = args.admin_token.filter(|t| !t.is_empty());
     if admin_token.is_none() {
         tracing::info!("no admin token: admin routes are off");
     }
-    let metrics = match crate::metrics::install() {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(%error, "metrics are off");
-            None
-        }
-    };
     let app = Arc::new(App {
         service,
         webhook_secrets,
         admin_token,
         metrics,
     });
-    let local: SocketAddr = listener.local_addr()?;
-    tracing::info!(%local, database = %redact(&args.database.database_url), "listening");
+    tracing::info!(%local, database = %redact(&url), "listening");
     // Tests and scripts read this line to learn the port when binding port 0.
     println!("listening on http://{local}");
-    let sweeper = tokio::spawn(sweep_forever(app.clone(), args.sweep_interval));
-    let upkeep = app
-        .metrics
-        .clone()
-        .map(|handle| tokio::spawn(crate::metrics::upkeep_forever(handle)));
-    let limits = Limits {
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-        header_timeout: args.header_timeout.max(Duration::from_millis(100)),
-    };
-    serve_connections(listener, routes::routes(app), limits, shutdown_signal()).await;
-    sweeper.abort();
-    if let Some(upkeep) = upkeep {
-        upkeep.abort();
+    let mut background = vec![
+        tokio::spawn(sweep_forever(app.clone(), args.sweep_interval)),
+        tokio::spawn(crate::metrics::watch_database_forever(store.clone())),
+    ];
+    if let Some(handle) = app.metrics.clone() {
+        background.push(tokio::spawn(crate::metrics::upkeep_forever(handle)));
+    }
+    serve_connections(&listener, routes::routes(app), limits, shutdown_signal()).await;
+    for task in background {
+        task.abort();
     }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The configured secrets, or, on a database of this machine's own (SQLite), one generated and
-/// printed once.
+/// The Prometheus recorder, or none (the routes answer 404) if another is installed.
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    match crate::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics are off");
+            None
+        }
+    }
+}
+
+/// The clock `args` ask for: the system's, or (in tests) one offset from it.
+fn clock_of(args: &ServeArgs) -> Arc<dyn Clock> {
+    if args.clock_offset_ms == 0 {
+        return Arc::new(SystemClock);
+    }
+    tracing::warn!(
+        offset_ms = args.clock_offset_ms,
+        "this instance's clock is offset from the system's (a test setting)"
+    );
+    Arc::new(OffsetClock {
+        offset_ms: args.clock_offset_ms,
+    })
+}
+
+/// The pause after the first failed attempt to reach the database at start-up; it doubles
+/// after each one, up to [`CONNECT_PAUSE_MAX`], and its second half is random, so instances
+/// restarted together do not knock on a recovering database together.
+const CONNECT_PAUSE_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between two attempts to reach the database at start-up.
+const CONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
+
+/// `serve` waiting for its database: serving [`routes::starting_routes`] meanwhile.
+struct Waiting<'a> {
+    listener: &'a tokio::net::TcpListener,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    limits: Limits,
+}
+
+impl Waiting<'_> {
+    /// The database at `url`, connected and migrated; `None` when a shutdown signal came first.
+    ///
+    /// # Errors
+    /// A database that refuses this server, or did not answer within `timeout`.
+    async fn until_ready(
+        self,
+        url: &str,
+        settings: PoolSettings,
+        timeout: ConnectTimeout,
+    ) -> anyhow::Result<Option<SqlStore>> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let preparing = async {
+            tokio::select! {
+                prepared = connect_and_migrate(url, settings, timeout) => {
+                    let _ = sender.send(prepared);
+                }
+                () = shutdown_signal() => {}
+            }
+        };
+        let routes = routes::starting_routes(self.metrics);
+        serve_connections(self.listener, routes, self.limits, preparing).await;
+        receiver.await.ok().transpose()
+    }
+}
+
+/// Connects to `url` and migrates, trying again while the database does not answer (down,
+/// refusing connections, a Galera node out of its cluster), each attempt logged, for at most
+/// `timeout`.
 ///
 /// # Errors
-/// No secret configured for a shared database (MySQL/MariaDB): every instance on it must check
-/// the same signatures, and each would otherwise generate its own.
-fn webhook_secrets(given: &[String], shared_database: bool) -> anyhow::Result<Vec<Secret>> {
-    let given: Vec<&String> = given.iter().filter(|s| !s.is_empty()).collect();
-    if !given.is_empty() {
-        return Ok(given
-            .into_iter()
-            .map(|s| Secret::new(s.as_bytes().to_vec()))
-            .collect());
-    }
-    if shared_database {
-        bail!(
-            "no webhook secret configured: on a shared database (MySQL/MariaDB) every instance \
-             must check the same signatures; set FLASHSALE_WEBHOOK_SECRET or --webhook-secret"
+/// The database refused this server (a wrong password, no such database, a failed migration),
+/// or still did not answer when `timeout` ran out.
+async fn connect_and_migrate(
+    url: &str,
+    settings: PoolSettings,
+    timeout: ConnectTimeout,
+) -> anyhow::Result<SqlStore> {
+    let started = tokio::time::Instant::now();
+    let mut pause = CONNECT_PAUSE_FIRST;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let error = match open_store_with(url, settings).await {
+            Ok(store) => return Ok(store),
+            Err(error) if database_away(&error) => error,
+            Err(error) => return Err(error),
+        };
+        let waited = started.elapsed();
+        let wait = match timeout {
+            ConnectTimeout::After(limit) if waited >= limit => {
+                return Err(error.context(format!(
+                    "gave up after {attempt} attempts in {:.1} s (--connect-timeout)",
+                    waited.as_secs_f64()
+                )));
+            }
+            ConnectTimeout::After(limit) => {
+                crate::backoff::jittered(pause).min(limit.saturating_sub(waited))
+            }
+            ConnectTimeout::Forever => crate::backoff::jittered(pause),
+        };
+        tracing::warn!(
+            attempt,
+            error = format!("{error:#}"),
+            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "the database does not answer; retrying"
         );
+        tokio::time::sleep(wait).await;
+        pause = pause.saturating_mul(2).min(CONNECT_PAUSE_MAX);
     }
-    let bytes: [u8; 32] = rand::random();
-    let secret = hex::encode(bytes);
-    // Printed once, to stdout, so the operator can configure the payment provider; webhooks
-    // are never accepted unsigned.
-    println!("generated webhook secret (set FLASHSALE_WEBHOOK_SECRET to keep one): {secret}");
-    Ok(vec![Secret::new(secret.into_bytes())])
+}
+
+/// Whether `error` says the database is away (worth another attempt), not that it refused us.
+fn database_away(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable(_) | StoreError::Connection(_))
+        )
+    })
 }
 
 /// What one instance allows its clients.
@@ -187,6 +325,15 @@ struct Limits {
     max_connections: usize,
     /// How long a connection may take to send a request's headers or sit idle between requests.
     header_timeout: Duration,
+}
+
+impl Limits {
+    fn of(args: &ServeArgs) -> Limits {
+        Limits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// How long shutdown waits for requests in flight before it closes their connections.
@@ -200,7 +347,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// idle that long between requests (hyper runs the timer whenever it waits for a request's
 /// head), is closed, so idle and slow clients give their slot back.
 async fn serve_connections<F>(
-    listener: tokio::net::TcpListener,
+    listener: &tokio::net::TcpListener,
     filter: F,
     limits: Limits,
     shutdown: impl Future<Output = ()>,

@@ -67,13 +67,65 @@ pub enum SqlStore {
     Sqlite(Pool<Sqlite>),
 }
 
+/// The pool's size on MySQL/MariaDB when [`PoolSettings::max_connections`] does not say.
+pub const MYSQL_CONNECTIONS_DEFAULT: u32 = 16;
+/// The pool's size on SQLite when [`PoolSettings::max_connections`] does not say: one writer at
+/// a time, so more connections would only wait for the write lock.
+pub const SQLITE_CONNECTIONS_DEFAULT: u32 = 8;
+
+/// How [`SqlStore::connect_with`] opens its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// The most connections the pool opens; `None` for [`MYSQL_CONNECTIONS_DEFAULT`] or
+    /// [`SQLITE_CONNECTIONS_DEFAULT`].
+    pub max_connections: Option<u32>,
+    /// Whether a SQLite file that does not exist is created (serving, migrating) or is an
+    /// error (commands that only read must not leave an empty database behind).
+    pub create_missing: bool,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: None,
+            create_missing: true,
+        }
+    }
+}
+
 impl SqlStore {
-    /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`), creating a SQLite file if
-    /// missing.
+    /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) with the default
+    /// [`PoolSettings`], creating a SQLite file if missing.
     ///
     /// # Errors
     /// An unsupported scheme or a failed connection.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// The file a `sqlite:` URL names; `None` for another database or an in-memory one.
+    pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+        if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+            return None;
+        }
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        Some(options.get_filename().to_path_buf())
+    }
+
+    /// The most connections the pool opens.
+    pub fn max_connections(&self) -> u32 {
+        match self {
+            SqlStore::MySql(pool) => pool.options().get_max_connections(),
+            SqlStore::Sqlite(pool) => pool.options().get_max_connections(),
+        }
+    }
+
+    /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) with `settings`.
+    ///
+    /// # Errors
+    /// An unsupported scheme or a failed connection (on SQLite, a missing file when
+    /// `settings.create_missing` is false).
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> StoreResult<Self> {
         if url.starts_with("mysql:") || url.starts_with("mariadb:") {
             let url = url.replacen("mariadb:", "mysql:", 1);
             let options = MySqlConnectOptions::from_str(&url)
@@ -87,7 +139,11 @@ impl SqlStore {
                 .map_err(unreachable)?;
             let _ = sqlx::Connection::close(probe).await;
             let pool = MySqlPoolOptions::new()
-                .max_connections(16)
+                .max_connections(
+                    settings
+                        .max_connections
+                        .unwrap_or(MYSQL_CONNECTIONS_DEFAULT),
+                )
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(ping_if_idle)
@@ -112,13 +168,17 @@ impl SqlStore {
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(map_err)?
-                .create_if_missing(true)
+                .create_if_missing(settings.create_missing)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(
+                    settings
+                        .max_connections
+                        .unwrap_or(SQLITE_CONNECTIONS_DEFAULT),
+                )
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(ping_if_idle)

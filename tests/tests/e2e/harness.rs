@@ -34,7 +34,7 @@ use sqlx::{AssertSqlSafe, Connection};
 /// The webhook signing secret every test server is started with.
 pub const WEBHOOK_SECRET: &str = "e2e-webhook-secret";
 /// The admin bearer token every test server is started with (unless started without one).
-pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0001";
 /// Where MariaDB is when `FLASHSALE_TEST_MYSQL_URL` is not set: what `.ci/mariadb.sh` starts.
 pub const MYSQL_URL_DEFAULT: &str = "mysql://root@127.0.0.1:3306";
 /// How long a test waits for a state that time or the sweeper brings about before failing.
@@ -96,6 +96,24 @@ pub async fn spawn_on(url: &str, extra_args: &[&str]) -> TestApp {
     start(db, database, launch).await
 }
 
+/// Starts a server on a fresh database of kind `db` with only `--bind 127.0.0.1:0`,
+/// `--database-url` and `extra_args`, and `env` in its environment: no webhook secret or admin
+/// token unless the test gives them its own way.
+pub async fn spawn_bare(db: Db, extra_args: &[&str], env: &[(&str, &str)]) -> TestApp {
+    let database = Database::create(db).await;
+    let mut launch = Launch::new(&database, &[], false);
+    // The known secret `Launch::new` adds is dropped: the test configures its own.
+    launch.args.truncate(launch.args.len().saturating_sub(2));
+    launch
+        .args
+        .extend(extra_args.iter().map(|s| (*s).to_owned()));
+    launch.env = env
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    start(db, database, launch).await
+}
+
 async fn spawn(db: Db, extra_args: &[&str], admin: bool) -> TestApp {
     let database = Database::create(db).await;
     let launch = Launch::new(&database, extra_args, admin);
@@ -126,6 +144,7 @@ pub async fn spawn_together(database: Database, instances: &[&[&str]]) -> Vec<Te
 #[derive(Clone, Debug)]
 pub struct Launch {
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -141,7 +160,21 @@ impl Launch {
             args.extend(["--admin-token".to_owned(), ADMIN_TOKEN.to_owned()]);
         }
         args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        Launch { args }
+        Launch {
+            args,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Launch {
+    fn start(&self) -> Process {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        start_process_with_env(&self.args, &env)
     }
 }
 
@@ -151,18 +184,28 @@ pub struct Process {
     log: Arc<Mutex<Vec<u8>>>,
     log_reader: Option<JoinHandle<()>>,
     listening: tokio::sync::oneshot::Receiver<String>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 /// Starts `flashsale-e2e` with exactly `args` and a clean `FLASHSALE_*` environment.
 pub fn start_process(args: &[String]) -> Process {
+    start_process_with_env(args, &[])
+}
+
+/// Starts `flashsale-e2e` with exactly `args`, a clean `FLASHSALE_*` environment, and `env`.
+pub fn start_process_with_env(args: &[String], env: &[(&str, &str)]) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flashsale-e2e"));
     // The server reads every flag from the environment too: keep a developer's settings out.
     for (name, _) in std::env::vars_os() {
         let name_text = name.to_string_lossy();
-        if name_text.starts_with("FLASHSALE_") || name_text == "DATABASE_URL" {
+        if name_text.starts_with("FLASHSALE_")
+            || name_text == "DATABASE_URL"
+            || name_text == "CREDENTIALS_DIRECTORY"
+        {
             command.env_remove(&name);
         }
     }
+    command.envs(env.iter().copied());
     let log_to_terminal = std::env::var_os("TEST_LOG").is_some();
     command
         .args(args)
@@ -180,12 +223,14 @@ pub fn start_process(args: &[String]) -> Process {
         .take()
         .map(|stderr| keep_tail(stderr, log.clone()));
     let stdout = child.stdout.take().expect("stdout is piped");
-    let listening = listening_address(stdout);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let listening = listening_address(stdout, lines.clone());
     Process {
         child,
         log,
         log_reader,
         listening,
+        stdout: lines,
     }
 }
 
@@ -208,6 +253,19 @@ impl Process {
         }
     }
 
+    /// The lines the server wrote to stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// What the server wrote to stderr, the last [`LOG_TAIL_BYTES`] of it.
     pub fn log_tail(&self) -> String {
         let log = self
@@ -228,7 +286,7 @@ impl Drop for Process {
 }
 
 async fn start(db: Db, database: Database, launch: Launch) -> TestApp {
-    let mut process = start_process(&launch.args);
+    let mut process = launch.start();
     let address = process.listening().await;
     let mut app = TestApp {
         address: String::new(),
@@ -250,14 +308,20 @@ async fn start(db: Db, database: Database, launch: Launch) -> TestApp {
     app
 }
 
-/// Reads the server's stdout on a thread: sends the address of the `listening on` line, then
-/// keeps draining so the server never blocks on a full pipe.
-fn listening_address(stdout: impl Read + Send + 'static) -> tokio::sync::oneshot::Receiver<String> {
+/// Reads the server's stdout on a thread: keeps every line in `kept`, sends the address of the
+/// `listening on` line, and keeps draining so the server never blocks on a full pipe.
+fn listening_address(
+    stdout: impl Read + Send + 'static,
+    kept: Arc<Mutex<Vec<String>>>,
+) -> tokio::sync::oneshot::Receiver<String> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut sender = Some(sender);
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
+            kept.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(line.clone());
             if let Some(address) = line.trim().strip_prefix("listening on ")
                 && let Some(sender) = sender.take()
             {
@@ -708,7 +772,7 @@ impl TestApp {
     /// it may listen on another port. Fails the test if it does not start.
     pub async fn restart(&mut self) {
         self.stop();
-        self.process = start_process(&self.launch.args);
+        self.process = self.launch.start();
         match self.process.listening().await {
             Ok(address) => self.address = address,
             Err(failure) => panic!("the restarted server {failure}"),
@@ -743,6 +807,11 @@ impl TestApp {
 
     pub fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+
+    /// The lines the server wrote to stdout since it was last started.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.process.stdout_lines()
     }
 }
 

@@ -13,6 +13,7 @@ on_both_databases!(
     field_errors_say_the_allowed_range,
     metrics_count_requests_holds_and_connections,
     order_and_webhook_lines_name_the_product,
+    json_request_lines_carry_the_latency_as_a_number,
 );
 
 async fn every_request_is_logged_once_under_its_request_id(db: Db) -> TestApp {
@@ -135,7 +136,7 @@ async fn created_answers_have_a_location_and_405s_an_allow(db: Db) -> TestApp {
         (
             reqwest::Method::POST,
             format!("/api/products/{product}"),
-            "GET",
+            "GET, HEAD",
         ),
         (
             reqwest::Method::PUT,
@@ -255,5 +256,31 @@ async fn order_and_webhook_lines_name_the_product(db: Db) -> TestApp {
         })
     })
     .await;
+    app
+}
+
+/// In JSON logs a request line's `latency_ms` is a number a collector can aggregate, not text.
+async fn json_request_lines_carry_the_latency_as_a_number(db: Db) -> TestApp {
+    let app = spawn_app(db, &["--log-format", "json"]).await;
+    let answer = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "json-latency")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    app.poll_until("the request is in the log", async || {
+        app.log_tail().contains("json-latency")
+    })
+    .await;
+    let log = app.log_tail();
+    let line = log
+        .lines()
+        .find(|line| line.contains("json-latency") && line.contains("flashsale::request"))
+        .expect("the request's line");
+    let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert!(line["fields"]["latency_ms"].is_number(), "{line}");
+    assert_eq!(line["fields"]["status"], 200, "{line}");
     app
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::cli::flashsale;
+use crate::cli::flashsale_code;
 use crate::harness::{ADMIN_TOKEN, Db, TestApp, id, spawn_app};
 
 on_both_databases!(
@@ -98,15 +98,16 @@ async fn payments_that_did_not_become_a_sale_are_listed_for_follow_up(db: Db) ->
 
     // The command line prints the same records.
     let url = app.database_url().to_owned();
-    let (ok, out, err) = flashsale(&["report", "--json", "--database-url", &url], &[]);
-    assert!(ok, "report runs: {err}");
+    // Exit code 3: there are payments to follow up (for cron and alerting).
+    let (code, out, err) = flashsale_code(&["report", "--json", "--database-url", &url], &[]);
+    assert_eq!(code, Some(3), "report runs and finds records: {err}");
     let report: Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(report["webhooks"]["refund_required"], json!(refunds));
     assert_eq!(report["webhooks"]["conflict"], json!(conflicts));
     assert_eq!(report["webhooks"]["unmatched"], json!(unmatched));
     assert_eq!(report["orders_payment_window_closed"], json!(window));
-    let (ok, text, err) = flashsale(&["report", "--database-url", &url], &[]);
-    assert!(ok, "report runs: {err}");
+    let (code, text, err) = flashsale_code(&["report", "--database-url", &url], &[]);
+    assert_eq!(code, Some(3), "report runs and finds records: {err}");
     for needle in [
         "webhooks refund_required (1): paid after its hold or order was gone: refund the payment",
         "key=evt-late",

@@ -296,13 +296,17 @@ async fn signed_webhook_with_invalid_fields_is_refused_and_stores_nothing(db: Db
 
 async fn webhook_signed_with_any_configured_secret_is_accepted(db: Db) -> TestApp {
     // A second secret, as while rotating: the harness's plus this one.
-    let app = spawn_app(db, &["--webhook-secret", "rotated-in"]).await;
+    let app = spawn_app(db, &["--webhook-secret", "rotated-in-secret-2"]).await;
     let product_id = app.create_product(700, 5).await;
     let first = app.hold(product_id, 1).await;
     let second = app.hold(product_id, 1).await;
     let body = json!({"idempotency_key": "evt-r1", "hold_id": first, "status": "paid"});
     let body = body.to_string();
-    let header = signature::sign(&Secret::new("rotated-in"), now_unix_s(), body.as_bytes());
+    let header = signature::sign(
+        &Secret::new("rotated-in-secret-2"),
+        now_unix_s(),
+        body.as_bytes(),
+    );
     let reply = app.webhook_raw(body.as_bytes(), Some(&header)).await;
     assert_eq!(reply.expect_status(200)["result"], "applied");
     // Several `v1` entries: one from an unknown secret, one from a configured one.

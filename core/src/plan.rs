@@ -342,9 +342,9 @@ impl Plan {
     fn holds_to_find(&self, rows: &Rows) -> BTreeSet<HoldId> {
         let mut holds = self.holds.clone();
         let records = rows.request_keys.values().flatten();
-        holds.extend(records.filter_map(|record| match record.request {
-            KeyedRequest::PlaceHold { .. } => Some(HoldId(record.resource_id)),
-            KeyedRequest::PlaceOrder { hold_id } => Some(hold_id),
+        holds.extend(records.map(|record| match record.request {
+            KeyedRequest::PlaceHold { .. } => HoldId(record.resource_id),
+            KeyedRequest::PlaceOrder { hold_id } => hold_id,
         }));
         holds
     }

@@ -192,8 +192,9 @@ async fn drive(shared: Arc<Shared>, index: u32) -> anyhow::Result<RunStats> {
                 link.exchange(&shared, request, &mut stats.steps[0]).await;
             }
             Plan::Spread(templates) => {
-                let count = u64::try_from(templates.len()).unwrap_or(u64::MAX).max(1);
-                let drawn = usize::try_from(rand::random::<u64>() % count).unwrap_or(0);
+                let count = u64::try_from(templates.len()).unwrap_or(u64::MAX);
+                let drawn = rand::random::<u64>().checked_rem(count).unwrap_or(0);
+                let drawn = usize::try_from(drawn).unwrap_or(0);
                 if let Some(template) = templates.get(drawn) {
                     let request = template.request(&shared.target);
                     link.exchange(&shared, request, &mut stats.steps[0]).await;

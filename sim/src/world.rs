@@ -20,9 +20,10 @@ use flashsale_core::{
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::service::{
-    Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service, ServiceError, SweepReport,
-    WebhookAnswer,
+    BatchRun, BatchScope, BatchTag, Config, HoldPlaced, Keyed, OrderPlaced, ProductView, Service,
+    ServiceError, SweepReport, WebhookAnswer,
 };
+use flashsale_server::store::StoreError;
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
@@ -37,11 +38,63 @@ use crate::words;
 
 type Svc = Service<SimStore, SimClock>;
 
-/// One server instance's service: queued hold requests carry their request context to the
-/// batch that decides them, so the storage logs a batch's transaction for each of its requests.
-fn instance_service(store: &SimStore, clock: SimClock, config: Config) -> Arc<Svc> {
+/// One server instance's service: queued requests carry their request context to the batch that
+/// decides them, so the storage logs a batch's transaction for each of its requests, and a panic
+/// while deciding a batch fails the seed at the batch's first request.
+fn instance_service(
+    store: &SimStore,
+    clock: SimClock,
+    config: Config,
+    failure: &Arc<Mutex<Option<Failure>>>,
+) -> Arc<Svc> {
     let service = Service::new(store.clone(), clock, config);
-    Arc::new(service.with_batch_scope(Arc::new(refine::RequestContexts)))
+    let scope = BatchOfRequests {
+        store: store.clone(),
+        failure: failure.clone(),
+    };
+    Arc::new(service.with_batch_scope(Arc::new(scope)))
+}
+
+/// An instance's batch scope: its requests' contexts carried to the batch's transaction
+/// ([`refine::RequestContexts`]), and a panic while deciding the batch recorded as the seed's
+/// failure at the batch's first request, as a panic in a request's own task is; the batch's
+/// requests are then answered that their commit is unknown.
+#[derive(Debug)]
+struct BatchOfRequests {
+    store: SimStore,
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl BatchScope for BatchOfRequests {
+    fn capture(&self) -> Option<BatchTag> {
+        refine::RequestContexts.capture()
+    }
+
+    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a> {
+        let first = tags
+            .iter()
+            .flatten()
+            .find_map(|tag| tag.downcast_ref::<OpContext>().map(|op| op.id));
+        let size = tags.len();
+        let run = refine::RequestContexts.scope(tags, run);
+        let (store, failure) = (self.store.clone(), self.failure.clone());
+        Box::pin(async move {
+            match (CatchUnwind {
+                inner: Box::pin(run),
+            })
+            .await
+            {
+                Ok(answers) => answers,
+                Err(message) => {
+                    let panicked =
+                        Failure::new(Check::Panic, "panic", format!("panicked: {message}"));
+                    record_failure(&failure, &store, panicked.at_request(first));
+                    let unknown = || StoreError::CommitUnknown("the batch panicked".into());
+                    (0..size).map(|_| Err(unknown().into())).collect()
+                }
+            }
+        })
+    }
 }
 
 /// How long a client waits for an answer before giving up on a request.
@@ -524,11 +577,12 @@ impl World {
             products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
         }
         store.set_faults(faults);
+        let failure = Arc::new(Mutex::new(None));
         let instances = (0..plan.servers)
             .map(|_| {
                 let mut rng = thread_rng();
                 let clock = SimClock::new(rng.gen_range(-2_000..2_000), rng.gen_range(-500..500));
-                let service = instance_service(&store, clock.clone(), service_config);
+                let service = instance_service(&store, clock.clone(), service_config, &failure);
                 Instance {
                     clock,
                     service,
@@ -543,7 +597,7 @@ impl World {
             stats: Arc::new(Mutex::new(Stats::default())),
             answers: Mutex::new(BTreeMap::new()),
             undelivered: Mutex::new(Vec::new()),
-            failure: Arc::new(Mutex::new(None)),
+            failure,
             requests: Arc::new(Mutex::new(Vec::new())),
             keep: config.trace,
             skew_max_ms: Mutex::new(2_500),
@@ -1507,7 +1561,8 @@ impl World {
                         handle.abort();
                     }
                     let clock = instance.clock.clone();
-                    instance.service = instance_service(&self.store, clock, self.service_config);
+                    instance.service =
+                        instance_service(&self.store, clock, self.service_config, &self.failure);
                     drop(instances);
                     self.count(|s| s.crashes += 1);
                     self.store.note(Event {

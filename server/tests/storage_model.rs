@@ -709,6 +709,9 @@ where
     // Shrinking would rerun a different interleaving: a failure is reported as it happened.
     let (runtime, mut runner) = runner(cases, 0);
     let plans = prop::collection::vec(prop::collection::vec(journey(), 1..8), 8);
+    // Transactions that decided requests of several kinds together, over every case: without
+    // any, the replay would have checked no mixed batch at all.
+    let mixed = AtomicU64::new(0);
     let result = runner.run(&plans, |plans| {
         runtime.block_on(async {
             let db = make().await;
@@ -800,6 +803,7 @@ where
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let log = logged.log().await;
+            mixed.fetch_add(mixed_batches(&log), Ordering::Relaxed);
             let verdict = match failure {
                 Some(e) => Err(e),
                 None => {
@@ -813,6 +817,21 @@ where
     if let Err(failure) = result {
         panic!("{failure}");
     }
+    let mixed = mixed.into_inner();
+    eprintln!("{mixed} transactions decided requests of several kinds together");
+    assert!(mixed > 0, "no transaction decided requests of several kinds together");
+}
+
+/// How many transactions of `log` decided requests of more than one kind together.
+fn mixed_batches(log: &[flashsale_sim::refine::Entry]) -> u64 {
+    let mut kinds: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for entry in log {
+        // The command's words up to its first space: its method, `POST /api/holds` and such.
+        let words = words::command(&entry.command);
+        let kind = words.split(" {").next().unwrap_or_default().to_owned();
+        kinds.entry(entry.tx).or_default().insert(kind);
+    }
+    kinds.values().filter(|k| k.len() > 1).count() as u64
 }
 
 /// The simulator's refinement check on the database's own state: the log replayed through the

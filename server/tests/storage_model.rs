@@ -819,7 +819,10 @@ where
     }
     let mixed = mixed.into_inner();
     eprintln!("{mixed} transactions decided requests of several kinds together");
-    assert!(mixed > 0, "no transaction decided requests of several kinds together");
+    assert!(
+        mixed > 0,
+        "no transaction decided requests of several kinds together"
+    );
 }
 
 /// How many transactions of `log` decided requests of more than one kind together.

@@ -88,11 +88,12 @@ pub struct RunArgs {
     /// Product for `get-product` and `hot-holds`.
     #[arg(long, default_value_t = 1)]
     pub product: u64,
-    /// Products for `flow` and `spread-holds`: `A..B` (inclusive) or one id. A `flow`
+    /// Products for `flow` and `spread-holds`: `A..B` (inclusive), one id, or a comma-separated
+    /// list (a Galera cluster numbers rows with gaps, one id in N per node). A `flow`
     /// connection i starts at the i-th and each flow moves to the next, round robin; each
     /// `spread-holds` request draws one at random.
     #[arg(long, default_value = "1..100", value_parser = parse_product_range)]
-    pub products: ProductRange,
+    pub products: ProductIds,
     /// Webhook signing secret (the server's `--webhook-secret`); required by `flow`.
     #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -157,43 +158,48 @@ pub struct ReportArgs {
     pub preamble: Option<PathBuf>,
 }
 
-/// An inclusive range of product ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProductRange {
-    /// First id.
-    pub first: u64,
-    /// Last id, `>= first`.
-    pub last: u64,
+/// The product ids a run spreads its requests over, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductIds {
+    ids: Vec<u64>,
 }
 
-impl ProductRange {
+impl ProductIds {
     /// The ids in order.
-    pub fn ids(self) -> impl Iterator<Item = u64> {
-        self.first..=self.last
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ids.iter().copied()
     }
 }
 
-/// Parses `A..B` (inclusive, `A <= B`) or a single id `A`.
-pub fn parse_product_range(text: &str) -> Result<ProductRange, String> {
+/// Parses `A..B` (inclusive, `A <= B`), a single id `A`, or a list `A,B,C`.
+pub fn parse_product_range(text: &str) -> Result<ProductIds, String> {
     let parse = |s: &str| {
         s.trim()
             .parse::<u64>()
             .map_err(|_| format!("`{s}` is not a product id"))
     };
-    let (first, last) = match text.split_once("..") {
-        Some((a, b)) => (parse(a)?, parse(b.strip_prefix('=').unwrap_or(b))?),
-        None => {
-            let id = parse(text)?;
-            (id, id)
+    let ids: Vec<u64> = if text.contains(',') {
+        text.split(',').map(parse).collect::<Result<_, _>>()?
+    } else {
+        let (first, last) = match text.split_once("..") {
+            Some((a, b)) => (parse(a)?, parse(b.strip_prefix('=').unwrap_or(b))?),
+            None => {
+                let id = parse(text)?;
+                (id, id)
+            }
+        };
+        if first > last {
+            return Err(format!("empty range {first}..{last}"));
         }
+        if last.saturating_sub(first) >= u64::from(SETUP_PRODUCTS_MAX) {
+            return Err(format!("more than {SETUP_PRODUCTS_MAX} products"));
+        }
+        (first..=last).collect()
     };
-    if first > last {
-        return Err(format!("empty range {first}..{last}"));
-    }
-    if last.saturating_sub(first) >= u64::from(SETUP_PRODUCTS_MAX) {
+    if ids.len() > SETUP_PRODUCTS_MAX as usize {
         return Err(format!("more than {SETUP_PRODUCTS_MAX} products"));
     }
-    Ok(ProductRange { first, last })
+    Ok(ProductIds { ids })
 }
 
 /// Parses plain seconds (`10`, `2.5`) or a humantime duration (`10s`, `1m30s`, `500ms`).
@@ -219,14 +225,14 @@ mod tests {
     }
 
     #[test]
-    fn product_ranges_are_inclusive() {
+    fn product_ranges_are_inclusive_and_lists_are_kept_in_order() {
+        let ids = |ids: &[u64]| Ok(ProductIds { ids: ids.to_vec() });
         let range = parse_product_range("3..5");
-        assert_eq!(range, Ok(ProductRange { first: 3, last: 5 }));
+        assert_eq!(range, ids(&[3, 4, 5]));
         assert_eq!(parse_product_range("3..=5"), range);
-        assert_eq!(
-            parse_product_range("7"),
-            Ok(ProductRange { first: 7, last: 7 })
-        );
+        assert_eq!(parse_product_range("7"), ids(&[7]));
+        assert_eq!(parse_product_range("1,4, 7"), ids(&[1, 4, 7]));
+        assert!(parse_product_range("1,x").is_err());
         assert!(parse_product_range("5..3").is_err());
         assert!(parse_product_range("a..3").is_err());
         assert!(parse_product_range("1..1000000").is_err());

@@ -973,12 +973,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         Ok(swept)
     }
 
-    /// Every row, read in one transaction.
+    /// Every row, read from one snapshot.
     ///
     /// # Errors
     /// Storage.
     pub async fn dump(&self) -> Result<Dump, ServiceError> {
-        in_transaction!(self, TxMode::Read, "dump", |tx| async {
+        in_transaction!(self, TxMode::Snapshot, "dump", |tx| async {
             Ok::<_, ServiceError>(tx.dump().await?)
         })
     }

@@ -63,8 +63,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Whether a transaction will write; SQLite takes its write lock up front for writers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxMode {
-    /// Reads only.
+    /// Reads only, each statement seeing the latest committed rows (MySQL's READ COMMITTED).
     Read,
+    /// Reads only, every statement seeing one snapshot taken at its start: several reads that
+    /// must agree with each other (a dump of every table while writes go on).
+    Snapshot,
     /// Reads and writes.
     Write,
 }
@@ -187,7 +190,8 @@ pub trait Transaction: Send {
     /// How many products exist.
     fn product_count(&mut self) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// Every row, for checking invariants on the database's contents.
+    /// Every row, for checking invariants on the database's contents: in a
+    /// [`TxMode::Snapshot`] transaction, so that the tables agree with each other.
     fn dump(&mut self) -> impl Future<Output = StoreResult<Dump>> + Send;
 }
 

@@ -717,7 +717,7 @@ impl TestApp {
         let dump = loop {
             attempts = attempts.saturating_add(1);
             let read = async {
-                let mut tx = store.begin(TxMode::Read).await?;
+                let mut tx = store.begin(TxMode::Snapshot).await?;
                 let dump = tx.dump().await?;
                 tx.commit().await?;
                 Ok::<_, flashsale_server::store::StoreError>(dump)

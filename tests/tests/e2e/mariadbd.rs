@@ -143,6 +143,35 @@ impl Mariadbd {
 
     fn spawn(&mut self, once: &[&str]) {
         assert!(self.child.is_none(), "the server is already running");
+        let mut command = self.command(once, &self.dir.join("error.log"));
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(command.spawn().expect("mariadbd starts"));
+    }
+
+    /// The Galera position (`uuid:seqno`) of the data directory of a server that is not running,
+    /// recovered from InnoDB as `mariadbd --wsrep-recover` finds it (what `galera_recovery` does
+    /// before systemd starts a node): a node killed with SIGKILL left no position in
+    /// `grastate.dat`, and without one it would ask for a full state transfer (SST, which
+    /// blocks writes on its donor while the data directory is copied) instead of the write sets
+    /// it missed (IST).
+    fn recovered_position(&self) -> String {
+        let log = self.dir.join("recover.log");
+        let _ = std::fs::remove_file(&log);
+        let mut recover = self.command(&["--wsrep-recover"], &log);
+        run(&mut recover, "recovering the Galera position");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let position = text
+            .lines()
+            .find_map(|line| line.split("WSREP: Recovered position: ").nth(1))
+            .map(|position| position.trim().to_owned());
+        position.unwrap_or_else(|| panic!("no position in the recovery's log:\n{text}"))
+    }
+
+    /// `mariadbd` with this server's arguments, `once` added, logging to `log`.
+    fn command(&self, once: &[&str], log: &Path) -> Command {
         let binary = "/usr/sbin/mariadbd";
         assert!(
             Path::new(binary).exists(),
@@ -159,10 +188,7 @@ impl Mariadbd {
                 "--pid-file={}",
                 self.dir.join("mariadbd.pid").display()
             ))
-            .arg(format!(
-                "--log-error={}",
-                self.dir.join("error.log").display()
-            ))
+            .arg(format!("--log-error={}", log.display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
@@ -172,11 +198,8 @@ impl Mariadbd {
                 "--skip-name-resolve",
             ])
             .args(&self.extra)
-            .args(once)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.child = Some(command.spawn().expect("mariadbd starts"));
+            .args(once);
+        command
     }
 
     /// Waits until root can run a query over TCP, failing the test with the server's error log
@@ -365,14 +388,28 @@ impl Galera {
         }
     }
 
-    /// Starts node `i` again; it rejoins the cluster (an incremental state transfer) and the
-    /// call returns once it is synced.
+    /// Starts node `i` again from the position recovered from its data directory; it rejoins
+    /// the cluster by an incremental state transfer, and the call returns once it is synced.
     pub async fn rejoin(&mut self, i: usize) {
+        let log = self.nodes.get(i).map(|node| node.dir.join("error.log"));
+        let before = log.as_ref().map_or(0, |log| read_log(log).len());
         if let Some(node) = self.nodes.get_mut(i) {
-            node.spawn(&[]);
+            let position = node.recovered_position();
+            node.spawn(&[&format!("--wsrep-start-position={position}")]);
         }
         self.wait_synced(i).await;
+        let after = log.as_ref().map(|log| read_log(log)).unwrap_or_default();
+        let restart = after.get(before..).unwrap_or_default();
+        assert!(
+            restart.contains("IST received") && !restart.contains("rsync SST completed"),
+            "node {i} rejoined by a full state transfer, not IST; its log since the restart:\n{restart}"
+        );
     }
+}
+
+/// A server's error log, empty when there is none yet.
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Whether the tests run as root.

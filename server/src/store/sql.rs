@@ -1935,8 +1935,10 @@ mod tests {
     /// Rows in `table`, read in `tx`.
     async fn count_in(tx: &mut SqlTx, table: &str) -> i64 {
         let sql = AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
-        on_conn!(tx, |conn, _d| sqlx::query_scalar::<Db, i64>(sql).fetch_one(conn).await)
-            .expect("count")
+        on_conn!(tx, |conn, _d| sqlx::query_scalar::<Db, i64>(sql)
+            .fetch_one(conn)
+            .await)
+        .expect("count")
     }
 
     #[tokio::test]
@@ -1952,7 +1954,11 @@ mod tests {
             let insert = AssertSqlSafe(format!("INSERT INTO {t} (id) VALUES (3)"));
             pool.execute(insert).await.expect("a commit meanwhile");
             let expected = if sees_the_insert { 3 } else { 2 };
-            assert_eq!(count_in(&mut tx, &t).await, expected, "{mode:?}: the second read");
+            assert_eq!(
+                count_in(&mut tx, &t).await,
+                expected,
+                "{mode:?}: the second read"
+            );
             tx.commit().await.expect("commit");
             drop_table(&pool, &t).await;
         }

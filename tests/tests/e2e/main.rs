@@ -45,12 +45,16 @@ mod expiry;
 mod exposition;
 mod faults;
 mod features;
-mod galera;
 mod harness;
 mod http;
 mod idempotency;
 mod logs;
+#[allow(
+    dead_code,
+    reason = "its Galera cluster serves the cluster suite (tests/cluster)"
+)]
 mod mariadbd;
+mod openapi;
 mod operations;
 mod proxy;
 mod reconcile;

@@ -167,7 +167,10 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
         if let Err(lost) = seen.acks.check(&dump) {
             panic!("node {node}: {lost}");
         }
-        let rows = format!("{:#?}\n{:#?}\n{:#?}", dump.products, dump.holds, dump.orders);
+        let rows = format!(
+            "{:#?}\n{:#?}\n{:#?}",
+            dump.products, dump.holds, dump.orders
+        );
         if let Err(violation) = dump.check() {
             panic!("node {node}: invariant violated: {violation}; its rows:\n{rows}");
         }

@@ -1045,6 +1045,47 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
+/// `table` as the target of an update that finds its rows by id and checks their state
+/// (`WHERE state = ... AND id IN (...)`). SQLite is told to look the ids up by rowid: its planner
+/// otherwise takes the index that starts with the state column and reads every row in that state
+/// (every active hold of a hot product: 15 ms a statement with 300,000 of them, and the flow 25x
+/// slower). MySQL's optimizer takes the primary key by itself.
+fn by_id(dialect: Dialect, table: &'static str) -> String {
+    match dialect {
+        Dialect::MySql => table.to_owned(),
+        Dialect::Sqlite => format!("{table} NOT INDEXED"),
+    }
+}
+
+/// Releases `n` held holds by id: binds the reason, then the ids.
+fn release_holds_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET state = 'released', release_reason = ? WHERE state = 'held' AND id IN ({})",
+        by_id(dialect, "holds"),
+        marks(n)
+    )
+}
+
+/// Marks `n` held holds consumed: binds (hold, order) pairs, then the hold ids.
+fn consume_holds_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET state = 'consumed', order_id = CASE id {} END \
+         WHERE state = 'held' AND id IN ({})",
+        by_id(dialect, "holds"),
+        vec!["WHEN ? THEN ?"; n].join(" "),
+        marks(n)
+    )
+}
+
+/// Settles `n` orders waiting for payment: binds the status and cancel reason, then the ids.
+fn settle_orders_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET status = ?, cancel_reason = ? WHERE status = 'pre_payment' AND id IN ({})",
+        by_id(dialect, "orders"),
+        marks(n)
+    )
+}
+
 /// `<head> (?, ?, ...) <tail>` with `n` marks, padded ([`padded_len`]), and MySQL's row-lock
 /// suffix when `lock`: one statement reads every row of a kind a batch needs. On the primary
 /// key, InnoDB takes the locks in key order, the global lock order.
@@ -1149,11 +1190,7 @@ impl SqlTx {
             if ids.is_empty() {
                 continue;
             }
-            let sql = format!(
-                "UPDATE holds SET state = 'released', release_reason = ? \
-                 WHERE state = 'held' AND id IN ({})",
-                marks(padded_len(ids.len()))
-            );
+            let sql = release_holds_sql(self.dialect(), padded_len(ids.len()));
             let done = on_conn!(self, |conn, _d| {
                 let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
                 for &id in padded(&ids) {
@@ -1284,12 +1321,7 @@ impl SqlTx {
             return Ok(());
         }
         let n = padded_len(consumed.len());
-        let sql = format!(
-            "UPDATE holds SET state = 'consumed', order_id = CASE id {} END \
-             WHERE state = 'held' AND id IN ({})",
-            vec!["WHEN ? THEN ?"; n].join(" "),
-            marks(n)
-        );
+        let sql = consume_holds_sql(self.dialect(), n);
         let done = on_conn!(self, |conn, _d| {
             let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
             for (hold, order) in padded(consumed) {
@@ -1320,11 +1352,7 @@ impl SqlTx {
             if ids.is_empty() {
                 continue;
             }
-            let sql = format!(
-                "UPDATE orders SET status = ?, cancel_reason = ? \
-                 WHERE status = 'pre_payment' AND id IN ({})",
-                marks(padded_len(ids.len()))
-            );
+            let sql = settle_orders_sql(self.dialect(), padded_len(ids.len()));
             let done = on_conn!(self, |conn, _d| {
                 let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
                     .bind(settlement.status().as_str())
@@ -1963,6 +1991,40 @@ mod tests {
             drop_table(&pool, &t).await;
         }
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn updates_by_id_look_their_rows_up_by_rowid_on_sqlite() {
+        // With a list of several ids, SQLite's planner takes the index that starts with the
+        // state column the WHERE also names, and reads every row in that state.
+        let dir = std::env::temp_dir().join(format!("flashsale-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite:{}", dir.join("plan.db").display());
+        let store = SqlStore::connect(&url).await.expect("sqlite");
+        store.migrate().await.expect("migrate");
+        let SqlStore::Sqlite(pool) = &store else {
+            panic!("a sqlite: URL makes a SQLite store")
+        };
+        for sql in [
+            release_holds_sql(Dialect::Sqlite, 4),
+            consume_holds_sql(Dialect::Sqlite, 4),
+            settle_orders_sql(Dialect::Sqlite, 4),
+        ] {
+            let explain = AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(explain)
+                .fetch_all(pool)
+                .await
+                .expect("explain");
+            let detail: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            assert!(
+                detail
+                    .iter()
+                    .any(|d| d.contains("USING INTEGER PRIMARY KEY")),
+                "{sql}: {detail:?}"
+            );
+        }
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

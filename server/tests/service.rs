@@ -491,6 +491,46 @@ async fn the_sweep_cancels_overdue_orders_and_returns_their_units_once(db: Db) {
     db.finish(&service).await;
 }
 
+/// More expired holds than one statement may name (65,535 placeholders on MySQL, 32,766 on
+/// SQLite): a hot product's holds expiring together. The sweep releases them all in one
+/// transaction, and the units are available again.
+async fn a_sweep_releases_more_expired_holds_than_one_statement_names(db: Db) {
+    const EXPIRED: u32 = 70_000;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, EXPIRED + 5).await;
+    let (created, expires) = (T0.as_ms(), T0.as_ms() + 1);
+    let numbers = if db.url.starts_with("sqlite:") {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {EXPIRED}) \
+             SELECT i FROM n"
+        )
+    } else {
+        format!("SELECT seq FROM seq_1_to_{EXPIRED}")
+    };
+    db.execute(&format!(
+        "INSERT INTO holds (product_id, qty, created_at, expires_at, state) \
+         SELECT {}, 1, {created}, {expires}, 'held' FROM ({numbers}) AS numbers",
+        p.0
+    ))
+    .await;
+    db.execute(&format!(
+        "UPDATE products SET units_held = {EXPIRED} WHERE id = {}",
+        p.0
+    ))
+    .await;
+    assert_eq!(service.product(p).await.expect("exists").available, Qty(5));
+    clock.advance(2);
+    let report = service.sweep().await.expect("swept");
+    assert_eq!(report.holds_released, EXPIRED as usize);
+    let after = service.product(p).await.expect("exists");
+    assert_eq!(
+        (after.product.units_held, after.available),
+        (Qty(0), Qty(EXPIRED + 5))
+    );
+    db.finish(&service).await;
+}
+
 async fn concurrent_holds_grant_exactly_the_stock(db: Db) {
     let clock = ManualClock::new(T0);
     let service = Arc::new(db.service(&clock).await);
@@ -1281,6 +1321,7 @@ on_both_databases!(
     reads_and_grants_agree_at_a_holds_exact_deadline,
     webhooks_apply_once_and_answer_replays_from_the_record,
     the_sweep_cancels_overdue_orders_and_returns_their_units_once,
+    a_sweep_releases_more_expired_holds_than_one_statement_names,
     concurrent_holds_grant_exactly_the_stock,
     concurrent_duplicate_webhooks_apply_once,
     a_keyed_hold_is_placed_once_and_replayed,

@@ -1022,6 +1022,13 @@ impl SqlStore {
 /// on a server that is not in a cluster.
 const CAUSAL: &str = "SET STATEMENT wsrep_sync_wait = 1 FOR ";
 
+/// The most ids one statement of a write names. A batch names at most a few per command, but a
+/// product's expired holds and overdue orders are released in the transaction that finds them,
+/// however many: tens of thousands when a hot product's holds expire together, past what one
+/// statement may bind (65,535 placeholders on MySQL, 32,766 on SQLite). A power of two, so the
+/// statements stay in the few shapes [`padded`] gives.
+const IDS_PER_STATEMENT: usize = 1_024;
+
 /// How many prepared statements each MySQL connection keeps. Statements are the same text for
 /// every batch whose lists round up to one size ([`padded`]), so a few hundred cover them all;
 /// one evicted would cost more than its own prepare: sqlx closes it with a `COM_STMT_CLOSE`
@@ -1179,27 +1186,28 @@ impl SqlTx {
         expect_all(done, products.len(), "products")
     }
 
-    /// Releases held holds, one statement per reason; each must still be held.
+    /// Releases held holds, one statement per reason and [`IDS_PER_STATEMENT`] holds; each must
+    /// still be held.
     async fn release_holds(&mut self, released: &[(HoldId, ReleaseReason)]) -> StoreResult<()> {
         for reason in [ReleaseReason::Expired, ReleaseReason::PaymentFailed] {
-            let ids: Vec<u64> = released
+            let all: Vec<u64> = released
                 .iter()
                 .filter(|&&(_, r)| r == reason)
                 .map(|&(id, _)| id.0)
                 .collect();
-            if ids.is_empty() {
-                continue;
+            for ids in all.chunks(IDS_PER_STATEMENT) {
+                let sql = release_holds_sql(self.dialect(), padded_len(ids.len()));
+                let done = on_conn!(self, |conn, _d| {
+                    let mut query =
+                        sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
+                    for &id in padded(&ids) {
+                        query = query.bind(int(id));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+                .map_err(map_err)?;
+                expect_all(done, ids.len(), "held holds to release")?;
             }
-            let sql = release_holds_sql(self.dialect(), padded_len(ids.len()));
-            let done = on_conn!(self, |conn, _d| {
-                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
-                for &id in padded(&ids) {
-                    query = query.bind(int(id));
-                }
-                query.execute(conn).await.map(|r| r.rows_affected())
-            })
-            .map_err(map_err)?;
-            expect_all(done, ids.len(), "held holds to release")?;
         }
         Ok(())
     }
@@ -1337,7 +1345,8 @@ impl SqlTx {
     }
 
     /// Moves pre-payment orders to their terminal status, with the reason when cancelled: one
-    /// statement per settlement; anything but every named row updated is corruption.
+    /// statement per settlement and [`IDS_PER_STATEMENT`] orders; anything but every named row
+    /// updated is corruption.
     async fn settle_orders(&mut self, settled: &[(OrderId, Settlement)]) -> StoreResult<()> {
         let kinds = [
             Settlement::Paid,
@@ -1345,25 +1354,24 @@ impl SqlTx {
             Settlement::Cancelled(CancelReason::PaymentWindowClosed),
         ];
         for settlement in kinds {
-            let ids: Vec<u64> = (settled.iter())
+            let all: Vec<u64> = (settled.iter())
                 .filter(|&&(_, s)| s == settlement)
                 .map(|&(id, _)| id.0)
                 .collect();
-            if ids.is_empty() {
-                continue;
+            for ids in all.chunks(IDS_PER_STATEMENT) {
+                let sql = settle_orders_sql(self.dialect(), padded_len(ids.len()));
+                let done = on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
+                        .bind(settlement.status().as_str())
+                        .bind(settlement.cancel_reason().map(CancelReason::as_str));
+                    for &id in padded(&ids) {
+                        query = query.bind(int(id));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+                .map_err(map_err)?;
+                expect_all(done, ids.len(), "pre-payment orders to settle")?;
             }
-            let sql = settle_orders_sql(self.dialect(), padded_len(ids.len()));
-            let done = on_conn!(self, |conn, _d| {
-                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
-                    .bind(settlement.status().as_str())
-                    .bind(settlement.cancel_reason().map(CancelReason::as_str));
-                for &id in padded(&ids) {
-                    query = query.bind(int(id));
-                }
-                query.execute(conn).await.map(|r| r.rows_affected())
-            })
-            .map_err(map_err)?;
-            expect_all(done, ids.len(), "pre-payment orders to settle")?;
         }
         Ok(())
     }

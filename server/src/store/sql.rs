@@ -1200,7 +1200,7 @@ impl SqlTx {
                 let done = on_conn!(self, |conn, _d| {
                     let mut query =
                         sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
-                    for &id in padded(&ids) {
+                    for &id in padded(ids) {
                         query = query.bind(int(id));
                     }
                     query.execute(conn).await.map(|r| r.rows_affected())
@@ -1364,7 +1364,7 @@ impl SqlTx {
                     let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
                         .bind(settlement.status().as_str())
                         .bind(settlement.cancel_reason().map(CancelReason::as_str));
-                    for &id in padded(&ids) {
+                    for &id in padded(ids) {
                         query = query.bind(int(id));
                     }
                     query.execute(conn).await.map(|r| r.rows_affected())

@@ -88,15 +88,7 @@ fn the_environment_file_lists_every_variable_serve_reads() {
 /// `--db-max-connections` sizes the pool, and `/metrics` says the size.
 async fn the_pool_size_is_configurable(db: Db) -> TestApp {
     let app = spawn_app(db, &["--db-max-connections", "3"]).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("an answer")
-        .text()
-        .await
-        .expect("a body");
+    let text = app.scrape().await;
     assert!(
         text.lines()
             .any(|line| line == "flashsale_db_connections_max 3"),

@@ -121,17 +121,6 @@ fn missing(exposition: &Exposition, due: &[Appears]) -> Vec<&'static str> {
         .collect()
 }
 
-async fn scrape(app: &TestApp) -> String {
-    let answer = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("an answer");
-    assert_eq!(answer.status(), 200);
-    answer.text().await.expect("a body")
-}
-
 /// Grants, refuses, orders, pays, fails a payment, reads from the cache, lets the sweeper
 /// release an expired hold, and asks for an unknown path.
 async fn use_every_feature(app: &TestApp) {
@@ -162,13 +151,13 @@ async fn use_every_feature(app: &TestApp) {
 
 async fn metrics_are_the_documented_families_each_with_its_help(db: Db) -> TestApp {
     let app = spawn_app(db, &["--hold-ttl", "1s", "--sweep-interval", "200ms"]).await;
-    let fresh = parse(&scrape(&app).await);
+    let fresh = parse(&app.scrape().await);
     check_against_the_list(&fresh);
     let absent = missing(&fresh, &[Appears::Start]);
     assert!(absent.is_empty(), "not rendered from the start: {absent:?}");
 
     use_every_feature(&app).await;
-    let text = scrape(&app).await;
+    let text = app.scrape().await;
     let used = parse(&text);
     check_against_the_list(&used);
     let absent = missing(&used, &[Appears::Start, Appears::FirstUse]);

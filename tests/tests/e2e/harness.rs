@@ -784,6 +784,18 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The text of `GET /metrics`, which must answer 200.
+    pub async fn scrape(&self) -> String {
+        let answer = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 200);
+        answer.text().await.expect("a body")
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         self.try_send(request).await.unwrap_or_else(|e| {
             panic!(

@@ -88,15 +88,7 @@ async fn a_trailing_slash_is_another_path_and_404(db: Db) -> TestApp {
     ] {
         app.get(&path).await.expect_problem(404, "not_found");
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("an answer")
-        .text()
-        .await
-        .expect("a body");
+    let text = app.scrape().await;
     assert!(
         text.lines()
             .any(|l| l == r#"flashsale_http_requests_total{route="other",status="404"} 3"#),

@@ -540,14 +540,8 @@ impl Transaction for SqlTx {
             "ORDER BY id",
             true,
         );
-        let rows: Vec<ProductRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for id in padded(ids) {
-                query = query.bind(int(id.0));
-            }
-            query.fetch_all(conn).await
-        })
-        .map_err(map_err)?;
+        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
+        let rows: Vec<ProductRow> = self.fetch_listed(sql, &ids).await?;
         Ok(rows.into_iter().map(product_from_row).collect())
     }
 
@@ -662,14 +656,8 @@ impl Transaction for SqlTx {
                 lock,
             ),
         );
-        let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for id in padded(ids) {
-                query = query.bind(int(id.0));
-            }
-            query.fetch_all(conn).await
-        })
-        .map_err(map_err)?;
+        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
+        let rows: Vec<HoldRow> = self.fetch_listed(sql, &ids).await?;
         rows.into_iter().map(hold_from_row).collect()
     }
 
@@ -689,14 +677,8 @@ impl Transaction for SqlTx {
                 lock,
             ),
         );
-        let rows: Vec<OrderRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for id in padded(ids) {
-                query = query.bind(int(id.0));
-            }
-            query.fetch_all(conn).await
-        })
-        .map_err(map_err)?;
+        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
+        let rows: Vec<OrderRow> = self.fetch_listed(sql, &ids).await?;
         rows.into_iter().map(order_from_row).collect()
     }
 
@@ -712,14 +694,8 @@ impl Transaction for SqlTx {
             "ORDER BY idempotency_key",
             true,
         );
-        let rows: Vec<WebhookRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for key in padded(keys) {
-                query = query.bind(key.as_str());
-            }
-            query.fetch_all(conn).await
-        })
-        .map_err(map_err)?;
+        let keys: Vec<Listed<'_>> = keys.iter().map(|key| Listed::Key(key.as_str())).collect();
+        let rows: Vec<WebhookRow> = self.fetch_listed(sql, &keys).await?;
         rows.into_iter().map(webhook_from_row).collect()
     }
 
@@ -738,14 +714,8 @@ impl Transaction for SqlTx {
             "ORDER BY idempotency_key",
             true,
         );
-        let rows: Vec<RequestKeyRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for key in padded(keys) {
-                query = query.bind(key.as_str());
-            }
-            query.fetch_all(conn).await
-        })
-        .map_err(map_err)?;
+        let keys: Vec<Listed<'_>> = keys.iter().map(|key| Listed::Key(key.as_str())).collect();
+        let rows: Vec<RequestKeyRow> = self.fetch_listed(sql, &keys).await?;
         rows.into_iter().map(request_key_from_row).collect()
     }
 
@@ -1143,6 +1113,36 @@ fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()
         Err(StoreError::Corrupt(format!(
             "{expected} {what} to change, {rows_affected} changed"
         )))
+    }
+}
+
+/// One value of an `IN` list ([`in_list`]): a row's id or a record's key.
+enum Listed<'a> {
+    Id(u64),
+    Key(&'a str),
+}
+
+impl SqlTx {
+    /// The rows of `sql`, a read with one `IN` list ([`in_list`]), `values` bound to it in order
+    /// and padded as the list is.
+    async fn fetch_listed<R>(&mut self, sql: String, values: &[Listed<'_>]) -> StoreResult<Vec<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
+        on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, R>(AssertSqlSafe(sql));
+            for value in padded(values) {
+                query = match *value {
+                    Listed::Id(id) => query.bind(int(id)),
+                    Listed::Key(key) => query.bind(key),
+                };
+            }
+            query.fetch_all(conn).await
+        })
+        .map_err(map_err)
     }
 }
 

@@ -531,6 +531,66 @@ async fn a_sweep_releases_more_expired_holds_than_one_statement_names(db: Db) {
     db.finish(&service).await;
 }
 
+/// A batch whose transaction the database ended behind the store's back (a Galera node applying
+/// another node's write may roll back a transaction that has only read, and not say so) writes
+/// nothing and is a conflict to retry: its statements must not run one by one in autocommit
+/// mode, committing a product update decided on rows another node has since changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_the_database_ended_their_transaction_change_nothing() {
+    use flashsale_core::{Counters, HoldGrant, NewHold, WriteSet};
+    use flashsale_server::store::sql::SqlTx;
+    use flashsale_server::store::{Storage, Transaction, TxMode};
+
+    let db = mariadb().await;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let p = product(&service, 10).await;
+    let store = db.store().await;
+    let mut tx = store.begin(TxMode::Write).await.expect("begin");
+    tx.lock_products(&[p]).await.expect("read");
+    let SqlTx::MySql(inner) = &mut tx else {
+        panic!("a MariaDB store")
+    };
+    sqlx::query("ROLLBACK")
+        .execute(&mut **inner)
+        .await
+        .expect("the transaction ends under the store");
+    let grant = HoldGrant {
+        qty: Qty(1),
+        created_at: T0,
+        expires_at: T0.saturating_add_ms(TTL_MS),
+    };
+    let writes = WriteSet {
+        products: vec![Counters {
+            id: p,
+            stock: Qty(10),
+            units_held: Qty(1),
+            units_received: 10,
+        }],
+        holds_inserted: vec![NewHold {
+            product_id: p,
+            grant,
+        }],
+        ..WriteSet::default()
+    };
+    let outcome = tx.write(&writes).await;
+    assert!(
+        matches!(outcome, Err(StoreError::Contention(_))),
+        "a write after its transaction ended: {outcome:?}"
+    );
+    drop(tx);
+    let mut check = store.begin(TxMode::Write).await.expect("begin");
+    let after = check.lock_products(&[p]).await.expect("read");
+    assert_eq!(
+        after.first().map(|p| p.units_held),
+        Some(Qty(0)),
+        "the product row is as it was"
+    );
+    drop(check);
+    store.close().await;
+    db.finish(&service).await;
+}
+
 async fn concurrent_holds_grant_exactly_the_stock(db: Db) {
     let clock = ManualClock::new(T0);
     let service = Arc::new(db.service(&clock).await);

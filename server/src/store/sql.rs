@@ -611,33 +611,16 @@ impl Transaction for SqlTx {
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
-        let mut inserted = Inserted::default();
-        self.update_products(&writes.products).await?;
-        self.release_holds(&writes.holds_released).await?;
-        inserted.holds = self.insert_holds(&writes.holds_inserted).await?;
-        inserted.orders = self.insert_orders(&writes.orders_inserted).await?;
-        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
-        let consumed = (writes.orders_inserted.iter().zip(&inserted.orders))
-            .map(|(order, &id)| Ok((inserted.hold(order.hold_id)?, id)))
-            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
-            .map_err(unresolved)?;
-        self.consume_holds(&consumed).await?;
-        let settled = (writes.orders_updated.iter())
-            .map(|&(id, settlement)| Ok((inserted.order(id)?, settlement)))
-            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
-            .map_err(unresolved)?;
-        self.settle_orders(&settled).await?;
-        let webhooks = (writes.webhooks.iter())
-            .map(|record| inserted.webhook_record(record))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unresolved)?;
-        self.insert_webhooks(&webhooks).await?;
-        let keys = (writes.request_keys.iter())
-            .map(|record| inserted.request_record(record))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unresolved)?;
-        self.insert_request_keys(&keys).await?;
-        Ok(inserted)
+        match self.write_all(writes).await {
+            Err(StoreError::Corrupt(message)) if self.ended_under_its_writes().await => {
+                Err(StoreError::Contention(format!(
+                    "the transaction ended before its writes, none of which was made (a \
+                     Galera node applying another node's write rolls back a transaction that \
+                     has only read, and may not say so): {message}"
+                )))
+            }
+            done => done,
+        }
     }
 
     async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
@@ -1022,6 +1005,30 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
+/// The condition every write carries on MySQL, true only inside an explicit transaction: a
+/// write that runs after the database ended its transaction changes nothing, and
+/// [`Transaction::write`] then reports a conflict instead of committing half a batch.
+///
+/// A Galera node applying another node's write rolls back a local transaction holding the rows
+/// it needs (a brute-force abort). A transaction that has only read is not replicated, and
+/// MariaDB 10.11 may end it without an error to its client: the client's next statements then
+/// run one by one in autocommit mode. The cluster test's binary logs showed it: a batch's
+/// product update and its hold inserts committed as two transactions, the update computed from
+/// counters read before the other node's write, which it overwrote.
+macro_rules! in_transaction {
+    () => {
+        "@@in_transaction = 1"
+    };
+}
+
+/// [`in_transaction!`] in `dialect`: SQLite's transactions end only when the store ends them.
+fn in_transaction(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => in_transaction!(),
+        Dialect::Sqlite => "1",
+    }
+}
+
 /// `table` as the target of an update that finds its rows by id and checks their state
 /// (`WHERE state = ... AND id IN (...)`). SQLite is told to look the ids up by rowid: its planner
 /// otherwise takes the index that starts with the state column and reads every row in that state
@@ -1037,8 +1044,10 @@ fn by_id(dialect: Dialect, table: &'static str) -> String {
 /// Releases `n` held holds by id: binds the reason, then the ids.
 fn release_holds_sql(dialect: Dialect, n: usize) -> String {
     format!(
-        "UPDATE {} SET state = 'released', release_reason = ? WHERE state = 'held' AND id IN ({})",
+        "UPDATE {} SET state = 'released', release_reason = ? \
+         WHERE {} AND state = 'held' AND id IN ({})",
         by_id(dialect, "holds"),
+        in_transaction(dialect),
         marks(n)
     )
 }
@@ -1047,9 +1056,10 @@ fn release_holds_sql(dialect: Dialect, n: usize) -> String {
 fn consume_holds_sql(dialect: Dialect, n: usize) -> String {
     format!(
         "UPDATE {} SET state = 'consumed', order_id = CASE id {} END \
-         WHERE state = 'held' AND id IN ({})",
+         WHERE {} AND state = 'held' AND id IN ({})",
         by_id(dialect, "holds"),
         vec!["WHEN ? THEN ?"; n].join(" "),
+        in_transaction(dialect),
         marks(n)
     )
 }
@@ -1057,8 +1067,10 @@ fn consume_holds_sql(dialect: Dialect, n: usize) -> String {
 /// Settles `n` orders waiting for payment: binds the status and cancel reason, then the ids.
 fn settle_orders_sql(dialect: Dialect, n: usize) -> String {
     format!(
-        "UPDATE {} SET status = ?, cancel_reason = ? WHERE status = 'pre_payment' AND id IN ({})",
+        "UPDATE {} SET status = ?, cancel_reason = ? \
+         WHERE {} AND status = 'pre_payment' AND id IN ({})",
         by_id(dialect, "orders"),
+        in_transaction(dialect),
         marks(n)
     )
 }
@@ -1149,6 +1161,51 @@ impl SqlTx {
 /// The statements [`Transaction::write`] is made of: one per kind of row change, each covering
 /// every row of its kind the batch writes.
 impl SqlTx {
+    /// Every statement of [`Transaction::write`], in order.
+    async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
+        let mut inserted = Inserted::default();
+        self.update_products(&writes.products).await?;
+        self.release_holds(&writes.holds_released).await?;
+        inserted.holds = self.insert_holds(&writes.holds_inserted).await?;
+        inserted.orders = self.insert_orders(&writes.orders_inserted).await?;
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        let consumed = (writes.orders_inserted.iter().zip(&inserted.orders))
+            .map(|(order, &id)| Ok((inserted.hold(order.hold_id)?, id)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.consume_holds(&consumed).await?;
+        let settled = (writes.orders_updated.iter())
+            .map(|&(id, settlement)| Ok((inserted.order(id)?, settlement)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.settle_orders(&settled).await?;
+        let webhooks = (writes.webhooks.iter())
+            .map(|record| inserted.webhook_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_webhooks(&webhooks).await?;
+        let keys = (writes.request_keys.iter())
+            .map(|record| inserted.request_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_request_keys(&keys).await?;
+        Ok(inserted)
+    }
+
+    /// Whether the database ended this transaction before its writes ran: they then ran, one
+    /// by one, outside it and changed nothing ([`in_transaction!`]). Never on SQLite.
+    async fn ended_under_its_writes(&mut self) -> bool {
+        match self {
+            SqlTx::MySql(tx) => {
+                sqlx::query_scalar::<MySql, i64>("SELECT CAST(@@in_transaction AS SIGNED)")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .is_ok_and(|open| open == 0)
+            }
+            SqlTx::Sqlite(_) => false,
+        }
+    }
+
     /// Sets the counters of every product written, in one statement.
     async fn update_products(&mut self, products: &[Counters]) -> StoreResult<()> {
         if products.is_empty() {
@@ -1160,10 +1217,11 @@ impl SqlTx {
             format!("{column} = CASE id {arms} END")
         };
         let sql = format!(
-            "UPDATE products SET {}, {}, {} WHERE id IN ({})",
+            "UPDATE products SET {}, {}, {} WHERE {} AND id IN ({})",
             case("stock"),
             case("units_held"),
             case("units_received"),
+            in_transaction(self.dialect()),
             marks(n)
         );
         let done = on_conn!(self, |conn, _d| {
@@ -1228,13 +1286,15 @@ impl SqlTx {
                     ])
                 }));
                 on_conn!(self, |conn, _d| {
-                    sqlx::query_as::<Db, _>(
+                    sqlx::query_as::<Db, _>(concat!(
                         "INSERT INTO holds (product_id, qty, created_at, expires_at, state) \
                          SELECT product_id, qty, created_at, expires_at, 'held' FROM JSON_TABLE(?, \
                          '$[*]' COLUMNS (n FOR ORDINALITY, product_id BIGINT PATH '$[0]', \
                          qty INT UNSIGNED PATH '$[1]', created_at BIGINT PATH '$[2]', \
-                         expires_at BIGINT PATH '$[3]')) AS batch ORDER BY n RETURNING id",
-                    )
+                         expires_at BIGINT PATH '$[3]')) AS batch WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n RETURNING id"
+                    ))
                     .bind(rows)
                     .fetch_all(conn)
                     .await
@@ -1282,7 +1342,7 @@ impl SqlTx {
                     ])
                 }));
                 on_conn!(self, |conn, _d| {
-                    sqlx::query_as::<Db, _>(
+                    sqlx::query_as::<Db, _>(concat!(
                         "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, \
                          created_at, payment_due_at) SELECT hold_id, product_id, qty, \
                          total_cents, status, created_at, payment_due_at FROM JSON_TABLE(?, \
@@ -1290,8 +1350,10 @@ impl SqlTx {
                          product_id BIGINT PATH '$[1]', qty INT UNSIGNED PATH '$[2]', \
                          total_cents BIGINT PATH '$[3]', status VARCHAR(16) PATH '$[4]', \
                          created_at BIGINT PATH '$[5]', payment_due_at BIGINT PATH '$[6]')) \
-                         AS batch ORDER BY n RETURNING id",
-                    )
+                         AS batch WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n RETURNING id"
+                    ))
                     .bind(rows)
                     .fetch_all(conn)
                     .await
@@ -1395,7 +1457,7 @@ impl SqlTx {
                     ])
                 }));
                 on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(
+                    sqlx::query::<Db>(concat!(
                         "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, \
                          result, order_id, received_at) SELECT idempotency_key, hold_id, status, \
                          fingerprint, result, order_id, received_at FROM JSON_TABLE(?, '$[*]' \
@@ -1403,12 +1465,14 @@ impl SqlTx {
                          hold_id BIGINT PATH '$[1]', status VARCHAR(16) PATH '$[2]', \
                          fingerprint VARCHAR(16) PATH '$[3]', result VARCHAR(32) PATH '$[4]', \
                          order_id BIGINT PATH '$[5]', received_at BIGINT PATH '$[6]')) AS batch \
-                         ORDER BY n",
-                    )
+                         WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n"
+                    ))
                     .bind(rows)
                     .execute(conn)
                     .await
-                    .map(|_| ())
+                    .map(|r| r.rows_affected())
                 })
             }
             Dialect::Sqlite => {
@@ -1429,11 +1493,12 @@ impl SqlTx {
                             .bind(record.order_id.map(|id| int(id.0)))
                             .bind(int(record.received_at.as_ms()));
                     }
-                    query.execute(conn).await.map(|_| ())
+                    query.execute(conn).await.map(|r| r.rows_affected())
                 })
             }
         }
         .map_err(map_err)
+        .and_then(|done| expect_all(done, records.len(), "webhook records to insert"))
     }
 
     /// Inserts client request-key records in one statement.
@@ -1461,7 +1526,7 @@ impl SqlTx {
                     ])
                 }));
                 on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(
+                    sqlx::query::<Db>(concat!(
                         "INSERT INTO request_keys (idempotency_key, request, product_id, qty, \
                          hold_id, resource_id, created, created_at) SELECT idempotency_key, \
                          request, product_id, qty, hold_id, resource_id, created, created_at \
@@ -1470,12 +1535,14 @@ impl SqlTx {
                          '$[1]', product_id BIGINT PATH '$[2]', qty INT UNSIGNED PATH '$[3]', \
                          hold_id BIGINT PATH '$[4]', resource_id BIGINT PATH '$[5]', \
                          created TINYINT PATH '$[6]', created_at BIGINT PATH '$[7]')) AS batch \
-                         ORDER BY n",
-                    )
+                         WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n"
+                    ))
                     .bind(rows)
                     .execute(conn)
                     .await
-                    .map(|_| ())
+                    .map(|r| r.rows_affected())
                 })
             }
             Dialect::Sqlite => {
@@ -1498,11 +1565,12 @@ impl SqlTx {
                             .bind(record.created)
                             .bind(int(record.created_at.as_ms()));
                     }
-                    query.execute(conn).await.map(|_| ())
+                    query.execute(conn).await.map(|r| r.rows_affected())
                 })
             }
         }
         .map_err(map_err)
+        .and_then(|done| expect_all(done, records.len(), "request keys to insert"))
     }
 }
 

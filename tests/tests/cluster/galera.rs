@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::binlog;
 use crate::harness::{ADMIN_TOKEN, Database, TestApp, id, spawn_on};
 use crate::mariadbd::Galera;
 use crate::workload::{Endpoint, Seen, buy_until, documented};
@@ -175,9 +176,50 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
             panic!("node {node}: invariant violated: {violation}; its rows:\n{rows}");
         }
     }
+    // The cluster's history, in its commit order, as the two nodes never killed logged it:
+    // the same transactions, each moving the counters by exactly what it did to holds and
+    // orders.
+    let columns = columns(&server).await;
+    let history = binlog::read(&cluster.nodes[0].binlogs(), "flashsale");
+    assert!(
+        history.len() > 100,
+        "node 0 logged the run: {} transactions",
+        history.len()
+    );
+    if let Err(broken) = binlog::check(&history, &columns) {
+        panic!("node 0's binary log: {broken}");
+    }
+    let changes = |history: &[binlog::Logged]| -> Vec<Vec<binlog::Change>> {
+        history.iter().map(|tx| tx.changes.clone()).collect()
+    };
+    assert!(
+        changes(&binlog::read(&cluster.nodes[1].binlogs(), "flashsale")) == changes(&history),
+        "nodes 0 and 1 logged the same transactions in the same order"
+    );
     let [first, second, third] = apps;
     drop((second, third));
     first.finish().await;
+}
+
+/// The columns of the tables the replay reads, in order.
+async fn columns(server: &Database) -> binlog::Columns {
+    use sqlx::Connection;
+    let mut connection = sqlx::MySqlConnection::connect(server.url())
+        .await
+        .expect("a connection to node 0");
+    let names: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CAST(table_name AS CHAR), CAST(column_name AS CHAR) FROM information_schema.columns \
+         WHERE table_schema = 'flashsale' ORDER BY table_name, ordinal_position",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("the schema's columns");
+    let _ = connection.close().await;
+    let mut columns = binlog::Columns::new();
+    for (table, column) in names {
+        columns.entry(table).or_default().push(column);
+    }
+    columns
 }
 
 async fn restock(app: &TestApp, product: u64, qty: u32) {

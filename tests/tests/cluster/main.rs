@@ -32,4 +32,6 @@ mod mariadbd;
 #[path = "../e2e/workload.rs"]
 mod workload;
 
+mod abort;
+mod binlog;
 mod galera;

@@ -8,7 +8,8 @@
 //!
 //! Every port comes from the kernel (bind to port 0, read it, let go), so tests in parallel and
 //! a MariaDB already on 3306 never collide. A node's data directory lives under the system's
-//! temporary directory and is removed when the server is dropped.
+//! temporary directory and is removed when the server is dropped, unless `FLASHSALE_KEEP_NODES` is
+//! set.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,6 +247,18 @@ impl Mariadbd {
         value
     }
 
+    /// Runs `sql` as root, failing the test when it fails.
+    async fn execute(&self, sql: &'static str) {
+        let mut connection = sqlx::MySqlConnection::connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("root on port {}: {e}", self.port));
+        sqlx::raw_sql(sql)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} on port {}: {e}", self.port));
+        let _ = connection.close().await;
+    }
+
     /// Kills the server with SIGKILL: a crash, no shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -266,6 +279,27 @@ impl Mariadbd {
         }
     }
 
+    /// Its binary log files, in order.
+    pub fn binlogs(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.data())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|path| {
+                        path.file_name()
+                            .and_then(|name| name.to_str())
+                            .is_some_and(|name| {
+                                name.strip_prefix("binlog.")
+                                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                            })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
     fn error_log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
         let start = log.len().saturating_sub(4_000);
@@ -273,10 +307,15 @@ impl Mariadbd {
     }
 }
 
+/// Set, a test leaves its servers' directories (data, binary logs, error log) behind for a look.
+const KEEP: &str = "FLASHSALE_KEEP_NODES";
+
 impl Drop for Mariadbd {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os(KEEP).is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -284,7 +323,13 @@ impl Drop for Mariadbd {
 pub struct Galera {
     /// The nodes, in the order they joined.
     pub nodes: Vec<Mariadbd>,
+    /// This process's turn to run a cluster: one at a time, as two clusters on two cores miss
+    /// their group communication timeouts.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Whose turn it is to run a cluster ([`Galera`]).
+static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Galera {
     /// Starts a cluster of `size` nodes and waits until every node is synced in it.
@@ -294,6 +339,7 @@ impl Galera {
     /// needs a state transfer. Failure detection is set to a few seconds, so a killed node
     /// leaves the cluster quickly.
     pub async fn start(size: usize) -> Galera {
+        let turn = CLUSTER_TURN.lock().await;
         assert!(
             Path::new(GALERA_PROVIDER).exists(),
             "{GALERA_PROVIDER} is missing: install galera-4 and rsync (`bash .ci/mariadb.sh` does)"
@@ -324,6 +370,10 @@ impl Galera {
                 ),
                 "--binlog-format=ROW".to_owned(),
                 "--innodb-autoinc-lock-mode=2".to_owned(),
+                // Every node logs every transaction of the cluster, in its global order, with
+                // its row images: the history the cluster test replays (`binlog.rs`).
+                "--log-bin=binlog".to_owned(),
+                "--log-slave-updates=ON".to_owned(),
             ]
         };
         let mut first = Mariadbd::initialized(node_args(0));
@@ -342,7 +392,7 @@ impl Galera {
             node.own_by_server_user();
             nodes.push(node);
         }
-        let mut cluster = Galera { nodes };
+        let mut cluster = Galera { nodes, _turn: turn };
         if let Some(first) = cluster.nodes.first_mut() {
             first.start(&["--wsrep-new-cluster"]).await;
         }
@@ -381,6 +431,59 @@ impl Galera {
         }
     }
 
+    /// Cuts node `i` off from the others' group communication (`gmcast.isolate`), as a
+    /// network partition would, and waits until it has left the primary component: it then
+    /// refuses statements with error 1047 until [`Galera::heal`].
+    pub async fn isolate(&mut self, i: usize) {
+        let node = self.nodes.get(i).expect("a node of the cluster");
+        node.execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+            .await;
+        let deadline = deadline_in(Duration::from_secs(30));
+        loop {
+            let status = node
+                .query_text("SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'WSREP_CLUSTER_STATUS'")
+                .await;
+            if status.as_deref() == Some("non-Primary") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Galera node {i} is still in the primary component ({status:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Lets node `i` talk to the others again and waits until it is synced with them.
+    pub async fn heal(&mut self, i: usize) {
+        let node = self.nodes.get(i).expect("a node of the cluster");
+        node.execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+            .await;
+        self.wait_synced(i).await;
+    }
+
+    /// Stops node `i`'s process (SIGSTOP), a node that hangs; [`Galera::resume`] lets it go on.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets node `i`'s process go on (SIGCONT) and waits until it is synced again.
+    pub async fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.wait_synced(i).await;
+    }
+
+    fn signal(&mut self, i: usize, signal: &str) {
+        let pid = (self.nodes.get(i))
+            .and_then(|node| node.child.as_ref())
+            .map(Child::id)
+            .expect("a running node");
+        run(
+            Command::new("kill").args([signal, &pid.to_string()]),
+            "signalling mariadbd",
+        );
+    }
+
     /// Kills node `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(node) = self.nodes.get_mut(i) {
@@ -400,8 +503,12 @@ impl Galera {
         self.wait_synced(i).await;
         let after = log.as_ref().map(|log| read_log(log)).unwrap_or_default();
         let restart = after.get(before..).unwrap_or_default();
+        // An IST, or none when the cluster committed nothing while the node was down (the
+        // survivors may still have been waiting to declare it dead); never a full copy.
+        let incremental =
+            restart.contains("IST received") || restart.contains("state transfer needed: no");
         assert!(
-            restart.contains("IST received") && !restart.contains("rsync SST completed"),
+            incremental && !restart.contains("SST completed"),
             "node {i} rejoined by a full state transfer, not IST; its log since the restart:\n{restart}"
         );
     }

@@ -221,7 +221,7 @@ pub const FAMILIES: &[Family] = &[
         name: "flashsale_database_up",
         kind: Kind::Gauge,
         labels: &[],
-        help: "1 when the database answered this instance's last ping (one a second, through the pool: a pool busy for 0.9 s reads as down), else 0.",
+        help: "1 when the database served this instance's last read of the products table (one a second, through the pool: a pool busy for 0.9 s reads as down; a Galera node outside the primary component reads as down), else 0.",
         appears: Appears::Start,
     },
     Family {
@@ -403,7 +403,7 @@ pub async fn watch_database_forever(store: SqlStore) {
     let mut was_up = true;
     loop {
         ticker.tick().await;
-        let up = store.ping(DATABASE_PING_TIMEOUT).await;
+        let up = store.serves(DATABASE_PING_TIMEOUT).await;
         set_database_up(up);
         match (was_up, up) {
             (true, false) => tracing::warn!("the database does not answer"),

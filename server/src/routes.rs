@@ -624,13 +624,13 @@ fn metrics_reply(text: String) -> Response {
     response
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database serves this schema ([`SqlStore::serves`]).
 fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path!("readyz")
         .and(get_or_head())
         .and(with_app(app))
         .then(|app: SharedApp| async move {
-            if app.service.store().ping(READY_PING_TIMEOUT).await {
+            if app.service.store().serves(READY_PING_TIMEOUT).await {
                 json_reply(StatusCode::OK, &json!({"status": "ready"}))
             } else {
                 let problem =

@@ -894,9 +894,9 @@ async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
         .expect("the old migrations");
     match store {
         SqlStore::MySql(pool) => {
-            old.run(pool).await.expect("the old migrations apply");
+            old.run(&**pool).await.expect("the old migrations apply");
             sqlx::raw_sql(sqlx::AssertSqlSafe(rows))
-                .execute(pool)
+                .execute(&**pool)
                 .await
                 .expect("old rows");
         }
@@ -1199,7 +1199,7 @@ async fn a_migration_that_keeps_failing_is_an_error_after_its_attempts(db: Db) {
     // MySQL's foreign keys cannot reference its missing id.
     let squatter = "CREATE TABLE products (squatter INTEGER)";
     match &store {
-        SqlStore::MySql(pool) => sqlx::raw_sql(squatter).execute(pool).await.map(|_| ()),
+        SqlStore::MySql(pool) => sqlx::raw_sql(squatter).execute(&**pool).await.map(|_| ()),
         SqlStore::Sqlite(pool) => sqlx::raw_sql(squatter).execute(pool).await.map(|_| ()),
     }
     .expect("the squatting table");

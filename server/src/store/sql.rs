@@ -62,9 +62,47 @@ fn ping_if_idle<C: sqlx::Connection>(
 #[derive(Clone, Debug)]
 pub enum SqlStore {
     /// MySQL or MariaDB.
-    MySql(Pool<MySql>),
+    MySql(MySqlPool),
     /// SQLite.
     Sqlite(Pool<Sqlite>),
+}
+
+/// A pool of connections to MySQL/MariaDB, and whether its server is a Galera node.
+#[derive(Clone, Debug)]
+pub struct MySqlPool {
+    pool: Pool<MySql>,
+    galera: bool,
+}
+
+impl std::ops::Deref for MySqlPool {
+    type Target = Pool<MySql>;
+
+    fn deref(&self) -> &Pool<MySql> {
+        &self.pool
+    }
+}
+
+/// Refuses to go on with a connection to a Galera node that is not synced with its cluster. A
+/// node that rejoins takes client statements once it has joined, while it still applies the
+/// write sets it missed: the cluster test saw an order through such a node, just after it
+/// rejoined, not find a hold granted through another one, though that read was causal. A
+/// donor or a node desynced by hand (`wsrep_desync`, for a backup) may lag behind the cluster
+/// too, and does not serve either.
+async fn synced(conn: &mut sqlx::MySqlConnection) -> StoreResult<()> {
+    let state: Option<(String, String)> =
+        sqlx::query_as("SHOW GLOBAL STATUS LIKE 'wsrep_local_state'")
+            .fetch_optional(conn)
+            .await
+            .map_err(map_err)?;
+    match state.as_ref().map(|(_, value)| value.as_str()) {
+        // 4: synced (1 joining, 2 donor or desynced, 3 joined and catching up).
+        Some("4") => Ok(()),
+        other => Err(StoreError::Unavailable(format!(
+            "this Galera node is not synced with its cluster (wsrep_local_state {}): until it \
+             is, its reads may miss what the cluster committed",
+            other.unwrap_or("unknown")
+        ))),
+    }
 }
 
 /// The pool's size on MySQL/MariaDB when [`PoolSettings::max_connections`] does not say.
@@ -134,9 +172,14 @@ impl SqlStore {
             // One connection first, on its own: the pool retries a failed connect until its
             // timeout and then reports only that it timed out, not why (refused, unknown host,
             // access denied, no such database).
-            let probe = <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options)
+            let mut probe = <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options)
                 .await
                 .map_err(unreachable)?;
+            // A server without Galera has no `wsrep_on` (MySQL) or has it off (MariaDB).
+            let galera = sqlx::query_scalar::<MySql, i64>("SELECT CAST(@@wsrep_on AS SIGNED)")
+                .fetch_one(&mut probe)
+                .await
+                .is_ok_and(|on| on == 1);
             let _ = sqlx::Connection::close(probe).await;
             let pool = MySqlPoolOptions::new()
                 .max_connections(
@@ -163,7 +206,7 @@ impl SqlStore {
                 .connect_with(options)
                 .await
                 .map_err(unreachable)?;
-            Ok(SqlStore::MySql(pool))
+            Ok(SqlStore::MySql(MySqlPool { pool, galera }))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(map_err)?
@@ -269,7 +312,7 @@ impl SqlStore {
         }
         let applied: Vec<i64> = match self {
             SqlStore::MySql(pool) => applied_on!(
-                pool,
+                &**pool,
                 "SELECT table_name FROM information_schema.tables \
                  WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'"
             ),
@@ -303,6 +346,28 @@ impl SqlStore {
         tokio::time::timeout(within, ping).await.unwrap_or(false)
     }
 
+    /// Whether the database serves this schema within `within`: one read of the products
+    /// table. [`SqlStore::ping`] is not enough for readiness: a Galera node outside the primary
+    /// component answers a `SELECT 1` but refuses every statement that reads a table (1047),
+    /// and an instance in front of it would be called ready while it answers every request with
+    /// a 503.
+    pub async fn serves(&self, within: Duration) -> bool {
+        const READ: &str = "SELECT 1 FROM products LIMIT 1";
+        let read = async {
+            match self {
+                SqlStore::MySql(pool) => {
+                    let Ok(mut conn) = pool.acquire().await else {
+                        return false;
+                    };
+                    conn.execute(READ).await.is_ok()
+                        && (!pool.galera || synced(&mut conn).await.is_ok())
+                }
+                SqlStore::Sqlite(pool) => pool.execute(READ).await.is_ok(),
+            }
+        };
+        tokio::time::timeout(within, read).await.unwrap_or(false)
+    }
+
     /// The pool's connections: `(in use, idle)`.
     pub fn connections(&self) -> (u32, u32) {
         let (size, idle) = match self {
@@ -329,16 +394,22 @@ impl Storage for SqlStore {
         let tx = match (self, mode) {
             // Sessions run at READ COMMITTED, where each statement reads anew; a snapshot
             // needs REPEATABLE READ for this one transaction, its read view taken at once.
-            (SqlStore::MySql(pool), TxMode::Snapshot) => SqlTx::MySql(
-                begin_on(
-                    pool,
-                    Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
-                    Some("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"),
-                )
-                .await?,
-            ),
-            (SqlStore::MySql(pool), TxMode::Read | TxMode::Write) => {
-                SqlTx::MySql(begin_on(pool, None, None).await?)
+            (SqlStore::MySql(pool), mode) => {
+                let mut tx = match mode {
+                    TxMode::Snapshot => {
+                        begin_on(
+                            pool,
+                            Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+                            Some("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"),
+                        )
+                        .await?
+                    }
+                    TxMode::Read | TxMode::Write => begin_on(pool, None, None).await?,
+                };
+                if pool.galera {
+                    synced(&mut tx).await?;
+                }
+                SqlTx::MySql(tx)
             }
             // In WAL mode a read transaction reads one snapshot, taken at its first read.
             (SqlStore::Sqlite(pool), TxMode::Read | TxMode::Snapshot) => {
@@ -540,8 +611,8 @@ impl Transaction for SqlTx {
             "ORDER BY id",
             true,
         );
-        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
-        let rows: Vec<ProductRow> = self.fetch_listed(sql, &ids).await?;
+        let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+        let rows: Vec<ProductRow> = self.fetch_by_id(sql, &ids, true).await?;
         Ok(rows.into_iter().map(product_from_row).collect())
     }
 
@@ -627,20 +698,16 @@ impl Transaction for SqlTx {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = causal_unless(
-            lock,
+        let sql = in_list(
             self.dialect(),
-            in_list(
-                self.dialect(),
-                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
-                 order_id FROM holds WHERE id IN",
-                ids.len(),
-                "ORDER BY id",
-                lock,
-            ),
+            "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
+             order_id FROM holds WHERE id IN",
+            ids.len(),
+            "ORDER BY id",
+            lock,
         );
-        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
-        let rows: Vec<HoldRow> = self.fetch_listed(sql, &ids).await?;
+        let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+        let rows: Vec<HoldRow> = self.fetch_by_id(sql, &ids, lock).await?;
         rows.into_iter().map(hold_from_row).collect()
     }
 
@@ -648,20 +715,16 @@ impl Transaction for SqlTx {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = causal_unless(
-            lock,
+        let sql = in_list(
             self.dialect(),
-            in_list(
-                self.dialect(),
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
-                 payment_due_at, cancel_reason FROM orders WHERE id IN",
-                ids.len(),
-                "ORDER BY id",
-                lock,
-            ),
+            "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
+             payment_due_at, cancel_reason FROM orders WHERE id IN",
+            ids.len(),
+            "ORDER BY id",
+            lock,
         );
-        let ids: Vec<Listed<'_>> = ids.iter().map(|id| Listed::Id(id.0)).collect();
-        let rows: Vec<OrderRow> = self.fetch_listed(sql, &ids).await?;
+        let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+        let rows: Vec<OrderRow> = self.fetch_by_id(sql, &ids, lock).await?;
         rows.into_iter().map(order_from_row).collect()
     }
 
@@ -970,9 +1033,10 @@ impl SqlStore {
 /// through any other (an order placed through node B right after its hold through node A). Only
 /// these reads wait: a wait goes through the cluster's group communication and cost about a
 /// batch's whole time when every statement waited (measured on one node: hot holds 1,300 req/s
-/// with a wait on every read, 22,300 without). The locking reads need none: a write decided on
-/// a row another node changed meanwhile fails certification at commit and is retried. No effect
-/// on a server that is not in a cluster.
+/// with a wait on every read, 22,300 without). A locking read waits only when it misses a row
+/// ([`SqlTx::fetch_by_id`]): a write decided on a row another node changed meanwhile fails
+/// certification at commit and is retried, but a row not applied here yet is no write to
+/// certify. No effect on a server that is not in a cluster.
 const CAUSAL: &str = "SET STATEMENT wsrep_sync_wait = 1 FOR ";
 
 /// The most ids one statement of a write names. A batch names at most a few per command, but a
@@ -1091,15 +1155,6 @@ fn in_list(dialect: Dialect, head: &str, n: usize, tail: &str, lock: bool) -> St
     format!("{head} ({}){tail}{lock}", marks(padded_len(n)))
 }
 
-/// `sql` made a causal read ([`CAUSAL`]) on MySQL when it takes no lock: a read by id of a row
-/// that may have been made through another node.
-fn causal_unless(lock: bool, dialect: Dialect, sql: String) -> String {
-    match (dialect, lock) {
-        (Dialect::MySql, false) => format!("{CAUSAL}{sql}"),
-        (Dialect::MySql, true) | (Dialect::Sqlite, _) => sql,
-    }
-}
-
 /// `n` comma-separated `?`.
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -1155,6 +1210,34 @@ impl SqlTx {
             query.fetch_all(conn).await
         })
         .map_err(map_err)
+    }
+
+    /// The rows of `sql`, a read of rows by id with one `IN` list ([`in_list`]) of `ids`
+    /// (distinct), locking them when `lock`. On MySQL a read without locks is causal
+    /// ([`CAUSAL`]). A locking read is not, at first: a row another node changed meanwhile makes
+    /// this transaction fail certification at commit, and it is retried. But a row another node
+    /// made and this one has not applied yet is simply missing, and a refusal (an unknown hold,
+    /// say) writes nothing for certification to catch; so a locking read that misses some of
+    /// its ids is made again, causal, before the batch decides they do not exist.
+    async fn fetch_by_id<R>(&mut self, sql: String, ids: &[u64], lock: bool) -> StoreResult<Vec<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
+        let listed: Vec<Listed<'_>> = ids.iter().map(|&id| Listed::Id(id)).collect();
+        if self.dialect() == Dialect::Sqlite {
+            return self.fetch_listed(sql, &listed).await;
+        }
+        if !lock {
+            return self.fetch_listed(format!("{CAUSAL}{sql}"), &listed).await;
+        }
+        let rows: Vec<R> = self.fetch_listed(sql.clone(), &listed).await?;
+        if rows.len() >= ids.len() {
+            return Ok(rows);
+        }
+        self.fetch_listed(format!("{CAUSAL}{sql}"), &listed).await
     }
 }
 

@@ -113,10 +113,11 @@ async fn stock_on(root: &Database, product: u64) -> u32 {
     stock
 }
 
-/// A node cut off from the others leaves the primary component: a commit it can no longer
-/// replicate is refused (1180, a conflict the service retries), and every statement after it too
-/// (1047, the database unavailable: a 503 with `Retry-After`); healed, the node serves again, and
-/// nothing of the refused commit is anywhere.
+/// A node cut off from the others leaves the primary component: it refuses a commit and every
+/// statement after it (1047, the database unavailable: a 503 with `Retry-After`), and the
+/// instance's readiness says so. Healed, the node serves again. When instead the other node
+/// hangs while this one commits, the commit fails as the group loses its primary component
+/// (1180, a conflict the service retries). Nothing of either refused commit is anywhere.
 #[tokio::test]
 async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_healed() {
     let mut cluster = Galera::start(2).await;
@@ -151,8 +152,15 @@ async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_h
         matches!(&read, Err(StoreError::Unavailable(m)) if m.contains("1047")),
         "a read on a node outside the primary component: {read:?}"
     );
+    // It still answers a bare `SELECT 1`, which is why readiness reads a table.
+    let within = std::time::Duration::from_secs(5);
+    assert!(
+        here.ping(within).await && !here.serves(within).await,
+        "an isolated node answers pings but does not serve"
+    );
 
     cluster.heal(0).await;
+    assert!(here.serves(within).await, "a healed node serves again");
 
     // The other node hangs while this one commits: the commit waits for the group, which ends
     // up without it and without a primary component.

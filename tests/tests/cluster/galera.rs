@@ -80,6 +80,28 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
         );
     }
 
+    // The burst conflicted across nodes: certification failed some commits, or appliers
+    // aborted local transactions holding the rows they needed, and the instances retried them.
+    let mut conflicts = 0;
+    for node in &cluster.nodes {
+        conflicts += node
+            .query_text(
+                "SELECT CAST(SUM(variable_value) AS SIGNED) FROM information_schema.global_status \
+                 WHERE variable_name IN ('WSREP_LOCAL_CERT_FAILURES', 'WSREP_LOCAL_BF_ABORTS')",
+            )
+            .await
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("a node's conflict counters");
+    }
+    let mut retried = 0.0;
+    for app in &apps {
+        retried += metric_sum(app, "flashsale_retries_total", "cause=\"contention\"").await;
+    }
+    assert!(
+        conflicts > 0 && retried > 0.0,
+        "the burst made {conflicts} certification conflicts and {retried} retries"
+    );
+
     // Early and duplicate webhooks for held units, to two instances at once before any order
     // exists; then the order from the third instance finds the order the webhook made.
     for (n, (_, hold_id)) in granted.iter().take(30).enumerate() {
@@ -116,19 +138,7 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
             restock(&apps[n % 2], *product, 5).await;
         }
         cluster.kill(2);
-        let started = Instant::now();
-        loop {
-            let ready = servers[2].get("/readyz").await.map(|r| r.status);
-            if ready == Ok(503) {
-                readyz_while_down = Some(started.elapsed());
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "/readyz of the instance on the killed node still answers {ready:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        readyz_while_down = Some(not_ready(&servers[2], "the killed node").await);
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.rejoin(2).await;
     })
@@ -150,6 +160,42 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
     )
     .await;
     seen.merge(after);
+
+    // Node 1 cut off from the other two, as by a network partition: it leaves the primary
+    // component and refuses every statement (1047), so its instance answers 503 with
+    // `Retry-After` and reports not ready, while the other two go on selling. Healed, the node
+    // rejoins by itself, and so does its instance.
+    let refused_before = unreachable_answers(&apps[1]).await;
+    let (cut, _) = buy_until(&servers, &products, 6, 2_000_000, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.isolate(1).await;
+        not_ready(&servers[1], "the isolated node").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.heal(1).await;
+    })
+    .await;
+    seen.merge(cut);
+    servers[1]
+        .await_ready(&apps[1], "the instance on the healed node is ready")
+        .await;
+    let refused = unreachable_answers(&apps[1]).await - refused_before;
+    assert!(
+        refused > 0.0,
+        "the instance on the isolated node answered 503 (database unreachable) while cut off"
+    );
+
+    // Node 2 loses its disk: started again on an empty data directory, it joins by a full
+    // state transfer from a donor while the buyers go on, and its instance serves again.
+    let (fresh, _) = buy_until(&servers, &products, 6, 3_000_000, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.replace(2).await;
+    })
+    .await;
+    seen.merge(fresh);
+    servers[2]
+        .await_ready(&apps[2], "the instance on the replaced node is ready")
+        .await;
+
     assert!(
         seen.wrong.is_empty(),
         "{} answers the API does not document, e.g. {:?}",
@@ -220,6 +266,44 @@ async fn columns(server: &Database) -> binlog::Columns {
         columns.entry(table).or_default().push(column);
     }
     columns
+}
+
+/// How long the instance behind `server` took to report not ready (503 from `/readyz`) after
+/// its node failed; fails the test past 5 s.
+async fn not_ready(server: &Endpoint, node: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let ready = server.get("/readyz").await.map(|r| r.status);
+        if ready == Ok(503) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/readyz of the instance on {node} still answers {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The 503 answers `app` made because the database refused it (`Unavailable`: a Galera node
+/// outside the primary component, say), as its metrics count them.
+async fn unreachable_answers(app: &TestApp) -> f64 {
+    metric_sum(
+        app,
+        "flashsale_database_unavailable_total",
+        "cause=\"unreachable\"",
+    )
+    .await
+}
+
+/// The sum of `app`'s samples of the counter `name` with the label `label` (`key="value"`).
+async fn metric_sum(app: &TestApp, name: &str, label: &str) -> f64 {
+    let metrics = app.scrape().await;
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn restock(app: &TestApp, product: u64, qty: u32) {

@@ -462,6 +462,30 @@ impl Galera {
         self.wait_synced(i).await;
     }
 
+    /// Replaces node `i` by one with an empty data directory (a disk replaced): shut down,
+    /// wiped and started again, it joins by a full state transfer (rsync SST) from a donor;
+    /// returns once it is synced. The shutdown is a clean one, so that the others see the node
+    /// leave at once; a node killed and back within the failure detection's timeouts makes
+    /// them rebuild their view twice over, which on two busy cores has cost the cluster its
+    /// primary component.
+    pub async fn replace(&mut self, i: usize) {
+        let node = self.nodes.get_mut(i).expect("a node of the cluster");
+        node.shutdown();
+        let _ = std::fs::remove_dir_all(node.data());
+        std::fs::create_dir_all(node.data()).expect("an empty data directory");
+        node.own_by_server_user();
+        let log = node.dir.join("error.log");
+        let before = read_log(&log).len();
+        node.spawn(&[]);
+        self.wait_synced(i).await;
+        let after = read_log(&log);
+        let restart = after.get(before..).unwrap_or_default();
+        assert!(
+            restart.contains("SST completed"),
+            "node {i} joined without a full state transfer; its log since the restart:\n{restart}"
+        );
+    }
+
     /// Stops node `i`'s process (SIGSTOP), a node that hangs; [`Galera::resume`] lets it go on.
     pub fn pause(&mut self, i: usize) {
         self.signal(i, "-STOP");

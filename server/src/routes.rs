@@ -27,6 +27,7 @@ use warp::http::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::body;
 use crate::clock::Clock;
 use crate::problem::{self, Problem};
 use crate::reconcile;
@@ -215,7 +216,7 @@ fn place_hold(
     warp::path!("api" / "holds")
         .and(warp::post())
         .and(idempotency_key())
-        .and(problem::json_body::<HoldRequest>())
+        .and(body::json_body::<HoldRequest>())
         .and(with_app(app))
         .then(
             |key: Option<IdempotencyKey>, request: HoldRequest, app: SharedApp| async move {
@@ -266,7 +267,7 @@ fn place_order(
     warp::path!("api" / "orders")
         .and(warp::post())
         .and(idempotency_key())
-        .and(problem::json_body::<OrderRequest>())
+        .and(body::json_body::<OrderRequest>())
         .and(with_app(app))
         .then(
             |key: Option<IdempotencyKey>, request: OrderRequest, app: SharedApp| async move {
@@ -322,7 +323,7 @@ fn webhook(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::R
         .and(warp::header::optional::<String>(
             signature::SIGNATURE_HEADER,
         ))
-        .and(problem::json_bytes())
+        .and(body::json_bytes())
         .and(with_app(app))
         .then(
             |header: Option<String>, body: Bytes, app: SharedApp| async move {
@@ -397,7 +398,7 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
 // One problem per bad request, on a cold path.
 #[allow(clippy::result_large_err)]
 fn decode_webhook(body: &[u8]) -> Result<WebhookPayload, Problem> {
-    let request: WebhookRequest = problem::parse_json(body)?;
+    let request: WebhookRequest = body::parse_json(body)?;
     let invalid =
         |detail: &str, field: &str| Problem::validation_failed(detail, Some(field.to_owned()));
     let key = IdempotencyKey::parse(&request.idempotency_key).ok_or_else(|| {
@@ -424,12 +425,12 @@ fn decode_webhook(body: &[u8]) -> Result<WebhookPayload, Problem> {
 #[allow(clippy::result_large_err)]
 pub fn decode_body(route: &str, body: &[u8]) -> Result<bool, Problem> {
     match route {
-        "/api/holds" => problem::parse_json::<HoldRequest>(body).map(|_| true),
-        "/api/orders" => problem::parse_json::<OrderRequest>(body).map(|_| true),
+        "/api/holds" => body::parse_json::<HoldRequest>(body).map(|_| true),
+        "/api/orders" => body::parse_json::<OrderRequest>(body).map(|_| true),
         "/api/payments/webhook" => decode_webhook(body).map(|_| true),
-        "/api/admin/products" => problem::parse_json::<CreateProductRequest>(body).map(|_| true),
+        "/api/admin/products" => body::parse_json::<CreateProductRequest>(body).map(|_| true),
         "/api/admin/products/{id}/restock" => {
-            problem::parse_json::<RestockRequest>(body).map(|_| true)
+            body::parse_json::<RestockRequest>(body).map(|_| true)
         }
         _ => Ok(false),
     }
@@ -477,7 +478,7 @@ fn admin_create_product(
     warp::path!("api" / "admin" / "products")
         .and(warp::post())
         .and(admin(app.clone()))
-        .and(problem::json_body::<CreateProductRequest>())
+        .and(body::json_body::<CreateProductRequest>())
         .and(with_app(app))
         .then(|request: CreateProductRequest, app: SharedApp| async move {
             let created = app.service.create_product(
@@ -514,7 +515,7 @@ fn admin_restock(
     warp::path!("api" / "admin" / "products" / u64 / "restock")
         .and(warp::post())
         .and(admin(app.clone()))
-        .and(problem::json_body::<RestockRequest>())
+        .and(body::json_body::<RestockRequest>())
         .and(with_app(app))
         .then(
             |id: u64, request: RestockRequest, app: SharedApp| async move {
@@ -999,6 +1000,7 @@ mod openapi_tests {
         let sources = [
             "src/routes.rs",
             "src/problem.rs",
+            "src/body.rs",
             "src/startup.rs",
             "src/reconcile.rs",
             "src/request_log.rs",

@@ -12,7 +12,7 @@ use arbitrary::Unstructured;
 use flashsale_core::{IdempotencyKey, Ledger, Timestamp};
 use flashsale_server::problem::Problem;
 use flashsale_server::signature::{self, Secret, SignatureError};
-use flashsale_server::{request_log, routes};
+use flashsale_server::{api, request_log, routes};
 
 #[path = "../../core/tests/model/mod.rs"]
 #[allow(
@@ -147,7 +147,7 @@ pub fn request_bodies(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    let body_routes: Vec<&str> = routes::ROUTES
+    let body_routes: Vec<&str> = api::ROUTES
         .iter()
         .filter(|(_, method)| *method == "POST")
         .map(|(route, _)| *route)
@@ -241,7 +241,7 @@ pub fn keys_and_paths(data: &[u8]) {
             assert_eq!(name, segment, "{path:?}");
         }
     }
-    if let Some(methods) = routes::allowed_methods(&route) {
+    if let Some(methods) = api::allowed_methods(&route) {
         assert!(!methods.is_empty());
     }
 }

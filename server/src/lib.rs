@@ -17,6 +17,8 @@ pub mod service;
 pub mod store;
 
 #[cfg(feature = "sql")]
+pub mod api;
+#[cfg(feature = "sql")]
 pub mod body;
 #[cfg(feature = "sql")]
 pub mod config;

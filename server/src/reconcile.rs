@@ -16,8 +16,8 @@ use flashsale_core::{
 };
 use serde_json::{Value, json};
 
+use crate::api::{order_json, rfc3339};
 use crate::problem::Problem;
-use crate::routes::{order_json, rfc3339};
 use crate::store::StoreError;
 use crate::store::sql::{OrderFilter, SqlStore, WebhookCursor};
 

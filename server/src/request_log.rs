@@ -116,7 +116,7 @@ where
                         response.headers_mut().insert(REQUEST_ID_HEADER, header);
                     }
                     if response.status() == StatusCode::METHOD_NOT_ALLOWED
-                        && let Some(allow) = crate::routes::allowed_methods(&route)
+                        && let Some(allow) = crate::api::allowed_methods(&route)
                     {
                         response
                             .headers_mut()
@@ -126,7 +126,7 @@ where
                     // A number in JSON logs, to two decimals: a collector aggregates it.
                     let latency_ms = (seconds * 100_000.0).round() / 100.0;
                     // Unknown paths share one label: a scanner must not mint a series per path.
-                    let label = if crate::routes::allowed_methods(&route).is_some() {
+                    let label = if crate::api::allowed_methods(&route).is_some() {
                         route.clone()
                     } else {
                         "other".to_owned()

@@ -12,14 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use flashsale_core::{
-    Cents, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, PaymentStatus, ProductId, Qty,
-    Rejection, Timestamp, WebhookPayload, WebhookResult,
+    Cents, HoldId, HoldView, IdempotencyKey, OrderId, PaymentStatus, ProductId, Qty, Rejection,
+    WebhookPayload, WebhookResult,
 };
 use headers::HeaderMapExt;
 use headers::authorization::{Authorization, Bearer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
@@ -27,6 +26,7 @@ use warp::http::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::api::{OPENAPI_JSON, hold_json, order_json, product_json};
 use crate::body;
 use crate::clock::Clock;
 use crate::problem::{self, Problem};
@@ -94,40 +94,6 @@ pub fn routes(app: SharedApp) -> impl Filter<Extract = (Response,), Error = Infa
         .map(Reply::into_response)
 }
 
-/// Every route and its method, as [`crate::request_log`] names routes (ids as `{id}`): the
-/// `Allow` header of a 405, the metrics' route label, and what `openapi.json` must describe.
-/// Kept beside [`routes`], which it mirrors.
-pub const ROUTES: [(&str, &str); 14] = [
-    ("/api/products/{id}", "GET"),
-    ("/api/holds", "POST"),
-    ("/api/holds/{id}", "GET"),
-    ("/api/orders", "POST"),
-    ("/api/orders/{id}", "GET"),
-    ("/api/payments/webhook", "POST"),
-    ("/api/admin/products", "POST"),
-    ("/api/admin/products/{id}/restock", "POST"),
-    ("/api/admin/webhooks", "GET"),
-    ("/api/admin/orders", "GET"),
-    ("/healthz", "GET"),
-    ("/readyz", "GET"),
-    ("/metrics", "GET"),
-    ("/api/openapi.json", "GET"),
-];
-
-/// The methods a route answers, for the `Allow` header of a 405: a GET route answers HEAD too.
-pub fn allowed_methods(route: &str) -> Option<&'static str> {
-    ROUTES
-        .iter()
-        .find(|(path, _)| *path == route)
-        .map(|(_, method)| {
-            if *method == "GET" {
-                "GET, HEAD"
-            } else {
-                method
-            }
-        })
-}
-
 /// GET, and HEAD alike (RFC 9110 §9.3.2: a server answers HEAD wherever it answers GET); hyper
 /// sends a HEAD's answer without its body.
 fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
@@ -148,10 +114,6 @@ fn no_trailing_slash() -> impl Filter<Extract = (), Error = warp::Rejection> + C
         })
         .untuple_one()
 }
-
-/// The OpenAPI 3.1 description of [`ROUTES`], served at `GET /api/openapi.json`. Tests keep
-/// the two in step and check every answer of the end-to-end suite against its schemas.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// A 201 with `Location` naming what it created.
 fn with_location(mut response: Response, location: String) -> Response {
@@ -641,84 +603,6 @@ fn readyz(app: SharedApp) -> impl Filter<Extract = (Response,), Error = warp::Re
         })
 }
 
-/// A product as the API shows it; fields in the original service's order.
-#[derive(Serialize)]
-struct ProductBody<'a> {
-    id: u64,
-    name: &'a str,
-    price_cents: u64,
-    stock: u32,
-    available: u32,
-}
-
-fn product_json(view: &ProductView) -> Value {
-    to_value(ProductBody {
-        id: view.product.id.0,
-        name: &view.product.name,
-        price_cents: view.product.price_cents.0,
-        stock: view.product.stock.0,
-        available: view.available.0,
-    })
-}
-
-/// A hold as the API shows it.
-#[derive(Serialize)]
-struct HoldBody {
-    hold_id: u64,
-    product_id: u64,
-    qty: u32,
-    expires_at: String,
-    state: &'static str,
-}
-
-fn hold_json(hold: &Hold, view: HoldView) -> Value {
-    to_value(HoldBody {
-        hold_id: hold.id.0,
-        product_id: hold.product_id.0,
-        qty: hold.qty.0,
-        expires_at: rfc3339(hold.expires_at),
-        state: view.as_str(),
-    })
-}
-
-/// An order as the API shows it.
-#[derive(Serialize)]
-struct OrderBody {
-    order_id: u64,
-    hold_id: u64,
-    product_id: u64,
-    qty: u32,
-    total_cents: u64,
-    status: &'static str,
-    created_at: String,
-    payment_due_at: String,
-}
-
-pub(crate) fn order_json(order: &Order) -> Value {
-    to_value(OrderBody {
-        order_id: order.id.0,
-        hold_id: order.hold_id.0,
-        product_id: order.product_id.0,
-        qty: order.qty.0,
-        total_cents: order.total_cents.0,
-        status: order.status.as_str(),
-        created_at: rfc3339(order.created_at),
-        payment_due_at: rfc3339(order.payment_due_at),
-    })
-}
-
-/// Serializes a response body; these structs have no map keys or floats, so it cannot fail.
-fn to_value(body: impl Serialize) -> Value {
-    serde_json::to_value(body).unwrap_or(Value::Null)
-}
-
-/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T04:00:00.000Z`.
-pub(crate) fn rfc3339(at: Timestamp) -> String {
-    let ms = i64::try_from(at.as_ms()).unwrap_or(i64::MAX);
-    let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 fn json_reply(status: StatusCode, body: &Value) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
@@ -941,6 +825,7 @@ mod openapi_tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::api::ROUTES;
 
     fn document() -> Value {
         serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON")

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use flashsale_server::routes::OPENAPI_JSON;
+use flashsale_server::api::OPENAPI_JSON;
 use serde_json::{Value, json};
 
 pub static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {

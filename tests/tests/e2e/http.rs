@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN, Db, TestApp, id, spawn_app};
-use flashsale_server::routes::{OPENAPI_JSON, ROUTES};
+use flashsale_server::api::{OPENAPI_JSON, ROUTES};
 
 on_both_databases!(
     head_answers_every_get_route_like_get_without_a_body,

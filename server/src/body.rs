@@ -11,15 +11,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::error::Category;
 use warp::{Filter, Rejection, Stream};
 
-use crate::problem::Problem;
-
-/// Largest request body any route accepts, in bytes. The API's bodies are a few small fields,
-/// so 16 KiB is generous for clients and keeps a flood of large bodies from costing memory.
-pub const BODY_BYTES_MAX: u64 = 16 * 1024;
-
-/// Longest `detail` we send for a body that failed to decode. serde's messages quote the
-/// offending value, which may be most of a 16 KiB body; the client already has that value.
-const DETAIL_BYTES_MAX: usize = 256;
+use crate::problem::{BODY_BYTES_MAX, Problem, truncated};
 
 /// Extracts a JSON body as `T`: [`json_bytes`] followed by [`parse_json`].
 ///
@@ -233,19 +225,6 @@ fn in_api_words(message: &str) -> String {
     text
 }
 
-/// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
-pub(crate) fn truncated(mut text: String) -> String {
-    if text.len() > DETAIL_BYTES_MAX {
-        let cut = (0..=DETAIL_BYTES_MAX)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
@@ -260,7 +239,7 @@ mod tests {
     use warp::http::header::CONTENT_TYPE;
 
     use super::*;
-    use crate::problem::{PROBLEM_CONTENT_TYPE, recover};
+    use crate::problem::{DETAIL_BYTES_MAX, PROBLEM_CONTENT_TYPE, recover};
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

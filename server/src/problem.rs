@@ -14,14 +14,20 @@ use warp::http::header::CONTENT_TYPE;
 use warp::http::{HeaderValue, StatusCode};
 use warp::{Rejection, Reply};
 
-use crate::body::{BODY_BYTES_MAX, truncated};
-
 /// The media type of every error response (RFC 9457, section 3).
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// The RFC 9457 `type` for problems that need no more semantics than their status code (the
 /// stable `code` member distinguishes them); with it, `title` is the status's reason phrase.
 pub const ABOUT_BLANK: &str = "about:blank";
+
+/// Largest request body any route accepts, in bytes. The API's bodies are a few small fields,
+/// so 16 KiB is generous for clients and keeps a flood of large bodies from costing memory.
+pub const BODY_BYTES_MAX: u64 = 16 * 1024;
+
+/// Longest `detail` we send for a body that failed to decode. serde's messages quote the
+/// offending value, which may be most of a 16 KiB body; the client already has that value.
+pub(crate) const DETAIL_BYTES_MAX: usize = 256;
 
 /// Member names the problem itself writes; `extra` members with these names are dropped so a
 /// handler can never send a body whose `status` disagrees with the response's status.
@@ -286,6 +292,19 @@ fn problem_for(rejection: &Rejection) -> Problem {
     }
     tracing::error!(?rejection, "unhandled rejection answered 500");
     Problem::internal()
+}
+
+/// Cuts `text` to at most [`DETAIL_BYTES_MAX`] bytes on a character boundary.
+pub(crate) fn truncated(mut text: String) -> String {
+    if text.len() > DETAIL_BYTES_MAX {
+        let cut = (0..=DETAIL_BYTES_MAX)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
+use flashsale_core::hold::{self, HoldRequest};
+use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::{
     Cents, Command, HoldId, IdempotencyKey, Ledger, Outcome, PaymentStatus, Product, ProductId,
     Qty, Timestamp, WebhookPayload,

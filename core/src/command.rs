@@ -3,7 +3,7 @@
 //! timestamps rebuilds the same state.
 
 use crate::ids::{Cents, HoldId, IdempotencyKey, ProductId, Qty};
-use crate::payment::WebhookPayload;
+use crate::rows::payment::WebhookPayload;
 
 /// One thing the service is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,15 +17,20 @@
 use std::collections::BTreeMap;
 
 use crate::command::Command;
-use crate::hold::{self, Hold, HoldRequest, HoldState};
+use crate::errors::{Refusal, Rejection, Violation};
+use crate::hold::{self, HoldRequest};
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
-use crate::invariants::Violation;
-use crate::order::{self, Order};
-use crate::outcome::{Outcome, Refusal, Rejection};
-use crate::payment::{self, WebhookDecision, WebhookPayload, WebhookRecord};
+use crate::order;
+use crate::outcome::Outcome;
+use crate::payment::{self, WebhookDecision};
 use crate::plan::Rows;
-use crate::product::{self, Product};
-use crate::request::{self, KeyDecision, KeyedRequest, RequestRecord};
+use crate::product;
+use crate::request::{self, KeyDecision};
+use crate::rows::hold::{Hold, HoldState};
+use crate::rows::order::{Order, OrderStatus};
+use crate::rows::payment::{WebhookPayload, WebhookRecord};
+use crate::rows::product::Product;
+use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::Timestamp;
 use crate::writes::{
     Changes, Inserted, Pending, WriteSet, own_hold, own_order, pending_hold, pending_order,
@@ -407,7 +412,7 @@ impl<'r, 'a> Working<'r, 'a> {
         let loaded = self.rows.overdue(product_id);
         let now_waiting = loaded.filter_map(|o| self.order(o.id));
         now_waiting
-            .filter(|o| o.status == order::OrderStatus::PrePayment)
+            .filter(|o| o.status == OrderStatus::PrePayment)
             .copied()
             .collect()
     }

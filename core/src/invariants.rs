@@ -5,158 +5,62 @@
 //! found is returned, naming the product, hold, order or key involved.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use crate::hold::{HoldState, ReleaseReason};
+use crate::errors::Violation;
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
-use crate::order::OrderStatus;
-use crate::payment::{PaymentStatus, WebhookResult};
-use crate::state::Ledger;
+use crate::rows::hold::{Hold, HoldState, ReleaseReason};
+use crate::rows::order::{Order, OrderStatus};
+use crate::rows::payment::{PaymentStatus, WebhookRecord, WebhookResult};
+use crate::rows::product::Product;
+use crate::rows::request::{KeyedRequest, RequestRecord};
 
-/// A broken invariant. Any of these is a bug: it means a unit could be sold twice or a payment
-/// lost.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Violation {
-    /// Invariant 1: the held holds of a product claim more units than it has in stock.
-    HeldExceedsStock {
-        /// The product.
-        product_id: ProductId,
-        /// Units in held holds.
-        units_held: u64,
-        /// Units in stock.
-        stock: Qty,
-    },
-    /// Invariant 1: a product's `units_held` counter differs from the units of its held holds.
-    HeldCounterMismatch {
-        /// The product.
-        product_id: ProductId,
-        /// The counter on the product row.
-        counter: Qty,
-        /// Units in held holds, summed from the rows.
-        units_held: u64,
-    },
-    /// A product counter read from the rows cannot give up or take the units a decision moves:
-    /// the rows are corrupt.
-    CounterOutOfRange {
-        /// The product.
-        product_id: ProductId,
-        /// `stock` or `units_held`.
-        counter: &'static str,
-    },
-    /// A decision was handed a hold as held that is not held, or not of the locked product.
-    HoldNotHeld {
-        /// The hold.
-        hold_id: HoldId,
-    },
-    /// Invariant 3: a decision would move an order that is already terminal (or of another
-    /// product).
-    TerminalOrderChanged {
-        /// The order.
-        order_id: OrderId,
-    },
-    /// A write-set names an inserted row whose id the storage did not return.
-    WriteSetUnresolved,
-    /// Invariant 2: stock plus units sold differs from units ever received.
-    UnitsNotConserved {
-        /// The product.
-        product_id: ProductId,
-        /// Units in stock.
-        stock: Qty,
-        /// Units in pre-payment and paid orders.
-        units_sold: u64,
-        /// Units ever received.
-        units_received: u64,
-    },
-    /// A hold or order names a product that does not exist.
-    DanglingProduct {
-        /// The product named.
-        product_id: ProductId,
-    },
-    /// Invariant 3: a hold and an order disagree on who consumed whom (a hold consumed by an
-    /// order that does not name it, an order whose hold is not consumed by it, or two orders
-    /// for one hold).
-    HoldOrderMismatch {
-        /// The hold.
-        hold_id: HoldId,
-        /// The order.
-        order_id: OrderId,
-    },
-    /// Invariant 3: an order's units, product or total disagree with its hold.
-    OrderDisagreesWithHold {
-        /// The order.
-        order_id: OrderId,
-    },
-    /// Invariant 4: two keys were both applied to one hold.
-    WebhookAppliedTwice {
-        /// The hold.
-        hold_id: HoldId,
-        /// The first key applied.
-        first: IdempotencyKey,
-        /// The second key applied.
-        second: IdempotencyKey,
-    },
-    /// Invariant 4: a record's result does not match the state it claims to have produced.
-    WebhookResultMismatch {
-        /// The key.
-        key: IdempotencyKey,
-    },
-    /// Invariant 5: a `paid` webhook neither ended as a paid order nor as a refund to make.
-    PaymentDropped {
-        /// The key.
-        key: IdempotencyKey,
-        /// The hold it was for.
-        hold_id: HoldId,
-    },
-    /// Invariant 4: a client request key's record names a hold or order that does not exist or
-    /// does not match the request (another product, qty or hold), so its replay would answer
-    /// something the request never got.
-    RequestKeyDangling {
-        /// The key.
-        key: IdempotencyKey,
-    },
-    /// An order's cancel reason disagrees with its status: a cancelled order says why, and no
-    /// other does.
-    CancelReasonMismatch {
-        /// The order.
-        order_id: OrderId,
-    },
-    /// A command that is not decided over a plan's rows (creating a product, sweeping every
-    /// product) reached [`crate::execute`]: a bug in its caller.
-    CommandOutsideExecute,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
-    }
+/// A read-only view of every stored row: what the invariants are checked on. The in-memory
+/// ledger is one; a database's contents read back are another.
+pub trait Stored {
+    /// Every product.
+    fn products(&self) -> impl Iterator<Item = &Product>;
+    /// Every hold.
+    fn holds(&self) -> impl Iterator<Item = &Hold>;
+    /// Every order.
+    fn orders(&self) -> impl Iterator<Item = &Order>;
+    /// Every webhook record.
+    fn webhooks(&self) -> impl Iterator<Item = &WebhookRecord>;
+    /// Every request-key record.
+    fn request_keys(&self) -> impl Iterator<Item = &RequestRecord>;
+    /// A product by id.
+    fn product(&self, id: ProductId) -> Option<&Product>;
+    /// A hold by id.
+    fn hold(&self, id: HoldId) -> Option<&Hold>;
+    /// An order by id.
+    fn order(&self, id: OrderId) -> Option<&Order>;
 }
 
 /// Checks every invariant on `ledger`'s rows.
 ///
 /// # Errors
 /// The first [`Violation`] found.
-pub fn check(ledger: &Ledger) -> Result<(), Violation> {
-    check_products(ledger)?;
-    check_holds_and_orders(ledger)?;
-    check_webhooks(ledger)?;
-    check_request_keys(ledger)
+pub fn check(rows: &impl Stored) -> Result<(), Violation> {
+    check_products(rows)?;
+    check_holds_and_orders(rows)?;
+    check_webhooks(rows)?;
+    check_request_keys(rows)
 }
 
 /// Invariants 1 and 2, per product.
-fn check_products(ledger: &Ledger) -> Result<(), Violation> {
+fn check_products(rows: &impl Stored) -> Result<(), Violation> {
     let mut units_held: BTreeMap<ProductId, u64> = BTreeMap::new();
     let mut units_sold: BTreeMap<ProductId, u64> = BTreeMap::new();
-    for hold in ledger.holds().filter(|h| h.state == HoldState::Held) {
+    for hold in rows.holds().filter(|h| h.state == HoldState::Held) {
         add(&mut units_held, hold.product_id, hold.qty);
     }
-    for order in ledger.orders().filter(|o| o.status.holds_units()) {
+    for order in rows.orders().filter(|o| o.status.holds_units()) {
         add(&mut units_sold, order.product_id, order.qty);
     }
     let named = units_held.keys().chain(units_sold.keys());
-    if let Some(&product_id) = named.into_iter().find(|id| ledger.product(**id).is_none()) {
+    if let Some(&product_id) = named.into_iter().find(|id| rows.product(**id).is_none()) {
         return Err(Violation::DanglingProduct { product_id });
     }
-    for product in ledger.products() {
+    for product in rows.products() {
         let held = units_held.get(&product.id).copied().unwrap_or(0);
         if held != u64::from(product.units_held.0) {
             return Err(Violation::HeldCounterMismatch {
@@ -192,9 +96,9 @@ fn add(sums: &mut BTreeMap<ProductId, u64>, product_id: ProductId, qty: Qty) {
 }
 
 /// Invariant 3: one order per hold, and each side names the other.
-fn check_holds_and_orders(ledger: &Ledger) -> Result<(), Violation> {
+fn check_holds_and_orders(rows: &impl Stored) -> Result<(), Violation> {
     let mut order_of_hold: BTreeMap<HoldId, OrderId> = BTreeMap::new();
-    for order in ledger.orders() {
+    for order in rows.orders() {
         let mismatch = Violation::HoldOrderMismatch {
             hold_id: order.hold_id,
             order_id: order.id,
@@ -202,13 +106,13 @@ fn check_holds_and_orders(ledger: &Ledger) -> Result<(), Violation> {
         if order_of_hold.insert(order.hold_id, order.id).is_some() {
             return Err(mismatch);
         }
-        let Some(hold) = ledger.hold(order.hold_id) else {
+        let Some(hold) = rows.hold(order.hold_id) else {
             return Err(mismatch);
         };
         if hold.state != HoldState::Consumed(order.id) {
             return Err(mismatch);
         }
-        let Some(product) = ledger.product(order.product_id) else {
+        let Some(product) = rows.product(order.product_id) else {
             return Err(Violation::DanglingProduct {
                 product_id: order.product_id,
             });
@@ -223,8 +127,8 @@ fn check_holds_and_orders(ledger: &Ledger) -> Result<(), Violation> {
             return Err(Violation::CancelReasonMismatch { order_id: order.id });
         }
     }
-    for hold in ledger.holds() {
-        if ledger.product(hold.product_id).is_none() {
+    for hold in rows.holds() {
+        if rows.product(hold.product_id).is_none() {
             return Err(Violation::DanglingProduct {
                 product_id: hold.product_id,
             });
@@ -243,12 +147,12 @@ fn check_holds_and_orders(ledger: &Ledger) -> Result<(), Violation> {
 
 /// Invariants 4 and 5: at most one applied key per hold, every record's result agrees with the
 /// state, and every `paid` verdict ended as a paid order or a refund to make.
-fn check_webhooks(ledger: &Ledger) -> Result<(), Violation> {
+fn check_webhooks(rows: &impl Stored) -> Result<(), Violation> {
     let mut applied: BTreeMap<HoldId, &IdempotencyKey> = BTreeMap::new();
-    for record in ledger.webhooks() {
-        let hold = ledger.hold(record.hold_id);
+    for record in rows.webhooks() {
+        let hold = rows.hold(record.hold_id);
         let order = hold.and_then(|h| match h.state {
-            HoldState::Consumed(order_id) => ledger.order(order_id),
+            HoldState::Consumed(order_id) => rows.order(order_id),
             HoldState::Held | HoldState::Released(_) => None,
         });
         let order_status = order.map(|o| o.status);
@@ -303,14 +207,96 @@ fn check_webhooks(ledger: &Ledger) -> Result<(), Violation> {
 
 /// Invariant 4 for client request keys: every record names the hold or order its request got,
 /// which is what a replay answers.
-fn check_request_keys(ledger: &Ledger) -> Result<(), Violation> {
-    let dangling = ledger
-        .request_keys()
-        .find(|r| !r.names_its_resource(ledger));
+fn check_request_keys(rows: &impl Stored) -> Result<(), Violation> {
+    let dangling = rows.request_keys().find(|r| !names_its_resource(r, rows));
     match dangling {
         Some(record) => Err(Violation::RequestKeyDangling {
             key: record.key.clone(),
         }),
         None => Ok(()),
+    }
+}
+
+/// Whether the hold or order `record` names exists in `rows` and is what its request asked for
+/// (the product and qty of a hold, the hold of an order). True of every record a correct service
+/// wrote, since the record commits with its resource.
+fn names_its_resource(record: &RequestRecord, rows: &impl Stored) -> bool {
+    match record.request {
+        KeyedRequest::PlaceHold { product_id, qty } => rows
+            .hold(HoldId(record.resource_id))
+            .is_some_and(|h| (h.product_id, h.qty) == (product_id, qty)),
+        KeyedRequest::PlaceOrder { hold_id } => rows
+            .order(OrderId(record.resource_id))
+            .is_some_and(|o| o.hold_id == hold_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Ledger;
+    use crate::time::Timestamp;
+
+    fn record(request: KeyedRequest) -> RequestRecord {
+        RequestRecord {
+            key: IdempotencyKey::parse("k-1").expect("a valid key"),
+            request,
+            resource_id: 1,
+            created: true,
+            created_at: Timestamp(0),
+        }
+    }
+
+    fn hold_request(product: u64, qty: u32) -> KeyedRequest {
+        KeyedRequest::PlaceHold {
+            product_id: ProductId(product),
+            qty: Qty(qty),
+        }
+    }
+
+    #[test]
+    fn a_record_names_its_resource_only_when_it_matches_the_request() {
+        let mut ledger = Ledger::new();
+        let created = ledger.apply(
+            Timestamp(0),
+            crate::command::Command::CreateProduct {
+                name: "P".into(),
+                price_cents: crate::ids::Cents(1),
+                stock: Qty(5),
+            },
+        );
+        assert!(created.is_ok());
+        let held = ledger.apply(
+            Timestamp(0),
+            crate::command::Command::PlaceHold {
+                product_id: ProductId(1),
+                qty: Qty(2),
+                ttl_ms: 60_000,
+                key: None,
+            },
+        );
+        assert!(held.is_ok());
+        let hold = |resource_id, qty| RequestRecord {
+            resource_id,
+            ..record(hold_request(1, qty))
+        };
+        assert!(names_its_resource(&hold(1, 2), &ledger));
+        assert!(!names_its_resource(&hold(1, 3), &ledger), "another qty");
+        assert!(!names_its_resource(&hold(2, 2), &ledger), "no such hold");
+        let order = RequestRecord {
+            resource_id: 1,
+            ..record(KeyedRequest::PlaceOrder { hold_id: HoldId(1) })
+        };
+        assert!(!names_its_resource(&order, &ledger), "no order yet");
+        let ordered = ledger.apply(
+            Timestamp(1),
+            crate::command::Command::PlaceOrder {
+                hold_id: HoldId(1),
+                payment_window_ms: 60_000,
+                key: None,
+            },
+        );
+        assert!(ordered.is_ok());
+        assert!(names_its_resource(&order, &ledger));
     }
 }

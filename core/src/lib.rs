@@ -14,37 +14,49 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod command;
-pub mod execute;
-pub mod hold;
+// The layers, each importing only those above it in this list (`tests/layers.rs` checks it):
+// 1. ids and time;
 pub mod ids;
-pub mod invariants;
+pub mod time;
+// 2. the rows and their lifecycles;
+pub mod rows;
+// 3. why a decision did not go through;
+pub mod errors;
+// 4. what a batch reads, locks, writes and answers;
+pub mod command;
 pub mod locks;
-pub mod order;
 pub mod outcome;
-pub mod payment;
 pub mod plan;
+pub mod writes;
+// 5. the decisions;
+pub mod hold;
+pub mod order;
+pub mod payment;
 pub mod product;
 pub mod request;
-pub mod state;
-pub mod time;
-pub mod writes;
+// 6. the invariants over stored rows, and the one step that decides a batch;
+pub mod execute;
+pub mod invariants;
+// 7. the in-memory ledger, which runs that step and checks those invariants.
+pub mod ledger;
 
 pub use command::Command;
+pub use errors::{Refusal, Rejection, Violation};
 pub use execute::{Executed, execute};
-pub use hold::{Hold, HoldGrant, HoldRequest, HoldState, HoldView, HoldsDecided, ReleaseReason};
+pub use hold::{HoldRequest, HoldsDecided};
 pub use ids::{Cents, HoldId, ID_MAX, IdempotencyKey, OrderId, ProductId, Qty};
-pub use invariants::Violation;
+pub use invariants::Stored;
+pub use ledger::Ledger;
 pub use locks::{LockOrder, OutOfOrder, RowLock};
-pub use order::{CancelReason, NewOrder, Order, OrderDecided, OrderStatus, Settlement};
-pub use outcome::{Outcome, Refusal, Rejection};
-pub use payment::{
-    Fingerprint, PaymentStatus, WebhookDecision, WebhookEffect, WebhookPayload, WebhookRecord,
-    WebhookResult,
-};
+pub use order::OrderDecided;
+pub use outcome::Outcome;
+pub use payment::{WebhookDecision, WebhookEffect};
 pub use plan::{Load, Loaded, Plan, Rows};
-pub use product::{Counters, NewProduct, Product};
-pub use request::{KeyDecision, KeyedRequest, RequestRecord};
-pub use state::Ledger;
+pub use request::KeyDecision;
+pub use rows::hold::{Hold, HoldGrant, HoldState, HoldView, ReleaseReason};
+pub use rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
+pub use rows::payment::{Fingerprint, PaymentStatus, WebhookPayload, WebhookRecord, WebhookResult};
+pub use rows::product::{Counters, NewProduct, Product};
+pub use rows::request::{KeyedRequest, RequestRecord};
 pub use time::Timestamp;
 pub use writes::{Changes, Inserted, NewHold, Pending, WriteSet, pending_hold, pending_order};

@@ -26,13 +26,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::Command;
-use crate::hold::{Hold, HoldState};
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId};
 use crate::locks::RowLock;
-use crate::order::Order;
-use crate::payment::WebhookRecord;
-use crate::product::Product;
-use crate::request::{KeyedRequest, RequestRecord};
+use crate::rows::hold::{Hold, HoldState};
+use crate::rows::order::Order;
+use crate::rows::payment::WebhookRecord;
+use crate::rows::product::Product;
+use crate::rows::request::{KeyedRequest, RequestRecord};
 
 /// One read a plan asks for: every row of one kind the batch needs, in the lock order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,7 +371,7 @@ mod tests {
     use super::*;
     use crate::ids::{Cents, Qty};
     use crate::locks::LockOrder;
-    use crate::payment::{PaymentStatus, WebhookPayload};
+    use crate::rows::payment::{PaymentStatus, WebhookPayload};
     use crate::time::Timestamp;
 
     fn key(k: &str) -> IdempotencyKey {

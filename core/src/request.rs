@@ -16,69 +16,9 @@
 //! decides again (stock may have come back). Whether a key is still in flight on a server is the
 //! server's business: nothing here knows about concurrency.
 
-use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
-use crate::outcome::Rejection;
-use crate::state::Ledger;
-use crate::time::Timestamp;
-
-/// A client request an idempotency key can name, with the fields that decide its meaning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyedRequest {
-    /// `POST /api/holds`.
-    PlaceHold {
-        /// The product.
-        product_id: ProductId,
-        /// Units asked for.
-        qty: Qty,
-    },
-    /// `POST /api/orders`.
-    PlaceOrder {
-        /// The hold to turn into an order.
-        hold_id: HoldId,
-    },
-}
-
-impl KeyedRequest {
-    /// The request's name as stored: `place_hold` or `place_order`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            KeyedRequest::PlaceHold { .. } => "place_hold",
-            KeyedRequest::PlaceOrder { .. } => "place_order",
-        }
-    }
-}
-
-/// What a key answered: stored with the effect, read back on every retry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestRecord {
-    /// The key; unique across both requests.
-    pub key: IdempotencyKey,
-    /// The request it was first used with.
-    pub request: KeyedRequest,
-    /// The id of the hold (for `place_hold`) or order (for `place_order`) answered.
-    pub resource_id: u64,
-    /// Whether that request created the resource (201) or found it (200: an order that already
-    /// existed for the hold).
-    pub created: bool,
-    /// When the request was decided.
-    pub created_at: Timestamp,
-}
-
-impl RequestRecord {
-    /// Whether the hold or order the record names exists in `ledger` and is what its request
-    /// asked for (the product and qty of a hold, the hold of an order). True of every record a
-    /// correct service wrote, since the record commits with its resource.
-    pub fn names_its_resource(&self, ledger: &Ledger) -> bool {
-        match self.request {
-            KeyedRequest::PlaceHold { product_id, qty } => ledger
-                .hold(HoldId(self.resource_id))
-                .is_some_and(|h| (h.product_id, h.qty) == (product_id, qty)),
-            KeyedRequest::PlaceOrder { hold_id } => ledger
-                .order(OrderId(self.resource_id))
-                .is_some_and(|o| o.hold_id == hold_id),
-        }
-    }
-}
+use crate::errors::Rejection;
+use crate::ids::IdempotencyKey;
+use crate::rows::request::{KeyedRequest, RequestRecord};
 
 /// What to do with a request carrying a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +77,8 @@ pub fn decide_request_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{HoldId, ProductId, Qty};
+    use crate::time::Timestamp;
 
     fn key(text: &str) -> IdempotencyKey {
         IdempotencyKey::parse(text).unwrap()
@@ -174,52 +116,6 @@ mod tests {
         let stored = record(order);
         let decision = decide_request_key(Some(&stored), &key("k-1"), &order);
         assert_eq!(decision, Ok(KeyDecision::Replay(stored)));
-    }
-
-    #[test]
-    fn a_record_names_its_resource_only_when_it_matches_the_request() {
-        let mut ledger = Ledger::new();
-        let created = ledger.apply(
-            Timestamp(0),
-            crate::Command::CreateProduct {
-                name: "P".into(),
-                price_cents: crate::Cents(1),
-                stock: Qty(5),
-            },
-        );
-        assert!(created.is_ok());
-        let held = ledger.apply(
-            Timestamp(0),
-            crate::Command::PlaceHold {
-                product_id: ProductId(1),
-                qty: Qty(2),
-                ttl_ms: 60_000,
-                key: None,
-            },
-        );
-        assert!(held.is_ok());
-        let hold = |resource_id, qty| RequestRecord {
-            resource_id,
-            ..record(hold_request(1, qty))
-        };
-        assert!(hold(1, 2).names_its_resource(&ledger));
-        assert!(!hold(1, 3).names_its_resource(&ledger), "another qty");
-        assert!(!hold(2, 2).names_its_resource(&ledger), "no such hold");
-        let order = RequestRecord {
-            resource_id: 1,
-            ..record(KeyedRequest::PlaceOrder { hold_id: HoldId(1) })
-        };
-        assert!(!order.names_its_resource(&ledger), "no order yet");
-        let ordered = ledger.apply(
-            Timestamp(1),
-            crate::Command::PlaceOrder {
-                hold_id: HoldId(1),
-                payment_window_ms: 60_000,
-                key: None,
-            },
-        );
-        assert!(ordered.is_ok());
-        assert!(order.names_its_resource(&ledger));
     }
 
     #[test]

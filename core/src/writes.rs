@@ -22,13 +22,13 @@
 //! the released holds, the inserted holds (ids assigned in order), the inserted orders (ids in
 //! order; each consumes its hold), order statuses, the webhook records, the request-key records.
 
-use crate::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
+use crate::errors::Violation;
 use crate::ids::{HoldId, ID_MAX, OrderId, ProductId, Qty};
-use crate::invariants::Violation;
-use crate::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
-use crate::payment::WebhookRecord;
-use crate::product::{Counters, Product};
-use crate::request::{KeyedRequest, RequestRecord};
+use crate::rows::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
+use crate::rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
+use crate::rows::payment::WebhookRecord;
+use crate::rows::product::{Counters, Product};
+use crate::rows::request::{KeyedRequest, RequestRecord};
 
 /// Where a decision's own numbering of its new rows starts, above any batch's numbering (a
 /// batch inserts far fewer than 2^40 rows).

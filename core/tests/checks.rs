@@ -3,7 +3,7 @@
 //! not in the state they move, and every stored or API word round-trips. Written against the
 //! mutants cargo-mutants left alive (docs/VERIFICATION.md).
 
-use flashsale_core::hold::{HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX};
+use flashsale_core::rows::hold::{HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX};
 use flashsale_core::{
     Cents, Changes, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest, Ledger, Order,
     OrderId, OrderStatus, Product, ProductId, Qty, Rejection, ReleaseReason, Timestamp, Violation,

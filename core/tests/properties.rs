@@ -16,7 +16,8 @@
 
 mod model;
 
-use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT, HoldRequest};
+use flashsale_core::hold::{self, HoldRequest};
+use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::{
     Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, Outcome,
     PaymentStatus, Plan, ProductId, Qty, Refusal, Rejection, RowLock, Rows, Timestamp,

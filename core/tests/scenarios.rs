@@ -10,9 +10,9 @@
 //! due at [`WINDOW_MS`].
 
 use flashsale_core::WebhookResult::{AlreadyApplied, Applied, Conflict, RefundRequired, Unmatched};
-use flashsale_core::hold::{HOLD_QTY_MAX, HOLD_TTL_MS_MAX};
-use flashsale_core::order::PAYMENT_WINDOW_MS_MAX;
-use flashsale_core::product::PRICE_CENTS_MAX;
+use flashsale_core::rows::hold::{HOLD_QTY_MAX, HOLD_TTL_MS_MAX};
+use flashsale_core::rows::order::PAYMENT_WINDOW_MS_MAX;
+use flashsale_core::rows::product::PRICE_CENTS_MAX;
 use flashsale_core::{
     Cents, Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId,
     OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection, ReleaseReason,

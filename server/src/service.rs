@@ -26,14 +26,15 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use flashsale_core::hold::{self, HOLD_TTL_MS_DEFAULT};
-use flashsale_core::order::{self, PAYMENT_WINDOW_MS_DEFAULT};
 use flashsale_core::product;
+use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
+use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
 use flashsale_core::{
     Cents, Command, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Load, Loaded, Order, OrderId,
     Outcome, Plan, Product, ProductId, Qty, Refusal, Rejection, Rows, Timestamp, Violation,
     WebhookPayload, WebhookRecord, execute,
 };
+use flashsale_core::{hold, order};
 use flashsale_sync::batch::{Batches, Waiting};
 use flashsale_sync::cache::{Moment, ProductCache};
 use flashsale_sync::keys::{Claim, KeysInFlight};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flashsale_core::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 use flashsale_core::order::validate_payment_window;
+use flashsale_core::rows::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::{ConnectTimeout, DATABASE_URL_DEFAULT, ServeArgs};

@@ -4,8 +4,8 @@
 //! with the simulated times in the trace.
 
 use flashsale_core::{
-    Command, Hold, HoldState, Order, OrderStatus, Product, RequestRecord, Timestamp, WebhookRecord,
-    invariants::Violation,
+    Command, Hold, HoldState, Order, OrderStatus, Product, RequestRecord, Timestamp, Violation,
+    WebhookRecord,
 };
 
 use crate::refine::{Answer, Request, Seen, Target};

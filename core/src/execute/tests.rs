@@ -1,11 +1,11 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant};
 use crate::ids::Cents;
-use crate::order::{OrderStatus, Settlement};
-use crate::payment::PaymentStatus;
 use crate::plan::{Load, Loaded, Plan};
+use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant};
+use crate::rows::order::{OrderStatus, Settlement};
+use crate::rows::payment::PaymentStatus;
 use crate::writes::Inserted;
 use crate::{Ledger, pending_hold, pending_order};
 

@@ -12,16 +12,18 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
+use crate::errors::{Refusal, Rejection, Violation};
 use crate::execute::execute;
-use crate::hold::{Hold, HoldState};
 use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
-use crate::invariants::{self, Violation};
-use crate::order::{Order, OrderStatus, Settlement};
-use crate::outcome::{Outcome, Refusal, Rejection};
-use crate::payment::WebhookRecord;
+use crate::invariants::{self, Stored};
+use crate::outcome::Outcome;
 use crate::plan::{Load, Loaded, Plan, Rows};
-use crate::product::{self, Product};
-use crate::request::RequestRecord;
+use crate::product;
+use crate::rows::hold::{Hold, HoldState};
+use crate::rows::order::{Order, OrderStatus, Settlement};
+use crate::rows::payment::WebhookRecord;
+use crate::rows::product::Product;
+use crate::rows::request::RequestRecord;
 use crate::time::{Timestamp, is_past};
 use crate::writes::{Inserted, WriteSet};
 
@@ -611,5 +613,39 @@ impl Ledger {
             .iter()
             .filter(|o| o.status == OrderStatus::PrePayment);
         pending.map(|o| (o.payment_due_at, o.id)).collect()
+    }
+}
+
+impl Stored for Ledger {
+    fn products(&self) -> impl Iterator<Item = &Product> {
+        Ledger::products(self)
+    }
+
+    fn holds(&self) -> impl Iterator<Item = &Hold> {
+        Ledger::holds(self)
+    }
+
+    fn orders(&self) -> impl Iterator<Item = &Order> {
+        Ledger::orders(self)
+    }
+
+    fn webhooks(&self) -> impl Iterator<Item = &WebhookRecord> {
+        Ledger::webhooks(self)
+    }
+
+    fn request_keys(&self) -> impl Iterator<Item = &RequestRecord> {
+        Ledger::request_keys(self)
+    }
+
+    fn product(&self, id: ProductId) -> Option<&Product> {
+        Ledger::product(self, id)
+    }
+
+    fn hold(&self, id: HoldId) -> Option<&Hold> {
+        Ledger::hold(self, id)
+    }
+
+    fn order(&self, id: OrderId) -> Option<&Order> {
+        Ledger::order(self, id)
     }
 }

@@ -1,4 +1,4 @@
-//! The commands the ledger applies and [`crate::execute`] decides. Each carries everything its
+//! The commands the ledger applies and [`crate::execute()`] decides. Each carries everything its
 //! decision needs besides the state and `now`, so replaying a list of commands with their
 //! timestamps rebuilds the same state.
 

@@ -285,7 +285,7 @@ pub enum Violation {
         order_id: OrderId,
     },
     /// A command that is not decided over a plan's rows (creating a product, sweeping every
-    /// product) reached [`crate::execute`]: a bug in its caller.
+    /// product) reached [`crate::execute()`]: a bug in its caller.
     CommandOutsideExecute,
 }
 

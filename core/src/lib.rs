@@ -2,7 +2,7 @@
 //!
 //! Everything that decides whether a unit may be sold lives here, as small pure functions over the
 //! few rows a transaction reads ([`hold::place_holds`], [`order::place_order`],
-//! [`payment::decide_webhook`], [`product::restock`]), driven by one step, [`execute`]: a batch
+//! [`payment::decide_webhook`], [`product::restock`]), driven by one step, [`execute()`]: a batch
 //! of commands decided in order over the rows its [`Plan`] loaded, into one answer each and one
 //! [`WriteSet`]. The in-memory [`Ledger`] runs every command through it, and so do the SQL server
 //! and the simulator: no decision is written twice.

@@ -1,4 +1,4 @@
-//! What applying a command answers: an [`Outcome`] on success, a [`Rejection`] otherwise.
+//! What applying a command answers: an [`Outcome`] on success, a [`Rejection`](crate::errors::Rejection) otherwise.
 //!
 //! A rejection is a value the caller matches on, never a panic, and it changes nothing. Checks run
 //! in a fixed order and the first failure wins: the request's own values (qty, ttl, window, name),

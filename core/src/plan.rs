@@ -19,7 +19,7 @@
 //!
 //! What a stage asks for depends only on what the stages before it found, so every storage runs
 //! the same loop: the SQL storage and the simulator's through the service layer, the
-//! [`crate::Ledger`] from its tables. [`crate::execute`] then decides on the [`Rows`], so which
+//! [`crate::Ledger`] from its tables. [`crate::execute()`] then decides on the [`Rows`], so which
 //! rows a decision sees, and which locks guard them, is decided here once.
 
 use std::borrow::Cow;

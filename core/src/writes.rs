@@ -1,4 +1,4 @@
-//! Write-sets: what decisions write, as data. Each decision returns one, [`crate::execute`] joins
+//! Write-sets: what decisions write, as data. Each decision returns one, [`crate::execute()`] joins
 //! a batch's into one, and the SQL storage, the simulator's storage and the in-memory
 //! [`Ledger`](crate::Ledger) each apply a write-set in one function, so every effect (grant,
 //! consume, release, cancel, pay, restock, record) is composed here, once, and written once per

@@ -887,7 +887,7 @@ mod openapi_tests {
             "src/problem.rs",
             "src/body.rs",
             "src/startup.rs",
-            "src/reconcile.rs",
+            "src/reconcile/mod.rs",
             "src/request_log.rs",
         ];
         for file in sources {

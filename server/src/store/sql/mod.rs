@@ -564,11 +564,11 @@ pub struct OrderFilter {
 pub type ListedOrder = (Order, Option<CancelReason>);
 
 /// How many prepared statements each MySQL connection keeps. Statements are the same text for
-/// every batch whose lists round up to one size ([`padded`](statements::padded)), so a few hundred cover them all;
-/// one evicted would cost more than its own prepare: sqlx closes it with a `COM_STMT_CLOSE`
-/// that has no answer, and the next command's write then waits on Nagle's algorithm for the
-/// server's delayed acknowledgement, 40 ms a batch (measured: spread holds fell from 17,500 to
-/// 1,100 req/s once batches of many sizes had filled the default 100).
+/// every batch whose lists round up to one size ([`padded`](statements::padded)), so a few
+/// hundred cover them all; one evicted would cost more than its own prepare: sqlx closes it
+/// with a `COM_STMT_CLOSE` that has no answer, and the next command's write then waits on
+/// Nagle's algorithm for the server's delayed acknowledgement, 40 ms a batch (measured: spread
+/// holds fell from 17,500 to 1,100 req/s once batches of many sizes had filled the default 100).
 const STATEMENT_CACHE_CAPACITY: usize = 256;
 
 /// How long startup waits for another instance's migrations before giving up.

@@ -1,6 +1,6 @@
-//! How a write-set becomes SQL ([`Transaction::write`](crate::store::Transaction::write)): one
-//! statement per kind of row change, each covering every row of its kind the batch writes, in
-//! the order [`WriteSet`] documents; inserts return their ids in row order. Every write carries
+//! How a write-set becomes SQL ([`Transaction::write`](crate::store::Transaction::write)):
+//! one statement per kind of row change, each covering every row of its kind the batch writes,
+//! in the order [`WriteSet`] documents; inserts return their ids in row order. Every write carries
 //! the condition that its transaction is still open ([`in_transaction!`]), and every update
 //! checks that it changed as many rows as it named ([`expect_all`]): fewer means a row was not in
 //! the state the decision read.
@@ -25,7 +25,8 @@ const IDS_PER_STATEMENT: usize = 1_024;
 
 /// The condition every write carries on MySQL, true only inside an explicit transaction: a
 /// write that runs after the database ended its transaction changes nothing, and
-/// [`Transaction::write`](crate::store::Transaction::write) then reports a conflict instead of committing half a batch.
+/// [`Transaction::write`](crate::store::Transaction::write) then reports a conflict instead
+/// of committing half a batch.
 ///
 /// A Galera node applying another node's write rolls back a local transaction holding the rows
 /// it needs (a brute-force abort). A transaction that has only read is not replicated, and
@@ -116,8 +117,8 @@ fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()
     }
 }
 
-/// The statements [`Transaction::write`](crate::store::Transaction::write) is made of: one per kind of row change, each covering
-/// every row of its kind the batch writes.
+/// The statements [`Transaction::write`](crate::store::Transaction::write) is made of: one
+/// per kind of row change, each covering every row of its kind the batch writes.
 impl SqlTx {
     /// Every statement of [`Transaction::write`](crate::store::Transaction::write), in order.
     pub(super) async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {

@@ -7,7 +7,7 @@
 //! checked on the way out ([`StoreError::Corrupt`] otherwise).
 //!
 //! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout (and, on a Galera node, causal
-//! reads for the lookups by id, [`CAUSAL`](transaction::CAUSAL)): locking reads see the latest
+//! reads for the lookups by id, `transaction::CAUSAL`): locking reads see the latest
 //! committed rows, no gap locks stretch across keys, and a concurrent insert of the same webhook
 //! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`,
 //! which needs MariaDB 10.5 or later (MySQL 8 lacks it).

@@ -1,7 +1,8 @@
 //! The queries behind the reconciliation pages: pages of webhook records and of orders for an
 //! operator, each in one read transaction of its own, never locking a row. They are methods of
-//! [`SqlStore`] kept here, next to the pages they serve, so the store knows nothing of them; the
-//! store lends them its row decoding and error sorting.
+//! [`SqlStore`] kept here, next to the pages they serve: the store never names them, and lends
+//! them its row decoding and error sorting. Their parameter types ([`WebhookCursor`],
+//! [`OrderFilter`]) stay in `store::sql`, part of its public API.
 
 use flashsale_core::{OrderId, WebhookRecord, WebhookResult};
 use sqlx::AssertSqlSafe;

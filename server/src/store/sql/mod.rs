@@ -542,6 +542,10 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+// The reconciliation listings' parameters and rows, part of this store's public API; the
+// listings themselves (`SqlStore::webhook_page`, `SqlStore::order_page`) are in
+// `reconcile::queries`.
+
 /// Where a page of webhook records resumes: after this record, in `received_at`, key order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookCursor {

@@ -5,11 +5,14 @@
 //!
 //! Pages are oldest first and resume from an opaque `next_cursor`; a page is never missing a
 //! record that existed when the previous page was read, because the order is a total order on
-//! columns that never change (`received_at` then key; the order id).
+//! columns that never change (`received_at` then key; the order id). The SQL behind the pages
+//! is in `queries`.
 
 // A refused listing is one problem per bad request, on a cold path; boxing it would only add
 // noise.
 #![allow(clippy::result_large_err)]
+
+mod queries;
 
 use flashsale_core::{
     CancelReason, IdempotencyKey, OrderId, OrderStatus, Timestamp, WebhookResult,

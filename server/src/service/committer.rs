@@ -1,0 +1,322 @@
+//! The group committer: every command of an instance joins one queue, and one drainer task at a
+//! time takes the next batch (up to `batch_max` commands, any mix of kinds and products) through
+//! the one transaction script ([`Service::execute_batch`]: plan, load in the global lock order,
+//! [`execute()`], write, commit once), then answers each caller after the commit. With
+//! `batch_max` 1 each request runs the script alone in its own task. A batch found stale is
+//! decided again in two parts; one that fails on what may be one poisoned command, one command
+//! at a time; a database found away answers every request queued behind the batch at once.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+
+use flashsale_core::{
+    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, Rows, Timestamp, execute,
+};
+use flashsale_sync::batch::Waiting;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::{Answer, Service, ServiceError, backoff};
+use crate::clock::Clock;
+use crate::store::{Storage, StoreError, Transaction, TxMode};
+
+/// A queued request's context, carried from its own task to the batch that decides it.
+pub type BatchTag = Box<dyn std::any::Any + Send>;
+
+/// A batch's transaction script, boxed so a [`BatchScope`] can wrap it.
+pub type BatchRun<'a> = Pin<Box<dyn Future<Output = Vec<Answer>> + Send + 'a>>;
+
+/// Lets a driver carry each queued request's context to the transaction that decides it, which
+/// runs on the drainer's task. The server needs none; the simulator uses it so its storage can
+/// tell which requests a batch's transaction served.
+pub trait BatchScope: Send + Sync + std::fmt::Debug + 'static {
+    /// Called on the request's own task as it joins the queue.
+    fn capture(&self) -> Option<BatchTag>;
+    /// Wraps a batch's transaction, given its requests' tags in arrival order.
+    fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a>;
+}
+
+/// A queued request's way back, and its driver's context.
+#[derive(Debug)]
+pub struct Reply {
+    sender: oneshot::Sender<Answer>,
+    tag: Option<BatchTag>,
+}
+
+/// What one run of a batch's script came to.
+enum Decided {
+    /// Committed (or nothing to commit): one answer per command.
+    Answers(Vec<Answer>),
+    /// Rolled back: the command at this index missed a hold an earlier command of the batch
+    /// inserted ([`flashsale_core::Executed::stale`]), so the batch is decided again in two parts.
+    SplitAt(usize),
+}
+
+/// Counts a committed batch's answers: its size, and its hold requests' grants, refusals by
+/// code and the expired holds released.
+fn count_answers(commands: &[Command], answers: &[Answer]) {
+    metrics::histogram!("flashsale_batch_size").record(commands.len() as f64);
+    let mut released = 0usize;
+    let holds = commands
+        .iter()
+        .zip(answers)
+        .filter(|(command, _)| matches!(command, Command::PlaceHold { .. }));
+    for (_, answer) in holds {
+        match answer {
+            Ok(Outcome::HoldPlaced {
+                holds_released,
+                replayed: false,
+                ..
+            }) => {
+                metrics::counter!("flashsale_holds_granted_total").increment(1);
+                released = released.saturating_add(holds_released.len());
+            }
+            Err(ServiceError::Rejected(rejection)) => {
+                metrics::counter!("flashsale_holds_rejected_total", "code" => rejection.code())
+                    .increment(1);
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    metrics::counter!("flashsale_holds_released_total", "reason" => "expired")
+        .increment(released as u64);
+}
+
+/// Whether a whole batch's failure may come from one of its commands, so deciding them one at
+/// a time gives each its own answer: the database refused a value or found a row corrupt. Not
+/// contention, a lost or unknown commit, or an unreachable database, which every command of the
+/// batch shares.
+fn poisoned(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::Violated(_)
+            | ServiceError::Store(StoreError::Corrupt(_) | StoreError::Database(_))
+    )
+}
+
+/// The answer a request's task gets when the batch's task ended without answering it: the
+/// batch may have committed.
+pub(super) fn unanswered() -> Answer {
+    Err(StoreError::CommitUnknown("the batch ended without an answer".into()).into())
+}
+
+/// A batch taken from the queue, as its commands and their replies; the queue gauge moves down
+/// by its size.
+fn taken(batch: Vec<Waiting<Command, Reply>>) -> (Vec<Command>, Vec<Reply>) {
+    let size = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+    metrics::gauge!("flashsale_queue_waiting").decrement(size);
+    batch.into_iter().map(|w| (w.command, w.reply)).unzip()
+}
+
+impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
+    /// Decides one command: in the next transaction with whatever else arrives meanwhile, or
+    /// alone in this task's own transaction when `batch_max` is 1.
+    ///
+    /// # Errors
+    /// [`ServiceError::Overloaded`] at once when the queue is full; the command's own answer
+    /// otherwise.
+    pub async fn execute(&self, command: Command) -> Answer {
+        let answer = self.decide(command).await;
+        // The request's lines from here on (its log line above all) name the product, when the
+        // driver's span has the field (the server's request span does).
+        if let Some(product_id) = answer.as_ref().ok().and_then(Outcome::product) {
+            tracing::Span::current().record("product_id", tracing::field::display(product_id));
+        }
+        answer
+    }
+
+    async fn decide(&self, command: Command) -> Answer {
+        if self.config.batch_max <= 1 {
+            let mut answers = self.execute_batch(std::slice::from_ref(&command)).await;
+            return answers.pop().unwrap_or_else(unanswered);
+        }
+        let (sender, answer) = oneshot::channel();
+        let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
+        let waiting = Waiting {
+            command,
+            reply: Reply { sender, tag },
+        };
+        // Counted before it is queued: the drainer may take it at once.
+        let queue_waiting = metrics::gauge!("flashsale_queue_waiting");
+        queue_waiting.increment(1.0);
+        match self.batches.push(waiting) {
+            Err(waiting) => {
+                queue_waiting.decrement(1.0);
+                return Err(ServiceError::Overloaded { waiting });
+            }
+            Ok(true) => {
+                // The drainer runs on its own task: a caller that goes away (a closed
+                // connection) must not take the other callers' answers with it.
+                let service = self.clone();
+                tokio::spawn(async move { service.drain().await });
+            }
+            Ok(false) => {}
+        }
+        answer.await.unwrap_or_else(|_| unanswered())
+    }
+
+    /// Decides the waiting commands, batch after batch, until none wait. Each batch's answers go
+    /// out only after its commit, and the next batch starts at once, so the database works on
+    /// one batch while the last one's callers read their answers.
+    async fn drain(&self) {
+        while let Some(batch) = self.batches.next_batch() {
+            let (commands, replies) = taken(batch);
+            let (senders, tags): (Vec<_>, Vec<_>) =
+                replies.into_iter().map(|r| (r.sender, r.tag)).unzip();
+            let run: BatchRun<'_> = Box::pin(self.execute_batch(&commands));
+            let answers = match &self.batch_scope {
+                Some(scope) => scope.scope(tags, run).await,
+                None => run.await,
+            };
+            let away = answers.iter().find_map(|answer| match answer {
+                Err(error @ ServiceError::Store(StoreError::Unavailable(_))) => Some(error.clone()),
+                _ => None,
+            });
+            for (sender, answer) in senders.into_iter().zip(answers) {
+                let _ = sender.send(answer);
+            }
+            if let Some(error) = away {
+                self.refuse_waiting(&error);
+            }
+        }
+    }
+
+    /// Answers every command waiting now with `error`, the database found away: each would
+    /// otherwise wait out its own connection timeout behind the ones before it, where one
+    /// transaction per request would have waited once. The next batch tries the database again.
+    fn refuse_waiting(&self, error: &ServiceError) {
+        let mut left = self.batches.waiting();
+        while left > 0 {
+            let Some(batch) = self.batches.next_batch() else {
+                return;
+            };
+            left = left.saturating_sub(batch.len());
+            let (_, replies) = taken(batch);
+            for reply in replies {
+                let _ = reply.sender.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// The one transaction script, for a batch of any commands: plan their row loads in the
+    /// global lock order, load, [`execute`], write, commit. Returns one answer per command, in
+    /// order. A batch the core finds stale is decided again in two parts; one whose transaction
+    /// fails on what may be one poisoned command is decided again one command at a time.
+    pub fn execute_batch<'a>(
+        &'a self,
+        commands: &'a [Command],
+    ) -> Pin<Box<dyn Future<Output = Vec<Answer>> + Send + 'a>> {
+        let span = tracing::info_span!("batch", commands = commands.len());
+        Box::pin(
+            async move {
+                match self.transact(commands).await {
+                    Ok(Decided::Answers(answers)) => answers,
+                    Ok(Decided::SplitAt(at)) => {
+                        let (before, after) = commands.split_at(at);
+                        let mut answers = self.execute_batch(before).await;
+                        answers.extend(self.execute_batch(after).await);
+                        answers
+                    }
+                    Err(error) if commands.len() > 1 && poisoned(&error) => {
+                        tracing::warn!(%error, "batch failed; deciding its commands one by one");
+                        let mut answers = Vec::with_capacity(commands.len());
+                        for command in commands {
+                            let alone = self.execute_batch(std::slice::from_ref(command));
+                            answers.extend(alone.await);
+                        }
+                        answers
+                    }
+                    Err(error) => commands.iter().map(|_| Err(error.clone())).collect(),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Runs the batch's script until it commits, rolls back stale, or fails for good.
+    async fn transact(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let result = self.transact_once(commands).await;
+            match self.settle("batch", attempt, result) {
+                ControlFlow::Break(settled) => return settled,
+                ControlFlow::Continue(()) => backoff(attempt).await,
+            }
+        }
+    }
+
+    async fn transact_once(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
+        let mut tx = self.store.begin(TxMode::Write).await?;
+        let plan = Plan::new(commands);
+        let (rows, now) = load(&mut tx, &plan, &self.clock).await?;
+        let executed = execute(&rows, now, commands);
+        let inserted = tx.write(&executed.writes).await?;
+        if let Some(at) = executed.stale(&inserted) {
+            // Dropped without a commit: rolled back.
+            return Ok(Decided::SplitAt(at));
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(commands.len());
+        for answer in executed.answers {
+            // An id the storage did not return fails the whole batch, before its commit.
+            answers.push(match answer {
+                Ok(outcome) => Ok(outcome.resolve(&inserted)?),
+                Err(refusal) => Err(refusal.into()),
+            });
+        }
+        tx.commit().await?;
+        // After the commit and before any caller is answered: each reads its own writes.
+        for counters in &executed.writes.products {
+            self.cache.invalidate(counters.id);
+        }
+        count_answers(commands, &answers);
+        Ok(Decided::Answers(answers))
+    }
+}
+
+/// Loads a plan's rows, each kind in one read with the locks the plan asks for, and reads the
+/// clock once: when the plan first needs the time (to find expired holds or overdue orders), or
+/// after its last load, so a batch that waited for a lock decides at the time it got it.
+async fn load<T: Transaction, C: Clock>(
+    tx: &mut T,
+    plan: &Plan,
+    clock: &C,
+) -> Result<(Rows<'static>, Timestamp), StoreError> {
+    let mut rows = Rows::default();
+    let mut now = None;
+    while let Some(load) = plan.next(&rows) {
+        let loaded = match &load {
+            Load::RequestKeys(keys) => Loaded::RequestKeys(tx.lock_request_keys(keys).await?),
+            Load::FindHolds(ids) => Loaded::Holds(tx.holds(ids, false).await?),
+            Load::Products(ids) => {
+                let products = tx.lock_products(ids).await?;
+                Loaded::Products(products.into_iter().map(Cow::Owned).collect())
+            }
+            Load::Holds(ids) => {
+                let ids: Vec<HoldId> = ids.iter().map(|&(_, id)| id).collect();
+                Loaded::Holds(tx.holds(&ids, true).await?)
+            }
+            Load::Orders(ids) => {
+                let ids: Vec<OrderId> = ids.iter().map(|&(_, id)| id).collect();
+                Loaded::Orders(tx.orders(&ids, true).await?)
+            }
+            Load::ExpiredHolds(ids) => {
+                let now = *now.get_or_insert_with(|| clock.now());
+                Loaded::Holds(tx.expired_holds(ids, now).await?)
+            }
+            Load::OverdueOrders(ids) => {
+                let now = *now.get_or_insert_with(|| clock.now());
+                Loaded::Orders(tx.lock_overdue_orders(ids, now).await?)
+            }
+            Load::Webhooks(keys) => {
+                let records = tx.lock_webhooks(keys).await?;
+                Loaded::Webhooks(records.into_iter().map(Cow::Owned).collect())
+            }
+        };
+        rows.put(load, loaded);
+    }
+    let now = now.unwrap_or_else(|| clock.now());
+    Ok((rows, now))
+}

@@ -1,0 +1,549 @@
+//! How a write-set becomes SQL ([`Transaction::write`](crate::store::Transaction::write)):
+//! one statement per kind of row change, each covering every row of its kind the batch writes,
+//! in the order [`WriteSet`] documents; inserts return their ids in row order. Every write carries
+//! the condition that its transaction is still open ([`in_transaction!`]), and every update
+//! checks that it changed as many rows as it named ([`expect_all`]): fewer means a row was not in
+//! the state the decision read.
+
+use flashsale_core::{
+    CancelReason, Counters, HoldId, Inserted, KeyedRequest, NewHold, NewOrder, OrderId,
+    ReleaseReason, RequestRecord, Settlement, WebhookRecord, WriteSet,
+};
+use sqlx::{AssertSqlSafe, MySql};
+
+use super::errors::map_err;
+use super::statements::{int, marks, padded, padded_len};
+use super::{Dialect, SqlTx, on_conn};
+use crate::store::{StoreError, StoreResult};
+
+/// The most ids one statement of a write names. A batch names at most a few per command, but a
+/// product's expired holds and overdue orders are released in the transaction that finds them,
+/// however many: tens of thousands when a hot product's holds expire together, past what one
+/// statement may bind (65,535 placeholders on MySQL, 32,766 on SQLite). A power of two, so the
+/// statements stay in the few shapes [`padded`] gives.
+const IDS_PER_STATEMENT: usize = 1_024;
+
+/// The condition every write carries on MySQL, true only inside an explicit transaction: a
+/// write that runs after the database ended its transaction changes nothing, and
+/// [`Transaction::write`](crate::store::Transaction::write) then reports a conflict instead
+/// of committing half a batch.
+///
+/// A Galera node applying another node's write rolls back a local transaction holding the rows
+/// it needs (a brute-force abort). A transaction that has only read is not replicated, and
+/// MariaDB 10.11 may end it without an error to its client: the client's next statements then
+/// run one by one in autocommit mode. The cluster test's binary logs showed it: a batch's
+/// product update and its hold inserts committed as two transactions, the update computed from
+/// counters read before the other node's write, which it overwrote.
+macro_rules! in_transaction {
+    () => {
+        "@@in_transaction = 1"
+    };
+}
+
+/// [`in_transaction!`] in `dialect`: SQLite's transactions end only when the store ends them.
+fn in_transaction(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => in_transaction!(),
+        Dialect::Sqlite => "1",
+    }
+}
+
+/// `table` as the target of an update that finds its rows by id and checks their state
+/// (`WHERE state = ... AND id IN (...)`). SQLite is told to look the ids up by rowid: its planner
+/// otherwise takes the index that starts with the state column and reads every row in that state
+/// (every active hold of a hot product: 15 ms a statement with 300,000 of them, and the flow 25x
+/// slower). MySQL's optimizer takes the primary key by itself.
+fn by_id(dialect: Dialect, table: &'static str) -> String {
+    match dialect {
+        Dialect::MySql => table.to_owned(),
+        Dialect::Sqlite => format!("{table} NOT INDEXED"),
+    }
+}
+
+/// Releases `n` held holds by id: binds the reason, then the ids.
+pub(super) fn release_holds_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET state = 'released', release_reason = ? \
+         WHERE {} AND state = 'held' AND id IN ({})",
+        by_id(dialect, "holds"),
+        in_transaction(dialect),
+        marks(n)
+    )
+}
+
+/// Marks `n` held holds consumed: binds (hold, order) pairs, then the hold ids.
+pub(super) fn consume_holds_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET state = 'consumed', order_id = CASE id {} END \
+         WHERE {} AND state = 'held' AND id IN ({})",
+        by_id(dialect, "holds"),
+        vec!["WHEN ? THEN ?"; n].join(" "),
+        in_transaction(dialect),
+        marks(n)
+    )
+}
+
+/// Settles `n` orders waiting for payment: binds the status and cancel reason, then the ids.
+pub(super) fn settle_orders_sql(dialect: Dialect, n: usize) -> String {
+    format!(
+        "UPDATE {} SET status = ?, cancel_reason = ? \
+         WHERE {} AND status = 'pre_payment' AND id IN ({})",
+        by_id(dialect, "orders"),
+        in_transaction(dialect),
+        marks(n)
+    )
+}
+
+/// `n` comma-separated copies of a row's marks, `(?, ?, ...)`.
+fn rows_of_marks(n: usize, row: &str) -> String {
+    vec![row; n].join(", ")
+}
+
+/// The rows of a batch's insert as one JSON array of arrays, for MySQL's `JSON_TABLE`: one
+/// statement text whatever the number of rows.
+fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
+}
+
+/// Checks that a statement changed as many rows as it named: fewer means a row was not in the
+/// state the decision read, which the locks rule out unless the data is corrupt.
+fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()> {
+    if rows_affected == expected as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "{expected} {what} to change, {rows_affected} changed"
+        )))
+    }
+}
+
+/// The statements [`Transaction::write`](crate::store::Transaction::write) is made of: one
+/// per kind of row change, each covering every row of its kind the batch writes.
+impl SqlTx {
+    /// Every statement of [`Transaction::write`](crate::store::Transaction::write), in order.
+    pub(super) async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
+        let mut inserted = Inserted::default();
+        self.update_products(&writes.products).await?;
+        self.release_holds(&writes.holds_released).await?;
+        inserted.holds = self.insert_holds(&writes.holds_inserted).await?;
+        inserted.orders = self.insert_orders(&writes.orders_inserted).await?;
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        let consumed = (writes.orders_inserted.iter().zip(&inserted.orders))
+            .map(|(order, &id)| Ok((inserted.hold(order.hold_id)?, id)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.consume_holds(&consumed).await?;
+        let settled = (writes.orders_updated.iter())
+            .map(|&(id, settlement)| Ok((inserted.order(id)?, settlement)))
+            .collect::<Result<Vec<_>, flashsale_core::Violation>>()
+            .map_err(unresolved)?;
+        self.settle_orders(&settled).await?;
+        let webhooks = (writes.webhooks.iter())
+            .map(|record| inserted.webhook_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_webhooks(&webhooks).await?;
+        let keys = (writes.request_keys.iter())
+            .map(|record| inserted.request_record(record))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unresolved)?;
+        self.insert_request_keys(&keys).await?;
+        Ok(inserted)
+    }
+
+    /// Whether the database ended this transaction before its writes ran: they then ran, one
+    /// by one, outside it and changed nothing ([`in_transaction!`]). Never on SQLite.
+    pub(super) async fn ended_under_its_writes(&mut self) -> bool {
+        match self {
+            SqlTx::MySql(tx) => {
+                sqlx::query_scalar::<MySql, i64>("SELECT CAST(@@in_transaction AS SIGNED)")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .is_ok_and(|open| open == 0)
+            }
+            SqlTx::Sqlite(_) => false,
+        }
+    }
+
+    /// Sets the counters of every product written, in one statement.
+    async fn update_products(&mut self, products: &[Counters]) -> StoreResult<()> {
+        if products.is_empty() {
+            return Ok(());
+        }
+        let n = padded_len(products.len());
+        let case = |column: &str| {
+            let arms = vec!["WHEN ? THEN ?"; n].join(" ");
+            format!("{column} = CASE id {arms} END")
+        };
+        let sql = format!(
+            "UPDATE products SET {}, {}, {} WHERE {} AND id IN ({})",
+            case("stock"),
+            case("units_held"),
+            case("units_received"),
+            in_transaction(self.dialect()),
+            marks(n)
+        );
+        let done = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for p in padded(products) {
+                query = query.bind(int(p.id.0)).bind(p.stock.0);
+            }
+            for p in padded(products) {
+                query = query.bind(int(p.id.0)).bind(p.units_held.0);
+            }
+            for p in padded(products) {
+                query = query.bind(int(p.id.0)).bind(int(p.units_received));
+            }
+            for p in padded(products) {
+                query = query.bind(int(p.id.0));
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_all(done, products.len(), "products")
+    }
+
+    /// Releases held holds, one statement per reason and [`IDS_PER_STATEMENT`] holds; each must
+    /// still be held.
+    async fn release_holds(&mut self, released: &[(HoldId, ReleaseReason)]) -> StoreResult<()> {
+        for reason in [ReleaseReason::Expired, ReleaseReason::PaymentFailed] {
+            let all: Vec<u64> = released
+                .iter()
+                .filter(|&&(_, r)| r == reason)
+                .map(|&(id, _)| id.0)
+                .collect();
+            for ids in all.chunks(IDS_PER_STATEMENT) {
+                let sql = release_holds_sql(self.dialect(), padded_len(ids.len()));
+                let done = on_conn!(self, |conn, _d| {
+                    let mut query =
+                        sqlx::query::<Db>(AssertSqlSafe(sql.clone())).bind(reason.as_str());
+                    for &id in padded(ids) {
+                        query = query.bind(int(id));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+                .map_err(map_err)?;
+                expect_all(done, ids.len(), "held holds to release")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts granted holds in one statement; returns their ids, in order.
+    async fn insert_holds(&mut self, holds: &[NewHold]) -> StoreResult<Vec<HoldId>> {
+        if holds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<(u64,)> = match self.dialect() {
+            Dialect::MySql => {
+                let rows = json_rows(holds.iter().map(|new| {
+                    serde_json::json!([
+                        int(new.product_id.0),
+                        new.grant.qty.0,
+                        int(new.grant.created_at.as_ms()),
+                        int(new.grant.expires_at.as_ms())
+                    ])
+                }));
+                on_conn!(self, |conn, _d| {
+                    sqlx::query_as::<Db, _>(concat!(
+                        "INSERT INTO holds (product_id, qty, created_at, expires_at, state) \
+                         SELECT product_id, qty, created_at, expires_at, 'held' FROM JSON_TABLE(?, \
+                         '$[*]' COLUMNS (n FOR ORDINALITY, product_id BIGINT PATH '$[0]', \
+                         qty INT UNSIGNED PATH '$[1]', created_at BIGINT PATH '$[2]', \
+                         expires_at BIGINT PATH '$[3]')) AS batch WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n RETURNING id"
+                    ))
+                    .bind(rows)
+                    .fetch_all(conn)
+                    .await
+                })
+            }
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {} \
+                     RETURNING id",
+                    rows_of_marks(holds.len(), "(?, ?, ?, ?, 'held')")
+                );
+                on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+                    for new in holds {
+                        query = query
+                            .bind(int(new.product_id.0))
+                            .bind(new.grant.qty.0)
+                            .bind(int(new.grant.created_at.as_ms()))
+                            .bind(int(new.grant.expires_at.as_ms()));
+                    }
+                    query.fetch_all(conn).await
+                })
+            }
+        }
+        .map_err(map_err)?;
+        ascending(ids, holds.len(), "holds").map(|ids| ids.into_iter().map(HoldId).collect())
+    }
+
+    /// Inserts orders in one statement; returns their ids, in order.
+    async fn insert_orders(&mut self, orders: &[NewOrder]) -> StoreResult<Vec<OrderId>> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<(u64,)> = match self.dialect() {
+            Dialect::MySql => {
+                let rows = json_rows(orders.iter().map(|order| {
+                    serde_json::json!([
+                        int(order.hold_id.0),
+                        int(order.product_id.0),
+                        order.qty.0,
+                        int(order.total_cents.0),
+                        order.status.as_str(),
+                        int(order.created_at.as_ms()),
+                        int(order.payment_due_at.as_ms())
+                    ])
+                }));
+                on_conn!(self, |conn, _d| {
+                    sqlx::query_as::<Db, _>(concat!(
+                        "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, \
+                         created_at, payment_due_at) SELECT hold_id, product_id, qty, \
+                         total_cents, status, created_at, payment_due_at FROM JSON_TABLE(?, \
+                         '$[*]' COLUMNS (n FOR ORDINALITY, hold_id BIGINT PATH '$[0]', \
+                         product_id BIGINT PATH '$[1]', qty INT UNSIGNED PATH '$[2]', \
+                         total_cents BIGINT PATH '$[3]', status VARCHAR(16) PATH '$[4]', \
+                         created_at BIGINT PATH '$[5]', payment_due_at BIGINT PATH '$[6]')) \
+                         AS batch WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n RETURNING id"
+                    ))
+                    .bind(rows)
+                    .fetch_all(conn)
+                    .await
+                })
+            }
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, \
+                     created_at, payment_due_at) VALUES {} RETURNING id",
+                    rows_of_marks(orders.len(), "(?, ?, ?, ?, ?, ?, ?)")
+                );
+                on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
+                    for order in orders {
+                        query = query
+                            .bind(int(order.hold_id.0))
+                            .bind(int(order.product_id.0))
+                            .bind(order.qty.0)
+                            .bind(int(order.total_cents.0))
+                            .bind(order.status.as_str())
+                            .bind(int(order.created_at.as_ms()))
+                            .bind(int(order.payment_due_at.as_ms()));
+                    }
+                    query.fetch_all(conn).await
+                })
+            }
+        }
+        .map_err(map_err)?;
+        ascending(ids, orders.len(), "orders").map(|ids| ids.into_iter().map(OrderId).collect())
+    }
+
+    /// Marks held holds consumed by their new orders, in one statement.
+    async fn consume_holds(&mut self, consumed: &[(HoldId, OrderId)]) -> StoreResult<()> {
+        if consumed.is_empty() {
+            return Ok(());
+        }
+        let n = padded_len(consumed.len());
+        let sql = consume_holds_sql(self.dialect(), n);
+        let done = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for (hold, order) in padded(consumed) {
+                query = query.bind(int(hold.0)).bind(int(order.0));
+            }
+            for (hold, _) in padded(consumed) {
+                query = query.bind(int(hold.0));
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())
+        })
+        .map_err(map_err)?;
+        expect_all(done, consumed.len(), "held holds to consume")
+    }
+
+    /// Moves pre-payment orders to their terminal status, with the reason when cancelled: one
+    /// statement per settlement and [`IDS_PER_STATEMENT`] orders; anything but every named row
+    /// updated is corruption.
+    async fn settle_orders(&mut self, settled: &[(OrderId, Settlement)]) -> StoreResult<()> {
+        let kinds = [
+            Settlement::Paid,
+            Settlement::Cancelled(CancelReason::PaymentFailed),
+            Settlement::Cancelled(CancelReason::PaymentWindowClosed),
+        ];
+        for settlement in kinds {
+            let all: Vec<u64> = (settled.iter())
+                .filter(|&&(_, s)| s == settlement)
+                .map(|&(id, _)| id.0)
+                .collect();
+            for ids in all.chunks(IDS_PER_STATEMENT) {
+                let sql = settle_orders_sql(self.dialect(), padded_len(ids.len()));
+                let done = on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql.clone()))
+                        .bind(settlement.status().as_str())
+                        .bind(settlement.cancel_reason().map(CancelReason::as_str));
+                    for &id in padded(ids) {
+                        query = query.bind(int(id));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+                .map_err(map_err)?;
+                expect_all(done, ids.len(), "pre-payment orders to settle")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts webhook records in one statement.
+    async fn insert_webhooks(&mut self, records: &[WebhookRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.dialect() {
+            Dialect::MySql => {
+                let rows = json_rows(records.iter().map(|record| {
+                    serde_json::json!([
+                        record.key.as_str(),
+                        int(record.hold_id.0),
+                        record.status.as_str(),
+                        record.fingerprint.to_string(),
+                        record.result.as_str(),
+                        record.order_id.map(|id| int(id.0)),
+                        int(record.received_at.as_ms())
+                    ])
+                }));
+                on_conn!(self, |conn, _d| {
+                    sqlx::query::<Db>(concat!(
+                        "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, \
+                         result, order_id, received_at) SELECT idempotency_key, hold_id, status, \
+                         fingerprint, result, order_id, received_at FROM JSON_TABLE(?, '$[*]' \
+                         COLUMNS (n FOR ORDINALITY, idempotency_key VARCHAR(255) PATH '$[0]', \
+                         hold_id BIGINT PATH '$[1]', status VARCHAR(16) PATH '$[2]', \
+                         fingerprint VARCHAR(16) PATH '$[3]', result VARCHAR(32) PATH '$[4]', \
+                         order_id BIGINT PATH '$[5]', received_at BIGINT PATH '$[6]')) AS batch \
+                         WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n"
+                    ))
+                    .bind(rows)
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())
+                })
+            }
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, \
+                     order_id, received_at) VALUES {}",
+                    rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?)")
+                );
+                on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                    for record in records {
+                        query = query
+                            .bind(record.key.as_str())
+                            .bind(int(record.hold_id.0))
+                            .bind(record.status.as_str())
+                            .bind(record.fingerprint.to_string())
+                            .bind(record.result.as_str())
+                            .bind(record.order_id.map(|id| int(id.0)))
+                            .bind(int(record.received_at.as_ms()));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+            }
+        }
+        .map_err(map_err)
+        .and_then(|done| expect_all(done, records.len(), "webhook records to insert"))
+    }
+
+    /// Inserts client request-key records in one statement.
+    async fn insert_request_keys(&mut self, records: &[RequestRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let fields = |record: &RequestRecord| match record.request {
+            KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
+            KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
+        };
+        match self.dialect() {
+            Dialect::MySql => {
+                let rows = json_rows(records.iter().map(|record| {
+                    let (product_id, qty, hold_id) = fields(record);
+                    serde_json::json!([
+                        record.key.as_str(),
+                        record.request.name(),
+                        product_id.map(int),
+                        qty,
+                        hold_id.map(int),
+                        int(record.resource_id),
+                        u8::from(record.created),
+                        int(record.created_at.as_ms())
+                    ])
+                }));
+                on_conn!(self, |conn, _d| {
+                    sqlx::query::<Db>(concat!(
+                        "INSERT INTO request_keys (idempotency_key, request, product_id, qty, \
+                         hold_id, resource_id, created, created_at) SELECT idempotency_key, \
+                         request, product_id, qty, hold_id, resource_id, created, created_at \
+                         FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, \
+                         idempotency_key VARCHAR(255) PATH '$[0]', request VARCHAR(16) PATH \
+                         '$[1]', product_id BIGINT PATH '$[2]', qty INT UNSIGNED PATH '$[3]', \
+                         hold_id BIGINT PATH '$[4]', resource_id BIGINT PATH '$[5]', \
+                         created TINYINT PATH '$[6]', created_at BIGINT PATH '$[7]')) AS batch \
+                         WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n"
+                    ))
+                    .bind(rows)
+                    .execute(conn)
+                    .await
+                    .map(|r| r.rows_affected())
+                })
+            }
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO request_keys (idempotency_key, request, product_id, qty, \
+                     hold_id, resource_id, created, created_at) VALUES {}",
+                    rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
+                );
+                on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                    for record in records {
+                        let (product_id, qty, hold_id) = fields(record);
+                        query = query
+                            .bind(record.key.as_str())
+                            .bind(record.request.name())
+                            .bind(product_id.map(int))
+                            .bind(qty)
+                            .bind(hold_id.map(int))
+                            .bind(int(record.resource_id))
+                            .bind(record.created)
+                            .bind(int(record.created_at.as_ms()));
+                    }
+                    query.execute(conn).await.map(|r| r.rows_affected())
+                })
+            }
+        }
+        .map_err(map_err)
+        .and_then(|done| expect_all(done, records.len(), "request keys to insert"))
+    }
+}
+
+/// The ids one multi-row `INSERT ... RETURNING` assigned, in row order: ids ascend within one
+/// statement (whatever the auto-increment lock mode interleaves between statements), while
+/// `RETURNING` does not promise row order.
+fn ascending(ids: Vec<(u64,)>, rows: usize, what: &str) -> StoreResult<Vec<u64>> {
+    if ids.len() != rows {
+        return Err(StoreError::Corrupt(format!(
+            "{rows} {what} inserted, {} ids returned",
+            ids.len()
+        )));
+    }
+    let mut ids: Vec<u64> = ids.into_iter().map(|(id,)| id).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}

@@ -33,8 +33,10 @@ use flashsale_core::{
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{Service, ServiceError};
 use flashsale_server::store::sql::SqlStore;
+use flashsale_sim::history::{Answer, Read, Seen, Target};
 use flashsale_sim::logged::{Logged, Noting};
-use flashsale_sim::refine::{self, Answer, OP, OpContext, Read, RequestContexts, Seen, Target};
+use flashsale_sim::recording::{OP, OpContext, RequestContexts};
+use flashsale_sim::refine;
 use flashsale_sim::words;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -826,7 +828,7 @@ where
 }
 
 /// How many transactions of `log` decided requests of more than one kind together.
-fn mixed_batches(log: &[flashsale_sim::refine::Entry]) -> u64 {
+fn mixed_batches(log: &[flashsale_sim::recording::Entry]) -> u64 {
     let mut kinds: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
     for entry in log {
         // The command's words up to its first space: its method, `POST /api/holds` and such.
@@ -842,7 +844,7 @@ fn mixed_batches(log: &[flashsale_sim::refine::Entry]) -> u64 {
 /// read a state it may have seen, and the final rows.
 fn replay_agrees(
     dump: &flashsale_server::store::Dump,
-    log: &[flashsale_sim::refine::Entry],
+    log: &[flashsale_sim::recording::Entry],
     recorder: &Recorder,
 ) -> Result<(), String> {
     let stored = Ledger::from_rows(

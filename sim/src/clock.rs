@@ -63,7 +63,7 @@ impl Clock for SimClock {
         let drift = elapsed_ms.saturating_mul(self.drift_ppm.load(Ordering::SeqCst)) / 1_000_000;
         let skew = self.offset_ms.load(Ordering::SeqCst).saturating_add(drift);
         let now = Timestamp(true_now().as_ms().saturating_add_signed(skew));
-        crate::refine::note_now(now);
+        crate::recording::note_now(now);
         now
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The simulation exists only with `RUSTFLAGS="--cfg madsim"` (built in its own target
 //! directory, `target/sim`); a plain build compiles the plan and trace modules, the
-//! commit-order replay check ([`refine`], with its [`failure`] and [`words`]) and [`logged`],
+//! commit-order replay check ([`refine`], over the log [`recording`] keeps and the answers in
+//! [`history`]'s words, with its [`failure`] and [`words`]) and [`logged`],
 //! which puts that check over any storage (the real databases' tests use it), and a stub
 //! binary.
 
@@ -14,8 +15,10 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 pub mod failure;
+pub mod history;
 pub mod logged;
 pub mod plan;
+pub mod recording;
 pub mod refine;
 pub mod trace;
 pub mod words;

@@ -1,7 +1,7 @@
 //! The commit-order replay over any storage: [`Logged`] wraps a [`Storage`] (the real SQL one in
-//! the server's tests) and logs every transaction's end as [`refine`] reads it, and [`Noting`]
-//! wraps a [`Clock`] so each request's clock readings are noted in its [`refine::OP`]. With a
-//! service built over both (and [`refine::RequestContexts`] as its batch scope), requests run
+//! the server's tests) and logs every transaction's end as [`crate::refine`] reads it, and [`Noting`]
+//! wraps a [`Clock`] so each request's clock readings are noted in its [`recording::OP`]. With a
+//! service built over both (and [`recording::RequestContexts`] as its batch scope), requests run
 //! inside `OP.scope`, and `refine::check` then replays the log through the core's ledger against
 //! the database's own final rows and every answer the clients got.
 //!
@@ -27,7 +27,7 @@ use flashsale_server::store::{
 };
 use tokio::task::JoinHandle;
 
-use crate::refine::{self, Ending, Entry};
+use crate::recording::{self, Ending, Entry};
 
 /// What a storage's transactions share: the commit gate and the log.
 #[derive(Debug)]
@@ -181,7 +181,7 @@ impl<T: Transaction + 'static> LoggedTx<T> {
         if ending.wrote {
             ending.product_written = self.locked_product;
         }
-        ending.entries(refine::current())
+        ending.entries(recording::current())
     }
 }
 
@@ -373,7 +373,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 }
 
-/// A clock that notes every wall-clock reading in the current request's [`refine::OP`] (or its
+/// A clock that notes every wall-clock reading in the current request's [`recording::OP`] (or its
 /// batch's), the reading its decision is replayed at.
 #[derive(Clone, Debug)]
 pub struct Noting<C>(pub C);
@@ -381,7 +381,7 @@ pub struct Noting<C>(pub C);
 impl<C: Clock> Clock for Noting<C> {
     fn now(&self) -> Timestamp {
         let now = self.0.now();
-        refine::note_now(now);
+        recording::note_now(now);
         now
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
-use crate::refine::{self, Entry};
+use crate::recording::{self, Entry};
 use crate::trace::{Event, Trace};
 use crate::words;
 
@@ -315,7 +315,7 @@ pub fn sim_us() -> u64 {
 /// An event of transaction `tx` for the requests it serves now, about `product` (else the
 /// first request's product).
 fn tx_event(tx: u64, product: Option<ProductId>, text: String) -> Event {
-    let (requests, instance, first_product) = refine::current_ids();
+    let (requests, instance, first_product) = recording::current_ids();
     Event {
         at_us: sim_us(),
         instance,
@@ -331,7 +331,7 @@ fn tx_event(tx: u64, product: Option<ProductId>, text: String) -> Event {
 /// served.
 fn violated(violation: &flashsale_core::Violation, tx: u64) -> Failure {
     let (kind, message) = words::violation(violation);
-    let ops = refine::current();
+    let ops = recording::current();
     let first = ops.first();
     let mut failure = Failure::new(
         Check::Invariant,
@@ -442,7 +442,7 @@ impl SimTx {
         if let Some(lock) = self.row_lock(&key)
             && let Err(out_of_order) = self.locks.take(lock)
         {
-            let ops = refine::current();
+            let ops = recording::current();
             let failure = Failure::new(
                 Check::LockOrder,
                 "lock out of order",
@@ -550,7 +550,7 @@ impl SimTx {
     fn expired_of(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
         // The planted bug hides them from hold requests only; the sweeper still releases them,
         // so every row ends as it should and only the answers differ.
-        let placing = refine::current()
+        let placing = recording::current()
             .iter()
             .any(|op| matches!(op.command, Some(Command::PlaceHold { .. })));
         if self.bug() == Some(Bug::CountExpiredHolds) && placing {
@@ -1082,7 +1082,7 @@ impl Transaction for SimTx {
 }
 
 /// The log's entries for transaction `tx` ending with `writes` (none for a rollback) over
-/// `tables` (see [`refine::Ending::entries`]). `keys_found` are the request keys whose records
+/// `tables` (see [`recording::Ending::entries`]). `keys_found` are the request keys whose records
 /// the transaction found, so the requests it answered by replay.
 fn end_entries(
     tx: u64,
@@ -1090,12 +1090,12 @@ fn end_entries(
     tables: &Tables,
     writes: &BTreeMap<RowKey, Row>,
 ) -> Vec<Entry> {
-    let mut ending = refine::Ending {
+    let mut ending = recording::Ending {
         tx,
         at_us: sim_us(),
         wrote: !writes.is_empty(),
         keys_found: keys_found.clone(),
-        ..refine::Ending::default()
+        ..recording::Ending::default()
     };
     for row in writes.values() {
         match row {
@@ -1121,7 +1121,7 @@ fn end_entries(
             Row::Webhook(_) => {}
         }
     }
-    ending.entries(refine::current())
+    ending.entries(recording::current())
 }
 
 /// A command's kind, to tell batches of one kind from mixed ones.

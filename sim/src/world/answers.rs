@@ -6,7 +6,7 @@ use flashsale_server::service::{
     HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer,
 };
 
-use crate::refine::{Answer, Seen};
+use crate::history::{Answer, Seen};
 use crate::words;
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not

@@ -10,7 +10,8 @@ use super::{World, lock};
 use crate::clock::true_now;
 use crate::failure::{Check, Failure};
 use crate::plan::{FaultProfile, Plan};
-use crate::refine::{self, OP, OpContext};
+use crate::recording::{OP, OpContext};
+use crate::refine;
 use crate::words;
 
 impl World {

@@ -13,8 +13,9 @@ use madsim::task::JoinHandle;
 use super::answers::ReadAnswer;
 use super::requests::CallError;
 use super::{Lane, World, lock};
+use crate::history::{Read, Request, Seen, Target};
 use crate::plan::Journey;
-use crate::refine::{OpContext, Read, Request, Seen, Target};
+use crate::recording::OpContext;
 use crate::store::sim_us;
 
 impl World {

@@ -13,7 +13,7 @@ use super::panics::CatchUnwind;
 use super::{Lane, Svc, World, record_failure};
 use crate::clock::SimClock;
 use crate::failure::{Check, Failure};
-use crate::refine::{self, OpContext};
+use crate::recording::{self, OpContext};
 use crate::store::SimStore;
 
 /// One server instance's service: queued requests carry their request context to the batch that
@@ -34,7 +34,7 @@ pub(super) fn instance_service(
 }
 
 /// An instance's batch scope: its requests' contexts carried to the batch's transaction
-/// ([`refine::RequestContexts`]), and a panic while deciding the batch recorded as the seed's
+/// ([`recording::RequestContexts`]), and a panic while deciding the batch recorded as the seed's
 /// failure at the batch's first request, as a panic in a request's own task is; the batch's
 /// requests are then answered that their commit is unknown.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ struct BatchOfRequests {
 
 impl BatchScope for BatchOfRequests {
     fn capture(&self) -> Option<BatchTag> {
-        refine::RequestContexts.capture()
+        recording::RequestContexts.capture()
     }
 
     fn scope<'a>(&self, tags: Vec<Option<BatchTag>>, run: BatchRun<'a>) -> BatchRun<'a> {
@@ -54,7 +54,7 @@ impl BatchScope for BatchOfRequests {
             .flatten()
             .find_map(|tag| tag.downcast_ref::<OpContext>().map(|op| op.id));
         let size = tags.len();
-        let run = refine::RequestContexts.scope(tags, run);
+        let run = recording::RequestContexts.scope(tags, run);
         let (store, failure) = (self.store.clone(), self.failure.clone());
         Box::pin(async move {
             match (CatchUnwind {

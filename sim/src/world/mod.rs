@@ -37,8 +37,9 @@ use madsim::task::JoinHandle;
 
 use crate::clock::SimClock;
 use crate::failure::{Check, Failure};
+use crate::history::{Answer, Read};
 use crate::plan::{FaultProfile, Plan};
-use crate::refine::{Answer, OP, OpContext, Read};
+use crate::recording::{OP, OpContext};
 use crate::store::{Bug, FaultCounts, SimStore, sim_us};
 use crate::trace::Event;
 

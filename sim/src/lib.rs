@@ -28,6 +28,8 @@ pub mod cli;
 #[cfg(madsim)]
 pub mod clock;
 #[cfg(madsim)]
+pub mod exit;
+#[cfg(madsim)]
 pub mod planfile;
 #[cfg(madsim)]
 pub mod report;
@@ -39,5 +41,7 @@ pub mod store;
 pub mod summary;
 #[cfg(madsim)]
 pub mod sweep;
+#[cfg(madsim)]
+pub mod workload;
 #[cfg(madsim)]
 pub mod world;

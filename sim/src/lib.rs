@@ -3,25 +3,18 @@
 //! clocks, racing clients and a misbehaving payment provider — all reproducible from one seed.
 //!
 //! The simulation exists only with `RUSTFLAGS="--cfg madsim"` (built in its own target
-//! directory, `target/sim`); a plain build compiles the plan and trace modules, the
-//! commit-order replay check ([`refine`], over the log [`recording`] keeps and the answers in
-//! [`history`]'s words, with its [`failure`] and [`words`]) and [`logged`],
-//! which puts that check over any storage (the real databases' tests use it), and a stub
-//! binary.
+//! directory, `target/sim`); a plain build compiles the plan and trace modules and a stub
+//! binary. The commit-order replay check every run ends with (and the words its failures are
+//! written in) is the `flashsale-check` crate's, which the server's storage tests put over the
+//! real databases too.
 
 // The simulator's arithmetic is on small bounded counts and durations of its own making, where a
 // wrap would be a simulator bug that the runs would show; the lint guards the service's money and
 // units, which live in the core and the server.
 #![allow(clippy::arithmetic_side_effects)]
 
-pub mod failure;
-pub mod history;
-pub mod logged;
 pub mod plan;
-pub mod recording;
-pub mod refine;
 pub mod trace;
-pub mod words;
 
 #[cfg(madsim)]
 pub mod cli;

@@ -15,10 +15,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::failure::Failure;
 use crate::plan::Plan;
 use crate::store::Bug;
 use crate::world::RunConfig;
+use flashsale_check::failure::Failure;
 
 /// The format word of a plan file.
 pub const FORMAT: &str = "flashsale-sim plan 1";

@@ -24,11 +24,11 @@ use flashsale_server::store::{
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 
-use crate::failure::{Check, Failure};
 use crate::plan::FaultProfile;
-use crate::recording::{self, Entry};
 use crate::trace::{Event, Trace};
-use crate::words;
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::recording::{self, Entry};
+use flashsale_check::words;
 
 /// How long a locking read waits before failing as InnoDB's error 1205 would.
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -7,7 +7,7 @@
 
 #![cfg(madsim)]
 
-use flashsale_sim::failure::Failure;
+use flashsale_check::failure::Failure;
 use flashsale_sim::plan::Plan;
 use flashsale_sim::shrink;
 use flashsale_sim::store::Bug;

@@ -6,8 +6,8 @@ use flashsale_server::service::{
     HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer,
 };
 
-use crate::history::{Answer, Seen};
-use crate::words;
+use flashsale_check::history::{Answer, Seen};
+use flashsale_check::words;
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not
 /// decide (a replay from a request key's record, which the world checks itself, or a sweep).

@@ -8,11 +8,11 @@ use flashsale_core::{Command, HoldState, IdempotencyKey, OrderStatus, Timestamp}
 
 use super::{World, lock};
 use crate::clock::true_now;
-use crate::failure::{Check, Failure};
 use crate::plan::{FaultProfile, Plan};
-use crate::recording::{OP, OpContext};
-use crate::refine;
-use crate::words;
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::recording::{OP, OpContext};
+use flashsale_check::refine;
+use flashsale_check::words;
 
 impl World {
     /// Faults stop, clocks heal, time passes every deadline: everything must settle.

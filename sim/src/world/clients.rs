@@ -13,10 +13,10 @@ use madsim::task::JoinHandle;
 use super::answers::ReadAnswer;
 use super::requests::CallError;
 use super::{Lane, World, lock};
-use crate::history::{Read, Request, Seen, Target};
 use crate::plan::Journey;
-use crate::recording::OpContext;
 use crate::store::sim_us;
+use flashsale_check::history::{Read, Request, Seen, Target};
+use flashsale_check::recording::OpContext;
 
 impl World {
     /// One client: its journeys in order. Returns the provider deliveries it set off.

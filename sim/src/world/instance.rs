@@ -12,9 +12,9 @@ use flashsale_server::store::StoreError;
 use super::panics::CatchUnwind;
 use super::{Lane, Svc, World, record_failure};
 use crate::clock::SimClock;
-use crate::failure::{Check, Failure};
-use crate::recording::{self, OpContext};
 use crate::store::SimStore;
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::recording::{self, OpContext};
 
 /// One server instance's service: queued requests carry their request context to the batch that
 /// decides them, so the storage logs a batch's transaction for each of its requests, and a panic

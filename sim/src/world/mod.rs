@@ -36,12 +36,12 @@ use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 
 use crate::clock::SimClock;
-use crate::failure::{Check, Failure};
-use crate::history::{Answer, Read};
 use crate::plan::{FaultProfile, Plan};
-use crate::recording::{OP, OpContext};
 use crate::store::{Bug, FaultCounts, SimStore, sim_us};
 use crate::trace::Event;
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::history::{Answer, Read};
+use flashsale_check::recording::{OP, OpContext};
 
 use self::instance::instance_service;
 pub use self::panics::quiet_panics;

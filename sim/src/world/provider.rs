@@ -13,8 +13,8 @@ use madsim::rand::{Rng, thread_rng};
 
 use super::requests::CallError;
 use super::{Lane, World, lock};
-use crate::failure::{Check, Failure};
 use crate::plan::Verdict;
+use flashsale_check::failure::{Check, Failure};
 
 /// How many times the provider delivers one key before leaving it for the liveness phase.
 const DELIVERY_ATTEMPTS_MAX: u32 = 6;

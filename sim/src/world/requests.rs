@@ -12,12 +12,12 @@ use flashsale_server::service::ServiceError;
 use super::answers::Answered;
 use super::panics::CatchUnwind;
 use super::{Lane, RequestSpan, Svc, World, lock, record_failure};
-use crate::failure::{Check, Failure};
-use crate::history::{Answer, Request};
-use crate::recording::{OP, OpContext};
 use crate::store::sim_us;
 use crate::trace::Event;
-use crate::words;
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::history::{Answer, Request};
+use flashsale_check::recording::{OP, OpContext};
+use flashsale_check::words;
 
 /// How long a client waits for an answer before giving up on a request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,11 +2,15 @@
 //! [`Target`]) and what it was answered ([`Answer`] to a command, [`Seen`] by a read, with the
 //! log positions it may have read in [`Read`]), all with the storage's ids, as the API shows them.
 
+use std::ops::Range;
+
 use flashsale_core::{
     Command, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty, Rejection,
     Timestamp, WebhookResult,
 };
 use flashsale_server::service::{HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer};
+
+use crate::recording::OpContext;
 
 /// What a client was answered, with the storage's ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +252,38 @@ impl Seen {
     }
 }
 
+/// What a read was answered, and the clock reading its request noted: what a recorded read keeps
+/// of its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAnswer {
+    /// What it was answered.
+    pub seen: Seen,
+    /// The clock reading its request noted, if it read a clock.
+    pub now: Option<Timestamp>,
+}
+
+impl ReadAnswer {
+    /// Reads `target` through `service`, as its route does, inside the current request
+    /// ([`crate::recording::OP`]), and takes the clock reading the request noted.
+    ///
+    /// # Errors
+    /// The service's: not found, busy, storage.
+    pub async fn read<S, C>(
+        service: &flashsale_server::service::Service<S, C>,
+        target: Target,
+    ) -> Result<ReadAnswer, flashsale_server::service::ServiceError>
+    where
+        S: flashsale_server::store::Storage + Clone,
+        C: flashsale_server::clock::Clock + Clone,
+    {
+        let seen = Seen::read(service, target).await?;
+        Ok(ReadAnswer {
+            seen,
+            now: OpContext::now_of_current(),
+        })
+    }
+}
+
 /// A read a client was answered, and the positions of the commit log whose states it may have
 /// read: a read is linearizable if some state between the commits before it was sent and those
 /// before it was answered gives its answer at its clock reading. A product read may be
@@ -267,4 +303,27 @@ pub struct Read {
     pub to: usize,
     /// What it was answered.
     pub seen: Seen,
+}
+
+impl Read {
+    /// Request `op`'s read of `target`, answered `answer` while the log went through
+    /// `positions` (from the first length it may have read to its length when the read was
+    /// answered); `None` for a read whose answer depends on a clock it never read (see
+    /// [`Target::reading`]).
+    pub fn of(
+        op: u64,
+        target: Target,
+        positions: Range<usize>,
+        answer: ReadAnswer,
+    ) -> Option<Read> {
+        let now = target.reading(answer.now)?;
+        Some(Read {
+            op,
+            target,
+            now,
+            from: positions.start,
+            to: positions.end,
+            seen: answer.seen,
+        })
+    }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite};
-use flashsale_check::history::{Answer, Read, Seen, Target};
+use flashsale_check::history::{Answer, Read, ReadAnswer, Target};
 use flashsale_check::logged::{Logged, Noting};
 use flashsale_check::recording::{OP, OpContext, RequestContexts};
 use flashsale_check::refine;
@@ -526,25 +526,15 @@ impl Recorder {
     ) -> Result<(), String> {
         let from = service.store().len().await;
         let (op, answer) = self
-            .run(instance, None, async {
-                let seen = Seen::read(service, target).await;
-                seen.map(|seen| (seen, OpContext::now_of_current()))
-            })
+            .run(instance, None, ReadAnswer::read(service, target))
             .await;
         let to = service.store().len().await;
-        match answer.map(|(seen, noted)| (seen, target.reading(noted))) {
-            Ok((seen, Some(now))) => {
-                self.reads.lock().expect("reads").push(Read {
-                    op,
-                    target,
-                    now,
-                    from,
-                    to,
-                    seen,
-                });
+        match answer.map(|answer| Read::of(op, target, from..to, answer)) {
+            Ok(Some(read)) => {
+                self.reads.lock().expect("reads").push(read);
                 Ok(())
             }
-            Ok((_, None)) => Err(format!("read r{op} of {target:?} read no clock")),
+            Ok(None) => Err(format!("read r{op} of {target:?} read no clock")),
             Err(ServiceError::Busy { .. }) => Ok(()),
             Err(other) => Err(format!("read r{op} of {target:?}: {other}")),
         }

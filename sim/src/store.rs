@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Ledger, LockOrder, NewOrder,
-    Order, OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, RowLock, Timestamp,
+    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Ledger, NewOrder, Order,
+    OrderId, Product, ProductId, Qty, ReleaseReason, RequestRecord, RowLock, Timestamp,
     WebhookRecord, WriteSet,
 };
 use flashsale_server::store::{
@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use crate::plan::FaultProfile;
 use crate::trace::{Event, Trace};
 use flashsale_check::failure::{Check, Failure};
+use flashsale_check::observer::{CommitLog, TxObserver};
 use flashsale_check::recording::{self, Entry};
 use flashsale_check::words;
 
@@ -217,7 +218,7 @@ struct Shared {
     bug: Option<Bug>,
     violation: Option<Failure>,
     trace: Trace,
-    log: Vec<Entry>,
+    log: CommitLog,
 }
 
 /// The simulated database, shared by every server instance of a run.
@@ -276,7 +277,7 @@ impl SimStore {
     /// Every transaction end worth replaying, in order: each commit that wrote rows, and each
     /// rollback or read-only commit of a request a client is answered.
     pub fn commit_log(&self) -> Vec<Entry> {
-        self.shared().log.clone()
+        self.shared().log.entries().to_vec()
     }
 
     /// How many entries the log holds: a position in commit order, between transactions.
@@ -287,7 +288,7 @@ impl SimStore {
     /// How many entries the log held at `at_us` (true simulated time): the first position a
     /// read answered from a cache entry taken then may have seen.
     pub fn log_len_at(&self, at_us: u64) -> usize {
-        self.shared().log.partition_point(|e| e.at_us < at_us)
+        self.shared().log.len_at(at_us)
     }
 
     /// The trace of commits so far.
@@ -368,8 +369,7 @@ impl Storage for SimStore {
             store: self.clone(),
             id,
             writes: BTreeMap::new(),
-            keys_found: BTreeSet::new(),
-            locks: LockOrder::default(),
+            observer: TxObserver::new(id),
             open: true,
         };
         tx.step().await?;
@@ -383,10 +383,8 @@ pub struct SimTx {
     store: SimStore,
     id: u64,
     writes: BTreeMap<RowKey, Row>,
-    /// Request keys whose records this transaction found.
-    keys_found: BTreeSet<String>,
-    /// The locks it took, checked against the global lock order.
-    locks: LockOrder,
+    /// The locks it took (checked against the global lock order) and what its end logs.
+    observer: TxObserver,
     open: bool,
 }
 
@@ -440,15 +438,8 @@ impl SimTx {
             ));
         }
         if let Some(lock) = self.row_lock(&key)
-            && let Err(out_of_order) = self.locks.take(lock)
+            && let Err(failure) = self.observer.took(lock)
         {
-            let ops = recording::current();
-            let failure = Failure::new(
-                Check::LockOrder,
-                "lock out of order",
-                format!("tx{}: {out_of_order}", self.id),
-            )
-            .at_request(ops.first().map(|op| op.id));
             self.store.shared().violation.get_or_insert(failure);
         }
         let receiver = {
@@ -637,8 +628,7 @@ impl SimTx {
         self.writes.clear();
         let mut shared = self.store.shared();
         shared.counts.rollbacks += 1;
-        let entries = end_entries(self.id, &self.keys_found, &shared.tables, &BTreeMap::new());
-        shared.log.extend(entries);
+        shared.log.extend(self.observer.end(false, sim_us()));
         release_locks(&mut shared, self.id);
     }
 
@@ -762,7 +752,7 @@ impl Transaction for SimTx {
                     self.id
                 );
             }
-            let entries = end_entries(self.id, &self.keys_found, &shared.tables, &writes);
+            let entries = self.observer.end(true, sim_us());
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
                 let products: BTreeSet<u64> = (writes.values())
@@ -854,6 +844,7 @@ impl Transaction for SimTx {
     }
 
     async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
+        self.observer.locking_products(ids);
         self.step().await?;
         let mut products = Vec::new();
         for &id in ids {
@@ -882,6 +873,7 @@ impl Transaction for SimTx {
             units_received: u64::from(stock.0),
         };
         self.stage(Row::Product(product.clone()));
+        self.observer.inserted_product(id);
         Ok(product)
     }
 
@@ -948,6 +940,7 @@ impl Transaction for SimTx {
                 self.stage(Row::RequestKey(record));
             }
         }
+        self.observer.wrote(writes, &inserted);
         Ok(inserted)
     }
 
@@ -1002,7 +995,7 @@ impl Transaction for SimTx {
             let row_key = RowKey::RequestKey(key.as_str().to_owned());
             self.lock(row_key.clone()).await?;
             if let Some(Row::RequestKey(r)) = self.read(&row_key) {
-                self.keys_found.insert(key.as_str().to_owned());
+                self.observer.found(std::slice::from_ref(&r));
                 records.push(r);
             }
         }
@@ -1079,49 +1072,6 @@ impl Transaction for SimTx {
             request_keys: shared.tables.request_keys.values().cloned().collect(),
         })
     }
-}
-
-/// The log's entries for transaction `tx` ending with `writes` (none for a rollback) over
-/// `tables` (see [`recording::Ending::entries`]). `keys_found` are the request keys whose records
-/// the transaction found, so the requests it answered by replay.
-fn end_entries(
-    tx: u64,
-    keys_found: &BTreeSet<String>,
-    tables: &Tables,
-    writes: &BTreeMap<RowKey, Row>,
-) -> Vec<Entry> {
-    let mut ending = recording::Ending {
-        tx,
-        at_us: sim_us(),
-        wrote: !writes.is_empty(),
-        keys_found: keys_found.clone(),
-        ..recording::Ending::default()
-    };
-    for row in writes.values() {
-        match row {
-            Row::Product(p) => {
-                ending.product_written = Some(p.id);
-                if !tables.products.contains_key(&p.id.0) {
-                    ending.products_inserted.push(p.id.0);
-                }
-            }
-            Row::Hold(h) => {
-                ending.product_written = Some(h.product_id);
-                if !tables.holds.contains_key(&h.id.0) {
-                    ending.holds_inserted.push(h.id.0);
-                }
-            }
-            Row::Order(o) => {
-                ending.product_written = Some(o.product_id);
-                if !tables.orders.contains_key(&o.id.0) {
-                    ending.orders_inserted.push(o.id.0);
-                }
-            }
-            Row::RequestKey(r) => ending.keys_recorded.push(r.key.as_str().to_owned()),
-            Row::Webhook(_) => {}
-        }
-    }
-    ending.entries(recording::current())
 }
 
 /// A command's kind, to tell batches of one kind from mixed ones.

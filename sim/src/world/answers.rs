@@ -1,12 +1,11 @@
 //! What a request's answer is to the checks and the trace: the answer the commit-order replay
 //! decides (if it decides one), its words for a person, and the digest the trace hash takes.
 
-use flashsale_core::Timestamp;
 use flashsale_server::service::{
     HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer,
 };
 
-use flashsale_check::history::{Answer, Seen};
+use flashsale_check::history::{Answer, ReadAnswer, Seen};
 use flashsale_check::words;
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not
@@ -97,12 +96,6 @@ impl Answered for ProductView {
             self.product.units_received,
         ]
     }
-}
-
-/// What a read was answered, and the clock reading its request decided at.
-pub(super) struct ReadAnswer {
-    pub(super) seen: Seen,
-    pub(super) now: Option<Timestamp>,
 }
 
 impl Answered for ReadAnswer {

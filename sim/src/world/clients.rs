@@ -10,13 +10,11 @@ use flashsale_server::clock::Clock;
 use flashsale_server::service::{HoldPlaced, Keyed, ServiceError};
 use madsim::task::JoinHandle;
 
-use super::answers::ReadAnswer;
 use super::requests::CallError;
 use super::{Lane, World, lock};
 use crate::plan::Journey;
 use crate::store::sim_us;
-use flashsale_check::history::{Read, Request, Seen, Target};
-use flashsale_check::recording::OpContext;
+use flashsale_check::history::{Read, ReadAnswer, Request, Target};
 
 impl World {
     /// One client: its journeys in order. Returns the provider deliveries it set off.
@@ -130,27 +128,13 @@ impl World {
             product,
             Request::Read(target),
             None,
-            move |s| async move {
-                Seen::read(&s, target).await.map(|seen| ReadAnswer {
-                    seen,
-                    now: OpContext::now_of_current(),
-                })
-            },
+            move |s| async move { ReadAnswer::read(&s, target).await },
         );
         let (op, answer) = call.await;
         let to = self.store.log_len();
-        let Ok(ReadAnswer { seen, now }) = answer else {
-            return None;
-        };
-        let now = target.reading(now)?;
-        lock(&self.client_reads).push(Read {
-            op,
-            target,
-            now,
-            from,
-            to,
-            seen,
-        });
+        let read = Read::of(op, target, from..to, answer.ok()?)?;
+        let now = read.now;
+        lock(&self.client_reads).push(read);
         Some(now)
     }
 

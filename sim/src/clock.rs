@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use flashsale_check::words::EPOCH_MS;
 use flashsale_core::Timestamp;
 use flashsale_server::clock::Clock;
-
-use flashsale_check::words::EPOCH_MS;
 
 /// An instance's wall clock.
 #[derive(Clone, Debug)]

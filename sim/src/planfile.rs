@@ -13,12 +13,12 @@
 
 use std::path::Path;
 
+use flashsale_check::failure::Failure;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
 use crate::store::Bug;
 use crate::world::RunConfig;
-use flashsale_check::failure::Failure;
 
 /// The format word of a plan file.
 pub const FORMAT: &str = "flashsale-sim plan 1";

@@ -1,12 +1,11 @@
 //! What a request's answer is to the checks and the trace: the answer the commit-order replay
 //! decides (if it decides one), its words for a person, and the digest the trace hash takes.
 
+use flashsale_check::history::{Answer, ReadAnswer, Seen};
+use flashsale_check::words;
 use flashsale_server::service::{
     HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer,
 };
-
-use flashsale_check::history::{Answer, ReadAnswer, Seen};
-use flashsale_check::words;
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not
 /// decide (a replay from a request key's record, which the world checks itself, or a sweep).

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::recording::{OP, OpContext};
+use flashsale_check::refine;
+use flashsale_check::words;
 use flashsale_core::{Command, HoldState, IdempotencyKey, OrderStatus, Timestamp};
 
 use super::{World, lock};
 use crate::clock::true_now;
 use crate::plan::{FaultProfile, Plan};
-use flashsale_check::failure::{Check, Failure};
-use flashsale_check::recording::{OP, OpContext};
-use flashsale_check::refine;
-use flashsale_check::words;
 
 impl World {
     /// Faults stop, clocks heal, time passes every deadline: everything must settle.

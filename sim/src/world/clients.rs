@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashsale_check::history::{Read, ReadAnswer, Request, Target};
 use flashsale_core::{Command, IdempotencyKey, Order, ProductId, Qty, Rejection, Timestamp};
 use flashsale_server::clock::Clock;
 use flashsale_server::service::{HoldPlaced, Keyed, ServiceError};
@@ -14,7 +15,6 @@ use super::requests::CallError;
 use super::{Lane, World, lock};
 use crate::plan::Journey;
 use crate::store::sim_us;
-use flashsale_check::history::{Read, ReadAnswer, Request, Target};
 
 impl World {
     /// One client: its journeys in order. Returns the provider deliveries it set off.

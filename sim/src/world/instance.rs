@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::recording::{self, OpContext};
 use flashsale_core::Command;
 use flashsale_server::service::{BatchRun, BatchScope, BatchTag, Config, Service};
 use flashsale_server::store::StoreError;
@@ -13,8 +15,6 @@ use super::panics::CatchUnwind;
 use super::{Lane, Svc, World, record_failure};
 use crate::clock::SimClock;
 use crate::store::SimStore;
-use flashsale_check::failure::{Check, Failure};
-use flashsale_check::recording::{self, OpContext};
 
 /// One server instance's service: queued requests carry their request context to the batch that
 /// decides them, so the storage logs a batch's transaction for each of its requests, and a panic

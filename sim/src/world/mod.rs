@@ -30,6 +30,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::history::{Answer, Read};
+use flashsale_check::recording::{OP, OpContext};
 use flashsale_core::{Cents, Command, HoldId, ProductId, Qty, WebhookPayload};
 use flashsale_server::service::{Config, Service};
 use madsim::rand::{Rng, thread_rng};
@@ -39,9 +42,6 @@ use crate::clock::SimClock;
 use crate::plan::{FaultProfile, Plan};
 use crate::store::{Bug, FaultCounts, SimStore, sim_us};
 use crate::trace::Event;
-use flashsale_check::failure::{Check, Failure};
-use flashsale_check::history::{Answer, Read};
-use flashsale_check::recording::{OP, OpContext};
 
 use self::instance::instance_service;
 pub use self::panics::quiet_panics;

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use flashsale_check::failure::{Check, Failure};
+
 use super::{Report, RequestSpan, RunConfig, Stats, lock};
 use crate::store::{FaultCounts, SimStore};
-use flashsale_check::failure::{Check, Failure};
 
 /// What a run that panicked outside a request leaves: its storage and counters so far.
 pub(super) struct Partial {

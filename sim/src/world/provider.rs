@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashsale_check::failure::{Check, Failure};
 use flashsale_core::{
     Command, HoldId, IdempotencyKey, PaymentStatus, ProductId, WebhookPayload, WebhookResult,
 };
@@ -14,7 +15,6 @@ use madsim::rand::{Rng, thread_rng};
 use super::requests::CallError;
 use super::{Lane, World, lock};
 use crate::plan::Verdict;
-use flashsale_check::failure::{Check, Failure};
 
 /// How many times the provider delivers one key before leaving it for the liveness phase.
 const DELIVERY_ATTEMPTS_MAX: u32 = 6;

@@ -6,6 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashsale_check::failure::{Check, Failure};
+use flashsale_check::history::{Answer, Request};
+use flashsale_check::recording::{OP, OpContext};
+use flashsale_check::words;
 use flashsale_core::{IdempotencyKey, ProductId};
 use flashsale_server::service::ServiceError;
 
@@ -14,10 +18,6 @@ use super::panics::CatchUnwind;
 use super::{Lane, RequestSpan, Svc, World, lock, record_failure};
 use crate::store::sim_us;
 use crate::trace::Event;
-use flashsale_check::failure::{Check, Failure};
-use flashsale_check::history::{Answer, Request};
-use flashsale_check::recording::{OP, OpContext};
-use flashsale_check::words;
 
 /// How long a client waits for an answer before giving up on a request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);

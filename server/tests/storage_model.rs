@@ -8,8 +8,9 @@
 //!
 //! The concurrent variant runs eight clients at once on three services with skewed clocks over
 //! one database, while the clocks pass hold deadlines, and checks the database's own state
-//! against every answer the clients got, then runs the simulator's commit-order replay on it:
-//! the services' storage logs each transaction's end in commit order (`flashsale_sim::logged`),
+//! against every answer the clients got, then runs the commit-order replay (`flashsale-check`,
+//! the simulator's check) on it:
+//! the services' storage logs each transaction's end in commit order (`flashsale_check::logged`),
 //! and the log replayed through the ledger must give every answer, every read a state it may have
 //! seen, and the database's final rows.
 //!
@@ -26,6 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite};
+use flashsale_check::history::{Answer, Read, ReadAnswer, Target};
+use flashsale_check::logged::{Logged, Noting};
+use flashsale_check::recording::{OP, OpContext, RequestContexts};
+use flashsale_check::refine;
+use flashsale_check::words;
 use flashsale_core::{
     Cents, Command, HoldId, IdempotencyKey, Ledger, OrderId, Outcome, PaymentStatus, ProductId,
     Qty, Rejection, Timestamp, WebhookPayload,
@@ -33,9 +39,6 @@ use flashsale_core::{
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{Service, ServiceError};
 use flashsale_server::store::sql::SqlStore;
-use flashsale_sim::logged::{Logged, Noting};
-use flashsale_sim::refine::{self, Answer, OP, OpContext, Read, RequestContexts, Seen, Target};
-use flashsale_sim::words;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -523,25 +526,15 @@ impl Recorder {
     ) -> Result<(), String> {
         let from = service.store().len().await;
         let (op, answer) = self
-            .run(instance, None, async {
-                let seen = Seen::read(service, target).await;
-                seen.map(|seen| (seen, OpContext::now_of_current()))
-            })
+            .run(instance, None, ReadAnswer::read(service, target))
             .await;
         let to = service.store().len().await;
-        match answer.map(|(seen, noted)| (seen, target.reading(noted))) {
-            Ok((seen, Some(now))) => {
-                self.reads.lock().expect("reads").push(Read {
-                    op,
-                    target,
-                    now,
-                    from,
-                    to,
-                    seen,
-                });
+        match answer.map(|answer| Read::of(op, target, from..to, answer)) {
+            Ok(Some(read)) => {
+                self.reads.lock().expect("reads").push(read);
                 Ok(())
             }
-            Ok((_, None)) => Err(format!("read r{op} of {target:?} read no clock")),
+            Ok(None) => Err(format!("read r{op} of {target:?} read no clock")),
             Err(ServiceError::Busy { .. }) => Ok(()),
             Err(other) => Err(format!("read r{op} of {target:?}: {other}")),
         }
@@ -826,7 +819,7 @@ where
 }
 
 /// How many transactions of `log` decided requests of more than one kind together.
-fn mixed_batches(log: &[flashsale_sim::refine::Entry]) -> u64 {
+fn mixed_batches(log: &[flashsale_check::recording::Entry]) -> u64 {
     let mut kinds: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
     for entry in log {
         // The command's words up to its first space: its method, `POST /api/holds` and such.
@@ -842,7 +835,7 @@ fn mixed_batches(log: &[flashsale_sim::refine::Entry]) -> u64 {
 /// read a state it may have seen, and the final rows.
 fn replay_agrees(
     dump: &flashsale_server::store::Dump,
-    log: &[flashsale_sim::refine::Entry],
+    log: &[flashsale_check::recording::Entry],
     recorder: &Recorder,
 ) -> Result<(), String> {
     let stored = Ledger::from_rows(

@@ -1,6 +1,7 @@
 //! The `flashsale-sim` command line (clap): `run`, `replay`, `sweep`, `check-determinism` and
 //! `merge`. Every command documents its defaults in `--help`; the exit codes are listed in
-//! [`EXIT_CODES`] and in docs/SIMULATION.md.
+//! [`EXIT_CODES`] and in docs/SIMULATION.md. What each seed's plan is drawn with is
+//! [`Workload`] (shared with the sweeps).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,34 +9,16 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::plan::Plan;
+use crate::exit::{EXIT_CODES, EXIT_USAGE};
 use crate::planfile::PlanFile;
-use crate::store::Bug;
 use crate::summary::{self, Seeds, Shard};
 use crate::sweep::{self, FailureOptions, ProgressMode};
 use crate::trace::Event;
+use crate::workload::Workload;
 use crate::world::{self, Report, RunConfig};
 
 /// Where failing plans are written by default.
 pub const PLAN_DIR_DEFAULT: &str = "target/sim/failures";
-
-/// Journeys in a plan by default.
-pub const OPS_DEFAULT: usize = 200;
-/// Concurrent clients by default.
-pub const CLIENTS_DEFAULT: usize = 8;
-/// Server instances by default.
-pub const SERVERS_DEFAULT: usize = 3;
-
-/// The exit codes, as `--help` prints them.
-pub const EXIT_CODES: &str = "\
-Exit codes:
-  0  every seed passed (and, for a sweep or merge, every coverage item happened)
-  1  a seed failed, a coverage item never happened, or a seed was not deterministic
-  2  usage error: bad arguments, an unreadable or invalid plan file, shard summaries that do not
-     fit together";
-
-/// Exit code of a usage error (clap's own errors exit with it too).
-pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,35 +85,6 @@ impl FailureArgs {
     fn options(&self) -> FailureOptions {
         FailureOptions {
             plan_dir: self.plan_dir.clone(),
-        }
-    }
-}
-
-/// What every seed's plan is drawn with.
-#[derive(Clone, Copy, Debug, Args)]
-pub struct Workload {
-    /// Journeys in each seed's plan, spread over the clients.
-    #[arg(long, default_value_t = OPS_DEFAULT, value_parser = at_least_one)]
-    pub ops: usize,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = CLIENTS_DEFAULT, value_parser = at_least_one)]
-    pub clients: usize,
-    /// Server instances sharing the storage.
-    #[arg(long, default_value_t = SERVERS_DEFAULT, value_parser = at_least_one)]
-    pub servers: usize,
-    /// Plants a bug in the simulated storage (never in the service), to see a checker find it.
-    #[arg(long, value_enum)]
-    pub bug: Option<Bug>,
-}
-
-impl Workload {
-    /// The run of `seed` under this workload.
-    pub fn config(&self, seed: u64) -> RunConfig {
-        RunConfig {
-            seed,
-            plan: Plan::draw(seed, self.ops, self.clients, self.servers),
-            bug: self.bug,
-            trace: false,
         }
     }
 }
@@ -208,14 +162,6 @@ struct DeterminismArgs {
     workload: Workload,
 }
 
-fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Runs the command line. See [`EXIT_CODES`].
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -236,30 +182,6 @@ pub fn main() -> ExitCode {
         Command::CheckDeterminism(args) => check_determinism(&args),
         Command::Merge(args) => sweep::merge(&args.files, args.json, args.report.as_deref()),
     }
-}
-
-/// The one line that replays a seed with the binary at hand.
-pub fn replay_command(workload: &Workload, seed: u64) -> String {
-    let bug = workload
-        .bug
-        .map(|b| format!(" --bug {}", b.name()))
-        .unwrap_or_default();
-    format!(
-        "{} replay --seed {seed} --ops {} --clients {} --servers {}{bug}",
-        binary(),
-        workload.ops,
-        workload.clients,
-        workload.servers
-    )
-}
-
-/// How this binary was invoked, for the lines it prints to run it again.
-pub fn binary() -> String {
-    std::env::args()
-        .next()
-        .map(PathBuf::from)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "flashsale-sim".to_owned())
 }
 
 /// The run `args` ask for: a plan file's, or a seed's; and the file, if any.

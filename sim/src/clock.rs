@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use flashsale_check::words::EPOCH_MS;
 use flashsale_core::Timestamp;
 use flashsale_server::clock::Clock;
-
-use crate::words::EPOCH_MS;
 
 /// An instance's wall clock.
 #[derive(Clone, Debug)]
@@ -63,7 +62,7 @@ impl Clock for SimClock {
         let drift = elapsed_ms.saturating_mul(self.drift_ppm.load(Ordering::SeqCst)) / 1_000_000;
         let skew = self.offset_ms.load(Ordering::SeqCst).saturating_add(drift);
         let now = Timestamp(true_now().as_ms().saturating_add_signed(skew));
-        crate::refine::note_now(now);
+        flashsale_check::recording::note_now(now);
         now
     }
 }

@@ -13,9 +13,9 @@
 
 use std::path::Path;
 
+use flashsale_check::failure::Failure;
 use serde::{Deserialize, Serialize};
 
-use crate::failure::Failure;
 use crate::plan::Plan;
 use crate::store::Bug;
 use crate::world::RunConfig;

@@ -1,5 +1,5 @@
 //! Shrinking a failing run: re-run the same seed with less and keep every change after which
-//! the run still fails the same way (the same [`Failure::kind`](crate::failure::Failure)).
+//! the run still fails the same way (the same [`Failure::kind`](flashsale_check::failure::Failure)).
 //! In order: fault classes off; chaos events, stray webhooks, restocks and each client's
 //! journeys removed one chunk at a time (delta debugging: halves, then quarters, down to single
 //! items); fewer servers; shorter hold TTL and payment window; each fault rate and the latency

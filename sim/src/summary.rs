@@ -181,7 +181,7 @@ pub fn run_json(report: &Report, wall_ms: f64) -> serde_json::Value {
 }
 
 /// A failure as JSON.
-pub fn failure_json(failure: &crate::failure::Failure) -> serde_json::Value {
+pub fn failure_json(failure: &flashsale_check::failure::Failure) -> serde_json::Value {
     serde_json::to_value(failure).unwrap_or(serde_json::Value::Null)
 }
 

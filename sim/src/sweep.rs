@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::cli::{self, Workload};
+use crate::exit::EXIT_USAGE;
 use crate::planfile::PlanFile;
 use crate::shrink;
 use crate::summary::{SWEEP_FORMAT, SeedFailure, Seeds, Shard, SweepSummary};
+use crate::workload::{self, Workload};
 use crate::world::{self, Report, RunConfig};
 
 /// How a sweep shows its progress.
@@ -171,7 +172,7 @@ pub fn sweep(options: &SweepOptions) -> ExitCode {
             summary.failures.push(SeedFailure {
                 seed,
                 failure: failure.to_string(),
-                replay: cli::replay_command(&options.workload, seed),
+                replay: workload::replay_command(&options.workload, seed),
                 plan_file: explained.plan_file.clone(),
             });
             if !options.keep_going {
@@ -290,7 +291,7 @@ pub fn explain(
     let written = file.write(&path);
     let mut text = format!(
         "replay the seed: {}\nshrunk: {} ops -> {} ops: {}\n",
-        cli::replay_command(workload, config.seed),
+        workload::replay_command(workload, config.seed),
         config.plan.ops(),
         small.plan.ops(),
         failure
@@ -301,7 +302,7 @@ pub fn explain(
     match &written {
         Ok(()) => text.push_str(&format!(
             "plan written to {p}\nreplay the plan: {} replay --plan {p}\n",
-            cli::binary(),
+            workload::binary(),
             p = path.display()
         )),
         Err(e) => text.push_str(&format!("the plan could not be written: {e}\n")),
@@ -354,7 +355,7 @@ pub fn merge(paths: &[PathBuf], json: bool, report: Option<&Path>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(cli::EXIT_USAGE)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

@@ -7,7 +7,7 @@
 
 #![cfg(madsim)]
 
-use flashsale_sim::failure::Failure;
+use flashsale_check::failure::Failure;
 use flashsale_sim::plan::Plan;
 use flashsale_sim::shrink;
 use flashsale_sim::store::Bug;
@@ -123,7 +123,8 @@ fn a_panic_fails_its_seed_with_its_message_request_and_last_trace_lines() {
     let failure = report.failure.expect("the planted panic fails the seed");
     assert_eq!(failure.kind, "panic: panic");
     assert!(
-        failure.message.contains("planted panic-in-commit") && failure.message.contains("store.rs"),
+        failure.message.contains("planted panic-in-commit")
+            && failure.message.contains("sim/src/store/statements.rs"),
         "the message and where: {failure}"
     );
     assert!(

@@ -1,12 +1,14 @@
 //! The commit-order replay over any storage: [`Logged`] wraps a [`Storage`] (the real SQL one in
-//! the server's tests) and logs every transaction's end as [`refine`] reads it, and [`Noting`]
-//! wraps a [`Clock`] so each request's clock readings are noted in its [`refine::OP`]. With a
-//! service built over both (and [`refine::RequestContexts`] as its batch scope), requests run
+//! the server's tests) and logs every transaction's end as [`crate::refine`] reads it, and [`Noting`]
+//! wraps a [`Clock`] so each request's clock readings are noted in its [`recording::OP`]. With a
+//! service built over both (and [`recording::RequestContexts`] as its batch scope), requests run
 //! inside `OP.scope`, and `refine::check` then replays the log through the core's ledger against
 //! the database's own final rows and every answer the clients got.
 //!
 //! Every locking read is also checked against the core's global lock order
-//! ([`flashsale_core::LockOrder`]): a lock taken against it fails its request.
+//! ([`flashsale_core::LockOrder`]): a lock taken against it fails its request. What a transaction
+//! logs and the lock-order check are the [`TxObserver`]'s, which the simulator's storage feeds
+//! too.
 //!
 //! The log is in commit order because commits take one gate in turn: a transaction commits and
 //! logs its entry while it holds the gate, so no transaction that saw its writes can log before
@@ -18,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flashsale_core::{
-    Cents, Hold, HoldId, IdempotencyKey, Inserted, LockOrder, Order, OrderId, Product, ProductId,
-    Qty, RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
+    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
+    RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::store::{
@@ -27,13 +29,14 @@ use flashsale_server::store::{
 };
 use tokio::task::JoinHandle;
 
-use crate::refine::{self, Ending, Entry};
+use crate::observer::{CommitLog, TxObserver};
+use crate::recording::{self, Entry};
 
 /// What a storage's transactions share: the commit gate and the log.
 #[derive(Debug)]
 struct Shared {
     gate: tokio::sync::Mutex<()>,
-    log: Mutex<Vec<Entry>>,
+    log: Mutex<CommitLog>,
     tx_last: AtomicU64,
     started: tokio::time::Instant,
     /// Rollbacks still logging.
@@ -64,7 +67,7 @@ impl<S> Logged<S> {
             inner,
             shared: Arc::new(Shared {
                 gate: tokio::sync::Mutex::new(()),
-                log: Mutex::new(Vec::new()),
+                log: Mutex::new(CommitLog::default()),
                 tx_last: AtomicU64::new(0),
                 started: tokio::time::Instant::now(),
                 ending: Mutex::new(Vec::new()),
@@ -115,7 +118,7 @@ impl<S> Logged<S> {
     pub async fn log(&self) -> Vec<Entry> {
         self.settle().await;
         let _gate = self.shared.gate.lock().await;
-        lock(&self.shared.log).clone()
+        lock(&self.shared.log).entries().to_vec()
     }
 }
 
@@ -138,12 +141,7 @@ where
         Ok(LoggedTx {
             inner: Some(inner),
             shared: self.shared.clone(),
-            ending: Ending {
-                tx,
-                ..Ending::default()
-            },
-            locked_product: None,
-            locks: LockOrder::default(),
+            observer: TxObserver::new(tx),
         })
     }
 }
@@ -153,11 +151,8 @@ pub struct LoggedTx<T: Transaction + 'static> {
     /// `None` once it committed.
     inner: Option<T>,
     shared: Arc<Shared>,
-    ending: Ending,
-    /// The product it locked last: a sweep's transaction writes that product's rows.
-    locked_product: Option<ProductId>,
-    /// Its locking reads, checked against the core's global lock order.
-    locks: LockOrder,
+    /// Its locking reads and what its end logs.
+    observer: TxObserver,
 }
 
 impl<T: Transaction + 'static> LoggedTx<T> {
@@ -169,19 +164,12 @@ impl<T: Transaction + 'static> LoggedTx<T> {
 
     /// Notes a lock the transaction took; one against the global order fails the request.
     fn took(&mut self, lock: RowLock) -> StoreResult<()> {
-        self.locks.take(lock).map_err(|out_of_order| {
-            StoreError::Database(format!("tx{}: {out_of_order}", self.ending.tx))
-        })
+        (self.observer.took(lock)).map_err(|failure| StoreError::Database(failure.message))
     }
 
-    /// This transaction's end for the requests it serves now.
-    fn entries(&mut self) -> Vec<Entry> {
-        let mut ending = std::mem::take(&mut self.ending);
-        ending.at_us = self.shared.since_start_us();
-        if ending.wrote {
-            ending.product_written = self.locked_product;
-        }
-        ending.entries(refine::current())
+    /// This transaction's end for the requests it serves now, committed or rolled back.
+    fn entries(&mut self, committed: bool) -> Vec<Entry> {
+        self.observer.end(committed, self.shared.since_start_us())
     }
 }
 
@@ -192,8 +180,7 @@ impl<T: Transaction + 'static> Drop for LoggedTx<T> {
         };
         // Rolled back: nothing written, so only answered requests log, at the point their
         // answer was decided; the locks are held until the entry is in the log.
-        self.ending.wrote = false;
-        let entries = self.entries();
+        let entries = self.entries(false);
         if entries.is_empty() {
             return;
         }
@@ -217,7 +204,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         // A failed commit committed nothing here (no commit answer is lost on these storages);
         // the request retries or fails, and its retry logs.
         inner.commit().await?;
-        let entries = self.entries();
+        let entries = self.entries(true);
         lock(&shared.log).extend(entries);
         Ok(())
     }
@@ -231,7 +218,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 
     async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
-        self.locked_product = ids.last().copied();
+        self.observer.locking_products(ids);
         for &id in ids {
             self.took(RowLock::Product(id))?;
         }
@@ -245,8 +232,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         stock: Qty,
     ) -> StoreResult<Product> {
         let product = self.tx()?.insert_product(name, price_cents, stock).await?;
-        self.ending.wrote = true;
-        self.ending.products_inserted.push(product.id.0);
+        self.observer.inserted_product(product.id);
         Ok(product)
     }
 
@@ -289,22 +275,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         let inserted = self.tx()?.write(writes).await?;
-        if !writes.is_empty() {
-            self.ending.wrote = true;
-        }
-        let ending = &mut self.ending;
-        ending
-            .holds_inserted
-            .extend(inserted.holds.iter().map(|h| h.0));
-        ending
-            .orders_inserted
-            .extend(inserted.orders.iter().map(|o| o.0));
-        ending.keys_recorded.extend(
-            writes
-                .request_keys
-                .iter()
-                .map(|record| record.key.as_str().to_owned()),
-        );
+        self.observer.wrote(writes, &inserted);
         Ok(inserted)
     }
 
@@ -323,8 +294,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
             self.took(RowLock::RequestKey(key.clone()))?;
         }
         let records = self.tx()?.lock_request_keys(keys).await?;
-        let found = records.iter().map(|r| r.key.as_str().to_owned());
-        self.ending.keys_found.extend(found);
+        self.observer.found(&records);
         Ok(records)
     }
 
@@ -373,7 +343,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 }
 
-/// A clock that notes every wall-clock reading in the current request's [`refine::OP`] (or its
+/// A clock that notes every wall-clock reading in the current request's [`recording::OP`] (or its
 /// batch's), the reading its decision is replayed at.
 #[derive(Clone, Debug)]
 pub struct Noting<C>(pub C);
@@ -381,7 +351,7 @@ pub struct Noting<C>(pub C);
 impl<C: Clock> Clock for Noting<C> {
     fn now(&self) -> Timestamp {
         let now = self.0.now();
-        refine::note_now(now);
+        recording::note_now(now);
         now
     }
 

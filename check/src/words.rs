@@ -8,7 +8,7 @@ use flashsale_core::{
     WebhookRecord,
 };
 
-use crate::refine::{Answer, Request, Seen, Target};
+use crate::history::{Answer, Request, Seen, Target};
 
 /// The wall clock the simulated world starts at, 2026-01-01T00:00:00Z, which times are written
 /// from.

@@ -1,0 +1,392 @@
+//! The service's statements as InnoDB would run them in a simulated transaction (locking reads,
+//! the write of a write-set, the sweeper's queries), and its commit: unique keys, the planted
+//! bugs, the invariants on the whole state, the trace, and a commit whose answer is lost.
+
+use std::collections::BTreeSet;
+
+use flashsale_check::failure::{Check, Failure};
+use flashsale_core::{
+    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order, OrderId, Product,
+    ProductId, Qty, ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WriteSet,
+};
+use flashsale_server::store::{
+    Dump, ProductRead, RecordKind, StoreError, StoreResult, Transaction,
+};
+use madsim::rand::{Rng, thread_rng};
+
+use super::bug::{Bug, PANIC_AT_WEBHOOK};
+use super::locks::release_locks;
+use super::tables::{Row, RowKey, row_words};
+use super::tx::{SimTx, missing};
+use super::{sim_us, tx_event, violated};
+
+impl Transaction for SimTx {
+    async fn commit(mut self) -> StoreResult<()> {
+        self.step().await?;
+        let writes = std::mem::take(&mut self.writes);
+        let answer_lost = {
+            let mut shared = self.store.shared();
+            for row in writes.values() {
+                // The primary keys: a concurrent insert of the same key commits first. Every
+                // webhook and request-key write of the service is an insert.
+                let exists = match row {
+                    Row::Webhook(w) => {
+                        let planted = shared.bug == Some(Bug::ApplyWebhookTwice);
+                        shared.tables.webhooks.contains_key(w.key.as_str()) && !planted
+                    }
+                    Row::RequestKey(r) => shared.tables.request_keys.contains_key(r.key.as_str()),
+                    _ => false,
+                };
+                if exists {
+                    drop(shared);
+                    self.rollback();
+                    return Err(StoreError::Contention("1062 duplicate key".into()));
+                }
+            }
+            let webhooks = writes
+                .values()
+                .filter(|row| matches!(row, Row::Webhook(_)))
+                .count();
+            if shared.bug == Some(Bug::PanicInCommit)
+                && webhooks > 0
+                && shared.tables.webhooks.len().saturating_add(webhooks) >= PANIC_AT_WEBHOOK
+            {
+                drop(shared);
+                panic!(
+                    "planted panic-in-commit: tx{} writes webhook record {PANIC_AT_WEBHOOK}",
+                    self.id
+                );
+            }
+            let entries = self.observer.end(true, sim_us());
+            if entries.len() > 1 {
+                shared.counts.batched += entries.len() as u64;
+                let products: BTreeSet<u64> = (writes.values())
+                    .filter_map(|row| match row {
+                        Row::Product(p) => Some(p.id.0),
+                        _ => None,
+                    })
+                    .collect();
+                if products.len() > 1 {
+                    shared.counts.batched_products += 1;
+                }
+                let kinds: BTreeSet<&str> = entries.iter().map(|e| kind(&e.command)).collect();
+                if kinds.len() > 1 {
+                    shared.counts.batched_kinds += 1;
+                }
+                let releases = writes.values().any(|row| {
+                    matches!(row, Row::Hold(h) if h.state == HoldState::Released(ReleaseReason::Expired)
+                        && shared.tables.holds.get(&h.id.0).is_some_and(|old| old.state == HoldState::Held))
+                });
+                if releases {
+                    shared.counts.batched_releasing += 1;
+                }
+            }
+            if entries.is_empty() && !writes.is_empty() {
+                let failure = Failure::new(
+                    Check::Refinement,
+                    "commit outside any request",
+                    format!("transaction tx{} committed outside any request", self.id),
+                );
+                shared.violation.get_or_insert(failure);
+            }
+            shared.log.extend(entries);
+            for row in writes.into_values() {
+                let (product, text) = row_words(&row);
+                let event = tx_event(self.id, product, format!("commit: {text}"));
+                shared.trace.record(event);
+                shared.tables.put(row);
+            }
+            shared.counts.commits += 1;
+            if shared.violation.is_none()
+                && let Err(violation) = shared.tables.ledger().check_invariants()
+            {
+                shared.violation = Some(violated(&violation, self.id));
+            }
+            let lost = thread_rng().gen_bool(shared.faults.commit_answer_lost.clamp(0.0, 1.0));
+            if lost {
+                shared.counts.commit_answer_lost += 1;
+                let text = "fault injected: the commit applied, its answer is lost".to_owned();
+                shared.trace.record(tx_event(self.id, None, text));
+            }
+            self.open = false;
+            release_locks(&mut shared, self.id);
+            lost
+        };
+        if answer_lost && self.bug() == Some(Bug::LostCommitAsLostConnection) {
+            Err(StoreError::Connection(
+                "commit answer lost (injected)".into(),
+            ))
+        } else if answer_lost {
+            Err(StoreError::CommitUnknown(
+                "commit answer lost (injected)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn product_view(
+        &mut self,
+        id: ProductId,
+        now: Timestamp,
+    ) -> StoreResult<Option<ProductRead>> {
+        self.step().await?;
+        let Some(product) = self.product_row(id) else {
+            return Ok(None);
+        };
+        let mut expired = self.expired_of(id, now);
+        if self.bug() == Some(Bug::ReadDeadlineAsHeld) {
+            expired.retain(|h| h.expires_at != now);
+        }
+        let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
+        Ok(Some(ProductRead {
+            product,
+            units_expired: Qty(expired
+                .iter()
+                .fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
+            next_deadline: live.map(|h| h.expires_at).min(),
+        }))
+    }
+
+    async fn lock_products(&mut self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
+        self.observer.locking_products(ids);
+        self.step().await?;
+        let mut products = Vec::new();
+        for &id in ids {
+            if self.bug() != Some(Bug::SkipProductLock) {
+                self.lock(RowKey::Product(id.0)).await?;
+            }
+            products.extend(self.product_row(id));
+        }
+        Ok(products)
+    }
+
+    async fn insert_product(
+        &mut self,
+        name: &str,
+        price_cents: Cents,
+        stock: Qty,
+    ) -> StoreResult<Product> {
+        self.step().await?;
+        let id = ProductId(self.next_id(0));
+        let product = Product {
+            id,
+            name: name.to_owned(),
+            price_cents,
+            stock,
+            units_held: Qty::ZERO,
+            units_received: u64::from(stock.0),
+        };
+        self.stage(Row::Product(product.clone()));
+        self.observer.inserted_product(id);
+        Ok(product)
+    }
+
+    async fn expired_holds(
+        &mut self,
+        products: &[ProductId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Hold>> {
+        self.step().await?;
+        let expired: Vec<Hold> = products
+            .iter()
+            .flat_map(|&id| self.expired_of(id, now))
+            .collect();
+        for hold in &expired {
+            self.lock(RowKey::Hold(hold.id.0)).await?;
+        }
+        Ok(expired)
+    }
+
+    async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
+        self.step().await?;
+        let mut inserted = Inserted::default();
+        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
+        for counters in &writes.products {
+            let mut product = self
+                .product_row(counters.id)
+                .ok_or_else(|| missing("product", counters.id.0))?;
+            product.set_counters(*counters);
+            self.stage(Row::Product(product));
+        }
+        for &(hold_id, reason) in &writes.holds_released {
+            // An UPDATE takes the row's lock, as InnoDB's would.
+            self.lock(RowKey::Hold(hold_id.0)).await?;
+            let planted = self.bug() == Some(Bug::ForgetReleaseExpired);
+            if planted && reason == ReleaseReason::Expired {
+                continue;
+            }
+            self.set_hold_state(hold_id, HoldState::Released(reason))?;
+        }
+        for new in &writes.holds_inserted {
+            let hold = new.with_id(HoldId(self.next_id(1)));
+            self.stage(Row::Hold(hold));
+            inserted.holds.push(hold.id);
+        }
+        for new in &writes.orders_inserted {
+            let hold_id = inserted.hold(new.hold_id).map_err(unresolved)?;
+            let order = self.insert_order(new)?;
+            self.set_hold_state(hold_id, HoldState::Consumed(order.id))?;
+            inserted.orders.push(order.id);
+        }
+        for &(order_id, settled) in &writes.orders_updated {
+            let order_id = inserted.order(order_id).map_err(unresolved)?;
+            let order = self.order_row(order_id);
+            let order = order.ok_or_else(|| missing("order", order_id.0))?;
+            self.stage(Row::Order(order.settled(settled)));
+        }
+        for record in &writes.webhooks {
+            let record = inserted.webhook_record(record).map_err(unresolved)?;
+            self.stage(Row::Webhook(record));
+        }
+        if self.bug() != Some(Bug::ForgetRequestKey) {
+            for record in &writes.request_keys {
+                let record = inserted.request_record(record).map_err(unresolved)?;
+                self.stage(Row::RequestKey(record));
+            }
+        }
+        self.observer.wrote(writes, &inserted);
+        Ok(inserted)
+    }
+
+    async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
+        self.step().await?;
+        let mut holds = Vec::new();
+        for &id in ids {
+            // A locking read locks the rows it finds; there is no row lock for an absent id.
+            if lock && self.hold_row(id).is_some() {
+                self.lock(RowKey::Hold(id.0)).await?;
+            }
+            holds.extend(self.hold_row(id));
+        }
+        Ok(holds)
+    }
+
+    async fn orders(&mut self, ids: &[OrderId], lock: bool) -> StoreResult<Vec<Order>> {
+        self.step().await?;
+        let mut orders = Vec::new();
+        for &id in ids {
+            if lock && self.order_row(id).is_some() {
+                self.lock(RowKey::Order(id.0)).await?;
+            }
+            orders.extend(self.order_row(id));
+        }
+        Ok(orders)
+    }
+
+    async fn lock_webhooks(&mut self, keys: &[IdempotencyKey]) -> StoreResult<Vec<WebhookRecord>> {
+        self.step().await?;
+        let mut records = Vec::new();
+        for key in keys {
+            let row_key = RowKey::Webhook(key.as_str().to_owned());
+            self.lock(row_key.clone()).await?;
+            if self.bug() == Some(Bug::ApplyWebhookTwice) {
+                continue;
+            }
+            if let Some(Row::Webhook(w)) = self.read(&row_key) {
+                records.push(w);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn lock_request_keys(
+        &mut self,
+        keys: &[IdempotencyKey],
+    ) -> StoreResult<Vec<RequestRecord>> {
+        self.step().await?;
+        let mut records = Vec::new();
+        for key in keys {
+            let row_key = RowKey::RequestKey(key.as_str().to_owned());
+            self.lock(row_key.clone()).await?;
+            if let Some(Row::RequestKey(r)) = self.read(&row_key) {
+                self.observer.found(std::slice::from_ref(&r));
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
+        self.step().await?;
+        let shared = self.store.shared();
+        let holds = shared
+            .tables
+            .holds
+            .values()
+            .filter(|h| h.state == HoldState::Held && h.is_expired(now));
+        let orders = shared.tables.orders.values().filter(|o| o.is_overdue(now));
+        let ids: BTreeSet<ProductId> = holds
+            .map(|h| h.product_id)
+            .chain(orders.map(|o| o.product_id))
+            .collect();
+        Ok(ids.into_iter().take(limit as usize).collect())
+    }
+
+    async fn lock_overdue_orders(
+        &mut self,
+        products: &[ProductId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Order>> {
+        self.step().await?;
+        let overdue: Vec<Order> = {
+            let shared = self.store.shared();
+            let orders = shared.tables.orders.values();
+            orders
+                .filter(|o| products.contains(&o.product_id) && o.is_overdue(now))
+                .copied()
+                .collect()
+        };
+        let mut locked = Vec::new();
+        for order in overdue {
+            self.lock(RowKey::Order(order.id.0)).await?;
+            // Read again under the lock: a webhook may have paid it meanwhile.
+            if let Some(order) = self.order_row(order.id).filter(|o| o.is_overdue(now)) {
+                locked.push(order);
+            }
+        }
+        Ok(locked)
+    }
+
+    async fn purge_records(
+        &mut self,
+        _kind: RecordKind,
+        _before: Timestamp,
+        _limit: u32,
+    ) -> StoreResult<u64> {
+        // Not modelled: the checkers replay every record a run wrote. The world runs its
+        // services with retention off, so a call here is a bug in the world, said loudly.
+        Err(StoreError::Database(
+            "the simulated storage keeps every record; run the service with retention off".into(),
+        ))
+    }
+
+    async fn product_count(&mut self) -> StoreResult<u64> {
+        self.step().await?;
+        Ok(self.store.shared().tables.products.len() as u64)
+    }
+
+    async fn dump(&mut self) -> StoreResult<Dump> {
+        self.step().await?;
+        let shared = self.store.shared();
+        Ok(Dump {
+            products: shared.tables.products.values().cloned().collect(),
+            holds: shared.tables.holds.values().copied().collect(),
+            orders: shared.tables.orders.values().copied().collect(),
+            webhooks: shared.tables.webhooks.values().cloned().collect(),
+            request_keys: shared.tables.request_keys.values().cloned().collect(),
+        })
+    }
+}
+
+/// A command's kind, to tell batches of one kind from mixed ones.
+fn kind(command: &Command) -> &'static str {
+    match command {
+        Command::CreateProduct { .. } => "create product",
+        Command::Restock { .. } => "restock",
+        Command::PlaceHold { .. } => "hold",
+        Command::PlaceOrder { .. } => "order",
+        Command::ApplyWebhook(_) => "webhook",
+        Command::Sweep | Command::SweepProduct { .. } => "sweep",
+    }
+}

@@ -20,6 +20,8 @@
 // Test arithmetic is on small generated numbers; an overflow would panic the test, as it should.
 #![allow(clippy::arithmetic_side_effects)]
 
+// The service-layer tests' fresh databases and test service, shared with the server's tests.
+#[path = "../../server/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;

@@ -255,7 +255,7 @@ mod openapi_tests {
         }
         codes.extend(crate::refusals::AUTOMATIC.iter().map(|a| a.2.to_owned()));
         let mappings = [
-            ("../core/src/outcome.rs", "fn code("),
+            ("../core/src/errors.rs", "fn code("),
             ("src/signature.rs", "fn code("),
             ("src/routes/errors.rs", "fn not_found("),
         ];

@@ -548,7 +548,7 @@ async fn writes_after_the_database_ended_their_transaction_change_nothing() {
     let store = db.store().await;
     let mut tx = store.begin(TxMode::Write).await.expect("begin");
     tx.lock_products(&[p]).await.expect("read");
-    let SqlTx::MySql(inner) = &mut tx else {
+    let SqlTx::MySql(inner, _) = &mut tx else {
         panic!("a MariaDB store")
     };
     sqlx::query("ROLLBACK")

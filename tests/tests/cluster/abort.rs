@@ -79,6 +79,74 @@ async fn a_write_decided_before_another_nodes_write_is_a_conflict_and_changes_no
     );
 }
 
+/// A lookup by id that misses a row waits until its node has applied what the cluster committed,
+/// then reads again, so a hold granted through one node is found by an order through another
+/// right after it. The wait runs on a connection of its own: MariaDB checks causality
+/// (`wsrep_sync_wait`) only where no transaction is open, so a causal read inside the
+/// transaction is silently skipped (the cluster test saw an order through node 1 answered
+/// `unknown_hold` 10 ms after its hold was granted through node 0, while every read by id asked
+/// for one). The node counts the causal reads it made; the lookup that misses must add to them,
+/// and a lookup that finds its rows must not.
+#[tokio::test]
+async fn a_lookup_by_id_that_misses_a_row_waits_for_its_node_to_catch_up() {
+    let cluster = Galera::start(2).await;
+    let root = Database::External {
+        url: cluster.nodes[0].url(),
+    };
+    root.execute("CREATE DATABASE flashsale").await;
+    let there = connect(&cluster.nodes[0].database_url("flashsale")).await;
+    there.migrate().await.expect("the schema is migrated");
+    let here = connect(&cluster.nodes[1].database_url("flashsale")).await;
+    let mut create = there.begin(TxMode::Write).await.expect("a transaction");
+    let product = create
+        .insert_product("looked up", flashsale_core::Cents(100), Qty(10))
+        .await
+        .expect("a product");
+    create.commit().await.expect("the product is committed");
+
+    let node = &cluster.nodes[1];
+    let causal_reads = || async {
+        node.query_text(
+            "SELECT CAST(variable_value AS SIGNED) FROM information_schema.global_status \
+             WHERE variable_name = 'WSREP_CAUSAL_READS'",
+        )
+        .await
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("node 1's count of causal reads")
+    };
+
+    let mut tx = here
+        .begin(TxMode::Write)
+        .await
+        .expect("a transaction on node 1");
+    let before = causal_reads().await;
+    let found = tx
+        .lock_products(&[product.id])
+        .await
+        .expect("the product read");
+    assert_eq!(
+        found.len(),
+        1,
+        "node 1 finds the product made through node 0"
+    );
+    assert_eq!(
+        causal_reads().await,
+        before,
+        "a lookup that finds its rows does not wait"
+    );
+    let missing = tx
+        .holds(&[flashsale_core::HoldId(1)], false)
+        .await
+        .expect("the lookup of a hold that does not exist");
+    assert!(missing.is_empty(), "no hold exists: {missing:?}");
+    let after = causal_reads().await;
+    assert!(
+        after > before,
+        "the lookup that missed waited for node 1 to catch up: {before} causal reads, then {after}"
+    );
+    drop(tx);
+}
+
 async fn connect(url: &str) -> SqlStore {
     SqlStore::connect(url)
         .await

@@ -190,7 +190,8 @@ impl Seen {
             Ok(reply) => {
                 *self.statuses.entry(reply.status).or_default() += 1;
                 if let Err(wrong) = documented(&reply) {
-                    self.wrong.push(format!("{what}: {wrong}"));
+                    let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+                    self.wrong.push(format!("{at} {what}: {wrong}"));
                 }
                 Some(reply)
             }
@@ -235,7 +236,8 @@ pub async fn buy(servers: &[Endpoint], product: u64, n: u64, seen: &Arc<Mutex<Se
             &json!({"product_id": product, "qty": 1}),
         )
         .await;
-    let Some(hold) = record(seen, "hold", answer, started) else {
+    let what = format!("hold {hold_key} on {}", first.base);
+    let Some(hold) = record(seen, &what, answer, started) else {
         // The server is away: a real client would not spin on it either.
         tokio::time::sleep(Duration::from_millis(20)).await;
         return;
@@ -253,7 +255,11 @@ pub async fn buy(servers: &[Endpoint], product: u64, n: u64, seen: &Arc<Mutex<Se
             &json!({"hold_id": hold_id}),
         )
         .await;
-    if let Some(order) = record(seen, "order", answer, started)
+    let what = format!(
+        "order {order_key} on {} (hold {hold_id} on {})",
+        second.base, first.base
+    );
+    if let Some(order) = record(seen, &what, answer, started)
         && (200..300).contains(&order.status)
         && let (Some(order_id), Some(status)) = (
             order.body["order_id"].as_u64(),
@@ -277,7 +283,7 @@ pub async fn buy(servers: &[Endpoint], product: u64, n: u64, seen: &Arc<Mutex<Se
         first.webhook(&webhook_key, hold_id, status)
     );
     for answer in [once, twice] {
-        if let Some(reply) = record(seen, "webhook", answer, started)
+        if let Some(reply) = record(seen, &format!("webhook {webhook_key}"), answer, started)
             && (200..300).contains(&reply.status)
             && let Some(result) = reply.body["result"].as_str()
         {

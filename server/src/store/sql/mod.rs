@@ -6,8 +6,8 @@
 //! locks. Rows are read as tuples and parsed into core types, with every stored word and range
 //! checked on the way out ([`StoreError::Corrupt`] otherwise).
 //!
-//! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout (and, on a Galera node, causal
-//! reads for the lookups by id, `transaction::CAUSAL`): locking reads see the latest
+//! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout (and, on a Galera node, a
+//! causal wait when a lookup by id misses a row, `transaction::caught_up`): locking reads see the latest
 //! committed rows, no gap locks stretch across keys, and a concurrent insert of the same webhook
 //! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`,
 //! which needs MariaDB 10.5 or later (MySQL 8 lacks it).
@@ -214,8 +214,8 @@ impl SqlStore {
                         conn.execute("SET SESSION innodb_lock_wait_timeout = 5")
                             .await?;
                         // No causal wait on every read (a Galera node's `wsrep_sync_wait`,
-                        // which a server's own configuration may set): only the reads that
-                        // look up rows by id wait, each in its own statement ([`CAUSAL`]).
+                        // which a server's own configuration may set): only a lookup by id
+                        // that misses a row waits, on a connection of its own.
                         conn.execute("SET SESSION wsrep_sync_wait = 0").await?;
                         Ok(())
                     })
@@ -426,7 +426,8 @@ impl Storage for SqlStore {
                 if pool.galera {
                     synced(&mut tx).await?;
                 }
-                SqlTx::MySql(tx)
+                let cluster = pool.galera.then(|| pool.pool.clone());
+                SqlTx::MySql(tx, cluster)
             }
             // In WAL mode a read transaction reads one snapshot, taken at its first read.
             (SqlStore::Sqlite(pool), TxMode::Read | TxMode::Snapshot) => {
@@ -495,8 +496,9 @@ pub struct MigrationState {
 /// An open transaction on either database.
 #[derive(Debug)]
 pub enum SqlTx {
-    /// MySQL or MariaDB.
-    MySql(sqlx::Transaction<'static, MySql>),
+    /// MySQL or MariaDB; on a Galera node, with its pool, for a causal wait outside the
+    /// transaction (`transaction::caught_up`).
+    MySql(sqlx::Transaction<'static, MySql>, Option<Pool<MySql>>),
     /// SQLite.
     Sqlite(sqlx::Transaction<'static, Sqlite>),
 }
@@ -505,7 +507,7 @@ impl SqlTx {
     /// The SQL this transaction's database speaks.
     fn dialect(&self) -> Dialect {
         match self {
-            SqlTx::MySql(_) => Dialect::MySql,
+            SqlTx::MySql(..) => Dialect::MySql,
             SqlTx::Sqlite(_) => Dialect::Sqlite,
         }
     }
@@ -523,7 +525,7 @@ pub(crate) enum Dialect {
 macro_rules! on_conn {
     ($tx:expr, |$conn:ident, $dialect:ident| $($body:tt)*) => {
         match $tx {
-            $crate::store::sql::SqlTx::MySql(tx) => {
+            $crate::store::sql::SqlTx::MySql(tx, _) => {
                 #[allow(dead_code)]
                 type Db = ::sqlx::MySql;
                 let $conn = &mut **tx;

@@ -171,7 +171,7 @@ async fn a_killed_connection_is_a_lost_connection() {
 
 /// The connection id of the session `tx` runs on.
 async fn session_id(tx: &mut SqlTx) -> u64 {
-    let SqlTx::MySql(tx) = tx else {
+    let SqlTx::MySql(tx, _) = tx else {
         panic!("a mysql: URL makes MySQL transactions")
     };
     sqlx::query_scalar("SELECT CONNECTION_ID()")

@@ -1,6 +1,7 @@
 //! The steps of a SQL transaction ([`Transaction`] for [`SqlTx`]): its reads, each kind of row
 //! read in one statement with one `IN` list, locking on MySQL when the script asks (SQLite's
-//! `BEGIN IMMEDIATE` already holds the write lock), causal by id on a Galera node ([`CAUSAL`]);
+//! `BEGIN IMMEDIATE` already holds the write lock), read again after a causal wait on a Galera
+//! node when a lookup by id misses a row ([`caught_up`]);
 //! the few single-statement writes outside a write-set (a new product, a purge); the commit; and
 //! [`Transaction::write`], whose statements are in [`writes`](super::writes).
 
@@ -8,7 +9,7 @@ use flashsale_core::{
     Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
     RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, MySql, Pool};
 
 use super::decode::{
     HoldRow, OrderRow, ProductRow, RequestKeyRow, WebhookRow, hold_from_row, order_from_row,
@@ -22,7 +23,7 @@ use crate::store::{Dump, ProductRead, RecordKind, StoreError, StoreResult, Trans
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
         let committed = match self {
-            SqlTx::MySql(tx) => tx.commit().await.map_err(map_err),
+            SqlTx::MySql(tx, _) => tx.commit().await.map_err(map_err),
             SqlTx::Sqlite(tx) => tx.commit().await.map_err(map_err),
         };
         // The COMMIT was sent: a connection lost now may have lost only its answer.
@@ -92,7 +93,7 @@ impl Transaction for SqlTx {
             true,
         );
         let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
-        let rows: Vec<ProductRow> = self.fetch_by_id(sql, &ids, true).await?;
+        let rows: Vec<ProductRow> = self.fetch_by_id(sql, &ids).await?;
         Ok(rows.into_iter().map(product_from_row).collect())
     }
 
@@ -187,7 +188,7 @@ impl Transaction for SqlTx {
             lock,
         );
         let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
-        let rows: Vec<HoldRow> = self.fetch_by_id(sql, &ids, lock).await?;
+        let rows: Vec<HoldRow> = self.fetch_by_id(sql, &ids).await?;
         rows.into_iter().map(hold_from_row).collect()
     }
 
@@ -204,7 +205,7 @@ impl Transaction for SqlTx {
             lock,
         );
         let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
-        let rows: Vec<OrderRow> = self.fetch_by_id(sql, &ids, lock).await?;
+        let rows: Vec<OrderRow> = self.fetch_by_id(sql, &ids).await?;
         rows.into_iter().map(order_from_row).collect()
     }
 
@@ -403,16 +404,23 @@ impl Transaction for SqlTx {
     }
 }
 
-/// The prefix of a read by id that waits, on a Galera node, until the node has applied every
-/// write set the cluster committed before it, so a hold or order made through one node is found
-/// through any other (an order placed through node B right after its hold through node A). Only
-/// these reads wait: a wait goes through the cluster's group communication and cost about a
-/// batch's whole time when every statement waited (measured on one node: hot holds 1,300 req/s
-/// with a wait on every read, 22,300 without). A locking read waits only when it misses a row
-/// ([`SqlTx::fetch_by_id`]): a write decided on a row another node changed meanwhile fails
-/// certification at commit and is retried, but a row not applied here yet is no write to
-/// certify. No effect on a server that is not in a cluster.
-const CAUSAL: &str = "SET STATEMENT wsrep_sync_wait = 1 FOR ";
+/// Waits until this Galera node has applied every write set the cluster committed before the
+/// call, on a connection of its own: a causal read (`wsrep_sync_wait`) is skipped inside an open
+/// transaction (MariaDB checks causality only when a transaction begins or a statement runs
+/// outside one), so a transaction cannot wait for itself. Rows another node committed are then
+/// committed here too, and the transaction's next statement, at READ COMMITTED, reads them: a
+/// hold granted through node A is found by an order through node B right after it. One wait
+/// is one message through the cluster's group communication, so only a lookup by id that
+/// misses a row pays it ([`SqlTx::fetch_by_id`]); a read that finds its rows stale instead
+/// (another node changed them) is a write certification fails at commit, or a read-only answer
+/// a moment old.
+async fn caught_up(cluster: &Pool<MySql>) -> StoreResult<()> {
+    sqlx::query("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
+        .execute(cluster)
+        .await
+        .map(drop)
+        .map_err(map_err)
+}
 
 /// One value of an `IN` list ([`in_list`]): a row's id or a record's key.
 enum Listed<'a> {
@@ -444,13 +452,13 @@ impl SqlTx {
     }
 
     /// The rows of `sql`, a read of rows by id with one `IN` list ([`in_list`]) of `ids`
-    /// (distinct), locking them when `lock`. On MySQL a read without locks is causal
-    /// ([`CAUSAL`]). A locking read is not, at first: a row another node changed meanwhile makes
-    /// this transaction fail certification at commit, and it is retried. But a row another node
-    /// made and this one has not applied yet is simply missing, and a refusal (an unknown hold,
-    /// say) writes nothing for certification to catch; so a locking read that misses some of
-    /// its ids is made again, causal, before the batch decides they do not exist.
-    async fn fetch_by_id<R>(&mut self, sql: String, ids: &[u64], lock: bool) -> StoreResult<Vec<R>>
+    /// (distinct), locking them when `sql` does. On a Galera node, a read that misses some of its
+    /// ids waits until the node has caught up with the cluster ([`caught_up`]) and reads again
+    /// before the batch decides they do not exist: a row another node made and this one has not
+    /// applied yet is simply missing, and a refusal (an unknown hold, say) writes nothing for
+    /// certification to catch. A row another node changed meanwhile is no such case: a write
+    /// decided on it fails certification at commit, and is retried.
+    async fn fetch_by_id<R>(&mut self, sql: String, ids: &[u64]) -> StoreResult<Vec<R>>
     where
         R: for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>
             + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
@@ -458,16 +466,14 @@ impl SqlTx {
             + Unpin,
     {
         let listed: Vec<Listed<'_>> = ids.iter().map(|&id| Listed::Id(id)).collect();
-        if self.dialect() == Dialect::Sqlite {
-            return self.fetch_listed(sql, &listed).await;
-        }
-        if !lock {
-            return self.fetch_listed(format!("{CAUSAL}{sql}"), &listed).await;
-        }
         let rows: Vec<R> = self.fetch_listed(sql.clone(), &listed).await?;
+        let SqlTx::MySql(_, Some(cluster)) = self else {
+            return Ok(rows);
+        };
         if rows.len() >= ids.len() {
             return Ok(rows);
         }
-        self.fetch_listed(format!("{CAUSAL}{sql}"), &listed).await
+        caught_up(&cluster.clone()).await?;
+        self.fetch_listed(sql, &listed).await
     }
 }

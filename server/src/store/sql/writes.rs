@@ -155,7 +155,7 @@ impl SqlTx {
     /// by one, outside it and changed nothing ([`in_transaction!`]). Never on SQLite.
     pub(super) async fn ended_under_its_writes(&mut self) -> bool {
         match self {
-            SqlTx::MySql(tx) => {
+            SqlTx::MySql(tx, _) => {
                 sqlx::query_scalar::<MySql, i64>("SELECT CAST(@@in_transaction AS SIGNED)")
                     .fetch_one(&mut **tx)
                     .await

@@ -365,6 +365,7 @@ impl Galera {
                     "--wsrep-provider-options=base_port={base};ist.recv_addr=127.0.0.1:{};\
                      evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT2S;\
                      evs.inactive_timeout=PT4S;evs.inactive_check_period=PT0.5S;\
+                     evs.install_timeout=PT4S;\
                      gcache.size=64M",
                     free_port()
                 ),
@@ -396,8 +397,14 @@ impl Galera {
         if let Some(first) = cluster.nodes.first_mut() {
             first.start(&["--wsrep-new-cluster"]).await;
         }
-        for node in cluster.nodes.iter_mut().skip(1) {
-            node.spawn(&[]);
+        // One joiner at a time: two joining at once on a loaded machine have failed to agree on
+        // the new view within the install timeout, and a node that cannot reach a primary view
+        // aborts.
+        for (i, members) in (1..size).zip(2..) {
+            if let Some(node) = cluster.nodes.get_mut(i) {
+                node.spawn(&[]);
+            }
+            cluster.wait_members(i, members).await;
         }
         for i in 0..size {
             cluster.wait_synced(i).await;
@@ -407,7 +414,13 @@ impl Galera {
 
     /// Waits until node `i` answers, is synced and sees every node in the cluster.
     pub async fn wait_synced(&mut self, i: usize) {
-        let size = self.nodes.len().to_string();
+        let size = self.nodes.len();
+        self.wait_members(i, size).await;
+    }
+
+    /// Waits until node `i` answers, is synced and sees `size` nodes in the cluster.
+    async fn wait_members(&mut self, i: usize, size: usize) {
+        let size = size.to_string();
         let node = self.nodes.get_mut(i).expect("a node of the cluster");
         node.wait_answering().await;
         let deadline = deadline_in(START_TIMEOUT);

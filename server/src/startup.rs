@@ -148,7 +148,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = PoolSettings {
         max_connections: args.db_max_connections,
         create_missing: true,
-        ..PoolSettings::default()
     };
     let waiting = Waiting {
         listener: &listener,

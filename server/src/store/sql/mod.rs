@@ -51,11 +51,6 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 /// How long a request waits for a pooled connection (reconnecting if the database went away)
 /// before it is answered that the database is unavailable.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a COMMIT on MySQL may go unanswered, by default, before its requests are answered
-/// that their outcome is unknown (503 `commit_unknown`): a Galera cluster changing its membership
-/// holds every commit until the new view is installed, which on a loaded machine has taken ten
-/// seconds, and a client is better told at once than left waiting ([`PoolSettings::commit_within`]).
-pub const COMMIT_WITHIN_DEFAULT: Duration = Duration::from_secs(3);
 /// How long SQLite waits for the write lock before answering busy.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection idle for longer than this is pinged before it is handed out (the
@@ -94,7 +89,6 @@ pub enum SqlStore {
 pub struct MySqlPool {
     pool: Pool<MySql>,
     galera: bool,
-    commit_within: Duration,
 }
 
 impl std::ops::Deref for MySqlPool {
@@ -143,12 +137,6 @@ pub struct PoolSettings {
     /// Whether a SQLite file that does not exist is created (serving, migrating) or is an
     /// error (commands that only read must not leave an empty database behind).
     pub create_missing: bool,
-    /// How long a COMMIT on MySQL may go unanswered before the transaction's requests are told
-    /// their outcome is unknown ([`StoreError::CommitUnknown`]); the COMMIT itself goes on, and
-    /// the connection returns to the pool once it is answered. Also the longest a Galera node's
-    /// causal wait may take ([`StoreError::Unavailable`] after it). Not on SQLite, whose commit
-    /// is local.
-    pub commit_within: Duration,
 }
 
 impl Default for PoolSettings {
@@ -156,7 +144,6 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: None,
             create_missing: true,
-            commit_within: COMMIT_WITHIN_DEFAULT,
         }
     }
 }
@@ -236,11 +223,7 @@ impl SqlStore {
                 .connect_with(options)
                 .await
                 .map_err(unreachable)?;
-            Ok(SqlStore::MySql(MySqlPool {
-                pool,
-                galera,
-                commit_within: settings.commit_within,
-            }))
+            Ok(SqlStore::MySql(MySqlPool { pool, galera }))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(map_err)?
@@ -443,11 +426,8 @@ impl Storage for SqlStore {
                 if pool.galera {
                     synced(&mut tx).await?;
                 }
-                let waits = Waits {
-                    cluster: pool.galera.then(|| pool.pool.clone()),
-                    within: pool.commit_within,
-                };
-                SqlTx::MySql(tx, waits)
+                let cluster = pool.galera.then(|| pool.pool.clone());
+                SqlTx::MySql(tx, cluster)
             }
             // In WAL mode a read transaction reads one snapshot, taken at its first read.
             (SqlStore::Sqlite(pool), TxMode::Read | TxMode::Snapshot) => {
@@ -516,8 +496,9 @@ pub struct MigrationState {
 /// An open transaction on either database.
 #[derive(Debug)]
 pub enum SqlTx {
-    /// MySQL or MariaDB, with how long its commit and causal waits may take.
-    MySql(sqlx::Transaction<'static, MySql>, Waits),
+    /// MySQL or MariaDB; on a Galera node, with its pool, for a causal wait outside the
+    /// transaction (`transaction::caught_up`).
+    MySql(sqlx::Transaction<'static, MySql>, Option<Pool<MySql>>),
     /// SQLite.
     Sqlite(sqlx::Transaction<'static, Sqlite>),
 }
@@ -530,16 +511,6 @@ impl SqlTx {
             SqlTx::Sqlite(_) => Dialect::Sqlite,
         }
     }
-}
-
-/// What a MySQL transaction waits for outside its own statements, and for how long.
-#[derive(Clone, Debug)]
-pub struct Waits {
-    /// On a Galera node, its pool, for a causal wait outside the transaction
-    /// (`transaction::caught_up`).
-    cluster: Option<Pool<MySql>>,
-    /// How long a COMMIT or a causal wait may go unanswered ([`PoolSettings::commit_within`]).
-    within: Duration,
 }
 
 /// Which SQL to speak.

@@ -9,8 +9,6 @@ use flashsale_core::{
     Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
     RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
-use std::time::Duration;
-
 use sqlx::{AssertSqlSafe, MySql, Pool};
 
 use super::decode::{
@@ -25,23 +23,7 @@ use crate::store::{Dump, ProductRead, RecordKind, StoreError, StoreResult, Trans
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
         let committed = match self {
-            // The COMMIT runs on a task of its own, so that a COMMIT left unanswered past the
-            // bound goes on and returns its connection to the pool when answered, never cut
-            // off in the middle of the protocol.
-            SqlTx::MySql(tx, waits) => {
-                match within(
-                    waits.within,
-                    async move { tx.commit().await.map_err(map_err) },
-                )
-                .await
-                {
-                    Some(committed) => committed,
-                    None => Err(StoreError::CommitUnknown(format!(
-                        "no answer to COMMIT within {:?}; it may still commit",
-                        waits.within
-                    ))),
-                }
-            }
+            SqlTx::MySql(tx, _) => tx.commit().await.map_err(map_err),
             SqlTx::Sqlite(tx) => tx.commit().await.map_err(map_err),
         };
         // The COMMIT was sent: a connection lost now may have lost only its answer.
@@ -432,36 +414,12 @@ impl Transaction for SqlTx {
 /// misses a row pays it ([`SqlTx::fetch_by_id`]); a read that finds its rows stale instead
 /// (another node changed them) is a write certification fails at commit, or a read-only answer
 /// a moment old.
-async fn caught_up(cluster: Pool<MySql>, bound: Duration) -> StoreResult<()> {
-    let wait = async move {
-        sqlx::query("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
-            .execute(&cluster)
-            .await
-            .map(drop)
-            .map_err(map_err)
-    };
-    within(bound, wait).await.unwrap_or_else(|| {
-        Err(StoreError::Unavailable(format!(
-            "this Galera node did not catch up with its cluster within {bound:?}"
-        )))
-    })
-}
-
-/// Runs `step` on a task of its own and waits for it at most `bound`: `None` past it, while
-/// the step goes on to its end (a statement cut off mid-protocol would leave its connection
-/// in an unknown state). A task that panicked is an error, not a panic here.
-async fn within<T: Send + 'static>(
-    bound: Duration,
-    step: impl Future<Output = StoreResult<T>> + Send + 'static,
-) -> Option<StoreResult<T>> {
-    let task = tokio::spawn(step);
-    match tokio::time::timeout(bound, task).await {
-        Ok(Ok(done)) => Some(done),
-        Ok(Err(failed)) => Some(Err(StoreError::Connection(format!(
-            "the database step's task failed: {failed}"
-        )))),
-        Err(_) => None,
-    }
+async fn caught_up(cluster: &Pool<MySql>) -> StoreResult<()> {
+    sqlx::query("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
+        .execute(cluster)
+        .await
+        .map(drop)
+        .map_err(map_err)
 }
 
 /// One value of an `IN` list ([`in_list`]): a row's id or a record's key.
@@ -509,16 +467,13 @@ impl SqlTx {
     {
         let listed: Vec<Listed<'_>> = ids.iter().map(|&id| Listed::Id(id)).collect();
         let rows: Vec<R> = self.fetch_listed(sql.clone(), &listed).await?;
-        let SqlTx::MySql(_, waits) = self else {
-            return Ok(rows);
-        };
-        let Some(cluster) = waits.cluster.clone() else {
+        let SqlTx::MySql(_, Some(cluster)) = self else {
             return Ok(rows);
         };
         if rows.len() >= ids.len() {
             return Ok(rows);
         }
-        caught_up(cluster, waits.within).await?;
+        caught_up(&cluster.clone()).await?;
         self.fetch_listed(sql, &listed).await
     }
 }

@@ -23,21 +23,7 @@ use crate::mariadbd::Galera;
 /// aborts the transaction, and its decision from the stale read is refused as a conflict.
 #[tokio::test]
 async fn a_write_decided_before_another_nodes_write_is_a_conflict_and_changes_nothing() {
-    let cluster = Galera::start(2).await;
-    let root = Database::External {
-        url: cluster.nodes[0].url(),
-    };
-    root.execute("CREATE DATABASE flashsale").await;
-    let here = connect(&cluster.nodes[0].database_url("flashsale")).await;
-    here.migrate().await.expect("the schema is migrated");
-    let there = connect(&cluster.nodes[1].database_url("flashsale")).await;
-
-    let mut create = here.begin(TxMode::Write).await.expect("a transaction");
-    let product = create
-        .insert_product("contested", flashsale_core::Cents(100), Qty(10))
-        .await
-        .expect("a product");
-    create.commit().await.expect("the product is committed");
+    let (_cluster, root, [here, there], product) = two_nodes_with_a_product("contested").await;
 
     // Here: read and lock the product, decide nothing yet.
     let mut stale = here.begin(TxMode::Write).await.expect("a transaction");
@@ -89,20 +75,7 @@ async fn a_write_decided_before_another_nodes_write_is_a_conflict_and_changes_no
 /// and a lookup that finds its rows must not.
 #[tokio::test]
 async fn a_lookup_by_id_that_misses_a_row_waits_for_its_node_to_catch_up() {
-    let cluster = Galera::start(2).await;
-    let root = Database::External {
-        url: cluster.nodes[0].url(),
-    };
-    root.execute("CREATE DATABASE flashsale").await;
-    let there = connect(&cluster.nodes[0].database_url("flashsale")).await;
-    there.migrate().await.expect("the schema is migrated");
-    let here = connect(&cluster.nodes[1].database_url("flashsale")).await;
-    let mut create = there.begin(TxMode::Write).await.expect("a transaction");
-    let product = create
-        .insert_product("looked up", flashsale_core::Cents(100), Qty(10))
-        .await
-        .expect("a product");
-    create.commit().await.expect("the product is committed");
+    let (cluster, _root, [_there, here], product) = two_nodes_with_a_product("looked up").await;
 
     let node = &cluster.nodes[1];
     let causal_reads = || async {
@@ -147,6 +120,28 @@ async fn a_lookup_by_id_that_misses_a_row_waits_for_its_node_to_catch_up() {
     drop(tx);
 }
 
+/// A two-node cluster with the schema, a store on each node, and a product of ten units made
+/// through node 0.
+async fn two_nodes_with_a_product(
+    name: &str,
+) -> (Galera, Database, [SqlStore; 2], flashsale_core::Product) {
+    let cluster = Galera::start(2).await;
+    let root = Database::External {
+        url: cluster.nodes[0].url(),
+    };
+    root.execute("CREATE DATABASE flashsale").await;
+    let first = connect(&cluster.nodes[0].database_url("flashsale")).await;
+    first.migrate().await.expect("the schema is migrated");
+    let second = connect(&cluster.nodes[1].database_url("flashsale")).await;
+    let mut create = first.begin(TxMode::Write).await.expect("a transaction");
+    let product = create
+        .insert_product(name, flashsale_core::Cents(100), Qty(10))
+        .await
+        .expect("a product");
+    create.commit().await.expect("the product is committed");
+    (cluster, root, [first, second], product)
+}
+
 async fn connect(url: &str) -> SqlStore {
     SqlStore::connect(url)
         .await
@@ -188,19 +183,7 @@ async fn stock_on(root: &Database, product: u64) -> u32 {
 /// (1180, a conflict the service retries). Nothing of either refused commit is anywhere.
 #[tokio::test]
 async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_healed() {
-    let mut cluster = Galera::start(2).await;
-    let root = Database::External {
-        url: cluster.nodes[0].url(),
-    };
-    root.execute("CREATE DATABASE flashsale").await;
-    let here = connect(&cluster.nodes[0].database_url("flashsale")).await;
-    here.migrate().await.expect("the schema is migrated");
-    let mut create = here.begin(TxMode::Write).await.expect("a transaction");
-    let product = create
-        .insert_product("cut off", flashsale_core::Cents(100), Qty(10))
-        .await
-        .expect("a product");
-    create.commit().await.expect("the product is committed");
+    let (mut cluster, root, [here, _there], product) = two_nodes_with_a_product("cut off").await;
 
     let mut tx = here.begin(TxMode::Write).await.expect("a transaction");
     tx.lock_products(&[product.id]).await.expect("a read");

@@ -411,9 +411,8 @@ impl Transaction for SqlTx {
 /// committed here too, and the transaction's next statement, at READ COMMITTED, reads them: a
 /// hold granted through node A is found by an order through node B right after it. One wait
 /// is one message through the cluster's group communication, so only a lookup by id that
-/// misses a row pays it ([`SqlTx::fetch_by_id`]); a read that finds its rows stale instead
-/// (another node changed them) is a write certification fails at commit, or a read-only answer
-/// a moment old.
+/// misses a row pays it ([`SqlTx::fetch_by_id`]). A row found stale (another node changed it
+/// since) needs no wait: a write decided on it fails certification at commit and is retried.
 async fn caught_up(cluster: &Pool<MySql>) -> StoreResult<()> {
     sqlx::query("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
         .execute(cluster)
@@ -467,13 +466,11 @@ impl SqlTx {
     {
         let listed: Vec<Listed<'_>> = ids.iter().map(|&id| Listed::Id(id)).collect();
         let rows: Vec<R> = self.fetch_listed(sql.clone(), &listed).await?;
-        let SqlTx::MySql(_, Some(cluster)) = self else {
-            return Ok(rows);
+        let cluster = match self {
+            SqlTx::MySql(_, Some(cluster)) if rows.len() < ids.len() => cluster.clone(),
+            _ => return Ok(rows),
         };
-        if rows.len() >= ids.len() {
-            return Ok(rows);
-        }
-        caught_up(&cluster.clone()).await?;
+        caught_up(&cluster).await?;
         self.fetch_listed(sql, &listed).await
     }
 }

@@ -6,10 +6,10 @@
 //! for the cluster, the Galera provider (Debian's `galera-4`); `bash .ci/mariadb.sh` installs
 //! them. A missing one fails the test saying so: these tests never skip.
 //!
-//! Every port comes from the kernel (bind to port 0, read it, let go), so tests in parallel and
-//! a MariaDB already on 3306 never collide. A node's data directory lives under the system's
-//! temporary directory and is removed when the server is dropped, unless `FLASHSALE_KEEP_NODES` is
-//! set.
+//! Every port comes from the kernel (bind to port 0, read it, let go), never the same twice in one
+//! process, so tests in parallel and a MariaDB already on 3306 never collide. A node's data
+//! directory lives under the system's temporary directory and is removed when the server is
+//! dropped, unless `FLASHSALE_KEEP_NODES` is set.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,10 +25,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Numbers this process's servers, for their directory names.
 static SERVERS: AtomicU32 = AtomicU32::new(0);
 
-/// A free TCP port on 127.0.0.1, as the kernel picks one.
+/// Every port [`free_port`] has handed out in this process.
+static PORTS_GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free TCP port on 127.0.0.1, as the kernel picks one, and never one this process was given
+/// before: a port is let go as soon as it is read, and the kernel may pick the same one again for
+/// the next call (it did: two Galera nodes were given one group-communication port).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port is bound");
-    listener.local_addr().expect("a bound address").port()
+    let mut given = PORTS_GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port is bound");
+        let port = listener.local_addr().expect("a bound address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One `mariadbd` process of the test's own.

@@ -87,12 +87,6 @@ impl TxObserver {
         ending
             .orders_inserted
             .extend(inserted.orders.iter().map(|o| o.0));
-        ending.keys_recorded.extend(
-            writes
-                .request_keys
-                .iter()
-                .map(|record| record.key.as_str().to_owned()),
-        );
     }
 
     /// Notes the client request keys whose records a locking read found: the requests the

@@ -178,8 +178,6 @@ pub struct Ending {
     pub orders_inserted: Vec<u64>,
     /// Products it inserted (storage ids).
     pub products_inserted: Vec<u64>,
-    /// Client idempotency keys whose records it wrote.
-    pub keys_recorded: Vec<String>,
     /// The product whose rows it wrote: a sweep's transaction is the sweep of that product.
     pub product_written: Option<ProductId>,
 }
@@ -218,7 +216,6 @@ impl Ending {
                 holds_inserted: std::mem::take(&mut self.holds_inserted),
                 orders_inserted: std::mem::take(&mut self.orders_inserted),
                 products_inserted: std::mem::take(&mut self.products_inserted),
-                keys_recorded: self.keys_recorded.clone(),
             });
         }
         entries
@@ -252,6 +249,4 @@ pub struct Entry {
     pub orders_inserted: Vec<u64>,
     /// Products it inserted (storage ids).
     pub products_inserted: Vec<u64>,
-    /// Client idempotency keys whose records it wrote.
-    pub keys_recorded: Vec<String>,
 }

@@ -56,3 +56,19 @@ pub enum Command {
         product_id: ProductId,
     },
 }
+
+impl Command {
+    /// The product it names itself, before anything is decided: a hold's, a restock's, a
+    /// product's sweep. An order or a webhook names its product only through rows it finds.
+    pub fn product(&self) -> Option<ProductId> {
+        match self {
+            Command::PlaceHold { product_id, .. }
+            | Command::Restock { product_id, .. }
+            | Command::SweepProduct { product_id } => Some(*product_id),
+            Command::CreateProduct { .. }
+            | Command::PlaceOrder { .. }
+            | Command::ApplyWebhook(_)
+            | Command::Sweep => None,
+        }
+    }
+}

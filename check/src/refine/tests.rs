@@ -16,7 +16,6 @@ fn entry(op: u64, command: Command, now: u64) -> Entry {
     Entry {
         tx: op,
         replayed: false,
-        keys_recorded: vec![],
         op,
         command,
         key: None,

@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use flashsale_core::{
-    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, Rows, Timestamp, execute,
+    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, ProductId, Rows, Timestamp, execute,
 };
 use flashsale_sync::batch::Waiting;
 use tokio::sync::oneshot;
@@ -102,6 +102,13 @@ pub(super) fn unanswered() -> Answer {
     Err(StoreError::CommitUnknown("the batch ended without an answer".into()).into())
 }
 
+/// Names the product in the current span's `product_id`, when the driver's span has the field
+/// (the server's request span does). A span shows a field once per time it is recorded, so each
+/// request names its product once.
+pub(super) fn name_product(product_id: ProductId) {
+    tracing::Span::current().record("product_id", tracing::field::display(product_id));
+}
+
 /// A batch taken from the queue, as its commands and their replies; the queue gauge moves down
 /// by its size.
 fn taken(batch: Vec<Waiting<Command, Reply>>) -> (Vec<Command>, Vec<Reply>) {
@@ -118,11 +125,17 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// [`ServiceError::Overloaded`] at once when the queue is full; the command's own answer
     /// otherwise.
     pub async fn execute(&self, command: Command) -> Answer {
+        // The request's lines from here on (its log line above all) name the product, once: the
+        // command's own, so a refusal names it too, or else the one its outcome found.
+        let named = command.product();
+        if let Some(product_id) = named {
+            name_product(product_id);
+        }
         let answer = self.decide(command).await;
-        // The request's lines from here on (its log line above all) name the product, when the
-        // driver's span has the field (the server's request span does).
-        if let Some(product_id) = answer.as_ref().ok().and_then(Outcome::product) {
-            tracing::Span::current().record("product_id", tracing::field::display(product_id));
+        if named.is_none()
+            && let Some(product_id) = answer.as_ref().ok().and_then(Outcome::product)
+        {
+            name_product(product_id);
         }
         answer
     }

@@ -437,12 +437,16 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         qty: Qty,
     ) -> HoldAnswer {
         let ttl_ms = self.config.hold_ttl_ms;
-        hold::validate_request(qty, ttl_ms)?;
-        tracing::Span::current().record("product_id", tracing::field::display(product_id));
+        // A request refused here names its product as [`Service::execute`] names the others'.
+        let refused = |error: ServiceError| {
+            committer::name_product(product_id);
+            error
+        };
+        hold::validate_request(qty, ttl_ms).map_err(|rejection| refused(rejection.into()))?;
         if beyond_storage(product_id.0) {
-            return Err(Rejection::UnknownProduct { product_id }.into());
+            return Err(refused(Rejection::UnknownProduct { product_id }.into()));
         }
-        let _claim = self.claim(key)?;
+        let _claim = self.claim(key).map_err(refused)?;
         let command = Command::PlaceHold {
             product_id,
             qty,

@@ -13,6 +13,7 @@ on_both_databases!(
     field_errors_say_the_allowed_range,
     metrics_count_requests_holds_and_connections,
     order_and_webhook_lines_name_the_product,
+    hold_and_order_lines_name_the_product_once,
     json_request_lines_carry_the_latency_as_a_number,
 );
 
@@ -256,6 +257,75 @@ async fn order_and_webhook_lines_name_the_product(db: Db) -> TestApp {
         })
     })
     .await;
+    app
+}
+
+/// A request line names its product once, whether the hold is granted, refused by the core or
+/// refused before it; an order's line too.
+async fn hold_and_order_lines_name_the_product_once(db: Db) -> TestApp {
+    let app = spawn_app(db, &[]).await;
+    let product = app.create_product(100, 1).await;
+    let granted = app
+        .client
+        .post(app.url("/api/holds"))
+        .header("x-request-id", "hold-granted")
+        .json(&serde_json::json!({"product_id": product, "qty": 1}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(granted.status(), 201);
+    let granted: serde_json::Value = granted.json().await.expect("a hold");
+    let hold = granted["hold_id"].as_u64().expect("a hold id");
+    let asked = [
+        (
+            "/api/holds",
+            "hold-sold-out",
+            serde_json::json!({"product_id": product, "qty": 1}),
+            409,
+        ),
+        (
+            "/api/holds",
+            "hold-zero",
+            serde_json::json!({"product_id": product, "qty": 0}),
+            422,
+        ),
+        (
+            "/api/orders",
+            "order-once",
+            serde_json::json!({"hold_id": hold}),
+            201,
+        ),
+    ];
+    for (path, id, body, status) in &asked {
+        let answer = app
+            .client
+            .post(app.url(path))
+            .header("x-request-id", *id)
+            .json(body)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), *status, "{id}");
+    }
+    let wanted = format!("product_id={product}");
+    let ids = asked.iter().map(|(_, id, _, _)| *id);
+    for id in std::iter::once("hold-granted").chain(ids) {
+        let line_of = |log: &str| {
+            log.lines()
+                .find(|line| line.contains(id) && line.contains("flashsale::request"))
+                .map(str::to_owned)
+        };
+        app.poll_until("the request's line is written", async || {
+            line_of(&app.log_tail()).is_some()
+        })
+        .await;
+        let line = line_of(&app.log_tail()).unwrap_or_default();
+        assert_eq!(
+            line.matches(&wanted).count(),
+            1,
+            "{wanted} once in {line:?}"
+        );
+    }
     app
 }
 

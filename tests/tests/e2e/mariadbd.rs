@@ -32,7 +32,9 @@ static PORTS_GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new(
 /// before: a port is let go as soon as it is read, and the kernel may pick the same one again for
 /// the next call (it did: two Galera nodes were given one group-communication port).
 pub fn free_port() -> u16 {
-    let mut given = PORTS_GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = PORTS_GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port is bound");
         let port = listener.local_addr().expect("a bound address").port();

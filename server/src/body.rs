@@ -15,7 +15,7 @@ use crate::problem::{BODY_BYTES_MAX, Problem, truncated};
 
 /// Extracts a JSON body as `T`: [`json_bytes`] followed by [`parse_json`].
 ///
-/// Rejects with a [`ProblemRejection`]: 413 `payload_too_large` over [`BODY_BYTES_MAX`] bytes
+/// Rejects with a [`ProblemRejection`](crate::problem::ProblemRejection): 413 `payload_too_large` over [`BODY_BYTES_MAX`] bytes
 /// (declared or actually sent), 415 `unsupported_media_type` unless the content type is JSON,
 /// 400 `malformed_json` for invalid JSON, 422 `validation_failed` (with `field` when known)
 /// for JSON of the wrong shape.

@@ -372,7 +372,7 @@ fn label_sets(labels: &[Label]) -> Vec<Vec<metrics::Label>> {
 /// How often [`upkeep_forever`] drains the recorded histogram samples.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Drains the histograms' recorded samples into their buckets every [`UPKEEP_INTERVAL`], for
+/// Drains the histograms' recorded samples into their buckets every `UPKEEP_INTERVAL`, for
 /// as long as the server runs. The recorder keeps every sample until it is drained, and only
 /// rendering `/metrics` drains otherwise: unscraped, the server's memory grew by about 6 MiB a
 /// minute under load (16 to 72 MiB in ten minutes of `benches/soak.sh`).
@@ -394,7 +394,7 @@ pub fn set_database_up(up: bool) {
     metrics::gauge!("flashsale_database_up").set(if up { 1.0 } else { 0.0 });
 }
 
-/// Asks the database every [`DATABASE_WATCH_INTERVAL`] whether it answers, for as long as the
+/// Asks the database every `DATABASE_WATCH_INTERVAL` whether it answers, for as long as the
 /// server runs: sets `flashsale_database_up`, and logs each change. The gauge is what an alert
 /// watches; the 503s it causes are counted apart (`flashsale_database_unavailable_total`),
 /// and neither needs a request to have come.

@@ -24,7 +24,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The longest request id taken from a client.
 const REQUEST_ID_MAX: usize = 128;
 /// The ids kept from a client, as `openapi.json` declares its answers' `X-Request-Id` (a test
-/// keeps the two equal): what [`request_id`] keeps; any other id is replaced, never refused.
+/// keeps the two equal): what `request_id` keeps; any other id is replaced, never refused.
 /// Nothing that a log line or a header could misread (spaces, quotes, `=`, `;`), so an id can
 /// be pasted into a log search as it is.
 pub const REQUEST_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,128}$";

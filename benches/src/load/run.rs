@@ -1,4 +1,4 @@
-//! One measured run: the scenario's requests prepared once ([`Plan`]), then one task per
+//! One measured run: the scenario's requests prepared once (`Plan`), then one task per
 //! connection sending them back to back until the deadline (or the `--requests` budget), each
 //! with its own [`RunStats`], merged at the end.
 //!

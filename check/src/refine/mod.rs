@@ -6,7 +6,7 @@
 //! decided on rows another one changed underneath it shows up here as a difference.
 //!
 //! The log it replays is recorded as [`crate::recording`] describes; the answers and reads it
-//! checks are in [`crate::history`]'s words; [`ids`] translates the storage's ids to the
+//! checks are in [`crate::history`]'s words; `ids` translates the storage's ids to the
 //! ledger's. This module is the check itself.
 
 mod ids;

@@ -136,7 +136,7 @@ pub(super) fn with_app(
     warp::any().map(move || app.clone())
 }
 
-/// Decodes `body` as the route named `route` (as [`ROUTES`] names it) decodes its JSON body,
+/// Decodes `body` as the route named `route` (as [`ROUTES`](crate::api::ROUTES) names it) decodes its JSON body,
 /// without calling the service: what the fuzz targets drive (the webhook's after its signature
 /// check). `Ok(false)` for a route without a body.
 ///

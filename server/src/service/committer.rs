@@ -214,7 +214,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     }
 
     /// The one transaction script, for a batch of any commands: plan their row loads in the
-    /// global lock order, load, [`execute`], write, commit. Returns one answer per command, in
+    /// global lock order, load, [`execute()`], write, commit. Returns one answer per command, in
     /// order. A batch the core finds stale is decided again in two parts; one whose transaction
     /// fails on what may be one poisoned command is decided again one command at a time.
     pub fn execute_batch<'a>(

@@ -125,3 +125,148 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
     let at = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("a path item").keys() {
+                documented.insert((path.clone(), method.to_ascii_uppercase()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(path, method)| ((*path).to_owned(), (*method).to_owned()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    /// `"word"` at the start of `text` (after blanks), when `word` is a code: `[a-z_]+`.
+    fn code_literal(text: &str) -> Option<&str> {
+        let (word, _) = text.trim_start().strip_prefix('"')?.split_once('"')?;
+        let is_code = !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        is_code.then_some(word)
+    }
+
+    /// The code each `Problem::new(<status>, "<code>"` in `source` names.
+    fn problem_codes(source: &str, constructor: &str, out: &mut BTreeSet<String>) {
+        for (at, marker) in source.match_indices(constructor) {
+            let rest = source
+                .get(at.saturating_add(marker.len())..)
+                .unwrap_or_default();
+            let rest = rest
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            if let Some(word) = rest.trim_start().strip_prefix(',').and_then(code_literal) {
+                out.insert(word.to_owned());
+            }
+        }
+    }
+
+    /// The source before its tests.
+    fn without_tests(text: &str) -> &str {
+        text.split_once("#[cfg(test)]")
+            .map_or(text, |(code, _)| code)
+    }
+
+    /// Every `code` a problem can carry, read from the code that builds problems: the
+    /// literals given to `Problem::new` and the words of each error type's `code()` and of
+    /// `not_found`.
+    fn codes_in_source() -> BTreeSet<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut codes = BTreeSet::new();
+        let sources = [
+            "src/routes/mod.rs",
+            "src/routes/client.rs",
+            "src/routes/webhook.rs",
+            "src/routes/admin.rs",
+            "src/routes/operations.rs",
+            "src/routes/errors.rs",
+            "src/problem.rs",
+            "src/body.rs",
+            "src/startup.rs",
+            "src/reconcile/mod.rs",
+            "src/request_log.rs",
+        ];
+        for file in sources {
+            let text = std::fs::read_to_string(root.join(file)).expect("source");
+            problem_codes(without_tests(&text), "Problem::new(", &mut codes);
+            problem_codes(without_tests(&text), "Self::new(", &mut codes);
+        }
+        codes.extend(crate::refusals::AUTOMATIC.iter().map(|a| a.2.to_owned()));
+        let mappings = [
+            ("../core/src/errors.rs", "fn code("),
+            ("src/signature.rs", "fn code("),
+            ("src/routes/errors.rs", "fn not_found("),
+        ];
+        for (file, function) in mappings {
+            let text = std::fs::read_to_string(root.join(file)).expect("source");
+            let body = text
+                .split_once(function)
+                .and_then(|(_, rest)| rest.split_once("\n    }\n"))
+                .map(|(body, _)| body)
+                .expect("the function that maps errors to codes");
+            for piece in body.split("=> ").skip(1) {
+                if let Some(word) = code_literal(piece) {
+                    codes.insert(word.to_owned());
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn the_document_declares_the_request_id_rule_the_code_applies_on_every_operation() {
+        let doc = document();
+        // Any value is taken (the parameter has no pattern: an id is replaced, never refused);
+        // the answer's header says which ones are kept.
+        let header = &doc["components"]["headers"]["X-Request-Id"];
+        assert_eq!(
+            header["schema"]["pattern"],
+            crate::request_log::REQUEST_ID_PATTERN
+        );
+        let parameter = &doc["components"]["parameters"]["X-Request-Id"];
+        assert_eq!(parameter["schema"], json!({"type": "string"}));
+        let reference = json!({"$ref": "#/components/parameters/X-Request-Id"});
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .is_some_and(|parameters| parameters.contains(&reference));
+                assert!(declared, "{method} {path} declares X-Request-Id");
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_names_every_problem_code_and_no_other() {
+        let doc = document();
+        let documented: BTreeSet<String> =
+            doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("a code enum")
+                .iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect();
+        let built = codes_in_source();
+        assert!(built.len() > 20, "the scan finds the codes: {built:?}");
+        assert_eq!(
+            documented, built,
+            "openapi.json's Problem.code enum and the codes the server builds"
+        );
+    }
+}

@@ -239,6 +239,13 @@ pub struct ServeArgs {
     /// requests, before it is closed.
     #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// How long a request may wait for its answer: past it the client gets 503
+    /// `deadline_exceeded` with `Retry-After`, whatever the database is doing (a Galera cluster
+    /// changing its members holds every commit for seconds). A write answered so may still take
+    /// effect; a retry under the same `Idempotency-Key` answers what it did. At least 100ms.
+    #[arg(long, env = "FLASHSALE_REQUEST_DEADLINE", default_value = "5s",
+          value_parser = parse_request_deadline)]
+    pub request_deadline: Duration,
     /// How long to keep trying to reach the database at start-up before giving up (exit 1):
     /// `forever` (the default, as a supervisor such as systemd wants: the server answers
     /// `/healthz` meanwhile and serves once the database answers) or a duration, `0s` for one
@@ -262,6 +269,20 @@ pub enum ConnectTimeout {
 }
 
 /// `forever`, or a duration as humantime writes it (`0s`, `30s`, `5m`).
+/// The shortest request deadline taken: below it, a busy machine's ordinary answers would pass it.
+const REQUEST_DEADLINE_MIN: Duration = Duration::from_millis(100);
+
+fn parse_request_deadline(text: &str) -> Result<Duration, String> {
+    let deadline = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if deadline < REQUEST_DEADLINE_MIN {
+        return Err(format!(
+            "a request deadline of {text} would refuse every request; at least {} is taken",
+            humantime::format_duration(REQUEST_DEADLINE_MIN)
+        ));
+    }
+    Ok(deadline)
+}
+
 fn parse_connect_timeout(text: &str) -> Result<ConnectTimeout, String> {
     if text == "forever" {
         return Ok(ConnectTimeout::Forever);
@@ -298,4 +319,23 @@ pub struct SignArgs {
     /// Unix time to sign at; now by default.
     #[arg(long)]
     pub timestamp: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_deadline_below_the_minimum_is_refused_with_the_minimum() {
+        for short in ["0s", "99ms"] {
+            let refused = parse_request_deadline(short).expect_err(short);
+            assert!(refused.contains("100ms"), "{refused}");
+        }
+        assert_eq!(
+            parse_request_deadline("100ms"),
+            Ok(Duration::from_millis(100))
+        );
+        assert_eq!(parse_request_deadline("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_request_deadline("soon").is_err());
+    }
 }

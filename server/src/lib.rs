@@ -23,6 +23,8 @@ pub mod body;
 #[cfg(feature = "sql")]
 pub mod config;
 #[cfg(feature = "sql")]
+pub mod deadline;
+#[cfg(feature = "sql")]
 pub mod metrics;
 #[cfg(feature = "sql")]
 pub mod problem;

@@ -234,6 +234,7 @@ pub const FAMILIES: &[Family] = &[
                 "connection_lost",
                 "commit_unknown",
                 "starting",
+                "deadline",
             ],
         }],
         help: "503 answers the database caused, by cause.",

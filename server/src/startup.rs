@@ -12,6 +12,7 @@ use flashsale_core::rows::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::{ConnectTimeout, DATABASE_URL_DEFAULT, ServeArgs};
+use crate::deadline::Deadline;
 use crate::request_log::Logged;
 use crate::routes::{self, App};
 use crate::service::{self, Service};
@@ -325,6 +326,8 @@ struct Limits {
     max_connections: usize,
     /// How long a connection may take to send a request's headers or sit idle between requests.
     header_timeout: Duration,
+    /// How long a request may wait for its answer ([`Deadline`]).
+    request_deadline: Duration,
 }
 
 impl Limits {
@@ -332,6 +335,7 @@ impl Limits {
         Limits {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
             header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+            request_deadline: args.request_deadline,
         }
     }
 }
@@ -355,7 +359,10 @@ async fn serve_connections<F>(
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let service = Logged::new(warp::service(filter));
+    let service = Logged::new(Deadline::new(
+        warp::service(filter),
+        limits.request_deadline,
+    ));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -90,6 +90,9 @@ pub enum DatabaseCause {
     CommitUnknown,
     /// The server is still waiting for its database at start-up.
     Starting,
+    /// No answer within the request deadline (`--request-deadline`): the database, or the
+    /// queue before it, was too slow; a write may or may not take effect.
+    Deadline,
 }
 
 impl DatabaseCause {
@@ -100,6 +103,7 @@ impl DatabaseCause {
             DatabaseCause::ConnectionLost => "connection_lost",
             DatabaseCause::CommitUnknown => "commit_unknown",
             DatabaseCause::Starting => "starting",
+            DatabaseCause::Deadline => "deadline",
         }
     }
 }
@@ -121,6 +125,17 @@ pub(super) fn database_unavailable(cause: DatabaseCause, error: &str) -> Respons
                  the resource first",
             )
         }
+        DatabaseCause::Deadline => {
+            tracing::warn!(deadline = %error, "no answer within the request deadline");
+            Problem::new(
+                503,
+                "deadline_exceeded",
+                format!(
+                    "no answer within the request deadline ({error}); a write may still take \
+                     effect: retry under the same Idempotency-Key, or read the resource first"
+                ),
+            )
+        }
         DatabaseCause::Unreachable | DatabaseCause::ConnectionLost | DatabaseCause::Starting => {
             tracing::warn!(%error, cause = cause.as_str(), "database unavailable");
             Problem::new(
@@ -131,6 +146,12 @@ pub(super) fn database_unavailable(cause: DatabaseCause, error: &str) -> Respons
         }
     };
     retry_later(problem)
+}
+
+/// The 503 of a request not answered within `deadline` ([`crate::deadline::Deadline`]).
+pub fn deadline_passed(deadline: std::time::Duration) -> Response {
+    let deadline = humantime::format_duration(deadline).to_string();
+    database_unavailable(DatabaseCause::Deadline, &deadline)
 }
 
 /// A problem the client should retry in a second: `Retry-After: 1`.

@@ -33,7 +33,7 @@ use self::admin::{
     admin_webhooks,
 };
 use self::client::{HoldRequest, OrderRequest, hold, order, place_hold, place_order, product};
-pub use self::errors::DatabaseCause;
+pub use self::errors::{DatabaseCause, deadline_passed};
 pub use self::operations::starting_routes;
 use self::operations::{healthz, metrics, openapi, readyz};
 use self::webhook::{decode_webhook, webhook};

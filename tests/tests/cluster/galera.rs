@@ -18,21 +18,12 @@ use serde_json::json;
 use crate::binlog;
 use crate::harness::{ADMIN_TOKEN, Database, TestApp, id, spawn_on};
 use crate::mariadbd::Galera;
-use crate::workload::{ANSWER_WITHIN, Endpoint, Seen, buy_until, buy_until_within, documented};
+use crate::workload::{Endpoint, Seen, buy_until, documented};
 
 /// Units of each hot product in the burst.
 const STOCK: u32 = 50;
 /// Hold requests in the burst, spread over the instances and the hot products.
 const BURST: usize = 600;
-/// How long answers may take while the cluster changes its membership (a node killed or
-/// rejoining, cut off or healed, replaced): Galera holds every commit of the cluster until the
-/// new view is installed, and the time that takes is the cluster's, not the server's. With the
-/// test cluster's settings (`mariadbd.rs`), a view change is a suspected node declared inactive
-/// (2 s) and an install (4 s), which a node starting up on these two loaded cores has failed to
-/// acknowledge in time once and made the members install again: answers then took 9.7 s and
-/// 10.7 s (two runs of nine). Outside those phases answers keep [`ANSWER_WITHIN`].
-const VIEW_CHANGE_WITHIN: Duration = Duration::from_secs(ANSWER_WITHIN.as_secs() + 2 + 2 * 4);
-
 #[tokio::test]
 async fn three_instances_on_three_galera_nodes_never_oversell() {
     let mut cluster = Galera::start(3).await;
@@ -140,7 +131,7 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
     }
     let mut seen = Seen::default();
     let mut readyz_while_down = None;
-    let (during, _) = buy_until_within(&servers, &products, 9, 0, VIEW_CHANGE_WITHIN, async {
+    let (during, _) = buy_until(&servers, &products, 9, 0, async {
         tokio::time::sleep(Duration::from_millis(800)).await;
         for (n, product) in products.iter().enumerate() {
             restock(&apps[n % 2], *product, 5).await;
@@ -174,20 +165,13 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
     // `Retry-After` and reports not ready, while the other two go on selling. Healed, the node
     // rejoins by itself, and so does its instance.
     let refused_before = unreachable_answers(&apps[1]).await;
-    let (cut, _) = buy_until_within(
-        &servers,
-        &products,
-        6,
-        2_000_000,
-        VIEW_CHANGE_WITHIN,
-        async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            cluster.isolate(1).await;
-            not_ready(&servers[1], "the isolated node").await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            cluster.heal(1).await;
-        },
-    )
+    let (cut, _) = buy_until(&servers, &products, 6, 2_000_000, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.isolate(1).await;
+        not_ready(&servers[1], "the isolated node").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.heal(1).await;
+    })
     .await;
     seen.merge(cut);
     servers[1]
@@ -201,17 +185,10 @@ async fn three_instances_on_three_galera_nodes_never_oversell() {
 
     // Node 2 loses its disk: started again on an empty data directory, it joins by a full
     // state transfer from a donor while the buyers go on, and its instance serves again.
-    let (fresh, _) = buy_until_within(
-        &servers,
-        &products,
-        6,
-        3_000_000,
-        VIEW_CHANGE_WITHIN,
-        async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            cluster.replace(2).await;
-        },
-    )
+    let (fresh, _) = buy_until(&servers, &products, 6, 3_000_000, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.replace(2).await;
+    })
     .await;
     seen.merge(fresh);
     servers[2]

@@ -17,6 +17,7 @@ on_both_databases!(
     killed_with_sigkill_under_load_it_loses_nothing_acknowledged,
     instances_starting_together_on_an_empty_database_all_start,
     ids_beyond_the_stored_range_are_refused,
+    a_request_the_database_holds_past_its_deadline_is_answered_and_its_retry_replays,
 );
 
 /// How many kill -9 cycles.
@@ -373,5 +374,63 @@ async fn ids_beyond_the_stored_range_are_refused(db: Db) -> TestApp {
         "nothing stored: {:?}",
         dump.webhooks
     );
+    app
+}
+
+/// A hold whose product the database keeps locked is answered at the request deadline: 503
+/// `deadline_exceeded` with `Retry-After`, counted, where without a deadline it would wait out
+/// the database's lock timeout and its retries. The command stays queued: once the lock goes it
+/// takes effect, and a retry under the same key replays that one hold.
+async fn a_request_the_database_holds_past_its_deadline_is_answered_and_its_retry_replays(
+    db: Db,
+) -> TestApp {
+    let app = spawn_app(db, &["--request-deadline", "500ms"]).await;
+    let product = app.create_product(100, 5).await;
+    let body = json!({"product_id": product, "qty": 1});
+    let locker = app.lock_product(product).await;
+    let answer = app
+        .client
+        .post(app.url("/api/holds"))
+        .header("idempotency-key", "past-the-deadline")
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), 503);
+    assert_eq!(
+        answer.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "a deadline answer says when to retry"
+    );
+    let problem: serde_json::Value = answer.json().await.expect("a problem body");
+    assert_eq!(problem["code"], "deadline_exceeded", "{problem}");
+    let metrics = app.scrape().await;
+    assert!(
+        metrics.contains("flashsale_database_unavailable_total{cause=\"deadline\"} 1"),
+        "the deadline answer is counted: {metrics}"
+    );
+    locker.release().await;
+    // Retried as a client does after a 503, for as long as the first command may still be
+    // deciding.
+    let retrying = Instant::now();
+    let retried = loop {
+        let retried = app
+            .post_keyed("/api/holds", "past-the-deadline", &body)
+            .await;
+        if retried.status != 503 || retrying.elapsed() > Duration::from_secs(30) {
+            break retried;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hold = retried.expect_status(201)["hold_id"].clone();
+    assert!(
+        retried.replayed,
+        "the retry replays the first request's hold: {retried:?}"
+    );
+    let again = app
+        .post_keyed("/api/holds", "past-the-deadline", &body)
+        .await;
+    assert_eq!(again.expect_status(201)["hold_id"], hold);
+    assert_eq!(app.available(product).await, 4, "one unit held for the key");
     app
 }

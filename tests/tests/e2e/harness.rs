@@ -482,6 +482,33 @@ impl Database {
     }
 }
 
+/// A transaction of the test's own that makes a product's writes wait ([`TestApp::lock_product`]).
+pub enum Locker {
+    /// Holding SQLite's write lock.
+    Sqlite(sqlx::SqliteConnection),
+    /// Holding a MariaDB row lock.
+    MariaDb(sqlx::MySqlConnection),
+}
+
+impl Locker {
+    /// Rolls the transaction back: the writes waiting on it go on.
+    pub async fn release(self) {
+        let rolled_back = match self {
+            Locker::Sqlite(mut connection) => {
+                let done = sqlx::raw_sql("ROLLBACK").execute(&mut connection).await;
+                let _ = connection.close().await;
+                done.map(|_| ())
+            }
+            Locker::MariaDb(mut connection) => {
+                let done = sqlx::raw_sql("ROLLBACK").execute(&mut connection).await;
+                let _ = connection.close().await;
+                done.map(|_| ())
+            }
+        };
+        rolled_back.expect("the locking transaction rolls back");
+    }
+}
+
 /// Connects to the MariaDB server itself (no database), failing the test with how to start
 /// MariaDB if it does not answer: the MariaDB tests never skip.
 async fn mariadb_connect(server_url: &str) -> sqlx::MySqlConnection {
@@ -700,13 +727,45 @@ impl TestApp {
         }
     }
 
-    /// Every row of the test's database, read in one transaction on a connection of our own.
     /// Runs `sql` on the test's database behind the server's back, as an operator (or a bug)
     /// might: for tests of what the server does with rows it did not write.
     pub async fn execute(&self, sql: &'static str) {
         self.database.execute(sql).await;
     }
 
+    /// Opens a transaction behind the server's back that makes every write to product
+    /// `product_id` wait: on MariaDB it locks the product's row, on SQLite it takes the
+    /// database's write lock. It lasts until [`Locker::release`].
+    pub async fn lock_product(&self, product_id: u64) -> Locker {
+        let url = self.database.url();
+        match self.db {
+            Db::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut connection)
+                    .await
+                    .expect("the write lock is taken");
+                Locker::Sqlite(connection)
+            }
+            Db::MariaDb => {
+                let mut connection = mariadb_connect(url).await;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut connection)
+                    .await
+                    .expect("a transaction begins");
+                sqlx::query("SELECT id FROM products WHERE id = ? FOR UPDATE")
+                    .bind(product_id)
+                    .fetch_one(&mut connection)
+                    .await
+                    .expect("the product's row is locked");
+                Locker::MariaDb(connection)
+            }
+        }
+    }
+
+    /// Every row of the test's database, read in one transaction on a connection of our own.
     pub async fn dump(&self) -> Dump {
         let url = self.database.url();
         let store = SqlStore::connect(url)

@@ -2,7 +2,7 @@
 //! decision needs besides the state and `now`, so replaying a list of commands with their
 //! timestamps rebuilds the same state.
 
-use crate::ids::{Cents, HoldId, IdempotencyKey, ProductId, Qty};
+use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::rows::payment::WebhookPayload;
 
 /// One thing the service is asked to do.
@@ -46,14 +46,23 @@ pub enum Command {
     },
     /// Apply a payment webhook.
     ApplyWebhook(WebhookPayload),
-    /// Release every expired hold and cancel every order past its payment window. The ledger
-    /// runs it as one [`Command::SweepProduct`] per product.
+    /// Fold every due expiry bucket, retire every hold expired for good and cancel every order
+    /// past its payment window. The ledger runs it as [`Command::SweepProduct`]s, product by
+    /// product, until nothing is left.
     Sweep,
-    /// The same for one product only, as the server's sweeper does, one product per
-    /// transaction.
+    /// One sweep transaction on one product, as the server's sweeper commits them: fold the
+    /// product's due expiry buckets, retire those of `holds` that are held and expired for good,
+    /// cancel those of `orders` still waiting for a payment whose window has closed. The sweeper
+    /// chooses `holds` and `orders` with a read of its own, at most a chunk of each, so the
+    /// transaction's work is bounded and a replay retires the very same rows; those that changed
+    /// since are left as they are.
     SweepProduct {
         /// The product.
         product_id: ProductId,
+        /// Holds to retire, if they are held and expired for good.
+        holds: Vec<HoldId>,
+        /// Orders to cancel, if they still wait for a payment past its window.
+        orders: Vec<OrderId>,
     },
 }
 
@@ -64,7 +73,7 @@ impl Command {
         match self {
             Command::PlaceHold { product_id, .. }
             | Command::Restock { product_id, .. }
-            | Command::SweepProduct { product_id } => Some(*product_id),
+            | Command::SweepProduct { product_id, .. } => Some(*product_id),
             Command::CreateProduct { .. }
             | Command::PlaceOrder { .. }
             | Command::ApplyWebhook(_)

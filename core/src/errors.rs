@@ -8,6 +8,7 @@ use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::rows::hold::{HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 use crate::rows::order::{PAYMENT_WINDOW_MS_MAX, PAYMENT_WINDOW_MS_MIN};
 use crate::rows::product::PRICE_CENTS_MAX;
+use crate::time::Timestamp;
 
 /// Why a command was refused. Nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,6 +288,34 @@ pub enum Violation {
     /// A command that is not decided over a plan's rows (creating a product, sweeping every
     /// product) reached [`crate::execute()`]: a bug in its caller.
     CommandOutsideExecute,
+    /// A product's `holds_to_retire` differs from its held holds expired for good (deadline at
+    /// or before its `expired_through`).
+    RetireCounterMismatch {
+        /// The product.
+        product_id: ProductId,
+        /// The counter's value.
+        counter: u32,
+        /// Held holds at or before `expired_through`, counted.
+        holds: u64,
+    },
+    /// An expiry bucket disagrees with the held holds of its product and instant, lies at or
+    /// before its product's `expired_through`, or is missing for a live deadline.
+    ExpiryBucketMismatch {
+        /// The product.
+        product_id: ProductId,
+        /// The bucket's instant.
+        expires_at: Timestamp,
+    },
+    /// A transaction loaded or wrote more rows than its plan's budget allows
+    /// ([`crate::plan::Budget`]): work that grows with history crept into a request.
+    OverBudget {
+        /// `loaded` or `written`.
+        what: &'static str,
+        /// Rows it loaded or wrote.
+        rows: usize,
+        /// The most its commands may.
+        budget: usize,
+    },
 }
 
 impl fmt::Display for Violation {

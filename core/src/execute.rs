@@ -14,7 +14,7 @@
 //! A refused command (a [`Rejection`], or a [`crate::Violation`] in the rows it read) writes
 //! nothing and the others go on: one corrupt product fails only the commands that touch it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::Command;
 use crate::errors::{Refusal, Rejection, Violation};
@@ -23,11 +23,12 @@ use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::order;
 use crate::outcome::Outcome;
 use crate::payment::{self, WebhookDecision};
-use crate::plan::Rows;
+use crate::plan::{Plan, Rows};
 use crate::product;
 use crate::request::{self, KeyDecision};
+use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldState};
-use crate::rows::order::{Order, OrderStatus};
+use crate::rows::order::Order;
 use crate::rows::payment::{WebhookPayload, WebhookRecord};
 use crate::rows::product::Product;
 use crate::rows::request::{KeyedRequest, RequestRecord};
@@ -72,7 +73,15 @@ impl Executed {
 /// loaded. [`Command::CreateProduct`] and [`Command::Sweep`] are not decided over rows (the
 /// ledger and the service run them themselves): each is refused as
 /// [`Violation::CommandOutsideExecute`].
+///
+/// The batch's [`crate::plan::Budget`] is checked here, for every driver: rows loaded past it
+/// (a storage reading what grows with history) or a write-set past it refuse every command as
+/// [`Violation::OverBudget`], and nothing is written.
 pub fn execute(rows: &Rows<'_>, now: Timestamp, commands: &[Command]) -> Executed {
+    let budget = Plan::new(commands).budget();
+    if let Err(violation) = budget.check_loaded(rows.loaded()) {
+        return Executed::refused(commands, &violation);
+    }
     let mut working = Working::over(rows);
     let mut writes = WriteSet::default();
     let mut answers = Vec::with_capacity(commands.len());
@@ -99,11 +108,29 @@ pub fn execute(rows: &Rows<'_>, now: Timestamp, commands: &[Command]) -> Execute
         answers.push(answer);
     }
     debug_assert_eq!(answers.len(), commands.len(), "one answer per command");
+    if let Err(violation) = budget.check_written(writes.rows()) {
+        return Executed::refused(commands, &violation);
+    }
     Executed {
         answers,
         writes,
         holds_missing,
         holds_inserted_by,
+    }
+}
+
+impl Executed {
+    /// Every command refused with `violation`, nothing written.
+    fn refused(commands: &[Command], violation: &Violation) -> Executed {
+        Executed {
+            answers: commands
+                .iter()
+                .map(|_| Err(violation.clone().into()))
+                .collect(),
+            writes: WriteSet::default(),
+            holds_missing: Vec::new(),
+            holds_inserted_by: Vec::new(),
+        }
     }
 }
 
@@ -127,6 +154,8 @@ type Decided = Result<(Outcome, WriteSet), Refusal>;
 struct Working<'r, 'a> {
     rows: &'r Rows<'a>,
     products: BTreeMap<ProductId, Product>,
+    /// The batch's changes so far to the products' loaded due buckets.
+    buckets: BTreeMap<(ProductId, Timestamp), BucketChange>,
     holds: BTreeMap<HoldId, Hold>,
     orders: BTreeMap<OrderId, Order>,
     webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
@@ -138,6 +167,7 @@ impl<'r, 'a> Working<'r, 'a> {
         Working {
             rows,
             products: BTreeMap::new(),
+            buckets: BTreeMap::new(),
             holds: BTreeMap::new(),
             orders: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -160,7 +190,11 @@ impl<'r, 'a> Working<'r, 'a> {
             } => self.place_order(now, *hold_id, *payment_window_ms, key.as_ref()),
             Command::ApplyWebhook(payload) => self.apply_webhook(now, payload),
             Command::Restock { product_id, qty } => self.restock(now, *product_id, *qty),
-            Command::SweepProduct { product_id } => self.sweep(now, *product_id),
+            Command::SweepProduct {
+                product_id,
+                holds,
+                orders,
+            } => self.sweep(now, *product_id, holds, orders),
             Command::CreateProduct { .. } | Command::Sweep => {
                 Err(Violation::CommandOutsideExecute.into())
             }
@@ -184,24 +218,24 @@ impl<'r, 'a> Working<'r, 'a> {
             let hold = *hold.ok_or_else(|| dangling(&record))?;
             let outcome = Outcome::HoldPlaced {
                 hold,
-                holds_released: Vec::new(),
+                folded: Folded::default(),
                 replayed: true,
             };
             return Ok((outcome, WriteSet::default()));
         }
         let product = self.product(product_id);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        let expired = self.expired(product_id);
+        let due = self.due(product)?;
         let request = [HoldRequest {
             qty,
             key: key.cloned(),
         }];
-        let mut decided = hold::place_holds(product, &expired, &request, now, ttl_ms)?;
+        let mut decided = hold::place_holds(product, &due, &request, now, ttl_ms)?;
         let grant = decided.decisions.pop();
         let grant = grant.ok_or(Violation::WriteSetUnresolved)??;
         let outcome = Outcome::HoldPlaced {
             hold: grant.with_id(own_hold(0), product_id),
-            holds_released: decided.holds_released,
+            folded: decided.folded,
             replayed: false,
         };
         Ok((outcome, decided.writes))
@@ -299,8 +333,9 @@ impl<'r, 'a> Working<'r, 'a> {
         let counters = writes.product(product_id).copied();
         let mut restocked = product.clone();
         restocked.set_counters(counters.ok_or(Violation::WriteSetUnresolved)?);
-        let units_expired = hold::expired_units(product_id, &self.expired(product_id), now)?;
-        let available = product::available(&restocked, units_expired)?;
+        let due = self.due(product)?;
+        let units_due = hold::due_units(product, &due, product.decision_time(now))?;
+        let available = product::available(&restocked, units_due)?;
         let outcome = Outcome::Restocked {
             product: restocked,
             available,
@@ -308,26 +343,51 @@ impl<'r, 'a> Working<'r, 'a> {
         Ok((outcome, writes))
     }
 
-    /// Releases the product's expired holds and cancels its overdue orders; an unknown product
-    /// has none.
-    fn sweep(&self, now: Timestamp, product_id: ProductId) -> Decided {
+    /// Folds the product's due buckets, retires those of `holds` held and expired for good, and
+    /// cancels those of `orders` still waiting past their window; an unknown product has none.
+    fn sweep(
+        &self,
+        now: Timestamp,
+        product_id: ProductId,
+        holds: &[HoldId],
+        orders: &[OrderId],
+    ) -> Decided {
         let Some(product) = self.product(product_id) else {
             let outcome = Outcome::Swept {
-                holds_released: Vec::new(),
+                folded: Folded::default(),
+                holds_retired: Vec::new(),
                 orders_cancelled: Vec::new(),
             };
             return Ok((outcome, WriteSet::default()));
         };
-        let (expired, overdue) = (self.expired(product_id), self.overdue(product_id));
+        let now = product.decision_time(now);
+        let due = self.due(product)?;
         let mut changes = Changes::on(product);
-        hold::release_expired(&mut changes, &expired, now)?;
+        changes.fold(&due)?;
+        let through = changes.product().expired_through;
+        // Each row once, whatever the command names twice.
+        let holds: BTreeSet<HoldId> = holds.iter().copied().collect();
+        let orders: BTreeSet<OrderId> = orders.iter().copied().collect();
+        let retired: Vec<Hold> = (holds.iter())
+            .filter_map(|&id| self.hold(id))
+            .filter(|h| h.product_id == product_id && h.state == HoldState::Held)
+            .filter(|h| h.expires_at <= through)
+            .copied()
+            .collect();
+        hold::retire_expired(&mut changes, &retired)?;
+        let overdue: Vec<Order> = (orders.iter())
+            .filter_map(|&id| self.order(id))
+            .filter(|o| o.product_id == product_id && o.is_overdue(now))
+            .copied()
+            .collect();
         order::cancel_overdue(&mut changes, &overdue, now)?;
-        let mut holds_released: Vec<HoldId> = expired.iter().map(|h| h.id).collect();
+        let mut holds_retired: Vec<HoldId> = retired.iter().map(|h| h.id).collect();
         let mut orders_cancelled: Vec<OrderId> = overdue.iter().map(|o| o.id).collect();
-        holds_released.sort_unstable();
+        holds_retired.sort_unstable();
         orders_cancelled.sort_unstable();
         let outcome = Outcome::Swept {
-            holds_released,
+            folded: Folded::of(&due),
+            holds_retired,
             orders_cancelled,
         };
         Ok((outcome, changes.finish()))
@@ -397,23 +457,24 @@ impl<'r, 'a> Working<'r, 'a> {
         }
     }
 
-    /// The product's holds loaded as expired that are still held.
-    fn expired(&self, product_id: ProductId) -> Vec<Hold> {
-        let loaded = self.rows.expired(product_id);
-        let now_held = loaded.filter_map(|h| self.hold(h.id));
-        now_held
-            .filter(|h| h.state == HoldState::Held)
-            .copied()
-            .collect()
-    }
-
-    /// The product's orders loaded as overdue that still wait for payment.
-    fn overdue(&self, product_id: ProductId) -> Vec<Order> {
-        let loaded = self.rows.overdue(product_id);
-        let now_waiting = loaded.filter_map(|o| self.order(o.id));
-        now_waiting
-            .filter(|o| o.status == OrderStatus::PrePayment)
-            .copied()
+    /// The product's loaded due buckets not yet folded (by the batch's earlier commands), with
+    /// the batch's changes to them laid over.
+    ///
+    /// # Errors
+    /// [`Violation::ExpiryBucketMismatch`] when a change would take a bucket below zero.
+    fn due(&self, product: &Product) -> Result<Vec<ExpiryBucket>, Violation> {
+        let loaded = self.rows.due(product.id).iter();
+        let unfolded = loaded.filter(|b| !product.expired_for_good(b.expires_at));
+        unfolded
+            .map(|bucket| match self.buckets.get(&bucket.key()) {
+                None => Ok(*bucket),
+                Some(change) => bucket
+                    .changed(change)
+                    .ok_or(Violation::ExpiryBucketMismatch {
+                        product_id: bucket.product_id,
+                        expires_at: bucket.expires_at,
+                    }),
+            })
             .collect()
     }
 
@@ -431,8 +492,18 @@ impl<'r, 'a> Working<'r, 'a> {
             product.set_counters(*counters);
             products.push(product);
         }
+        for change in &writes.buckets {
+            let laid = self.buckets.entry(change.key()).or_insert(BucketChange {
+                units: 0,
+                holds: 0,
+                ..*change
+            });
+            laid.units = laid.units.saturating_add(change.units);
+            laid.holds = laid.holds.saturating_add(change.holds);
+        }
         let mut holds = Vec::new();
-        for &(id, reason) in &writes.holds_released {
+        let released = writes.holds_released.iter().chain(&writes.holds_retired);
+        for &(id, reason) in released {
             let hold = self.hold(id).ok_or(missing.clone())?;
             holds.push(Hold {
                 state: HoldState::Released(reason),

@@ -1,16 +1,18 @@
-//! The hold decisions: granting a batch of holds on one product, and releasing expired ones.
+//! The hold decisions: granting a batch of holds on one product (folding its due expiry buckets
+//! on the way), and retiring the rows of holds expired for good.
 //!
 //! The rows they decide over are in [`crate::rows::hold`].
 
 use crate::errors::{Rejection, Violation};
-use crate::ids::{HoldId, IdempotencyKey, ProductId, Qty};
+use crate::ids::{IdempotencyKey, Qty};
 use crate::product;
+use crate::rows::expiry::{ExpiryBucket, Folded};
 use crate::rows::hold::{
-    HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, Hold, HoldGrant, HoldState, ReleaseReason,
+    HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, Hold, HoldGrant, hold_deadline,
 };
 use crate::rows::product::Product;
 use crate::rows::request::{KeyedRequest, RequestRecord};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, is_past};
 use crate::writes::{Changes, WriteSet};
 
 /// Checks one hold request's values, before anything is read: `qty` in `1..=HOLD_QTY_MAX` and
@@ -51,60 +53,64 @@ pub struct HoldsDecided {
     /// Each request's grant or rejection; the `n`th grant is the `n`th hold inserted (pending
     /// id [`crate::writes::pending_hold`]`(n)`).
     pub decisions: Vec<Result<HoldGrant, Rejection>>,
-    /// The product's expired holds released (only when something was granted), by id.
-    pub holds_released: Vec<HoldId>,
+    /// What folding the product's due expiry buckets gave back to sale (only when something was
+    /// granted).
+    pub folded: Folded,
     /// The writes: nothing when nothing was granted, so a refused batch changes nothing.
     pub writes: WriteSet,
 }
 
 impl HoldsDecided {
-    /// The holds the `n`th request's decision released, as the same requests one by one would
-    /// have it: the first grant releases the expired holds, and every later one finds none.
-    pub fn released_by(&self, n: usize) -> &[HoldId] {
+    /// What the `n`th request's decision folded, as the same requests one by one would have it:
+    /// the first grant folds the due buckets, and every later one finds none.
+    pub fn folded_by(&self, n: usize) -> Folded {
         match self.decisions.iter().position(Result::is_ok) {
-            Some(first) if first == n => &self.holds_released,
-            _ => &[],
+            Some(first) if first == n => self.folded,
+            _ => Folded::default(),
         }
     }
 }
 
-/// Decides a batch of hold requests on one product, granted in arrival order: each request is
-/// granted if its `qty` fits in what the earlier grants left available, else rejected with
-/// [`Rejection::InsufficientStock`] naming what was available to it. The result has one entry per
-/// request, in order, so a batch decides exactly as the same requests one by one would.
+/// Decides a batch of hold requests on one product, granted in arrival order at the product's
+/// [`Product::decision_time`]: each request is granted if its `qty` fits in what the earlier
+/// grants left available, else rejected with [`Rejection::InsufficientStock`] naming what was
+/// available to it. The result has one entry per request, in order, so a batch decides exactly as
+/// the same requests one by one would.
 ///
-/// `expired` are the product's holds in state held whose deadline has passed at `now` (the shell
-/// reads them through an index). They do not count against `available`, and when anything is
-/// granted they are released by the same write-set, so expiry is a transition, not a query.
+/// `due` are the product's expiry buckets due at `now` (the shell reads at most
+/// [`crate::rows::expiry::DUE_BUCKETS_MAX`] of them, in deadline order). Their units count as
+/// available, and when anything is granted they are folded into the counters by the same
+/// write-set: the work is one row per bucket, never one per hold that expired.
 ///
 /// # Errors
-/// A [`Violation`] when the product's counters disagree with `expired` or its stock.
+/// A [`Violation`] when the product's counters disagree with `due` or its stock.
 pub fn place_holds(
     product: &Product,
-    expired: &[Hold],
+    due: &[ExpiryBucket],
     requests: &[HoldRequest],
     now: Timestamp,
     ttl_ms: u64,
 ) -> Result<HoldsDecided, Violation> {
-    let units_expired = expired_units(product.id, expired, now)?;
-    let mut available = product::available(product, units_expired)?;
+    // Deadlines are judged, and the holds stamped, at the product's decision time; the records
+    // of the requests' keys keep the clock's own time.
+    let at = product.decision_time(now);
+    let units_due = due_units(product, due, at)?;
+    let mut available = product::available(product, units_due)?;
     let decisions: Vec<_> = requests
         .iter()
-        .map(|request| decide(&mut available, request.qty, now, ttl_ms))
+        .map(|request| decide(&mut available, request.qty, at, ttl_ms))
         .collect();
     debug_assert_eq!(decisions.len(), requests.len(), "one decision per request");
     if decisions.iter().all(Result::is_err) {
-        // Nothing granted: the expired holds stay as they were, and nothing is written.
+        // Nothing granted: the due buckets stay as they were, and nothing is written.
         return Ok(HoldsDecided {
             decisions,
-            holds_released: Vec::new(),
+            folded: Folded::default(),
             writes: WriteSet::default(),
         });
     }
     let mut changes = Changes::on(product);
-    for hold in expired {
-        changes.release(hold, ReleaseReason::Expired)?;
-    }
+    changes.fold(due)?;
     for (request, decision) in requests.iter().zip(&decisions) {
         let Ok(grant) = decision else { continue };
         let hold_id = changes.grant(*grant)?;
@@ -121,51 +127,48 @@ pub fn place_holds(
             });
         }
     }
-    let mut holds_released: Vec<HoldId> = expired.iter().map(|h| h.id).collect();
-    holds_released.sort_unstable();
     Ok(HoldsDecided {
         decisions,
-        holds_released,
+        folded: Folded::of(due),
         writes: changes.finish(),
     })
 }
 
-/// Releases the product's expired holds (`expired`, as for [`place_holds`]) on their own, as the
-/// sweeper does.
+/// Retires `holds`, held holds of the product that have expired for good (deadline at or before
+/// its `expired_through` as `changes` leave it), as the sweeper does after folding.
 ///
 /// # Errors
-/// A [`Violation`] when the product's counters disagree with `expired`.
-pub fn release_expired(
-    changes: &mut Changes,
-    expired: &[Hold],
-    now: Timestamp,
-) -> Result<(), Violation> {
-    expired_units(changes.product().id, expired, now)?;
-    expired
-        .iter()
-        .try_for_each(|hold| changes.release(hold, ReleaseReason::Expired))
+/// A [`Violation`] when a hold is not one such, or the counters cannot give it up.
+pub fn retire_expired(changes: &mut Changes, holds: &[Hold]) -> Result<(), Violation> {
+    holds.iter().try_for_each(|hold| changes.retire(hold))
 }
 
-/// The units of `expired`, after checking each is a held hold of the product past its deadline.
+/// The units of `due`, after checking each is a bucket of the product due at `now` and not yet
+/// folded.
 ///
 /// # Errors
-/// A [`Violation`] when a hold is not a held hold of the product past its deadline, or the
-/// units overflow.
-pub(crate) fn expired_units(
-    product_id: ProductId,
-    expired: &[Hold],
+/// [`Violation::ExpiryBucketMismatch`] for a bucket that is not, and
+/// [`Violation::CounterOutOfRange`] when the units overflow.
+pub fn due_units(
+    product: &Product,
+    due: &[ExpiryBucket],
     now: Timestamp,
 ) -> Result<Qty, Violation> {
     let mut units = Qty::ZERO;
-    for hold in expired {
-        let fits = hold.product_id == product_id && hold.state == HoldState::Held;
-        if !fits || !hold.is_expired(now) {
-            return Err(Violation::HoldNotHeld { hold_id: hold.id });
+    for bucket in due {
+        let fits = bucket.product_id == product.id
+            && !product.expired_for_good(bucket.expires_at)
+            && is_past(bucket.expires_at, now);
+        if !fits {
+            return Err(Violation::ExpiryBucketMismatch {
+                product_id: bucket.product_id,
+                expires_at: bucket.expires_at,
+            });
         }
         units = units
-            .checked_add(hold.qty)
+            .checked_add(bucket.units)
             .ok_or(Violation::CounterOutOfRange {
-                product_id,
+                product_id: product.id,
                 counter: "units_held",
             })?;
     }
@@ -189,30 +192,37 @@ fn decide(
     Ok(HoldGrant {
         qty,
         created_at: now,
-        expires_at: now.saturating_add_ms(ttl_ms),
+        expires_at: hold_deadline(now, ttl_ms),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Cents;
+    use crate::ids::{Cents, HoldId, ProductId};
     use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldView};
 
     fn product(stock: u32) -> Product {
-        Product {
-            id: ProductId(1),
+        crate::rows::product::NewProduct {
             name: "p".into(),
             price_cents: Cents(100),
             stock: Qty(stock),
-            units_held: Qty::ZERO,
-            units_received: u64::from(stock),
+        }
+        .with_id(ProductId(1))
+    }
+
+    fn bucket(expires_at: u64, units: u32, holds: u32) -> ExpiryBucket {
+        ExpiryBucket {
+            product_id: ProductId(1),
+            expires_at: Timestamp(expires_at),
+            units: Qty(units),
+            holds,
         }
     }
 
     #[test]
     fn a_batch_is_granted_in_arrival_order_against_what_is_left() {
-        let now = Timestamp(1_000);
+        let now = Timestamp(1_500);
         let requests = [2, 3, 1, 1].map(|qty| HoldRequest::unkeyed(Qty(qty)));
         let held = Product {
             units_held: Qty(1),
@@ -220,7 +230,8 @@ mod tests {
         };
         let decided = place_holds(&held, &[], &requests, now, HOLD_TTL_MS_DEFAULT).unwrap();
         let decisions = decided.decisions;
-        let expires_at = now.saturating_add_ms(HOLD_TTL_MS_DEFAULT);
+        // The deadline is rounded up to the next whole second.
+        let expires_at = Timestamp(122_000);
         let grant = |qty| {
             Ok(HoldGrant {
                 qty: Qty(qty),
@@ -235,6 +246,13 @@ mod tests {
             })
         };
         assert_eq!(decisions, vec![grant(2), short(3, 2), grant(1), grant(1)]);
+        let writes = decided.writes;
+        assert_eq!(
+            writes.buckets.len(),
+            1,
+            "one bucket for the batch's one deadline"
+        );
+        assert_eq!((writes.buckets[0].units, writes.buckets[0].holds), (4, 3));
     }
 
     #[test]
@@ -260,55 +278,67 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_releases_the_expired_holds_and_a_refusal_keeps_them() {
-        let expired = HoldGrant {
-            qty: Qty(3),
-            created_at: Timestamp(0),
-            expires_at: Timestamp(10),
-        }
-        .with_id(HoldId(4), ProductId(1));
+    fn a_grant_folds_the_due_buckets_and_a_refusal_keeps_them() {
         let p = Product {
             units_held: Qty(3),
             ..product(3)
         };
+        let due = [bucket(10_000, 3, 2)];
         let ask = |qty| [HoldRequest::unkeyed(Qty(qty))];
-        let now = Timestamp(10);
-        let granted = place_holds(&p, &[expired], &ask(3), now, HOLD_TTL_MS_DEFAULT).unwrap();
-        assert_eq!(granted.holds_released, vec![HoldId(4)]);
-        let counters = granted.writes.product(ProductId(1)).map(|p| p.units_held);
-        assert_eq!(counters, Some(Qty(3)));
-        let refused = place_holds(&p, &[expired], &ask(4), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let now = Timestamp(10_000);
+        let granted = place_holds(&p, &due, &ask(3), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        assert_eq!(granted.folded, Folded { holds: 2, units: 3 });
+        let counters = granted.writes.product(ProductId(1)).copied();
+        let counters = counters.map(|c| (c.units_held, c.expired_through, c.holds_to_retire));
+        assert_eq!(counters, Some((Qty(3), Timestamp(10_000), 2)));
+        assert_eq!(granted.writes.buckets_folded, due.to_vec());
+        let refused = place_holds(&p, &due, &ask(4), now, HOLD_TTL_MS_DEFAULT).unwrap();
         assert!(refused.writes.is_empty());
-        let early = place_holds(&p, &[expired], &ask(1), Timestamp(9), HOLD_TTL_MS_DEFAULT);
-        assert_eq!(early, Err(Violation::HoldNotHeld { hold_id: HoldId(4) }));
+        let early = place_holds(&p, &due, &ask(1), Timestamp(9_999), HOLD_TTL_MS_DEFAULT);
+        assert_eq!(
+            early,
+            Err(Violation::ExpiryBucketMismatch {
+                product_id: ProductId(1),
+                expires_at: Timestamp(10_000)
+            }),
+            "a bucket not due is no bucket to fold"
+        );
     }
 
     #[test]
-    fn in_a_batch_the_first_grant_releases_the_expired_holds_as_one_by_one() {
-        let expired = HoldGrant {
-            qty: Qty(3),
-            created_at: Timestamp(0),
-            expires_at: Timestamp(10),
-        }
-        .with_id(HoldId(4), ProductId(1));
+    fn in_a_batch_the_first_grant_folds_the_due_buckets_as_one_by_one() {
         let p = Product {
             units_held: Qty(3),
             ..product(3)
         };
+        let due = [bucket(10_000, 3, 1)];
         let asked = [9, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
-        let now = Timestamp(10);
-        let batch = place_holds(&p, &[expired], &asked, now, HOLD_TTL_MS_DEFAULT).unwrap();
-        let released: Vec<&[HoldId]> = (0..3).map(|n| batch.released_by(n)).collect();
+        let now = Timestamp(10_000);
+        let batch = place_holds(&p, &due, &asked, now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let folded: Vec<Folded> = (0..3).map(|n| batch.folded_by(n)).collect();
+        let once = Folded { holds: 1, units: 3 };
         // The first request is refused, so the second is the first grant.
-        assert_eq!(released, [&[][..], &[HoldId(4)][..], &[][..]]);
-        // One by one: the refusal releases nothing, the first grant releases, the next finds
-        // nothing left to release.
-        let first = place_holds(&p, &[expired], &asked[1..2], now, HOLD_TTL_MS_DEFAULT).unwrap();
-        assert_eq!(first.released_by(0), &[HoldId(4)]);
+        assert_eq!(folded, [Folded::default(), once, Folded::default()]);
+        let first = place_holds(&p, &due, &asked[1..2], now, HOLD_TTL_MS_DEFAULT).unwrap();
+        assert_eq!(first.folded_by(0), once);
     }
 
     #[test]
-    fn a_hold_expires_at_its_deadline_and_looks_expired_until_released() {
+    fn a_product_decides_no_earlier_than_what_it_folded() {
+        let folded = Product {
+            expired_through: Timestamp(50_000),
+            ..product(5)
+        };
+        let request = [HoldRequest::unkeyed(Qty(1))];
+        let behind = Timestamp(20_000);
+        let decided = place_holds(&folded, &[], &request, behind, 1_000).unwrap();
+        let grant = decided.decisions[0].clone().unwrap();
+        assert_eq!(grant.created_at, Timestamp(50_000));
+        assert_eq!(grant.expires_at, Timestamp(51_000));
+    }
+
+    #[test]
+    fn a_hold_expires_at_its_deadline_and_looks_expired_until_retired() {
         let hold = HoldGrant {
             qty: Qty(1),
             created_at: Timestamp(0),

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 
 use crate::errors::Violation;
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::rows::expiry::ExpiryBucket;
 use crate::rows::hold::{Hold, HoldState, ReleaseReason};
 use crate::rows::order::{Order, OrderStatus};
 use crate::rows::payment::{PaymentStatus, WebhookRecord, WebhookResult};
 use crate::rows::product::Product;
 use crate::rows::request::{KeyedRequest, RequestRecord};
+use crate::time::Timestamp;
 
 /// A read-only view of every stored row: what the invariants are checked on. The in-memory
 /// ledger is one; a database's contents read back are another.
@@ -27,6 +29,8 @@ pub trait Stored {
     fn webhooks(&self) -> impl Iterator<Item = &WebhookRecord>;
     /// Every request-key record.
     fn request_keys(&self) -> impl Iterator<Item = &RequestRecord>;
+    /// Every expiry bucket.
+    fn buckets(&self) -> impl Iterator<Item = &ExpiryBucket>;
     /// A product by id.
     fn product(&self, id: ProductId) -> Option<&Product>;
     /// A hold by id.
@@ -46,20 +50,36 @@ pub fn check(rows: &impl Stored) -> Result<(), Violation> {
     check_request_keys(rows)
 }
 
-/// Invariants 1 and 2, per product.
+/// Invariants 1 and 2, per product, with the counters and expiry buckets that keep them: a held
+/// hold whose deadline is after its product's `expired_through` counts in `units_held` and in its
+/// deadline's bucket; one at or before it has expired for good and counts in `holds_to_retire`;
+/// no bucket lies at or before `expired_through`.
 fn check_products(rows: &impl Stored) -> Result<(), Violation> {
     let mut units_held: BTreeMap<ProductId, u64> = BTreeMap::new();
+    let mut to_retire: BTreeMap<ProductId, u64> = BTreeMap::new();
+    let mut buckets: BTreeMap<(ProductId, Timestamp), (u64, u64)> = BTreeMap::new();
     let mut units_sold: BTreeMap<ProductId, u64> = BTreeMap::new();
     for hold in rows.holds().filter(|h| h.state == HoldState::Held) {
-        add(&mut units_held, hold.product_id, hold.qty);
+        let product_id = hold.product_id;
+        let product = rows
+            .product(product_id)
+            .ok_or(Violation::DanglingProduct { product_id })?;
+        if product.expired_for_good(hold.expires_at) {
+            add(&mut to_retire, product_id, Qty(1));
+        } else {
+            add(&mut units_held, product_id, hold.qty);
+            let bucket = buckets.entry((product_id, hold.expires_at)).or_default();
+            bucket.0 = bucket.0.saturating_add(u64::from(hold.qty.0));
+            bucket.1 = bucket.1.saturating_add(1);
+        }
     }
     for order in rows.orders().filter(|o| o.status.holds_units()) {
         add(&mut units_sold, order.product_id, order.qty);
     }
-    let named = units_held.keys().chain(units_sold.keys());
-    if let Some(&product_id) = named.into_iter().find(|id| rows.product(**id).is_none()) {
+    if let Some(&product_id) = units_sold.keys().find(|id| rows.product(**id).is_none()) {
         return Err(Violation::DanglingProduct { product_id });
     }
+    check_buckets(rows, buckets)?;
     for product in rows.products() {
         let held = units_held.get(&product.id).copied().unwrap_or(0);
         if held != u64::from(product.units_held.0) {
@@ -67,6 +87,14 @@ fn check_products(rows: &impl Stored) -> Result<(), Violation> {
                 product_id: product.id,
                 counter: product.units_held,
                 units_held: held,
+            });
+        }
+        let holds = to_retire.get(&product.id).copied().unwrap_or(0);
+        if holds != u64::from(product.holds_to_retire) {
+            return Err(Violation::RetireCounterMismatch {
+                product_id: product.id,
+                counter: product.holds_to_retire,
+                holds,
             });
         }
         if held > u64::from(product.stock.0) {
@@ -88,6 +116,37 @@ fn check_products(rows: &impl Stored) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Every stored bucket equals the units and holds of the held holds of its product and instant
+/// (`expected`, which a bucket may hold at zero), lies after its product's `expired_through`,
+/// and every such instant has its bucket.
+fn check_buckets(
+    rows: &impl Stored,
+    mut expected: BTreeMap<(ProductId, Timestamp), (u64, u64)>,
+) -> Result<(), Violation> {
+    for bucket in rows.buckets() {
+        let (product_id, expires_at) = bucket.key();
+        let mismatch = Violation::ExpiryBucketMismatch {
+            product_id,
+            expires_at,
+        };
+        let product = rows
+            .product(product_id)
+            .ok_or(Violation::DanglingProduct { product_id })?;
+        let counted = expected.remove(&bucket.key()).unwrap_or_default();
+        let stored = (u64::from(bucket.units.0), u64::from(bucket.holds));
+        if product.expired_for_good(expires_at) || counted != stored {
+            return Err(mismatch);
+        }
+    }
+    match expected.into_keys().next() {
+        Some((product_id, expires_at)) => Err(Violation::ExpiryBucketMismatch {
+            product_id,
+            expires_at,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn add(sums: &mut BTreeMap<ProductId, u64>, product_id: ProductId, qty: Qty) {

@@ -3,10 +3,11 @@
 //! load its [`Plan`]'s rows, [`execute`], write the [`WriteSet`].
 //!
 //! Rows live in dense tables indexed by id (each kind has its own sequence from 1, as a database
-//! table does), so a lookup is an index, not a search. Two indexes sit beside the rows so that no
-//! command scans every hold: the held holds of each product ordered by deadline (with their units
-//! and unit total), and the pre-payment orders ordered by payment deadline. Both are derived from
-//! the rows and checked against them in debug builds.
+//! table does), so a lookup is an index, not a search. The products' expiry buckets are rows too,
+//! by product and deadline. Two indexes sit beside the rows so that no command scans every hold:
+//! the held holds of each product ordered by deadline (where the sweep finds the holds to retire),
+//! and the pre-payment orders ordered by payment deadline. Both are derived from the rows and
+//! checked against them in debug builds.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -14,11 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::command::Command;
 use crate::errors::{Refusal, Rejection, Violation};
 use crate::execute::execute;
+use crate::hold;
 use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::{self, Stored};
 use crate::outcome::Outcome;
 use crate::plan::{Load, Loaded, Plan, Rows};
 use crate::product;
+use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldState};
 use crate::rows::order::{Order, OrderStatus, Settlement};
 use crate::rows::payment::WebhookRecord;
@@ -26,6 +29,32 @@ use crate::rows::product::Product;
 use crate::rows::request::RequestRecord;
 use crate::time::{Timestamp, is_past};
 use crate::writes::{Inserted, WriteSet};
+
+/// Adds a product's sweep transaction's outcome to the whole sweep's; returns whether it changed
+/// anything.
+fn add_swept(swept: &mut Outcome, outcome: Outcome) -> bool {
+    let (
+        Outcome::Swept {
+            folded,
+            holds_retired,
+            orders_cancelled,
+        },
+        Outcome::Swept {
+            folded: more,
+            holds_retired: retired,
+            orders_cancelled: cancelled,
+        },
+    ) = (swept, outcome)
+    else {
+        panic!("a sweep answers Swept");
+    };
+    let changed = !more.is_empty() || !retired.is_empty() || !cancelled.is_empty();
+    folded.holds = folded.holds.saturating_add(more.holds);
+    folded.units = folded.units.saturating_add(more.units);
+    holds_retired.extend(retired);
+    orders_cancelled.extend(cancelled);
+    changed
+}
 
 /// A refusal of the ledger's own decision: a rejection is answered; a violation means the
 /// ledger's own rows are corrupt, which is a bug.
@@ -134,9 +163,14 @@ pub struct Ledger {
     orders: Table<Order>,
     webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
     request_keys: BTreeMap<IdempotencyKey, RequestRecord>,
+    buckets: BTreeMap<(ProductId, Timestamp), ExpiryBucket>,
     held: BTreeMap<ProductId, HeldIndex>,
     due: BTreeSet<(Timestamp, OrderId)>,
 }
+
+/// How many holds, and how many orders, one of the ledger's own sweep transactions names at
+/// most ([`Command::Sweep`] runs as many as it takes), as the server's sweeper chunks its own.
+const SWEEP_CHUNK: usize = 1_000;
 
 impl Ledger {
     /// An empty ledger.
@@ -145,10 +179,8 @@ impl Ledger {
     }
 
     /// A ledger holding these rows, for checking a database's contents with the same code.
-    /// New ids of each kind continue after the largest present.
-    ///
-    /// # Panics
-    /// If a hold or order names a product that is not among `products`: the rows are corrupt.
+    /// New ids of each kind continue after the largest present. Its expiry buckets are none:
+    /// [`Ledger::with_buckets`] gives them.
     pub fn from_rows(
         products: impl IntoIterator<Item = Product>,
         holds: impl IntoIterator<Item = Hold>,
@@ -169,6 +201,12 @@ impl Ledger {
         ledger.held = ledger.held_index_from_rows();
         ledger.due = ledger.due_index_from_rows();
         ledger
+    }
+
+    /// The same ledger with these expiry buckets.
+    pub fn with_buckets(mut self, buckets: impl IntoIterator<Item = ExpiryBucket>) -> Self {
+        self.buckets = buckets.into_iter().map(|b| (b.key(), b)).collect();
+        self
     }
 
     /// The same ledger with these client request-key records.
@@ -293,11 +331,23 @@ impl Ledger {
         self.products.get(id.0)
     }
 
-    /// Units of a product available to a new hold at `now`, without releasing anything.
+    /// Units of a product available to a new hold at `now`, without folding anything: its
+    /// counters and the first [`DUE_BUCKETS_MAX`] buckets due, as a storage's product read.
     pub fn available(&self, id: ProductId, now: Timestamp) -> Option<Qty> {
         let product = self.products.get(id.0)?;
-        let available = product::available(product, self.units_expired(id, now));
+        let now = product.decision_time(now);
+        let units_due = hold::due_units(product, &self.due_buckets(id, now), now);
+        let available = units_due.and_then(|units| product::available(product, units));
         Some(available.unwrap_or_else(|v| panic!("ledger corrupt: {v}")))
+    }
+
+    /// The earliest deadline after `now` (the product's decision time) of a bucket of the
+    /// product: when its availability next changes without a write.
+    pub fn next_bucket(&self, id: ProductId, now: Timestamp) -> Option<Timestamp> {
+        let now = self.products.get(id.0)?.decision_time(now);
+        let after = (id, Timestamp(now.as_ms().saturating_add(1)));
+        let bucket = self.buckets.range(after..=(id, Timestamp(u64::MAX))).next();
+        bucket.map(|(&(_, at), _)| at)
     }
 
     /// A hold.
@@ -335,6 +385,11 @@ impl Ledger {
         self.webhooks.values()
     }
 
+    /// Every expiry bucket, by product and deadline.
+    pub fn buckets(&self) -> impl Iterator<Item = &ExpiryBucket> {
+        self.buckets.values()
+    }
+
     /// A client request key's record.
     pub fn request_key(&self, key: &IdempotencyKey) -> Option<&RequestRecord> {
         self.request_keys.get(key)
@@ -357,38 +412,71 @@ impl Ledger {
         Ok(Outcome::ProductCreated(product))
     }
 
-    /// Releases expired holds and cancels overdue orders of every product, one product's
-    /// [`Command::SweepProduct`] at a time as the server's sweeper commits them.
+    /// Folds due buckets, retires holds expired for good and cancels overdue orders of every
+    /// product, in [`Command::SweepProduct`] transactions of at most [`SWEEP_CHUNK`] holds and
+    /// orders each, as the server's sweeper commits them, until nothing is left.
     fn sweep(&mut self, now: Timestamp) -> Outcome {
-        let due = self
-            .due
-            .iter()
-            .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let mut product_ids: BTreeSet<ProductId> = due
+        // Every product with a pending order: its own decision time may be past the clock's.
+        let mut product_ids: BTreeSet<ProductId> = (self.due.iter())
             .filter_map(|&(_, id)| self.orders.get(id.0))
             .map(|order| order.product_id)
             .collect();
         product_ids.extend(self.held.keys().copied());
-        let mut holds_released = Vec::new();
-        let mut orders_cancelled = Vec::new();
+        product_ids.extend(self.buckets.keys().map(|&(id, _)| id));
+        let mut swept = Outcome::Swept {
+            folded: Folded::default(),
+            holds_retired: Vec::new(),
+            orders_cancelled: Vec::new(),
+        };
         for product_id in product_ids {
-            let command = Command::SweepProduct { product_id };
-            let mut answers = self.execute(now, std::slice::from_ref(&command));
-            if let Some(Ok(Outcome::Swept {
-                holds_released: holds,
-                orders_cancelled: orders,
-            })) = answers.pop()
-            {
-                holds_released.extend(holds);
-                orders_cancelled.extend(orders);
+            while let Some(command) = self.sweep_of(product_id, now) {
+                let before = self.product(product_id).map(Product::counters);
+                let mut answers = self.execute(now, std::slice::from_ref(&command));
+                let Some(Ok(outcome)) = answers.pop() else {
+                    panic!("ledger sweep refused: {command:?}");
+                };
+                let folded = self.product(product_id).map(Product::counters) != before;
+                if !add_swept(&mut swept, outcome) && !folded {
+                    break;
+                }
             }
         }
-        holds_released.sort_unstable();
-        orders_cancelled.sort_unstable();
-        Outcome::Swept {
-            holds_released,
+        if let Outcome::Swept {
+            holds_retired,
             orders_cancelled,
+            ..
+        } = &mut swept
+        {
+            holds_retired.sort_unstable();
+            orders_cancelled.sort_unstable();
         }
+        swept
+    }
+
+    /// The product's next sweep transaction at `now`: its held holds whose deadline has passed
+    /// at its decision time and its overdue orders, a chunk of each in deadline order; `None`
+    /// when it has neither and no bucket due.
+    fn sweep_of(&self, product_id: ProductId, now: Timestamp) -> Option<Command> {
+        let now = self.products.get(product_id.0)?.decision_time(now);
+        let holds: Vec<HoldId> = self.held.get(&product_id).map_or_else(Vec::new, |index| {
+            (index.live(&self.holds))
+                .take_while(|hold| hold.is_expired(now))
+                .take(SWEEP_CHUNK)
+                .map(|hold| hold.id)
+                .collect()
+        });
+        let overdue = self.due.iter().take_while(|&&(at, _)| is_past(at, now));
+        let orders: Vec<OrderId> = (overdue.filter_map(|&(_, id)| self.orders.get(id.0)))
+            .filter(|order| order.product_id == product_id)
+            .take(SWEEP_CHUNK)
+            .map(|order| order.id)
+            .collect();
+        let due = !self.due_buckets(product_id, now).is_empty();
+        (due || !holds.is_empty() || !orders.is_empty()).then_some(Command::SweepProduct {
+            product_id,
+            holds,
+            orders,
+        })
     }
 
     /// Loads a plan's rows from the tables, as a storage's transaction would read them at `now`.
@@ -420,14 +508,9 @@ impl Ledger {
             Load::Orders(ids) => {
                 Loaded::Orders(ids.iter().filter_map(|(_, id)| order(id)).collect())
             }
-            Load::ExpiredHolds(ids) => Loaded::Holds(
+            Load::DueBuckets(ids) => Loaded::Buckets(
                 ids.iter()
-                    .flat_map(|&id| self.expired_holds(id, now))
-                    .collect(),
-            ),
-            Load::OverdueOrders(ids) => Loaded::Orders(
-                ids.iter()
-                    .flat_map(|&id| self.overdue_orders(id, now))
+                    .flat_map(|&id| self.due_buckets(id, now))
                     .collect(),
             ),
             Load::Webhooks(keys) => Loaded::Webhooks(
@@ -438,17 +521,11 @@ impl Ledger {
         }
     }
 
-    /// The product's pre-payment orders whose payment window closed at `now`, in deadline
-    /// order.
-    fn overdue_orders(&self, product_id: ProductId, now: Timestamp) -> Vec<Order> {
-        let due = self
-            .due
-            .iter()
-            .take_while(|&&(due_at, _)| is_past(due_at, now));
-        let orders = due.filter_map(|&(_, id)| self.orders.get(id.0));
-        orders
-            .filter(|o| o.product_id == product_id)
-            .copied()
+    /// The product's first [`DUE_BUCKETS_MAX`] expiry buckets due at `now`, in deadline order.
+    fn due_buckets(&self, product_id: ProductId, now: Timestamp) -> Vec<ExpiryBucket> {
+        let range = (product_id, Timestamp(0))..=(product_id, now);
+        (self.buckets.range(range).map(|(_, bucket)| *bucket))
+            .take(DUE_BUCKETS_MAX)
             .collect()
     }
 
@@ -466,7 +543,20 @@ impl Ledger {
             let row = row.unwrap_or_else(|| panic!("product {} missing", counters.id));
             row.set_counters(*counters);
         }
-        for &(hold_id, reason) in &writes.holds_released {
+        for change in &writes.buckets {
+            let bucket = match self.buckets.get(&change.key()) {
+                Some(bucket) => bucket.changed(change),
+                None => change.created(),
+            };
+            let bucket = bucket.unwrap_or_else(|| panic!("bucket out of range: {change:?}"));
+            self.buckets.insert(bucket.key(), bucket);
+        }
+        for folded in &writes.buckets_folded {
+            let removed = self.buckets.remove(&folded.key());
+            assert!(removed.is_some(), "folded bucket {folded:?} missing");
+        }
+        let released = writes.holds_released.iter().chain(&writes.holds_retired);
+        for &(hold_id, reason) in released {
             let hold_id = inserted.hold(hold_id).unwrap_or_else(|v| resolved(v));
             self.leave_held(hold_id, HoldState::Released(reason));
         }
@@ -506,36 +596,6 @@ impl Ledger {
             self.request_keys.insert(record.key.clone(), record);
         }
         inserted
-    }
-
-    /// The units of the product's held holds whose deadline has passed at `now`, counted
-    /// without listing them.
-    fn units_expired(&self, product_id: ProductId, now: Timestamp) -> Qty {
-        let Some(index) = self.held.get(&product_id) else {
-            return Qty::ZERO;
-        };
-        let expired = index
-            .by_expiry
-            .iter()
-            .take_while(|&&(at, _)| is_past(at, now));
-        let expired = expired.filter_map(|&(_, id)| self.holds.get(id.0));
-        expired.filter(|h| is_held(h)).fold(Qty::ZERO, |sum, h| {
-            sum.checked_add(h.qty)
-                .unwrap_or_else(|| panic!("held overflow"))
-        })
-    }
-
-    /// The product's held holds whose deadline has passed at `now`, in deadline order.
-    fn expired_holds(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
-        let Some(index) = self.held.get(&product_id) else {
-            return Vec::new();
-        };
-        let expired = index
-            .by_expiry
-            .iter()
-            .take_while(|&&(at, _)| is_past(at, now));
-        let expired = expired.filter_map(|&(_, id)| self.holds.get(id.0));
-        expired.filter(|h| is_held(h)).copied().collect()
     }
 
     /// Moves a held hold to `state`; its index entry goes dead, and dead entries at the front of
@@ -635,6 +695,10 @@ impl Stored for Ledger {
 
     fn request_keys(&self) -> impl Iterator<Item = &RequestRecord> {
         Ledger::request_keys(self)
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = &ExpiryBucket> {
+        Ledger::buckets(self)
     }
 
     fn product(&self, id: ProductId) -> Option<&Product> {

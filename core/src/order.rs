@@ -39,8 +39,9 @@ pub fn validate_payment_window(payment_window_ms: u64) -> Result<(), Rejection> 
 ///
 /// Checks, first failure wins: the window's range; the hold's state (a consumed hold answers its
 /// order, a released one is [`Rejection::HoldReleased`]); its deadline
-/// ([`Rejection::HoldExpired`], whatever clock made it look expired); the total's range.
-/// A rejection changes nothing, so an expired hold stays held until a sweep or a grant releases it.
+/// ([`Rejection::HoldExpired`], whatever clock made it look expired, and at no earlier instant
+/// than the product's [`Product::decision_time`]); the total's range. A rejection changes
+/// nothing, so an expired hold stays held until the sweeper retires it.
 ///
 /// # Errors
 /// As listed above, as [`Refusal::Rejected`]; [`Refusal::Violated`] when the product's counters
@@ -57,18 +58,21 @@ pub fn place_order(
         "the caller read the hold's own product"
     );
     validate_payment_window(payment_window_ms)?;
+    // Deadlines on the product are judged, and its rows stamped, at its decision time: never
+    // before what it folded. The request's record keeps the clock's own time.
+    let at = product.decision_time(now);
     let mut changes = Changes::on(product);
     let (existing, answered) = match hold.state {
         HoldState::Consumed(order_id) => (Some(order_id), order_id),
         HoldState::Released(_) => return Err(Rejection::HoldReleased { hold_id: hold.id }.into()),
-        HoldState::Held if hold.is_expired(now) => {
+        HoldState::Held if hold.is_expired(at) => {
             return Err(Rejection::HoldExpired { hold_id: hold.id }.into());
         }
         HoldState::Held => {
             let order = new_order(
                 hold,
                 product,
-                now,
+                at,
                 OrderStatus::PrePayment,
                 payment_window_ms,
             )?;
@@ -90,8 +94,8 @@ pub fn place_order(
     })
 }
 
-/// Cancels the product's pre-payment orders whose payment window has closed at `now`, as the
-/// sweeper does: their units return to stock.
+/// Cancels the product's pre-payment orders whose payment window has closed at `now` (the
+/// product's decision time), as the sweeper does: their units return to stock.
 ///
 /// # Errors
 /// A [`Violation`] when an order is not overdue pre-payment, or the stock would overflow.
@@ -150,6 +154,8 @@ mod tests {
             stock: Qty(3),
             units_held: Qty(2),
             units_received: 3,
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         }
     }
 

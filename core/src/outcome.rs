@@ -7,6 +7,7 @@
 
 use crate::errors::Violation;
 use crate::ids::{HoldId, OrderId, ProductId, Qty};
+use crate::rows::expiry::Folded;
 use crate::rows::hold::Hold;
 use crate::rows::order::Order;
 use crate::rows::payment::WebhookRecord;
@@ -30,8 +31,9 @@ pub enum Outcome {
     HoldPlaced {
         /// The hold (as it is now, on a replay).
         hold: Hold,
-        /// Expired holds of the same product released by the same decision, by id.
-        holds_released: Vec<HoldId>,
+        /// What the same decision's fold of the product's due expiry buckets gave back to sale:
+        /// the first grant of a batch on a product folds, as the requests one by one would.
+        folded: Folded,
         /// Whether the request's key had answered it before, so nothing was decided now.
         replayed: bool,
     },
@@ -55,8 +57,10 @@ pub enum Outcome {
     },
     /// A sweep ran.
     Swept {
-        /// Holds released because they expired, by id.
-        holds_released: Vec<HoldId>,
+        /// What folding the due expiry buckets gave back to sale.
+        folded: Folded,
+        /// Holds expired for good whose rows were retired, by id.
+        holds_retired: Vec<HoldId>,
         /// Orders cancelled because their payment window closed, by id.
         orders_cancelled: Vec<OrderId>,
     },
@@ -82,11 +86,11 @@ impl Outcome {
         match self {
             Outcome::HoldPlaced {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             } => Outcome::HoldPlaced {
                 hold: offsets.hold_row(hold),
-                holds_released,
+                folded,
                 replayed,
             },
             Outcome::OrderPlaced {
@@ -123,11 +127,11 @@ impl Outcome {
         Ok(match self {
             Outcome::HoldPlaced {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             } => Outcome::HoldPlaced {
                 hold: inserted.hold_row(hold)?,
-                holds_released,
+                folded,
                 replayed,
             },
             Outcome::OrderPlaced {

@@ -150,6 +150,8 @@ fn decide_new(
         hold.product_id, product.id,
         "the caller read the hold's own product"
     );
+    // Deadlines on the product are judged at its decision time: never before what it folded.
+    let now = product.decision_time(now);
     match (hold.state, order) {
         (HoldState::Consumed(order_id), Some(order)) => {
             assert_eq!(order.id, order_id, "the caller read the hold's own order");

@@ -1,4 +1,5 @@
-//! Which rows a batch of commands reads, in the global lock order ([`crate::locks`]).
+//! Which rows a batch of commands reads, in the global lock order ([`crate::locks`]), and the
+//! most it may read and write ([`Budget`]).
 //!
 //! A [`Plan`] is made from the commands one transaction decides (one, or a batch of any kinds
 //! and products) and asked for its next [`Load`] with the [`Rows`] loaded so far, until it needs
@@ -9,25 +10,31 @@
 //! 2. the holds that orders, webhooks and replayed keys name, read without a lock only to learn
 //!    their products;
 //! 3. the products, in id order (locked);
-//! 4. those holds again, locked under their products;
-//! 5. the orders of the consumed ones (locked);
-//! 6. the expired holds of the products that hold requests, restocks and sweeps name (locked
-//!    under the product's lock, at the decision's `now`: a grant or a sweep releases them, and
-//!    every row a batch writes is locked while it loads, before any webhook record);
-//! 7. the overdue orders of the products swept (locked);
-//! 8. the webhook records, in key order (locked).
+//! 4. those holds again, and the holds a sweep names, locked under their products;
+//! 5. the orders of the consumed ones, and the orders a sweep names (locked);
+//! 6. the expiry buckets due at the decision's `now` of the products that hold requests,
+//!    restocks and sweeps name, at most [`DUE_BUCKETS_MAX`] per product (read under the
+//!    product's lock, which every writer of a bucket holds, so they need no lock of their own);
+//! 7. the webhook records, in key order (locked).
 //!
 //! What a stage asks for depends only on what the stages before it found, so every storage runs
 //! the same loop: the SQL storage and the simulator's through the service layer, the
 //! [`crate::Ledger`] from its tables. [`crate::execute()`] then decides on the [`Rows`], so which
 //! rows a decision sees, and which locks guard them, is decided here once.
+//!
+//! Every load is bounded by the commands alone, never by history: a hold request reads its key,
+//! its product and at most [`DUE_BUCKETS_MAX`] buckets, however many holds expired before it.
+//! [`Plan::budget`] states the most rows a batch may load and write, and each driver checks its
+//! transaction against it ([`Budget::check_loaded`], [`Budget::check_written`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::Command;
+use crate::errors::Violation;
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId};
 use crate::locks::RowLock;
+use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket};
 use crate::rows::hold::{Hold, HoldState};
 use crate::rows::order::Order;
 use crate::rows::payment::WebhookRecord;
@@ -47,19 +54,16 @@ pub enum Load {
     Holds(Vec<(ProductId, HoldId)>),
     /// Lock and read orders, each under its product's lock (taken already).
     Orders(Vec<(ProductId, OrderId)>),
-    /// Lock and read the products' held holds whose deadline has passed at the decision's
-    /// `now`, under the products' locks (which keep every other transaction off them).
-    ExpiredHolds(Vec<ProductId>),
-    /// Lock and read the products' pre-payment orders whose payment window closed at `now`.
-    OverdueOrders(Vec<ProductId>),
+    /// Read the products' expiry buckets due at the decision's `now` (deadline at or before
+    /// it), at most [`DUE_BUCKETS_MAX`] per product, the earliest first. Under the products'
+    /// locks, which every transaction that writes a bucket holds: no lock of their own.
+    DueBuckets(Vec<ProductId>),
     /// Lock and read webhook idempotency-key records, in key order.
     Webhooks(Vec<IdempotencyKey>),
 }
 
 impl Load {
-    /// The row locks this read takes, in the order it takes them. [`Load::ExpiredHolds`] and
-    /// [`Load::OverdueOrders`] lock the rows they find, each a [`RowLock::Hold`] or
-    /// [`RowLock::Order`] under its product's lock.
+    /// The row locks this read takes, in the order it takes them.
     pub fn locks(&self) -> Vec<RowLock> {
         match self {
             Load::RequestKeys(keys) => keys.iter().cloned().map(RowLock::RequestKey).collect(),
@@ -73,13 +77,26 @@ impl Load {
                 .map(|&(product, id)| RowLock::Order { product, id })
                 .collect(),
             Load::Webhooks(keys) => keys.iter().cloned().map(RowLock::Webhook).collect(),
-            Load::FindHolds(_) | Load::ExpiredHolds(_) | Load::OverdueOrders(_) => Vec::new(),
+            Load::FindHolds(_) | Load::DueBuckets(_) => Vec::new(),
         }
     }
 
     /// Whether it needs the decision's `now`.
     pub fn needs_now(&self) -> bool {
-        matches!(self, Load::ExpiredHolds(_) | Load::OverdueOrders(_))
+        matches!(self, Load::DueBuckets(_))
+    }
+
+    /// The most rows it may find: one per id or key asked for, [`DUE_BUCKETS_MAX`] per product
+    /// for due buckets.
+    pub fn rows_max(&self) -> usize {
+        match self {
+            Load::RequestKeys(keys) | Load::Webhooks(keys) => keys.len(),
+            Load::FindHolds(ids) => ids.len(),
+            Load::Products(ids) => ids.len(),
+            Load::Holds(ids) => ids.len(),
+            Load::Orders(ids) => ids.len(),
+            Load::DueBuckets(ids) => ids.len().saturating_mul(DUE_BUCKETS_MAX),
+        }
     }
 }
 
@@ -94,10 +111,31 @@ pub enum Loaded<'a> {
     Holds(Vec<Hold>),
     /// For [`Load::Products`].
     Products(Vec<Cow<'a, Product>>),
-    /// For [`Load::Orders`] and [`Load::OverdueOrders`].
+    /// For [`Load::Orders`].
     Orders(Vec<Order>),
+    /// For [`Load::DueBuckets`].
+    Buckets(Vec<ExpiryBucket>),
     /// For [`Load::Webhooks`].
     Webhooks(Vec<Cow<'a, WebhookRecord>>),
+}
+
+impl Loaded<'_> {
+    /// How many rows it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Loaded::RequestKeys(rows) => rows.len(),
+            Loaded::Holds(rows) => rows.len(),
+            Loaded::Products(rows) => rows.len(),
+            Loaded::Orders(rows) => rows.len(),
+            Loaded::Buckets(rows) => rows.len(),
+            Loaded::Webhooks(rows) => rows.len(),
+        }
+    }
+
+    /// Whether it holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The rows a plan has loaded. A map holds an entry for every row asked for: the row, or `None`
@@ -107,13 +145,15 @@ pub struct Rows<'a> {
     request_keys: BTreeMap<IdempotencyKey, Option<RequestRecord>>,
     found_holds: BTreeMap<HoldId, Option<Hold>>,
     products: BTreeMap<ProductId, Option<Cow<'a, Product>>>,
-    /// Holds read under their product's lock: the locked reads and the expired holds.
+    /// Holds read under their product's lock.
     holds: BTreeMap<HoldId, Option<Hold>>,
-    /// Orders read under their product's lock: the locked reads and the overdue orders.
+    /// Orders read under their product's lock.
     orders: BTreeMap<OrderId, Option<Order>>,
-    expired: BTreeMap<ProductId, Vec<HoldId>>,
-    overdue: BTreeMap<ProductId, Vec<OrderId>>,
+    /// The due buckets of each product asked for, in deadline order.
+    due: BTreeMap<ProductId, Vec<ExpiryBucket>>,
     webhooks: BTreeMap<IdempotencyKey, Option<Cow<'a, WebhookRecord>>>,
+    /// Rows found by every load so far.
+    loaded: usize,
 }
 
 impl<'a> Rows<'a> {
@@ -122,6 +162,7 @@ impl<'a> Rows<'a> {
     /// # Panics
     /// If `loaded` is not the kind of rows `load` asks for: the storage's loop is wrong.
     pub fn put(&mut self, load: Load, loaded: Loaded<'a>) {
+        self.loaded = self.loaded.saturating_add(loaded.len());
         match (load, loaded) {
             (Load::RequestKeys(keys), Loaded::RequestKeys(records)) => {
                 self.request_keys
@@ -152,27 +193,12 @@ impl<'a> Rows<'a> {
                 self.orders
                     .extend(orders.into_iter().map(|o| (o.id, Some(o))));
             }
-            (Load::ExpiredHolds(ids), Loaded::Holds(holds)) => {
-                self.expired
-                    .extend(ids.into_iter().map(|id| (id, Vec::new())));
-                for hold in holds {
-                    self.expired
-                        .entry(hold.product_id)
-                        .or_default()
-                        .push(hold.id);
-                    self.holds.entry(hold.id).or_insert(Some(hold));
+            (Load::DueBuckets(ids), Loaded::Buckets(buckets)) => {
+                self.due.extend(ids.into_iter().map(|id| (id, Vec::new())));
+                for bucket in buckets {
+                    self.due.entry(bucket.product_id).or_default().push(bucket);
                 }
-            }
-            (Load::OverdueOrders(ids), Loaded::Orders(orders)) => {
-                self.overdue
-                    .extend(ids.into_iter().map(|id| (id, Vec::new())));
-                for order in orders {
-                    self.overdue
-                        .entry(order.product_id)
-                        .or_default()
-                        .push(order.id);
-                    self.orders.entry(order.id).or_insert(Some(order));
-                }
+                self.due.values_mut().for_each(|due| due.sort_unstable());
             }
             (Load::Webhooks(keys), Loaded::Webhooks(records)) => {
                 self.webhooks.extend(keys.into_iter().map(|k| (k, None)));
@@ -182,6 +208,11 @@ impl<'a> Rows<'a> {
             }
             (load, loaded) => panic!("{load:?} answered with {loaded:?}"),
         }
+    }
+
+    /// How many rows every load so far found: what [`Budget::loaded`] bounds.
+    pub fn loaded(&self) -> usize {
+        self.loaded
     }
 
     /// The record of a client request key, if the plan loaded one for it.
@@ -209,21 +240,78 @@ impl<'a> Rows<'a> {
         self.orders.get(&id).and_then(Option::as_ref)
     }
 
-    /// The product's expired held holds, as loaded (none when not loaded).
-    pub fn expired(&self, product_id: ProductId) -> impl Iterator<Item = &Hold> {
-        let ids = self.expired.get(&product_id).into_iter().flatten();
-        ids.filter_map(|id| self.hold(*id))
-    }
-
-    /// The product's overdue orders, as loaded (none when not loaded).
-    pub fn overdue(&self, product_id: ProductId) -> impl Iterator<Item = &Order> {
-        let ids = self.overdue.get(&product_id).into_iter().flatten();
-        ids.filter_map(|id| self.order(*id))
+    /// The product's due expiry buckets, in deadline order, as loaded (none when not loaded).
+    pub fn due(&self, product_id: ProductId) -> &[ExpiryBucket] {
+        self.due.get(&product_id).map_or(&[], Vec::as_slice)
     }
 
     /// A webhook key's record, if one exists.
     pub fn webhook(&self, key: &IdempotencyKey) -> Option<&WebhookRecord> {
         self.webhooks.get(key).and_then(Option::as_deref)
+    }
+}
+
+/// The most rows a batch's transaction may load and write: a sum over its commands of what one
+/// command of each kind may, plus [`DUE_BUCKETS_MAX`] loaded and folded for each product whose
+/// due buckets it reads. Bounded by the commands alone, whatever happened before them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Rows its loads may find ([`Rows::loaded`]).
+    pub loaded: usize,
+    /// Rows its write-set may write ([`crate::WriteSet::rows`]).
+    pub written: usize,
+}
+
+impl Budget {
+    /// What a hold request loads (its key; the hold its key's record answered, found and locked,
+    /// with that hold's product and order; its own product) and writes (its product, its
+    /// deadline's bucket, the hold, its key).
+    const HOLD: Budget = Budget::of(6, 4);
+    /// What an order request loads (its key; its hold and the hold its key's record names, each
+    /// found and locked, with its product and order) and writes (the product, the hold's bucket,
+    /// the order, the consumed hold, the key).
+    const ORDER: Budget = Budget::of(9, 5);
+    /// What a webhook loads (its hold found and locked, the product, the hold's order, the
+    /// record) and writes (the product, the hold's bucket, the hold, the order, the record).
+    const WEBHOOK: Budget = Budget::of(5, 5);
+    /// What a restock loads and writes: its product.
+    const RESTOCK: Budget = Budget::of(1, 1);
+    /// What a product's due buckets add: each loaded, and deleted when folded.
+    const DUE: Budget = Budget::of(DUE_BUCKETS_MAX, DUE_BUCKETS_MAX);
+
+    const fn of(loaded: usize, written: usize) -> Budget {
+        Budget { loaded, written }
+    }
+
+    fn add(self, other: Budget) -> Budget {
+        Budget {
+            loaded: self.loaded.saturating_add(other.loaded),
+            written: self.written.saturating_add(other.written),
+        }
+    }
+
+    /// Checks that a transaction's loads found at most [`Budget::loaded`] rows.
+    ///
+    /// # Errors
+    /// [`Violation::OverBudget`] naming both numbers.
+    pub fn check_loaded(&self, rows: usize) -> Result<(), Violation> {
+        Self::check("loaded", rows, self.loaded)
+    }
+
+    /// Checks that a transaction's write-set writes at most [`Budget::written`] rows.
+    ///
+    /// # Errors
+    /// [`Violation::OverBudget`] naming both numbers.
+    pub fn check_written(&self, rows: usize) -> Result<(), Violation> {
+        Self::check("written", rows, self.written)
+    }
+
+    fn check(what: &'static str, rows: usize, budget: usize) -> Result<(), Violation> {
+        if rows <= budget {
+            Ok(())
+        } else {
+            Err(Violation::OverBudget { what, rows, budget })
+        }
     }
 }
 
@@ -236,12 +324,16 @@ pub struct Plan {
     holds: BTreeSet<HoldId>,
     /// Products named by hold requests, restocks and sweeps.
     products: BTreeSet<ProductId>,
-    /// Products whose expired holds the decisions count or release.
-    expired_of: BTreeSet<ProductId>,
-    /// Products whose overdue orders a sweep cancels.
-    overdue_of: BTreeSet<ProductId>,
+    /// Products whose due expiry buckets the decisions count or fold.
+    due_of: BTreeSet<ProductId>,
+    /// Holds a sweep names, with the product it names them of.
+    swept_holds: BTreeSet<(ProductId, HoldId)>,
+    /// Orders a sweep names, with the product it names them of.
+    swept_orders: BTreeSet<(ProductId, OrderId)>,
     /// Webhook keys, sorted.
     webhooks: BTreeSet<IdempotencyKey>,
+    /// What the commands load and write besides their products' due buckets.
+    budget: Budget,
 }
 
 impl Plan {
@@ -256,33 +348,57 @@ impl Plan {
     }
 
     fn add(&mut self, command: &Command) {
-        match command {
+        let budget = match command {
             Command::PlaceHold {
                 product_id, key, ..
             } => {
                 self.request_keys.extend(key.iter().cloned());
                 self.products.insert(*product_id);
-                self.expired_of.insert(*product_id);
+                self.due_of.insert(*product_id);
+                Budget::HOLD
             }
             Command::PlaceOrder { hold_id, key, .. } => {
                 self.request_keys.extend(key.iter().cloned());
                 self.holds.insert(*hold_id);
+                Budget::ORDER
             }
             Command::ApplyWebhook(payload) => {
                 self.holds.insert(payload.hold_id);
                 self.webhooks.insert(payload.key.clone());
+                Budget::WEBHOOK
             }
             Command::Restock { product_id, .. } => {
                 self.products.insert(*product_id);
-                self.expired_of.insert(*product_id);
+                self.due_of.insert(*product_id);
+                Budget::RESTOCK
             }
-            Command::SweepProduct { product_id } => {
+            Command::SweepProduct {
+                product_id,
+                holds,
+                orders,
+            } => {
                 self.products.insert(*product_id);
-                self.expired_of.insert(*product_id);
-                self.overdue_of.insert(*product_id);
+                self.due_of.insert(*product_id);
+                let p = *product_id;
+                self.swept_holds.extend(holds.iter().map(|&id| (p, id)));
+                self.swept_orders.extend(orders.iter().map(|&id| (p, id)));
+                // The product, then each hold and order named: read, and retired or cancelled.
+                let rows = holds.len().saturating_add(orders.len()).saturating_add(1);
+                Budget::of(rows, rows)
             }
-            Command::CreateProduct { .. } | Command::Sweep => {}
-        }
+            Command::CreateProduct { .. } | Command::Sweep => Budget::default(),
+        };
+        self.budget = self.budget.add(budget);
+    }
+
+    /// The most rows the batch's transaction may load and write.
+    pub fn budget(&self) -> Budget {
+        let products = self.due_of.len();
+        let due = Budget::of(
+            Budget::DUE.loaded.saturating_mul(products),
+            Budget::DUE.written.saturating_mul(products),
+        );
+        self.budget.add(due)
     }
 
     /// The next rows to load, given the rows loaded so far; `None` when the decisions have all
@@ -305,33 +421,33 @@ impl Plan {
             return Some(Load::Products(lock));
         }
         let exists = |id: &ProductId| rows.product(*id).is_some();
-        let holds: Vec<(ProductId, HoldId)> = found()
-            .filter(|h| exists(&h.product_id) && !rows.holds.contains_key(&h.id))
-            .map(|h| (h.product_id, h.id))
+        let mut holds: BTreeSet<(ProductId, HoldId)> =
+            found().map(|h| (h.product_id, h.id)).collect();
+        holds.extend(self.swept_holds.iter().copied());
+        let holds: Vec<(ProductId, HoldId)> = (holds.into_iter())
+            .filter(|(product, id)| exists(product) && !rows.holds.contains_key(id))
             .collect();
         if !holds.is_empty() {
             return Some(Load::Holds(holds));
         }
-        let orders: Vec<(ProductId, OrderId)> = found()
+        let mut orders: BTreeSet<(ProductId, OrderId)> = found()
             .filter_map(|found| rows.hold(found.id))
             .filter_map(|hold| match hold.state {
                 HoldState::Consumed(order_id) => Some((hold.product_id, order_id)),
                 HoldState::Held | HoldState::Released(_) => None,
             })
-            .filter(|(_, id)| !rows.orders.contains_key(id))
+            .collect();
+        orders.extend(self.swept_orders.iter().copied());
+        let orders: Vec<(ProductId, OrderId)> = (orders.into_iter())
+            .filter(|(product, id)| exists(product) && !rows.orders.contains_key(id))
             .collect();
         if !orders.is_empty() {
             return Some(Load::Orders(orders));
         }
-        let expired: Vec<ProductId> = self.expired_of.iter().copied().filter(exists).collect();
-        let expired = missing_in(expired, &rows.expired);
-        if !expired.is_empty() {
-            return Some(Load::ExpiredHolds(expired));
-        }
-        let overdue: Vec<ProductId> = self.overdue_of.iter().copied().filter(exists).collect();
-        let overdue = missing_in(overdue, &rows.overdue);
-        if !overdue.is_empty() {
-            return Some(Load::OverdueOrders(overdue));
+        let due: Vec<ProductId> = self.due_of.iter().copied().filter(exists).collect();
+        let due = missing_in(due, &rows.due);
+        if !due.is_empty() {
+            return Some(Load::DueBuckets(due));
         }
         let webhooks = missing(&self.webhooks, &rows.webhooks);
         (!webhooks.is_empty()).then_some(Load::Webhooks(webhooks))
@@ -461,8 +577,8 @@ mod tests {
                     .map(|id| Cow::Owned(product(id.0)))
                     .collect(),
             ),
-            Load::Orders(_) | Load::OverdueOrders(_) => Loaded::Orders(vec![]),
-            Load::ExpiredHolds(_) => Loaded::Holds(vec![]),
+            Load::Orders(_) => Loaded::Orders(vec![]),
+            Load::DueBuckets(_) => Loaded::Buckets(vec![]),
             Load::Webhooks(_) => Loaded::Webhooks(vec![]),
         }
     }
@@ -488,7 +604,7 @@ mod tests {
                 Load::Products(vec![ProductId(1), ProductId(2), ProductId(3)]),
                 Load::Holds(vec![(ProductId(2), HoldId(4))]),
                 Load::Orders(vec![(ProductId(2), OrderId(9))]),
-                Load::ExpiredHolds(vec![ProductId(1), ProductId(3)]),
+                Load::DueBuckets(vec![ProductId(1), ProductId(3)]),
                 Load::Webhooks(vec![key("w")]),
             ]
         );
@@ -536,17 +652,20 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_locks_the_product_then_reads_its_expired_holds_and_overdue_orders() {
+    fn a_sweep_locks_the_product_then_the_rows_it_names_then_reads_its_due_buckets() {
         let plan = Plan::new(&[Command::SweepProduct {
-            product_id: ProductId(1),
+            product_id: ProductId(2),
+            holds: vec![HoldId(4)],
+            orders: vec![OrderId(9)],
         }]);
         let (loads, _) = run(&plan, store(false));
         assert_eq!(
             loads,
             [
-                Load::Products(vec![ProductId(1)]),
-                Load::ExpiredHolds(vec![ProductId(1)]),
-                Load::OverdueOrders(vec![ProductId(1)])
+                Load::Products(vec![ProductId(2)]),
+                Load::Holds(vec![(ProductId(2), HoldId(4))]),
+                Load::Orders(vec![(ProductId(2), OrderId(9))]),
+                Load::DueBuckets(vec![ProductId(2)]),
             ]
         );
         assert!(
@@ -554,5 +673,23 @@ mod tests {
                 .next(&Rows::default())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_budget_is_bounded_by_the_commands_not_by_history() {
+        let one = Plan::new(&[place_hold(1, Some("a"))]).budget();
+        assert_eq!(one, Budget::of(6 + DUE_BUCKETS_MAX, 4 + DUE_BUCKETS_MAX));
+        // A second hold on the same product adds its own rows, not a second product's buckets.
+        let two = Plan::new(&[place_hold(1, Some("a")), place_hold(1, None)]).budget();
+        assert_eq!(two.loaded, one.loaded + 6);
+        assert_eq!(
+            two.check_loaded(two.loaded + 1),
+            Err(Violation::OverBudget {
+                what: "loaded",
+                rows: two.loaded + 1,
+                budget: two.loaded
+            })
+        );
+        assert_eq!(two.check_written(two.written), Ok(()));
     }
 }

@@ -69,14 +69,14 @@ pub fn validate_restock(qty: Qty) -> Result<(), Rejection> {
 }
 
 /// Units a buyer can still hold at some instant: `stock` minus the units of its live holds,
-/// which are the `units_held` counter less `units_expired`, the units of its held holds whose
-/// deadline has passed at that instant and that no transaction has released yet.
+/// which are the `units_held` counter less `units_due`, the units of its expiry buckets due at
+/// that instant and not yet folded ([`crate::hold::due_units`]).
 ///
 /// # Errors
-/// [`Violation::CounterOutOfRange`] if `units_expired` exceeds `units_held`, and
+/// [`Violation::CounterOutOfRange`] if `units_due` exceeds `units_held`, and
 /// [`Violation::HeldExceedsStock`] if the live units exceed the stock: the rows are corrupt.
-pub fn available(product: &Product, units_expired: Qty) -> Result<Qty, Violation> {
-    let live = product.units_held.checked_sub(units_expired);
+pub fn available(product: &Product, units_due: Qty) -> Result<Qty, Violation> {
+    let live = product.units_held.checked_sub(units_due);
     let live = live.ok_or(Violation::CounterOutOfRange {
         product_id: product.id,
         counter: "units_held",

@@ -17,6 +17,16 @@ impl Timestamp {
     pub fn as_ms(self) -> u64 {
         self.0
     }
+
+    /// The first instant at or after `self` that is a whole multiple of `tick_ms` (at least 1),
+    /// saturating at the far future.
+    pub fn ceil_to(self, tick_ms: u64) -> Timestamp {
+        let tick_ms = tick_ms.max(1);
+        match self.0 % tick_ms {
+            0 => self,
+            rest => Timestamp(self.0.saturating_add(tick_ms - rest)),
+        }
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -41,6 +51,19 @@ mod tests {
         assert!(!is_past(Timestamp(10), Timestamp(9)));
         assert!(is_past(Timestamp(10), Timestamp(10)));
         assert!(is_past(Timestamp(10), Timestamp(11)));
+    }
+
+    #[test]
+    fn a_timestamp_rounds_up_to_its_tick() {
+        assert_eq!(Timestamp(2_000).ceil_to(1_000), Timestamp(2_000));
+        assert_eq!(Timestamp(2_001).ceil_to(1_000), Timestamp(3_000));
+        assert_eq!(Timestamp(0).ceil_to(1_000), Timestamp(0));
+        assert_eq!(
+            Timestamp(7).ceil_to(0),
+            Timestamp(7),
+            "a zero tick is one millisecond"
+        );
+        assert_eq!(Timestamp(u64::MAX).ceil_to(1_000), Timestamp(u64::MAX));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Write-sets: what decisions write, as data. Each decision returns one, [`crate::execute()`] joins
 //! a batch's into one, and the SQL storage, the simulator's storage and the in-memory
 //! [`Ledger`](crate::Ledger) each apply a write-set in one function, so every effect (grant,
-//! consume, release, cancel, pay, restock, record) is composed here, once, and written once per
-//! storage.
+//! consume, release, retire, fold, cancel, pay, restock, record) is composed here, once, and
+//! written once per storage.
 //!
 //! A decision's write-set is built with [`Changes`], which starts from the product row the
-//! transaction locked and keeps its counters (`stock`, `units_held`, `units_received`) in step
-//! with every effect, with checked arithmetic: a counter that would leave its range means the
-//! rows read were corrupt, and is a [`Violation`], never a wrap.
+//! transaction locked and keeps its counters (`stock`, `units_held`, `units_received`,
+//! `expired_through`, `holds_to_retire`) and its expiry buckets in step with every effect, with
+//! checked arithmetic: a counter that would leave its range means the rows read were corrupt,
+//! and is a [`Violation`], never a wrap.
 //!
 //! Rows a write-set inserts have no ids until a storage assigns them, yet later parts of the same
 //! write-set (a webhook record naming the order it created, a request key naming its hold, a
@@ -19,16 +20,19 @@
 //! and [`WriteSet::append`] (and [`Pending`] for answers) moves them into the batch's numbering;
 //! rows the decision read keep the ids they had. A storage applies the parts in this order,
 //! resolving pending ids through the [`Inserted`] ids it has assigned so far: the product rows,
-//! the released holds, the inserted holds (ids assigned in order), the inserted orders (ids in
-//! order; each consumes its hold), order statuses, the webhook records, the request-key records.
+//! the bucket changes, the folded buckets (deleted), the released and retired holds, the inserted
+//! holds (ids assigned in order), the inserted orders (ids in order; each consumes its hold),
+//! order statuses, the webhook records, the request-key records.
 
 use crate::errors::Violation;
 use crate::ids::{HoldId, ID_MAX, OrderId, ProductId, Qty};
+use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
 use crate::rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 use crate::rows::payment::WebhookRecord;
 use crate::rows::product::{Counters, Product};
 use crate::rows::request::{KeyedRequest, RequestRecord};
+use crate::time::Timestamp;
 
 /// Where a decision's own numbering of its new rows starts, above any batch's numbering (a
 /// batch inserts far fewer than 2^40 rows).
@@ -168,8 +172,16 @@ pub struct WriteSet {
     /// change of a product's units writes its row, which is also what certification-based
     /// replication compares.
     pub products: Vec<Counters>,
-    /// Held holds leaving state held for `released`.
+    /// Changes to expiry buckets, by delta, one entry per bucket: a grant adds its hold to its
+    /// deadline's bucket (made when absent), a live hold consumed or released leaves its own.
+    pub buckets: Vec<BucketChange>,
+    /// Due buckets folded into their products' counters, to delete, as the decision saw them.
+    pub buckets_folded: Vec<ExpiryBucket>,
+    /// Held holds leaving state held for `released`, their units leaving `units_held`.
     pub holds_released: Vec<(HoldId, ReleaseReason)>,
+    /// Held holds expired for good (their units back on sale already) leaving state held for
+    /// `released`: a storage writes them as it writes [`WriteSet::holds_released`].
+    pub holds_retired: Vec<(HoldId, ReleaseReason)>,
     /// Holds granted, in order; the storage assigns their ids in this order.
     pub holds_inserted: Vec<NewHold>,
     /// Orders to insert, in order; each consumes its hold (held until then).
@@ -289,6 +301,31 @@ impl WriteSet {
         self.products.iter().find(|c| c.id == product_id)
     }
 
+    /// How many rows applying it writes: one per product, bucket changed or deleted, hold
+    /// released, retired or inserted, request or webhook record, and two per order inserted (the
+    /// order, and the hold it consumes). What [`crate::plan::Budget::written`] bounds.
+    pub fn rows(&self) -> usize {
+        [
+            self.products.len(),
+            self.buckets.len(),
+            self.buckets_folded.len(),
+            self.holds_released.len(),
+            self.holds_retired.len(),
+            self.holds_inserted.len(),
+            self.orders_inserted.len().saturating_mul(2),
+            self.orders_updated.len(),
+            self.webhooks.len(),
+            self.request_keys.len(),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
+    /// What its folds gave back to sale.
+    pub fn folded(&self) -> Folded {
+        Folded::of(&self.buckets_folded)
+    }
+
     /// Appends `later`, a decision's write-set decided after this one's effects: the rows it
     /// inserts are numbered after this one's, and its product counters replace this one's.
     pub fn append(&mut self, later: WriteSet) {
@@ -300,9 +337,12 @@ impl WriteSet {
     pub fn moved(self, offsets: Pending) -> WriteSet {
         WriteSet {
             products: self.products,
+            buckets: self.buckets,
+            buckets_folded: self.buckets_folded,
             holds_released: (self.holds_released.into_iter())
                 .map(|(id, reason)| (offsets.hold(id), reason))
                 .collect(),
+            holds_retired: self.holds_retired,
             holds_inserted: self.holds_inserted,
             orders_inserted: (self.orders_inserted.into_iter())
                 .map(|order| NewOrder {
@@ -323,7 +363,9 @@ impl WriteSet {
     }
 
     /// Appends `later`, already in this write-set's numbering: its rows after this one's, its
-    /// product counters replacing this one's.
+    /// product counters replacing this one's, its bucket deltas added to this one's. A bucket
+    /// `later` folds takes no change of this one's any more: the fold deletes it, having seen the
+    /// changes.
     pub fn join(&mut self, later: WriteSet) {
         for counters in later.products {
             match self.products.iter_mut().find(|c| c.id == counters.id) {
@@ -331,7 +373,15 @@ impl WriteSet {
                 None => self.products.push(counters),
             }
         }
+        for change in later.buckets {
+            add_change(&mut self.buckets, change);
+        }
+        for folded in &later.buckets_folded {
+            self.buckets.retain(|change| change.key() != folded.key());
+        }
+        self.buckets_folded.extend(later.buckets_folded);
         self.holds_released.extend(later.holds_released);
+        self.holds_retired.extend(later.holds_retired);
         self.holds_inserted.extend(later.holds_inserted);
         self.orders_inserted.extend(later.orders_inserted);
         self.orders_updated.extend(later.orders_updated);
@@ -340,9 +390,26 @@ impl WriteSet {
     }
 }
 
+/// Adds `change` to the entry of its bucket in `changes`, dropping an entry that comes to change
+/// nothing.
+fn add_change(changes: &mut Vec<BucketChange>, change: BucketChange) {
+    match changes.iter().position(|c| c.key() == change.key()) {
+        Some(at) => {
+            let entry = &mut changes[at];
+            entry.units = entry.units.saturating_add(change.units);
+            entry.holds = entry.holds.saturating_add(change.holds);
+            if entry.is_empty() {
+                changes.remove(at);
+            }
+        }
+        None if change.is_empty() => {}
+        None => changes.push(change),
+    }
+}
+
 /// Builds one decision's write-set from the product row its transaction locked, keeping the
-/// product's counters in step. Its new rows are numbered in the decision's own range, which
-/// [`WriteSet::append`] moves into the batch's.
+/// product's counters and expiry buckets in step. Its new rows are numbered in the decision's own
+/// range, which [`WriteSet::append`] moves into the batch's.
 #[derive(Clone, Debug)]
 pub struct Changes {
     product: Counters,
@@ -370,12 +437,49 @@ impl Changes {
         &self.product
     }
 
-    /// Grants a hold: its units become held. The caller decided it fits in `available`.
-    /// Returns the new hold's id in the decision's own numbering.
+    /// Folds `due`, the product's due expiry buckets in deadline order, into its counters: their
+    /// units leave `units_held`, their holds wait to be retired, `expired_through` moves to the
+    /// last one, and they are deleted. Every hold of theirs has expired for good.
     ///
     /// # Errors
-    /// [`Violation::HeldExceedsStock`] if the held units would exceed the stock.
+    /// [`Violation::ExpiryBucketMismatch`] for a bucket of another product or at or before
+    /// `expired_through`; [`Violation::CounterOutOfRange`] when the counters cannot take it.
+    pub fn fold(&mut self, due: &[ExpiryBucket]) -> Result<(), Violation> {
+        for bucket in due {
+            let fits = bucket.product_id == self.product.id
+                && bucket.expires_at > self.product.expired_through;
+            if !fits {
+                return Err(Violation::ExpiryBucketMismatch {
+                    product_id: bucket.product_id,
+                    expires_at: bucket.expires_at,
+                });
+            }
+            self.product.units_held = (self.product.units_held)
+                .checked_sub(bucket.units)
+                .ok_or(self.out_of_range("units_held"))?;
+            self.product.holds_to_retire = (self.product.holds_to_retire)
+                .checked_add(bucket.holds)
+                .ok_or(self.out_of_range("holds_to_retire"))?;
+            self.product.expired_through = bucket.expires_at;
+            self.product_changed = true;
+            self.writes.buckets_folded.push(*bucket);
+        }
+        Ok(())
+    }
+
+    /// Grants a hold: its units become held, in its deadline's bucket. The caller decided it
+    /// fits in `available`. Returns the new hold's id in the decision's own numbering.
+    ///
+    /// # Errors
+    /// [`Violation::HeldExceedsStock`] if the held units would exceed the stock;
+    /// [`Violation::ExpiryBucketMismatch`] for a deadline the product has folded already.
     pub fn grant(&mut self, grant: HoldGrant) -> Result<HoldId, Violation> {
+        if self.product.expired_through >= grant.expires_at {
+            return Err(Violation::ExpiryBucketMismatch {
+                product_id: self.product.id,
+                expires_at: grant.expires_at,
+            });
+        }
         let units_held = self.product.units_held.checked_add(grant.qty);
         let units_held = units_held.filter(|&held| held <= self.product.stock);
         self.product.units_held = units_held.ok_or(Violation::HeldExceedsStock {
@@ -384,6 +488,7 @@ impl Changes {
             stock: self.product.stock,
         })?;
         self.product_changed = true;
+        self.change_bucket(grant.expires_at, grant.qty, 1);
         let id = own_hold(self.writes.holds_inserted.len());
         self.writes.holds_inserted.push(NewHold {
             product_id: self.product.id,
@@ -392,24 +497,43 @@ impl Changes {
         Ok(id)
     }
 
-    /// Releases a held hold of the product: its units go back on sale.
+    /// Releases a held hold of the product: its units go back on sale now, or went at its
+    /// deadline already when it has expired for good (it is then retired).
     ///
     /// # Errors
-    /// [`Violation::CounterOutOfRange`] if the product's held units are fewer than the hold's.
+    /// [`Violation::CounterOutOfRange`] if the product's counters cannot give the hold up.
     pub fn release(&mut self, hold: &Hold, reason: ReleaseReason) -> Result<(), Violation> {
-        self.leave_held(hold)?;
-        self.writes.holds_released.push((hold.id, reason));
+        if self.leave_held(hold)? {
+            self.writes.holds_retired.push((hold.id, reason));
+        } else {
+            self.writes.holds_released.push((hold.id, reason));
+        }
         Ok(())
     }
 
-    /// Creates `order`, consuming its held hold: the units leave `units_held` and `stock` (they
-    /// are sold). Returns the new order's id in the decision's own numbering.
+    /// Retires a held hold that has expired for good: its row moves to released (expired); its
+    /// units went back on sale when its bucket was folded.
     ///
     /// # Errors
-    /// [`Violation::CounterOutOfRange`] if the counters cannot give up the hold's units.
+    /// [`Violation::HoldNotHeld`] for a hold that has not expired for good, or is not held.
+    pub fn retire(&mut self, hold: &Hold) -> Result<(), Violation> {
+        if !self.is_expired_for_good(hold) {
+            return Err(Violation::HoldNotHeld { hold_id: hold.id });
+        }
+        self.release(hold, ReleaseReason::Expired)
+    }
+
+    /// Creates `order`, consuming its held, live hold: the units leave `units_held` and `stock`
+    /// (they are sold). Returns the new order's id in the decision's own numbering.
+    ///
+    /// # Errors
+    /// [`Violation::CounterOutOfRange`] if the counters cannot give up the hold's units;
+    /// [`Violation::HoldNotHeld`] for a hold that has expired for good.
     pub fn consume(&mut self, hold: &Hold, order: NewOrder) -> Result<OrderId, Violation> {
         debug_assert_eq!(order.hold_id, hold.id, "an order consumes its own hold");
-        self.leave_held(hold)?;
+        if self.is_expired_for_good(hold) || self.leave_held(hold)? {
+            return Err(Violation::HoldNotHeld { hold_id: hold.id });
+        }
         self.product.stock = self
             .product
             .stock
@@ -477,17 +601,44 @@ impl Changes {
         writes
     }
 
-    fn leave_held(&mut self, hold: &Hold) -> Result<(), Violation> {
+    fn is_expired_for_good(&self, hold: &Hold) -> bool {
+        hold.expires_at <= self.product.expired_through
+    }
+
+    /// Takes a held hold of the product out of the counters; returns whether it had expired for
+    /// good (its units left `units_held` at its bucket's fold, so only `holds_to_retire` moves),
+    /// else its units leave `units_held` and its bucket.
+    fn leave_held(&mut self, hold: &Hold) -> Result<bool, Violation> {
         if hold.product_id != self.product.id || hold.state != HoldState::Held {
             return Err(Violation::HoldNotHeld { hold_id: hold.id });
+        }
+        self.product_changed = true;
+        if self.is_expired_for_good(hold) {
+            self.product.holds_to_retire = (self.product.holds_to_retire)
+                .checked_sub(1)
+                .ok_or(self.out_of_range("holds_to_retire"))?;
+            return Ok(true);
         }
         self.product.units_held = self
             .product
             .units_held
             .checked_sub(hold.qty)
             .ok_or(self.out_of_range("units_held"))?;
-        self.product_changed = true;
-        Ok(())
+        self.change_bucket(hold.expires_at, hold.qty, -1);
+        Ok(false)
+    }
+
+    /// Adds `qty` units (taken away when `holds` is negative) and `holds` holds to the bucket at
+    /// `expires_at`.
+    fn change_bucket(&mut self, expires_at: Timestamp, qty: Qty, holds: i64) {
+        let units = i64::from(qty.0);
+        let change = BucketChange {
+            product_id: self.product.id,
+            expires_at,
+            units: if holds < 0 { -units } else { units },
+            holds,
+        };
+        add_change(&mut self.writes.buckets, change);
     }
 
     fn leave_pre_payment(&self, order: &Order) -> Result<(), Violation> {
@@ -519,6 +670,8 @@ mod tests {
             stock: Qty(stock),
             units_held: Qty(units_held),
             units_received: u64::from(stock),
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         }
     }
 

@@ -5,8 +5,9 @@
 
 use flashsale_core::rows::hold::{HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX};
 use flashsale_core::{
-    Cents, Changes, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest, Ledger, Order,
-    OrderId, OrderStatus, Product, ProductId, Qty, Rejection, ReleaseReason, Timestamp, Violation,
+    Cents, Changes, ExpiryBucket, Hold, HoldId, HoldState, HoldView, IdempotencyKey, KeyedRequest,
+    Ledger, Order, OrderId, OrderStatus, Product, ProductId, Qty, Rejection, ReleaseReason,
+    Timestamp, Violation,
 };
 
 fn product(stock: u32, units_held: u32, received: u64) -> Product {
@@ -17,7 +18,30 @@ fn product(stock: u32, units_held: u32, received: u64) -> Product {
         stock: Qty(stock),
         units_held: Qty(units_held),
         units_received: received,
+        expired_through: Timestamp(0),
+        holds_to_retire: 0,
     }
+}
+
+/// The expiry buckets of `holds` as a storage keeps them: one per product and deadline of the
+/// held holds, whatever their products folded (a case that folds says so itself).
+fn buckets_of(holds: &[Hold]) -> Vec<ExpiryBucket> {
+    let mut buckets: Vec<ExpiryBucket> = Vec::new();
+    for hold in holds.iter().filter(|h| h.state == HoldState::Held) {
+        match (buckets.iter_mut()).find(|b| b.key() == (hold.product_id, hold.expires_at)) {
+            Some(bucket) => {
+                bucket.units = Qty(bucket.units.0 + hold.qty.0);
+                bucket.holds += 1;
+            }
+            None => buckets.push(ExpiryBucket {
+                product_id: hold.product_id,
+                expires_at: hold.expires_at,
+                units: hold.qty,
+                holds: 1,
+            }),
+        }
+    }
+    buckets
 }
 
 fn hold(id: u64, qty: u32, state: HoldState) -> Hold {
@@ -50,9 +74,100 @@ fn order(id: u64, hold_id: u64, qty: u32, status: OrderStatus) -> Order {
 type Case = (&'static str, Vec<Product>, Vec<Hold>, Vec<Order>);
 
 fn violation(products: Vec<Product>, holds: Vec<Hold>, orders: Vec<Order>) -> Option<Violation> {
+    let buckets = buckets_of(&holds);
+    violation_with(products, holds, orders, buckets)
+}
+
+fn violation_with(
+    products: Vec<Product>,
+    holds: Vec<Hold>,
+    orders: Vec<Order>,
+    buckets: Vec<ExpiryBucket>,
+) -> Option<Violation> {
     Ledger::from_rows(products, holds, orders, [])
+        .with_buckets(buckets)
         .check_invariants()
         .err()
+}
+
+#[test]
+fn the_invariant_checker_finds_broken_expiry_buckets_and_retire_counters() {
+    // Hold 1 expired for good (its deadline is the product's `expired_through`): its units left
+    // `units_held`, and it waits to be retired. Hold 2 is live, in its bucket.
+    let folded = Product {
+        expired_through: Timestamp(1_000),
+        holds_to_retire: 1,
+        ..product(5, 1, 5)
+    };
+    let live = Hold {
+        expires_at: Timestamp(2_000),
+        ..hold(2, 1, HoldState::Held)
+    };
+    let holds = vec![hold(1, 2, HoldState::Held), live];
+    let bucket = ExpiryBucket {
+        product_id: ProductId(1),
+        expires_at: Timestamp(2_000),
+        units: Qty(1),
+        holds: 1,
+    };
+    let check = |product: Product, buckets: Vec<ExpiryBucket>| {
+        violation_with(vec![product], holds.clone(), vec![], buckets)
+    };
+    assert_eq!(check(folded.clone(), vec![bucket]), None, "sound");
+    let mismatch = |at| {
+        Some(Violation::ExpiryBucketMismatch {
+            product_id: ProductId(1),
+            expires_at: Timestamp(at),
+        })
+    };
+    assert_eq!(
+        check(folded.clone(), vec![]),
+        mismatch(2_000),
+        "a live deadline's bucket missing"
+    );
+    let short = ExpiryBucket {
+        units: Qty(2),
+        ..bucket
+    };
+    assert_eq!(
+        check(folded.clone(), vec![short]),
+        mismatch(2_000),
+        "a bucket's units differ"
+    );
+    let stale = ExpiryBucket {
+        expires_at: Timestamp(1_000),
+        units: Qty(2),
+        ..bucket
+    };
+    let both = vec![stale, bucket];
+    assert_eq!(
+        check(folded.clone(), both),
+        mismatch(1_000),
+        "a bucket already folded"
+    );
+    let forgotten = Product {
+        holds_to_retire: 0,
+        ..folded.clone()
+    };
+    assert_eq!(
+        check(forgotten, vec![bucket]),
+        Some(Violation::RetireCounterMismatch {
+            product_id: ProductId(1),
+            counter: 0,
+            holds: 1
+        })
+    );
+    let counted_twice = Product {
+        units_held: Qty(3),
+        ..folded
+    };
+    assert!(
+        matches!(
+            check(counted_twice, vec![bucket]),
+            Some(Violation::HeldCounterMismatch { .. })
+        ),
+        "a hold expired for good still counted as held"
+    );
 }
 
 #[test]
@@ -285,9 +400,12 @@ fn every_word_round_trips_and_says_what_it_is() {
 }
 
 #[test]
-fn only_the_products_own_held_and_expired_holds_are_released_as_expired() {
-    let p = product(5, 2, 5);
-    let now = Timestamp(1_000);
+fn only_the_products_own_held_holds_expired_for_good_are_retired() {
+    let p = Product {
+        expired_through: Timestamp(1_000),
+        holds_to_retire: 1,
+        ..product(5, 0, 5)
+    };
     let mut foreign = hold(1, 2, HoldState::Held);
     foreign.product_id = ProductId(9);
     let released = hold(2, 2, HoldState::Released(ReleaseReason::Expired));
@@ -298,10 +416,10 @@ fn only_the_products_own_held_and_expired_holds_are_released_as_expired() {
     for (what, wrong) in [
         ("another product's", foreign),
         ("released", released),
-        ("unexpired", young),
+        ("not expired for good", young),
     ] {
         let mut changes = Changes::on(&p);
-        let refused = flashsale_core::hold::release_expired(&mut changes, &[wrong], now);
+        let refused = flashsale_core::hold::retire_expired(&mut changes, &[wrong]);
         assert_eq!(
             refused,
             Err(Violation::HoldNotHeld { hold_id: wrong.id }),
@@ -309,12 +427,18 @@ fn only_the_products_own_held_and_expired_holds_are_released_as_expired() {
         );
     }
     let mut changes = Changes::on(&p);
-    flashsale_core::hold::release_expired(&mut changes, &[hold(4, 2, HoldState::Held)], now)
-        .expect("the product's own expired hold");
+    flashsale_core::hold::retire_expired(&mut changes, &[hold(4, 2, HoldState::Held)])
+        .expect("the product's own hold expired for good");
+    let writes = changes.finish();
     assert_eq!(
-        changes.finish().holds_released,
+        writes.holds_retired,
         vec![(HoldId(4), ReleaseReason::Expired)]
     );
+    assert!(writes.holds_released.is_empty() && writes.buckets.is_empty());
+    let counters = writes
+        .product(ProductId(1))
+        .map(|c| (c.units_held, c.holds_to_retire));
+    assert_eq!(counters, Some((Qty(0), 0)), "only the retire counter moves");
 }
 
 #[test]

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("time", 1),
     // the rows and their lifecycles
     ("rows", 2),
+    ("rows::expiry", 2),
     ("rows::hold", 2),
     ("rows::order", 2),
     ("rows::payment", 2),

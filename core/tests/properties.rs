@@ -19,8 +19,8 @@ mod model;
 use flashsale_core::hold::{self, HoldRequest};
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::{
-    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, Outcome,
-    PaymentStatus, Plan, ProductId, Qty, Refusal, Rejection, RowLock, Rows, Timestamp,
+    Cents, Command, HoldId, HoldState, IdempotencyKey, Ledger, Load, Loaded, LockOrder, OrderId,
+    Outcome, PaymentStatus, Plan, ProductId, Qty, Refusal, Rejection, RowLock, Rows, Timestamp,
     WebhookPayload, execute,
 };
 use std::borrow::Cow;
@@ -62,7 +62,13 @@ fn batched() -> impl Strategy<Value = Command> {
         3 => (webhook_key, 1u64..12, status).prop_map(|(key, h, status)| {
             Command::ApplyWebhook(WebhookPayload { key, hold_id: HoldId(h), status })
         }),
-        1 => (1u64..4).prop_map(|p| Command::SweepProduct { product_id: ProductId(p) }),
+        1 => (1u64..4, proptest::collection::vec(1u64..12, 0..4), proptest::collection::vec(1u64..8, 0..3)).prop_map(|(p, holds, orders)| {
+            Command::SweepProduct {
+                product_id: ProductId(p),
+                holds: holds.into_iter().map(HoldId).collect(),
+                orders: orders.into_iter().map(OrderId).collect(),
+            }
+        }),
     ]
 }
 
@@ -77,10 +83,9 @@ fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
     (ledger, Timestamp(now))
 }
 
-/// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes:
-/// the load's own, and each expired hold and overdue order it locks.
+/// What a storage holding `ledger`'s rows finds for `load` at `now`, and the locks it takes.
 fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<RowLock>) {
-    let mut locks = load.locks();
+    let locks = load.locks();
     let loaded = match load {
         Load::RequestKeys(keys) => Loaded::RequestKeys(
             keys.iter()
@@ -107,30 +112,10 @@ fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<R
                 .filter_map(|&(_, id)| ledger.order(id).copied())
                 .collect(),
         ),
-        Load::ExpiredHolds(ids) => {
-            let expired: Vec<_> = ledger
-                .holds()
-                .filter(|h| ids.contains(&h.product_id))
-                .filter(|h| h.state == HoldState::Held && h.is_expired(now))
-                .copied()
-                .collect();
-            locks.extend(expired.iter().map(|h| RowLock::Hold {
-                product: h.product_id,
-                id: h.id,
-            }));
-            Loaded::Holds(expired)
-        }
-        Load::OverdueOrders(ids) => {
-            let overdue: Vec<_> = ledger
-                .orders()
-                .filter(|o| ids.contains(&o.product_id) && o.is_overdue(now))
-                .copied()
-                .collect();
-            locks.extend(overdue.iter().map(|o| RowLock::Order {
-                product: o.product_id,
-                id: o.id,
-            }));
-            Loaded::Orders(overdue)
+        Load::DueBuckets(ids) => {
+            let due = ledger.buckets().filter(|b| ids.contains(&b.product_id));
+            let due: Vec<_> = due.filter(|b| b.expires_at <= now).copied().collect();
+            Loaded::Buckets(due)
         }
         Load::Webhooks(keys) => Loaded::Webhooks(
             keys.iter()
@@ -212,9 +197,11 @@ proptest! {
                     .filter(|o| o.product_id == product.id && o.status.holds_units())
                     .map(|o| u64::from(o.qty.0))
                     .sum();
+                // Held holds not expired for good: the others' units are back on sale.
                 let held: u64 = ledger
                     .holds()
                     .filter(|h| h.product_id == product.id && h.state == HoldState::Held)
+                    .filter(|h| !product.expired_for_good(h.expires_at))
                     .map(|h| u64::from(h.qty.0))
                     .sum();
                 let expected = received.get(&product.id).copied();

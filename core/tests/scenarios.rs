@@ -14,9 +14,9 @@ use flashsale_core::rows::hold::{HOLD_QTY_MAX, HOLD_TTL_MS_MAX};
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_MAX;
 use flashsale_core::rows::product::PRICE_CENTS_MAX;
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order, OrderId,
-    OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection, ReleaseReason,
-    Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
+    Cents, Command, Folded, Hold, HoldId, HoldState, HoldView, IdempotencyKey, Ledger, Order,
+    OrderId, OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection,
+    ReleaseReason, Timestamp, WebhookPayload, WebhookRecord, WebhookResult,
 };
 
 /// The TTL of every hold in these stories, unless one says otherwise.
@@ -176,7 +176,7 @@ fn a_failed_webhook_returns_an_orders_units_exactly_once() {
 // Expiry is a transition.
 
 #[test]
-fn granting_a_hold_first_releases_the_products_expired_holds() {
+fn granting_a_hold_first_folds_the_products_due_expiry_bucket() {
     let mut s = Scenario::new();
     let p = s.create_product("P", 500, 5);
     let q = s.create_product("Q", 500, 5);
@@ -184,13 +184,21 @@ fn granting_a_hold_first_releases_the_products_expired_holds() {
     let h2 = s.step(0, hold(p, 1), expect_granted(1)).hold_id();
     let young = s.step(10_000, hold(p, 1), expect_granted(1)).hold_id();
     let other = s.step(0, hold(q, 1), expect_granted(1)).hold_id();
-    s.step(TTL_MS, hold(p, 1), expect_granted(1).releasing(&[h1, h2]));
-    s.expect_hold(h1, EXPIRED);
-    s.expect_hold(h2, EXPIRED);
+    // One bucket for the two holds of one deadline: two holds and three units back on sale,
+    // and neither hold's row written.
+    s.step(TTL_MS, hold(p, 1), expect_granted(1).folding(2, 3));
+    s.expect_hold(h1, HoldState::Held);
+    s.expect_hold(h2, HoldState::Held);
+    s.expect_hold_view(h1, TTL_MS, HoldView::Expired);
     s.expect_hold(young, HoldState::Held);
-    // Only the product being held from is touched: Q's expired hold waits for its own turn.
+    s.expect_available(p, TTL_MS, 3);
+    // Only the product being held from is touched: Q's bucket waits for its own turn.
     s.expect_hold(other, HoldState::Held);
     s.expect_hold_view(other, TTL_MS, HoldView::Expired);
+    // The sweeper retires the rows of the holds expired for good, and Q's once folded.
+    s.step(TTL_MS, sweep(), expect_swept(&[h1, h2, other], &[]));
+    s.expect_hold(h1, EXPIRED);
+    s.expect_hold(young, HoldState::Held);
 }
 
 #[test]
@@ -205,23 +213,27 @@ fn a_rejected_hold_releases_nothing() {
 }
 
 #[test]
-fn a_released_hold_is_never_ordered_even_when_the_clock_jumps_back() {
+fn a_hold_expired_for_good_is_never_ordered_even_when_the_clock_jumps_back() {
     let mut s = Scenario::new();
     let p = s.create_product("P", 500, 2);
     let h = s.step(0, hold(p, 1), expect_granted(1)).hold_id();
-    s.step(TTL_MS, hold(p, 1), expect_granted(1).releasing(&[h]));
-    // Another server's clock, one second after the hold was granted.
-    s.step(1_000, order(h), expect_rejected(hold_released(h)));
+    // The grant folds h's bucket: its unit is on sale again, and may be held by anyone.
+    s.step(TTL_MS, hold(p, 1), expect_granted(1).folding(1, 1));
+    // Another server's clock, one second after the hold was granted: the product decides no
+    // earlier than what it folded, so h is expired there too.
+    s.step(1_000, order(h), expect_rejected(hold_expired(h)));
     s.step(1_000, paid("evt-1", h), expect_webhook(RefundRequired));
     s.expect_hold(h, EXPIRED);
+    s.expect_stock(p, 2);
 }
 
 #[test]
 fn an_expired_unreleased_hold_looks_young_again_when_the_clock_jumps_back() {
     // Intended (STYLE.md, "The sans-IO core"): the core never assumes time moves forward, so a
     // held hold is judged by the `now` it is given. A backward jump may make a hold look young
-    // again, never a released one; its units were never handed to anyone else, because
-    // granting a hold releases the expired ones first.
+    // again, never one expired for good; its units were never handed to anyone else, because
+    // granting a hold folds the due buckets first, and a hold whose bucket was folded is
+    // expired whatever the clock says.
     let mut s = Scenario::new();
     let p = s.create_product("P", 500, 1);
     let h = s.step(0, hold(p, 1), expect_granted(1)).hold_id();
@@ -558,7 +570,11 @@ fn a_sweep_of_one_product_leaves_the_other_products_alone() {
     let hq = s.step(0, hold(q, 1), expect_granted(1)).hold_id();
     let sold = s.step(0, hold(q, 3), expect_granted(3)).hold_id();
     let o = s.step(0, order(sold), expect_new_order()).order_id();
-    let only_q = Command::SweepProduct { product_id: q };
+    let only_q = Command::SweepProduct {
+        product_id: q,
+        holds: vec![hq],
+        orders: vec![o],
+    };
     s.step(WINDOW_MS, only_q, expect_swept(&[hq], &[o]));
     s.expect_hold(hp, HoldState::Held);
     s.expect_hold(hq, EXPIRED);
@@ -862,7 +878,7 @@ enum Expect {
     },
     HoldGranted {
         qty: u32,
-        holds_released: Vec<HoldId>,
+        folded: Folded,
     },
     NewOrder,
     SameOrder {
@@ -874,20 +890,21 @@ enum Expect {
         replayed: bool,
     },
     Swept {
-        holds_released: Vec<HoldId>,
+        holds_retired: Vec<HoldId>,
         orders_cancelled: Vec<OrderId>,
     },
 }
 
 impl Expect {
-    /// A granted hold that also released these expired holds of its product, by deadline.
-    fn releasing(self, released: &[HoldId]) -> Expect {
+    /// A granted hold that also folded its product's due buckets, giving back `holds` expired
+    /// holds and their `units`.
+    fn folding(self, holds: u64, units: u64) -> Expect {
         match self {
             Expect::HoldGranted { qty, .. } => Expect::HoldGranted {
                 qty,
-                holds_released: released.to_vec(),
+                folded: Folded { holds, units },
             },
-            _ => panic!("only a granted hold releases holds"),
+            _ => panic!("only a granted hold folds buckets"),
         }
     }
 
@@ -918,19 +935,16 @@ impl Expect {
                 assert_eq!(received, *units_received, "{context}: received");
             }
             (
-                Expect::HoldGranted {
-                    qty,
-                    holds_released,
-                },
+                Expect::HoldGranted { qty, folded },
                 Outcome::HoldPlaced {
                     hold,
-                    holds_released: released,
+                    folded: found,
                     ..
                 },
             ) => {
                 assert_eq!(hold.qty, Qty(*qty), "{context}: qty granted");
                 assert_eq!(hold.state, HoldState::Held, "{context}: a new hold is held");
-                assert_eq!(released, holds_released, "{context}: holds released");
+                assert_eq!(found, folded, "{context}: folded");
             }
             (Expect::NewOrder, Outcome::OrderPlaced { order, created, .. }) => {
                 assert!(created, "{context}: got {order:?} again");
@@ -960,15 +974,16 @@ impl Expect {
             }
             (
                 Expect::Swept {
-                    holds_released,
+                    holds_retired,
                     orders_cancelled,
                 },
                 Outcome::Swept {
-                    holds_released: released,
+                    holds_retired: retired,
                     orders_cancelled: cancelled,
+                    ..
                 },
             ) => {
-                assert_eq!(released, holds_released, "{context}: holds released");
+                assert_eq!(retired, holds_retired, "{context}: holds retired");
                 assert_eq!(cancelled, orders_cancelled, "{context}: orders cancelled");
             }
             (_, outcome) => panic!("{context}: unexpected outcome {outcome:?}"),
@@ -1101,11 +1116,11 @@ fn expect_restocked(stock: u32, units_received: u64) -> Expect {
     }
 }
 
-/// A granted hold of `qty` that released nothing.
+/// A granted hold of `qty` that folded nothing.
 fn expect_granted(qty: u32) -> Expect {
     Expect::HoldGranted {
         qty,
-        holds_released: Vec::new(),
+        folded: Folded::default(),
     }
 }
 
@@ -1133,9 +1148,9 @@ fn expect_replayed(result: WebhookResult) -> Expect {
     }
 }
 
-fn expect_swept(holds_released: &[HoldId], orders_cancelled: &[OrderId]) -> Expect {
+fn expect_swept(holds_retired: &[HoldId], orders_cancelled: &[OrderId]) -> Expect {
     Expect::Swept {
-        holds_released: holds_released.to_vec(),
+        holds_retired: holds_retired.to_vec(),
         orders_cancelled: orders_cancelled.to_vec(),
     }
 }

@@ -12,9 +12,9 @@
 
 use flashsale_core::WebhookResult::{AlreadyApplied, Applied, Conflict, RefundRequired, Unmatched};
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderId, OrderStatus,
-    Outcome, PaymentStatus, Product, ProductId, Qty, ReleaseReason, Timestamp, WebhookPayload,
-    WebhookResult,
+    Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Ledger, Order, OrderId,
+    OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, ReleaseReason, Timestamp,
+    WebhookPayload, WebhookResult,
 };
 
 const STOCK: u32 = 5;
@@ -45,6 +45,8 @@ fn ledger(state: State) -> Ledger {
         stock: Qty(if sold { STOCK - QTY } else { STOCK }),
         units_held: Qty(if held { QTY } else { 0 }),
         units_received: u64::from(STOCK),
+        expired_through: Timestamp(0),
+        holds_to_retire: 0,
     };
     let hold_state = match state {
         State::Held | State::NoHold => HoldState::Held,
@@ -79,7 +81,13 @@ fn ledger(state: State) -> Ledger {
     } else {
         vec![hold]
     };
-    let ledger = Ledger::from_rows([product], holds, orders, []);
+    let buckets = held.then_some(ExpiryBucket {
+        product_id: ProductId(1),
+        expires_at: Timestamp(EXPIRES),
+        units: Qty(QTY),
+        holds: 1,
+    });
+    let ledger = Ledger::from_rows([product], holds, orders, []).with_buckets(buckets);
     ledger
         .check_invariants()
         .unwrap_or_else(|v| panic!("the rows of {state:?} are consistent: {v}"));

@@ -3,7 +3,7 @@ use std::borrow::Cow;
 use super::*;
 use crate::ids::Cents;
 use crate::plan::{Load, Loaded, Plan};
-use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant};
+use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant, ReleaseReason};
 use crate::rows::order::{OrderStatus, Settlement};
 use crate::rows::payment::PaymentStatus;
 use crate::writes::Inserted;
@@ -23,6 +23,18 @@ fn product(id: u64, stock: u32, units_held: u32) -> Product {
         stock: Qty(stock),
         units_held: Qty(units_held),
         units_received: u64::from(stock),
+        expired_through: Timestamp(0),
+        holds_to_retire: 0,
+    }
+}
+
+/// The bucket of `holds` (of one product, all with one deadline), as a storage keeps it.
+fn bucket_of(holds: &[Hold]) -> ExpiryBucket {
+    ExpiryBucket {
+        product_id: holds[0].product_id,
+        expires_at: holds[0].expires_at,
+        units: Qty(holds.iter().map(|h| h.qty.0).sum()),
+        holds: holds.len() as u32,
     }
 }
 
@@ -60,8 +72,8 @@ fn webhook(k: &str, hold_id: u64, status: PaymentStatus) -> Command {
     })
 }
 
-/// The rows `commands`' plan loads from a store of `products` and `holds` (no orders or
-/// records).
+/// The rows `commands`' plan loads from a store of `products` and `holds`, one bucket per held
+/// hold (no orders or records).
 fn rows_of(products: &[Product], holds: &[Hold], commands: &[Command]) -> Rows<'static> {
     let plan = Plan::new(commands);
     let mut rows = Rows::default();
@@ -79,14 +91,14 @@ fn rows_of(products: &[Product], holds: &[Hold], commands: &[Command]) -> Rows<'
                     .map(Cow::Owned)
                     .collect(),
             ),
-            Load::ExpiredHolds(ids) => Loaded::Holds(
+            Load::DueBuckets(ids) => Loaded::Buckets(
                 holds
                     .iter()
                     .filter(|h| ids.contains(&h.product_id) && h.is_expired(NOW))
-                    .copied()
+                    .map(|h| bucket_of(std::slice::from_ref(h)))
                     .collect(),
             ),
-            Load::Orders(_) | Load::OverdueOrders(_) => Loaded::Orders(vec![]),
+            Load::Orders(_) => Loaded::Orders(vec![]),
             Load::Webhooks(_) => Loaded::Webhooks(vec![]),
         };
         rows.put(load, loaded);
@@ -95,7 +107,7 @@ fn rows_of(products: &[Product], holds: &[Hold], commands: &[Command]) -> Rows<'
 }
 
 #[test]
-fn a_batch_over_two_products_grants_each_in_arrival_order_and_releases_expired_holds_once() {
+fn a_batch_over_two_products_grants_each_in_arrival_order_and_folds_due_buckets_once() {
     let products = [product(1, 3, 1), product(2, 1, 0)];
     let holds = [held(7, 1, 5_000)];
     let commands = [
@@ -110,11 +122,7 @@ fn a_batch_over_two_products_grants_each_in_arrival_order_and_releases_expired_h
         .answers
         .iter()
         .map(|a| match a {
-            Ok(Outcome::HoldPlaced {
-                hold,
-                holds_released,
-                ..
-            }) => Ok((hold.id, holds_released.clone())),
+            Ok(Outcome::HoldPlaced { hold, folded, .. }) => Ok((hold.id, *folded)),
             Ok(other) => panic!("{other:?}"),
             Err(refusal) => Err(refusal.clone()),
         })
@@ -128,19 +136,20 @@ fn a_batch_over_two_products_grants_each_in_arrival_order_and_releases_expired_h
     assert_eq!(
         granted,
         [
-            Ok((pending_hold(0), vec![HoldId(7)])),
-            Ok((pending_hold(1), vec![])),
-            Ok((pending_hold(2), vec![])),
+            Ok((pending_hold(0), Folded { holds: 1, units: 1 })),
+            Ok((pending_hold(1), Folded::default())),
+            Ok((pending_hold(2), Folded::default())),
             short(0),
             short(0),
         ]
     );
     let writes = &executed.writes;
     assert_eq!(
-        writes.holds_released.len(),
-        1,
-        "the expired hold is released once"
+        writes.buckets_folded,
+        [bucket_of(&holds)],
+        "the due bucket is folded once"
     );
+    assert!(writes.holds_released.is_empty(), "no hold row is written");
     assert_eq!(writes.holds_inserted.len(), 3);
     let counters = |id| writes.product(ProductId(id)).map(|c| c.units_held);
     assert_eq!((counters(1), counters(2)), (Some(Qty(3)), Some(Qty(1))));
@@ -277,4 +286,67 @@ fn a_keyed_request_twice_in_one_batch_replays_the_first_answer() {
     );
     assert_eq!(ledger.holds().count(), 1);
     assert_eq!(ledger.request_keys().count(), 1);
+}
+
+#[test]
+fn a_hold_released_before_a_grant_in_one_batch_is_counted_once() {
+    // Hold 7 expired (its bucket is due, not folded) and hold 8 is live: stock 2, both held.
+    let products = [product(1, 2, 2)];
+    let holds = [held(7, 1, 5_000), held(8, 1, 60_000)];
+    let commands = [
+        webhook("evt", 7, PaymentStatus::Failed),
+        hold_request(1, 1),
+        hold_request(1, 1),
+    ];
+    let executed = execute(&rows_of(&products, &holds, &commands), NOW, &commands);
+    let answers = &executed.answers;
+    assert!(matches!(answers[1], Ok(Outcome::HoldPlaced { .. })));
+    // Hold 7's unit is free once, whether its bucket or its release frees it: not twice.
+    assert_eq!(
+        answers[2],
+        Err(Refusal::Rejected(Rejection::InsufficientStock {
+            requested: Qty(1),
+            available: Qty(0)
+        }))
+    );
+    let writes = &executed.writes;
+    assert_eq!(
+        writes.holds_released,
+        [(HoldId(7), ReleaseReason::PaymentFailed)]
+    );
+    let folded = writes.buckets_folded.first().map(|b| (b.units, b.holds));
+    assert_eq!(
+        folded,
+        Some((Qty(0), 0)),
+        "the bucket is folded as the release left it"
+    );
+    assert!(
+        writes
+            .buckets
+            .iter()
+            .all(|b| b.expires_at != Timestamp(5_000)),
+        "no change is left to a folded bucket"
+    );
+}
+
+#[test]
+fn a_storage_that_loads_past_the_budget_gets_every_command_refused() {
+    // One bucket per expired hold, far more than a product may have due: the old read of every
+    // expired hold, which made a grant's work grow with history.
+    let products = [product(1, 5_000, 1_000)];
+    let holds: Vec<Hold> = (1..=1_000).map(|id| held(id, 1, 1_000 + id)).collect();
+    let commands = [hold_request(1, 1)];
+    let executed = execute(&rows_of(&products, &holds, &commands), NOW, &commands);
+    assert!(
+        matches!(
+            &executed.answers[0],
+            Err(Refusal::Violated(Violation::OverBudget {
+                what: "loaded",
+                ..
+            }))
+        ),
+        "{:?}",
+        executed.answers[0]
+    );
+    assert!(executed.writes.is_empty());
 }

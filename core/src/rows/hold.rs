@@ -1,8 +1,9 @@
 //! The hold row: a buyer's short claim on units of one product, and its lifecycle.
 //!
 //! Lifecycle: `Held -> Consumed(order) | Released(Expired | PaymentFailed)`. `Consumed` and
-//! `Released` are final. A held hold whose `expires_at` has passed still counts as held in the
-//! state until a transaction releases it, but it is never granted against and never consumed.
+//! `Released` are final. A held hold whose `expires_at` has passed stays in state held until the
+//! sweeper retires its row, but it is never granted against and never consumed: its units went
+//! back on sale at its deadline, through its product's expiry bucket ([`crate::rows::expiry`]).
 
 use crate::ids::{HoldId, OrderId, ProductId, Qty};
 use crate::time::{Timestamp, is_past};
@@ -15,10 +16,22 @@ pub const HOLD_TTL_MS_MIN: u64 = 1_000;
 pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// The default hold TTL: two minutes, as the original service had it.
 pub const HOLD_TTL_MS_DEFAULT: u64 = 2 * 60 * 1_000;
+/// Hold deadlines fall on whole multiples of this (one second): a hold lasts its TTL rounded up
+/// to the next tick, so the holds of a product granted within one second share one deadline and
+/// one expiry bucket ([`crate::rows::expiry`]), however many there are.
+pub const HOLD_DEADLINE_TICK_MS: u64 = 1_000;
 
 const _: () = assert!(HOLD_TTL_MS_MIN <= HOLD_TTL_MS_DEFAULT);
 const _: () = assert!(HOLD_TTL_MS_DEFAULT <= HOLD_TTL_MS_MAX);
 const _: () = assert!(HOLD_QTY_MAX.0 > 0);
+// A hold granted at `now` expires after `now`, and after anything its product folded by `now`.
+const _: () = assert!(HOLD_DEADLINE_TICK_MS <= HOLD_TTL_MS_MIN);
+
+/// The deadline of a hold granted at `now` for `ttl_ms`: `now + ttl_ms`, rounded up to the next
+/// [`HOLD_DEADLINE_TICK_MS`].
+pub fn hold_deadline(now: Timestamp, ttl_ms: u64) -> Timestamp {
+    now.saturating_add_ms(ttl_ms).ceil_to(HOLD_DEADLINE_TICK_MS)
+}
 
 /// Why a hold was released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,7 +143,7 @@ pub struct HoldGrant {
     pub qty: Qty,
     /// `now` at the decision.
     pub created_at: Timestamp,
-    /// `now + ttl_ms`.
+    /// [`hold_deadline`]`(created_at, ttl_ms)`.
     pub expires_at: Timestamp,
 }
 

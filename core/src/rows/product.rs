@@ -2,10 +2,12 @@
 //!
 //! `stock` counts the units not yet sold; units on hold are still part of it. `units_received`
 //! counts every unit the product ever received (initial stock plus restocks), which is what the
-//! conservation invariant compares against.
+//! conservation invariant compares against. `units_held`, `expired_through` and
+//! `holds_to_retire` keep its holds' expiry in bounded work ([`crate::rows::expiry`]).
 
 use crate::ids::{Cents, ProductId, Qty};
 use crate::rows::hold::HOLD_QTY_MAX;
+use crate::time::Timestamp;
 
 /// The longest product name accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
@@ -26,11 +28,20 @@ pub struct Product {
     pub price_cents: Cents,
     /// Units not yet sold (held units included).
     pub stock: Qty,
-    /// Units of the product's holds in state held, expired or not: a counter kept in step with
-    /// every grant, release and order, so availability never sums the holds.
+    /// Units of the product's held holds not yet expired for good (whose deadline is after
+    /// `expired_through`): a counter kept in step with every grant, order, release and fold, so
+    /// availability never sums the holds.
     pub units_held: Qty,
     /// Units ever received: the initial stock plus every restock.
     pub units_received: u64,
+    /// The deadline of the last expiry bucket folded into the counters: every held hold whose
+    /// deadline is at or before it has expired for good, its units back on sale, whatever any
+    /// clock reads later. Decisions on the product are made at no earlier instant
+    /// ([`Product::decision_time`]). Zero until a first fold.
+    pub expired_through: Timestamp,
+    /// How many held holds have expired for good (deadline at or before `expired_through`) and
+    /// wait for the sweeper to retire their rows.
+    pub holds_to_retire: u32,
 }
 
 /// A product's unit counters: what every change of its units writes to its row.
@@ -40,10 +51,14 @@ pub struct Counters {
     pub id: ProductId,
     /// Units not yet sold.
     pub stock: Qty,
-    /// Units of its holds in state held.
+    /// Units of its held holds not yet expired for good.
     pub units_held: Qty,
     /// Units ever received.
     pub units_received: u64,
+    /// The deadline of the last expiry bucket folded.
+    pub expired_through: Timestamp,
+    /// Held holds expired for good whose rows wait to be retired.
+    pub holds_to_retire: u32,
 }
 
 impl Product {
@@ -54,6 +69,8 @@ impl Product {
             stock: self.stock,
             units_held: self.units_held,
             units_received: self.units_received,
+            expired_through: self.expired_through,
+            holds_to_retire: self.holds_to_retire,
         }
     }
 
@@ -63,6 +80,22 @@ impl Product {
         self.stock = counters.stock;
         self.units_held = counters.units_held;
         self.units_received = counters.units_received;
+        self.expired_through = counters.expired_through;
+        self.holds_to_retire = counters.holds_to_retire;
+    }
+
+    /// The instant decisions on the product are made at, given the clock's `now`: `now`, or its
+    /// `expired_through` when the clock reads earlier. Time on a product never goes back past
+    /// what it folded: a clock stepped back, or a server whose clock runs behind another's, must
+    /// not see alive a hold whose units were already given back to sale.
+    pub fn decision_time(&self, now: Timestamp) -> Timestamp {
+        now.max(self.expired_through)
+    }
+
+    /// Whether `deadline` (a hold's) is at or before `expired_through`: the hold's units left
+    /// `units_held` when its bucket was folded.
+    pub fn expired_for_good(&self, deadline: Timestamp) -> bool {
+        deadline <= self.expired_through
     }
 }
 
@@ -87,6 +120,8 @@ impl NewProduct {
             stock: self.stock,
             units_held: Qty::ZERO,
             units_received: u64::from(self.stock.0),
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         }
     }
 }

@@ -97,6 +97,8 @@ pub fn assert_agree(ledger: &Ledger, model: &Model, now_ms: u64) {
         let row = model.request_key_row(&record.key);
         assert_eq!(ledger.request_key(&key), Some(&row));
     }
+    let buckets: Vec<_> = ledger.buckets().copied().collect();
+    assert_eq!(buckets, model.buckets(), "expiry buckets");
     assert_eq!(ledger.next_deadline(), model.next_deadline().map(Timestamp));
 }
 

@@ -22,18 +22,21 @@ pub fn cases() -> u32 {
 pub mod agree;
 
 use flashsale_core::{
-    CancelReason, Cents, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, KeyedRequest, Order,
-    OrderId, OrderStatus, Outcome, PaymentStatus, Product, ProductId, Qty, Rejection,
-    ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult,
+    CancelReason, Cents, ExpiryBucket, Fingerprint, Folded, Hold, HoldId, HoldState,
+    IdempotencyKey, KeyedRequest, Order, OrderId, OrderStatus, Outcome, PaymentStatus, Product,
+    ProductId, Qty, Rejection, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
+    WebhookResult,
 };
 
-/// One row per product: what it was created with.
+/// One row per product: what it was created with, and the latest deadline a grant or a sweep
+/// folded (every held hold at or before it has expired for good, whatever the clock says).
 #[derive(Clone, Debug)]
 pub struct ModelProduct {
     pub id: u64,
     pub name: String,
     pub price: u64,
     pub initial: u32,
+    pub folded_through: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -177,8 +180,16 @@ impl Model {
         self.received(product) - sold
     }
 
-    /// Available at `now`: stock minus every held hold not yet past its deadline.
+    /// The instant the product decides at: `now`, or the last deadline it folded if later.
+    pub fn at(&self, product: u64, now: u64) -> u64 {
+        self.find_product(product)
+            .map_or(now, |p| now.max(p.folded_through))
+    }
+
+    /// Available at `now`: stock minus every held hold not yet past its deadline, judged at the
+    /// product's own instant.
     pub fn available(&self, product: u64, now: u64) -> u64 {
+        let now = self.at(product, now);
         let held: u64 = self
             .holds
             .iter()
@@ -186,6 +197,64 @@ impl Model {
             .map(|h| u64::from(h.qty))
             .sum();
         self.stock(product).saturating_sub(held)
+    }
+
+    /// Folds the product at `now` (its own instant): the last deadline of any of its holds due
+    /// then becomes its `folded_through`. Returns the held holds that so expired for good, and
+    /// their units. (The core folds at most 256 deadlines at once; no generated history has
+    /// that many.)
+    fn fold(&mut self, product: u64, now: u64) -> Folded {
+        let through = self.find_product(product).map_or(0, |p| p.folded_through);
+        let due = |h: &&ModelHold| h.product == product && h.expires > through && h.expires <= now;
+        let last = self.holds.iter().filter(due).map(|h| h.expires).max();
+        let held: Vec<u32> = self
+            .holds
+            .iter()
+            .filter(due)
+            .filter(|h| h.end.is_none())
+            .map(|h| h.qty)
+            .collect();
+        if let (Some(last), Some(p)) = (last, self.products.iter_mut().find(|p| p.id == product)) {
+            p.folded_through = last;
+        }
+        Folded {
+            holds: held.len() as u64,
+            units: held.iter().map(|&q| u64::from(q)).sum(),
+        }
+    }
+
+    /// The expiry buckets the model implies: one per product and deadline of any hold granted
+    /// after what the product folded, with the units and number of its held holds (zero once
+    /// they are all consumed or released).
+    pub fn buckets(&self) -> Vec<ExpiryBucket> {
+        let mut buckets: Vec<ExpiryBucket> = Vec::new();
+        for hold in &self.holds {
+            let through = self
+                .find_product(hold.product)
+                .map_or(0, |p| p.folded_through);
+            if hold.expires <= through {
+                continue;
+            }
+            let key = (ProductId(hold.product), Timestamp(hold.expires));
+            let at = match buckets.iter().position(|b| b.key() == key) {
+                Some(at) => at,
+                None => {
+                    buckets.push(ExpiryBucket {
+                        product_id: key.0,
+                        expires_at: key.1,
+                        units: Qty(0),
+                        holds: 0,
+                    });
+                    buckets.len() - 1
+                }
+            };
+            if hold.end.is_none() {
+                buckets[at].units = Qty(buckets[at].units.0 + hold.qty);
+                buckets[at].holds += 1;
+            }
+        }
+        buckets.sort();
+        buckets
     }
 
     /// The earliest deadline of a held hold or an unpaid order.
@@ -216,6 +285,7 @@ impl Model {
                     name,
                     price,
                     initial: stock,
+                    folded_through: 0,
                 });
                 Ok(Outcome::ProductCreated(self.product_row(id)))
             }
@@ -278,7 +348,7 @@ impl Model {
                 Some(field) => Err(reused(&key, field)),
                 None => Ok(Outcome::HoldPlaced {
                     hold: self.hold_row(record.resource),
-                    holds_released: Vec::new(),
+                    folded: Folded::default(),
                     replayed: true,
                 }),
             };
@@ -365,26 +435,23 @@ impl Model {
                 available: Qty(available as u32),
             });
         }
-        let mut released = Vec::new();
-        for hold in &mut self.holds {
-            if hold.product == product && hold.end.is_none() && hold.expires <= now {
-                hold.end = Some(Err(ReleaseReason::Expired));
-                released.push(HoldId(hold.id));
-            }
-        }
+        let now = self.at(product, now);
+        let folded = self.fold(product, now);
         let id = self.new_id(HOLD);
+        // Deadlines fall on whole seconds, rounded up.
+        let expires = (now + ttl).div_ceil(1_000) * 1_000;
         let hold = ModelHold {
             id,
             product,
             qty,
             created: now,
-            expires: now + ttl,
+            expires,
             end: None,
         };
         self.holds.push(hold);
         Ok(Outcome::HoldPlaced {
             hold: self.hold_row(id),
-            holds_released: released,
+            folded,
             replayed: false,
         })
     }
@@ -400,6 +467,7 @@ impl Model {
                 hold_id: HoldId(hold),
             });
         };
+        let now = self.at(h.product, now);
         match h.end {
             Some(Ok(order)) => {
                 return Ok(Outcome::OrderPlaced {
@@ -480,7 +548,10 @@ impl Model {
                 order,
             });
         }
-        let (result, order) = self.webhook_effect(now, hold, paid);
+        let at = self
+            .find_hold(hold)
+            .map_or(now, |h| self.at(h.product, now));
+        let (result, order) = self.webhook_effect(at, hold, paid);
         self.webhooks.push(ModelWebhook {
             key: key.clone(),
             hold,
@@ -557,23 +628,36 @@ impl Model {
     }
 
     fn sweep(&mut self, now: u64) -> Outcome {
-        let mut holds_released = Vec::new();
-        for hold in &mut self.holds {
-            if hold.end.is_none() && hold.expires <= now {
-                hold.end = Some(Err(ReleaseReason::Expired));
-                holds_released.push(HoldId(hold.id));
-            }
-        }
+        let mut folded = Folded::default();
+        let mut holds_retired = Vec::new();
         let mut orders_cancelled = Vec::new();
-        for order in &mut self.orders {
-            if order.status == OrderStatus::PrePayment && order.due <= now {
-                order.status = OrderStatus::Cancelled;
-                order.cancelled_because = Some(CancelReason::PaymentWindowClosed);
-                orders_cancelled.push(OrderId(order.id));
+        let products: Vec<u64> = self.products.iter().map(|p| p.id).collect();
+        for product in products {
+            let now = self.at(product, now);
+            let more = self.fold(product, now);
+            folded.holds += more.holds;
+            folded.units += more.units;
+            let through = self.at(product, 0);
+            for hold in &mut self.holds {
+                if hold.product == product && hold.end.is_none() && hold.expires <= through {
+                    hold.end = Some(Err(ReleaseReason::Expired));
+                    holds_retired.push(HoldId(hold.id));
+                }
+            }
+            for order in &mut self.orders {
+                let overdue = order.status == OrderStatus::PrePayment && order.due <= now;
+                if order.product == product && overdue {
+                    order.status = OrderStatus::Cancelled;
+                    order.cancelled_because = Some(CancelReason::PaymentWindowClosed);
+                    orders_cancelled.push(OrderId(order.id));
+                }
             }
         }
+        holds_retired.sort();
+        orders_cancelled.sort();
         Outcome::Swept {
-            holds_released,
+            folded,
+            holds_retired,
             orders_cancelled,
         }
     }
@@ -588,10 +672,16 @@ impl Model {
             units_held: Qty(self
                 .holds
                 .iter()
-                .filter(|h| h.product == id && h.end.is_none())
+                .filter(|h| h.product == id && h.end.is_none() && h.expires > p.folded_through)
                 .map(|h| h.qty)
                 .sum()),
             units_received: self.received(id),
+            expired_through: Timestamp(p.folded_through),
+            holds_to_retire: self
+                .holds
+                .iter()
+                .filter(|h| h.product == id && h.end.is_none() && h.expires <= p.folded_through)
+                .count() as u32,
         }
     }
 

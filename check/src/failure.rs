@@ -27,6 +27,9 @@ pub enum Check {
     Panic,
     /// A transaction took a row lock against the core's global lock order.
     LockOrder,
+    /// A transaction loaded or wrote more rows than its commands' budget
+    /// (`flashsale_core::Plan::budget`): work that grows with history inside a request.
+    Budget,
 }
 
 impl Check {
@@ -40,6 +43,7 @@ impl Check {
             Check::Liveness => "liveness",
             Check::Panic => "panic",
             Check::LockOrder => "lock order",
+            Check::Budget => "work budget",
         }
     }
 }

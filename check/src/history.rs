@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use flashsale_core::{
-    Command, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty, Rejection,
+    Command, Folded, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty, Rejection,
     Timestamp, WebhookResult,
 };
 use flashsale_server::service::{HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer};
@@ -15,13 +15,12 @@ use crate::recording::OpContext;
 /// What a client was answered, with the storage's ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// A hold granted (or replayed under its key), and the expired holds its decision
-    /// released.
+    /// A hold granted (or replayed under its key), and what its decision folded.
     Hold {
         /// The hold.
         hold: Hold,
-        /// The holds released first, by id.
-        holds_released: Vec<HoldId>,
+        /// What folding its product's due expiry buckets gave back to sale first.
+        folded: Folded,
         /// Whether its key's record answered it.
         replayed: bool,
     },
@@ -58,7 +57,7 @@ impl From<&Keyed<HoldPlaced>> for Answer {
     fn from(placed: &Keyed<HoldPlaced>) -> Self {
         Answer::Hold {
             hold: placed.value.hold,
-            holds_released: placed.value.holds_released.clone(),
+            folded: placed.value.folded,
             replayed: placed.replayed,
         }
     }
@@ -79,7 +78,7 @@ impl From<&HoldPlaced> for Answer {
     fn from(placed: &HoldPlaced) -> Self {
         Answer::Hold {
             hold: placed.hold,
-            holds_released: placed.holds_released.clone(),
+            folded: placed.folded,
             replayed: false,
         }
     }
@@ -122,11 +121,11 @@ impl Answer {
         Ok(match result {
             Ok(Outcome::HoldPlaced {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             }) => Answer::Hold {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             },
             Ok(Outcome::OrderPlaced {
@@ -154,11 +153,8 @@ impl Answer {
         })
     }
 
-    /// Holds released in id order: the storage and the ledger list them in their own orders.
-    pub(crate) fn normalised(mut self) -> Answer {
-        if let Answer::Hold { holds_released, .. } = &mut self {
-            holds_released.sort_unstable();
-        }
+    /// The answer as compared: every field is compared as it is.
+    pub(crate) fn normalised(self) -> Answer {
         self
     }
 }

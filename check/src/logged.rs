@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flashsale_core::{
-    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
-    RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
+    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
+    ProductId, Qty, RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
 };
 use flashsale_server::clock::Clock;
 use flashsale_server::store::{
-    Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, Transaction, TxMode,
+    Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, SweepCandidates, Transaction,
+    TxMode,
 };
 use tokio::task::JoinHandle;
 
@@ -199,6 +200,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         let Some(inner) = self.inner.take() else {
             return Err(StoreError::Database("the transaction has ended".into()));
         };
+        (self.observer.check_budget()).map_err(|failure| StoreError::Database(failure.message))?;
         let shared = self.shared.clone();
         let _gate = shared.gate.lock().await;
         // A failed commit committed nothing here (no commit answer is lost on these storages);
@@ -222,7 +224,9 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         for &id in ids {
             self.took(RowLock::Product(id))?;
         }
-        self.tx()?.lock_products(ids).await
+        let products = self.tx()?.lock_products(ids).await?;
+        self.observer.loaded(products.len());
+        Ok(products)
     }
 
     async fn insert_product(
@@ -236,23 +240,22 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         Ok(product)
     }
 
-    async fn expired_holds(
+    async fn due_buckets(
         &mut self,
         products: &[ProductId],
         now: Timestamp,
-    ) -> StoreResult<Vec<Hold>> {
-        let holds = self.tx()?.expired_holds(products, now).await?;
-        for hold in &holds {
-            self.took(RowLock::Hold {
-                product: hold.product_id,
-                id: hold.id,
-            })?;
-        }
-        Ok(holds)
+    ) -> StoreResult<Vec<ExpiryBucket>> {
+        let buckets = self.tx()?.due_buckets(products, now).await?;
+        self.observer.loaded(buckets.len());
+        Ok(buckets)
     }
 
     async fn holds(&mut self, ids: &[HoldId], lock: bool) -> StoreResult<Vec<Hold>> {
+        if lock {
+            self.observer.locking_holds(ids);
+        }
         let holds = self.tx()?.holds(ids, lock).await?;
+        self.observer.loaded(holds.len());
         for hold in holds.iter().filter(|_| lock) {
             self.took(RowLock::Hold {
                 product: hold.product_id,
@@ -263,7 +266,11 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
     }
 
     async fn orders(&mut self, ids: &[OrderId], lock: bool) -> StoreResult<Vec<Order>> {
+        if lock {
+            self.observer.locking_orders(ids);
+        }
         let orders = self.tx()?.orders(ids, lock).await?;
+        self.observer.loaded(orders.len());
         for order in orders.iter().filter(|_| lock) {
             self.took(RowLock::Order {
                 product: order.product_id,
@@ -283,7 +290,9 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         for key in keys {
             self.took(RowLock::Webhook(key.clone()))?;
         }
-        self.tx()?.lock_webhooks(keys).await
+        let records = self.tx()?.lock_webhooks(keys).await?;
+        self.observer.loaded(records.len());
+        Ok(records)
     }
 
     async fn lock_request_keys(
@@ -294,6 +303,7 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
             self.took(RowLock::RequestKey(key.clone()))?;
         }
         let records = self.tx()?.lock_request_keys(keys).await?;
+        self.observer.loaded(records.len());
         self.observer.found(&records);
         Ok(records)
     }
@@ -302,19 +312,17 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         self.tx()?.products_due(now, limit).await
     }
 
-    async fn lock_overdue_orders(
+    async fn sweep_candidates(
         &mut self,
-        products: &[ProductId],
+        product: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Vec<Order>> {
-        let orders = self.tx()?.lock_overdue_orders(products, now).await?;
-        for order in &orders {
-            self.took(RowLock::Order {
-                product: order.product_id,
-                id: order.id,
-            })?;
-        }
-        Ok(orders)
+        limit: u32,
+    ) -> StoreResult<SweepCandidates> {
+        self.tx()?.sweep_candidates(product, now, limit).await
+    }
+
+    async fn holds_to_retire(&mut self) -> StoreResult<u64> {
+        self.tx()?.holds_to_retire().await
     }
 
     async fn purge_records(

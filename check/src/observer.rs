@@ -1,15 +1,19 @@
 //! One transaction as the commit-order replay observes it, whatever the storage: every lock it
-//! takes checked against the core's global lock order ([`LockOrder`]), and what its end logs (the
-//! rows it inserted, the request keys it found and recorded, the product it locked last) as the
-//! log's entries for the requests it served; and the [`CommitLog`] those entries go to, in commit
-//! order.
+//! takes checked against the core's global lock order ([`LockOrder`]), the rows it loads and
+//! writes checked against its commands' budget ([`Plan::budget`]), and what its end logs (the
+//! rows it inserted, the request keys it found and recorded, the product it locked last, the
+//! holds and orders a sweep named) as the log's entries for the requests it served; and the
+//! [`CommitLog`] those entries go to, in commit order.
 //!
 //! Every storage feeds the same [`TxObserver`]: [`crate::logged::Logged`] from the
 //! `Transaction` calls it wraps (the real databases), the simulator's storage from its own lock
 //! table and commit, where its locks are really granted and its commits really applied. So the
 //! lock-order check and what a transaction's end logs are written once, here.
 
-use flashsale_core::{Inserted, LockOrder, ProductId, RequestRecord, RowLock, WriteSet};
+use flashsale_core::{
+    Command, HoldId, Inserted, LockOrder, OrderId, Plan, ProductId, RequestRecord, RowLock,
+    WriteSet,
+};
 
 use crate::failure::{Check, Failure};
 use crate::recording::{self, Ending, Entry};
@@ -25,6 +29,10 @@ pub struct TxObserver {
     locked_product: Option<ProductId>,
     /// Its locks, checked against the core's global lock order.
     locks: LockOrder,
+    /// Rows its loading reads found.
+    rows_loaded: usize,
+    /// Rows its write-sets wrote.
+    rows_written: usize,
 }
 
 impl TxObserver {
@@ -35,6 +43,8 @@ impl TxObserver {
             ending: Ending::default(),
             locked_product: None,
             locks: LockOrder::default(),
+            rows_loaded: 0,
+            rows_written: 0,
         }
     }
 
@@ -64,6 +74,62 @@ impl TxObserver {
         })
     }
 
+    /// Notes the rows a read of the transaction's plan found (records, products, holds, orders,
+    /// buckets): what its budget bounds.
+    pub fn loaded(&mut self, rows: usize) {
+        self.rows_loaded = self.rows_loaded.saturating_add(rows);
+    }
+
+    /// Notes the holds a locking read by id asked for: a sweep's transaction names them.
+    pub fn locking_holds(&mut self, ids: &[HoldId]) {
+        self.ending.holds_locked.extend(ids.iter().map(|id| id.0));
+    }
+
+    /// Notes the orders a locking read by id asked for: a sweep's transaction names them.
+    pub fn locking_orders(&mut self, ids: &[OrderId]) {
+        self.ending.orders_locked.extend(ids.iter().map(|id| id.0));
+    }
+
+    /// Checks the rows the transaction loaded and wrote so far against the budget of the
+    /// commands it decides ([`Plan::budget`]), as its end logs them: a storage that reads what
+    /// grows with history (every expired hold of a product, say) fails here, naming the
+    /// transaction and its requests.
+    ///
+    /// # Errors
+    /// The failure, at the first request the transaction serves.
+    #[allow(
+        clippy::result_large_err,
+        reason = "a transaction over its budget fails its seed or its test: it is returned once"
+    )]
+    pub fn check_budget(&self) -> Result<(), Failure> {
+        let ops = recording::current();
+        let commands: Vec<Command> = (ops.iter())
+            .filter_map(|op| op.command.clone())
+            .map(|command| self.ending.decided(command, self.locked_product))
+            .collect();
+        if commands.is_empty() {
+            // A read's transaction decides nothing: its rows are the read's own.
+            return Ok(());
+        }
+        let budget = Plan::new(&commands).budget();
+        let over = (budget.check_loaded(self.rows_loaded))
+            .and_then(|()| budget.check_written(self.rows_written));
+        over.map_err(|violation| {
+            let requests: Vec<String> = ops.iter().map(|op| format!("r{}", op.id)).collect();
+            Failure::new(
+                Check::Budget,
+                "transaction over its budget",
+                format!(
+                    "tx{} (requests {}) went over its budget: {violation}; a request's rows \
+                     must be bounded by its commands, never by history",
+                    self.tx,
+                    requests.join(", ")
+                ),
+            )
+            .at_request(ops.first().map(|op| op.id))
+        })
+    }
+
     /// Notes the products a locking read asked for, in order.
     pub fn locking_products(&mut self, ids: &[ProductId]) {
         self.locked_product = ids.last().copied();
@@ -80,6 +146,7 @@ impl TxObserver {
         if !writes.is_empty() {
             self.ending.wrote = true;
         }
+        self.rows_written = self.rows_written.saturating_add(writes.rows());
         let ending = &mut self.ending;
         ending
             .holds_inserted

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use flashsale_core::{Command, IdempotencyKey, ProductId, Timestamp};
+use flashsale_core::{Command, HoldId, IdempotencyKey, OrderId, ProductId, Timestamp};
 use flashsale_server::service::{BatchRun, BatchScope, BatchTag};
 
 tokio::task_local! {
@@ -41,7 +41,7 @@ impl OpContext {
         let product = match &command {
             Command::PlaceHold { product_id, .. }
             | Command::Restock { product_id, .. }
-            | Command::SweepProduct { product_id } => Some(*product_id),
+            | Command::SweepProduct { product_id, .. } => Some(*product_id),
             _ => None,
         };
         RefCell::new(OpContext {
@@ -180,9 +180,28 @@ pub struct Ending {
     pub products_inserted: Vec<u64>,
     /// The product whose rows it wrote: a sweep's transaction is the sweep of that product.
     pub product_written: Option<ProductId>,
+    /// Holds its locking reads by id asked for (storage ids): those a sweep's transaction named.
+    pub holds_locked: Vec<u64>,
+    /// Orders its locking reads by id asked for (storage ids): those a sweep's transaction
+    /// named.
+    pub orders_locked: Vec<u64>,
 }
 
 impl Ending {
+    /// The command the transaction decided for a request that asked `command`: the sweeper asks
+    /// for a sweep and commits one product per transaction, naming the holds and orders its
+    /// locking reads asked for; any other command is itself.
+    pub fn decided(&self, command: Command, product: Option<ProductId>) -> Command {
+        match (command, product) {
+            (Command::Sweep, Some(product_id)) => Command::SweepProduct {
+                product_id,
+                holds: self.holds_locked.iter().copied().map(HoldId).collect(),
+                orders: self.orders_locked.iter().copied().map(OrderId).collect(),
+            },
+            (command, _) => command,
+        }
+    }
+
     /// The log's entries for the requests `ops` this transaction served: one per request
     /// (several for a batch's transaction, in arrival order, its inserted rows on the first);
     /// always when it wrote, otherwise only for requests a client is answered, where the end is
@@ -199,11 +218,7 @@ impl Ending {
                 .key
                 .as_ref()
                 .is_some_and(|k| self.keys_found.contains(k.as_str()));
-            let command = match (command, self.product_written) {
-                // The sweeper commits one product per transaction.
-                (Command::Sweep, Some(product_id)) => Command::SweepProduct { product_id },
-                (command, _) => command,
-            };
+            let command = self.decided(command, self.product_written);
             entries.push(Entry {
                 tx: self.tx,
                 op: op.id,

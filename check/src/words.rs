@@ -40,7 +40,15 @@ pub fn command(command: &Command) -> String {
             p.status.as_str()
         ),
         Command::Sweep => "sweep".to_owned(),
-        Command::SweepProduct { product_id } => format!("sweep of product {product_id}"),
+        Command::SweepProduct {
+            product_id,
+            holds,
+            orders,
+        } => format!(
+            "sweep of product {product_id} (naming {} holds and {} orders)",
+            holds.len(),
+            orders.len()
+        ),
     }
 }
 
@@ -159,16 +167,18 @@ pub fn answer(answer: &Answer) -> String {
     match answer {
         Answer::Hold {
             hold: h,
-            holds_released,
+            folded,
             replayed,
         } => {
-            let released = if holds_released.is_empty() {
+            let folded = if folded.is_empty() {
                 String::new()
             } else {
-                let ids: Vec<String> = holds_released.iter().map(ToString::to_string).collect();
-                format!(" (releasing expired holds {})", ids.join(", "))
+                format!(
+                    " (folding {} expired holds, {} units)",
+                    folded.holds, folded.units
+                )
             };
-            format!("201 {}{released}{}", hold(h), replayed_words(*replayed))
+            format!("201 {}{folded}{}", hold(h), replayed_words(*replayed))
         }
         Answer::Order {
             order: o,
@@ -289,6 +299,31 @@ pub fn violation(violation: &Violation) -> (&'static str, String) {
         Violation::CommandOutsideExecute => (
             "command outside execute",
             "a command that is not decided over a plan reached the execute step".to_owned(),
+        ),
+        Violation::RetireCounterMismatch {
+            product_id,
+            counter,
+            holds,
+        } => (
+            "holds to retire counter",
+            format!(
+                "product {product_id} counts {counter} holds to retire, but {holds} of its held \
+                 holds have expired for good"
+            ),
+        ),
+        Violation::ExpiryBucketMismatch {
+            product_id,
+            expires_at,
+        } => (
+            "expiry bucket",
+            format!(
+                "product {product_id}'s expiry bucket at {expires_at} disagrees with its held \
+                 holds of that deadline, or lies in what the product folded"
+            ),
+        ),
+        Violation::OverBudget { what, rows, budget } => (
+            "over budget",
+            format!("a transaction {what} {rows} rows, over its commands' budget of {budget}"),
         ),
     }
 }

@@ -218,7 +218,7 @@ impl Run {
                     .await;
                 let got = rejection_or_fail(got)?.map(|keyed| Outcome::HoldPlaced {
                     hold: keyed.value.hold,
-                    holds_released: keyed.value.holds_released,
+                    folded: keyed.value.folded,
                     replayed: keyed.replayed,
                 });
                 let want = self.ledger_apply(Command::PlaceHold {
@@ -318,15 +318,16 @@ impl Run {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let want = self.ledger_apply(Command::Sweep);
                 let Ok(Outcome::Swept {
-                    holds_released,
+                    folded,
+                    holds_retired,
                     orders_cancelled,
                 }) = want
                 else {
                     return Err(TestCaseError::fail(format!("the ledger's sweep: {want:?}")));
                 };
                 prop_assert_eq!(
-                    (report.holds_released, report.orders_cancelled),
-                    (holds_released.len(), orders_cancelled.len())
+                    (report.folded, report.holds_retired, report.orders_cancelled),
+                    (folded, holds_retired.len(), orders_cancelled.len())
                 );
             }
         }

@@ -414,15 +414,20 @@ impl Ledger {
 
     /// Folds due buckets, retires holds expired for good and cancels overdue orders of every
     /// product, in [`Command::SweepProduct`] transactions of at most [`SWEEP_CHUNK`] holds and
-    /// orders each, as the server's sweeper commits them, until nothing is left.
+    /// orders each, as the server's sweeper commits them, until nothing is left. As the
+    /// sweeper, it visits the products that have, by the clock's `now`, a bucket due or an order
+    /// overdue, and those with holds to retire; each transaction then decides at its product's
+    /// decision time.
     fn sweep(&mut self, now: Timestamp) -> Outcome {
-        // Every product with a pending order: its own decision time may be past the clock's.
-        let mut product_ids: BTreeSet<ProductId> = (self.due.iter())
+        let overdue = self.due.iter().take_while(|&&(due_at, _)| is_past(due_at, now));
+        let mut product_ids: BTreeSet<ProductId> = overdue
             .filter_map(|&(_, id)| self.orders.get(id.0))
             .map(|order| order.product_id)
             .collect();
-        product_ids.extend(self.held.keys().copied());
-        product_ids.extend(self.buckets.keys().map(|&(id, _)| id));
+        let due = self.buckets.values().filter(|b| is_past(b.expires_at, now));
+        product_ids.extend(due.map(|bucket| bucket.product_id));
+        let to_retire = self.products.iter().filter(|p| p.holds_to_retire > 0);
+        product_ids.extend(to_retire.map(|product| product.id));
         let mut swept = Outcome::Swept {
             folded: Folded::default(),
             holds_retired: Vec::new(),

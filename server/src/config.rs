@@ -208,6 +208,12 @@ pub struct ServeArgs {
     /// How often the background sweep runs.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
+    /// How many expired hold rows, and how many overdue orders, one sweep transaction of a
+    /// product retires and cancels at most: the product's lock is held that long. A product
+    /// with more left gets its next chunk at the next sweep.
+    #[arg(long, env = "FLASHSALE_SWEEP_CHUNK", default_value_t = crate::service::SWEEP_CHUNK_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::service::SWEEP_CHUNK_MAX)))]
+    pub sweep_chunk: u32,
     /// How many requests (holds, orders, webhooks, restocks, on any products) that arrive
     /// while a transaction runs the next transaction decides together, at most; 1 runs one
     /// transaction per request (for comparison).

@@ -85,10 +85,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sweep(args) => {
             let service = service_on(&args.database.database_url).await?;
-            let report = service.sweep().await.context("sweeping")?;
+            let report = service.sweep_all().await.context("sweeping")?;
             println!(
-                "released {} holds, cancelled {} orders, purged {} records",
-                report.holds_released, report.orders_cancelled, report.records_purged
+                "expired {} holds ({} units), retired {} holds, cancelled {} orders, purged {} \
+                 records",
+                report.folded.holds,
+                report.folded.units,
+                report.holds_retired,
+                report.orders_cancelled,
+                report.records_purged
             );
         }
         Command::Report(args) => return report(args).await,

@@ -76,6 +76,12 @@ const fn open(name: &'static str) -> Label {
     Label { name, values: &[] }
 }
 
+/// Which path did an expiry's work: a request's transaction, or the sweeper's.
+const PATH: Label = Label {
+    name: "path",
+    values: &["request", "sweeper"],
+};
+
 /// Every family this server renders at `/metrics`.
 pub const FAMILIES: &[Family] = &[
     Family {
@@ -111,9 +117,37 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         labels: &[Label {
             name: "reason",
-            values: &["expired", "payment_failed"],
+            values: &["payment_failed"],
         }],
-        help: "Holds released by a request: expired ones a new hold found, or by a failed payment.",
+        help: "Held holds released before their deadline, their units back on sale: by a failed payment.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_holds_expired_total",
+        kind: Kind::Counter,
+        labels: &[PATH],
+        help: "Held holds whose units went back on sale at their deadline, by the path that folded their expiry bucket: a request (a grant on the product) or the sweeper.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_units_expired_total",
+        kind: Kind::Counter,
+        labels: &[PATH],
+        help: "Units of those holds, by the same path.",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_holds_retired_total",
+        kind: Kind::Counter,
+        labels: &[PATH],
+        help: "Rows of holds expired for good moved to released, by the path: the sweeper, in chunks, or a request (a webhook on an expired hold).",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_holds_expired_unretired",
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Held holds expired for good (their units back on sale) whose rows the sweeper has yet to retire, as its last pass read them.",
         appears: Appears::Start,
     },
     Family {
@@ -177,13 +211,6 @@ pub const FAMILIES: &[Family] = &[
             values: &["hit", "miss"],
         }],
         help: "GET of a product answered from this instance's cache (hit) or the database (miss).",
-        appears: Appears::Start,
-    },
-    Family {
-        name: "flashsale_sweep_holds_released_total",
-        kind: Kind::Counter,
-        labels: &[],
-        help: "Expired holds the sweeper released.",
         appears: Appears::Start,
     },
     Family {

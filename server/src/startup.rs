@@ -107,6 +107,7 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
             "--request-key-retention",
         )?,
         webhook_retention_ms: retention_ms(args.webhook_retention, "--webhook-retention")?,
+        sweep_chunk: args.sweep_chunk,
         ..service::Config::default()
     })
 }
@@ -415,12 +416,15 @@ async fn sweep_forever(app: Arc<App>, interval: Duration) {
         ticker.tick().await;
         match app.service.sweep().await {
             Ok(report)
-                if report.holds_released > 0
+                if !report.folded.is_empty()
+                    || report.holds_retired > 0
                     || report.orders_cancelled > 0
                     || report.records_purged > 0 =>
             {
                 tracing::info!(
-                    holds_released = report.holds_released,
+                    holds_expired = report.folded.holds,
+                    units_expired = report.folded.units,
+                    holds_retired = report.holds_retired,
                     orders_cancelled = report.orders_cancelled,
                     records_purged = report.records_purged,
                     "sweep"

@@ -14,7 +14,7 @@ fn value<'a>(text: &'a str, metric: &str) -> Option<&'a str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_count_their_size_grants_refusals_and_released_holds_once() {
+async fn batches_count_their_size_grants_refusals_and_expiry_work_by_path() {
     let handle = flashsale_server::metrics::install().expect("the recorder");
     let db = sqlite().await;
     let clock = ManualClock::new(T0);
@@ -26,7 +26,7 @@ async fn batches_count_their_size_grants_refusals_and_released_holds_once() {
         .id;
     service.place_hold(p, Qty(3)).await.expect("granted");
     clock.advance(TTL_MS as i64);
-    // Refused, then a grant releasing the expired hold, then a grant finding none to release.
+    // Refused, then a grant folding the expired hold's bucket, then a grant finding none.
     let commands = [4, 1, 2].map(|qty| Command::PlaceHold {
         product_id: p,
         qty: Qty(qty),
@@ -41,9 +41,22 @@ async fn batches_count_their_size_grants_refusals_and_released_holds_once() {
             "flashsale_holds_rejected_total{code=\"insufficient_stock\"}",
             "1",
         ),
-        ("flashsale_holds_released_total{reason=\"expired\"}", "1"),
+        ("flashsale_holds_expired_total{path=\"request\"}", "1"),
+        ("flashsale_units_expired_total{path=\"request\"}", "3"),
+        ("flashsale_holds_retired_total{path=\"sweeper\"}", "0"),
         ("flashsale_batch_size_count", "2"),
         ("flashsale_batch_size_sum", "4"),
+    ];
+    for (metric, wanted) in expected {
+        assert_eq!(value(&text, metric), Some(wanted), "{metric} in:\n{text}");
+    }
+    // The sweeper retires the expired hold's row, and says none are left to retire.
+    service.sweep().await.expect("swept");
+    let text = flashsale_server::metrics::render(&handle, service.store());
+    let expected = [
+        ("flashsale_holds_retired_total{path=\"sweeper\"}", "1"),
+        ("flashsale_holds_expired_total{path=\"sweeper\"}", "0"),
+        ("flashsale_holds_expired_unretired", "0"),
     ];
     for (metric, wanted) in expected {
         assert_eq!(value(&text, metric), Some(wanted), "{metric} in:\n{text}");

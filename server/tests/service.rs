@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use flashsale_core::{
-    CancelReason, Cents, Command, Fingerprint, HoldId, HoldState, HoldView, ID_MAX, IdempotencyKey,
+    CancelReason, Cents, Command, Fingerprint, Folded, HoldId, HoldState, HoldView, ID_MAX, IdempotencyKey,
     OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason,
     Timestamp, WebhookPayload, WebhookResult,
 };
@@ -63,7 +63,7 @@ async fn a_clock_that_jumps_back_never_revives_a_released_hold(db: Db) {
         HoldView::Expired
     );
     let swept = service.sweep().await.expect("swept");
-    assert_eq!(swept.holds_released, 1);
+    assert_eq!((swept.folded.holds, swept.holds_retired), (1, 1));
     clock.set(T0);
     assert_eq!(
         rejected(service.place_order(hold.id).await),
@@ -85,13 +85,14 @@ async fn two_servers_with_skewed_clocks_agree_on_one_database(db: Db) {
     let slow = db.service(&behind).await;
     let p = product(&slow, 2).await;
     let old = slow.place_hold(p, Qty(2)).await.expect("granted").hold;
-    // The fast server sees the hold expired: granting a new hold releases it first.
+    // The fast server sees the hold expired: granting a new hold folds its bucket first.
     let new = fast.place_hold(p, Qty(2)).await.expect("granted");
-    assert_eq!(new.holds_released, vec![old.id]);
-    // The slow server still thinks the old hold is young, but it is released for good.
+    assert_eq!(new.folded, Folded { holds: 1, units: 2 });
+    // The slow server's clock still thinks the old hold is young, but the product decides no
+    // earlier than what it folded: the old hold has expired for good.
     assert_eq!(
         rejected(slow.place_order(old.id).await),
-        Rejection::HoldReleased { hold_id: old.id }
+        Rejection::HoldExpired { hold_id: old.id }
     );
     assert_eq!(
         rejected(slow.place_hold(p, Qty(1)).await),
@@ -317,8 +318,8 @@ async fn a_poisoned_command_fails_alone_and_the_rest_of_its_batch_commits(db: Db
 }
 
 /// A batch that releases expired holds says so on its first grant only, as the same requests one
-/// by one would: the first grant released them, the later ones found none.
-async fn a_batch_lists_the_holds_it_released_on_its_first_grant(db: Db) {
+/// by one would: the first grant folded them, the later ones found none.
+async fn a_batch_folds_the_due_buckets_on_its_first_grant(db: Db) {
     let clock = ManualClock::new(T0);
     let service = db.service(&clock).await;
     let p = product(&service, 3).await;
@@ -326,17 +327,21 @@ async fn a_batch_lists_the_holds_it_released_on_its_first_grant(db: Db) {
     clock.advance(TTL_MS as i64);
     let commands = [4, 1, 2].map(|qty| hold_command(p, qty, None));
     let placed = service.execute_batch(&commands).await;
-    let released: Vec<_> = placed
+    let folded: Vec<_> = placed
         .iter()
         .map(|answer| match answer {
-            Ok(Outcome::HoldPlaced { holds_released, .. }) => Some(holds_released.clone()),
+            Ok(Outcome::HoldPlaced { folded, .. }) => Some(*folded),
             _ => None,
         })
         .collect();
+    let once = Folded {
+        holds: 1,
+        units: u64::from(expired.qty.0),
+    };
     assert_eq!(
-        released,
-        vec![None, Some(vec![expired.id]), Some(vec![])],
-        "refused, then the first grant releases, then the next finds nothing to release"
+        folded,
+        vec![None, Some(once), Some(Folded::default())],
+        "refused, then the first grant folds, then the next finds nothing to fold"
     );
     db.finish(&service).await;
 }
@@ -363,7 +368,7 @@ async fn a_refused_hold_leaves_expired_holds_as_they_were(db: Db) {
         .map(|h| h.state);
     assert_eq!(state, Some(HoldState::Held), "a rejection changes nothing");
     let second = service.place_hold(p, Qty(2)).await.expect("granted");
-    assert_eq!(second.holds_released, vec![first.id]);
+    assert_eq!(second.folded, Folded { holds: 1, units: 2 });
     db.finish(&service).await;
 }
 
@@ -406,7 +411,7 @@ async fn reads_and_grants_agree_at_a_holds_exact_deadline(db: Db) {
             .place_hold(p, Qty(5))
             .await
             .expect("granted at the deadline");
-        assert_eq!(placed.holds_released, vec![hold.id]);
+        assert_eq!(placed.folded, Folded { holds: 1, units: 2 });
         assert_eq!(view(&service).await.0, Qty(0));
         last = Some(service);
     }
@@ -467,7 +472,7 @@ async fn the_sweep_cancels_overdue_orders_and_returns_their_units_once(db: Db) {
     assert_eq!(service.product(p).await.expect("exists").available, Qty(0));
     clock.advance(WINDOW_MS as i64);
     let report = service.sweep().await.expect("swept");
-    assert_eq!((report.holds_released, report.orders_cancelled), (1, 1));
+    assert_eq!((report.holds_retired, report.orders_cancelled), (1, 1));
     assert_eq!(
         service.sweep().await.expect("swept again"),
         Default::default()
@@ -491,15 +496,21 @@ async fn the_sweep_cancels_overdue_orders_and_returns_their_units_once(db: Db) {
     db.finish(&service).await;
 }
 
-/// More expired holds than one statement may name (65,535 placeholders on MySQL, 32,766 on
-/// SQLite): a hot product's holds expiring together. The sweep releases them all in one
-/// transaction, and the units are available again.
-async fn a_sweep_releases_more_expired_holds_than_one_statement_names(db: Db) {
+/// A mass expiry: far more holds expire together than one statement may name (65,535
+/// placeholders on MySQL, 32,766 on SQLite). A read counts their one due bucket; the first grant
+/// after their deadline folds it, writing no hold row; the sweeper retires the rows a chunk per
+/// product and pass, each transaction within its budget, and the units stay available throughout.
+async fn a_mass_expiry_is_folded_at_once_and_retired_in_chunks(db: Db) {
     const EXPIRED: u32 = 70_000;
+    const CHUNK: u32 = 10_000;
     let clock = ManualClock::new(T0);
-    let service = db.service(&clock).await;
+    let config = Config {
+        sweep_chunk: CHUNK,
+        ..Config::default()
+    };
+    let service = db.service_with(&clock, config).await;
     let p = product(&service, EXPIRED + 5).await;
-    let (created, expires) = (T0.as_ms(), T0.as_ms() + 1);
+    let (created, expires) = (T0.as_ms(), T0.as_ms() + 1_000);
     let numbers = if db.url.starts_with("sqlite:") {
         format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {EXPIRED}) \
@@ -515,18 +526,37 @@ async fn a_sweep_releases_more_expired_holds_than_one_statement_names(db: Db) {
     ))
     .await;
     db.execute(&format!(
+        "INSERT INTO expiry_buckets (product_id, expires_at, units, holds) \
+         VALUES ({}, {expires}, {EXPIRED}, {EXPIRED})",
+        p.0
+    ))
+    .await;
+    db.execute(&format!(
         "UPDATE products SET units_held = {EXPIRED} WHERE id = {}",
         p.0
     ))
     .await;
     assert_eq!(service.product(p).await.expect("exists").available, Qty(5));
-    clock.advance(2);
-    let report = service.sweep().await.expect("swept");
-    assert_eq!(report.holds_released, EXPIRED as usize);
+    clock.advance(1_000);
+    let due = service.product(p).await.expect("exists");
+    assert_eq!(due.available, Qty(EXPIRED + 5), "a read counts the due bucket");
+    let placed = service.place_hold(p, Qty(1)).await.expect("granted");
+    let all = u64::from(EXPIRED);
+    assert_eq!(placed.folded, Folded { holds: all, units: all });
+    let folded = service.product(p).await.expect("exists").product;
+    assert_eq!(
+        (folded.units_held, folded.holds_to_retire),
+        (Qty(1), EXPIRED),
+        "the grant wrote no hold row: every expired one waits to be retired"
+    );
+    let pass = service.sweep().await.expect("swept");
+    assert_eq!(pass.holds_retired, CHUNK as usize, "one chunk per product and pass");
+    let rest = service.sweep_all().await.expect("swept");
+    assert_eq!(rest.holds_retired, (EXPIRED - CHUNK) as usize);
     let after = service.product(p).await.expect("exists");
     assert_eq!(
-        (after.product.units_held, after.available),
-        (Qty(0), Qty(EXPIRED + 5))
+        (after.product.holds_to_retire, after.available),
+        (0, Qty(EXPIRED + 4))
     );
     db.finish(&service).await;
 }
@@ -566,6 +596,8 @@ async fn writes_after_the_database_ended_their_transaction_change_nothing() {
             stock: Qty(10),
             units_held: Qty(1),
             units_received: 10,
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         }],
         holds_inserted: vec![NewHold {
             product_id: p,
@@ -877,6 +909,12 @@ async fn a_cached_value_never_outlives_the_staleness_bound_whatever_the_wall_clo
 /// Migrates `store` with only the migrations `names`, writes `rows` in that old schema, then
 /// applies every migration of this build over them.
 async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
+    migrate_old(store, names, rows).await;
+    migrate_new(store, names).await;
+}
+
+/// Migrates `store` with only the migrations `names` and writes `rows` in that old schema.
+async fn migrate_old(store: &SqlStore, names: &[&str], rows: &str) {
     let dialect = match store {
         SqlStore::MySql(_) => "mysql",
         SqlStore::Sqlite(_) => "sqlite",
@@ -909,6 +947,10 @@ async fn migrate_over_old_rows(store: &SqlStore, names: &[&str], rows: &str) {
         }
     }
     let _ = std::fs::remove_dir_all(&before);
+}
+
+/// Applies every migration of this build over a store [`migrate_old`] left with `names`.
+async fn migrate_new(store: &SqlStore, names: &[&str]) {
     let applied = store
         .migrate()
         .await
@@ -962,7 +1004,79 @@ async fn the_counters_migration_backfills_units_held_from_the_held_holds(db: Db)
         .place_hold(ProductId(1), Qty(7))
         .await
         .expect("granted");
-    assert_eq!(placed.holds_released, vec![HoldId(2)]);
+    assert_eq!(placed.folded, Folded { holds: 1, units: 2 });
+    db.finish(&service).await;
+}
+
+/// The expiry buckets' migration over a database with holds in every state: live and expired
+/// held holds (two sharing a deadline), consumed, released by a failed payment and released as
+/// expired. Every product answers the same availability after it as the old schema's read did
+/// before (stock less the held holds not yet past their deadline), the invariants hold with the
+/// new buckets, and a grant then folds the expired hold's bucket.
+async fn the_expiry_bucket_migration_keeps_every_products_availability(db: Db) {
+    let store = SqlStore::connect(&db.url).await.expect("connect");
+    let (now, live, gone) = (T0.as_ms(), T0.as_ms() + 30_000, T0.as_ms() - 1_000);
+    let rows = format!(
+        "INSERT INTO products (id, name, price_cents, stock, units_held, units_received) \
+         VALUES (1, 'P', 100, 10, 7, 12), (2, 'Q', 100, 5, 5, 5), (3, 'R', 100, 3, 0, 3); \
+         INSERT INTO holds (id, product_id, qty, created_at, expires_at, state, release_reason, \
+         order_id) VALUES (1, 1, 3, 0, {live}, 'held', NULL, NULL), \
+         (2, 1, 2, 0, {live}, 'held', NULL, NULL), (3, 1, 2, 0, {gone}, 'held', NULL, NULL), \
+         (4, 1, 2, 0, {live}, 'consumed', NULL, 1), \
+         (5, 1, 1, 0, {live}, 'released', 'payment_failed', NULL), \
+         (6, 1, 4, 0, {gone}, 'released', 'expired', NULL), \
+         (7, 2, 5, 0, {gone}, 'held', NULL, NULL); \
+         INSERT INTO orders (id, hold_id, product_id, qty, total_cents, status, created_at, \
+         payment_due_at) VALUES (1, 4, 1, 2, 200, 'pre_payment', 0, {live});"
+    );
+    let names = [
+        "0001_init.sql",
+        "0002_request_keys.sql",
+        "0003_product_counters.sql",
+        "0004_record_retention.sql",
+        "0005_cancel_reasons.sql",
+        "0006_orders_by_product.sql",
+    ];
+    migrate_old(&store, &names, &rows).await;
+    // What the old schema's product read answered at `now`.
+    let old_read = format!(
+        "SELECT CAST(p.stock - (SELECT COALESCE(SUM(h.qty), 0) FROM holds h WHERE \
+         h.product_id = p.id AND h.state = 'held' AND h.expires_at > {now}) AS SIGNED) \
+         FROM products p ORDER BY p.id"
+    );
+    let before: Vec<i64> = match &store {
+        SqlStore::MySql(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(old_read))
+            .fetch_all(&**pool)
+            .await
+            .expect("read"),
+        SqlStore::Sqlite(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(old_read))
+            .fetch_all(pool)
+            .await
+            .expect("read"),
+    };
+    assert_eq!(before, vec![5, 5, 3], "the old rows read as the old schema reads them");
+    migrate_new(&store, &names).await;
+    store.close().await;
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let mut after = Vec::new();
+    for id in 1..=3 {
+        let view = service.product(ProductId(id)).await.expect("exists");
+        after.push(i64::from(view.available.0));
+    }
+    assert_eq!(after, before, "every product answers the same availability");
+    let dump = service.dump().await.expect("dump");
+    let buckets: Vec<(u64, u64, u32, u32)> = (dump.buckets.iter())
+        .map(|b| (b.product_id.0, b.expires_at.as_ms(), b.units.0, b.holds))
+        .collect();
+    assert_eq!(
+        buckets,
+        vec![(1, gone, 2, 1), (1, live, 5, 2), (2, gone, 5, 1)],
+        "one bucket per product and deadline of the held holds"
+    );
+    dump.check().expect("the invariants hold over the migrated rows");
+    let placed = service.place_hold(ProductId(1), Qty(5)).await.expect("granted");
+    assert_eq!(placed.folded, Folded { holds: 1, units: 2 });
     db.finish(&service).await;
 }
 
@@ -1381,7 +1495,7 @@ on_both_databases!(
     reads_and_grants_agree_at_a_holds_exact_deadline,
     webhooks_apply_once_and_answer_replays_from_the_record,
     the_sweep_cancels_overdue_orders_and_returns_their_units_once,
-    a_sweep_releases_more_expired_holds_than_one_statement_names,
+    a_mass_expiry_is_folded_at_once_and_retired_in_chunks,
     concurrent_holds_grant_exactly_the_stock,
     concurrent_duplicate_webhooks_apply_once,
     a_keyed_hold_is_placed_once_and_replayed,
@@ -1391,11 +1505,12 @@ on_both_databases!(
     the_cache_shows_own_writes_at_once_and_others_within_the_staleness_bound,
     a_cached_value_never_outlives_the_staleness_bound_whatever_the_wall_clock_does,
     the_counters_migration_backfills_units_held_from_the_held_holds,
+    the_expiry_bucket_migration_keeps_every_products_availability,
     the_cancel_reason_migration_names_why_old_orders_were_cancelled,
     ids_beyond_the_storage_are_refused_before_it,
     a_key_in_flight_on_this_server_is_refused_at_once,
     a_full_queue_refuses_at_once,
-    a_batch_lists_the_holds_it_released_on_its_first_grant,
+    a_batch_folds_the_due_buckets_on_its_first_grant,
     a_batch_of_mixed_commands_over_several_products_decides_in_arrival_order,
     a_command_missing_a_hold_its_batch_inserted_is_decided_after_it,
     a_poisoned_command_fails_alone_and_the_rest_of_its_batch_commits,

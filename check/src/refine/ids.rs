@@ -70,8 +70,16 @@ impl Ids {
                 hold_id: self.hold(payload.hold_id),
                 ..payload
             }),
-            Command::SweepProduct { product_id } => Command::SweepProduct {
+            Command::SweepProduct {
+                product_id,
+                holds,
+                orders,
+            } => Command::SweepProduct {
                 product_id: self.product(product_id)?,
+                holds: holds.into_iter().map(|id| self.hold(id)).collect(),
+                orders: (orders.into_iter())
+                    .map(|id| self.order(id))
+                    .collect::<Result<_, _>>()?,
             },
             other @ (Command::CreateProduct { .. } | Command::Sweep) => other,
         })
@@ -172,14 +180,11 @@ impl Ids {
         match answer {
             Answer::Hold {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             } => Answer::Hold {
                 hold: self.storage_hold(hold),
-                holds_released: holds_released
-                    .iter()
-                    .map(|&h| Ids::back(&self.holds, h, HoldId))
-                    .collect(),
+                folded: *folded,
                 replayed: *replayed,
             },
             Answer::Order {
@@ -238,11 +243,11 @@ impl Ids {
         Ok(match answer {
             Answer::Hold {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             } => Answer::Hold {
                 hold: translate_hold(hold, self)?,
-                holds_released: holds_released.iter().map(|&id| self.hold(id)).collect(),
+                folded: *folded,
                 replayed: *replayed,
             },
             Answer::Order {

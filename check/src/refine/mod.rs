@@ -344,10 +344,12 @@ fn counts(ledger: &Ledger) -> (usize, usize, usize, usize) {
 fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> {
     for product in stored.products() {
         let id = ids.product(product.id)?;
-        let want = replayed
-            .product(id)
-            .map(|p| (p.stock, p.units_held, p.units_received));
-        if want != Some((product.stock, product.units_held, product.units_received)) {
+        let counters = |p: &flashsale_core::Product| {
+            let (through, to_retire) = (p.expired_through, p.holds_to_retire);
+            (p.stock, p.units_held, p.units_received, through, to_retire)
+        };
+        let want = replayed.product(id).map(counters);
+        if want != Some(counters(product)) {
             return Err(format!(
                 "product {}: stored {product:?}, replayed {want:?}",
                 product.id
@@ -363,6 +365,19 @@ fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> 
                 hold.id
             ));
         }
+    }
+    let mut replayed_buckets = replayed.buckets();
+    for bucket in stored.buckets() {
+        let translated = flashsale_core::ExpiryBucket {
+            product_id: ids.product(bucket.product_id)?,
+            ..*bucket
+        };
+        if replayed_buckets.next() != Some(&translated) {
+            return Err(format!("expiry bucket {bucket:?}: not the replay's"));
+        }
+    }
+    if let Some(extra) = replayed_buckets.next() {
+        return Err(format!("expiry bucket {extra:?}: replayed, not stored"));
     }
     for order in stored.orders() {
         let translated = ids.order_row(order)?;

@@ -61,16 +61,25 @@ fn stored(qty: u32) -> Ledger {
         // What the replay's grant of 2 leaves, so only the hold can differ.
         units_held: Qty(2),
         units_received: 3,
+        expired_through: Timestamp(0),
+        holds_to_retire: 0,
     };
     let hold = Hold {
         id: HoldId(40),
         product_id: ProductId(7),
         qty: Qty(qty),
         created_at: Timestamp(10),
-        expires_at: Timestamp(1_010),
+        // Ten milliseconds plus the TTL's second, rounded up to the next whole second.
+        expires_at: Timestamp(2_000),
         state: HoldState::Held,
     };
-    Ledger::from_rows([product], [hold], [], [])
+    let bucket = flashsale_core::ExpiryBucket {
+        product_id: ProductId(7),
+        expires_at: Timestamp(2_000),
+        units: Qty(qty),
+        holds: 1,
+    };
+    Ledger::from_rows([product], [hold], [], []).with_buckets([bucket])
 }
 
 #[test]
@@ -123,7 +132,7 @@ fn granted(hold_id: u64, qty: u32) -> Answer {
             expires_at: Timestamp(1_010),
             state: HoldState::Held,
         },
-        holds_released: vec![],
+        folded: flashsale_core::Folded::default(),
         replayed: false,
     }
 }
@@ -230,6 +239,8 @@ fn product_read(now: u64, from: usize, available: u32, units_held: u32) -> Read 
                 stock: Qty(3),
                 units_held: Qty(units_held),
                 units_received: 3,
+                expired_through: Timestamp(0),
+                holds_to_retire: 0,
             },
             available: Qty(available),
         },

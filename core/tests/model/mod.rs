@@ -631,7 +631,25 @@ impl Model {
         let mut folded = Folded::default();
         let mut holds_retired = Vec::new();
         let mut orders_cancelled = Vec::new();
-        let products: Vec<u64> = self.products.iter().map(|p| p.id).collect();
+        // As the sweeper, visit the products that have, by the clock, a deadline due (a bucket:
+        // any hold's deadline after what the product folded) or an order overdue, and those
+        // with held holds expired for good; decide each at the product's own instant.
+        let products: Vec<u64> = self
+            .products
+            .iter()
+            .filter(|p| {
+                let through = p.folded_through;
+                let mine = |h: &&ModelHold| h.product == p.id;
+                let due = self.holds.iter().filter(mine).any(|h| h.expires > through && h.expires <= now);
+                let to_retire = (self.holds.iter().filter(mine))
+                    .any(|h| h.end.is_none() && h.expires <= through);
+                let overdue = self.orders.iter().any(|o| {
+                    o.product == p.id && o.status == OrderStatus::PrePayment && o.due <= now
+                });
+                due || to_retire || overdue
+            })
+            .map(|p| p.id)
+            .collect();
         for product in products {
             let now = self.at(product, now);
             let more = self.fold(product, now);

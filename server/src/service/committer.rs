@@ -12,7 +12,8 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use flashsale_core::{
-    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, ProductId, Rows, Timestamp, execute,
+    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, ProductId, Rows, Timestamp, WriteSet,
+    execute,
 };
 use flashsale_sync::batch::Waiting;
 use tokio::sync::oneshot;
@@ -54,11 +55,11 @@ enum Decided {
     SplitAt(usize),
 }
 
-/// Counts a committed batch's answers: its size, and its hold requests' grants, refusals by
-/// code and the expired holds released.
-fn count_answers(commands: &[Command], answers: &[Answer]) {
+/// Counts a committed batch: its size, its hold requests' grants and refusals by code, and the
+/// expiry work its write-set did (buckets folded, hold rows retired), by path: the sweeper's
+/// transactions, or a request's.
+fn count_batch(commands: &[Command], answers: &[Answer], writes: &WriteSet) {
     metrics::histogram!("flashsale_batch_size").record(commands.len() as f64);
-    let mut released = 0usize;
     let holds = commands
         .iter()
         .zip(answers)
@@ -66,12 +67,9 @@ fn count_answers(commands: &[Command], answers: &[Answer]) {
     for (_, answer) in holds {
         match answer {
             Ok(Outcome::HoldPlaced {
-                holds_released,
-                replayed: false,
-                ..
+                replayed: false, ..
             }) => {
                 metrics::counter!("flashsale_holds_granted_total").increment(1);
-                released = released.saturating_add(holds_released.len());
             }
             Err(ServiceError::Rejected(rejection)) => {
                 metrics::counter!("flashsale_holds_rejected_total", "code" => rejection.code())
@@ -80,8 +78,13 @@ fn count_answers(commands: &[Command], answers: &[Answer]) {
             Ok(_) | Err(_) => {}
         }
     }
-    metrics::counter!("flashsale_holds_released_total", "reason" => "expired")
-        .increment(released as u64);
+    let sweeping = (commands.iter()).any(|c| matches!(c, Command::SweepProduct { .. }));
+    let path = if sweeping { "sweeper" } else { "request" };
+    let folded = writes.folded();
+    metrics::counter!("flashsale_holds_expired_total", "path" => path).increment(folded.holds);
+    metrics::counter!("flashsale_units_expired_total", "path" => path).increment(folded.units);
+    let retired = u64::try_from(writes.holds_retired.len()).unwrap_or(u64::MAX);
+    metrics::counter!("flashsale_holds_retired_total", "path" => path).increment(retired);
 }
 
 /// Whether a whole batch's failure may come from one of its commands, so deciding them one at
@@ -284,14 +287,14 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         for counters in &executed.writes.products {
             self.cache.invalidate(counters.id);
         }
-        count_answers(commands, &answers);
+        count_batch(commands, &answers, &executed.writes);
         Ok(Decided::Answers(answers))
     }
 }
 
 /// Loads a plan's rows, each kind in one read with the locks the plan asks for, and reads the
-/// clock once: when the plan first needs the time (to find expired holds or overdue orders), or
-/// after its last load, so a batch that waited for a lock decides at the time it got it.
+/// clock once: when the plan first needs the time (to find the due expiry buckets), or after its
+/// last load, so a batch that waited for a lock decides at the time it got it.
 async fn load<T: Transaction, C: Clock>(
     tx: &mut T,
     plan: &Plan,
@@ -315,13 +318,9 @@ async fn load<T: Transaction, C: Clock>(
                 let ids: Vec<OrderId> = ids.iter().map(|&(_, id)| id).collect();
                 Loaded::Orders(tx.orders(&ids, true).await?)
             }
-            Load::ExpiredHolds(ids) => {
+            Load::DueBuckets(ids) => {
                 let now = *now.get_or_insert_with(|| clock.now());
-                Loaded::Holds(tx.expired_holds(ids, now).await?)
-            }
-            Load::OverdueOrders(ids) => {
-                let now = *now.get_or_insert_with(|| clock.now());
-                Loaded::Orders(tx.lock_overdue_orders(ids, now).await?)
+                Loaded::Buckets(tx.due_buckets(ids, now).await?)
             }
             Load::Webhooks(keys) => {
                 let records = tx.lock_webhooks(keys).await?;

@@ -35,7 +35,7 @@ use flashsale_core::product;
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId, Outcome,
+    Cents, Command, Folded, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId, Outcome,
     Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookPayload,
     WebhookRecord,
 };
@@ -64,6 +64,12 @@ pub const REQUEST_KEY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 pub const WEBHOOK_RETENTION_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1_000;
 /// How many records one purge transaction deletes at most.
 pub const PURGE_BATCH: u32 = 500;
+/// How many hold rows, and how many orders, one sweep transaction of a product retires and
+/// cancels at most, by default.
+pub const SWEEP_CHUNK_DEFAULT: u32 = 1_000;
+/// The largest chunk a sweep transaction may take: its rows are bound in statements of at most
+/// 1,024 ids each, and its product's lock is held while they are written.
+pub const SWEEP_CHUNK_MAX: u32 = 10_000;
 
 /// The service's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +94,9 @@ pub struct Config {
     pub request_key_retention_ms: u64,
     /// How long the sweeper keeps a webhook record; `u64::MAX` keeps them all.
     pub webhook_retention_ms: u64,
+    /// How many hold rows and orders one sweep transaction retires and cancels at most, in
+    /// `1..=SWEEP_CHUNK_MAX`.
+    pub sweep_chunk: u32,
 }
 
 impl Default for Config {
@@ -101,6 +110,7 @@ impl Default for Config {
             cache_staleness_ms: CACHE_STALENESS_MS_DEFAULT,
             request_key_retention_ms: REQUEST_KEY_RETENTION_MS_DEFAULT,
             webhook_retention_ms: WEBHOOK_RETENTION_MS_DEFAULT,
+            sweep_chunk: SWEEP_CHUNK_DEFAULT,
         }
     }
 }
@@ -176,14 +186,14 @@ pub struct ProductView {
     pub available: Qty,
 }
 
-/// A granted hold and the expired holds its decision released.
+/// A granted hold and what its decision folded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldPlaced {
     /// The hold.
     pub hold: Hold,
-    /// Expired holds of the product this grant released: the first grant of a batch on a
-    /// product lists the ones released, as the requests one by one would, and later grants none.
-    pub holds_released: Vec<HoldId>,
+    /// What folding the product's due expiry buckets gave back to sale: the first grant of a
+    /// batch on a product folds, as the requests one by one would, and later grants nothing.
+    pub folded: Folded,
 }
 
 /// An order, and whether this request created it.
@@ -218,12 +228,16 @@ pub struct WebhookAnswer {
 /// What one sweep pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Holds released because they expired.
-    pub holds_released: usize,
+    /// What folding due expiry buckets gave back to sale.
+    pub folded: Folded,
+    /// Rows of holds expired for good retired.
+    pub holds_retired: usize,
     /// Orders cancelled because their payment window closed.
     pub orders_cancelled: usize,
     /// Request-key and webhook records purged past their retention.
     pub records_purged: u64,
+    /// Products given a sweep transaction.
+    pub products_swept: usize,
 }
 
 /// The transaction scripts, over a storage and a clock.
@@ -388,7 +402,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 what: "product",
                 id: id.0,
             })?;
-            let available = product::available(&read.product, read.units_expired)?;
+            let available = product::available(&read.product, read.units_due)?;
             let view = ProductView {
                 product: read.product,
                 available,
@@ -456,13 +470,10 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         match self.execute(command).await? {
             Outcome::HoldPlaced {
                 hold,
-                holds_released,
+                folded,
                 replayed,
             } => Ok(Keyed {
-                value: HoldPlaced {
-                    hold,
-                    holds_released,
-                },
+                value: HoldPlaced { hold, folded },
                 replayed,
             }),
             other => Err(mismatched(&other)),

@@ -1,6 +1,6 @@
 //! The storage the service layer runs its transaction scripts over, as a trait at the level of
-//! transaction steps: begin, read and lock the rows a decision needs (a product, its expired
-//! holds, a hold, an order, a webhook or request-key record), write a decision's write-set,
+//! transaction steps: begin, read and lock the rows a decision needs (a product, its due expiry
+//! buckets, a hold, an order, a webhook or request-key record), write a decision's write-set,
 //! commit.
 //!
 //! Nothing here names sqlx or warp, so the simulator can implement [`Storage`] in memory and run
@@ -17,8 +17,8 @@ pub mod sql;
 use std::future::Future;
 
 use flashsale_core::{
-    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
-    RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
+    ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 
 /// Why a storage step failed.
@@ -87,11 +87,12 @@ pub trait Transaction: Send {
     /// Commits.
     fn commit(self) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Reads a product, the units of its held holds already expired at `now` (not yet
-    /// released) and the earliest deadline of its live holds, without locks, in one consistent
-    /// read (one statement): two statements at READ COMMITTED could pair a counter from before an
-    /// order with holds from after it. Costs O(expired holds) through the
-    /// `(product_id, state, expires_at)` index, never O(holds).
+    /// Reads a product, the units of its expiry buckets due at `now` (the first
+    /// [`flashsale_core::DUE_BUCKETS_MAX`], in deadline order, as a transaction's load folds them)
+    /// and the earliest deadline of a bucket after `now`, without locks, in one consistent read
+    /// (one statement): two statements at READ COMMITTED could pair a counter from before a fold
+    /// with buckets from after it. Costs a bounded number of bucket rows, whatever the number of
+    /// holds that expired.
     fn product_view(
         &mut self,
         id: ProductId,
@@ -112,15 +113,15 @@ pub trait Transaction: Send {
         stock: Qty,
     ) -> impl Future<Output = StoreResult<Product>> + Send;
 
-    /// Reads and locks the held holds of `products` (sorted, distinct) whose `expires_at <= now`.
-    /// Called with the products locked, so no other transaction changes them before this one
-    /// commits; locked too, so the write that releases them takes no lock after the webhook
-    /// records.
-    fn expired_holds(
+    /// Reads the expiry buckets of `products` (sorted, distinct) due at `now` (deadline at or
+    /// before it): at most [`flashsale_core::DUE_BUCKETS_MAX`] per product, the earliest first.
+    /// Called with the products locked, which every writer of a bucket holds, so they take no
+    /// lock of their own.
+    fn due_buckets(
         &mut self,
         products: &[ProductId],
         now: Timestamp,
-    ) -> impl Future<Output = StoreResult<Vec<Hold>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<ExpiryBucket>>> + Send;
 
     /// Reads the holds that exist among `ids` (sorted, distinct), locking them when `lock`
     /// (their products' locks are held then).
@@ -140,10 +141,10 @@ pub trait Transaction: Send {
 
     /// Applies a batch's write-set: the one place this storage writes holds, orders, product
     /// counters and records, in the order [`WriteSet`] documents, resolving the pending ids it
-    /// names as it assigns them. Returns the ids it assigned. Every row it changes was locked
-    /// (or, for a product's expired holds, read under the product's lock) by the same
-    /// transaction. A concurrent insert of the same webhook or request key is
-    /// [`StoreError::Contention`]: the retry finds the record and replays it.
+    /// names as it assigns them. Returns the ids it assigned. Every row it changes was locked by
+    /// the same transaction (an expiry bucket under its product's lock). A concurrent insert of
+    /// the same webhook or request key is [`StoreError::Contention`]: the retry finds the record
+    /// and replays it.
     fn write(&mut self, writes: &WriteSet) -> impl Future<Output = StoreResult<Inserted>> + Send;
 
     /// Reads and locks the webhook records that exist among `keys` (sorted, distinct), in key
@@ -161,21 +162,29 @@ pub trait Transaction: Send {
         keys: &[IdempotencyKey],
     ) -> impl Future<Output = StoreResult<Vec<RequestRecord>>> + Send;
 
-    /// Up to `limit` products with a held hold past its deadline or a pre-payment order past its
-    /// window at `now`, for the sweeper.
+    /// Up to `limit` products with something for the sweeper at `now`: an expiry bucket due,
+    /// holds expired for good to retire, or a pre-payment order past its window. Each part is
+    /// read through its own index and bounded, whatever the number of holds that expired: a
+    /// product left out now comes up in a later pass.
     fn products_due(
         &mut self,
         now: Timestamp,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<ProductId>>> + Send;
 
-    /// Locks the pre-payment orders of `products` (sorted, distinct) whose payment window closed
-    /// at `now`.
-    fn lock_overdue_orders(
+    /// Without locks, the product's first `limit` held holds whose deadline has passed at `now`
+    /// and its first `limit` pre-payment orders past their window, each in deadline order: what
+    /// one sweep transaction retires and cancels ([`flashsale_core::Command::SweepProduct`]).
+    fn sweep_candidates(
         &mut self,
-        products: &[ProductId],
+        product: ProductId,
         now: Timestamp,
-    ) -> impl Future<Output = StoreResult<Vec<Order>>> + Send;
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<SweepCandidates>> + Send;
+
+    /// How many held holds of every product have expired for good and wait to be retired (the
+    /// sum of the products' `holds_to_retire`).
+    fn holds_to_retire(&mut self) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Deletes up to `limit` records of `kind` made before `before` (a client request key by
     /// when it was first answered, a webhook record by when it was received); returns how many
@@ -209,11 +218,20 @@ pub enum RecordKind {
 pub struct ProductRead {
     /// The product row, with its counters.
     pub product: Product,
-    /// Units of its held holds whose deadline has passed, not yet released.
-    pub units_expired: Qty,
-    /// The earliest deadline of its held holds still live: when its availability next changes
+    /// Units of its expiry buckets due, not yet folded.
+    pub units_due: Qty,
+    /// The earliest deadline of its buckets not yet due: when its availability next changes
     /// without a write.
     pub next_deadline: Option<Timestamp>,
+}
+
+/// What one sweep transaction of a product retires and cancels, as the sweeper read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepCandidates {
+    /// Held holds past their deadline, in deadline order.
+    pub holds: Vec<HoldId>,
+    /// Pre-payment orders past their window, in deadline order.
+    pub orders: Vec<OrderId>,
 }
 
 /// Every row of a database.
@@ -229,6 +247,8 @@ pub struct Dump {
     pub webhooks: Vec<WebhookRecord>,
     /// Client request idempotency-key records.
     pub request_keys: Vec<RequestRecord>,
+    /// Expiry buckets.
+    pub buckets: Vec<ExpiryBucket>,
 }
 
 impl Dump {
@@ -244,6 +264,7 @@ impl Dump {
             self.orders,
             self.webhooks,
         )
+        .with_buckets(self.buckets)
         .with_request_keys(self.request_keys);
         ledger.check_invariants().map_err(|v| v.to_string())
     }

@@ -156,6 +156,8 @@ fn counters(id: flashsale_core::ProductId, stock: u32) -> flashsale_core::WriteS
             stock: Qty(stock),
             units_held: Qty(0),
             units_received: 10,
+            expired_through: flashsale_core::Timestamp(0),
+            holds_to_retire: 0,
         }],
         ..flashsale_core::WriteSet::default()
     }

@@ -4,14 +4,15 @@
 //! its fields and compared with the stored one (the paired assertion of its write).
 
 use flashsale_core::{
-    CancelReason, Cents, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, KeyedRequest, Order,
+    CancelReason, Cents, ExpiryBucket, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, KeyedRequest, Order,
     OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason, RequestRecord,
     Timestamp, WebhookRecord, WebhookResult,
 };
 
 use crate::store::{StoreError, StoreResult};
 
-pub(super) type ProductRow = (u64, String, u64, u32, u32, u64);
+pub(super) type ProductRow = (u64, String, u64, u32, u32, u64, u64, u32);
+pub(super) type BucketRow = (u64, u64, i64, i64);
 pub(super) type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
 pub(crate) type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64, Option<String>);
 pub(crate) type WebhookRow = (String, u64, String, String, String, Option<u64>, u64);
@@ -26,8 +27,18 @@ pub(super) type RequestKeyRow = (
     u64,
 );
 
+/// The columns of a [`ProductRow`], in order, as a literal for `concat!`.
+macro_rules! product_columns {
+    () => {
+        "id, name, price_cents, stock, units_held, units_received, expired_through, \
+         holds_to_retire"
+    };
+}
+pub(super) use product_columns;
+
 pub(super) fn product_from_row(row: ProductRow) -> Product {
-    let (id, name, price_cents, stock, units_held, units_received) = row;
+    let (id, name, price_cents, stock, units_held, units_received, expired_through, to_retire) =
+        row;
     Product {
         id: ProductId(id),
         name,
@@ -35,7 +46,28 @@ pub(super) fn product_from_row(row: ProductRow) -> Product {
         stock: Qty(stock),
         units_held: Qty(units_held),
         units_received,
+        expired_through: Timestamp(expired_through),
+        holds_to_retire: to_retire,
     }
+}
+
+pub(super) fn bucket_from_row(row: BucketRow) -> StoreResult<ExpiryBucket> {
+    let (product_id, expires_at, units, holds) = row;
+    let units = u32::try_from(units);
+    let holds = u32::try_from(holds);
+    let (Ok(units), Ok(holds)) = (units, holds) else {
+        return Err(corrupt(
+            "expiry bucket of product",
+            product_id,
+            &format!("at {expires_at}: counts out of range"),
+        ));
+    };
+    Ok(ExpiryBucket {
+        product_id: ProductId(product_id),
+        expires_at: Timestamp(expires_at),
+        units: Qty(units),
+        holds,
+    })
 }
 
 fn corrupt(what: &str, id: impl std::fmt::Display, value: &str) -> StoreError {

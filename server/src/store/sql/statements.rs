@@ -36,6 +36,24 @@ pub(super) fn in_list(dialect: Dialect, head: &str, n: usize, tail: &str, lock: 
     format!("{head} ({}){tail}{lock}", marks(padded_len(n)))
 }
 
+/// The first [`flashsale_core::DUE_BUCKETS_MAX`] due buckets of each of `n` products, in
+/// deadline order: binds (product, now) per product. One bounded index range read per product,
+/// joined with `UNION ALL`, so a product with many buckets due costs no more than its limit.
+pub(super) fn due_buckets_sql(dialect: Dialect, n: usize) -> String {
+    let limit = flashsale_core::DUE_BUCKETS_MAX;
+    let one = format!(
+        "SELECT product_id, expires_at, units, holds FROM expiry_buckets \
+         WHERE product_id = ? AND expires_at <= ? ORDER BY expires_at LIMIT {limit}"
+    );
+    let part = match dialect {
+        Dialect::MySql => format!("({one})"),
+        // SQLite takes no ORDER BY or LIMIT in a member of a compound select, only in a
+        // subquery.
+        Dialect::Sqlite => format!("SELECT * FROM ({one})"),
+    };
+    vec![part; n.max(1)].join(" UNION ALL ")
+}
+
 /// `n` comma-separated `?`.
 pub(super) fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")

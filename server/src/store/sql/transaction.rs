@@ -5,20 +5,30 @@
 //! the few single-statement writes outside a write-set (a new product, a purge); the commit; and
 //! [`Transaction::write`], whose statements are in [`writes`](super::writes).
 
+use std::collections::BTreeSet;
+
 use flashsale_core::{
-    Cents, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
-    RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
+    ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 use sqlx::{AssertSqlSafe, MySql, Pool};
 
 use super::decode::{
-    HoldRow, OrderRow, ProductRow, RequestKeyRow, WebhookRow, hold_from_row, order_from_row,
-    product_from_row, request_key_from_row, webhook_from_row,
+    BucketRow, HoldRow, OrderRow, ProductRow, RequestKeyRow, WebhookRow, bucket_from_row,
+    hold_from_row, order_from_row, product_columns, product_from_row, request_key_from_row,
+    webhook_from_row,
 };
 use super::errors::map_err;
-use super::statements::{in_list, int, padded};
+use super::statements::{due_buckets_sql, in_list, int, padded, padded_len};
 use super::{Dialect, SqlTx, on_conn};
-use crate::store::{Dump, ProductRead, RecordKind, StoreError, StoreResult, Transaction};
+use crate::store::{
+    Dump, ProductRead, RecordKind, StoreError, StoreResult, SweepCandidates, Transaction,
+};
+
+/// How many rows per product asked for `products_due` reads of the due buckets and of the
+/// overdue orders: a product with many of either fills the part alone, and the next pass finds
+/// the rest.
+const PRODUCTS_DUE_SCAN: i64 = 10;
 
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
@@ -38,44 +48,49 @@ impl Transaction for SqlTx {
         id: ProductId,
         now: Timestamp,
     ) -> StoreResult<Option<ProductRead>> {
-        type Row = (u64, String, u64, u32, u32, u64, u64, Option<u64>);
+        type Row = (u64, String, u64, u32, u32, u64, u64, u32, i64, Option<u64>);
         let row: Option<Row> = on_conn!(self, |conn, d| {
+            // The due buckets summed are the first DUE_BUCKETS_MAX (256), as a grant folds them.
             let sql = match d {
-                Dialect::MySql => {
-                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
-                     CAST(COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at <= ?), 0) AS UNSIGNED), \
-                     (SELECT MIN(h.expires_at) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at > ?) \
-                     FROM products p WHERE p.id = ?"
-                }
-                Dialect::Sqlite => {
-                    "SELECT p.id, p.name, p.price_cents, p.stock, p.units_held, p.units_received, \
-                     COALESCE((SELECT SUM(h.qty) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at <= ?), 0), \
-                     (SELECT MIN(h.expires_at) FROM holds h WHERE h.product_id = p.id \
-                     AND h.state = 'held' AND h.expires_at > ?) \
-                     FROM products p WHERE p.id = ?"
-                }
+                Dialect::MySql => concat!(
+                    "SELECT ",
+                    product_columns!(),
+                    ", CAST(COALESCE((SELECT SUM(due.units) FROM (SELECT units FROM \
+                     expiry_buckets WHERE product_id = ? AND expires_at <= ? \
+                     ORDER BY expires_at LIMIT 256) due), 0) AS SIGNED), \
+                     (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
+                     AND b.expires_at > ?) FROM products WHERE id = ?"
+                ),
+                Dialect::Sqlite => concat!(
+                    "SELECT ",
+                    product_columns!(),
+                    ", COALESCE((SELECT SUM(due.units) FROM (SELECT units FROM \
+                     expiry_buckets WHERE product_id = ? AND expires_at <= ? \
+                     ORDER BY expires_at LIMIT 256) due), 0), \
+                     (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
+                     AND b.expires_at > ?) FROM products WHERE id = ?"
+                ),
             };
             sqlx::query_as::<Db, Row>(sql)
+                .bind(int(id.0))
                 .bind(int(now.as_ms()))
+                .bind(int(id.0))
                 .bind(int(now.as_ms()))
                 .bind(int(id.0))
                 .fetch_optional(conn)
                 .await
         })
         .map_err(map_err)?;
-        let Some((id, name, price_cents, stock, held, received, expired, next)) = row else {
+        let Some((id, name, price, stock, held, received, through, to_retire, due, next)) = row
+        else {
             return Ok(None);
         };
-        let product = product_from_row((id, name, price_cents, stock, held, received));
-        let expired = u32::try_from(expired).map_err(|_| {
-            StoreError::Corrupt(format!("product {id} has {expired} expired units"))
-        })?;
+        let product = product_from_row((id, name, price, stock, held, received, through, to_retire));
+        let due = u32::try_from(due)
+            .map_err(|_| StoreError::Corrupt(format!("product {id} has {due} units due")))?;
         Ok(Some(ProductRead {
             product,
-            units_expired: Qty(expired),
+            units_due: Qty(due),
             next_deadline: next.map(Timestamp),
         }))
     }
@@ -86,8 +101,7 @@ impl Transaction for SqlTx {
         }
         let sql = in_list(
             self.dialect(),
-            "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
-             WHERE id IN",
+            concat!("SELECT ", product_columns!(), " FROM products WHERE id IN"),
             ids.len(),
             "ORDER BY id",
             true,
@@ -106,8 +120,8 @@ impl Transaction for SqlTx {
         let received = u64::from(stock.0);
         let (id,): (u64,) = on_conn!(self, |conn, _d| {
             sqlx::query_as::<Db, _>(
-                "INSERT INTO products (name, price_cents, stock, units_held, units_received) \
-                 VALUES (?, ?, ?, 0, ?) RETURNING id",
+                "INSERT INTO products (name, price_cents, stock, units_held, units_received, \
+                 expired_through, holds_to_retire) VALUES (?, ?, ?, 0, ?, 0, 0) RETURNING id",
             )
             .bind(name)
             .bind(int(price_cents.0))
@@ -124,42 +138,36 @@ impl Transaction for SqlTx {
             stock,
             units_held: Qty::ZERO,
             units_received: received,
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         })
     }
 
-    async fn expired_holds(
+    async fn due_buckets(
         &mut self,
         products: &[ProductId],
         now: Timestamp,
-    ) -> StoreResult<Vec<Hold>> {
+    ) -> StoreResult<Vec<ExpiryBucket>> {
         if products.is_empty() {
             return Ok(Vec::new());
         }
-        // Through the products' own index: through (state, expires_at) the locking read would
-        // scan, and lock, the expired holds of every product, which other transactions hold
-        // under their own products' locks (a deadlock, seen).
-        let head = match self.dialect() {
-            Dialect::MySql => {
-                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
-                 order_id FROM holds FORCE INDEX (holds_by_product_state) \
-                 WHERE state = 'held' AND expires_at <= ? AND product_id IN"
-            }
-            Dialect::Sqlite => {
-                "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, \
-                 order_id FROM holds INDEXED BY holds_by_product_state \
-                 WHERE state = 'held' AND expires_at <= ? AND product_id IN"
-            }
-        };
-        let sql = in_list(self.dialect(), head, products.len(), "", true);
-        let rows: Vec<HoldRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));
+        let sql = due_buckets_sql(self.dialect(), padded_len(products.len()));
+        let rows: Vec<BucketRow> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
             for id in padded(products) {
-                query = query.bind(int(id.0));
+                query = query.bind(int(id.0)).bind(int(now.as_ms()));
             }
             query.fetch_all(conn).await
         })
         .map_err(map_err)?;
-        rows.into_iter().map(hold_from_row).collect()
+        let mut buckets = rows
+            .into_iter()
+            .map(bucket_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // A padded list names its last product more than once.
+        buckets.sort_unstable();
+        buckets.dedup();
+        Ok(buckets)
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
@@ -247,55 +255,107 @@ impl Transaction for SqlTx {
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
-        let rows: Vec<(u64,)> = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "SELECT product_id FROM holds WHERE state = 'held' AND expires_at <= ? \
-                 UNION SELECT product_id FROM orders WHERE status = 'pre_payment' AND payment_due_at <= ? \
-                 ORDER BY 1 LIMIT ?",
+        // Each part through its own index, and bounded: a product with many due buckets or
+        // overdue orders fills its part alone, and the others come up once it is swept.
+        let scan = i64::from(limit).saturating_mul(PRODUCTS_DUE_SCAN);
+        let (buckets, to_retire, orders) = on_conn!(self, |conn, _d| {
+            let buckets: Vec<(u64,)> = sqlx::query_as::<Db, _>(
+                "SELECT product_id FROM expiry_buckets WHERE expires_at <= ? \
+                 ORDER BY expires_at LIMIT ?",
             )
             .bind(int(now.as_ms()))
-            .bind(int(now.as_ms()))
+            .bind(scan)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let to_retire: Vec<(u64,)> = sqlx::query_as::<Db, _>(
+                "SELECT id FROM products WHERE holds_to_retire > 0 ORDER BY id LIMIT ?",
+            )
             .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let orders: Vec<(u64,)> = sqlx::query_as::<Db, _>(
+                "SELECT product_id FROM orders WHERE status = 'pre_payment' \
+                 AND payment_due_at <= ? ORDER BY payment_due_at LIMIT ?",
+            )
+            .bind(int(now.as_ms()))
+            .bind(scan)
             .fetch_all(conn)
             .await
-        })
-        .map_err(map_err)?;
-        Ok(rows.into_iter().map(|(id,)| ProductId(id)).collect())
+            .map_err(map_err)?;
+            (buckets, to_retire, orders)
+        });
+        let ids: BTreeSet<u64> = (buckets.into_iter())
+            .chain(to_retire)
+            .chain(orders)
+            .map(|(id,)| id)
+            .collect();
+        Ok(ids.into_iter().take(limit as usize).map(ProductId).collect())
     }
 
-    async fn lock_overdue_orders(
+    async fn sweep_candidates(
         &mut self,
-        products: &[ProductId],
+        product: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Vec<Order>> {
-        if products.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Through the products' own index, for the reason `expired_holds` gives.
-        let head = match self.dialect() {
-            Dialect::MySql => {
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
-                 payment_due_at, cancel_reason FROM orders \
-                 FORCE INDEX (orders_by_product_status_due) WHERE status = 'pre_payment' \
-                 AND payment_due_at <= ? AND product_id IN"
-            }
-            Dialect::Sqlite => {
-                "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, \
-                 payment_due_at, cancel_reason FROM orders \
-                 INDEXED BY orders_by_product_status_due WHERE status = 'pre_payment' \
-                 AND payment_due_at <= ? AND product_id IN"
-            }
-        };
-        let sql = in_list(self.dialect(), head, products.len(), "", true);
-        let rows: Vec<OrderRow> = on_conn!(self, |conn, _d| {
-            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));
-            for id in padded(products) {
-                query = query.bind(int(id.0));
-            }
-            query.fetch_all(conn).await
+        limit: u32,
+    ) -> StoreResult<SweepCandidates> {
+        // Judged at the product's decision time: never before what it folded.
+        let (holds, orders) = on_conn!(self, |conn, d| {
+            let (holds_sql, orders_sql) = match d {
+                Dialect::MySql => (
+                    "SELECT id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at \
+                     <= (SELECT GREATEST(?, expired_through) FROM products WHERE id = ?) \
+                     ORDER BY expires_at, id LIMIT ?",
+                    "SELECT id FROM orders WHERE product_id = ? AND status = 'pre_payment' \
+                     AND payment_due_at <= (SELECT GREATEST(?, expired_through) FROM products \
+                     WHERE id = ?) ORDER BY payment_due_at, id LIMIT ?",
+                ),
+                Dialect::Sqlite => (
+                    "SELECT id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at \
+                     <= (SELECT MAX(?, expired_through) FROM products WHERE id = ?) \
+                     ORDER BY expires_at, id LIMIT ?",
+                    "SELECT id FROM orders WHERE product_id = ? AND status = 'pre_payment' \
+                     AND payment_due_at <= (SELECT MAX(?, expired_through) FROM products \
+                     WHERE id = ?) ORDER BY payment_due_at, id LIMIT ?",
+                ),
+            };
+            let holds: Vec<(u64,)> = sqlx::query_as::<Db, _>(holds_sql)
+                .bind(int(product.0))
+                .bind(int(now.as_ms()))
+                .bind(int(product.0))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let orders: Vec<(u64,)> = sqlx::query_as::<Db, _>(orders_sql)
+                .bind(int(product.0))
+                .bind(int(now.as_ms()))
+                .bind(int(product.0))
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+                .map_err(map_err)?;
+            (holds, orders)
+        });
+        Ok(SweepCandidates {
+            holds: holds.into_iter().map(|(id,)| HoldId(id)).collect(),
+            orders: orders.into_iter().map(|(id,)| OrderId(id)).collect(),
+        })
+    }
+
+    async fn holds_to_retire(&mut self) -> StoreResult<u64> {
+        let (holds,): (i64,) = on_conn!(self, |conn, d| {
+            let sql = match d {
+                Dialect::MySql => {
+                    "SELECT CAST(COALESCE(SUM(holds_to_retire), 0) AS SIGNED) FROM products"
+                }
+                Dialect::Sqlite => "SELECT COALESCE(SUM(holds_to_retire), 0) FROM products",
+            };
+            sqlx::query_as::<Db, _>(sql).fetch_one(conn).await
         })
         .map_err(map_err)?;
-        rows.into_iter().map(order_from_row).collect()
+        u64::try_from(holds).map_err(|_| StoreError::Corrupt(format!("{holds} holds to retire")))
     }
 
     async fn purge_records(
@@ -344,10 +404,18 @@ impl Transaction for SqlTx {
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {
-        let (products, holds, orders, webhooks, request_keys) = on_conn!(self, |conn, _d| {
-            let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(
-                "SELECT id, name, price_cents, stock, units_held, units_received FROM products \
-                 ORDER BY id",
+        let (products, holds, orders, webhooks, request_keys, buckets) = on_conn!(self, |conn, _d| {
+            let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(concat!(
+                "SELECT ",
+                product_columns!(),
+                " FROM products ORDER BY id"
+            ))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let buckets: Vec<BucketRow> = sqlx::query_as::<Db, _>(
+                "SELECT product_id, expires_at, units, holds FROM expiry_buckets \
+                 ORDER BY product_id, expires_at",
             )
             .fetch_all(&mut *conn)
             .await
@@ -380,7 +448,7 @@ impl Transaction for SqlTx {
             .fetch_all(conn)
             .await
             .map_err(map_err)?;
-            Ok::<_, StoreError>((products, holds, orders, webhooks, request_keys))
+            Ok::<_, StoreError>((products, holds, orders, webhooks, request_keys, buckets))
         })?;
         Ok(Dump {
             products: products.into_iter().map(product_from_row).collect(),
@@ -399,6 +467,10 @@ impl Transaction for SqlTx {
             request_keys: request_keys
                 .into_iter()
                 .map(request_key_from_row)
+                .collect::<StoreResult<_>>()?,
+            buckets: buckets
+                .into_iter()
+                .map(bucket_from_row)
                 .collect::<StoreResult<_>>()?,
         })
     }

@@ -6,8 +6,8 @@
 //! the state the decision read.
 
 use flashsale_core::{
-    CancelReason, Counters, HoldId, Inserted, KeyedRequest, NewHold, NewOrder, OrderId,
-    ReleaseReason, RequestRecord, Settlement, WebhookRecord, WriteSet,
+    BucketChange, CancelReason, Counters, ExpiryBucket, HoldId, Inserted, KeyedRequest, NewHold,
+    NewOrder, OrderId, ReleaseReason, RequestRecord, Settlement, WebhookRecord, WriteSet,
 };
 use sqlx::{AssertSqlSafe, MySql};
 
@@ -16,11 +16,10 @@ use super::statements::{int, marks, padded, padded_len};
 use super::{Dialect, SqlTx, on_conn};
 use crate::store::{StoreError, StoreResult};
 
-/// The most ids one statement of a write names. A batch names at most a few per command, but a
-/// product's expired holds and overdue orders are released in the transaction that finds them,
-/// however many: tens of thousands when a hot product's holds expire together, past what one
-/// statement may bind (65,535 placeholders on MySQL, 32,766 on SQLite). A power of two, so the
-/// statements stay in the few shapes [`padded`] gives.
+/// The most ids one statement of a write names: a sweep retires up to its chunk of holds, and
+/// folds up to [`flashsale_core::DUE_BUCKETS_MAX`] buckets per product, which must stay within
+/// what one statement may bind (65,535 placeholders on MySQL, 32,766 on SQLite). A power of
+/// two, so the statements stay in the few shapes [`padded`] gives.
 const IDS_PER_STATEMENT: usize = 1_024;
 
 /// The condition every write carries on MySQL, true only inside an explicit transaction: a
@@ -124,7 +123,13 @@ impl SqlTx {
     pub(super) async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         let mut inserted = Inserted::default();
         self.update_products(&writes.products).await?;
-        self.release_holds(&writes.holds_released).await?;
+        self.change_buckets(&writes.buckets).await?;
+        self.delete_buckets(&writes.buckets_folded).await?;
+        let released: Vec<(HoldId, ReleaseReason)> = (writes.holds_released.iter())
+            .chain(&writes.holds_retired)
+            .copied()
+            .collect();
+        self.release_holds(&released).await?;
         inserted.holds = self.insert_holds(&writes.holds_inserted).await?;
         inserted.orders = self.insert_orders(&writes.orders_inserted).await?;
         let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
@@ -176,10 +181,12 @@ impl SqlTx {
             format!("{column} = CASE id {arms} END")
         };
         let sql = format!(
-            "UPDATE products SET {}, {}, {} WHERE {} AND id IN ({})",
+            "UPDATE products SET {}, {}, {}, {}, {} WHERE {} AND id IN ({})",
             case("stock"),
             case("units_held"),
             case("units_received"),
+            case("expired_through"),
+            case("holds_to_retire"),
             in_transaction(self.dialect()),
             marks(n)
         );
@@ -195,12 +202,101 @@ impl SqlTx {
                 query = query.bind(int(p.id.0)).bind(int(p.units_received));
             }
             for p in padded(products) {
+                query = query.bind(int(p.id.0)).bind(int(p.expired_through.as_ms()));
+            }
+            for p in padded(products) {
+                query = query.bind(int(p.id.0)).bind(p.holds_to_retire);
+            }
+            for p in padded(products) {
                 query = query.bind(int(p.id.0));
             }
             query.execute(conn).await.map(|r| r.rows_affected())
         })
         .map_err(map_err)?;
         expect_all(done, products.len(), "products")
+    }
+
+    /// Adds each change to its bucket, making the buckets that do not exist yet, in one
+    /// statement. Deltas are signed, so a bucket taken below zero (a change to a bucket that was
+    /// not there, corrupt rows) is written as read: negative, and refused by every later read.
+    async fn change_buckets(&mut self, changes: &[BucketChange]) -> StoreResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match self.dialect() {
+            Dialect::MySql => {
+                let rows = json_rows(changes.iter().map(|change| {
+                    serde_json::json!([
+                        int(change.product_id.0),
+                        int(change.expires_at.as_ms()),
+                        change.units,
+                        change.holds
+                    ])
+                }));
+                on_conn!(self, |conn, _d| {
+                    sqlx::query::<Db>(concat!(
+                        "INSERT INTO expiry_buckets (product_id, expires_at, units, holds) \
+                         SELECT product_id, expires_at, units, holds FROM JSON_TABLE(?, '$[*]' \
+                         COLUMNS (n FOR ORDINALITY, product_id BIGINT PATH '$[0]', \
+                         expires_at BIGINT PATH '$[1]', units BIGINT PATH '$[2]', \
+                         holds BIGINT PATH '$[3]')) AS batch WHERE ",
+                        in_transaction!(),
+                        " ORDER BY n ON DUPLICATE KEY UPDATE \
+                         units = expiry_buckets.units + VALUES(units), \
+                         holds = expiry_buckets.holds + VALUES(holds)"
+                    ))
+                    .bind(rows)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+                })
+            }
+            Dialect::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO expiry_buckets (product_id, expires_at, units, holds) VALUES {} \
+                     ON CONFLICT (product_id, expires_at) DO UPDATE SET \
+                     units = units + excluded.units, holds = holds + excluded.holds",
+                    rows_of_marks(changes.len(), "(?, ?, ?, ?)")
+                );
+                on_conn!(self, |conn, _d| {
+                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                    for change in changes {
+                        query = query
+                            .bind(int(change.product_id.0))
+                            .bind(int(change.expires_at.as_ms()))
+                            .bind(change.units)
+                            .bind(change.holds);
+                    }
+                    query.execute(conn).await.map(drop)
+                })
+            }
+        }
+        .map_err(map_err)
+    }
+
+    /// Deletes the buckets folded into their products' counters, [`IDS_PER_STATEMENT`] at a
+    /// time; each must be there.
+    async fn delete_buckets(&mut self, folded: &[ExpiryBucket]) -> StoreResult<()> {
+        for buckets in folded.chunks(IDS_PER_STATEMENT) {
+            let n = padded_len(buckets.len());
+            let sql = format!(
+                "DELETE FROM expiry_buckets WHERE {} AND (product_id, expires_at) IN ({})",
+                in_transaction(self.dialect()),
+                rows_of_marks(n, "(?, ?)")
+            );
+            let done = on_conn!(self, |conn, _d| {
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for bucket in padded(buckets) {
+                    query = query
+                        .bind(int(bucket.product_id.0))
+                        .bind(int(bucket.expires_at.as_ms()));
+                }
+                query.execute(conn).await.map(|r| r.rows_affected())
+            })
+            .map_err(map_err)?;
+            expect_all(done, buckets.len(), "folded buckets to delete")?;
+        }
+        Ok(())
     }
 
     /// Releases held holds, one statement per reason and [`IDS_PER_STATEMENT`] holds; each must

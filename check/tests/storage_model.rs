@@ -841,13 +841,7 @@ fn replay_agrees(
     log: &[flashsale_check::recording::Entry],
     recorder: &Recorder,
 ) -> Result<(), String> {
-    let stored = Ledger::from_rows(
-        dump.products.clone(),
-        dump.holds.clone(),
-        dump.orders.clone(),
-        dump.webhooks.clone(),
-    )
-    .with_request_keys(dump.request_keys.clone());
+    let stored = dump.clone().into_ledger();
     let answers = recorder.answers.lock().expect("answers").clone();
     let reads = recorder.reads.lock().expect("reads").clone();
     let checked = refine::check(&stored, log, &answers, &reads).map_err(|failure| {

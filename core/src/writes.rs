@@ -390,19 +390,15 @@ impl WriteSet {
     }
 }
 
-/// Adds `change` to the entry of its bucket in `changes`, dropping an entry that comes to change
-/// nothing.
+/// Adds `change` to the entry of its bucket in `changes`. An entry that nets to nothing stays: a
+/// grant whose hold the same batch consumed still makes its deadline's bucket, at zero, as the
+/// same commands one by one would.
 fn add_change(changes: &mut Vec<BucketChange>, change: BucketChange) {
-    match changes.iter().position(|c| c.key() == change.key()) {
-        Some(at) => {
-            let entry = &mut changes[at];
+    match changes.iter_mut().find(|c| c.key() == change.key()) {
+        Some(entry) => {
             entry.units = entry.units.saturating_add(change.units);
             entry.holds = entry.holds.saturating_add(change.holds);
-            if entry.is_empty() {
-                changes.remove(at);
-            }
         }
-        None if change.is_empty() => {}
         None => changes.push(change),
     }
 }

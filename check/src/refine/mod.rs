@@ -377,7 +377,11 @@ fn compare(stored: &Ledger, replayed: &Ledger, ids: &Ids) -> Result<(), String> 
         }
     }
     if let Some(extra) = replayed_buckets.next() {
-        return Err(format!("expiry bucket {extra:?}: replayed, not stored"));
+        return Err(format!(
+            "expiry bucket {extra:?}: replayed, not stored (stored: {:?}; replayed: {:?})",
+            stored.buckets().collect::<Vec<_>>(),
+            replayed.buckets().collect::<Vec<_>>()
+        ));
     }
     for order in stored.orders() {
         let translated = ids.order_row(order)?;

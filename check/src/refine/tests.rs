@@ -129,7 +129,7 @@ fn granted(hold_id: u64, qty: u32) -> Answer {
             product_id: ProductId(7),
             qty: Qty(qty),
             created_at: Timestamp(10),
-            expires_at: Timestamp(1_010),
+            expires_at: Timestamp(2_000),
             state: HoldState::Held,
         },
         folded: flashsale_core::Folded::default(),
@@ -158,7 +158,7 @@ fn an_answer_other_than_the_replay_is_reported() {
     // In the API's ids: hold 40 of product 7, as the storage numbered them.
     assert!(
         difference.message.contains(
-            "answered `201 hold 40 {product_id: 7, qty: 1, expires_at: t-1767225598990ms, \
+            "answered `201 hold 40 {product_id: 7, qty: 1, expires_at: t-1767225598000ms, \
              state: held}`, but in commit order the answer is `201 hold 40 {product_id: 7, \
              qty: 2,"
         ),
@@ -249,11 +249,11 @@ fn product_read(now: u64, from: usize, available: u32, units_held: u32) -> Read 
 
 #[test]
 fn a_read_at_a_hold_deadline_must_count_the_hold_free() {
-    // Hold 40 of 2 units expires at 1010: a read then sees all 3 units free.
-    let reads = [product_read(1_010, 1, 3, 2)];
+    // Hold 40 of 2 units expires at 2000 (10 ms plus its TTL, rounded up to the second): a read then sees all 3 units free.
+    let reads = [product_read(2_000, 1, 3, 2)];
     assert_eq!(reads_checked(&reads), Ok(1));
     // Counting it held, one millisecond too long, matches no state.
-    let reads = [product_read(1_010, 1, 1, 2)];
+    let reads = [product_read(2_000, 1, 1, 2)];
     let difference = reads_checked(&reads).expect_err("the hold is free at its deadline");
     assert_eq!(difference.kind, "refinement: read differs");
     assert_eq!(difference.request, Some(9));
@@ -263,7 +263,7 @@ fn a_read_at_a_hold_deadline_must_count_the_hold_free() {
         "{difference}"
     );
     // One millisecond before, it is held.
-    let reads = [product_read(1_009, 1, 1, 2)];
+    let reads = [product_read(1_999, 1, 1, 2)];
     assert_eq!(reads_checked(&reads), Ok(1));
 }
 
@@ -293,15 +293,15 @@ fn a_hold_read_is_checked_with_its_view_at_the_reading() {
                 product_id: ProductId(7),
                 qty: Qty(2),
                 created_at: Timestamp(10),
-                expires_at: Timestamp(1_010),
+                expires_at: Timestamp(2_000),
                 state: HoldState::Held,
             },
             view,
         },
     };
-    let ok = [read(1_009, HoldView::Held), read(1_010, HoldView::Expired)];
+    let ok = [read(1_999, HoldView::Held), read(2_000, HoldView::Expired)];
     assert_eq!(reads_checked(&ok), Ok(2));
-    let wrong = [read(1_010, HoldView::Held)];
+    let wrong = [read(2_000, HoldView::Held)];
     let difference = reads_checked(&wrong).expect_err("held past its deadline");
     assert!(difference.message.contains("shown as held"), "{difference}");
 }

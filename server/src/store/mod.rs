@@ -252,20 +252,21 @@ pub struct Dump {
 }
 
 impl Dump {
+    /// The rows as a ledger, every kind of them.
+    pub fn into_ledger(self) -> flashsale_core::Ledger {
+        flashsale_core::Ledger::from_rows(self.products, self.holds, self.orders, self.webhooks)
+            .with_buckets(self.buckets)
+            .with_request_keys(self.request_keys)
+    }
+
     /// The rows as a ledger, and a check of the invariants on it (every request-key record
     /// naming a hold or order that matches its request among them).
     ///
     /// # Errors
     /// The first invariant violated or record that names no matching resource.
     pub fn check(self) -> Result<(), String> {
-        let ledger = flashsale_core::Ledger::from_rows(
-            self.products,
-            self.holds,
-            self.orders,
-            self.webhooks,
-        )
-        .with_buckets(self.buckets)
-        .with_request_keys(self.request_keys);
-        ledger.check_invariants().map_err(|v| v.to_string())
+        self.into_ledger()
+            .check_invariants()
+            .map_err(|v| v.to_string())
     }
 }

@@ -14,6 +14,10 @@ pub const CONNECTIONS_MAX: u32 = 10_000;
 /// Most products one `setup` creates, for the same reason.
 pub const SETUP_PRODUCTS_MAX: u32 = 100_000;
 
+/// Most holds an `expiry-storm` fill asks for: ten times the storm the scripts measure, and few
+/// enough that a fill ends in minutes at the hot-hold rates of the machines here.
+pub const FILL_HOLDS_MAX: u64 = 10_000_000;
+
 /// HTTP load generator for the flashsale server.
 #[derive(Debug, Parser)]
 #[command(name = "flashsale-load", version)]
@@ -48,6 +52,10 @@ pub enum Scenario {
     SpreadHolds,
     /// Hold, then order, then a signed `paid` webhook, over `--products A..B`.
     Flow,
+    /// Fill `--product` with `--fill N` holds, then measure holds and GETs on it for
+    /// `--before` seconds before the first of them lapse and `--across` seconds across the
+    /// lapse; see `load::storm`.
+    ExpiryStorm,
 }
 
 impl Scenario {
@@ -59,6 +67,7 @@ impl Scenario {
             Scenario::HotHolds => "hot-holds",
             Scenario::SpreadHolds => "spread-holds",
             Scenario::Flow => "flow",
+            Scenario::ExpiryStorm => "expiry-storm",
         }
     }
 }
@@ -76,6 +85,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=i64::from(CONNECTIONS_MAX)))]
     pub connections: u32,
     /// Measured time after the warm-up: seconds (`10`, `2.5`) or humantime (`10s`, `1m`).
+    /// `expiry-storm` ignores it, and `--warmup` and `--requests`: its windows are `--before`
+    /// and `--across`.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time before the measured window whose samples are discarded.
@@ -85,7 +96,7 @@ pub struct RunArgs {
     /// still ends at the duration. For setup phases such as "place exactly N holds".
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Product for `get-product` and `hot-holds`.
+    /// Product for `get-product`, `hot-holds` and `expiry-storm`.
     #[arg(long, default_value_t = 1)]
     pub product: u64,
     /// Products for `flow` and `spread-holds`: `A..B` (inclusive), one id, or a comma-separated
@@ -101,6 +112,24 @@ pub struct RunArgs {
     /// stalled server cannot keep the run going past its duration.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// `expiry-storm` (required there): holds to grant on `--product` before the windows.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=FILL_HOLDS_MAX))]
+    pub fill: Option<u64>,
+    /// `expiry-storm`: connections of the fill; `--connections` when absent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CONNECTIONS_MAX)))]
+    pub fill_connections: Option<u32>,
+    /// `expiry-storm`: the window measured after the fill, which must end before the first
+    /// granted hold lapses.
+    #[arg(long, default_value = "8", value_parser = parse_duration)]
+    pub before: Duration,
+    /// `expiry-storm`: the window measured across the lapse, from just before the first
+    /// granted hold's deadline.
+    #[arg(long, default_value = "20", value_parser = parse_duration)]
+    pub across: Duration,
+    /// `expiry-storm`: the server's process id, when it runs on this machine; each phase
+    /// then reports the server's CPU time and resident memory, read from `/proc`.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Runtime threads. One by default: the generator shares the cores with the server, and a
     /// single thread drives hundreds of connections without contending for them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -210,6 +210,33 @@ fn parse_path(path: &str) -> anyhow::Result<Uri> {
 /// parsing: the flow reads one id from each answer, and a full parse per request would cost
 /// the server's CPU. `None` if the field is absent or not a plain number.
 pub fn json_u64_field(body: &[u8], field: &str) -> Option<u64> {
+    parse_u64_prefix(json_field_value(body, field)?)
+}
+
+/// The string after `"<field>":` in a JSON body, without its quotes, found by scanning like
+/// [`json_u64_field`]: the expiry storm reads `expires_at` from every granted hold. `None` if
+/// the field is absent, not a string, or holds an escape (the server's timestamps never do, and
+/// an escaped string would need a real parser to read).
+pub fn json_str_field<'a>(body: &'a [u8], field: &str) -> Option<&'a str> {
+    let value = json_field_value(body, field)?.strip_prefix(b"\"")?;
+    let end = value.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if value.get(end) != Some(&b'"') {
+        return None;
+    }
+    std::str::from_utf8(value.get(..end)?).ok()
+}
+
+/// The instant an RFC 3339 timestamp names, in milliseconds since the Unix epoch, such as the
+/// server's `"2026-11-25T04:22:23.526Z"`. `None` if it does not parse or is before 1970.
+pub fn rfc3339_unix_ms(text: &str) -> Option<u64> {
+    let at = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(at.timestamp_millis()).ok()
+}
+
+/// The bytes after `"<field>":` (and any blanks) in a JSON body, for the first occurrence of the
+/// quoted field name followed by a colon; a name that only appears inside a longer name or as a
+/// value is skipped.
+fn json_field_value<'a>(body: &'a [u8], field: &str) -> Option<&'a [u8]> {
     let field = field.as_bytes();
     if field.is_empty() {
         return None; // `windows(0)` would panic.
@@ -223,7 +250,7 @@ pub fn json_u64_field(body: &[u8], field: &str) -> Option<u64> {
             .map(<[u8]>::trim_ascii_start)
             .and_then(|after| after.strip_prefix(b":"));
         if let (true, Some(value)) = (quoted_before, value) {
-            return parse_u64_prefix(value.trim_ascii_start());
+            return Some(value.trim_ascii_start());
         }
         rest = after;
     }
@@ -275,5 +302,33 @@ mod tests {
             json_u64_field(br#"{"hold_id":99999999999999999999}"#, "hold_id"),
             None
         );
+    }
+
+    #[test]
+    fn json_string_fields_are_found_by_scanning_and_escapes_are_refused() {
+        let body = br#"{"hold_id":42,"expires_at": "2026-11-25T04:22:23.526Z","state":"held"}"#;
+        assert_eq!(
+            json_str_field(body, "expires_at"),
+            Some("2026-11-25T04:22:23.526Z")
+        );
+        assert_eq!(json_str_field(body, "state"), Some("held"));
+        assert_eq!(json_str_field(body, "hold_id"), None);
+        assert_eq!(json_str_field(body, "created_at"), None);
+        assert_eq!(json_str_field(br#"{"name":"a\"b"}"#, "name"), None);
+        assert_eq!(json_str_field(br#"{"name":"unterminated"#, "name"), None);
+        assert_eq!(json_str_field(br#"{"name":""}"#, "name"), Some(""));
+    }
+
+    #[test]
+    fn rfc3339_timestamps_become_unix_milliseconds() {
+        assert_eq!(
+            rfc3339_unix_ms("2026-11-25T04:22:23.526Z"),
+            Some(1_795_580_543_526)
+        );
+        assert_eq!(rfc3339_unix_ms("1970-01-01T00:00:01Z"), Some(1_000));
+        assert_eq!(rfc3339_unix_ms("1970-01-01T01:00:01+01:00"), Some(1_000));
+        assert_eq!(rfc3339_unix_ms("1969-12-31T23:59:59Z"), None);
+        assert_eq!(rfc3339_unix_ms("2026-11-25 04:22"), None);
+        assert_eq!(rfc3339_unix_ms(""), None);
     }
 }

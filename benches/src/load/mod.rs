@@ -11,6 +11,8 @@
 //! - [`http`]: the target address, one client connection, and request templates.
 //! - [`run`]: the scenarios and the per-connection loop.
 //! - [`stats`]: histograms, status counts and the JSON summary.
+//! - [`storm`]: the `expiry-storm` scenario, three phases of the same loop around the moment
+//!   a product's holds lapse together.
 //! - [`setup`]: creating products through the admin API.
 //! - [`report`]: the markdown table and the SVG chart from a file of summaries.
 
@@ -20,3 +22,4 @@ pub mod report;
 pub mod run;
 pub mod setup;
 pub mod stats;
+pub mod storm;

@@ -370,7 +370,8 @@ fn latency_summary(latency_us: &Histogram<u64>, elapsed_s: f64) -> LatencySummar
     }
 }
 
-fn round(value: f64, decimals: i32) -> f64 {
+/// `value` rounded to `decimals` decimal places, as every figure of the summaries is.
+pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10_f64.powi(decimals);
     (value * scale).round() / scale
 }

@@ -116,12 +116,13 @@ impl TxObserver {
             .and_then(|()| budget.check_written(self.rows_written));
         over.map_err(|violation| {
             let requests: Vec<String> = ops.iter().map(|op| format!("r{}", op.id)).collect();
+            let (_, words) = crate::words::violation(&violation);
             Failure::new(
                 Check::Budget,
                 "transaction over its budget",
                 format!(
-                    "tx{} (requests {}) went over its budget: {violation}; a request's rows \
-                     must be bounded by its commands, never by history",
+                    "tx{} (requests {}): {words}; a request's rows must be bounded by its \
+                     commands, never by history",
                     self.tx,
                     requests.join(", ")
                 ),

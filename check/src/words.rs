@@ -120,10 +120,19 @@ fn order_status(status: OrderStatus) -> String {
     format!("{status:?}").to_lowercase()
 }
 
-/// A product row, with the counters the API does not show.
+/// A product row, with the counters the API does not show (its expiry's once it folded).
 pub fn product(product: &Product) -> String {
+    let expiry = if product.expired_through == Timestamp(0) {
+        String::new()
+    } else {
+        format!(
+            ", expired_through: {}, holds_to_retire: {}",
+            time(product.expired_through),
+            product.holds_to_retire
+        )
+    };
     format!(
-        "product {} {{stock: {}, units_held: {}, units_received: {}}}",
+        "product {} {{stock: {}, units_held: {}, units_received: {}{expiry}}}",
         product.id, product.stock, product.units_held, product.units_received
     )
 }

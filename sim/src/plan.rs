@@ -88,6 +88,17 @@ impl FaultProfile {
     }
 }
 
+/// How often a seed's plan has a mass expiry, in percent.
+const STORM_PERCENT: u64 = 15;
+/// The fewest buyers of a mass expiry: more than a product may have buckets due at once
+/// ([`flashsale_core::DUE_BUCKETS_MAX`]), so a read of every expired hold goes over budget.
+const STORM_HOLDS_MIN: u32 = 1_000;
+/// The most buyers of a mass expiry.
+const STORM_HOLDS_MAX: u32 = 3_000;
+
+const _: () = assert!(STORM_HOLDS_MIN as usize > flashsale_core::DUE_BUCKETS_MAX);
+const _: () = assert!(STORM_HOLDS_MIN < STORM_HOLDS_MAX);
+
 /// The payment provider's verdict on one hold, and how it delivers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +203,29 @@ pub struct Restock {
     pub qty: u32,
 }
 
+/// A mass expiry, the second minute of a sale: `holds` buyers each hold one unit of `product` at
+/// once, spread over the instances, and abandon what they get, so the holds share a deadline or
+/// two and lapse together one TTL later. Around that deadline the world reads the product on
+/// every instance, grants on it from every instance as soon as their clocks pass the deadline
+/// (while thousands of holds are due and no sweep has folded them yet, or just after), reads it
+/// again after the sweepers' next pass, and (from chaos drawn with the storm) steps clocks
+/// across the deadline and crashes an instance while the sweepers fold and retire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storm {
+    /// When the buyers arrive, from the start of the run.
+    pub at_ms: u64,
+    /// The product, from 1.
+    pub product: usize,
+    /// How many buyers, each holding one unit.
+    pub holds: u32,
+}
+
+/// The sweep chunk of a plan that does not say: the server's default.
+fn sweep_chunk_default() -> u32 {
+    flashsale_server::service::SWEEP_CHUNK_DEFAULT
+}
+
 /// Everything a run does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +252,12 @@ pub struct Plan {
     /// their kinds and products (1: one transaction per request).
     #[serde(alias = "hold_batch_max")]
     pub batch_max: usize,
+    /// Mass expiries.
+    #[serde(default)]
+    pub storms: Vec<Storm>,
+    /// How many holds and orders one sweep transaction of a product retires and cancels at most.
+    #[serde(default = "sweep_chunk_default")]
+    pub sweep_chunk: u32,
 }
 
 impl Plan {
@@ -290,7 +330,7 @@ impl Plan {
         for journey in clients.iter_mut().flatten().filter(|j| j.crowd > 0) {
             journey.crowd_spread = rng.chance(50);
         }
-        Plan {
+        let mut plan = Plan {
             stocks,
             hold_ttl_ms,
             payment_window_ms,
@@ -301,7 +341,44 @@ impl Plan {
             restocks,
             faults,
             batch_max,
+            storms: Vec::new(),
+            sweep_chunk: sweep_chunk_default(),
+        };
+        // Storms and sweep chunks came last of all.
+        plan.sweep_chunk = [1, 7, 100, sweep_chunk_default()][rng.below(4) as usize];
+        if rng.chance(STORM_PERCENT) {
+            plan.add_storm(&mut rng, span_ms);
         }
+        plan
+    }
+
+    /// Adds a mass expiry on a product of its own, stocked for it, with a clock step across its
+    /// deadline and a crash while the sweepers fold and retire.
+    fn add_storm(&mut self, rng: &mut PlanRng, span_ms: u64) {
+        let holds = STORM_HOLDS_MIN + rng.below(u64::from(STORM_HOLDS_MAX - STORM_HOLDS_MIN)) as u32;
+        self.stocks.push(holds.saturating_add(rng.below(20) as u32));
+        let storm = Storm {
+            at_ms: rng.below(span_ms.max(1)),
+            product: self.stocks.len(),
+            holds,
+        };
+        let deadline_ms = storm.at_ms.saturating_add(self.hold_ttl_ms);
+        let instance = rng.below(self.servers as u64) as usize;
+        let step = 1 + rng.below(2 * self.hold_ttl_ms) as i64;
+        self.chaos.push(ChaosAt {
+            at_ms: deadline_ms.saturating_sub(rng.below(500)),
+            chaos: Chaos::ClockStep {
+                instance,
+                delta_ms: if rng.chance(50) { step } else { -step },
+            },
+        });
+        self.chaos.push(ChaosAt {
+            at_ms: deadline_ms.saturating_add(rng.below(2_000)),
+            chaos: Chaos::Crash {
+                instance: rng.below(self.servers as u64) as usize,
+            },
+        });
+        self.storms.push(storm);
     }
 
     /// Journeys in the plan.
@@ -309,9 +386,13 @@ impl Plan {
         self.clients.iter().map(Vec::len).sum()
     }
 
-    /// Operations in the plan: journeys, strays, chaos events and restocks.
+    /// Operations in the plan: journeys, strays, chaos events, restocks and storms.
     pub fn ops(&self) -> usize {
-        self.journeys() + self.strays.len() + self.chaos.len() + self.restocks.len()
+        self.journeys()
+            + self.strays.len()
+            + self.chaos.len()
+            + self.restocks.len()
+            + self.storms.len()
     }
 
     /// Checks what a hand-edited plan could get wrong: every product and instance it names
@@ -348,6 +429,18 @@ impl Plan {
                     restock.product
                 ));
             }
+        }
+        for (i, storm) in self.storms.iter().enumerate() {
+            if !product_ok(storm.product) {
+                return Err(format!(
+                    "storms[{i}].product is {}: products are 1 to {products}",
+                    storm.product
+                ));
+            }
+        }
+        let chunk_max = flashsale_server::service::SWEEP_CHUNK_MAX;
+        if !(1..=chunk_max).contains(&self.sweep_chunk) {
+            return Err(format!("sweep_chunk must be 1 to {chunk_max}"));
         }
         for (i, event) in self.chaos.iter().enumerate() {
             let (Chaos::ClockStep { instance, .. } | Chaos::Crash { instance }) = event.chaos;

@@ -1,6 +1,6 @@
 //! Shrinking a failing run: re-run the same seed with less and keep every change after which
 //! the run still fails the same way (the same [`Failure::kind`](flashsale_check::failure::Failure)).
-//! In order: fault classes off; chaos events, stray webhooks, restocks and each client's
+//! In order: fault classes off; chaos events, stray webhooks, restocks, storms and each client's
 //! journeys removed one chunk at a time (delta debugging: halves, then quarters, down to single
 //! items); fewer servers; shorter hold TTL and payment window; each fault rate and the latency
 //! halved; hold batches of one; unused products dropped; then the lists once more. What is left
@@ -115,6 +115,7 @@ fn shrink_lists(s: &mut Shrinker) {
     shrink_list(s, |p| &mut p.chaos);
     shrink_list(s, |p| &mut p.strays);
     shrink_list(s, |p| &mut p.restocks);
+    shrink_list(s, |p| &mut p.storms);
     for client in 0..s.best.plan.clients.len() {
         shrink_list(s, move |p| &mut p.clients[client]);
     }
@@ -136,7 +137,7 @@ fn shrink_servers(s: &mut Shrinker) {
     }
 }
 
-/// Drops trailing products no journey or restock names (products keep their numbers).
+/// Drops trailing products no journey, restock or storm names (products keep their numbers).
 fn drop_unused_products(p: &mut Plan) {
     let used = p
         .clients
@@ -144,6 +145,7 @@ fn drop_unused_products(p: &mut Plan) {
         .flatten()
         .map(|j| j.product)
         .chain(p.restocks.iter().map(|r| r.product))
+        .chain(p.storms.iter().map(|storm| storm.product))
         .max()
         .unwrap_or(1);
     p.stocks.truncate(used.max(1));

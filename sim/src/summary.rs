@@ -191,13 +191,21 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
     let c = &report.fault_counts;
     let s = &report.stats;
     let race = |name: &str| s.races.get(name).copied().unwrap_or(0);
-    let items: [(&str, u64); 25] = [
+    let items: [(&str, u64); 27] = [
         ("fault: deadlock", c.deadlock),
         ("fault: lock wait timeout", c.lock_timeout),
         ("fault: connection lost", c.connection_lost),
         ("fault: commit answer lost", c.commit_answer_lost),
         ("batch: requests decided together", c.batched),
-        ("batch: releasing expired holds", c.batched_releasing),
+        ("batch: folding due expiry buckets", c.batched_folding),
+        (
+            "storm: grant while a mass expiry is due",
+            c.grants_folding_storm,
+        ),
+        (
+            "storm: cached read after a sweeper's write",
+            s.reads_cached_after_sweep,
+        ),
         (
             "batch: several products in one transaction",
             c.batched_products,

@@ -49,6 +49,9 @@ fn every_planted_bug_is_found_within_fifty_seeds() {
             // commit order, a replay that inserts nothing.
             Bug::ForgetRequestKey => Some("refinement:"),
             Bug::CountExpiredHolds => Some("refinement: answer differs"),
+            // Every decision comes out the same: only the work budget sees it, and names the
+            // transaction that went over.
+            Bug::LoadEveryExpiredHold => Some("work budget: transaction over its budget"),
             Bug::LostCommitAsLostConnection => Some("refinement: request committed twice"),
             Bug::ReadDeadlineAsHeld => Some("refinement: read differs"),
             Bug::PanicInCommit => Some("panic:"),

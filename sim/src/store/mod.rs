@@ -51,8 +51,8 @@ pub struct FaultCounts {
     pub lock_timeout_real: u64,
     /// Real deadlocks detected in the wait-for graph.
     pub deadlock_real: u64,
-    /// Batches (transactions deciding several hold requests) that released expired holds.
-    pub batched_releasing: u64,
+    /// Batches (transactions deciding several requests) that folded due expiry buckets.
+    pub batched_folding: u64,
     /// Connections lost mid-transaction.
     pub connection_lost: u64,
     /// Commits whose answer was lost.
@@ -68,7 +68,13 @@ pub struct FaultCounts {
     /// Committed batches that decided requests of several kinds (holds, orders, webhooks,
     /// restocks).
     pub batched_kinds: u64,
+    /// Committed transactions in which a grant folded a bucket of at least
+    /// [`STORM_BUCKET_HOLDS`] holds: a hold request while a mass expiry was due.
+    pub grants_folding_storm: u64,
 }
+
+/// How many holds a bucket must hold for its fold by a grant to count as a mass expiry's.
+pub const STORM_BUCKET_HOLDS: u32 = 500;
 
 /// Everything the simulated database keeps, behind one mutex (madsim runs one task at a time).
 #[derive(Debug, Default)]
@@ -83,6 +89,10 @@ struct Shared {
     violation: Option<Failure>,
     trace: Trace,
     log: CommitLog,
+    /// Product reads that reached the storage (not answered from a cache).
+    product_views: u64,
+    /// Products whose last committed write was a sweeper's transaction.
+    swept_last: std::collections::BTreeSet<u64>,
 }
 
 /// The simulated database, shared by every server instance of a run.
@@ -153,6 +163,17 @@ impl SimStore {
     /// read answered from a cache entry taken then may have seen.
     pub fn log_len_at(&self, at_us: u64) -> usize {
         self.shared().log.len_at(at_us)
+    }
+
+    /// How many product reads reached the storage so far (a read answered from an instance's
+    /// cache does not).
+    pub fn product_views(&self) -> u64 {
+        self.shared().product_views
+    }
+
+    /// Whether the product's last committed write was a sweeper's transaction.
+    pub fn swept_last(&self, product: ProductId) -> bool {
+        self.shared().swept_last.contains(&product.0)
     }
 
     /// The trace of commits so far.

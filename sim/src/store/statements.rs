@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 
 use flashsale_check::failure::{Check, Failure};
 use flashsale_core::{
-    Cents, Command, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order, OrderId, Product,
-    ProductId, Qty, ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order,
+    OrderId, Product, ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 use flashsale_server::store::{
-    Dump, ProductRead, RecordKind, StoreError, StoreResult, Transaction,
+    Dump, ProductRead, RecordKind, StoreError, StoreResult, SweepCandidates, Transaction,
 };
 use madsim::rand::{Rng, thread_rng};
 
@@ -57,6 +57,9 @@ impl Transaction for SimTx {
                     self.id
                 );
             }
+            if let Err(failure) = self.observer.check_budget() {
+                shared.violation.get_or_insert(failure);
+            }
             let entries = self.observer.end(true, sim_us());
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
@@ -73,12 +76,9 @@ impl Transaction for SimTx {
                 if kinds.len() > 1 {
                     shared.counts.batched_kinds += 1;
                 }
-                let releases = writes.values().any(|row| {
-                    matches!(row, Row::Hold(h) if h.state == HoldState::Released(ReleaseReason::Expired)
-                        && shared.tables.holds.get(&h.id.0).is_some_and(|old| old.state == HoldState::Held))
-                });
-                if releases {
-                    shared.counts.batched_releasing += 1;
+                let folds = writes.values().any(|row| matches!(row, Row::BucketGone(..)));
+                if folds {
+                    shared.counts.batched_folding += 1;
                 }
             }
             if entries.is_empty() && !writes.is_empty() {
@@ -88,6 +88,25 @@ impl Transaction for SimTx {
                     format!("transaction tx{} committed outside any request", self.id),
                 );
                 shared.violation.get_or_insert(failure);
+            }
+            let sweeping = (entries.iter()).any(|e| matches!(e.command, Command::SweepProduct { .. }));
+            let granting = (entries.iter()).any(|e| matches!(e.command, Command::PlaceHold { .. }));
+            let storm_folded = writes.values().any(|row| match row {
+                Row::BucketGone(p, at) => (shared.tables.buckets.get(&(p.0, at.as_ms())))
+                    .is_some_and(|b| b.holds >= super::STORM_BUCKET_HOLDS),
+                _ => false,
+            });
+            if granting && storm_folded {
+                shared.counts.grants_folding_storm += 1;
+            }
+            for row in writes.values() {
+                if let Row::Product(p) = row {
+                    if sweeping {
+                        shared.swept_last.insert(p.id.0);
+                    } else {
+                        shared.swept_last.remove(&p.id.0);
+                    }
+                }
             }
             shared.log.extend(entries);
             for row in writes.into_values() {
@@ -131,20 +150,19 @@ impl Transaction for SimTx {
         now: Timestamp,
     ) -> StoreResult<Option<ProductRead>> {
         self.step().await?;
+        self.store.shared().product_views += 1;
         let Some(product) = self.product_row(id) else {
             return Ok(None);
         };
-        let mut expired = self.expired_of(id, now);
+        let mut due = self.due_of(id, now);
         if self.bug() == Some(Bug::ReadDeadlineAsHeld) {
-            expired.retain(|h| h.expires_at != now);
+            due.retain(|b| b.expires_at != now);
         }
-        let live = self.holds_of(id).into_iter().filter(|h| h.is_live(now));
+        let next = self.buckets_of(id).into_iter().find(|b| b.expires_at > now);
         Ok(Some(ProductRead {
             product,
-            units_expired: Qty(expired
-                .iter()
-                .fold(0u32, |sum, h| sum.saturating_add(h.qty.0))),
-            next_deadline: live.map(|h| h.expires_at).min(),
+            units_due: Qty(due.iter().fold(0u32, |sum, b| sum.saturating_add(b.units.0))),
+            next_deadline: next.map(|b| b.expires_at),
         }))
     }
 
@@ -158,6 +176,7 @@ impl Transaction for SimTx {
             }
             products.extend(self.product_row(id));
         }
+        self.observer.loaded(products.len());
         Ok(products)
     }
 
@@ -176,26 +195,33 @@ impl Transaction for SimTx {
             stock,
             units_held: Qty::ZERO,
             units_received: u64::from(stock.0),
+            expired_through: Timestamp(0),
+            holds_to_retire: 0,
         };
         self.stage(Row::Product(product.clone()));
         self.observer.inserted_product(id);
         Ok(product)
     }
 
-    async fn expired_holds(
+    async fn due_buckets(
         &mut self,
         products: &[ProductId],
         now: Timestamp,
-    ) -> StoreResult<Vec<Hold>> {
+    ) -> StoreResult<Vec<ExpiryBucket>> {
         self.step().await?;
-        let expired: Vec<Hold> = products
-            .iter()
-            .flat_map(|&id| self.expired_of(id, now))
+        let due: Vec<ExpiryBucket> = (products.iter())
+            .flat_map(|&id| self.due_of(id, now))
             .collect();
-        for hold in &expired {
-            self.lock(RowKey::Hold(hold.id.0)).await?;
+        self.observer.loaded(due.len());
+        if self.bug() == Some(Bug::LoadEveryExpiredHold) {
+            // The buckets, and every expired hold besides, as the old read did: the decisions
+            // are the same, only the rows read grow with the number of holds that expired.
+            let holds: usize = (products.iter())
+                .map(|&id| self.expired_unfolded(id, now))
+                .sum();
+            self.observer.loaded(holds);
         }
-        Ok(expired)
+        Ok(due)
     }
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
@@ -209,11 +235,34 @@ impl Transaction for SimTx {
             product.set_counters(*counters);
             self.stage(Row::Product(product));
         }
+        for change in &writes.buckets {
+            let bucket = match self.read(&RowKey::Bucket(
+                change.product_id.0,
+                change.expires_at.as_ms(),
+            )) {
+                Some(Row::Bucket(bucket)) => bucket.changed(change),
+                _ => change.created(),
+            };
+            let bucket = bucket.ok_or_else(|| {
+                StoreError::Corrupt(format!("expiry bucket out of range: {change:?}"))
+            })?;
+            self.stage(Row::Bucket(bucket));
+        }
+        for folded in &writes.buckets_folded {
+            let key = RowKey::Bucket(folded.product_id.0, folded.expires_at.as_ms());
+            if !matches!(self.read(&key), Some(Row::Bucket(_))) {
+                return Err(missing("expiry bucket of product", folded.product_id.0));
+            }
+            self.stage(Row::BucketGone(folded.product_id, folded.expires_at));
+        }
         for &(hold_id, reason) in &writes.holds_released {
             // An UPDATE takes the row's lock, as InnoDB's would.
             self.lock(RowKey::Hold(hold_id.0)).await?;
-            let planted = self.bug() == Some(Bug::ForgetReleaseExpired);
-            if planted && reason == ReleaseReason::Expired {
+            self.set_hold_state(hold_id, HoldState::Released(reason))?;
+        }
+        for &(hold_id, reason) in &writes.holds_retired {
+            self.lock(RowKey::Hold(hold_id.0)).await?;
+            if self.bug() == Some(Bug::ForgetReleaseExpired) {
                 continue;
             }
             self.set_hold_state(hold_id, HoldState::Released(reason))?;
@@ -259,6 +308,10 @@ impl Transaction for SimTx {
             }
             holds.extend(self.hold_row(id));
         }
+        if lock {
+            self.observer.locking_holds(ids);
+        }
+        self.observer.loaded(holds.len());
         Ok(holds)
     }
 
@@ -271,6 +324,10 @@ impl Transaction for SimTx {
             }
             orders.extend(self.order_row(id));
         }
+        if lock {
+            self.observer.locking_orders(ids);
+        }
+        self.observer.loaded(orders.len());
         Ok(orders)
     }
 
@@ -287,6 +344,7 @@ impl Transaction for SimTx {
                 records.push(w);
             }
         }
+        self.observer.loaded(records.len());
         Ok(records)
     }
 
@@ -304,48 +362,59 @@ impl Transaction for SimTx {
                 records.push(r);
             }
         }
+        self.observer.loaded(records.len());
         Ok(records)
     }
 
     async fn products_due(&mut self, now: Timestamp, limit: u32) -> StoreResult<Vec<ProductId>> {
         self.step().await?;
         let shared = self.store.shared();
-        let holds = shared
-            .tables
-            .holds
-            .values()
-            .filter(|h| h.state == HoldState::Held && h.is_expired(now));
-        let orders = shared.tables.orders.values().filter(|o| o.is_overdue(now));
-        let ids: BTreeSet<ProductId> = holds
-            .map(|h| h.product_id)
+        let tables = &shared.tables;
+        let due = (tables.buckets.values()).filter(|b| b.expires_at <= now);
+        let to_retire = tables.products.values().filter(|p| p.holds_to_retire > 0);
+        let orders = tables.orders.values().filter(|o| o.is_overdue(now));
+        let ids: BTreeSet<ProductId> = due
+            .map(|b| b.product_id)
+            .chain(to_retire.map(|p| p.id))
             .chain(orders.map(|o| o.product_id))
             .collect();
         Ok(ids.into_iter().take(limit as usize).collect())
     }
 
-    async fn lock_overdue_orders(
+    async fn sweep_candidates(
         &mut self,
-        products: &[ProductId],
+        product: ProductId,
         now: Timestamp,
-    ) -> StoreResult<Vec<Order>> {
+        limit: u32,
+    ) -> StoreResult<SweepCandidates> {
         self.step().await?;
-        let overdue: Vec<Order> = {
+        let Some(row) = self.product_row(product) else {
+            return Ok(SweepCandidates::default());
+        };
+        let at = row.decision_time(now);
+        let mut holds: Vec<Hold> = (self.holds_of(product).into_iter())
+            .filter(|h| h.state == HoldState::Held && h.is_expired(at))
+            .collect();
+        holds.sort_by_key(|h| (h.expires_at, h.id));
+        let mut orders: Vec<Order> = {
             let shared = self.store.shared();
-            let orders = shared.tables.orders.values();
-            orders
-                .filter(|o| products.contains(&o.product_id) && o.is_overdue(now))
+            (shared.tables.orders.values())
+                .filter(|o| o.product_id == product && o.is_overdue(at))
                 .copied()
                 .collect()
         };
-        let mut locked = Vec::new();
-        for order in overdue {
-            self.lock(RowKey::Order(order.id.0)).await?;
-            // Read again under the lock: a webhook may have paid it meanwhile.
-            if let Some(order) = self.order_row(order.id).filter(|o| o.is_overdue(now)) {
-                locked.push(order);
-            }
-        }
-        Ok(locked)
+        orders.sort_by_key(|o| (o.payment_due_at, o.id));
+        Ok(SweepCandidates {
+            holds: holds.iter().take(limit as usize).map(|h| h.id).collect(),
+            orders: orders.iter().take(limit as usize).map(|o| o.id).collect(),
+        })
+    }
+
+    async fn holds_to_retire(&mut self) -> StoreResult<u64> {
+        self.step().await?;
+        let shared = self.store.shared();
+        let products = shared.tables.products.values();
+        Ok(products.map(|p| u64::from(p.holds_to_retire)).sum())
     }
 
     async fn purge_records(
@@ -375,6 +444,7 @@ impl Transaction for SimTx {
             orders: shared.tables.orders.values().copied().collect(),
             webhooks: shared.tables.webhooks.values().cloned().collect(),
             request_keys: shared.tables.request_keys.values().cloned().collect(),
+            buckets: shared.tables.buckets.values().copied().collect(),
         })
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use flashsale_check::observer::TxObserver;
 use flashsale_check::recording;
 use flashsale_core::{
-    Command, Hold, HoldId, HoldState, IdempotencyKey, NewOrder, Order, OrderId, Product, ProductId,
-    RowLock, Timestamp,
+    Command, DUE_BUCKETS_MAX, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, NewOrder,
+    Order, OrderId, Product, ProductId, RowLock, Timestamp,
 };
 use flashsale_server::store::{StoreError, StoreResult};
 use madsim::rand::{Rng, thread_rng};
@@ -143,14 +143,7 @@ impl SimTx {
 
     /// Stages a row in this transaction's writes.
     pub(super) fn stage(&mut self, row: Row) {
-        let key = match &row {
-            Row::Product(p) => RowKey::Product(p.id.0),
-            Row::Hold(h) => RowKey::Hold(h.id.0),
-            Row::Order(o) => RowKey::Order(o.id.0),
-            Row::Webhook(w) => RowKey::Webhook(w.key.as_str().to_owned()),
-            Row::RequestKey(r) => RowKey::RequestKey(r.key.as_str().to_owned()),
-        };
-        self.writes.insert(key, row);
+        self.writes.insert(row.key(), row);
     }
 
     /// The holds of a product as this transaction sees them.
@@ -180,20 +173,58 @@ impl SimTx {
         self.store.shared().bug
     }
 
-    /// The product's held holds past their deadline at `now`, in id order.
-    pub(super) fn expired_of(&self, product_id: ProductId, now: Timestamp) -> Vec<Hold> {
-        // The planted bug hides them from hold requests only; the sweeper still releases them,
-        // so every row ends as it should and only the answers differ.
+    /// The product's expiry buckets as this transaction sees them, in deadline order.
+    pub(super) fn buckets_of(&self, product_id: ProductId) -> Vec<ExpiryBucket> {
+        let mut buckets: BTreeMap<u64, ExpiryBucket> = {
+            let shared = self.store.shared();
+            let range = (product_id.0, 0)..=(product_id.0, u64::MAX);
+            (shared.tables.buckets.range(range))
+                .map(|(&(_, at), b)| (at, *b))
+                .collect()
+        };
+        for row in self.writes.values() {
+            match row {
+                Row::Bucket(b) if b.product_id == product_id => {
+                    buckets.insert(b.expires_at.as_ms(), *b);
+                }
+                Row::BucketGone(p, at) if *p == product_id => {
+                    buckets.remove(&at.as_ms());
+                }
+                _ => {}
+            }
+        }
+        buckets.into_values().collect()
+    }
+
+    /// The product's first [`DUE_BUCKETS_MAX`] buckets due at `now`, in deadline order, as
+    /// its storage reads them.
+    pub(super) fn due_of(&self, product_id: ProductId, now: Timestamp) -> Vec<ExpiryBucket> {
+        // The planted bug hides them from hold requests only; the sweeper still folds them, so
+        // every row ends as it should and only the answers differ.
         let placing = recording::current()
             .iter()
             .any(|op| matches!(op.command, Some(Command::PlaceHold { .. })));
         if self.bug() == Some(Bug::CountExpiredHolds) && placing {
             return Vec::new();
         }
+        let due = self.buckets_of(product_id).into_iter();
+        due.filter(|b| b.expires_at <= now)
+            .take(DUE_BUCKETS_MAX)
+            .collect()
+    }
+
+    /// The product's held holds past their deadline at `now` whose bucket is not folded yet:
+    /// what the old read of every expired hold brought back, and what
+    /// [`Bug::LoadEveryExpiredHold`] reads besides the buckets.
+    pub(super) fn expired_unfolded(&self, product_id: ProductId, now: Timestamp) -> usize {
+        let folded = self
+            .product_row(product_id)
+            .map_or(Timestamp(0), |p| p.expired_through);
         let holds = self.holds_of(product_id).into_iter();
         holds
             .filter(|h| h.state == HoldState::Held && h.is_expired(now))
-            .collect()
+            .filter(|h| h.expires_at > folded)
+            .count()
     }
 
     /// Moves a hold to `state` in this transaction's writes.
@@ -259,6 +290,8 @@ impl SimTx {
             },
             RowKey::Webhook(k) => RowLock::Webhook(IdempotencyKey::parse(k)?),
             RowKey::RequestKey(k) => RowLock::RequestKey(IdempotencyKey::parse(k)?),
+            // Buckets are written under their product's lock and take none of their own.
+            RowKey::Bucket(..) => return None,
         })
     }
 
@@ -269,7 +302,11 @@ impl SimTx {
         }
         self.open = false;
         self.writes.clear();
+        let over_budget = self.observer.check_budget().err();
         let mut shared = self.store.shared();
+        if let Some(failure) = over_budget {
+            shared.violation.get_or_insert(failure);
+        }
         shared.counts.rollbacks += 1;
         shared.log.extend(self.observer.end(false, sim_us()));
         release_locks(&mut shared, self.id);

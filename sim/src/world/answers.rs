@@ -123,12 +123,13 @@ impl Answered for SweepReport {
 
     fn describe(&self) -> String {
         format!(
-            "sweep released {} holds, cancelled {} orders",
-            self.holds_released, self.orders_cancelled
+            "sweep folded {} expired holds ({} units), retired {} holds, cancelled {} orders",
+            self.folded.holds, self.folded.units, self.holds_retired, self.orders_cancelled
         )
     }
 
     fn digest(&self) -> [u64; 3] {
-        [5, self.holds_released as u64, self.orders_cancelled as u64]
+        let retired = (self.holds_retired as u64) << 32 | self.folded.holds;
+        [5, retired, self.orders_cancelled as u64]
     }
 }

@@ -1,19 +1,19 @@
 //! The client actors: buyers following their journeys (holds, with and without an
-//! `Idempotency-Key` and submitted twice, crowds, orders, reads around exact deadlines) and the
-//! admin restocking.
+//! `Idempotency-Key` and submitted twice, crowds, orders, reads around exact deadlines), the
+//! crowds of a mass expiry, and the admin restocking.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale_check::history::{Read, ReadAnswer, Request, Target};
-use flashsale_core::{Command, IdempotencyKey, Order, ProductId, Qty, Rejection, Timestamp};
+use flashsale_core::{Command, Hold, IdempotencyKey, Order, ProductId, Qty, Rejection, Timestamp};
 use flashsale_server::clock::Clock;
 use flashsale_server::service::{HoldPlaced, Keyed, ServiceError};
 use madsim::task::JoinHandle;
 
 use super::requests::CallError;
 use super::{Lane, World, lock};
-use crate::plan::Journey;
+use crate::plan::{Journey, Storm};
 use crate::store::sim_us;
 
 impl World {
@@ -280,21 +280,81 @@ impl World {
     }
 
     /// One buyer of a crowd: one hold request without a key to `instance`, whatever it gets
-    /// abandoned.
+    /// abandoned. Returns the hold it got.
     pub(super) async fn crowd_buyer(
         &self,
         client: usize,
         instance: usize,
         product_id: ProductId,
         qty: Qty,
-    ) {
+    ) -> Option<Hold> {
         let lane = (instance, Lane::Client(client));
         match self.place_hold(lane, None, product_id, qty).await {
-            Ok(_) => self.count(|s| s.holds_granted += 1),
+            Ok(placed) => {
+                self.count(|s| s.holds_granted += 1);
+                return Some(placed.value.hold);
+            }
             Err(CallError::Service(ServiceError::Rejected(Rejection::InsufficientStock {
                 ..
             }))) => self.count(|s| s.holds_rejected += 1),
             Err(_) => {}
+        }
+        None
+    }
+
+    /// A mass expiry ([`Storm`]): its buyers at once, spread over the instances, each holding
+    /// one unit and abandoning it; then, on each instance as its clock passes their last
+    /// deadline, a read of the product and a grant on it (while the holds are due, before or
+    /// after a sweeper folded them); and after the sweepers' next pass, two reads on each
+    /// instance, the second answered from its cache if nothing wrote the product since.
+    pub(super) async fn storm(self: Arc<Self>, client: usize, storm: Storm) {
+        madsim::time::sleep(Duration::from_millis(storm.at_ms)).await;
+        let product_id = self.product_id(storm.product);
+        let servers = lock(&self.instances).len();
+        let buyers: Vec<_> = (0..storm.holds as usize)
+            .map(|n| {
+                let world = self.clone();
+                madsim::task::spawn(async move {
+                    world
+                        .crowd_buyer(client, n % servers, product_id, Qty(1))
+                        .await
+                })
+            })
+            .collect();
+        let mut deadline = None;
+        for buyer in buyers {
+            if let Ok(Some(hold)) = buyer.await {
+                deadline = deadline.max(Some(hold.expires_at));
+            }
+        }
+        let Some(deadline) = deadline else {
+            return;
+        };
+        let rounds: Vec<_> = (0..servers)
+            .map(|instance| {
+                let world = self.clone();
+                madsim::task::spawn(async move {
+                    world.sleep_until_clock(instance, deadline).await;
+                    world.read_on(instance, client, Target::Product(product_id)).await;
+                    world
+                        .crowd_buyer(client, instance, product_id, Qty(1))
+                        .await;
+                })
+            })
+            .collect();
+        for round in rounds {
+            let _ = round.await;
+        }
+        // The sweepers pass every second: after one, read twice on each instance.
+        madsim::time::sleep(Duration::from_millis(1_500)).await;
+        for instance in 0..servers {
+            self.read_on(instance, client, Target::Product(product_id)).await;
+            let views = self.store.product_views();
+            self.read_on(instance, client, Target::Product(product_id)).await;
+            let cached = self.store.product_views() == views;
+            if cached && self.store.swept_last(product_id) {
+                self.count(|s| s.reads_cached_after_sweep += 1);
+            }
         }
     }
 

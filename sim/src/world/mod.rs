@@ -105,6 +105,9 @@ pub struct Stats {
     pub reads_checked: u64,
     /// Product reads decided exactly at a hold's deadline on their instance's clock.
     pub reads_at_deadline: u64,
+    /// Product reads answered from an instance's cache while the product's last write was a
+    /// sweeper's (it folded, retired or cancelled), before any other write to it.
+    pub reads_cached_after_sweep: u64,
 }
 
 /// The outcome of a run.
@@ -254,6 +257,7 @@ impl World {
             // Records are never purged: the checkers replay every one (see `purge_records`).
             request_key_retention_ms: u64::MAX,
             webhook_retention_ms: u64::MAX,
+            sweep_chunk: plan.sweep_chunk,
             ..Config::default()
         };
         let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
@@ -375,14 +379,24 @@ impl World {
             .enumerate()
             .map(|(c, journeys)| madsim::task::spawn(self.clone().client(c, journeys)))
             .collect();
+        // A storm's buyers are clients numbered after the plan's own.
+        let storms: Vec<_> = (plan.storms.iter().enumerate())
+            .map(|(n, &storm)| {
+                let client = plan.clients.len().saturating_add(n);
+                madsim::task::spawn(self.clone().storm(client, storm))
+            })
+            .collect();
         let mut deliveries = Vec::new();
         for client in clients {
             if let Ok(spawned) = client.await {
                 deliveries.extend(spawned);
             }
         }
-        for handle in deliveries.into_iter().chain(strays).chain(restocks) {
+        for handle in (deliveries.into_iter()).chain(strays).chain(restocks) {
             let _ = handle.await;
+        }
+        for storm in storms {
+            let _ = storm.await;
         }
         chaos.abort();
         for sweeper in sweepers {

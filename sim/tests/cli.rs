@@ -126,7 +126,7 @@ fn a_failure_writes_a_plan_that_replays_to_the_same_failure() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let document = json(&output);
     let failure = &document["failure"];
-    assert_eq!(failure["kind"], "invariant: units held counter");
+    assert_eq!(failure["kind"], "invariant: holds to retire counter");
     // In the API's words, with the request, instance and time it happened at.
     let message = failure["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("product 1 counts"), "{message}");
@@ -145,7 +145,7 @@ fn a_failure_writes_a_plan_that_replays_to_the_same_failure() {
     let replayed = sim(&["replay", "--plan", file]);
     assert_eq!(replayed.status.code(), Some(1));
     assert!(
-        stdout(&replayed).contains("plan: failed as the file expects (invariant: units held"),
+        stdout(&replayed).contains("plan: failed as the file expects (invariant: holds to retire"),
         "{}",
         stdout(&replayed)
     );

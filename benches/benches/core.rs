@@ -127,6 +127,8 @@ fn bench_place_holds(c: &mut Criterion) {
         stock: Qty(1_000),
         units_held: Qty(900),
         units_received: 1_000,
+        expired_through: Timestamp(0),
+        holds_to_retire: 0,
     };
     let mut rng = SplitMix64(7);
     let requests: Vec<HoldRequest> = (0..BATCH)
@@ -160,7 +162,7 @@ struct Workload {
 struct Stats {
     holds_granted: u64,
     holds_rejected: u64,
-    holds_released: u64,
+    holds_expired: u64,
     orders_created: u64,
     orders_rejected: u64,
     webhooks_new: u64,
@@ -173,11 +175,11 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "holds granted {} rejected {} released-by-expiry {}; orders created {} rejected {}; \
+            "holds granted {} rejected {} expired {}; orders created {} rejected {}; \
              webhooks new {} replayed {}; restocks {}; sweeps {}",
             self.holds_granted,
             self.holds_rejected,
-            self.holds_released,
+            self.holds_expired,
             self.orders_created,
             self.orders_rejected,
             self.webhooks_new,
@@ -321,16 +323,9 @@ impl Generator {
     fn record(&mut self, command: &Command, outcome: Result<Outcome, flashsale_core::Rejection>) {
         let stats = &mut self.stats;
         match (command, outcome) {
-            (
-                _,
-                Ok(Outcome::HoldPlaced {
-                    hold,
-                    holds_released,
-                    ..
-                }),
-            ) => {
+            (_, Ok(Outcome::HoldPlaced { hold, folded, .. })) => {
                 stats.holds_granted += 1;
-                stats.holds_released += holds_released.len() as u64;
+                stats.holds_expired += folded.holds;
                 remember(&mut self.granted, hold.id);
             }
             (Command::PlaceHold { .. }, Err(_)) => stats.holds_rejected += 1,
@@ -344,9 +339,9 @@ impl Generator {
             }
             (_, Ok(Outcome::WebhookApplied { .. })) => stats.webhooks_new += 1,
             (_, Ok(Outcome::Restocked { .. })) => stats.restocks += 1,
-            (_, Ok(Outcome::Swept { holds_released, .. })) => {
+            (_, Ok(Outcome::Swept { folded, .. })) => {
                 stats.sweeps += 1;
-                stats.holds_released += holds_released.len() as u64;
+                stats.holds_expired += folded.holds;
             }
             (command, outcome) => panic!("unexpected answer to {command:?}: {outcome:?}"),
         }

@@ -5,8 +5,8 @@
 use std::ops::Range;
 
 use flashsale_core::{
-    Command, Folded, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty, Rejection,
-    Timestamp, WebhookResult,
+    Command, Folded, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty,
+    Rejection, Timestamp, WebhookResult,
 };
 use flashsale_server::service::{HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer};
 

@@ -1,5 +1,5 @@
 //! The one execute step: a batch of commands of any kinds and products, decided in arrival order
-//! over the rows their [`Plan`](crate::Plan) loaded, into one answer per command and one
+//! over the rows their [`Plan`] loaded, into one answer per command and one
 //! [`WriteSet`] for the whole batch.
 //!
 //! Every driver runs the same three steps, as TigerBeetle's state machine does (prefetch, execute,

@@ -419,7 +419,10 @@ impl Ledger {
     /// overdue, and those with holds to retire; each transaction then decides at its product's
     /// decision time.
     fn sweep(&mut self, now: Timestamp) -> Outcome {
-        let overdue = self.due.iter().take_while(|&&(due_at, _)| is_past(due_at, now));
+        let overdue = self
+            .due
+            .iter()
+            .take_while(|&&(due_at, _)| is_past(due_at, now));
         let mut product_ids: BTreeSet<ProductId> = overdue
             .filter_map(|&(_, id)| self.orders.get(id.0))
             .map(|order| order.product_id)

@@ -22,9 +22,9 @@ impl Timestamp {
     /// saturating at the far future.
     pub fn ceil_to(self, tick_ms: u64) -> Timestamp {
         let tick_ms = tick_ms.max(1);
-        match self.0 % tick_ms {
-            0 => self,
-            rest => Timestamp(self.0.saturating_add(tick_ms - rest)),
+        match self.0.checked_rem(tick_ms) {
+            Some(0) | None => self,
+            Some(rest) => Timestamp(self.0.saturating_add(tick_ms.saturating_sub(rest))),
         }
     }
 }

@@ -631,7 +631,11 @@ impl Changes {
         let change = BucketChange {
             product_id: self.product.id,
             expires_at,
-            units: if holds < 0 { -units } else { units },
+            units: if holds < 0 {
+                units.saturating_neg()
+            } else {
+                units
+            },
             holds,
         };
         add_change(&mut self.writes.buckets, change);

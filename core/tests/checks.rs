@@ -30,8 +30,8 @@ fn buckets_of(holds: &[Hold]) -> Vec<ExpiryBucket> {
     for hold in holds.iter().filter(|h| h.state == HoldState::Held) {
         match (buckets.iter_mut()).find(|b| b.key() == (hold.product_id, hold.expires_at)) {
             Some(bucket) => {
-                bucket.units = Qty(bucket.units.0 + hold.qty.0);
-                bucket.holds += 1;
+                bucket.units = Qty(bucket.units.0.saturating_add(hold.qty.0));
+                bucket.holds = bucket.holds.saturating_add(1);
             }
             None => buckets.push(ExpiryBucket {
                 product_id: hold.product_id,

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use flashsale_core::{
-    CancelReason, Cents, Command, Fingerprint, Folded, HoldId, HoldState, HoldView, ID_MAX, IdempotencyKey,
-    OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection, ReleaseReason,
-    Timestamp, WebhookPayload, WebhookResult,
+    CancelReason, Cents, Command, Fingerprint, Folded, HoldId, HoldState, HoldView, ID_MAX,
+    IdempotencyKey, OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection,
+    ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{
@@ -539,10 +539,20 @@ async fn a_mass_expiry_is_folded_at_once_and_retired_in_chunks(db: Db) {
     assert_eq!(service.product(p).await.expect("exists").available, Qty(5));
     clock.advance(1_000);
     let due = service.product(p).await.expect("exists");
-    assert_eq!(due.available, Qty(EXPIRED + 5), "a read counts the due bucket");
+    assert_eq!(
+        due.available,
+        Qty(EXPIRED + 5),
+        "a read counts the due bucket"
+    );
     let placed = service.place_hold(p, Qty(1)).await.expect("granted");
     let all = u64::from(EXPIRED);
-    assert_eq!(placed.folded, Folded { holds: all, units: all });
+    assert_eq!(
+        placed.folded,
+        Folded {
+            holds: all,
+            units: all
+        }
+    );
     let folded = service.product(p).await.expect("exists").product;
     assert_eq!(
         (folded.units_held, folded.holds_to_retire),
@@ -550,7 +560,10 @@ async fn a_mass_expiry_is_folded_at_once_and_retired_in_chunks(db: Db) {
         "the grant wrote no hold row: every expired one waits to be retired"
     );
     let pass = service.sweep().await.expect("swept");
-    assert_eq!(pass.holds_retired, CHUNK as usize, "one chunk per product and pass");
+    assert_eq!(
+        pass.holds_retired, CHUNK as usize,
+        "one chunk per product and pass"
+    );
     let rest = service.sweep_all().await.expect("swept");
     assert_eq!(rest.holds_retired, (EXPIRED - CHUNK) as usize);
     let after = service.product(p).await.expect("exists");
@@ -1054,7 +1067,11 @@ async fn the_expiry_bucket_migration_keeps_every_products_availability(db: Db) {
             .await
             .expect("read"),
     };
-    assert_eq!(before, vec![5, 5, 3], "the old rows read as the old schema reads them");
+    assert_eq!(
+        before,
+        vec![5, 5, 3],
+        "the old rows read as the old schema reads them"
+    );
     migrate_new(&store, &names).await;
     store.close().await;
     let clock = ManualClock::new(T0);
@@ -1074,8 +1091,12 @@ async fn the_expiry_bucket_migration_keeps_every_products_availability(db: Db) {
         vec![(1, gone, 2, 1), (1, live, 5, 2), (2, gone, 5, 1)],
         "one bucket per product and deadline of the held holds"
     );
-    dump.check().expect("the invariants hold over the migrated rows");
-    let placed = service.place_hold(ProductId(1), Qty(5)).await.expect("granted");
+    dump.check()
+        .expect("the invariants hold over the migrated rows");
+    let placed = service
+        .place_hold(ProductId(1), Qty(5))
+        .await
+        .expect("granted");
     assert_eq!(placed.folded, Folded { holds: 1, units: 2 });
     db.finish(&service).await;
 }

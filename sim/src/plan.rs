@@ -355,7 +355,8 @@ impl Plan {
     /// Adds a mass expiry on a product of its own, stocked for it, with a clock step across its
     /// deadline and a crash while the sweepers fold and retire.
     fn add_storm(&mut self, rng: &mut PlanRng, span_ms: u64) {
-        let holds = STORM_HOLDS_MIN + rng.below(u64::from(STORM_HOLDS_MAX - STORM_HOLDS_MIN)) as u32;
+        let holds =
+            STORM_HOLDS_MIN + rng.below(u64::from(STORM_HOLDS_MAX - STORM_HOLDS_MIN)) as u32;
         self.stocks.push(holds.saturating_add(rng.below(20) as u32));
         let storm = Storm {
             at_ms: rng.below(span_ms.max(1)),

@@ -640,7 +640,11 @@ impl Model {
             .filter(|p| {
                 let through = p.folded_through;
                 let mine = |h: &&ModelHold| h.product == p.id;
-                let due = self.holds.iter().filter(mine).any(|h| h.expires > through && h.expires <= now);
+                let due = self
+                    .holds
+                    .iter()
+                    .filter(mine)
+                    .any(|h| h.expires > through && h.expires <= now);
                 let to_retire = (self.holds.iter().filter(mine))
                     .any(|h| h.end.is_none() && h.expires <= through);
                 let overdue = self.orders.iter().any(|o| {

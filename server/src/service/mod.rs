@@ -35,8 +35,8 @@ use flashsale_core::product;
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
 use flashsale_core::{
-    Cents, Command, Folded, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId, Outcome,
-    Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookPayload,
+    Cents, Command, Folded, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId,
+    Outcome, Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookPayload,
     WebhookRecord,
 };
 use flashsale_core::{hold, order};

@@ -76,7 +76,9 @@ impl Transaction for SimTx {
                 if kinds.len() > 1 {
                     shared.counts.batched_kinds += 1;
                 }
-                let folds = writes.values().any(|row| matches!(row, Row::BucketGone(..)));
+                let folds = writes
+                    .values()
+                    .any(|row| matches!(row, Row::BucketGone(..)));
                 if folds {
                     shared.counts.batched_folding += 1;
                 }
@@ -89,7 +91,8 @@ impl Transaction for SimTx {
                 );
                 shared.violation.get_or_insert(failure);
             }
-            let sweeping = (entries.iter()).any(|e| matches!(e.command, Command::SweepProduct { .. }));
+            let sweeping =
+                (entries.iter()).any(|e| matches!(e.command, Command::SweepProduct { .. }));
             let granting = (entries.iter()).any(|e| matches!(e.command, Command::PlaceHold { .. }));
             let storm_folded = writes.values().any(|row| match row {
                 Row::BucketGone(p, at) => (shared.tables.buckets.get(&(p.0, at.as_ms())))
@@ -161,7 +164,9 @@ impl Transaction for SimTx {
         let next = self.buckets_of(id).into_iter().find(|b| b.expires_at > now);
         Ok(Some(ProductRead {
             product,
-            units_due: Qty(due.iter().fold(0u32, |sum, b| sum.saturating_add(b.units.0))),
+            units_due: Qty(due
+                .iter()
+                .fold(0u32, |sum, b| sum.saturating_add(b.units.0))),
             next_deadline: next.map(|b| b.expires_at),
         }))
     }

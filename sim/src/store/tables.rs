@@ -78,7 +78,10 @@ impl Tables {
             Row::Order(o) => drop(self.orders.insert(o.id.0, o)),
             Row::Webhook(w) => drop(self.webhooks.insert(w.key.as_str().to_owned(), w)),
             Row::RequestKey(r) => drop(self.request_keys.insert(r.key.as_str().to_owned(), r)),
-            Row::Bucket(b) => drop(self.buckets.insert((b.product_id.0, b.expires_at.as_ms()), b)),
+            Row::Bucket(b) => drop(
+                self.buckets
+                    .insert((b.product_id.0, b.expires_at.as_ms()), b),
+            ),
             Row::BucketGone(p, at) => drop(self.buckets.remove(&(p.0, at.as_ms()))),
         }
     }
@@ -112,6 +115,9 @@ pub(super) fn row_words(row: &Row) -> (Option<ProductId>, String) {
                 b.holds
             ),
         ),
-        Row::BucketGone(p, at) => (Some(*p), format!("expiry bucket {} folded", words::time(*at))),
+        Row::BucketGone(p, at) => (
+            Some(*p),
+            format!("expiry bucket {} folded", words::time(*at)),
+        ),
     }
 }

@@ -335,7 +335,9 @@ impl World {
                 let world = self.clone();
                 madsim::task::spawn(async move {
                     world.sleep_until_clock(instance, deadline).await;
-                    world.read_on(instance, client, Target::Product(product_id)).await;
+                    world
+                        .read_on(instance, client, Target::Product(product_id))
+                        .await;
                     world
                         .crowd_buyer(client, instance, product_id, Qty(1))
                         .await;
@@ -348,9 +350,11 @@ impl World {
         // The sweepers pass every second: after one, read twice on each instance.
         madsim::time::sleep(Duration::from_millis(1_500)).await;
         for instance in 0..servers {
-            self.read_on(instance, client, Target::Product(product_id)).await;
+            self.read_on(instance, client, Target::Product(product_id))
+                .await;
             let views = self.store.product_views();
-            self.read_on(instance, client, Target::Product(product_id)).await;
+            self.read_on(instance, client, Target::Product(product_id))
+                .await;
             let cached = self.store.product_views() == views;
             if cached && self.store.swept_last(product_id) {
                 self.count(|s| s.reads_cached_after_sweep += 1);

@@ -4,9 +4,9 @@
 //! its fields and compared with the stored one (the paired assertion of its write).
 
 use flashsale_core::{
-    CancelReason, Cents, ExpiryBucket, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey, KeyedRequest, Order,
-    OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty, ReleaseReason, RequestRecord,
-    Timestamp, WebhookRecord, WebhookResult,
+    CancelReason, Cents, ExpiryBucket, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey,
+    KeyedRequest, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty,
+    ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult,
 };
 
 use crate::store::{StoreError, StoreResult};

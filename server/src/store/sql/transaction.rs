@@ -85,7 +85,8 @@ impl Transaction for SqlTx {
         else {
             return Ok(None);
         };
-        let product = product_from_row((id, name, price, stock, held, received, through, to_retire));
+        let product =
+            product_from_row((id, name, price, stock, held, received, through, to_retire));
         let due = u32::try_from(due)
             .map_err(|_| StoreError::Corrupt(format!("product {id} has {due} units due")))?;
         Ok(Some(ProductRead {
@@ -291,7 +292,11 @@ impl Transaction for SqlTx {
             .chain(orders)
             .map(|(id,)| id)
             .collect();
-        Ok(ids.into_iter().take(limit as usize).map(ProductId).collect())
+        Ok(ids
+            .into_iter()
+            .take(limit as usize)
+            .map(ProductId)
+            .collect())
     }
 
     async fn sweep_candidates(
@@ -404,52 +409,55 @@ impl Transaction for SqlTx {
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {
-        let (products, holds, orders, webhooks, request_keys, buckets) = on_conn!(self, |conn, _d| {
-            let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(concat!(
-                "SELECT ",
-                product_columns!(),
-                " FROM products ORDER BY id"
-            ))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            let buckets: Vec<BucketRow> = sqlx::query_as::<Db, _>(
-                "SELECT product_id, expires_at, units, holds FROM expiry_buckets \
+        let (products, holds, orders, webhooks, request_keys, buckets) = on_conn!(
+            self,
+            |conn, _d| {
+                let products: Vec<ProductRow> = sqlx::query_as::<Db, _>(concat!(
+                    "SELECT ",
+                    product_columns!(),
+                    " FROM products ORDER BY id"
+                ))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+                let buckets: Vec<BucketRow> = sqlx::query_as::<Db, _>(
+                    "SELECT product_id, expires_at, units, holds FROM expiry_buckets \
                  ORDER BY product_id, expires_at",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
-            let holds: Vec<HoldRow> = sqlx::query_as::<Db, _>(
+                )
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+                let holds: Vec<HoldRow> = sqlx::query_as::<Db, _>(
                 "SELECT id, product_id, qty, created_at, expires_at, state, release_reason, order_id \
                  FROM holds ORDER BY id",
             )
             .fetch_all(&mut *conn)
             .await
             .map_err(map_err)?;
-            let orders: Vec<OrderRow> = sqlx::query_as::<Db, _>(
+                let orders: Vec<OrderRow> = sqlx::query_as::<Db, _>(
                 "SELECT id, hold_id, product_id, qty, total_cents, status, created_at, payment_due_at, \
                  cancel_reason FROM orders ORDER BY id",
             )
             .fetch_all(&mut *conn)
             .await
             .map_err(map_err)?;
-            let webhooks: Vec<WebhookRow> = sqlx::query_as::<Db, _>(
+                let webhooks: Vec<WebhookRow> = sqlx::query_as::<Db, _>(
                 "SELECT idempotency_key, hold_id, status, fingerprint, result, order_id, received_at \
                  FROM webhooks ORDER BY idempotency_key",
             )
             .fetch_all(&mut *conn)
             .await
             .map_err(map_err)?;
-            let request_keys: Vec<RequestKeyRow> = sqlx::query_as::<Db, _>(
+                let request_keys: Vec<RequestKeyRow> = sqlx::query_as::<Db, _>(
                 "SELECT idempotency_key, request, product_id, qty, hold_id, resource_id, created, \
                  created_at FROM request_keys ORDER BY idempotency_key",
             )
             .fetch_all(conn)
             .await
             .map_err(map_err)?;
-            Ok::<_, StoreError>((products, holds, orders, webhooks, request_keys, buckets))
-        })?;
+                Ok::<_, StoreError>((products, holds, orders, webhooks, request_keys, buckets))
+            }
+        )?;
         Ok(Dump {
             products: products.into_iter().map(product_from_row).collect(),
             holds: holds

@@ -39,6 +39,8 @@
 #   EXPIRY_PORT=18300              the server's port on 127.0.0.1
 #   EXPIRY_MYSQL_URL=mysql://root@127.0.0.1:3306   MariaDB server (root, empty password)
 #   EXPIRY_NO_BUILD=1              use the binaries already in target/release
+#   EXPIRY_SERVER=PATH             the server binary to measure (default target/release/flashsale):
+#                                  another build's, to compare two builds under one generator
 #   EXPIRY_BUILD_WAIT=1800         seconds to wait for other cargo/rustc processes before a run
 #   EXPIRY_IGNORE_BUILDS=1         run even while cargo/rustc run (figures are then noise)
 set -euo pipefail
@@ -70,7 +72,7 @@ admin_token=bench-admin-token-0001
 webhook_secret=bench-webhook-secret-0001
 stock=100000000
 
-server=target/release/flashsale
+server=${EXPIRY_SERVER:-target/release/flashsale}
 load=target/release/flashsale-load
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -80,6 +80,15 @@ enum Op {
         order: u64,
     },
     Sweep,
+    /// A mass expiry on a product of its own, stocked for it: `holds` holds of one unit granted
+    /// at one instant (one deadline, one bucket), one transaction each (a batch's multi-row
+    /// insert leaves gaps in MariaDB's ids, which this sequential test compares with the
+    /// ledger's one for one); then the clock past their deadline,
+    /// a read (which counts the due bucket), a grant (which folds it, writing no hold row), a
+    /// read again, and sweeps until every expired hold's row is retired.
+    MassExpiry {
+        holds: u16,
+    },
 }
 
 /// A product id: one of the two every sequence starts with, sometimes a third or none.
@@ -131,6 +140,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (product(), row(), row())
             .prop_map(|(product, hold, order)| Op::Read { product, hold, order }),
         1 => Just(Op::Sweep),
+        1 => (100u16..300).prop_map(|holds| Op::MassExpiry { holds }),
     ]
 }
 
@@ -310,6 +320,7 @@ impl Run {
                     order
                 );
             }
+            Op::MassExpiry { holds } => self.mass_expiry(holds).await?,
             Op::Sweep => {
                 let report = self
                     .service
@@ -331,6 +342,71 @@ impl Run {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// [`Op::MassExpiry`].
+    async fn mass_expiry(&mut self, holds: u16) -> Result<(), TestCaseError> {
+        let stock = Qty(u32::from(holds) + 1);
+        let created = self.service.create_product("M", Cents(100), stock).await;
+        let created = rejection_or_fail(created)?;
+        let want = self.ledger_apply(Command::CreateProduct {
+            name: "M".into(),
+            price_cents: Cents(100),
+            stock,
+        });
+        prop_assert_eq!(created.clone().map(Outcome::ProductCreated), want);
+        let Ok(product) = created else {
+            return Ok(());
+        };
+        let hold = Command::PlaceHold {
+            product_id: product.id,
+            qty: Qty(1),
+            ttl_ms: TTL_MS,
+            key: None,
+        };
+        for _ in 0..holds {
+            let one = std::slice::from_ref(&hold);
+            let got: Vec<_> = (self.service.execute_batch(one).await.into_iter())
+                .map(rejection_or_fail)
+                .collect::<Result<_, _>>()?;
+            let want = self.ledger.apply_batch(self.now, one);
+            prop_assert_eq!(got, want, "a hold of the mass expiry");
+        }
+        self.now = Timestamp(self.now.as_ms() + TTL_MS + 1_000);
+        self.clock.set(self.now);
+        let id = product.id.0;
+        let read = Op::Read {
+            product: id,
+            hold: 1,
+            order: 1,
+        };
+        Box::pin(self.step(&read)).await?;
+        let grant = Op::Hold {
+            product: id,
+            qty: 1,
+            key: None,
+        };
+        Box::pin(self.step(&grant)).await?;
+        Box::pin(self.step(&read)).await?;
+        let report = self
+            .service
+            .sweep_all()
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let want = self.ledger_apply(Command::Sweep);
+        let Ok(Outcome::Swept {
+            holds_retired,
+            orders_cancelled,
+            ..
+        }) = want
+        else {
+            return Err(TestCaseError::fail(format!("the ledger's sweep: {want:?}")));
+        };
+        prop_assert_eq!(
+            (report.holds_retired, report.orders_cancelled),
+            (holds_retired.len(), orders_cancelled.len())
+        );
         Ok(())
     }
 

@@ -1,23 +1,24 @@
 //! Time: holds that outlive `--hold-ttl 1s` and orders that outlive `--payment-window 1s`.
 //!
-//! Expiry is a transition, not only a query: a held hold past its deadline shows as `expired`
-//! and stops counting against `available` at once, but it becomes `released` only when a
-//! transaction moves it (a new hold on its product, a webhook, or the sweeper). The tests that
-//! look at the in-between state start the server with `--sweep-interval 1h` so the sweeper
-//! cannot race them. No test sleeps for a fixed time: each polls for the state it expects, with
-//! the harness's bounded deadline.
+//! Expiry is bounded work: a held hold past its deadline shows as `expired` and stops counting
+//! against `available` at once; the next grant on its product (or the sweeper) folds its
+//! deadline's bucket into the product's counters without writing the hold's row, and it becomes
+//! `released` only when the sweeper retires it (or a webhook on it does). The tests that look at
+//! the in-between state start the server with `--sweep-interval 1h` so the sweeper cannot race
+//! them. No test sleeps for a fixed time: each polls for the state it expects, with the
+//! harness's bounded deadline.
 
-use flashsale_core::{HoldState, ReleaseReason};
+use flashsale_core::HoldState;
 
 use crate::harness::{Db, TestApp, assert_same_rows, id, spawn_app};
 
 on_both_databases!(
-    expired_hold_shows_expired_until_a_new_hold_releases_it,
+    expired_hold_shows_expired_and_a_new_hold_folds_its_units_back,
     sweeper_releases_expired_holds_and_cancels_orders_past_their_payment_window,
     paid_webhook_for_an_expired_hold_requires_a_refund_and_releases_it,
 );
 
-async fn expired_hold_shows_expired_until_a_new_hold_releases_it(db: Db) -> TestApp {
+async fn expired_hold_shows_expired_and_a_new_hold_folds_its_units_back(db: Db) -> TestApp {
     let app = spawn_app(db, &["--hold-ttl", "1s", "--sweep-interval", "1h"]).await;
     let product_id = app.create_product(900, 3).await;
     let hold_id = app.hold(product_id, 2).await;
@@ -39,23 +40,32 @@ async fn expired_hold_shows_expired_until_a_new_hold_releases_it(db: Db) -> Test
         .expect_problem(409, "hold_expired");
     assert_same_rows(&before, &app.dump().await, "an order for an expired hold");
 
-    // A new hold on the product releases the expired one in its own transaction.
+    // A new hold on the product folds the expired hold's bucket in its own transaction: the
+    // product's counters give its units back, and its row is not written.
     app.hold(product_id, 1).await;
-    assert_eq!(app.hold_state(hold_id).await, "released");
+    assert_eq!(app.hold_state(hold_id).await, "expired");
     let rows = app.dump().await;
-    let released = rows
+    let expired = rows
         .holds
         .iter()
         .find(|hold| hold.id.0 == hold_id)
         .expect("the hold is stored");
+    assert_eq!(expired.state, HoldState::Held, "its row waits for the sweeper");
+    let product = rows
+        .products
+        .iter()
+        .find(|p| p.id.0 == product_id)
+        .expect("the product is stored");
     assert_eq!(
-        released.state,
-        HoldState::Released(ReleaseReason::Expired),
-        "released because it expired"
+        (product.units_held.0, product.holds_to_retire),
+        (1, 1),
+        "only the new hold's unit is held; the expired hold waits to be retired"
     );
+    assert_eq!(product.expired_through.as_ms(), expired.expires_at.as_ms());
+    assert_eq!(app.available(product_id).await, 2);
     app.place_order(hold_id)
         .await
-        .expect_problem(409, "hold_released");
+        .expect_problem(409, "hold_expired");
     app
 }
 

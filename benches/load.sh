@@ -29,6 +29,8 @@
 #   LOAD_PORT=18000        the server's port on 127.0.0.1
 #   LOAD_MYSQL_URL=mysql://root@127.0.0.1:3306   MariaDB server (root, empty password)
 #   LOAD_NO_BUILD=1        use the binaries already in target/release
+#   LOAD_SERVER=PATH       the server binary to measure (default target/release/flashsale):
+#                          another build's, to compare two builds under one generator
 #   LOAD_NO_BATCH_FLAG=1   escape hatch for a server that does not have --batch-max yet:
 #                          the "unbatched" runs then use the server's default, and say so
 #   LOAD_BUILD_WAIT=1800   seconds to wait for other cargo/rustc processes before a run
@@ -64,7 +66,7 @@ active_holds_min=100000
 # Setup phases (placing the missing active holds) are bounded too, just longer.
 setup_duration=900
 
-server=target/release/flashsale
+server=${LOAD_SERVER:-target/release/flashsale}
 load=target/release/flashsale-load
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -9,11 +9,12 @@
 //! The replay checks two things of every transaction:
 //! - each row it changed was, before, what the last transaction left (no write decided on a
 //!   row another transaction has since changed, as far as the row images tell);
-//! - each product's counters moved by exactly what its holds and orders did in the same
-//!   transaction: `units_held` by the units of holds granted less those released or consumed,
-//!   `stock` by the units restocked less those ordered plus those of orders cancelled. A batch
-//!   split over two transactions, its product update in one and its holds in the other, fails
-//!   here even when the totals come out right at the end.
+//! - each product's counters moved by exactly what its expiry buckets and orders did in the same
+//!   transaction: `units_held` by the units its buckets gained less those they lost (a grant adds
+//!   to its deadline's bucket, an order or a release takes from its hold's, a fold deletes the
+//!   buckets it folds), `stock` by the units restocked less those ordered plus those of orders
+//!   cancelled. A batch split over two transactions, its product update in one and its buckets
+//!   in the other, fails here even when the totals come out right at the end.
 
 #![allow(
     clippy::arithmetic_side_effects,
@@ -149,10 +150,7 @@ pub fn check(history: &[Logged], columns: &Columns) -> Result<(), String> {
         let mut written: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
         for change in &tx.changes {
             let image = change.after.as_ref().or(change.before.as_ref());
-            let id = image
-                .and_then(|row| row.first())
-                .cloned()
-                .unwrap_or_default();
+            let id = image.map(|row| row_id(columns, &change.table, row)).unwrap_or_default();
             let key = (change.table.clone(), id);
             if let (Some(before), Some(last)) = (&change.before, rows.get(&key))
                 && before != last
@@ -184,17 +182,14 @@ pub fn check(history: &[Logged], columns: &Columns) -> Result<(), String> {
                         entry.2 += moved("units_received");
                     }
                 }
-                "holds" => {
+                "expiry_buckets" => {
                     let Some(row) = image else { continue };
                     let product = column(columns, t, "product_id", row).to_owned();
-                    let qty = number(columns, t, "qty", row);
-                    let (was, is) = (
-                        state(&change.before, "state"),
-                        state(&change.after, "state"),
-                    );
-                    let held = |s: &Option<String>| s.as_deref() == Some("held");
-                    let moved = i64::from(held(&is)) - i64::from(held(&was));
-                    implied.entry(product).or_default().0 += moved * qty;
+                    let units = |r: &Option<Vec<String>>| {
+                        r.as_ref().map_or(0, |r| number(columns, t, "units", r))
+                    };
+                    implied.entry(product).or_default().0 +=
+                        units(&change.after) - units(&change.before);
                 }
                 "orders" => {
                     let Some(row) = image else { continue };
@@ -238,6 +233,19 @@ pub fn check(history: &[Logged], columns: &Columns) -> Result<(), String> {
     Ok(())
 }
 
+/// A row's identity in its table: its first column (an id or a key), or for an expiry bucket its
+/// product and deadline.
+fn row_id(columns: &Columns, table: &str, row: &[String]) -> String {
+    match table {
+        "expiry_buckets" => format!(
+            "{}@{}",
+            column(columns, table, "product_id", row),
+            column(columns, table, "expires_at", row)
+        ),
+        _ => row.first().cloned().unwrap_or_default(),
+    }
+}
+
 fn refusal(tx: &Logged, why: &str) -> String {
     let mut said = format!("transaction {}: {why}; its changes:", tx.gtid);
     for change in &tx.changes {
@@ -279,6 +287,10 @@ mod tests {
                     "state",
                 ]),
             ),
+            (
+                "expiry_buckets".to_owned(),
+                names(&["product_id", "expires_at", "units", "holds"]),
+            ),
         ])
     }
 
@@ -299,17 +311,18 @@ mod tests {
 
     const GRANT: &str = "### UPDATE `f`.`products`\n### WHERE\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=0\n###   @6=10\n### SET\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=1\n###   @6=10";
     const HOLD: &str = "### INSERT INTO `f`.`holds`\n### SET\n###   @1=1\n###   @2=7\n###   @3=1\n###   @4=0\n###   @5=9\n###   @6='held'";
+    const BUCKET: &str = "### INSERT INTO `f`.`expiry_buckets`\n### SET\n###   @1=7\n###   @2=9\n###   @3=1\n###   @4=1";
 
     #[test]
     fn a_grant_with_its_hold_in_one_transaction_replays() {
-        let history = parse(&log(&[&[GRANT, HOLD]]), "f");
+        let history = parse(&log(&[&[GRANT, BUCKET, HOLD]]), "f");
         assert_eq!(history.len(), 1);
         assert_eq!(check(&history, &columns()), Ok(()));
     }
 
     #[test]
     fn a_grant_split_from_its_hold_is_refused() {
-        let history = parse(&log(&[&[GRANT], &[HOLD]]), "f");
+        let history = parse(&log(&[&[GRANT], &[BUCKET, HOLD]]), "f");
         let refused = check(&history, &columns()).expect_err("a split batch");
         assert!(
             refused.contains("transaction 0-1-0: product 7"),
@@ -319,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_write_from_a_stale_row_is_refused() {
-        let history = parse(&log(&[&[GRANT, HOLD], &[GRANT, HOLD]]), "f");
+        let history = parse(&log(&[&[GRANT, BUCKET, HOLD], &[GRANT, BUCKET, HOLD]]), "f");
         let refused = check(&history, &columns()).expect_err("a stale before-image");
         assert!(refused.contains("transaction 0-1-1"), "{refused}");
     }

@@ -149,13 +149,17 @@ impl Transaction for SqlTx {
         products: &[ProductId],
         now: Timestamp,
     ) -> StoreResult<Vec<ExpiryBucket>> {
-        if products.is_empty() {
+        // Most products of a batch have no bucket due: one statement finds those that do (an
+        // EXISTS stops at a product's first due bucket), and only those are read, each by a
+        // bounded range of its own.
+        let due = self.products_with_due_buckets(products, now).await?;
+        if due.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = due_buckets_sql(self.dialect(), padded_len(products.len()));
+        let sql = due_buckets_sql(self.dialect(), padded_len(due.len()));
         let rows: Vec<BucketRow> = on_conn!(self, |conn, _d| {
             let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-            for id in padded(products) {
+            for id in padded(&due) {
                 query = query.bind(int(id.0)).bind(int(now.as_ms()));
             }
             query.fetch_all(conn).await
@@ -481,6 +485,37 @@ impl Transaction for SqlTx {
                 .map(bucket_from_row)
                 .collect::<StoreResult<_>>()?,
         })
+    }
+}
+
+impl SqlTx {
+    /// Those of `products` (sorted, distinct) with an expiry bucket due at `now`, in one
+    /// statement whose work is one index probe per product.
+    async fn products_with_due_buckets(
+        &mut self,
+        products: &[ProductId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<ProductId>> {
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = in_list(
+            self.dialect(),
+            "SELECT id FROM products p WHERE EXISTS (SELECT 1 FROM expiry_buckets b \
+             WHERE b.product_id = p.id AND b.expires_at <= ?) AND id IN",
+            products.len(),
+            "ORDER BY id",
+            false,
+        );
+        let rows: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql)).bind(int(now.as_ms()));
+            for id in padded(products) {
+                query = query.bind(int(id.0));
+            }
+            query.fetch_all(conn).await
+        })
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(|(id,)| ProductId(id)).collect())
     }
 }
 

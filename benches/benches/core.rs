@@ -129,6 +129,7 @@ fn bench_place_holds(c: &mut Criterion) {
         units_received: 1_000,
         expired_through: Timestamp(0),
         holds_to_retire: 0,
+        open_bucket: Default::default(),
     };
     let mut rng = SplitMix64(7);
     let requests: Vec<HoldRequest> = (0..BATCH)

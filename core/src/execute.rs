@@ -363,7 +363,7 @@ impl<'r, 'a> Working<'r, 'a> {
         let now = product.decision_time(now);
         let due = self.due(product)?;
         let mut changes = Changes::on(product);
-        changes.fold(&due)?;
+        changes.fold(&due, now)?;
         let through = changes.product().expired_through;
         // Each row once, whatever the command names twice.
         let holds: BTreeSet<HoldId> = holds.iter().copied().collect();
@@ -386,7 +386,7 @@ impl<'r, 'a> Working<'r, 'a> {
         holds_retired.sort_unstable();
         orders_cancelled.sort_unstable();
         let outcome = Outcome::Swept {
-            folded: Folded::of(&due),
+            folded: changes.folded(),
             holds_retired,
             orders_cancelled,
         };

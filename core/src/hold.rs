@@ -110,7 +110,7 @@ pub fn place_holds(
         });
     }
     let mut changes = Changes::on(product);
-    changes.fold(due)?;
+    changes.fold(due, at)?;
     for (request, decision) in requests.iter().zip(&decisions) {
         let Ok(grant) = decision else { continue };
         let hold_id = changes.grant(*grant)?;
@@ -129,7 +129,7 @@ pub fn place_holds(
     }
     Ok(HoldsDecided {
         decisions,
-        folded: Folded::of(due),
+        folded: changes.folded(),
         writes: changes.finish(),
     })
 }
@@ -143,22 +143,25 @@ pub fn retire_expired(changes: &mut Changes, holds: &[Hold]) -> Result<(), Viola
     holds.iter().try_for_each(|hold| changes.retire(hold))
 }
 
-/// The units of `due`, after checking each is a bucket of the product due at `now` and not yet
-/// folded.
+/// The units due at `now`: those of `due`, after checking each is a bucket of the table due at
+/// `now`, of the product and not yet folded, and those of the product's open bucket if it is
+/// due.
 ///
 /// # Errors
-/// [`Violation::ExpiryBucketMismatch`] for a bucket that is not, and
-/// [`Violation::CounterOutOfRange`] when the units overflow.
+/// [`Violation::ExpiryBucketMismatch`] for a bucket that is not (or that stands at the open
+/// bucket's deadline), and [`Violation::CounterOutOfRange`] when the units overflow.
 pub fn due_units(
     product: &Product,
     due: &[ExpiryBucket],
     now: Timestamp,
 ) -> Result<Qty, Violation> {
+    let open = product.live_bucket();
     let mut units = Qty::ZERO;
     for bucket in due {
         let fits = bucket.product_id == product.id
             && !product.expired_for_good(bucket.expires_at)
-            && is_past(bucket.expires_at, now);
+            && is_past(bucket.expires_at, now)
+            && open.is_none_or(|open| open.expires_at != bucket.expires_at);
         if !fits {
             return Err(Violation::ExpiryBucketMismatch {
                 product_id: bucket.product_id,
@@ -172,7 +175,14 @@ pub fn due_units(
                 counter: "units_held",
             })?;
     }
-    Ok(units)
+    let open_due = open.filter(|open| is_past(open.expires_at, now));
+    let open_units = open_due.map_or(Qty::ZERO, |open| open.units);
+    units
+        .checked_add(open_units)
+        .ok_or(Violation::CounterOutOfRange {
+            product_id: product.id,
+            counter: "units_held",
+        })
 }
 
 /// The one hold decision: grant `qty` out of `available` (and take it), or say what was there.
@@ -247,12 +257,44 @@ mod tests {
         };
         assert_eq!(decisions, vec![grant(2), short(3, 2), grant(1), grant(1)]);
         let writes = decided.writes;
-        assert_eq!(
-            writes.buckets.len(),
-            1,
-            "one bucket for the batch's one deadline"
+        assert!(
+            writes.buckets.is_empty(),
+            "no bucket row: the deadline opens in the product row"
         );
-        assert_eq!((writes.buckets[0].units, writes.buckets[0].holds), (4, 3));
+        let open = writes.product(ProductId(1)).map(|c| c.open_bucket);
+        let open = open.map(|b| (b.expires_at, b.units, b.holds));
+        assert_eq!(
+            open,
+            Some((expires_at, Qty(4), 3)),
+            "one open bucket for the batch"
+        );
+    }
+
+    #[test]
+    fn a_later_deadline_flushes_the_open_bucket_to_the_table() {
+        let p = product(5);
+        let request = [HoldRequest::unkeyed(Qty(1))];
+        let first = place_holds(&p, &[], &request, Timestamp(1_000), 1_000).unwrap();
+        let mut p = p;
+        p.set_counters(*first.writes.product(ProductId(1)).unwrap());
+        let second = place_holds(&p, &[], &request, Timestamp(1_500), 1_000).unwrap();
+        let flushed: Vec<_> = (second.writes.buckets.iter())
+            .map(|b| (b.expires_at, b.units, b.holds))
+            .collect();
+        assert_eq!(
+            flushed,
+            [(Timestamp(2_000), 1, 1)],
+            "the first second's bucket"
+        );
+        let open = second
+            .writes
+            .product(ProductId(1))
+            .map(|c| c.open_bucket.expires_at);
+        assert_eq!(
+            open,
+            Some(Timestamp(3_000)),
+            "the second's deadline is open"
+        );
     }
 
     #[test]

@@ -118,13 +118,33 @@ fn check_products(rows: &impl Stored) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Every stored bucket equals the units and holds of the held holds of its product and instant
-/// (`expected`, which a bucket may hold at zero), lies after its product's `expired_through`,
-/// and every such instant has its bucket.
+/// Every product's live open bucket, and every bucket of the table, equals the units and holds
+/// of the held holds of its product and instant (`expected`, which a bucket may hold at zero);
+/// a folded open bucket is empty; a table bucket lies after its product's `expired_through` and
+/// not at its live open bucket's deadline; and every such instant has its bucket.
 fn check_buckets(
     rows: &impl Stored,
     mut expected: BTreeMap<(ProductId, Timestamp), (u64, u64)>,
 ) -> Result<(), Violation> {
+    // A product's open bucket stands in its row for its latest deadline; folded, it is empty.
+    for product in rows.products() {
+        let open = product.open_bucket;
+        let mismatch = Violation::ExpiryBucketMismatch {
+            product_id: product.id,
+            expires_at: open.expires_at,
+        };
+        let counts = (u64::from(open.units.0), u64::from(open.holds));
+        match product.live_bucket() {
+            Some(live) => {
+                let counted = expected.remove(&live.key()).unwrap_or_default();
+                if counted != counts {
+                    return Err(mismatch);
+                }
+            }
+            None if counts != (0, 0) => return Err(mismatch),
+            None => {}
+        }
+    }
     for bucket in rows.buckets() {
         let (product_id, expires_at) = bucket.key();
         let mismatch = Violation::ExpiryBucketMismatch {
@@ -136,7 +156,8 @@ fn check_buckets(
             .ok_or(Violation::DanglingProduct { product_id })?;
         let counted = expected.remove(&bucket.key()).unwrap_or_default();
         let stored = (u64::from(bucket.units.0), u64::from(bucket.holds));
-        if product.expired_for_good(expires_at) || counted != stored {
+        let open = product.live_bucket().map(|open| open.expires_at);
+        if product.expired_for_good(expires_at) || open == Some(expires_at) || counted != stored {
             return Err(mismatch);
         }
     }

@@ -344,10 +344,13 @@ impl Ledger {
     /// The earliest deadline after `now` (the product's decision time) of a bucket of the
     /// product: when its availability next changes without a write.
     pub fn next_bucket(&self, id: ProductId, now: Timestamp) -> Option<Timestamp> {
-        let now = self.products.get(id.0)?.decision_time(now);
+        let product = self.products.get(id.0)?;
+        let now = product.decision_time(now);
         let after = (id, Timestamp(now.as_ms().saturating_add(1)));
         let bucket = self.buckets.range(after..=(id, Timestamp(u64::MAX))).next();
-        bucket.map(|(&(_, at), _)| at)
+        let open = product.live_bucket().map(|open| open.expires_at);
+        let open = open.filter(|&at| !is_past(at, now));
+        bucket.map(|(&(_, at), _)| at).into_iter().chain(open).min()
     }
 
     /// A hold.
@@ -431,6 +434,11 @@ impl Ledger {
         product_ids.extend(due.map(|bucket| bucket.product_id));
         let to_retire = self.products.iter().filter(|p| p.holds_to_retire > 0);
         product_ids.extend(to_retire.map(|product| product.id));
+        let open_due = (self.products.iter()).filter(|p| {
+            p.live_bucket()
+                .is_some_and(|open| is_past(open.expires_at, now))
+        });
+        product_ids.extend(open_due.map(|product| product.id));
         let mut swept = Outcome::Swept {
             folded: Folded::default(),
             holds_retired: Vec::new(),
@@ -479,7 +487,12 @@ impl Ledger {
             .take(SWEEP_CHUNK)
             .map(|order| order.id)
             .collect();
-        let due = !self.due_buckets(product_id, now).is_empty();
+        let open = self
+            .products
+            .get(product_id.0)
+            .and_then(Product::live_bucket);
+        let due = !self.due_buckets(product_id, now).is_empty()
+            || open.is_some_and(|open| is_past(open.expires_at, now));
         (due || !holds.is_empty() || !orders.is_empty()).then_some(Command::SweepProduct {
             product_id,
             holds,

@@ -53,7 +53,7 @@ pub use outcome::Outcome;
 pub use payment::{WebhookDecision, WebhookEffect};
 pub use plan::{Budget, Load, Loaded, Plan, Rows};
 pub use request::KeyDecision;
-pub use rows::expiry::{BucketChange, DUE_BUCKETS_MAX, ExpiryBucket, Folded};
+pub use rows::expiry::{BucketChange, DUE_BUCKETS_MAX, ExpiryBucket, Folded, OpenBucket};
 pub use rows::hold::{Hold, HoldGrant, HoldState, HoldView, ReleaseReason};
 pub use rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 pub use rows::payment::{Fingerprint, PaymentStatus, WebhookPayload, WebhookRecord, WebhookResult};

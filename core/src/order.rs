@@ -156,6 +156,7 @@ mod tests {
             units_received: 3,
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         }
     }
 

@@ -26,13 +26,13 @@
 
 use crate::errors::Violation;
 use crate::ids::{HoldId, ID_MAX, OrderId, ProductId, Qty};
-use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded};
+use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded, OpenBucket};
 use crate::rows::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
 use crate::rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 use crate::rows::payment::WebhookRecord;
 use crate::rows::product::{Counters, Product};
 use crate::rows::request::{KeyedRequest, RequestRecord};
-use crate::time::Timestamp;
+use crate::time::{Timestamp, is_past};
 
 /// Where a decision's own numbering of its new rows starts, above any batch's numbering (a
 /// batch inserts far fewer than 2^40 rows).
@@ -175,8 +175,11 @@ pub struct WriteSet {
     /// Changes to expiry buckets, by delta, one entry per bucket: a grant adds its hold to its
     /// deadline's bucket (made when absent), a live hold consumed or released leaves its own.
     pub buckets: Vec<BucketChange>,
-    /// Due buckets folded into their products' counters, to delete, as the decision saw them.
+    /// Due buckets of the table folded into their products' counters, to delete, as the
+    /// decision saw them.
     pub buckets_folded: Vec<ExpiryBucket>,
+    /// What every fold gave back to sale, the open buckets' included: a count, not a row.
+    pub expired: Folded,
     /// Held holds leaving state held for `released`, their units leaving `units_held`.
     pub holds_released: Vec<(HoldId, ReleaseReason)>,
     /// Held holds expired for good (their units back on sale already) leaving state held for
@@ -323,7 +326,7 @@ impl WriteSet {
 
     /// What its folds gave back to sale.
     pub fn folded(&self) -> Folded {
-        Folded::of(&self.buckets_folded)
+        self.expired
     }
 
     /// Appends `later`, a decision's write-set decided after this one's effects: the rows it
@@ -339,6 +342,7 @@ impl WriteSet {
             products: self.products,
             buckets: self.buckets,
             buckets_folded: self.buckets_folded,
+            expired: self.expired,
             holds_released: (self.holds_released.into_iter())
                 .map(|(id, reason)| (offsets.hold(id), reason))
                 .collect(),
@@ -380,6 +384,7 @@ impl WriteSet {
             self.buckets.retain(|change| change.key() != folded.key());
         }
         self.buckets_folded.extend(later.buckets_folded);
+        self.expired = self.expired.and(later.expired);
         self.holds_released.extend(later.holds_released);
         self.holds_retired.extend(later.holds_retired);
         self.holds_inserted.extend(later.holds_inserted);
@@ -433,33 +438,54 @@ impl Changes {
         &self.product
     }
 
-    /// Folds `due`, the product's due expiry buckets in deadline order, into its counters: their
-    /// units leave `units_held`, their holds wait to be retired, `expired_through` moves to the
-    /// last one, and they are deleted. Every hold of theirs has expired for good.
+    /// What the folds of these changes gave back to sale so far.
+    pub fn folded(&self) -> Folded {
+        self.writes.expired
+    }
+
+    /// Folds the product's buckets due at `now` into its counters: `due`, those of the table in
+    /// deadline order, then its open bucket if it is due. Their units leave `units_held`, their
+    /// holds wait to be retired, `expired_through` moves to the last one, the table's are
+    /// deleted and the open one emptied. Every hold of theirs has expired for good.
     ///
     /// # Errors
-    /// [`Violation::ExpiryBucketMismatch`] for a bucket of another product or at or before
-    /// `expired_through`; [`Violation::CounterOutOfRange`] when the counters cannot take it.
-    pub fn fold(&mut self, due: &[ExpiryBucket]) -> Result<(), Violation> {
+    /// [`Violation::ExpiryBucketMismatch`] for a bucket of another product, at or before
+    /// `expired_through`, or at the open bucket's deadline; [`Violation::CounterOutOfRange`]
+    /// when the counters cannot take it.
+    pub fn fold(&mut self, due: &[ExpiryBucket], now: Timestamp) -> Result<(), Violation> {
+        let open = self.product.live_bucket();
         for bucket in due {
             let fits = bucket.product_id == self.product.id
-                && bucket.expires_at > self.product.expired_through;
+                && bucket.expires_at > self.product.expired_through
+                && open.is_none_or(|open| open.expires_at != bucket.expires_at);
             if !fits {
                 return Err(Violation::ExpiryBucketMismatch {
                     product_id: bucket.product_id,
                     expires_at: bucket.expires_at,
                 });
             }
-            self.product.units_held = (self.product.units_held)
-                .checked_sub(bucket.units)
-                .ok_or(self.out_of_range("units_held"))?;
-            self.product.holds_to_retire = (self.product.holds_to_retire)
-                .checked_add(bucket.holds)
-                .ok_or(self.out_of_range("holds_to_retire"))?;
-            self.product.expired_through = bucket.expires_at;
-            self.product_changed = true;
+            self.fold_one(bucket)?;
             self.writes.buckets_folded.push(*bucket);
         }
+        if let Some(open) = open.filter(|open| is_past(open.expires_at, now)) {
+            self.fold_one(&open)?;
+            self.product.open_bucket.units = Qty::ZERO;
+            self.product.open_bucket.holds = 0;
+        }
+        Ok(())
+    }
+
+    /// Moves one bucket's units and holds out of the counters.
+    fn fold_one(&mut self, bucket: &ExpiryBucket) -> Result<(), Violation> {
+        self.product.units_held = (self.product.units_held)
+            .checked_sub(bucket.units)
+            .ok_or(self.out_of_range("units_held"))?;
+        self.product.holds_to_retire = (self.product.holds_to_retire)
+            .checked_add(bucket.holds)
+            .ok_or(self.out_of_range("holds_to_retire"))?;
+        self.product.expired_through = self.product.expired_through.max(bucket.expires_at);
+        self.product_changed = true;
+        self.writes.expired = self.writes.expired.and(Folded::of(&[*bucket]));
         Ok(())
     }
 
@@ -484,7 +510,7 @@ impl Changes {
             stock: self.product.stock,
         })?;
         self.product_changed = true;
-        self.change_bucket(grant.expires_at, grant.qty, 1);
+        self.add_to_bucket(grant.expires_at, grant.qty)?;
         let id = own_hold(self.writes.holds_inserted.len());
         self.writes.holds_inserted.push(NewHold {
             product_id: self.product.id,
@@ -620,12 +646,69 @@ impl Changes {
             .units_held
             .checked_sub(hold.qty)
             .ok_or(self.out_of_range("units_held"))?;
-        self.change_bucket(hold.expires_at, hold.qty, -1);
+        self.take_from_bucket(hold.expires_at, hold.qty)?;
         Ok(false)
     }
 
-    /// Adds `qty` units (taken away when `holds` is negative) and `holds` holds to the bucket at
-    /// `expires_at`.
+    /// Adds a granted hold of `qty` units to its deadline's bucket: the open one when it is the
+    /// open one's deadline; a later deadline opens, the open bucket (if live) going to the table;
+    /// an earlier one (a clock behind, a shorter TTL) goes to the table.
+    fn add_to_bucket(&mut self, expires_at: Timestamp, qty: Qty) -> Result<(), Violation> {
+        let open = self.product.live_bucket();
+        match open {
+            Some(open) if open.expires_at == expires_at => {
+                let bucket = &mut self.product.open_bucket;
+                bucket.units =
+                    bucket
+                        .units
+                        .checked_add(qty)
+                        .ok_or(Violation::CounterOutOfRange {
+                            product_id: self.product.id,
+                            counter: "open bucket",
+                        })?;
+                bucket.holds = bucket.holds.saturating_add(1);
+            }
+            Some(open) if open.expires_at > expires_at => self.change_bucket(expires_at, qty, 1),
+            _ => {
+                if let Some(open) = open {
+                    // Flushed: the table gets the open bucket's counts.
+                    add_change(
+                        &mut self.writes.buckets,
+                        BucketChange {
+                            product_id: open.product_id,
+                            expires_at: open.expires_at,
+                            units: i64::from(open.units.0),
+                            holds: i64::from(open.holds),
+                        },
+                    );
+                }
+                self.product.open_bucket = OpenBucket {
+                    expires_at,
+                    units: qty,
+                    holds: 1,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a live hold of `qty` units out of its deadline's bucket: the open one, or the
+    /// table's.
+    fn take_from_bucket(&mut self, expires_at: Timestamp, qty: Qty) -> Result<(), Violation> {
+        match self.product.live_bucket() {
+            Some(open) if open.expires_at == expires_at => {
+                let out_of_range = self.out_of_range("open bucket");
+                let bucket = &mut self.product.open_bucket;
+                bucket.units = bucket.units.checked_sub(qty).ok_or(out_of_range.clone())?;
+                bucket.holds = bucket.holds.checked_sub(1).ok_or(out_of_range)?;
+            }
+            _ => self.change_bucket(expires_at, qty, -1),
+        }
+        Ok(())
+    }
+
+    /// Adds `qty` units (taken away when `holds` is negative) and `holds` holds to the table's
+    /// bucket at `expires_at`.
     fn change_bucket(&mut self, expires_at: Timestamp, qty: Qty, holds: i64) {
         let units = i64::from(qty.0);
         let change = BucketChange {
@@ -672,6 +755,7 @@ mod tests {
             units_received: u64::from(stock),
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ fn product(stock: u32, units_held: u32, received: u64) -> Product {
         units_received: received,
         expired_through: Timestamp(0),
         holds_to_retire: 0,
+        open_bucket: Default::default(),
     }
 }
 

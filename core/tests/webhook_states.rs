@@ -47,6 +47,7 @@ fn ledger(state: State) -> Ledger {
         units_received: u64::from(STOCK),
         expired_through: Timestamp(0),
         holds_to_retire: 0,
+        open_bucket: Default::default(),
     };
     let hold_state = match state {
         State::Held | State::NoHold => HoldState::Held,

@@ -611,6 +611,7 @@ async fn writes_after_the_database_ended_their_transaction_change_nothing() {
             units_received: 10,
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         }],
         holds_inserted: vec![NewHold {
             product_id: p,

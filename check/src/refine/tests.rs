@@ -63,6 +63,12 @@ fn stored(qty: u32) -> Ledger {
         units_received: 3,
         expired_through: Timestamp(0),
         holds_to_retire: 0,
+        // The hold's deadline is the product's latest: its bucket is the one in its row.
+        open_bucket: flashsale_core::OpenBucket {
+            expires_at: Timestamp(2_000),
+            units: Qty(qty),
+            holds: 1,
+        },
     };
     let hold = Hold {
         id: HoldId(40),
@@ -73,13 +79,7 @@ fn stored(qty: u32) -> Ledger {
         expires_at: Timestamp(2_000),
         state: HoldState::Held,
     };
-    let bucket = flashsale_core::ExpiryBucket {
-        product_id: ProductId(7),
-        expires_at: Timestamp(2_000),
-        units: Qty(qty),
-        holds: 1,
-    };
-    Ledger::from_rows([product], [hold], [], []).with_buckets([bucket])
+    Ledger::from_rows([product], [hold], [], [])
 }
 
 #[test]
@@ -241,6 +241,16 @@ fn product_read(now: u64, from: usize, available: u32, units_held: u32) -> Read 
                 units_received: 3,
                 expired_through: Timestamp(0),
                 holds_to_retire: 0,
+                // Before the hold, no deadline was granted; after it, the hold's is open.
+                open_bucket: if units_held == 0 {
+                    flashsale_core::OpenBucket::default()
+                } else {
+                    flashsale_core::OpenBucket {
+                        expires_at: Timestamp(2_000),
+                        units: Qty(units_held),
+                        holds: 1,
+                    }
+                },
             },
             available: Qty(available),
         },

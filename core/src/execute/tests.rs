@@ -25,6 +25,7 @@ fn product(id: u64, stock: u32, units_held: u32) -> Product {
         units_received: u64::from(stock),
         expired_through: Timestamp(0),
         holds_to_retire: 0,
+        open_bucket: Default::default(),
     }
 }
 

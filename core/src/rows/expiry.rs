@@ -15,9 +15,14 @@
 //! at or before its product's `expired_through` has expired for good, whatever a clock says
 //! later, and the sweeper retires such rows (moves them to released) in chunks of its own.
 //!
-//! A bucket is written by deltas ([`BucketChange`]): a grant adds its hold, an order or a failed
-//! payment takes its live hold out. A bucket may so reach zero units and stay until it is folded;
-//! no decision reads a bucket that is not due, so none needs to be loaded to be changed.
+//! A product's latest bucket, the one its grants add to now, is kept in the product's own row
+//! ([`OpenBucket`]): a grant writes that row anyway, so the holds of one second cost no bucket
+//! write at all. When a grant's deadline passes it, the open bucket is written to the table
+//! (flushed) and the new deadline opens: one bucket row per product and second of grants,
+//! however many holds. The table's buckets are written by deltas ([`BucketChange`]): a
+//! flush adds the open bucket's counts, an order or a failed payment takes its live hold out of
+//! its deadline's bucket. A bucket may so reach zero units and stay until it is folded; no
+//! decision reads a bucket that is not due, so none needs to be loaded to be changed.
 
 use crate::ids::{ProductId, Qty};
 use crate::time::Timestamp;
@@ -62,6 +67,20 @@ impl ExpiryBucket {
     }
 }
 
+/// A product's open bucket: its latest deadline granted, and the units and number of its held
+/// holds of that deadline, kept in the product's row. It is *live* while its deadline is after
+/// the product's `expired_through`; once folded, its counts are zero and its deadline stays, the
+/// latest the product ever granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenBucket {
+    /// The deadline.
+    pub expires_at: Timestamp,
+    /// Units of the product's held holds with this deadline.
+    pub units: Qty,
+    /// How many of them.
+    pub holds: u32,
+}
+
 /// What folding some buckets gave back to sale: their holds (expired for good) and units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
@@ -85,6 +104,14 @@ impl Folded {
     /// Whether it gave nothing back.
     pub fn is_empty(&self) -> bool {
         *self == Folded::default()
+    }
+
+    /// Both added up.
+    pub fn and(self, other: Folded) -> Folded {
+        Folded {
+            holds: self.holds.saturating_add(other.holds),
+            units: self.units.saturating_add(other.units),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! `holds_to_retire` keep its holds' expiry in bounded work ([`crate::rows::expiry`]).
 
 use crate::ids::{Cents, ProductId, Qty};
+use crate::rows::expiry::{ExpiryBucket, OpenBucket};
 use crate::rows::hold::HOLD_QTY_MAX;
 use crate::time::Timestamp;
 
@@ -42,6 +43,8 @@ pub struct Product {
     /// How many held holds have expired for good (deadline at or before `expired_through`) and
     /// wait for the sweeper to retire their rows.
     pub holds_to_retire: u32,
+    /// Its latest bucket, kept in its row ([`crate::rows::expiry`]).
+    pub open_bucket: OpenBucket,
 }
 
 /// A product's unit counters: what every change of its units writes to its row.
@@ -59,6 +62,21 @@ pub struct Counters {
     pub expired_through: Timestamp,
     /// Held holds expired for good whose rows wait to be retired.
     pub holds_to_retire: u32,
+    /// Its latest bucket.
+    pub open_bucket: OpenBucket,
+}
+
+impl Counters {
+    /// The open bucket as a bucket, while it is live (after `expired_through`).
+    pub fn live_bucket(&self) -> Option<ExpiryBucket> {
+        let open = self.open_bucket;
+        (open.expires_at > self.expired_through).then_some(ExpiryBucket {
+            product_id: self.id,
+            expires_at: open.expires_at,
+            units: open.units,
+            holds: open.holds,
+        })
+    }
 }
 
 impl Product {
@@ -71,6 +89,7 @@ impl Product {
             units_received: self.units_received,
             expired_through: self.expired_through,
             holds_to_retire: self.holds_to_retire,
+            open_bucket: self.open_bucket,
         }
     }
 
@@ -82,6 +101,12 @@ impl Product {
         self.units_received = counters.units_received;
         self.expired_through = counters.expired_through;
         self.holds_to_retire = counters.holds_to_retire;
+        self.open_bucket = counters.open_bucket;
+    }
+
+    /// Its open bucket as a bucket, while it is live.
+    pub fn live_bucket(&self) -> Option<ExpiryBucket> {
+        self.counters().live_bucket()
     }
 
     /// The instant decisions on the product are made at, given the clock's `now`: `now`, or its
@@ -122,6 +147,7 @@ impl NewProduct {
             units_received: u64::from(self.stock.0),
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: OpenBucket::default(),
         }
     }
 }

@@ -23,8 +23,8 @@ pub mod agree;
 
 use flashsale_core::{
     CancelReason, Cents, ExpiryBucket, Fingerprint, Folded, Hold, HoldId, HoldState,
-    IdempotencyKey, KeyedRequest, Order, OrderId, OrderStatus, Outcome, PaymentStatus, Product,
-    ProductId, Qty, Rejection, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
+    IdempotencyKey, KeyedRequest, OpenBucket, Order, OrderId, OrderStatus, Outcome, PaymentStatus,
+    Product, ProductId, Qty, Rejection, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
     WebhookResult,
 };
 
@@ -223,16 +223,18 @@ impl Model {
         }
     }
 
-    /// The expiry buckets the model implies: one per product and deadline of any hold granted
-    /// after what the product folded, with the units and number of its held holds (zero once
-    /// they are all consumed or released).
+    /// The table's expiry buckets the model implies: one per product and deadline of any hold
+    /// granted after what the product folded, but its latest (the open bucket, in the product's
+    /// row), with the units and number of its held holds (zero once they are all consumed or
+    /// released).
     pub fn buckets(&self) -> Vec<ExpiryBucket> {
         let mut buckets: Vec<ExpiryBucket> = Vec::new();
         for hold in &self.holds {
             let through = self
                 .find_product(hold.product)
                 .map_or(0, |p| p.folded_through);
-            if hold.expires <= through {
+            let open = self.open_bucket(hold.product).expires_at.as_ms();
+            if hold.expires <= through || hold.expires == open {
                 continue;
             }
             let key = (ProductId(hold.product), Timestamp(hold.expires));
@@ -684,6 +686,24 @@ impl Model {
         }
     }
 
+    /// The product's open bucket: the latest deadline of any hold it ever granted, with the
+    /// units and number of its held holds of that deadline while the product has not folded it,
+    /// empty once it has.
+    fn open_bucket(&self, id: u64) -> OpenBucket {
+        let through = self.find_product(id).map_or(0, |p| p.folded_through);
+        let mine = || self.holds.iter().filter(|h| h.product == id);
+        let latest = mine().map(|h| h.expires).max().unwrap_or(0);
+        let held: Vec<u32> = mine()
+            .filter(|h| latest > through && h.expires == latest && h.end.is_none())
+            .map(|h| h.qty)
+            .collect();
+        OpenBucket {
+            expires_at: Timestamp(latest),
+            units: Qty(held.iter().sum()),
+            holds: held.len() as u32,
+        }
+    }
+
     pub fn product_row(&self, id: u64) -> Product {
         let p = self.find_product(id).expect("product exists");
         Product {
@@ -704,6 +724,7 @@ impl Model {
                 .iter()
                 .filter(|h| h.product == id && h.end.is_none() && h.expires <= p.folded_through)
                 .count() as u32,
+            open_bucket: self.open_bucket(id),
         }
     }
 

@@ -3,13 +3,14 @@
 -- buckets due into the product's counters (`units_held` gives their units back, `holds_to_retire`
 -- counts the holds expired for good, `expired_through` is the last deadline folded), so no
 -- request's work grows with the number of holds that expired; the sweeper retires the expired
--- hold rows later, in chunks.
+-- hold rows later, in chunks. A product's latest bucket (`open_*`) stays in its own row, which
+-- every grant writes anyway, and reaches the table when a later deadline opens.
 --
 -- A bucket is written by signed deltas in one upsert, so its counts carry no CHECK (the databases
 -- check an upsert's inserted row before they find the conflict): a bucket read below zero is
 -- corrupt, and the storage says so on the way out. An existing database gets one bucket per
--- product and deadline of its held holds, none folded: availability reads the same before and
--- after. Written to run again over its own partial work.
+-- product and deadline of its held holds in the table, none folded and none open: availability
+-- reads the same before and after. Written to run again over its own partial work.
 
 CREATE TABLE IF NOT EXISTS expiry_buckets (
     product_id BIGINT UNSIGNED NOT NULL,
@@ -22,7 +23,10 @@ CREATE TABLE IF NOT EXISTS expiry_buckets (
 
 ALTER TABLE products
     ADD COLUMN IF NOT EXISTS expired_through BIGINT UNSIGNED NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS holds_to_retire INT UNSIGNED NOT NULL DEFAULT 0;
+    ADD COLUMN IF NOT EXISTS holds_to_retire INT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS open_expires_at BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS open_units INT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS open_holds INT UNSIGNED NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS products_to_retire ON products (holds_to_retire);
 

@@ -157,17 +157,27 @@ impl Transaction for SimTx {
         let Some(product) = self.product_row(id) else {
             return Ok(None);
         };
+        // The table's due buckets, and the product's open bucket in its row.
         let mut due = self.due_of(id, now);
+        let open = product.live_bucket();
+        due.extend(open.filter(|b| b.expires_at <= now));
         if self.bug() == Some(Bug::ReadDeadlineAsHeld) {
             due.retain(|b| b.expires_at != now);
         }
         let next = self.buckets_of(id).into_iter().find(|b| b.expires_at > now);
+        let open_next = open.filter(|b| b.expires_at > now);
+        let next = next
+            .into_iter()
+            .chain(open_next)
+            .map(|b| b.expires_at)
+            .min();
+        let units_due = due
+            .iter()
+            .fold(0u32, |sum, b| sum.saturating_add(b.units.0));
         Ok(Some(ProductRead {
             product,
-            units_due: Qty(due
-                .iter()
-                .fold(0u32, |sum, b| sum.saturating_add(b.units.0))),
-            next_deadline: next.map(|b| b.expires_at),
+            units_due: Qty(units_due),
+            next_deadline: next,
         }))
     }
 
@@ -202,6 +212,7 @@ impl Transaction for SimTx {
             units_received: u64::from(stock.0),
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         };
         self.stage(Row::Product(product.clone()));
         self.observer.inserted_product(id);
@@ -376,7 +387,9 @@ impl Transaction for SimTx {
         let shared = self.store.shared();
         let tables = &shared.tables;
         let due = (tables.buckets.values()).filter(|b| b.expires_at <= now);
-        let to_retire = tables.products.values().filter(|p| p.holds_to_retire > 0);
+        let to_retire = (tables.products.values()).filter(|p| {
+            p.holds_to_retire > 0 || p.live_bucket().is_some_and(|b| b.expires_at <= now)
+        });
         let orders = tables.orders.values().filter(|o| o.is_overdue(now));
         let ids: BTreeSet<ProductId> = due
             .map(|b| b.product_id)

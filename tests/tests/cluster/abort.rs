@@ -158,6 +158,7 @@ fn counters(id: flashsale_core::ProductId, stock: u32) -> flashsale_core::WriteS
             units_received: 10,
             expired_through: flashsale_core::Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         }],
         ..flashsale_core::WriteSet::default()
     }

@@ -10,9 +10,9 @@
 //! - each row it changed was, before, what the last transaction left (no write decided on a
 //!   row another transaction has since changed, as far as the row images tell);
 //! - each product's counters moved by exactly what its expiry buckets and orders did in the same
-//!   transaction: `units_held` by the units its buckets gained less those they lost (a grant adds
-//!   to its deadline's bucket, an order or a release takes from its hold's, a fold deletes the
-//!   buckets it folds), `stock` by the units restocked less those ordered plus those of orders
+//!   transaction: `units_held` by the units its buckets gained less those they lost (the open
+//!   bucket in its own row and those of the table: a grant adds to its deadline's bucket, an
+//!   order or a release takes from its hold's, a fold deletes or empties the buckets it folds), `stock` by the units restocked less those ordered plus those of orders
 //!   cancelled. A batch split over two transactions, its product update in one and its buckets
 //!   in the other, fails here even when the totals come out right at the end.
 
@@ -150,7 +150,9 @@ pub fn check(history: &[Logged], columns: &Columns) -> Result<(), String> {
         let mut written: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
         for change in &tx.changes {
             let image = change.after.as_ref().or(change.before.as_ref());
-            let id = image.map(|row| row_id(columns, &change.table, row)).unwrap_or_default();
+            let id = image
+                .map(|row| row_id(columns, &change.table, row))
+                .unwrap_or_default();
             let key = (change.table.clone(), id);
             if let (Some(before), Some(last)) = (&change.before, rows.get(&key))
                 && before != last
@@ -176,6 +178,8 @@ pub fn check(history: &[Logged], columns: &Columns) -> Result<(), String> {
                         let moved = |name: &str| {
                             number(columns, t, name, after) - number(columns, t, name, before)
                         };
+                        // The open bucket in the product's row is a bucket like the table's.
+                        implied.entry(id.clone()).or_default().0 += moved("open_units");
                         let entry = written.entry(id).or_default();
                         entry.0 += moved("units_held");
                         entry.1 += moved("stock");
@@ -274,6 +278,11 @@ mod tests {
                     "stock",
                     "units_held",
                     "units_received",
+                    "expired_through",
+                    "holds_to_retire",
+                    "open_expires_at",
+                    "open_units",
+                    "open_holds",
                 ]),
             ),
             (
@@ -309,7 +318,7 @@ mod tests {
         text
     }
 
-    const GRANT: &str = "### UPDATE `f`.`products`\n### WHERE\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=0\n###   @6=10\n### SET\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=1\n###   @6=10";
+    const GRANT: &str = "### UPDATE `f`.`products`\n### WHERE\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=0\n###   @6=10\n###   @7=0\n###   @8=0\n###   @9=0\n###   @10=0\n###   @11=0\n### SET\n###   @1=7\n###   @2='p'\n###   @3=1\n###   @4=10\n###   @5=1\n###   @6=10\n###   @7=0\n###   @8=0\n###   @9=0\n###   @10=0\n###   @11=0";
     const HOLD: &str = "### INSERT INTO `f`.`holds`\n### SET\n###   @1=1\n###   @2=7\n###   @3=1\n###   @4=0\n###   @5=9\n###   @6='held'";
     const BUCKET: &str = "### INSERT INTO `f`.`expiry_buckets`\n### SET\n###   @1=7\n###   @2=9\n###   @3=1\n###   @4=1";
 

@@ -50,7 +50,11 @@ async fn expired_hold_shows_expired_and_a_new_hold_folds_its_units_back(db: Db) 
         .iter()
         .find(|hold| hold.id.0 == hold_id)
         .expect("the hold is stored");
-    assert_eq!(expired.state, HoldState::Held, "its row waits for the sweeper");
+    assert_eq!(
+        expired.state,
+        HoldState::Held,
+        "its row waits for the sweeper"
+    );
     let product = rows
         .products
         .iter()

@@ -5,13 +5,13 @@
 
 use flashsale_core::{
     CancelReason, Cents, ExpiryBucket, Fingerprint, Hold, HoldId, HoldState, IdempotencyKey,
-    KeyedRequest, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty,
+    KeyedRequest, OpenBucket, Order, OrderId, OrderStatus, PaymentStatus, Product, ProductId, Qty,
     ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult,
 };
 
 use crate::store::{StoreError, StoreResult};
 
-pub(super) type ProductRow = (u64, String, u64, u32, u32, u64, u64, u32);
+pub(super) type ProductRow = (u64, String, u64, u32, u32, u64, u64, u32, u64, u32, u32);
 pub(super) type BucketRow = (u64, u64, i64, i64);
 pub(super) type HoldRow = (u64, u64, u32, u64, u64, String, Option<String>, Option<u64>);
 pub(crate) type OrderRow = (u64, u64, u64, u32, u64, String, u64, u64, Option<String>);
@@ -31,14 +31,15 @@ pub(super) type RequestKeyRow = (
 macro_rules! product_columns {
     () => {
         "id, name, price_cents, stock, units_held, units_received, expired_through, \
-         holds_to_retire"
+         holds_to_retire, open_expires_at, open_units, open_holds"
     };
 }
 pub(super) use product_columns;
 
 pub(super) fn product_from_row(row: ProductRow) -> Product {
     let (id, name, price_cents, stock, units_held, units_received, expired_through, to_retire) =
-        row;
+        (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
+    let (open_at, open_units, open_holds) = (row.8, row.9, row.10);
     Product {
         id: ProductId(id),
         name,
@@ -48,6 +49,11 @@ pub(super) fn product_from_row(row: ProductRow) -> Product {
         units_received,
         expired_through: Timestamp(expired_through),
         holds_to_retire: to_retire,
+        open_bucket: OpenBucket {
+            expires_at: Timestamp(open_at),
+            units: Qty(open_units),
+            holds: open_holds,
+        },
     }
 }
 

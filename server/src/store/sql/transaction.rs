@@ -48,30 +48,46 @@ impl Transaction for SqlTx {
         id: ProductId,
         now: Timestamp,
     ) -> StoreResult<Option<ProductRead>> {
-        type Row = (u64, String, u64, u32, u32, u64, u64, u32, i64, Option<u64>);
-        let row: Option<Row> = on_conn!(self, |conn, d| {
-            // The due buckets summed are the first DUE_BUCKETS_MAX (256), as a grant folds them.
+        // A product row's columns, then the units of its due buckets and its next deadline.
+        type ViewRow = (
+            u64,
+            String,
+            u64,
+            u32,
+            u32,
+            u64,
+            u64,
+            u32,
+            u64,
+            u32,
+            u32,
+            i64,
+            Option<u64>,
+        );
+        let row: Option<ViewRow> = on_conn!(self, |conn, d| {
+            // The due buckets summed are the first DUE_BUCKETS_MAX (256), as a grant folds
+            // them; the open bucket is in the product's own row.
             let sql = match d {
                 Dialect::MySql => concat!(
                     "SELECT ",
                     product_columns!(),
                     ", CAST(COALESCE((SELECT SUM(due.units) FROM (SELECT units FROM \
-                     expiry_buckets WHERE product_id = ? AND expires_at <= ? \
-                     ORDER BY expires_at LIMIT 256) due), 0) AS SIGNED), \
-                     (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
-                     AND b.expires_at > ?) FROM products WHERE id = ?"
+                         expiry_buckets WHERE product_id = ? AND expires_at <= ? \
+                         ORDER BY expires_at LIMIT 256) due), 0) AS SIGNED), \
+                         (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
+                         AND b.expires_at > ?) FROM products WHERE id = ?"
                 ),
                 Dialect::Sqlite => concat!(
                     "SELECT ",
                     product_columns!(),
                     ", COALESCE((SELECT SUM(due.units) FROM (SELECT units FROM \
-                     expiry_buckets WHERE product_id = ? AND expires_at <= ? \
-                     ORDER BY expires_at LIMIT 256) due), 0), \
-                     (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
-                     AND b.expires_at > ?) FROM products WHERE id = ?"
+                         expiry_buckets WHERE product_id = ? AND expires_at <= ? \
+                         ORDER BY expires_at LIMIT 256) due), 0), \
+                         (SELECT MIN(b.expires_at) FROM expiry_buckets b WHERE b.product_id = ? \
+                         AND b.expires_at > ?) FROM products WHERE id = ?"
                 ),
             };
-            sqlx::query_as::<Db, Row>(sql)
+            sqlx::query_as::<Db, _>(sql)
                 .bind(int(id.0))
                 .bind(int(now.as_ms()))
                 .bind(int(id.0))
@@ -81,18 +97,27 @@ impl Transaction for SqlTx {
                 .await
         })
         .map_err(map_err)?;
-        let Some((id, name, price, stock, held, received, through, to_retire, due, next)) = row
-        else {
+        let Some(r) = row else {
             return Ok(None);
         };
-        let product =
-            product_from_row((id, name, price, stock, held, received, through, to_retire));
+        let product: ProductRow = (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10);
+        let (due, next) = (r.11, r.12);
+        let product = product_from_row(product);
+        let id = product.id;
         let due = u32::try_from(due)
             .map_err(|_| StoreError::Corrupt(format!("product {id} has {due} units due")))?;
+        // The open bucket: due with the table's at `now`, else the next deadline if sooner.
+        let open = product.live_bucket();
+        let open_due = open.filter(|open| open.expires_at <= now);
+        let units_due = Qty(due).checked_add(open_due.map_or(Qty::ZERO, |open| open.units));
+        let units_due = units_due
+            .ok_or_else(|| StoreError::Corrupt(format!("product {id}'s units due overflow")))?;
+        let open_next = open.map(|open| open.expires_at).filter(|&at| at > now);
+        let next_deadline = next.map(Timestamp).into_iter().chain(open_next).min();
         Ok(Some(ProductRead {
             product,
-            units_due: Qty(due),
-            next_deadline: next.map(Timestamp),
+            units_due,
+            next_deadline,
         }))
     }
 
@@ -122,7 +147,8 @@ impl Transaction for SqlTx {
         let (id,): (u64,) = on_conn!(self, |conn, _d| {
             sqlx::query_as::<Db, _>(
                 "INSERT INTO products (name, price_cents, stock, units_held, units_received, \
-                 expired_through, holds_to_retire) VALUES (?, ?, ?, 0, ?, 0, 0) RETURNING id",
+                 expired_through, holds_to_retire, open_expires_at, open_units, open_holds) \
+                 VALUES (?, ?, ?, 0, ?, 0, 0, 0, 0, 0) RETURNING id",
             )
             .bind(name)
             .bind(int(price_cents.0))
@@ -141,6 +167,7 @@ impl Transaction for SqlTx {
             units_received: received,
             expired_through: Timestamp(0),
             holds_to_retire: 0,
+            open_bucket: Default::default(),
         })
     }
 
@@ -274,8 +301,10 @@ impl Transaction for SqlTx {
             .await
             .map_err(map_err)?;
             let to_retire: Vec<(u64,)> = sqlx::query_as::<Db, _>(
-                "SELECT id FROM products WHERE holds_to_retire > 0 ORDER BY id LIMIT ?",
+                "SELECT id FROM products WHERE holds_to_retire > 0 OR (open_expires_at > \
+                 expired_through AND open_expires_at <= ?) ORDER BY id LIMIT ?",
             )
+            .bind(int(now.as_ms()))
             .bind(limit)
             .fetch_all(&mut *conn)
             .await

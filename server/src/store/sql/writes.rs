@@ -187,7 +187,10 @@ impl SqlTx {
                         p.units_held.0,
                         int(p.units_received),
                         int(p.expired_through.as_ms()),
-                        p.holds_to_retire
+                        p.holds_to_retire,
+                        int(p.open_bucket.expires_at.as_ms()),
+                        p.open_bucket.units.0,
+                        p.open_bucket.holds
                     ])
                 }));
                 on_conn!(self, |conn, _d| {
@@ -195,11 +198,15 @@ impl SqlTx {
                         "UPDATE products p JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH \
                          '$[0]', stock INT UNSIGNED PATH '$[1]', units_held INT UNSIGNED PATH \
                          '$[2]', units_received BIGINT PATH '$[3]', expired_through BIGINT PATH \
-                         '$[4]', holds_to_retire INT UNSIGNED PATH '$[5]')) AS c ON p.id = c.id \
+                         '$[4]', holds_to_retire INT UNSIGNED PATH '$[5]', open_expires_at \
+                         BIGINT PATH '$[6]', open_units INT UNSIGNED PATH '$[7]', open_holds \
+                         INT UNSIGNED PATH '$[8]')) AS c ON p.id = c.id \
                          SET p.stock = c.stock, p.units_held = c.units_held, \
                          p.units_received = c.units_received, \
                          p.expired_through = c.expired_through, \
-                         p.holds_to_retire = c.holds_to_retire WHERE ",
+                         p.holds_to_retire = c.holds_to_retire, \
+                         p.open_expires_at = c.open_expires_at, p.open_units = c.open_units, \
+                         p.open_holds = c.open_holds WHERE ",
                         in_transaction!()
                     ))
                     .bind(rows)
@@ -215,12 +222,15 @@ impl SqlTx {
                     format!("{column} = CASE id {arms} END")
                 };
                 let sql = format!(
-                    "UPDATE products SET {}, {}, {}, {}, {} WHERE id IN ({})",
+                    "UPDATE products SET {}, {}, {}, {}, {}, {}, {}, {} WHERE id IN ({})",
                     case("stock"),
                     case("units_held"),
                     case("units_received"),
                     case("expired_through"),
                     case("holds_to_retire"),
+                    case("open_expires_at"),
+                    case("open_units"),
+                    case("open_holds"),
                     marks(n)
                 );
                 on_conn!(self, |conn, _d| {
@@ -235,12 +245,20 @@ impl SqlTx {
                         query = query.bind(int(p.id.0)).bind(int(p.units_received));
                     }
                     for p in padded(products) {
-                        query = query
-                            .bind(int(p.id.0))
-                            .bind(int(p.expired_through.as_ms()));
+                        query = query.bind(int(p.id.0)).bind(int(p.expired_through.as_ms()));
                     }
                     for p in padded(products) {
                         query = query.bind(int(p.id.0)).bind(p.holds_to_retire);
+                    }
+                    for p in padded(products) {
+                        let at = int(p.open_bucket.expires_at.as_ms());
+                        query = query.bind(int(p.id.0)).bind(at);
+                    }
+                    for p in padded(products) {
+                        query = query.bind(int(p.id.0)).bind(p.open_bucket.units.0);
+                    }
+                    for p in padded(products) {
+                        query = query.bind(int(p.id.0)).bind(p.open_bucket.holds);
                     }
                     for p in padded(products) {
                         query = query.bind(int(p.id.0));

@@ -22,6 +22,10 @@ use crate::store::{StoreError, StoreResult};
 /// two, so the statements stay in the few shapes [`padded`] gives.
 const IDS_PER_STATEMENT: usize = 1_024;
 
+/// The most products a batch's counters are written for with one `CASE` per column on MySQL;
+/// more are joined with a `JSON_TABLE` ([`SqlTx::update_products`]).
+const CASE_PRODUCTS_MAX: usize = 4;
+
 /// The condition every write carries on MySQL, true only inside an explicit transaction: a
 /// write that runs after the database ended its transaction changes nothing, and
 /// [`Transaction::write`](crate::store::Transaction::write) then reports a conflict instead
@@ -170,105 +174,111 @@ impl SqlTx {
         }
     }
 
-    /// Sets the counters of every product written, in one statement: on MySQL a join with the
-    /// counters as a `JSON_TABLE` (a `CASE id WHEN ? THEN ?` per column made MariaDB compare every
-    /// id with every arm as a decimal, the costliest part of a spread batch's statements); on
-    /// SQLite one `CASE` per column.
+    /// Sets the counters of every product written, in one statement. For a batch of many
+    /// products on MySQL, a join with the counters as a `JSON_TABLE`: a `CASE id WHEN ? THEN ?`
+    /// per column made MariaDB compare every id with every arm as a decimal, the costliest part
+    /// of a spread batch's statements. For a few products (a hot product's batch), and on
+    /// SQLite, one `CASE` per column, which costs less than parsing the JSON for one row.
     async fn update_products(&mut self, products: &[Counters]) -> StoreResult<()> {
         if products.is_empty() {
             return Ok(());
         }
         let done = match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(products.iter().map(|p| {
-                    serde_json::json!([
-                        int(p.id.0),
-                        p.stock.0,
-                        p.units_held.0,
-                        int(p.units_received),
-                        int(p.expired_through.as_ms()),
-                        p.holds_to_retire,
-                        int(p.open_bucket.expires_at.as_ms()),
-                        p.open_bucket.units.0,
-                        p.open_bucket.holds
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(concat!(
-                        "UPDATE products p JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH \
-                         '$[0]', stock INT UNSIGNED PATH '$[1]', units_held INT UNSIGNED PATH \
-                         '$[2]', units_received BIGINT PATH '$[3]', expired_through BIGINT PATH \
-                         '$[4]', holds_to_retire INT UNSIGNED PATH '$[5]', open_expires_at \
-                         BIGINT PATH '$[6]', open_units INT UNSIGNED PATH '$[7]', open_holds \
-                         INT UNSIGNED PATH '$[8]')) AS c ON p.id = c.id \
-                         SET p.stock = c.stock, p.units_held = c.units_held, \
-                         p.units_received = c.units_received, \
-                         p.expired_through = c.expired_through, \
-                         p.holds_to_retire = c.holds_to_retire, \
-                         p.open_expires_at = c.open_expires_at, p.open_units = c.open_units, \
-                         p.open_holds = c.open_holds WHERE ",
-                        in_transaction!()
-                    ))
-                    .bind(rows)
-                    .execute(conn)
-                    .await
-                    .map(|r| r.rows_affected())
-                })
+            Dialect::MySql if products.len() > CASE_PRODUCTS_MAX => {
+                self.update_products_joined(products).await
             }
-            Dialect::Sqlite => {
-                let n = padded_len(products.len());
-                let case = |column: &str| {
-                    let arms = vec!["WHEN ? THEN ?"; n].join(" ");
-                    format!("{column} = CASE id {arms} END")
-                };
-                let sql = format!(
-                    "UPDATE products SET {}, {}, {}, {}, {}, {}, {}, {} WHERE id IN ({})",
-                    case("stock"),
-                    case("units_held"),
-                    case("units_received"),
-                    case("expired_through"),
-                    case("holds_to_retire"),
-                    case("open_expires_at"),
-                    case("open_units"),
-                    case("open_holds"),
-                    marks(n)
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(p.stock.0);
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(p.units_held.0);
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(int(p.units_received));
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(int(p.expired_through.as_ms()));
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(p.holds_to_retire);
-                    }
-                    for p in padded(products) {
-                        let at = int(p.open_bucket.expires_at.as_ms());
-                        query = query.bind(int(p.id.0)).bind(at);
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(p.open_bucket.units.0);
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0)).bind(p.open_bucket.holds);
-                    }
-                    for p in padded(products) {
-                        query = query.bind(int(p.id.0));
-                    }
-                    query.execute(conn).await.map(|r| r.rows_affected())
-                })
-            }
+            Dialect::MySql | Dialect::Sqlite => self.update_products_by_case(products).await,
         }
         .map_err(map_err)?;
         expect_all(done, products.len(), "products")
+    }
+
+    /// [`SqlTx::update_products`] as a join with a `JSON_TABLE` (MySQL only); rows matched.
+    async fn update_products_joined(&mut self, products: &[Counters]) -> Result<u64, sqlx::Error> {
+        let rows = json_rows(products.iter().map(|p| {
+            serde_json::json!([
+                int(p.id.0),
+                p.stock.0,
+                p.units_held.0,
+                int(p.units_received),
+                int(p.expired_through.as_ms()),
+                p.holds_to_retire,
+                int(p.open_bucket.expires_at.as_ms()),
+                p.open_bucket.units.0,
+                p.open_bucket.holds
+            ])
+        }));
+        on_conn!(self, |conn, _d| {
+            sqlx::query::<Db>(concat!(
+                "UPDATE products p JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH \
+                 '$[0]', stock INT UNSIGNED PATH '$[1]', units_held INT UNSIGNED PATH \
+                 '$[2]', units_received BIGINT PATH '$[3]', expired_through BIGINT PATH \
+                 '$[4]', holds_to_retire INT UNSIGNED PATH '$[5]', open_expires_at \
+                 BIGINT PATH '$[6]', open_units INT UNSIGNED PATH '$[7]', open_holds \
+                 INT UNSIGNED PATH '$[8]')) AS c ON p.id = c.id \
+                 SET p.stock = c.stock, p.units_held = c.units_held, \
+                 p.units_received = c.units_received, \
+                 p.expired_through = c.expired_through, \
+                 p.holds_to_retire = c.holds_to_retire, \
+                 p.open_expires_at = c.open_expires_at, p.open_units = c.open_units, \
+                 p.open_holds = c.open_holds WHERE ",
+                in_transaction!()
+            ))
+            .bind(rows)
+            .execute(conn)
+            .await
+            .map(|r| r.rows_affected())
+        })
+    }
+
+    /// [`SqlTx::update_products`] as one `CASE` per column; rows matched.
+    async fn update_products_by_case(&mut self, products: &[Counters]) -> Result<u64, sqlx::Error> {
+        let n = padded_len(products.len());
+        let case = |column: &str| {
+            let arms = vec!["WHEN ? THEN ?"; n].join(" ");
+            format!("{column} = CASE id {arms} END")
+        };
+        let columns = [
+            "stock",
+            "units_held",
+            "units_received",
+            "expired_through",
+            "holds_to_retire",
+            "open_expires_at",
+            "open_units",
+            "open_holds",
+        ];
+        let sets: Vec<String> = columns.iter().map(|c| case(c)).collect();
+        let sql = format!(
+            "UPDATE products SET {} WHERE {} AND id IN ({})",
+            sets.join(", "),
+            in_transaction(self.dialect()),
+            marks(n)
+        );
+        let values = |p: &Counters| -> [i64; 8] {
+            [
+                i64::from(p.stock.0),
+                i64::from(p.units_held.0),
+                int(p.units_received),
+                int(p.expired_through.as_ms()),
+                i64::from(p.holds_to_retire),
+                int(p.open_bucket.expires_at.as_ms()),
+                i64::from(p.open_bucket.units.0),
+                i64::from(p.open_bucket.holds),
+            ]
+        };
+        on_conn!(self, |conn, _d| {
+            let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+            for column in 0..columns.len() {
+                for p in padded(products) {
+                    query = query.bind(int(p.id.0)).bind(values(p)[column]);
+                }
+            }
+            for p in padded(products) {
+                query = query.bind(int(p.id.0));
+            }
+            query.execute(conn).await.map(|r| r.rows_affected())
+        })
     }
 
     /// Adds each change to its bucket, making the buckets that do not exist yet, in one

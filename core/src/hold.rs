@@ -210,6 +210,7 @@ fn decide(
 mod tests {
     use super::*;
     use crate::ids::{Cents, HoldId, ProductId};
+    use crate::rows::expiry::OpenBucket;
     use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldView};
 
     fn product(stock: u32) -> Product {
@@ -267,6 +268,29 @@ mod tests {
             open,
             Some((expires_at, Qty(4), 3)),
             "one open bucket for the batch"
+        );
+    }
+
+    #[test]
+    fn an_open_bucket_whose_holds_all_left_is_not_flushed() {
+        // Its one hold was ordered: a later deadline replaces it without a bucket row.
+        let mut p = product(5);
+        p.open_bucket = OpenBucket {
+            expires_at: Timestamp(2_000),
+            units: Qty::ZERO,
+            holds: 0,
+        };
+        let request = [HoldRequest::unkeyed(Qty(1))];
+        let placed = place_holds(&p, &[], &request, Timestamp(1_500), 1_000).unwrap();
+        assert!(placed.writes.buckets.is_empty(), "nothing to flush");
+        let open = placed.writes.product(ProductId(1)).map(|c| c.open_bucket);
+        assert_eq!(
+            open,
+            Some(OpenBucket {
+                expires_at: Timestamp(3_000),
+                units: Qty(1),
+                holds: 1
+            })
         );
     }
 

@@ -670,8 +670,9 @@ impl Changes {
             }
             Some(open) if open.expires_at > expires_at => self.change_bucket(expires_at, qty, 1),
             _ => {
-                if let Some(open) = open {
-                    // Flushed: the table gets the open bucket's counts.
+                // Flushed: the table gets the open bucket's counts, if it still has a hold (its
+                // holds may all have been ordered, as in a steady flow of buyers).
+                if let Some(open) = open.filter(|open| open.holds > 0) {
                     add_change(
                         &mut self.writes.buckets,
                         BucketChange {

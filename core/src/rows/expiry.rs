@@ -18,8 +18,9 @@
 //! A product's latest bucket, the one its grants add to now, is kept in the product's own row
 //! ([`OpenBucket`]): a grant writes that row anyway, so the holds of one second cost no bucket
 //! write at all. When a grant's deadline passes it, the open bucket is written to the table
-//! (flushed) and the new deadline opens: one bucket row per product and second of grants,
-//! however many holds. The table's buckets are written by deltas ([`BucketChange`]): a
+//! (flushed) if it still has a held hold, and the new deadline opens: at most one bucket row per
+//! product and second of grants, however many holds, and none for a second whose holds were all
+//! ordered before the next second's first grant (a steady flow of buyers). The table's buckets are written by deltas ([`BucketChange`]): a
 //! flush adds the open bucket's counts, an order or a failed payment takes its live hold out of
 //! its deadline's bucket. A bucket may so reach zero units and stay until it is folded; no
 //! decision reads a bucket that is not due, so none needs to be loaded to be changed.

@@ -97,7 +97,12 @@ pub fn assert_agree(ledger: &Ledger, model: &Model, now_ms: u64) {
         let row = model.request_key_row(&record.key);
         assert_eq!(ledger.request_key(&key), Some(&row));
     }
-    let buckets: Vec<_> = ledger.buckets().copied().collect();
+    // The buckets that count something. A bucket row may also stand at zero until it is folded
+    // (its holds ordered after it reached the table); whether one does is how the rows came to
+    // be written, not what the product has held.
+    let buckets: Vec<_> = (ledger.buckets().copied())
+        .filter(|b| b.holds > 0 || b.units.0 > 0)
+        .collect();
     assert_eq!(buckets, model.buckets(), "expiry buckets");
     assert_eq!(ledger.next_deadline(), model.next_deadline().map(Timestamp));
 }

@@ -48,6 +48,8 @@ pub struct ModelHold {
     pub expires: u64,
     /// `None` while held; `Some(Ok(order))` once consumed; `Some(Err(reason))` once released.
     pub end: Option<Result<u64, ReleaseReason>>,
+    /// How many holds the model had granted when this one ended (`usize::MAX` while held).
+    pub ended_after: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -199,14 +201,38 @@ impl Model {
         self.stock(product).saturating_sub(held)
     }
 
-    /// Folds the product at `now` (its own instant): the last deadline of any of its holds due
-    /// then becomes its `folded_through`. Returns the held holds that so expired for good, and
-    /// their units. (The core folds at most 256 deadlines at once; no generated history has
-    /// that many.)
+    /// Ends a hold: consumed (`Ok(order)`) or released.
+    fn end_hold(&mut self, id: u64, end: Result<u64, ReleaseReason>) {
+        let granted = self.holds.len();
+        let hold = self.holds.iter_mut().find(|h| h.id == id);
+        let hold = hold.expect("hold exists");
+        hold.end = Some(end);
+        hold.ended_after = granted;
+    }
+
+    /// Whether the product wrote down the deadline `at` of one of its holds: its latest
+    /// deadline, or one of which a hold was still held when a later deadline was granted (or was
+    /// granted after it). A deadline whose holds all ended before a later one came leaves no
+    /// trace: its bucket, empty, was never written.
+    fn written_down(&self, product: u64, at: u64) -> bool {
+        let mine = || (self.holds.iter().enumerate()).filter(|(_, h)| h.product == product);
+        let latest = mine().map(|(_, h)| h.expires).max();
+        latest == Some(at)
+            || mine().filter(|(_, h)| h.expires == at).any(|(_, h)| {
+                mine().any(|(granted, later)| later.expires > at && granted < h.ended_after)
+            })
+    }
+
+    /// Folds the product at `now` (its own instant): the last deadline it wrote down of its
+    /// holds due then becomes its `folded_through`. Returns the held holds that so expired for
+    /// good, and their units. (The core folds at most 256 deadlines at once; no generated
+    /// history has that many.)
     fn fold(&mut self, product: u64, now: u64) -> Folded {
         let through = self.find_product(product).map_or(0, |p| p.folded_through);
         let due = |h: &&ModelHold| h.product == product && h.expires > through && h.expires <= now;
-        let last = self.holds.iter().filter(due).map(|h| h.expires).max();
+        let last = (self.holds.iter().filter(due).map(|h| h.expires))
+            .filter(|&at| self.written_down(product, at))
+            .max();
         let held: Vec<u32> = self
             .holds
             .iter()
@@ -223,13 +249,12 @@ impl Model {
         }
     }
 
-    /// The table's expiry buckets the model implies: one per product and deadline of any hold
-    /// granted after what the product folded, but its latest (the open bucket, in the product's
-    /// row), with the units and number of its held holds (zero once they are all consumed or
-    /// released).
+    /// The table's expiry buckets the model implies that count something: one per product and
+    /// deadline of a held hold after what the product folded, but its latest (the open bucket,
+    /// in the product's row), with the units and number of its held holds.
     pub fn buckets(&self) -> Vec<ExpiryBucket> {
         let mut buckets: Vec<ExpiryBucket> = Vec::new();
-        for hold in &self.holds {
+        for hold in self.holds.iter().filter(|h| h.end.is_none()) {
             let through = self
                 .find_product(hold.product)
                 .map_or(0, |p| p.folded_through);
@@ -238,21 +263,17 @@ impl Model {
                 continue;
             }
             let key = (ProductId(hold.product), Timestamp(hold.expires));
-            let at = match buckets.iter().position(|b| b.key() == key) {
-                Some(at) => at,
-                None => {
-                    buckets.push(ExpiryBucket {
-                        product_id: key.0,
-                        expires_at: key.1,
-                        units: Qty(0),
-                        holds: 0,
-                    });
-                    buckets.len() - 1
+            match buckets.iter_mut().find(|b| b.key() == key) {
+                Some(bucket) => {
+                    bucket.units = Qty(bucket.units.0 + hold.qty);
+                    bucket.holds += 1;
                 }
-            };
-            if hold.end.is_none() {
-                buckets[at].units = Qty(buckets[at].units.0 + hold.qty);
-                buckets[at].holds += 1;
+                None => buckets.push(ExpiryBucket {
+                    product_id: key.0,
+                    expires_at: key.1,
+                    units: Qty(hold.qty),
+                    holds: 1,
+                }),
             }
         }
         buckets.sort();
@@ -449,6 +470,7 @@ impl Model {
             created: now,
             expires,
             end: None,
+            ended_after: usize::MAX,
         };
         self.holds.push(hold);
         Ok(Outcome::HoldPlaced {
@@ -512,12 +534,7 @@ impl Model {
             due,
             cancelled_because: None,
         });
-        let h = self
-            .holds
-            .iter_mut()
-            .find(|x| x.id == hold.id)
-            .expect("hold exists");
-        h.end = Some(Ok(id));
+        self.end_hold(hold.id, Ok(id));
         id
     }
 
@@ -574,14 +591,7 @@ impl Model {
         let Some(h) = self.find_hold(hold).cloned() else {
             return (WebhookResult::Unmatched, None);
         };
-        let set_hold_end = |model: &mut Model, end| {
-            model
-                .holds
-                .iter_mut()
-                .find(|x| x.id == hold)
-                .expect("hold exists")
-                .end = Some(end);
-        };
+        let set_hold_end = |model: &mut Model, end| model.end_hold(hold, end);
         match h.end {
             None if paid && h.expires <= now => {
                 set_hold_end(self, Err(ReleaseReason::Expired));
@@ -662,9 +672,11 @@ impl Model {
             folded.holds += more.holds;
             folded.units += more.units;
             let through = self.at(product, 0);
+            let granted = self.holds.len();
             for hold in &mut self.holds {
                 if hold.product == product && hold.end.is_none() && hold.expires <= through {
                     hold.end = Some(Err(ReleaseReason::Expired));
+                    hold.ended_after = granted;
                     holds_retired.push(HoldId(hold.id));
                 }
             }

@@ -8,6 +8,7 @@ use flashsale_check::failure::{Check, Failure};
 use flashsale_check::recording::{OP, OpContext};
 use flashsale_check::refine;
 use flashsale_check::words;
+use flashsale_core::rows::hold::HOLD_DEADLINE_TICK_MS;
 use flashsale_core::{Command, HoldState, IdempotencyKey, OrderStatus, Timestamp};
 
 use super::{World, lock};
@@ -26,9 +27,11 @@ impl World {
             self.deliver(payload, product).await;
         }
         // A deadline set by a clock that ran ahead lies that far beyond true time; wait for the
-        // latest one, but never longer than the largest skew plus a TTL or window allows.
+        // latest one, but never longer than the largest skew plus a TTL or window allows (and a
+        // hold's deadline rounded up to its tick, docs/ARCHITECTURE.md "deadline").
         let deadline_bound = true_now()
             .saturating_add_ms(plan.hold_ttl_ms.max(plan.payment_window_ms))
+            .saturating_add_ms(HOLD_DEADLINE_TICK_MS)
             .saturating_add_ms(self.skew_max_ms());
         let latest = self.latest_deadline();
         if latest > deadline_bound {

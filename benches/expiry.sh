@@ -75,11 +75,10 @@ stock=100000000
 server=${EXPIRY_SERVER:-target/release/flashsale}
 load=target/release/flashsale-load
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'expiry.sh: %s\n' "$*" >&2
-    exit 1
-}
+script=expiry.sh
+prefix=EXPIRY
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 mkdir -p target/expiry
 results=target/expiry/$(date -u +%Y%m%dT%H%M%SZ)
@@ -88,30 +87,6 @@ mkdir -p "$results"
 work=$(mktemp -d target/expiry.XXXXXX)
 server_pid=""
 mariadb_created=0
-
-stop_server() {
-    [[ -n $server_pid ]] || return 0
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-}
-
-mariadb_client() {
-    mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u root "$@"
-}
-
-cleanup() {
-    stop_server
-    if [[ $mariadb_created == 1 ]]; then
-        mariadb_client -e "DROP DATABASE IF EXISTS $mysql_database" || true
-    fi
-    rm -rf "$work"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -126,51 +101,15 @@ if curl -s -o /dev/null --max-time 2 "$target/healthz"; then
     die "something already answers on $target; set EXPIRY_PORT"
 fi
 
-# Whether a cargo or rustc process is running (pgrep -x takes one name of at most 15 chars).
-builds_running() {
-    local name
-    for name in cargo rustc cargo-clippy clippy-driver; do
-        pgrep -x "$name" >/dev/null && return 0
-    done
-    return 1
-}
-
-# Before each run: no cargo or rustc may be running, or the figures measure the build.
-wait_for_quiet_machine() {
-    local waited=0
-    while builds_running; do
-        if [[ ${EXPIRY_IGNORE_BUILDS:-0} == 1 ]]; then
-            log "warning: cargo/rustc are running; these figures are noise"
-            return 0
-        fi
-        ((waited < build_wait)) ||
-            die "cargo/rustc still running after ${build_wait}s" \
-                "(EXPIRY_IGNORE_BUILDS=1 runs anyway)"
-        ((waited % 60 != 0)) || log "waiting for running cargo/rustc processes to finish"
-        sleep 5
-        waited=$((waited + 5))
-    done
-}
-
 # start_server DATABASE_URL LOG
 start_server() {
     local url=$1 log_file=$2
     "$server" serve --bind "127.0.0.1:$port" --database-url "$url" --admin-token "$admin_token" \
         --webhook-secret "$webhook_secret" --hold-ttl "$ttl" >"$log_file" 2>&1 &
     server_pid=$!
-    for ((i = 0; i < 300; i++)); do
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            wait "$server_pid" 2>/dev/null || true
-            server_pid=""
-            cat "$log_file" >&2
-            die "the server exited during start-up"
-        fi
-        local code
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$target/readyz" || true)
-        [[ $code != 200 ]] || return 0
-        sleep 0.2
-    done
-    die "the server was not ready within 60 s (see $log_file)"
+    await_ready "$log_file" && return 0
+    cat "$log_file" >&2
+    die "the server exited during start-up"
 }
 
 # The server's resident memory in KiB, from /proc (empty once it has exited).

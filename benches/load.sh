@@ -69,11 +69,10 @@ setup_duration=900
 server=${LOAD_SERVER:-target/release/flashsale}
 load=target/release/flashsale-load
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'load.sh: %s\n' "$*" >&2
-    exit 1
-}
+script=load.sh
+prefix=LOAD
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 # The exact command, for the document: the LOAD_* variables that were set, then the script.
 command_line=$(
@@ -85,30 +84,6 @@ work=$(mktemp -d target/load.XXXXXX)
 results="$work/results.jsonl"
 server_pid=""
 mariadb_created=0
-
-stop_server() {
-    [[ -n $server_pid ]] || return 0
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-}
-
-mariadb_client() {
-    mariadb --protocol=tcp -h 127.0.0.1 -P 3306 -u root "$@"
-}
-
-cleanup() {
-    stop_server
-    if [[ $mariadb_created == 1 ]]; then
-        mariadb_client -e "DROP DATABASE IF EXISTS $mysql_database" || true
-    fi
-    rm -rf "$work"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -135,31 +110,6 @@ if curl -s -o /dev/null --max-time 2 "$target/healthz"; then
     die "something already answers on $target; set LOAD_PORT"
 fi
 
-# Whether a cargo or rustc process is running (pgrep -x takes one name of at most 15 chars).
-builds_running() {
-    local name
-    for name in cargo rustc cargo-clippy clippy-driver; do
-        pgrep -x "$name" >/dev/null && return 0
-    done
-    return 1
-}
-
-# Before each run: no cargo or rustc may be running, or the figures measure the build.
-wait_for_quiet_machine() {
-    local waited=0
-    while builds_running; do
-        if [[ ${LOAD_IGNORE_BUILDS:-0} == 1 ]]; then
-            log "warning: cargo/rustc are running; these figures are noise"
-            return 0
-        fi
-        ((waited < build_wait)) ||
-            die "cargo/rustc still running after ${build_wait}s (LOAD_IGNORE_BUILDS=1 runs anyway)"
-        ((waited % 60 != 0)) || log "waiting for running cargo/rustc processes to finish"
-        sleep 5
-        waited=$((waited + 5))
-    done
-}
-
 # start_server DATABASE_URL MODE LOG: MODE is batched (the default) or unbatched.
 start_server() {
     local url=$1 mode=$2 log_file=$3
@@ -170,22 +120,12 @@ start_server() {
     fi
     "$server" "${args[@]}" >"$log_file" 2>&1 &
     server_pid=$!
-    for ((i = 0; i < 300; i++)); do
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            wait "$server_pid" 2>/dev/null || true
-            server_pid=""
-            if grep -q -- 'batch-max' "$log_file"; then
-                die "the server rejected --batch-max (see $log_file); set LOAD_NO_BATCH_FLAG=1 to measure without it"
-            fi
-            cat "$log_file" >&2
-            die "the server exited during start-up"
-        fi
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$target/readyz") == 200 ]]; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    die "the server was not ready within 60 s (see $log_file)"
+    await_ready "$log_file" && return 0
+    if grep -q -- 'batch-max' "$log_file"; then
+        die "the server rejected --batch-max (see $log_file); set LOAD_NO_BATCH_FLAG=1 to measure without it"
+    fi
+    cat "$log_file" >&2
+    die "the server exited during start-up"
 }
 
 # setup COUNT STOCK NAME: creates products, prints their ids one per line.

@@ -35,8 +35,8 @@ use flashsale_check::recording::{OP, OpContext, RequestContexts};
 use flashsale_check::refine;
 use flashsale_check::words;
 use flashsale_core::{
-    Cents, Command, HoldId, IdempotencyKey, Ledger, OrderId, Outcome, PaymentStatus, ProductId,
-    Qty, Rejection, Timestamp, WebhookPayload,
+    Cents, Command, Folded, HoldId, IdempotencyKey, Ledger, OrderId, Outcome, PaymentStatus,
+    ProductId, Qty, Rejection, Timestamp, WebhookPayload,
 };
 use flashsale_server::clock::ManualClock;
 use flashsale_server::service::{Service, ServiceError};
@@ -169,6 +169,18 @@ struct Run {
 impl Run {
     fn ledger_apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
         self.ledger.apply(self.now, command)
+    }
+
+    /// The ledger's sweep, as the service reports one: folded, holds retired, orders cancelled.
+    fn ledger_sweep(&mut self) -> Result<(Folded, usize, usize), TestCaseError> {
+        match self.ledger_apply(Command::Sweep) {
+            Ok(Outcome::Swept {
+                folded,
+                holds_retired,
+                orders_cancelled,
+            }) => Ok((folded, holds_retired.len(), orders_cancelled.len())),
+            want => Err(TestCaseError::fail(format!("the ledger's sweep: {want:?}"))),
+        }
     }
 
     async fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -327,18 +339,9 @@ impl Run {
                     .sweep()
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let want = self.ledger_apply(Command::Sweep);
-                let Ok(Outcome::Swept {
-                    folded,
-                    holds_retired,
-                    orders_cancelled,
-                }) = want
-                else {
-                    return Err(TestCaseError::fail(format!("the ledger's sweep: {want:?}")));
-                };
                 prop_assert_eq!(
                     (report.folded, report.holds_retired, report.orders_cancelled),
-                    (folded, holds_retired.len(), orders_cancelled.len())
+                    self.ledger_sweep()?
                 );
             }
         }
@@ -394,18 +397,10 @@ impl Run {
             .sweep_all()
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let want = self.ledger_apply(Command::Sweep);
-        let Ok(Outcome::Swept {
-            holds_retired,
-            orders_cancelled,
-            ..
-        }) = want
-        else {
-            return Err(TestCaseError::fail(format!("the ledger's sweep: {want:?}")));
-        };
+        let (_, holds_retired, orders_cancelled) = self.ledger_sweep()?;
         prop_assert_eq!(
             (report.holds_retired, report.orders_cancelled),
-            (holds_retired.len(), orders_cancelled.len())
+            (holds_retired, orders_cancelled)
         );
         Ok(())
     }

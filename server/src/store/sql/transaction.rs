@@ -340,40 +340,34 @@ impl Transaction for SqlTx {
     ) -> StoreResult<SweepCandidates> {
         // Judged at the product's decision time: never before what it folded.
         let (holds, orders) = on_conn!(self, |conn, d| {
-            let (holds_sql, orders_sql) = match d {
-                Dialect::MySql => (
-                    "SELECT id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at \
-                     <= (SELECT GREATEST(?, expired_through) FROM products WHERE id = ?) \
-                     ORDER BY expires_at, id LIMIT ?",
-                    "SELECT id FROM orders WHERE product_id = ? AND status = 'pre_payment' \
-                     AND payment_due_at <= (SELECT GREATEST(?, expired_through) FROM products \
-                     WHERE id = ?) ORDER BY payment_due_at, id LIMIT ?",
-                ),
-                Dialect::Sqlite => (
-                    "SELECT id FROM holds WHERE product_id = ? AND state = 'held' AND expires_at \
-                     <= (SELECT MAX(?, expired_through) FROM products WHERE id = ?) \
-                     ORDER BY expires_at, id LIMIT ?",
-                    "SELECT id FROM orders WHERE product_id = ? AND status = 'pre_payment' \
-                     AND payment_due_at <= (SELECT MAX(?, expired_through) FROM products \
-                     WHERE id = ?) ORDER BY payment_due_at, id LIMIT ?",
-                ),
+            let greatest = match d {
+                Dialect::MySql => "GREATEST",
+                Dialect::Sqlite => "MAX",
             };
-            let holds: Vec<(u64,)> = sqlx::query_as::<Db, _>(holds_sql)
-                .bind(int(product.0))
-                .bind(int(now.as_ms()))
-                .bind(int(product.0))
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            let orders: Vec<(u64,)> = sqlx::query_as::<Db, _>(orders_sql)
-                .bind(int(product.0))
-                .bind(int(now.as_ms()))
-                .bind(int(product.0))
-                .bind(limit)
-                .fetch_all(conn)
-                .await
-                .map_err(map_err)?;
+            let due = |table: &str, live: &str, due_at: &str| {
+                format!(
+                    "SELECT id FROM {table} WHERE product_id = ? AND {live} AND {due_at} <= \
+                     (SELECT {greatest}(?, expired_through) FROM products WHERE id = ?) \
+                     ORDER BY {due_at}, id LIMIT ?"
+                )
+            };
+            let mut ids = [Vec::new(), Vec::new()];
+            let queries = [
+                due("holds", "state = 'held'", "expires_at"),
+                due("orders", "status = 'pre_payment'", "payment_due_at"),
+            ];
+            for (ids, sql) in ids.iter_mut().zip(queries) {
+                let rows: Vec<(u64,)> = sqlx::query_as::<Db, _>(AssertSqlSafe(sql))
+                    .bind(int(product.0))
+                    .bind(int(now.as_ms()))
+                    .bind(int(product.0))
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                *ids = rows;
+            }
+            let [holds, orders] = ids;
             (holds, orders)
         });
         Ok(SweepCandidates {

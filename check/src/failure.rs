@@ -13,7 +13,7 @@ pub const TRACE_TAIL_LINES: usize = 12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
-    /// An invariant of DESIGN.md after a commit.
+    /// An invariant of docs/DESIGN.md after a commit.
     Invariant,
     /// The commit-order replay (rows or answers).
     Refinement,

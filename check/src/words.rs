@@ -1,4 +1,4 @@
-//! Requests, answers, rows and violated invariants in the API's words (DESIGN.md's routes and
+//! Requests, answers, rows and violated invariants in the API's words (docs/DESIGN.md's routes and
 //! fields, ids as the API shows them), for failures and traces a person reads. Times are the
 //! instance's wall clock as milliseconds since the run's epoch (`t+12345ms`), so they compare
 //! with the simulated times in the trace.
@@ -216,7 +216,7 @@ pub fn answer(answer: &Answer) -> String {
     }
 }
 
-/// A violated invariant, as DESIGN.md states it, and a short stable name for its kind.
+/// A violated invariant, as docs/DESIGN.md states it, and a short stable name for its kind.
 pub fn violation(violation: &Violation) -> (&'static str, String) {
     match violation {
         Violation::HeldExceedsStock {

@@ -1,5 +1,5 @@
-//! DESIGN.md's five invariants, checked on the rows alone with no clock, so the same check runs on
-//! the ledger after every command and on a database's contents after every transaction.
+//! docs/DESIGN.md's five invariants, checked on the rows alone with no clock, so the same check
+//! runs on the ledger after every command and on a database's contents after every transaction.
 //!
 //! The checks recompute everything from the rows (no index is trusted), and the first violation
 //! found is returned, naming the product, hold, order or key involved.

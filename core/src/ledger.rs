@@ -318,7 +318,7 @@ impl Ledger {
         hold_first.into_iter().chain(order_first).min()
     }
 
-    /// Checks DESIGN.md's invariants on the rows alone, with no clock.
+    /// Checks docs/DESIGN.md's invariants on the rows alone, with no clock.
     ///
     /// # Errors
     /// The first [`Violation`] found, naming the rows involved.

@@ -7,7 +7,7 @@
 //! and its effect are written in one transaction, so a retry after a lost answer can never apply
 //! a webhook twice.
 //!
-//! What a new webhook does, by the hold's state (DESIGN.md):
+//! What a new webhook does, by the hold's state (docs/DESIGN.md):
 //!
 //! | hold / order                 | `paid`                              | `failed`                      |
 //! |------------------------------|-------------------------------------|-------------------------------|

@@ -1,5 +1,5 @@
-//! Scenario tests: every rule of DESIGN.md's "Domain" section and every row of the webhook table
-//! in `payment.rs`, each told as a short story against the in-memory [`Ledger`].
+//! Scenario tests: every rule of docs/DESIGN.md's "Domain" section and every row of the webhook
+//! table in `payment.rs`, each told as a short story against the in-memory [`Ledger`].
 //!
 //! Each line of a story is one command at one instant with the answer it must get
 //! (`s.step(now_ms, command, expect_...)`), or a look at the state (`s.expect_available(..)`), so

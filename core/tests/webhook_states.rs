@@ -2,10 +2,10 @@
 //! than reached by commands (which reach some pairs rarely): held before and after its deadline,
 //! released either way, consumed by a pre-payment order before and after its payment window, by
 //! a paid order, by a cancelled one, and no hold at all. For each, a `paid` and a `failed`
-//! webhook must give the result of DESIGN.md's table and its effect, keep the invariants and the
-//! units, answer a redelivery from the record without a change, and, followed by the opposite
-//! status under a new key, never move a final state: a paid order is never cancelled, an order
-//! is never cancelled twice.
+//! webhook must give the result of docs/DESIGN.md's table and its effect, keep the invariants and
+//! the units, answer a redelivery from the record without a change, and, followed by the
+//! opposite status under a new key, never move a final state: a paid order is never cancelled,
+//! an order is never cancelled twice.
 
 // Test arithmetic is on small known numbers; an overflow would panic the test, as it should.
 #![allow(clippy::arithmetic_side_effects)]
@@ -107,7 +107,7 @@ fn webhook(key: &str, paid: bool) -> Command {
     })
 }
 
-/// DESIGN.md's table: the result, and the order's status and hold's state after it.
+/// docs/DESIGN.md's table: the result, and the order's status and hold's state after it.
 fn expected(
     state: State,
     late: bool,

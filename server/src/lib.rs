@@ -1,7 +1,7 @@
 //! The flashsale server: the core's imperative shell.
 //!
 //! - [`service`]: transaction scripts over the [`store::Storage`] trait, free of sqlx and warp,
-//!   so the simulator runs them under madsim (hot-product hold queues from `flashsale-sync`);
+//!   so the simulator runs them under madsim (the group-commit queue from `flashsale-sync`);
 //! - [`store::sql`]: the MySQL/MariaDB and SQLite storages (feature `sql`, on by default);
 //! - `routes`, `config`, `startup`: the warp HTTP API and the `flashsale` command line (`sql`).
 //!

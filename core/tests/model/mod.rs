@@ -1,4 +1,4 @@
-//! A deliberately naive reference model of the flashsale rules, written from DESIGN.md without
+//! A deliberately naive reference model of the flashsale rules, written from docs/DESIGN.md without
 //! calling any core decision: plain vectors of rows, every derived number (stock, units held,
 //! available) recomputed from the rows and the list of restocks on every question.
 //!
@@ -586,7 +586,7 @@ impl Model {
         })
     }
 
-    /// DESIGN.md's webhook rules, one `if` per row.
+    /// docs/DESIGN.md's webhook rules, one `if` per row.
     fn webhook_effect(&mut self, now: u64, hold: u64, paid: bool) -> (WebhookResult, Option<u64>) {
         let Some(h) = self.find_hold(hold).cloned() else {
             return (WebhookResult::Unmatched, None);

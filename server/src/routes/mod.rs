@@ -1,6 +1,6 @@
-//! The HTTP API (DESIGN.md's table): one warp filter per route, each a thin handler that parses
-//! the request into core types, calls one service script, and maps its answer or error to JSON or
-//! an RFC 9457 problem. No rule is decided here.
+//! The HTTP API (docs/DESIGN.md's table): one warp filter per route, each a thin handler that
+//! parses the request into core types, calls one service script, and maps its answer or error to
+//! JSON or an RFC 9457 problem. No rule is decided here.
 //!
 //! Every route matches its path before its method, so an unknown path is 404 and a known path
 //! with the wrong method is 405. Every GET route answers HEAD too, and a path with a trailing

@@ -1,4 +1,4 @@
-//! DESIGN.md's HTTP API table, row by row: each route's success shape and each of its failure
+//! docs/DESIGN.md's HTTP API table, row by row: each route's success shape and each of its failure
 //! codes, plus the operations routes. Webhooks have their own module (`webhooks.rs`), the admin
 //! routes theirs (`admin.rs`), and bad request bodies are in `validation.rs`.
 

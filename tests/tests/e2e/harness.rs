@@ -1,6 +1,6 @@
 //! The end-to-end harness: starts the real `flashsale` server as a child process on a fresh
-//! database, talks to it over HTTP, and checks DESIGN.md's invariants on that database when the
-//! test ends.
+//! database, talks to it over HTTP, and checks docs/DESIGN.md's invariants on that database when
+//! the test ends.
 //!
 //! Each test gets its own server process (bound to `127.0.0.1:0`; the port comes from the
 //! `listening on http://ADDR` line the server prints once bound) and its own database: a SQLite

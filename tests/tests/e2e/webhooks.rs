@@ -1,4 +1,4 @@
-//! The payment webhook: DESIGN.md's rules for `paid` and `failed` before and after the order,
+//! The payment webhook: docs/DESIGN.md's rules for `paid` and `failed` before and after the order,
 //! idempotency keys (replays answer the stored result, reuse with another payload is 422), the
 //! signature (401 and nothing stored when it is missing, malformed, wrong or stale), and signed
 //! bodies that do not validate.

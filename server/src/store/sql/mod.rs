@@ -9,8 +9,9 @@
 //! MySQL sessions run at READ COMMITTED with a 5 s lock-wait timeout (and, on a Galera node, a
 //! causal wait when a lookup by id misses a row, `transaction::caught_up`): locking reads see the latest
 //! committed rows, no gap locks stretch across keys, and a concurrent insert of the same webhook
-//! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`,
-//! which needs MariaDB 10.5 or later (MySQL 8 lacks it).
+//! key fails on the unique key and is retried, finding the record. Batch inserts use `RETURNING`
+//! (MariaDB 10.5) and their rows arrive as one `JSON_TABLE` (MariaDB 10.6), so MariaDB 10.6 or
+//! later is needed (MySQL 8 lacks `RETURNING`).
 //!
 //! This file holds the pool: connecting, probing, migrating and beginning a transaction. Its
 //! children: `transaction` (the [`Transaction`](super::Transaction) steps: reads, locks, commit),

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flashsale_core::{Cents, Command, ProductId, Qty};
-use flashsale_server::clock::SystemClock;
-use flashsale_server::service::{Config, Service};
-use flashsale_server::store::sql::SqlStore;
+use flashsale_server::sql::SqlStore;
+use flashsale_service::clock::SystemClock;
+use flashsale_service::{Config, Service};
 use sqlx::Executor;
 
 /// Requests per batch in the batched bench.

@@ -8,7 +8,7 @@ use flashsale_core::{
     Command, Folded, Hold, HoldId, HoldView, Order, OrderId, Outcome, Product, ProductId, Qty,
     Rejection, Timestamp, WebhookResult,
 };
-use flashsale_server::service::{HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer};
+use flashsale_service::{HoldPlaced, Keyed, OrderPlaced, ProductView, WebhookAnswer};
 
 use crate::recording::OpContext;
 
@@ -224,12 +224,12 @@ impl Seen {
     /// # Errors
     /// The service's: not found, busy, storage.
     pub async fn read<S, C>(
-        service: &flashsale_server::service::Service<S, C>,
+        service: &flashsale_service::Service<S, C>,
         target: Target,
-    ) -> Result<Seen, flashsale_server::service::ServiceError>
+    ) -> Result<Seen, flashsale_service::ServiceError>
     where
-        S: flashsale_server::store::Storage + Clone,
-        C: flashsale_server::clock::Clock + Clone,
+        S: flashsale_service::store::Storage + Clone,
+        C: flashsale_service::clock::Clock + Clone,
     {
         Ok(match target {
             Target::Product(id) => {
@@ -265,12 +265,12 @@ impl ReadAnswer {
     /// # Errors
     /// The service's: not found, busy, storage.
     pub async fn read<S, C>(
-        service: &flashsale_server::service::Service<S, C>,
+        service: &flashsale_service::Service<S, C>,
         target: Target,
-    ) -> Result<ReadAnswer, flashsale_server::service::ServiceError>
+    ) -> Result<ReadAnswer, flashsale_service::ServiceError>
     where
-        S: flashsale_server::store::Storage + Clone,
-        C: flashsale_server::clock::Clock + Clone,
+        S: flashsale_service::store::Storage + Clone,
+        C: flashsale_service::clock::Clock + Clone,
     {
         let seen = Seen::read(service, target).await?;
         Ok(ReadAnswer {

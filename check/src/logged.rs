@@ -23,8 +23,8 @@ use flashsale_core::{
     Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
     ProductId, Qty, RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
 };
-use flashsale_server::clock::Clock;
-use flashsale_server::store::{
+use flashsale_service::clock::Clock;
+use flashsale_service::store::{
     Dump, ProductRead, RecordKind, Storage, StoreError, StoreResult, SweepCandidates, Transaction,
     TxMode,
 };

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use flashsale_core::{Command, HoldId, IdempotencyKey, OrderId, ProductId, Timestamp};
-use flashsale_server::service::{BatchRun, BatchScope, BatchTag};
+use flashsale_service::{BatchRun, BatchScope, BatchTag};
 
 tokio::task_local! {
     /// The operation the current request performs, and the last time its clock gave.

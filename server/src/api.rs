@@ -8,7 +8,7 @@ use flashsale_core::{Hold, HoldView, Order, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::service::ProductView;
+use flashsale_service::ProductView;
 
 /// The OpenAPI 3.1 description of [`ROUTES`], served at `GET /api/openapi.json`. Tests keep
 /// the two in step and check every answer of the end-to-end suite against its schemas.

@@ -211,17 +211,17 @@ pub struct ServeArgs {
     /// How many expired hold rows, and how many overdue orders, one sweep transaction of a
     /// product retires and cancels at most: the product's lock is held that long. A product
     /// with more left gets its next chunk at the next sweep.
-    #[arg(long, env = "FLASHSALE_SWEEP_CHUNK", default_value_t = crate::service::SWEEP_CHUNK_DEFAULT,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::service::SWEEP_CHUNK_MAX)))]
+    #[arg(long, env = "FLASHSALE_SWEEP_CHUNK", default_value_t = flashsale_service::SWEEP_CHUNK_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(flashsale_service::SWEEP_CHUNK_MAX)))]
     pub sweep_chunk: u32,
     /// How many requests (holds, orders, webhooks, restocks, on any products) that arrive
     /// while a transaction runs the next transaction decides together, at most; 1 runs one
     /// transaction per request (for comparison).
-    #[arg(long, env = "FLASHSALE_BATCH_MAX", default_value_t = crate::service::BATCH_MAX_DEFAULT,
+    #[arg(long, env = "FLASHSALE_BATCH_MAX", default_value_t = flashsale_service::BATCH_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_max: u16,
     /// How many requests may wait for the next transaction before new ones get 503 `busy`.
-    #[arg(long, env = "FLASHSALE_QUEUE_MAX", default_value_t = crate::service::QUEUE_MAX_DEFAULT,
+    #[arg(long, env = "FLASHSALE_QUEUE_MAX", default_value_t = flashsale_service::QUEUE_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub queue_max: u16,
     /// How long `GET /api/products/{id}` may answer from this instance's cache (its own writes

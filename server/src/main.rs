@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use flashsale_server::clock::{Clock, SystemClock};
 use flashsale_server::config::{
     self, Cli, Command, MigrateAction, ReportArgs, WebhookSecretAction,
 };
-use flashsale_server::service::{self, Service};
 use flashsale_server::signature::{self, Secret};
 use flashsale_server::{reconcile, secrets, startup, telemetry};
+use flashsale_service::clock::{Clock, SystemClock};
+use flashsale_service::{self as service, Service};
 
 /// The exit code of a command line that does not parse, as clap's own.
 const EXIT_USAGE: u8 = 2;
@@ -153,7 +153,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 
 async fn service_on(
     url: &str,
-) -> anyhow::Result<Service<flashsale_server::store::sql::SqlStore, Arc<dyn Clock>>> {
+) -> anyhow::Result<Service<flashsale_server::sql::SqlStore, Arc<dyn Clock>>> {
     let store = startup::open_store(url).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     Ok(Service::new(store, clock, service::Config::default()))

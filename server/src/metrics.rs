@@ -12,7 +12,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::sql::SqlStore;
+use crate::sql::SqlStore;
 
 /// A metric family's kind, as its `# TYPE` line says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 
 use crate::config::ServeArgs;
 use crate::signature::Secret;
-use crate::store::sql::SqlStore;
+use crate::sql::SqlStore;
 
 /// The shortest admin token or webhook secret accepted, in bytes.
 pub const SECRET_BYTES_MIN: usize = 16;

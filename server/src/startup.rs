@@ -10,14 +10,14 @@ use anyhow::{Context, bail};
 use flashsale_core::order::validate_payment_window;
 use flashsale_core::rows::hold::{HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 
-use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::{ConnectTimeout, DATABASE_URL_DEFAULT, ServeArgs};
 use crate::deadline::Deadline;
 use crate::request_log::Logged;
 use crate::routes::{self, App};
-use crate::service::{self, Service};
-use crate::store::StoreError;
-use crate::store::sql::{PoolSettings, SqlStore};
+use crate::sql::{PoolSettings, SqlStore};
+use flashsale_service::clock::{Clock, OffsetClock, SystemClock};
+use flashsale_service::store::StoreError;
+use flashsale_service::{self as service, Service};
 
 /// Connects to `url` and applies the migrations.
 ///
@@ -295,9 +295,9 @@ async fn connect_and_migrate(
                 )));
             }
             ConnectTimeout::After(limit) => {
-                crate::backoff::jittered(pause).min(limit.saturating_sub(waited))
+                flashsale_service::backoff::jittered(pause).min(limit.saturating_sub(waited))
             }
-            ConnectTimeout::Forever => crate::backoff::jittered(pause),
+            ConnectTimeout::Forever => flashsale_service::backoff::jittered(pause),
         };
         tracing::warn!(
             attempt,

@@ -5,7 +5,7 @@ mod common;
 
 use common::{T0, TTL_MS, sqlite};
 use flashsale_core::{Command, Qty};
-use flashsale_server::clock::ManualClock;
+use flashsale_service::clock::ManualClock;
 
 /// The line of `text` for `metric`, e.g. `flashsale_holds_granted_total 3`.
 fn value<'a>(text: &'a str, metric: &str) -> Option<&'a str> {

@@ -15,12 +15,10 @@ use flashsale_core::{
     IdempotencyKey, OrderId, OrderStatus, Outcome, PaymentStatus, ProductId, Qty, Rejection,
     ReleaseReason, Timestamp, WebhookPayload, WebhookResult,
 };
-use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{
-    Answer, CACHE_STALENESS_MS_DEFAULT, Config, PURGE_BATCH, ServiceError,
-};
-use flashsale_server::store::StoreError;
-use flashsale_server::store::sql::{OrderFilter, SqlStore};
+use flashsale_server::sql::{OrderFilter, SqlStore};
+use flashsale_service::clock::ManualClock;
+use flashsale_service::store::StoreError;
+use flashsale_service::{Answer, CACHE_STALENESS_MS_DEFAULT, Config, PURGE_BATCH, ServiceError};
 mod common;
 
 use common::{Db, T0, TTL_MS, TestService, WINDOW_MS, mariadb, sqlite, unique};
@@ -581,8 +579,8 @@ async fn a_mass_expiry_is_folded_at_once_and_retired_in_chunks(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_after_the_database_ended_their_transaction_change_nothing() {
     use flashsale_core::{Counters, HoldGrant, NewHold, WriteSet};
-    use flashsale_server::store::sql::SqlTx;
-    use flashsale_server::store::{Storage, Transaction, TxMode};
+    use flashsale_server::sql::SqlTx;
+    use flashsale_service::store::{Storage, Transaction, TxMode};
 
     let db = mariadb().await;
     let clock = ManualClock::new(T0);

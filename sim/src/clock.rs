@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use flashsale_check::words::EPOCH_MS;
 use flashsale_core::Timestamp;
-use flashsale_server::clock::Clock;
+use flashsale_service::clock::Clock;
 
 /// An instance's wall clock.
 #[derive(Clone, Debug)]

@@ -223,7 +223,7 @@ pub struct Storm {
 
 /// The sweep chunk of a plan that does not say: the server's default.
 fn sweep_chunk_default() -> u32 {
-    flashsale_server::service::SWEEP_CHUNK_DEFAULT
+    flashsale_service::SWEEP_CHUNK_DEFAULT
 }
 
 /// Everything a run does.
@@ -439,7 +439,7 @@ impl Plan {
                 ));
             }
         }
-        let chunk_max = flashsale_server::service::SWEEP_CHUNK_MAX;
+        let chunk_max = flashsale_service::SWEEP_CHUNK_MAX;
         if !(1..=chunk_max).contains(&self.sweep_chunk) {
             return Err(format!("sweep_chunk must be 1 to {chunk_max}"));
         }

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use crate::api::{order_json, rfc3339};
 use crate::problem::Problem;
-use crate::store::StoreError;
-use crate::store::sql::{OrderFilter, SqlStore, WebhookCursor};
+use crate::sql::{OrderFilter, SqlStore, WebhookCursor};
+use flashsale_service::store::StoreError;
 
 /// Records per page when the request does not say.
 pub const PAGE_LIMIT_DEFAULT: u32 = 100;

@@ -2,16 +2,16 @@
 //! operator, each in one read transaction of its own, never locking a row. They are methods of
 //! [`SqlStore`] kept here, next to the pages they serve: the store never names them, and lends
 //! them its row decoding and error sorting. Their parameter types ([`WebhookCursor`],
-//! [`OrderFilter`]) stay in `store::sql`, part of its public API.
+//! [`OrderFilter`]) stay in `crate::sql`, part of its public API.
 
 use flashsale_core::{OrderId, WebhookRecord, WebhookResult};
 use sqlx::AssertSqlSafe;
 
-use crate::store::sql::{
+use crate::sql::{
     ListedOrder, OrderFilter, OrderRow, SqlStore, WebhookCursor, WebhookRow, int, map_err, on_conn,
     order_from_row, webhook_from_row,
 };
-use crate::store::{Storage, StoreResult, Transaction, TxMode};
+use flashsale_service::store::{Storage, StoreResult, Transaction, TxMode};
 
 /// Reconciliation reads: pages of records for an operator, each in one read transaction of
 /// its own, never locking a row.

@@ -18,7 +18,7 @@ use crate::api::product_json;
 use crate::body;
 use crate::problem::Problem;
 use crate::reconcile;
-use crate::service::{ProductView, ServiceError};
+use flashsale_service::{ProductView, ServiceError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

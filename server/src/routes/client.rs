@@ -18,7 +18,7 @@ use super::{
 use crate::api::{hold_json, order_json, product_json};
 use crate::body;
 use crate::problem::Problem;
-use crate::service::Keyed;
+use flashsale_service::Keyed;
 
 /// `GET /api/products/{id}`
 pub(super) fn product(

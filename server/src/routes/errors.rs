@@ -9,8 +9,8 @@ use warp::http::header::{HeaderValue, RETRY_AFTER};
 use warp::reply::Response;
 
 use crate::problem::Problem;
-use crate::service::ServiceError;
-use crate::store::StoreError;
+use flashsale_service::ServiceError;
+use flashsale_service::store::StoreError;
 
 pub(super) fn not_found(what: &'static str, id: u64) -> Response {
     let code = match what {

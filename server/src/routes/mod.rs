@@ -38,11 +38,11 @@ pub use self::operations::starting_routes;
 use self::operations::{healthz, metrics, openapi, readyz};
 use self::webhook::{decode_webhook, webhook};
 use crate::body;
-use crate::clock::Clock;
 use crate::problem::{self, Problem};
-use crate::service::Service;
 use crate::signature::Secret;
-use crate::store::sql::SqlStore;
+use crate::sql::SqlStore;
+use flashsale_service::Service;
+use flashsale_service::clock::Clock;
 
 /// Everything a handler needs.
 pub struct App {

@@ -17,8 +17,8 @@ use super::errors::error_reply;
 use super::{App, SharedApp, json_reply, with_app};
 use crate::body;
 use crate::problem::Problem;
-use crate::service::ServiceError;
 use crate::signature;
+use flashsale_service::ServiceError;
 
 #[derive(Deserialize)]
 struct WebhookRequest {

@@ -10,9 +10,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::Timestamp;
-use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{Config, Service};
-use flashsale_server::store::sql::SqlStore;
+use flashsale_server::sql::SqlStore;
+use flashsale_service::clock::ManualClock;
+use flashsale_service::{Config, Service};
 use sqlx::Executor;
 
 pub const T0: Timestamp = Timestamp(1_800_000_000_000);

@@ -29,7 +29,7 @@ use flashsale_check::observer::{CommitLog, TxObserver};
 use flashsale_check::recording::{self, Entry};
 use flashsale_check::words;
 use flashsale_core::{Ledger, ProductId, RequestRecord};
-use flashsale_server::store::{Storage, StoreResult, TxMode};
+use flashsale_service::store::{Storage, StoreResult, TxMode};
 
 use crate::plan::FaultProfile;
 use crate::trace::{Event, Trace};

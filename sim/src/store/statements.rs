@@ -9,7 +9,7 @@ use flashsale_core::{
     Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order,
     OrderId, Product, ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
-use flashsale_server::store::{
+use flashsale_service::store::{
     Dump, ProductRead, RecordKind, StoreError, StoreResult, SweepCandidates, Transaction,
 };
 use madsim::rand::{Rng, thread_rng};

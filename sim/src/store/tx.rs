@@ -11,7 +11,7 @@ use flashsale_core::{
     Command, DUE_BUCKETS_MAX, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, NewOrder,
     Order, OrderId, Product, ProductId, RowLock, Timestamp,
 };
-use flashsale_server::store::{StoreError, StoreResult};
+use flashsale_service::store::{StoreError, StoreResult};
 use madsim::rand::{Rng, thread_rng};
 use tokio::sync::oneshot;
 

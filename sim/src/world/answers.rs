@@ -3,9 +3,7 @@
 
 use flashsale_check::history::{Answer, ReadAnswer, Seen};
 use flashsale_check::words;
-use flashsale_server::service::{
-    HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer,
-};
+use flashsale_service::{HoldPlaced, Keyed, OrderPlaced, ProductView, SweepReport, WebhookAnswer};
 
 /// What a client saw, as the commit-order replay decides it; `None` for answers it does not
 /// decide (a replay from a request key's record, which the world checks itself, or a sweep).

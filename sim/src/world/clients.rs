@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use flashsale_check::history::{Read, ReadAnswer, Request, Target};
 use flashsale_core::{Command, Hold, IdempotencyKey, Order, ProductId, Qty, Rejection, Timestamp};
-use flashsale_server::clock::Clock;
-use flashsale_server::service::{HoldPlaced, Keyed, ServiceError};
+use flashsale_service::clock::Clock;
+use flashsale_service::{HoldPlaced, Keyed, ServiceError};
 use madsim::task::JoinHandle;
 
 use super::requests::CallError;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use flashsale_check::failure::{Check, Failure};
 use flashsale_check::recording::{self, OpContext};
 use flashsale_core::Command;
-use flashsale_server::service::{BatchRun, BatchScope, BatchTag, Config, Service};
-use flashsale_server::store::StoreError;
+use flashsale_service::store::StoreError;
+use flashsale_service::{BatchRun, BatchScope, BatchTag, Config, Service};
 
 use super::panics::CatchUnwind;
 use super::{Lane, Svc, World, record_failure};

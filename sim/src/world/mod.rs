@@ -34,7 +34,7 @@ use flashsale_check::failure::{Check, Failure};
 use flashsale_check::history::{Answer, Read};
 use flashsale_check::recording::{OP, OpContext};
 use flashsale_core::{Cents, Command, HoldId, ProductId, Qty, WebhookPayload};
-use flashsale_server::service::{Config, Service};
+use flashsale_service::{Config, Service};
 use madsim::rand::{Rng, thread_rng};
 use madsim::task::JoinHandle;
 

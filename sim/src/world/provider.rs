@@ -9,7 +9,7 @@ use flashsale_check::failure::{Check, Failure};
 use flashsale_core::{
     Command, HoldId, IdempotencyKey, PaymentStatus, ProductId, WebhookPayload, WebhookResult,
 };
-use flashsale_server::service::ServiceError;
+use flashsale_service::ServiceError;
 use madsim::rand::{Rng, thread_rng};
 
 use super::requests::CallError;

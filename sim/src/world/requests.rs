@@ -11,7 +11,7 @@ use flashsale_check::history::{Answer, Request};
 use flashsale_check::recording::{OP, OpContext};
 use flashsale_check::words;
 use flashsale_core::{IdempotencyKey, ProductId};
-use flashsale_server::service::ServiceError;
+use flashsale_service::ServiceError;
 
 use super::answers::Answered;
 use super::panics::CatchUnwind;

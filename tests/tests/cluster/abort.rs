@@ -13,8 +13,8 @@
 //! ways the node takes.
 
 use flashsale_core::{Counters, Qty};
-use flashsale_server::store::sql::SqlStore;
-use flashsale_server::store::{Storage, StoreError, Transaction, TxMode};
+use flashsale_server::sql::SqlStore;
+use flashsale_service::store::{Storage, StoreError, Transaction, TxMode};
 
 use crate::harness::Database;
 use crate::mariadbd::Galera;

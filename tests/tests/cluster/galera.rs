@@ -314,7 +314,7 @@ async fn restock(app: &TestApp, product: u64, qty: u32) {
 }
 
 /// Each node's rows, once replication has brought every node to the same ones.
-async fn same_rows_on_every_node(apps: &[TestApp]) -> Vec<flashsale_server::store::Dump> {
+async fn same_rows_on_every_node(apps: &[TestApp]) -> Vec<flashsale_service::store::Dump> {
     let deadline = crate::mariadbd::deadline_in(Duration::from_secs(20));
     loop {
         let mut dumps = Vec::new();

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::contract;
 use flashsale_server::signature::{self, Secret};
-use flashsale_server::store::sql::SqlStore;
-use flashsale_server::store::{Dump, Storage, Transaction, TxMode};
+use flashsale_server::sql::SqlStore;
+use flashsale_service::store::{Dump, Storage, Transaction, TxMode};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -779,7 +779,7 @@ impl TestApp {
                 let mut tx = store.begin(TxMode::Snapshot).await?;
                 let dump = tx.dump().await?;
                 tx.commit().await?;
-                Ok::<_, flashsale_server::store::StoreError>(dump)
+                Ok::<_, flashsale_service::store::StoreError>(dump)
             };
             match read.await {
                 Ok(dump) => break dump,

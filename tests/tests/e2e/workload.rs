@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flashsale_server::store::Dump;
+use flashsale_service::store::Dump;
 use serde_json::{Value, json};
 
 use crate::harness::{Reply, TestApp, now_unix_s, send_request, sign};

@@ -9,7 +9,7 @@ use sqlx::AssertSqlSafe;
 
 use super::writes::{consume_holds_sql, release_holds_sql, settle_orders_sql};
 use super::*;
-use crate::store::Transaction;
+use flashsale_service::store::Transaction;
 
 static TABLES: AtomicU32 = AtomicU32::new(0);
 

@@ -1,29 +1,6 @@
-//! The service layer: one transaction script for every command, over a [`Storage`], and the
-//! group committer that shares its transactions between the requests that arrive together.
-//!
-//! The script ([`Service::execute_batch`]) opens a transaction, loads the rows the batch's
-//! [`Plan`](flashsale_core::Plan) asks for, each with its lock, in the global order
-//! ([`flashsale_core::locks`]: request keys, products, their holds and orders, webhook records),
-//! reads the clock, lets the core [`execute`](flashsale_core::execute()) the commands in arrival
-//! order, writes the one write-set it returns and commits once. No business rule is decided here:
-//! every `if` that matters is in `flashsale-core`. A refused command writes nothing, and the
-//! others still commit. Contention (deadlocks, lock-wait timeouts, Galera certification
-//! failures, busy databases, a key taken by a concurrent insert) and a connection lost before the
-//! commit retry the whole script a bounded number of times, then answer [`ServiceError::Busy`]
-//! (or the lost connection). A connection lost while committing is never retried: the
-//! transaction may have committed.
-//!
-//! Requests that arrive while a transaction is in flight queue up (`flashsale_sync::batch`), and
-//! the next transaction takes up to `batch_max` of them, any mix of products and kinds; answers
-//! go out only after the commit. A batch that fails on one poisoned command (a corrupt row the
-//! database refuses) is decided again one command at a time, so only that request gets the error.
-//!
-//! This file holds the service's types and its entry points, one per request (each validates,
+//! The service's types and its entry points, one per request (each validates,
 //! then runs one command through the committer or one small script of its own); `committer` is
 //! the group committer and the batch's transaction script; `sweep` the sweeper's passes.
-//!
-//! This module names neither sqlx nor warp, and its only runtime dependency is `tokio` through
-//! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`.
 
 mod committer;
 mod sweep;

@@ -9,7 +9,7 @@ use flashsale_core::{
     ReleaseReason, RequestRecord, Timestamp, WebhookRecord, WebhookResult,
 };
 
-use crate::store::{StoreError, StoreResult};
+use flashsale_service::store::{StoreError, StoreResult};
 
 pub(super) type ProductRow = (u64, String, u64, u32, u32, u64, u64, u32, u64, u32, u32);
 pub(super) type BucketRow = (u64, u64, i64, i64);

@@ -1,4 +1,4 @@
-//! How a write-set becomes SQL ([`Transaction::write`](crate::store::Transaction::write)):
+//! How a write-set becomes SQL ([`Transaction::write`](flashsale_service::store::Transaction::write)):
 //! one statement per kind of row change, each covering every row of its kind the batch writes,
 //! in the order [`WriteSet`] documents; inserts return their ids in row order. Every write carries
 //! the condition that its transaction is still open ([`in_transaction!`]), and every update
@@ -14,7 +14,7 @@ use sqlx::{AssertSqlSafe, MySql};
 use super::errors::map_err;
 use super::statements::{int, marks, padded, padded_len};
 use super::{Dialect, SqlTx, on_conn};
-use crate::store::{StoreError, StoreResult};
+use flashsale_service::store::{StoreError, StoreResult};
 
 /// The most ids one statement of a write names: a sweep retires up to its chunk of holds, and
 /// folds up to [`flashsale_core::DUE_BUCKETS_MAX`] buckets per product, which must stay within
@@ -28,7 +28,7 @@ const CASE_PRODUCTS_MAX: usize = 4;
 
 /// The condition every write carries on MySQL, true only inside an explicit transaction: a
 /// write that runs after the database ended its transaction changes nothing, and
-/// [`Transaction::write`](crate::store::Transaction::write) then reports a conflict instead
+/// [`Transaction::write`](flashsale_service::store::Transaction::write) then reports a conflict instead
 /// of committing half a batch.
 ///
 /// A Galera node applying another node's write rolls back a local transaction holding the rows
@@ -120,10 +120,10 @@ fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()
     }
 }
 
-/// The statements [`Transaction::write`](crate::store::Transaction::write) is made of: one
+/// The statements [`Transaction::write`](flashsale_service::store::Transaction::write) is made of: one
 /// per kind of row change, each covering every row of its kind the batch writes.
 impl SqlTx {
-    /// Every statement of [`Transaction::write`](crate::store::Transaction::write), in order.
+    /// Every statement of [`Transaction::write`](flashsale_service::store::Transaction::write), in order.
     pub(super) async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         let mut inserted = Inserted::default();
         self.update_products(&writes.products).await?;

@@ -14,10 +14,10 @@
 //! later is needed (MySQL 8 lacks `RETURNING`).
 //!
 //! This file holds the pool: connecting, probing, migrating and beginning a transaction. Its
-//! children: `transaction` (the [`Transaction`](super::Transaction) steps: reads, locks, commit),
-//! `writes` (a write-set's statements), `statements` (how statement texts are spelled so they stay
-//! prepared), `decode` (rows into core types, checked) and `errors` (what each database error
-//! means for the service). The reconciliation pages' queries live next to those pages
+//! children: `transaction` (the [`Transaction`](flashsale_service::store::Transaction) steps:
+//! reads, locks, commit), `writes` (a write-set's statements), `statements` (how statement texts
+//! are spelled so they stay prepared), `decode` (rows into core types, checked) and `errors`
+//! (what each database error means for the service). The reconciliation pages' queries live next to those pages
 //! (`reconcile::queries`), borrowing the row decoding and error sorting from here.
 
 mod decode;
@@ -38,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Executor, MySql, Pool, SqlSafeStr, Sqlite};
 
 use self::errors::unreachable;
-use super::{Storage, StoreError, StoreResult, TxMode};
+use flashsale_service::store::{Storage, StoreError, StoreResult, TxMode};
 
 // What the reconciliation listings (`crate::reconcile::queries`) read rows with: they are
 // queries of this store kept next to the pages they serve, so the store never names them.
@@ -526,18 +526,18 @@ pub(crate) enum Dialect {
 macro_rules! on_conn {
     ($tx:expr, |$conn:ident, $dialect:ident| $($body:tt)*) => {
         match $tx {
-            $crate::store::sql::SqlTx::MySql(tx, _) => {
+            $crate::sql::SqlTx::MySql(tx, _) => {
                 #[allow(dead_code)]
                 type Db = ::sqlx::MySql;
                 let $conn = &mut **tx;
-                let $dialect = $crate::store::sql::Dialect::MySql;
+                let $dialect = $crate::sql::Dialect::MySql;
                 $($body)*
             }
-            $crate::store::sql::SqlTx::Sqlite(tx) => {
+            $crate::sql::SqlTx::Sqlite(tx) => {
                 #[allow(dead_code)]
                 type Db = ::sqlx::Sqlite;
                 let $conn = &mut **tx;
-                let $dialect = $crate::store::sql::Dialect::Sqlite;
+                let $dialect = $crate::sql::Dialect::Sqlite;
                 $($body)*
             }
         }

@@ -21,7 +21,6 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 // The service-layer tests' fresh databases and test service, shared with the server's tests.
-#[path = "../../server/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -38,9 +37,9 @@ use flashsale_core::{
     Cents, Command, Folded, HoldId, IdempotencyKey, Ledger, OrderId, Outcome, PaymentStatus,
     ProductId, Qty, Rejection, Timestamp, WebhookPayload,
 };
-use flashsale_server::clock::ManualClock;
-use flashsale_server::service::{Service, ServiceError};
-use flashsale_server::store::sql::SqlStore;
+use flashsale_server::sql::SqlStore;
+use flashsale_service::clock::ManualClock;
+use flashsale_service::{Service, ServiceError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -713,7 +712,7 @@ async fn client(
 /// The database's own state against what the clients were told: the invariants (no unit sold
 /// twice, conservation), every granted hold stored as granted and granted once, every created
 /// order the one order of its hold, every applied webhook's effect in the rows.
-fn told_agrees(dump: &flashsale_server::store::Dump, told: &[Told]) -> Result<(), String> {
+fn told_agrees(dump: &flashsale_service::store::Dump, told: &[Told]) -> Result<(), String> {
     dump.clone().check()?;
     let mut granted = std::collections::HashSet::new();
     for (id, product, qty) in told.iter().flat_map(|t| &t.holds) {
@@ -785,7 +784,7 @@ where
             // Three services, one database, clocks 0, +300 ms and -300 ms from the first; reads
             // go to the database (the cache is the simulator's to check), and records are kept
             // for the replay.
-            let config = Db::config(flashsale_server::service::Config {
+            let config = Db::config(flashsale_service::Config {
                 cache_staleness_ms: 0,
                 request_key_retention_ms: u64::MAX,
                 webhook_retention_ms: u64::MAX,
@@ -908,7 +907,7 @@ fn mixed_batches(log: &[flashsale_check::recording::Entry]) -> u64 {
 /// ledger in commit order gives every recorded answer (each checked, none left over), every
 /// read a state it may have seen, and the final rows.
 fn replay_agrees(
-    dump: &flashsale_server::store::Dump,
+    dump: &flashsale_service::store::Dump,
     log: &[flashsale_check::recording::Entry],
     recorder: &Recorder,
 ) -> Result<(), String> {

@@ -6,7 +6,7 @@
 use sqlx::mysql::MySqlDatabaseError;
 
 use super::POOL_ACQUIRE_TIMEOUT;
-use crate::store::StoreError;
+use flashsale_service::store::StoreError;
 
 /// A failed first connection: the database is unreachable (refused, no such host, a timeout)
 /// or refuses the login; said as such, not as a lost connection.

@@ -21,7 +21,7 @@ use super::decode::{
 use super::errors::map_err;
 use super::statements::{due_buckets_sql, in_list, int, padded, padded_len};
 use super::{Dialect, SqlTx, on_conn};
-use crate::store::{
+use flashsale_service::store::{
     Dump, ProductRead, RecordKind, StoreError, StoreResult, SweepCandidates, Transaction,
 };
 

@@ -11,9 +11,6 @@
 //! Scripts take locks in one global order, the core's [`flashsale_core::locks`]: request keys, the
 //! product, its holds and orders (under its lock), a webhook record.
 
-#[cfg(feature = "sql")]
-pub mod sql;
-
 use std::future::Future;
 
 use flashsale_core::{

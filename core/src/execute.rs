@@ -21,7 +21,7 @@ use crate::errors::{Refusal, Rejection, Violation};
 use crate::hold::{self, HoldRequest};
 use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::order;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, WebhookChange};
 use crate::payment::{self, WebhookDecision};
 use crate::plan::{Plan, Rows};
 use crate::product;
@@ -293,17 +293,18 @@ impl<'r, 'a> Working<'r, 'a> {
         let hold_and_product = found.as_ref().map(|(hold, product)| (hold, *product));
         let decision =
             payment::decide_webhook(record, payload, hold_and_product, order.as_ref(), now)?;
-        let writes = match decision {
+        let (writes, change) = match decision {
             WebhookDecision::Replay(record) => {
                 let order = record.order_id.and_then(|id| self.order(id)).copied();
                 let outcome = Outcome::WebhookApplied {
                     record,
                     replayed: true,
                     order,
+                    change: WebhookChange::None,
                 };
                 return Ok((outcome, WriteSet::default()));
             }
-            WebhookDecision::New { writes, .. } => *writes,
+            WebhookDecision::New { writes, effect, .. } => (*writes, effect.change()),
         };
         let record = writes.webhooks.first().cloned();
         let record = record.ok_or(Violation::WriteSetUnresolved)?;
@@ -319,6 +320,7 @@ impl<'r, 'a> Working<'r, 'a> {
             record,
             replayed: false,
             order,
+            change,
         };
         Ok((outcome, writes))
     }

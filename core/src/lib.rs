@@ -49,7 +49,7 @@ pub use invariants::Stored;
 pub use ledger::Ledger;
 pub use locks::{LockOrder, OutOfOrder, RowLock};
 pub use order::OrderDecided;
-pub use outcome::Outcome;
+pub use outcome::{Outcome, WebhookChange};
 pub use payment::{WebhookDecision, WebhookEffect};
 pub use plan::{Budget, Load, Loaded, Plan, Rows};
 pub use request::KeyDecision;

@@ -8,11 +8,30 @@
 use crate::errors::Violation;
 use crate::ids::{HoldId, OrderId, ProductId, Qty};
 use crate::rows::expiry::Folded;
-use crate::rows::hold::Hold;
+use crate::rows::hold::{Hold, ReleaseReason};
 use crate::rows::order::Order;
 use crate::rows::payment::WebhookRecord;
 use crate::rows::product::Product;
 use crate::writes::{Inserted, Pending};
+
+/// What a new webhook changed besides storing its record, as its answer tells it (the hold is
+/// the record's, the order the answer's): the effect of `payment::decide_webhook`, so that a
+/// caller counting sales or releases reads it instead of deciding it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookChange {
+    /// Nothing but the record (and nothing at all for a replay).
+    None,
+    /// A pre-payment order is now paid.
+    OrderPaid,
+    /// A pre-payment order is now cancelled, its units back in stock (a `failed` verdict, or a
+    /// `paid` one past the payment window).
+    OrderCancelled,
+    /// An order was created already paid, consuming its hold (a `paid` verdict before the order).
+    PaidOrderCreated,
+    /// A held hold was released (a `failed` verdict before the order, or a `paid` one on an
+    /// expired hold).
+    HoldReleased(ReleaseReason),
+}
 
 /// What a successfully applied command did. Rows a batch inserts carry pending ids
 /// ([`crate::writes::pending_hold`]) until [`Outcome::resolve`] gives them the stored ones.
@@ -54,6 +73,8 @@ pub enum Outcome {
         replayed: bool,
         /// The order concerned, as it is now.
         order: Option<Order>,
+        /// What it changed besides its record ([`WebhookChange::None`] for a replay).
+        change: WebhookChange,
     },
     /// A sweep ran.
     Swept {
@@ -106,10 +127,12 @@ impl Outcome {
                 record,
                 replayed,
                 order,
+                change,
             } => Outcome::WebhookApplied {
                 record: offsets.webhook_record(record),
                 replayed,
                 order: order.map(|o| offsets.order_row(o)),
+                change,
             },
             other @ (Outcome::ProductCreated(_)
             | Outcome::Restocked { .. }
@@ -147,10 +170,12 @@ impl Outcome {
                 record,
                 replayed,
                 order,
+                change,
             } => Outcome::WebhookApplied {
                 record: inserted.webhook_record(&record)?,
                 replayed,
                 order: order.map(|o| inserted.order_row(o)).transpose()?,
+                change,
             },
             other @ (Outcome::ProductCreated(_)
             | Outcome::Restocked { .. }

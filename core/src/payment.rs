@@ -23,6 +23,7 @@
 use crate::errors::{Refusal, Rejection, Violation};
 use crate::ids::{HoldId, OrderId};
 use crate::order;
+use crate::outcome::WebhookChange;
 use crate::rows::hold::{Hold, HoldState, ReleaseReason};
 use crate::rows::order::{CancelReason, NewOrder, Order, OrderStatus};
 use crate::rows::payment::{PaymentStatus, WebhookPayload, WebhookRecord, WebhookResult};
@@ -43,6 +44,19 @@ pub enum WebhookEffect {
     CreatePaidOrder(NewOrder),
     /// Release this held hold.
     ReleaseHold(HoldId, ReleaseReason),
+}
+
+impl WebhookEffect {
+    /// The change an answer tells of this effect.
+    pub fn change(&self) -> WebhookChange {
+        match self {
+            WebhookEffect::None => WebhookChange::None,
+            WebhookEffect::PayOrder(_) => WebhookChange::OrderPaid,
+            WebhookEffect::CancelOrder(_) => WebhookChange::OrderCancelled,
+            WebhookEffect::CreatePaidOrder(_) => WebhookChange::PaidOrderCreated,
+            WebhookEffect::ReleaseHold(_, reason) => WebhookChange::HoldReleased(*reason),
+        }
+    }
 }
 
 /// The decision on one webhook delivery.

@@ -285,6 +285,7 @@ impl Run {
                     record: answer.record,
                     replayed: answer.replayed,
                     order: answer.order,
+                    change: answer.change,
                 });
                 prop_assert_eq!(&got, &want, "{:?}", op);
             }

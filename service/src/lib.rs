@@ -1,5 +1,6 @@
-//! The service layer: one transaction script for every command, over a [`Storage`], and the
-//! group committer that shares its transactions between the requests that arrive together.
+//! The service layer: one transaction script for every command, over a
+//! [`Storage`](store::Storage), and the group committer that shares its transactions between the
+//! requests that arrive together.
 //!
 //! The script ([`Service::execute_batch`]) opens a transaction, loads the rows the batch's
 //! [`Plan`](flashsale_core::Plan) asks for, each with its lock, in the global order
@@ -20,9 +21,9 @@
 //!
 //! This crate names neither sqlx nor warp, and its only runtime dependency is `tokio` through
 //! madsim-tokio, so the simulator runs it unchanged under `--cfg madsim`, over its own
-//! [`Storage`]; the server (`flashsale-server`) runs it over SQL. Its other modules: [`store`]
-//! (the `Storage` and `Transaction` traits a storage implements), [`clock`] (where time comes
-//! from) and [`backoff`] (the delay between two attempts of a script).
+//! [`Storage`](store::Storage); the server (`flashsale-server`) runs it over SQL. Its other
+//! modules: [`store`] (the `Storage` and `Transaction` traits a storage implements), [`clock`]
+//! (where time comes from) and [`backoff`] (the delay between two attempts of a script).
 
 pub mod backoff;
 pub mod clock;

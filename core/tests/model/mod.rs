@@ -24,8 +24,8 @@ pub mod agree;
 use flashsale_core::{
     CancelReason, Cents, ExpiryBucket, Fingerprint, Folded, Hold, HoldId, HoldState,
     IdempotencyKey, KeyedRequest, OpenBucket, Order, OrderId, OrderStatus, Outcome, PaymentStatus,
-    Product, ProductId, Qty, Rejection, ReleaseReason, RequestRecord, Timestamp, WebhookRecord,
-    WebhookResult,
+    Product, ProductId, Qty, Rejection, ReleaseReason, RequestRecord, Timestamp, WebhookChange,
+    WebhookRecord, WebhookResult,
 };
 
 /// One row per product: what it was created with, and the latest deadline a grant or a sweep
@@ -565,12 +565,13 @@ impl Model {
                 record,
                 replayed: true,
                 order,
+                change: WebhookChange::None,
             });
         }
         let at = self
             .find_hold(hold)
             .map_or(now, |h| self.at(h.product, now));
-        let (result, order) = self.webhook_effect(at, hold, paid);
+        let (result, order, change) = self.webhook_effect(at, hold, paid);
         self.webhooks.push(ModelWebhook {
             key: key.clone(),
             hold,
@@ -583,58 +584,73 @@ impl Model {
             record: self.webhook_row(&key),
             replayed: false,
             order: order.map(|id| self.order_row(id)),
+            change,
         })
     }
 
-    /// docs/DESIGN.md's webhook rules, one `if` per row.
-    fn webhook_effect(&mut self, now: u64, hold: u64, paid: bool) -> (WebhookResult, Option<u64>) {
+    /// docs/DESIGN.md's webhook rules, one `if` per row: the result, the order concerned, and
+    /// what changed.
+    fn webhook_effect(
+        &mut self,
+        now: u64,
+        hold: u64,
+        paid: bool,
+    ) -> (WebhookResult, Option<u64>, WebhookChange) {
         let Some(h) = self.find_hold(hold).cloned() else {
-            return (WebhookResult::Unmatched, None);
+            return (WebhookResult::Unmatched, None, WebhookChange::None);
         };
-        let set_hold_end = |model: &mut Model, end| model.end_hold(hold, end);
+        let release = |model: &mut Model, reason| {
+            model.end_hold(hold, Err(reason));
+            WebhookChange::HoldReleased(reason)
+        };
         match h.end {
             None if paid && h.expires <= now => {
-                set_hold_end(self, Err(ReleaseReason::Expired));
-                (WebhookResult::RefundRequired, None)
+                let change = release(self, ReleaseReason::Expired);
+                (WebhookResult::RefundRequired, None, change)
             }
             None if paid => {
                 let id = self.create_order(now, &h, OrderStatus::Paid, now);
-                (WebhookResult::Applied, Some(id))
+                (
+                    WebhookResult::Applied,
+                    Some(id),
+                    WebhookChange::PaidOrderCreated,
+                )
             }
             None => {
-                set_hold_end(self, Err(ReleaseReason::PaymentFailed));
-                (WebhookResult::Applied, None)
+                let change = release(self, ReleaseReason::PaymentFailed);
+                (WebhookResult::Applied, None, change)
             }
-            Some(Err(_)) if paid => (WebhookResult::RefundRequired, None),
-            Some(Err(_)) => (WebhookResult::AlreadyApplied, None),
+            Some(Err(_)) if paid => (WebhookResult::RefundRequired, None, WebhookChange::None),
+            Some(Err(_)) => (WebhookResult::AlreadyApplied, None, WebhookChange::None),
             Some(Ok(order_id)) => {
                 let order = self
                     .orders
                     .iter_mut()
                     .find(|o| o.id == order_id)
                     .expect("order");
-                let result = match (order.status, paid) {
+                let cancel = |order: &mut ModelOrder| {
+                    order.status = OrderStatus::Cancelled;
+                    order.cancelled_because = Some(CancelReason::PaymentFailed);
+                    WebhookChange::OrderCancelled
+                };
+                let (result, change) = match (order.status, paid) {
                     (OrderStatus::PrePayment, true) if order.due <= now => {
-                        order.status = OrderStatus::Cancelled;
-                        order.cancelled_because = Some(CancelReason::PaymentFailed);
-                        WebhookResult::RefundRequired
+                        (WebhookResult::RefundRequired, cancel(order))
                     }
                     (OrderStatus::PrePayment, true) => {
                         order.status = OrderStatus::Paid;
-                        WebhookResult::Applied
+                        (WebhookResult::Applied, WebhookChange::OrderPaid)
                     }
-                    (OrderStatus::PrePayment, false) => {
-                        order.status = OrderStatus::Cancelled;
-                        order.cancelled_because = Some(CancelReason::PaymentFailed);
-                        WebhookResult::Applied
-                    }
+                    (OrderStatus::PrePayment, false) => (WebhookResult::Applied, cancel(order)),
                     (OrderStatus::Paid, true) | (OrderStatus::Cancelled, false) => {
-                        WebhookResult::AlreadyApplied
+                        (WebhookResult::AlreadyApplied, WebhookChange::None)
                     }
-                    (OrderStatus::Paid, false) => WebhookResult::Conflict,
-                    (OrderStatus::Cancelled, true) => WebhookResult::RefundRequired,
+                    (OrderStatus::Paid, false) => (WebhookResult::Conflict, WebhookChange::None),
+                    (OrderStatus::Cancelled, true) => {
+                        (WebhookResult::RefundRequired, WebhookChange::None)
+                    }
                 };
-                (result, Some(order_id))
+                (result, Some(order_id), change)
             }
         }
     }

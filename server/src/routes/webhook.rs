@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use flashsale_core::{
-    HoldId, IdempotencyKey, PaymentStatus, Rejection, WebhookPayload, WebhookResult,
+    HoldId, IdempotencyKey, PaymentStatus, Rejection, ReleaseReason, WebhookChange, WebhookPayload,
+    WebhookResult,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -68,19 +69,20 @@ async fn apply_webhook(app: &App, header: Option<&str>, body: &[u8]) -> Result<R
     } else {
         metrics::counter!("flashsale_webhooks_total", "result" => record.result.as_str())
             .increment(1);
-        match &answer.order {
-            Some(order) if record.result == WebhookResult::Applied => {
-                metrics::counter!("flashsale_orders_total", "status" => order.status.as_str())
-                    .increment(1);
+        // What the core decided it changed (docs/DESIGN.md's webhook table).
+        match answer.change {
+            WebhookChange::OrderPaid | WebhookChange::PaidOrderCreated => {
+                metrics::counter!("flashsale_orders_total", "status" => "paid").increment(1);
             }
-            // A failed payment for a hold not yet ordered releases the hold.
-            None if record.result == WebhookResult::Applied
-                && record.status == PaymentStatus::Failed =>
-            {
+            WebhookChange::OrderCancelled => {
+                metrics::counter!("flashsale_orders_total", "status" => "cancelled").increment(1);
+            }
+            WebhookChange::HoldReleased(ReleaseReason::PaymentFailed) => {
                 metrics::counter!("flashsale_holds_released_total", "reason" => "payment_failed")
                     .increment(1);
             }
-            _ => {}
+            // A hold past its deadline: not a release before it, which the family counts.
+            WebhookChange::HoldReleased(ReleaseReason::Expired) | WebhookChange::None => {}
         }
     }
     match record.result {

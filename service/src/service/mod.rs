@@ -13,8 +13,8 @@ use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
 use flashsale_core::{
     Cents, Command, Folded, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId,
-    Outcome, Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookPayload,
-    WebhookRecord,
+    Outcome, Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookChange,
+    WebhookPayload, WebhookRecord,
 };
 use flashsale_core::{hold, order};
 use flashsale_sync::batch::Batches;
@@ -200,6 +200,9 @@ pub struct WebhookAnswer {
     pub replayed: bool,
     /// The order concerned, as it is now.
     pub order: Option<Order>,
+    /// What it changed besides its record, as the core decided ([`WebhookChange::None`] for a
+    /// replay).
+    pub change: WebhookChange,
 }
 
 /// What one sweep pass did.
@@ -560,10 +563,12 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 record,
                 replayed,
                 order,
+                change,
             } => Ok(WebhookAnswer {
                 record,
                 replayed,
                 order,
+                change,
             }),
             other => Err(mismatched(&other)),
         }

@@ -16,6 +16,7 @@ on_both_databases!(
     expired_hold_shows_expired_and_a_new_hold_folds_its_units_back,
     sweeper_releases_expired_holds_and_cancels_orders_past_their_payment_window,
     paid_webhook_for_an_expired_hold_requires_a_refund_and_releases_it,
+    paid_webhook_past_the_payment_window_cancels_the_order_and_counts_it_cancelled,
 );
 
 async fn expired_hold_shows_expired_and_a_new_hold_folds_its_units_back(db: Db) -> TestApp {
@@ -141,5 +142,40 @@ async fn paid_webhook_for_an_expired_hold_requires_a_refund_and_releases_it(db: 
     app.place_order(hold_id)
         .await
         .expect_problem(409, "hold_released");
+    app
+}
+
+async fn paid_webhook_past_the_payment_window_cancels_the_order_and_counts_it_cancelled(
+    db: Db,
+) -> TestApp {
+    // No sweeper: the webhook itself finds the order overdue.
+    let app = spawn_app(db, &["--payment-window", "1s", "--sweep-interval", "1h"]).await;
+    let product_id = app.create_product(900, 5).await;
+    let hold_id = app.hold(product_id, 3).await;
+    let placed = app.place_order(hold_id).await;
+    let order = placed.expect_status(201);
+    let due = order["payment_due_at"].as_str().expect("payment_due_at");
+    let due = chrono::DateTime::parse_from_rfc3339(due).expect("an RFC 3339 instant");
+    app.poll_until("the order's payment window has passed", async || {
+        chrono::Utc::now() > due
+    })
+    .await;
+    let paid = app.webhook("evt-paid-overdue", hold_id, "paid").await;
+    let paid = paid.expect_status(200);
+    assert_eq!(paid["result"], "refund_required");
+    assert_eq!(paid["order_status"], "cancelled");
+    assert_eq!(
+        app.product(product_id).await["stock"],
+        5,
+        "its units are back"
+    );
+    // The route counts what the core says the webhook changed: a cancellation, not a sale.
+    let text = app.scrape().await;
+    for line in [
+        r#"flashsale_orders_total{status="cancelled"} 1"#,
+        r#"flashsale_orders_total{status="paid"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
     app
 }

@@ -26,7 +26,7 @@ use crate::payment::{self, WebhookDecision};
 use crate::plan::{Plan, Rows};
 use crate::product;
 use crate::request::{self, KeyDecision};
-use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded};
+use crate::rows::expiry::{ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldState};
 use crate::rows::order::Order;
 use crate::rows::payment::{WebhookPayload, WebhookRecord};
@@ -34,7 +34,8 @@ use crate::rows::product::Product;
 use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::Timestamp;
 use crate::writes::{
-    Changes, Inserted, Pending, WriteSet, own_hold, own_order, pending_hold, pending_order,
+    BucketRead, Changes, Inserted, Put, Tables, WriteSet, lay, own_hold, own_order, pending_hold,
+    pending_order,
 };
 
 /// What [`execute`] decided: one answer per command, in order, and the batch's writes.
@@ -99,7 +100,7 @@ pub fn execute(rows: &Rows<'_>, now: Timestamp, commands: &[Command]) -> Execute
             // The last command's effects are seen by no one: not laying them over the rows
             // spares a single command's decision every copy.
             if n.saturating_add(1) < commands.len() {
-                working.apply(&own, offsets)?;
+                working.apply(&own)?;
             }
             holds_inserted_by.extend(own.holds_inserted.iter().map(|_| n));
             writes.join(own);
@@ -150,16 +151,19 @@ fn named_hold(command: &Command) -> Option<HoldId> {
 /// A decision's outcome with its own new rows numbered from 0, and its writes.
 type Decided = Result<(Outcome, WriteSet), Refusal>;
 
-/// The loaded rows with the effects of the batch's earlier commands laid over them.
+/// The loaded rows with the effects of the batch's earlier commands laid over them, by
+/// [`lay`]: the rows they put, by key. A folded bucket is `None`.
 struct Working<'r, 'a> {
     rows: &'r Rows<'a>,
     products: BTreeMap<ProductId, Product>,
-    /// The batch's changes so far to the products' loaded due buckets.
-    buckets: BTreeMap<(ProductId, Timestamp), BucketChange>,
+    buckets: BTreeMap<(ProductId, Timestamp), Option<ExpiryBucket>>,
     holds: BTreeMap<HoldId, Hold>,
     orders: BTreeMap<OrderId, Order>,
     webhooks: BTreeMap<IdempotencyKey, WebhookRecord>,
     request_keys: BTreeMap<IdempotencyKey, RequestRecord>,
+    /// The rows the batch's earlier commands inserted, by their pending ids: resolving a pending
+    /// id in the batch's numbering gives it back.
+    inserted: Inserted,
 }
 
 impl<'r, 'a> Working<'r, 'a> {
@@ -172,6 +176,7 @@ impl<'r, 'a> Working<'r, 'a> {
             orders: BTreeMap::new(),
             webhooks: BTreeMap::new(),
             request_keys: BTreeMap::new(),
+            inserted: Inserted::default(),
         }
     }
 
@@ -225,7 +230,7 @@ impl<'r, 'a> Working<'r, 'a> {
         }
         let product = self.product(product_id);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
-        let due = self.due(product)?;
+        let due = self.due(product);
         let request = [HoldRequest {
             qty,
             key: key.cloned(),
@@ -335,7 +340,7 @@ impl<'r, 'a> Working<'r, 'a> {
         let counters = writes.product(product_id).copied();
         let mut restocked = product.clone();
         restocked.set_counters(counters.ok_or(Violation::WriteSetUnresolved)?);
-        let due = self.due(product)?;
+        let due = self.due(product);
         let units_due = hold::due_units(product, &due, product.decision_time(now))?;
         let available = product::available(&restocked, units_due)?;
         let outcome = Outcome::Restocked {
@@ -363,7 +368,7 @@ impl<'r, 'a> Working<'r, 'a> {
             return Ok((outcome, WriteSet::default()));
         };
         let now = product.decision_time(now);
-        let due = self.due(product)?;
+        let due = self.due(product);
         let mut changes = Changes::on(product);
         changes.fold(&due, now)?;
         let through = changes.product().expired_through;
@@ -459,86 +464,89 @@ impl<'r, 'a> Working<'r, 'a> {
         }
     }
 
-    /// The product's loaded due buckets not yet folded (by the batch's earlier commands), with
-    /// the batch's changes to them laid over.
-    ///
-    /// # Errors
-    /// [`Violation::ExpiryBucketMismatch`] when a change would take a bucket below zero.
-    fn due(&self, product: &Product) -> Result<Vec<ExpiryBucket>, Violation> {
+    /// The product's loaded due buckets not yet folded, as the batch's earlier commands left
+    /// them.
+    fn due(&self, product: &Product) -> Vec<ExpiryBucket> {
         let loaded = self.rows.due(product.id).iter();
         let unfolded = loaded.filter(|b| !product.expired_for_good(b.expires_at));
-        unfolded
-            .map(|bucket| match self.buckets.get(&bucket.key()) {
-                None => Ok(*bucket),
-                Some(change) => bucket
-                    .changed(change)
-                    .ok_or(Violation::ExpiryBucketMismatch {
-                        product_id: bucket.product_id,
-                        expires_at: bucket.expires_at,
-                    }),
-            })
-            .collect()
+        let laid = unfolded.map(|bucket| match self.buckets.get(&bucket.key()) {
+            None => Some(*bucket),
+            Some(laid) => *laid,
+        });
+        laid.flatten().collect()
     }
 
-    /// Lays a decision's write-set (in the batch's numbering, its new rows after `offsets`)
-    /// over the rows, so the commands after it see its effects.
+    /// Lays a decision's write-set (in the batch's numbering) over the rows, so the commands
+    /// after it see its effects.
     ///
     /// # Errors
-    /// [`Violation::WriteSetUnresolved`] when it changes a row the batch never read: a decision
-    /// only writes what it read, so nothing is laid over.
-    fn apply(&mut self, writes: &WriteSet, offsets: Pending) -> Result<(), Violation> {
-        let missing = Violation::WriteSetUnresolved;
-        let mut products = Vec::new();
-        for counters in &writes.products {
-            let mut product = self.product(counters.id).ok_or(missing.clone())?.clone();
-            product.set_counters(*counters);
-            products.push(product);
+    /// The [`Violation`] of a write-set that does not fit the rows (it changes a row the batch
+    /// never read, or one not in the state it expects): nothing is laid over.
+    fn apply(&mut self, writes: &WriteSet) -> Result<(), Violation> {
+        let mut inserted = std::mem::take(&mut self.inserted);
+        let laid = lay(self, writes, &mut inserted);
+        self.inserted = inserted;
+        laid
+    }
+}
+
+impl Tables for Working<'_, '_> {
+    type Error = Violation;
+
+    fn product(&self, id: ProductId) -> Option<Product> {
+        Working::product(self, id).cloned()
+    }
+
+    fn bucket(&self, product_id: ProductId, expires_at: Timestamp) -> BucketRead {
+        match self.buckets.get(&(product_id, expires_at)) {
+            Some(Some(bucket)) => BucketRead::Row(*bucket),
+            Some(None) => BucketRead::Absent,
+            None => (self.rows.due(product_id).iter())
+                .find(|b| b.expires_at == expires_at)
+                .map_or(BucketRead::Unread, |b| BucketRead::Row(*b)),
         }
-        for change in &writes.buckets {
-            let laid = self.buckets.entry(change.key()).or_insert(BucketChange {
-                units: 0,
-                holds: 0,
-                ..*change
-            });
-            laid.units = laid.units.saturating_add(change.units);
-            laid.holds = laid.holds.saturating_add(change.holds);
+    }
+
+    fn hold(&self, id: HoldId) -> Option<Hold> {
+        Working::hold(self, id).copied()
+    }
+
+    fn order(&self, id: OrderId) -> Option<Order> {
+        Working::order(self, id).copied()
+    }
+
+    fn new_hold_id(&mut self, assigned: &Inserted) -> HoldId {
+        pending_hold(assigned.holds.len())
+    }
+
+    fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
+        pending_order(assigned.orders.len())
+    }
+
+    fn put(&mut self, row: Put) -> Result<(), Violation> {
+        match row {
+            Put::Product(product) => {
+                self.products.insert(product.id, product);
+            }
+            Put::Bucket(bucket) => {
+                self.buckets.insert(bucket.key(), Some(bucket));
+            }
+            Put::BucketGone(product_id, expires_at) => {
+                self.buckets.insert((product_id, expires_at), None);
+            }
+            Put::Hold(hold) => {
+                self.holds.insert(hold.id, hold);
+            }
+            Put::Order(order) => {
+                self.orders.insert(order.id, order);
+            }
+            Put::Webhook(record) => {
+                self.webhooks.insert(record.key.clone(), record);
+            }
+            Put::RequestKey(record) => {
+                self.request_keys.insert(record.key.clone(), record);
+            }
         }
-        let mut holds = Vec::new();
-        let released = writes.holds_released.iter().chain(&writes.holds_retired);
-        for &(id, reason) in released {
-            let hold = self.hold(id).ok_or(missing.clone())?;
-            holds.push(Hold {
-                state: HoldState::Released(reason),
-                ..*hold
-            });
-        }
-        for (n, new) in writes.holds_inserted.iter().enumerate() {
-            holds.push(new.with_id(pending_hold(offsets.holds.saturating_add(n))));
-        }
-        let mut orders = Vec::new();
-        for (n, new) in writes.orders_inserted.iter().enumerate() {
-            let order = new.with_id(pending_order(offsets.orders.saturating_add(n)));
-            let hold = self.hold(new.hold_id).ok_or(missing.clone())?;
-            holds.push(Hold {
-                state: HoldState::Consumed(order.id),
-                ..*hold
-            });
-            orders.push(order);
-        }
-        for &(id, settlement) in &writes.orders_updated {
-            let current = orders.iter().rev().find(|o| o.id == id);
-            let current = current.or_else(|| self.order(id)).copied();
-            orders.push(current.ok_or(missing.clone())?.settled(settlement));
-        }
-        self.products
-            .extend(products.into_iter().map(|p| (p.id, p)));
-        self.holds.extend(holds.into_iter().map(|h| (h.id, h)));
-        self.orders.extend(orders.into_iter().map(|o| (o.id, o)));
-        self.webhooks
-            .extend(writes.webhooks.iter().map(|r| (r.key.clone(), r.clone())));
-        let keys = writes.request_keys.iter();
-        self.request_keys
-            .extend(keys.map(|r| (r.key.clone(), r.clone())));
         Ok(())
     }
 }

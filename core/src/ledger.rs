@@ -23,12 +23,12 @@ use crate::plan::{Load, Loaded, Plan, Rows};
 use crate::product;
 use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldState};
-use crate::rows::order::{Order, OrderStatus, Settlement};
+use crate::rows::order::{Order, OrderStatus};
 use crate::rows::payment::WebhookRecord;
 use crate::rows::product::Product;
 use crate::rows::request::RequestRecord;
 use crate::time::{Timestamp, is_past};
-use crate::writes::{Inserted, WriteSet};
+use crate::writes::{BucketRead, Inserted, Put, Tables, WriteSet, lay};
 
 /// Adds a product's sweep transaction's outcome to the whole sweep's; returns whether it changed
 /// anything.
@@ -127,10 +127,6 @@ impl<R> Table<R> {
 
     fn get(&self, id: u64) -> Option<&R> {
         self.rows.get(Self::index(id)?)?.as_ref()
-    }
-
-    fn get_mut(&mut self, id: u64) -> Option<&mut R> {
-        self.rows.get_mut(Self::index(id)?)?.as_mut()
     }
 
     /// The id the next inserted row gets.
@@ -550,83 +546,52 @@ impl Ledger {
             .collect()
     }
 
-    /// Applies a write-set: the one place the ledger changes rows, in the order every storage
-    /// applies them. Returns the ids it assigned.
+    /// Applies a write-set: the one place the ledger changes rows, laid by [`lay`] as every
+    /// in-memory view of the rows lays one. Returns the ids it assigned.
     ///
     /// # Panics
     /// If the write-set names rows that are missing or not in the state it expects: decisions
     /// only write what they read, so this is a bug.
     pub fn write(&mut self, writes: &WriteSet) -> Inserted {
         let mut inserted = Inserted::default();
-        let resolved = |v: Violation| -> ! { panic!("{v}") };
-        for counters in &writes.products {
-            let row = self.products.get_mut(counters.id.0);
-            let row = row.unwrap_or_else(|| panic!("product {} missing", counters.id));
-            row.set_counters(*counters);
-        }
-        for change in &writes.buckets {
-            let bucket = match self.buckets.get(&change.key()) {
-                Some(bucket) => bucket.changed(change),
-                None => change.created(),
-            };
-            let bucket = bucket.unwrap_or_else(|| panic!("bucket out of range: {change:?}"));
-            self.buckets.insert(bucket.key(), bucket);
-        }
-        for folded in &writes.buckets_folded {
-            let removed = self.buckets.remove(&folded.key());
-            assert!(removed.is_some(), "folded bucket {folded:?} missing");
-        }
-        let released = writes.holds_released.iter().chain(&writes.holds_retired);
-        for &(hold_id, reason) in released {
-            let hold_id = inserted.hold(hold_id).unwrap_or_else(|v| resolved(v));
-            self.leave_held(hold_id, HoldState::Released(reason));
-        }
-        for new in &writes.holds_inserted {
-            let hold = new.with_id(HoldId(self.holds.next_id()));
-            self.held.entry(hold.product_id).or_default().insert(&hold);
-            self.holds.insert(hold.id.0, hold);
-            inserted.holds.push(hold.id);
-        }
-        for new in &writes.orders_inserted {
-            let hold_id = inserted.hold(new.hold_id).unwrap_or_else(|v| resolved(v));
-            let order = Order {
-                hold_id,
-                ..new.with_id(OrderId(self.orders.next_id()))
-            };
-            self.leave_held(order.hold_id, HoldState::Consumed(order.id));
-            if order.status == OrderStatus::PrePayment {
-                self.due.insert((order.payment_due_at, order.id));
-            }
-            self.orders.insert(order.id.0, order);
-            inserted.orders.push(order.id);
-        }
-        for &(order_id, settlement) in &writes.orders_updated {
-            let order_id = inserted.order(order_id).unwrap_or_else(|v| resolved(v));
-            self.settle_order(order_id, settlement);
-        }
-        for record in &writes.webhooks {
-            let record = inserted
-                .webhook_record(record)
-                .unwrap_or_else(|v| resolved(v));
-            self.webhooks.insert(record.key.clone(), record);
-        }
-        for record in &writes.request_keys {
-            let record = inserted
-                .request_record(record)
-                .unwrap_or_else(|v| resolved(v));
-            self.request_keys.insert(record.key.clone(), record);
-        }
+        let laid: Result<(), Violation> = lay(&mut Writing(self), writes, &mut inserted);
+        laid.unwrap_or_else(|v| panic!("the ledger's write-set does not fit its rows: {v}"));
         inserted
     }
 
-    /// Moves a held hold to `state`; its index entry goes dead, and dead entries at the front of
-    /// its product's queue are dropped.
-    fn leave_held(&mut self, hold_id: HoldId, state: HoldState) {
-        let hold = self.holds.get_mut(hold_id.0);
-        let hold = hold.unwrap_or_else(|| panic!("hold {hold_id} missing"));
-        assert_eq!(hold.state, HoldState::Held, "only a held hold leaves held");
-        hold.state = state;
+    /// Stores a row a write-set put, keeping the indexes in step with the rows.
+    fn put(&mut self, row: Put) {
+        match row {
+            Put::Product(product) => self.products.insert(product.id.0, product),
+            Put::Bucket(bucket) => {
+                self.buckets.insert(bucket.key(), bucket);
+            }
+            Put::BucketGone(product_id, expires_at) => {
+                self.buckets.remove(&(product_id, expires_at));
+            }
+            Put::Hold(hold) => self.put_hold(hold),
+            Put::Order(order) => self.put_order(order),
+            Put::Webhook(record) => {
+                self.webhooks.insert(record.key.clone(), record);
+            }
+            Put::RequestKey(record) => {
+                self.request_keys.insert(record.key.clone(), record);
+            }
+        }
+    }
+
+    /// Stores a hold. A hold that becomes held joins its product's queue; one that leaves held
+    /// leaves its entry dead, and dead entries at the front of the queue are dropped.
+    fn put_hold(&mut self, hold: Hold) {
+        let was_held = self.holds.get(hold.id.0).is_some_and(is_held);
         let product_id = hold.product_id;
+        if is_held(&hold) && !was_held {
+            self.held.entry(product_id).or_default().insert(&hold);
+        }
+        self.holds.insert(hold.id.0, hold);
+        if !was_held || is_held(&hold) {
+            return;
+        }
         let Some(index) = self.held.get_mut(&product_id) else {
             panic!("held index lost product {product_id}");
         };
@@ -641,15 +606,16 @@ impl Ledger {
         }
     }
 
-    fn settle_order(&mut self, order_id: OrderId, settlement: Settlement) {
-        let order = self.orders.get_mut(order_id.0);
-        let order = order.unwrap_or_else(|| panic!("order {order_id} missing"));
-        assert!(
-            !order.status.is_terminal(),
-            "invariant 3: order {order_id} is terminal"
-        );
-        *order = order.settled(settlement);
-        self.due.remove(&(order.payment_due_at, order_id));
+    /// Stores an order; the due index holds the pre-payment ones.
+    fn put_order(&mut self, order: Order) {
+        let was = self.orders.get(order.id.0).copied();
+        if let Some(was) = was.filter(|o| o.status == OrderStatus::PrePayment) {
+            self.due.remove(&(was.payment_due_at, was.id));
+        }
+        if order.status == OrderStatus::PrePayment {
+            self.due.insert((order.payment_due_at, order.id));
+        }
+        self.orders.insert(order.id.0, order);
     }
 
     fn held_index_from_rows(&self) -> BTreeMap<ProductId, HeldIndex> {
@@ -694,6 +660,47 @@ impl Ledger {
             .iter()
             .filter(|o| o.status == OrderStatus::PrePayment);
         pending.map(|o| (o.payment_due_at, o.id)).collect()
+    }
+}
+
+/// The ledger's tables, as a write-set is laid over them.
+struct Writing<'l>(&'l mut Ledger);
+
+impl Tables for Writing<'_> {
+    type Error = Violation;
+
+    fn product(&self, id: ProductId) -> Option<Product> {
+        self.0.products.get(id.0).cloned()
+    }
+
+    fn bucket(&self, product_id: ProductId, expires_at: Timestamp) -> BucketRead {
+        let bucket = self.0.buckets.get(&(product_id, expires_at));
+        bucket.map_or(BucketRead::Absent, |bucket| BucketRead::Row(*bucket))
+    }
+
+    fn hold(&self, id: HoldId) -> Option<Hold> {
+        self.0.holds.get(id.0).copied()
+    }
+
+    fn order(&self, id: OrderId) -> Option<Order> {
+        self.0.orders.get(id.0).copied()
+    }
+
+    /// Dense: after the last hold, and the ones assigned before it.
+    fn new_hold_id(&mut self, assigned: &Inserted) -> HoldId {
+        let before = u64::try_from(assigned.holds.len()).unwrap_or(u64::MAX);
+        HoldId(self.0.holds.next_id().saturating_add(before))
+    }
+
+    /// Dense, as holds.
+    fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
+        let before = u64::try_from(assigned.orders.len()).unwrap_or(u64::MAX);
+        OrderId(self.0.orders.next_id().saturating_add(before))
+    }
+
+    fn put(&mut self, row: Put) -> Result<(), Violation> {
+        self.0.put(row);
+        Ok(())
     }
 }
 

@@ -60,4 +60,7 @@ pub use rows::payment::{Fingerprint, PaymentStatus, WebhookPayload, WebhookRecor
 pub use rows::product::{Counters, NewProduct, Product};
 pub use rows::request::{KeyedRequest, RequestRecord};
 pub use time::Timestamp;
-pub use writes::{Changes, Inserted, NewHold, Pending, WriteSet, pending_hold, pending_order};
+pub use writes::{
+    BucketRead, Changes, Inserted, NewHold, Pending, Put, Tables, WriteSet, lay, pending_hold,
+    pending_order,
+};

@@ -1,8 +1,8 @@
 //! Write-sets: what decisions write, as data. Each decision returns one, [`crate::execute()`] joins
-//! a batch's into one, and the SQL storage, the simulator's storage and the in-memory
-//! [`Ledger`](crate::Ledger) each apply a write-set in one function, so every effect (grant,
-//! consume, release, retire, fold, cancel, pay, restock, record) is composed here, once, and
-//! written once per storage.
+//! a batch's into one, and every effect (grant, consume, release, retire, fold, cancel, pay,
+//! restock, record) is composed here, once. In memory a write-set is laid over rows by one
+//! function, [`lay`] (the batch's working view, the [`Ledger`](crate::Ledger), the simulator's
+//! storage); the SQL storage writes it as statements.
 //!
 //! A decision's write-set is built with [`Changes`], which starts from the product row the
 //! transaction locked and keeps its counters (`stock`, `units_held`, `units_received`,
@@ -33,6 +33,10 @@ use crate::rows::payment::WebhookRecord;
 use crate::rows::product::{Counters, Product};
 use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::{Timestamp, is_past};
+
+mod lay;
+
+pub use lay::{BucketRead, Put, Tables, lay};
 
 /// Where a decision's own numbering of its new rows starts, above any batch's numbering (a
 /// batch inserts far fewer than 2^40 rows).

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("outcome", 4),
     ("plan", 4),
     ("writes", 4),
+    ("writes::lay", 4),
     // the decisions
     ("hold", 5),
     ("order", 5),

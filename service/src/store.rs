@@ -46,6 +46,13 @@ pub enum StoreError {
     Database(String),
 }
 
+/// Rows a write-set does not fit, or that fail a check on the way in or out: corrupt.
+impl From<flashsale_core::Violation> for StoreError {
+    fn from(violation: flashsale_core::Violation) -> Self {
+        StoreError::Corrupt(violation.to_string())
+    }
+}
+
 impl StoreError {
     /// Whether running the whole transaction again may succeed and cannot apply it twice:
     /// contention, and a connection lost before the commit.

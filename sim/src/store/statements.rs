@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 
 use flashsale_check::failure::{Check, Failure};
 use flashsale_core::{
-    Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order,
-    OrderId, Product, ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    BucketRead, Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted,
+    Order, OrderId, Product, ProductId, Put, Qty, RequestRecord, Tables, Timestamp, WebhookRecord,
+    WriteSet, lay,
 };
 use flashsale_service::store::{
     Dump, ProductRead, RecordKind, StoreError, StoreResult, SweepCandidates, Transaction,
@@ -17,7 +18,7 @@ use madsim::rand::{Rng, thread_rng};
 use super::bug::{Bug, PANIC_AT_WEBHOOK};
 use super::locks::release_locks;
 use super::tables::{Row, RowKey, row_words};
-use super::tx::{SimTx, missing};
+use super::tx::SimTx;
 use super::{sim_us, tx_event, violated};
 
 impl Transaction for SimTx {
@@ -242,74 +243,17 @@ impl Transaction for SimTx {
 
     async fn write(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
         self.step().await?;
+        // An UPDATE takes the row's lock, as InnoDB's would.
+        for &(hold_id, _) in writes.holds_released.iter().chain(&writes.holds_retired) {
+            self.lock(RowKey::Hold(hold_id.0)).await?;
+        }
         let mut inserted = Inserted::default();
-        let unresolved = |v: flashsale_core::Violation| StoreError::Corrupt(v.to_string());
-        for counters in &writes.products {
-            let mut product = self
-                .product_row(counters.id)
-                .ok_or_else(|| missing("product", counters.id.0))?;
-            product.set_counters(*counters);
-            self.stage(Row::Product(product));
-        }
-        for change in &writes.buckets {
-            let bucket = match self.read(&RowKey::Bucket(
-                change.product_id.0,
-                change.expires_at.as_ms(),
-            )) {
-                Some(Row::Bucket(bucket)) => bucket.changed(change),
-                _ => change.created(),
-            };
-            let bucket = bucket.ok_or_else(|| {
-                StoreError::Corrupt(format!("expiry bucket out of range: {change:?}"))
-            })?;
-            self.stage(Row::Bucket(bucket));
-        }
-        for folded in &writes.buckets_folded {
-            let key = RowKey::Bucket(folded.product_id.0, folded.expires_at.as_ms());
-            if !matches!(self.read(&key), Some(Row::Bucket(_))) {
-                return Err(missing("expiry bucket of product", folded.product_id.0));
-            }
-            self.stage(Row::BucketGone(folded.product_id, folded.expires_at));
-        }
-        for &(hold_id, reason) in &writes.holds_released {
-            // An UPDATE takes the row's lock, as InnoDB's would.
-            self.lock(RowKey::Hold(hold_id.0)).await?;
-            self.set_hold_state(hold_id, HoldState::Released(reason))?;
-        }
-        for &(hold_id, reason) in &writes.holds_retired {
-            self.lock(RowKey::Hold(hold_id.0)).await?;
-            if self.bug() == Some(Bug::ForgetReleaseExpired) {
-                continue;
-            }
-            self.set_hold_state(hold_id, HoldState::Released(reason))?;
-        }
-        for new in &writes.holds_inserted {
-            let hold = new.with_id(HoldId(self.next_id(1)));
-            self.stage(Row::Hold(hold));
-            inserted.holds.push(hold.id);
-        }
-        for new in &writes.orders_inserted {
-            let hold_id = inserted.hold(new.hold_id).map_err(unresolved)?;
-            let order = self.insert_order(new)?;
-            self.set_hold_state(hold_id, HoldState::Consumed(order.id))?;
-            inserted.orders.push(order.id);
-        }
-        for &(order_id, settled) in &writes.orders_updated {
-            let order_id = inserted.order(order_id).map_err(unresolved)?;
-            let order = self.order_row(order_id);
-            let order = order.ok_or_else(|| missing("order", order_id.0))?;
-            self.stage(Row::Order(order.settled(settled)));
-        }
-        for record in &writes.webhooks {
-            let record = inserted.webhook_record(record).map_err(unresolved)?;
-            self.stage(Row::Webhook(record));
-        }
-        if self.bug() != Some(Bug::ForgetRequestKey) {
-            for record in &writes.request_keys {
-                let record = inserted.request_record(record).map_err(unresolved)?;
-                self.stage(Row::RequestKey(record));
-            }
-        }
+        let planted = self.planted(writes);
+        lay(
+            &mut Staging(self),
+            planted.as_ref().unwrap_or(writes),
+            &mut inserted,
+        )?;
         self.observer.wrote(writes, &inserted);
         Ok(inserted)
     }
@@ -464,6 +408,81 @@ impl Transaction for SimTx {
             request_keys: shared.tables.request_keys.values().cloned().collect(),
             buckets: shared.tables.buckets.values().copied().collect(),
         })
+    }
+}
+
+impl SimTx {
+    /// The write-set as a planted bug writes it, if one changes it: retired holds left held, or
+    /// request keys never recorded.
+    fn planted(&self, writes: &WriteSet) -> Option<WriteSet> {
+        match self.bug()? {
+            Bug::ForgetReleaseExpired => Some(WriteSet {
+                holds_retired: Vec::new(),
+                ..writes.clone()
+            }),
+            Bug::ForgetRequestKey => Some(WriteSet {
+                request_keys: Vec::new(),
+                ..writes.clone()
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A simulated transaction's rows, as a write-set is laid over them: it reads what the
+/// transaction sees (its own staged rows over the committed ones), and stages what it puts.
+struct Staging<'t>(&'t mut SimTx);
+
+impl Tables for Staging<'_> {
+    type Error = StoreError;
+
+    fn product(&self, id: ProductId) -> Option<Product> {
+        self.0.product_row(id)
+    }
+
+    fn bucket(&self, product_id: ProductId, expires_at: Timestamp) -> BucketRead {
+        match self
+            .0
+            .read(&RowKey::Bucket(product_id.0, expires_at.as_ms()))
+        {
+            Some(Row::Bucket(bucket)) => BucketRead::Row(bucket),
+            _ => BucketRead::Absent,
+        }
+    }
+
+    fn hold(&self, id: HoldId) -> Option<Hold> {
+        self.0.hold_row(id)
+    }
+
+    fn order(&self, id: OrderId) -> Option<Order> {
+        self.0.order_row(id)
+    }
+
+    fn new_hold_id(&mut self, _: &Inserted) -> HoldId {
+        HoldId(self.0.next_id(1))
+    }
+
+    fn new_order_id(&mut self, _: &Inserted) -> OrderId {
+        OrderId(self.0.next_id(2))
+    }
+
+    fn put(&mut self, row: Put) -> StoreResult<()> {
+        let row = match row {
+            Put::Product(product) => Row::Product(product),
+            Put::Bucket(bucket) => Row::Bucket(bucket),
+            Put::BucketGone(product_id, expires_at) => Row::BucketGone(product_id, expires_at),
+            Put::Hold(hold) => Row::Hold(hold),
+            Put::Order(order) => {
+                if self.0.order_row(order.id).is_none() {
+                    self.0.one_order_per_hold(order.hold_id)?;
+                }
+                Row::Order(order)
+            }
+            Put::Webhook(record) => Row::Webhook(record),
+            Put::RequestKey(record) => Row::RequestKey(record),
+        };
+        self.0.stage(row);
+        Ok(())
     }
 }
 

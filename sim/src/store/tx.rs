@@ -8,8 +8,8 @@ use std::time::Duration;
 use flashsale_check::observer::TxObserver;
 use flashsale_check::recording;
 use flashsale_core::{
-    Command, DUE_BUCKETS_MAX, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, NewOrder,
-    Order, OrderId, Product, ProductId, RowLock, Timestamp,
+    Command, DUE_BUCKETS_MAX, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Order,
+    OrderId, Product, ProductId, RowLock, Timestamp,
 };
 use flashsale_service::store::{StoreError, StoreResult};
 use madsim::rand::{Rng, thread_rng};
@@ -227,40 +227,24 @@ impl SimTx {
             .count()
     }
 
-    /// Moves a hold to `state` in this transaction's writes.
-    pub(super) fn set_hold_state(&mut self, id: HoldId, state: HoldState) -> StoreResult<()> {
-        let mut hold = match self.read(&RowKey::Hold(id.0)) {
-            Some(Row::Hold(h)) => h,
-            _ => return Err(missing("hold", id.0)),
-        };
-        hold.state = state;
-        self.stage(Row::Hold(hold));
-        Ok(())
-    }
-
-    /// Inserts an order, refusing a second one for its hold as the unique key would.
-    pub(super) fn insert_order(&mut self, order: &NewOrder) -> StoreResult<Order> {
+    /// Refuses a second order for `hold_id`, as the orders' unique key would.
+    pub(super) fn one_order_per_hold(&mut self, hold_id: HoldId) -> StoreResult<()> {
         let taken = {
             let shared = self.store.shared();
-            shared
-                .tables
-                .orders
-                .values()
-                .any(|o| o.hold_id == order.hold_id)
+            let mut orders = shared.tables.orders.values();
+            orders.any(|o| o.hold_id == hold_id)
         };
         let mine = self
             .writes
             .values()
-            .any(|r| matches!(r, Row::Order(o) if o.hold_id == order.hold_id));
+            .any(|r| matches!(r, Row::Order(o) if o.hold_id == hold_id));
         if taken || mine {
             self.rollback();
             return Err(StoreError::Contention(
                 "1062 duplicate key orders_one_per_hold".into(),
             ));
         }
-        let order = order.with_id(OrderId(self.next_id(2)));
-        self.stage(Row::Order(order));
-        Ok(order)
+        Ok(())
     }
 
     pub(super) fn next_id(&self, table: usize) -> u64 {
@@ -345,8 +329,4 @@ impl Drop for SimTx {
     fn drop(&mut self) {
         self.rollback();
     }
-}
-
-pub(super) fn missing(what: &str, id: u64) -> StoreError {
-    StoreError::Corrupt(format!("{what} {id} missing"))
 }

@@ -432,13 +432,16 @@ impl Galera {
         self.wait_members(i, size).await;
     }
 
-    /// Waits until node `i` answers, is synced and sees `size` nodes in the cluster.
+    /// Waits until node `i` answers, is synced and sees `size` nodes in the cluster. Past
+    /// [`START_TIMEOUT`] it fails with every node's error log: a node that will not join is
+    /// often told why only in the log of the node it tried to join.
     async fn wait_members(&mut self, i: usize, size: usize) {
         let size = size.to_string();
         let node = self.nodes.get_mut(i).expect("a node of the cluster");
         node.wait_answering().await;
         let deadline = deadline_in(START_TIMEOUT);
-        loop {
+        let (ready, members) = loop {
+            let node = self.nodes.get_mut(i).expect("a node of the cluster");
             let ready = node
                 .query_text("SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'WSREP_READY'")
                 .await;
@@ -448,14 +451,19 @@ impl Galera {
             if ready.as_deref() == Some("ON") && members.as_deref() == Some(size.as_str()) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "Galera node {i} is not synced after {START_TIMEOUT:?} (ready {ready:?}, \
-                 cluster size {members:?}); its error log:\n{}",
-                node.error_log()
-            );
+            if Instant::now() >= deadline {
+                break (ready, members);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
+        let logs: Vec<String> = (self.nodes.iter().enumerate())
+            .map(|(n, node)| format!("--- node {n}'s error log:\n{}", node.error_log()))
+            .collect();
+        panic!(
+            "Galera node {i} is not synced after {START_TIMEOUT:?} (ready {ready:?}, cluster size \
+             {members:?})\n{}",
+            logs.join("\n")
+        );
     }
 
     /// Cuts node `i` off from the others' group communication (`gmcast.isolate`), as a

@@ -1,6 +1,7 @@
 //! The in-memory ledger: products, holds, orders, webhook and request-key records, and the one
-//! entry point [`Ledger::apply`] that runs a command through the same steps the SQL server runs:
-//! load its [`Plan`]'s rows, [`execute`], write the [`WriteSet`].
+//! entry point [`Ledger::apply`] that runs a command through the one driver the SQL server runs,
+//! [`decide`]: load its [`Plan`](crate::Plan)'s rows, [`execute`](crate::execute()), write the
+//! [`WriteSet`], in a transaction of the ledger's own that stages its writes until it commits.
 //!
 //! Rows live in dense tables indexed by id (each kind has its own sequence from 1, as a database
 //! table does), so a lookup is an index, not a search. The products' expiry buckets are rows too,
@@ -11,15 +12,17 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use crate::command::Command;
+use crate::driver::{Decided, Steps, decide};
 use crate::errors::{Refusal, Rejection, Violation};
-use crate::execute::execute;
 use crate::hold;
 use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::{self, Stored};
 use crate::outcome::Outcome;
-use crate::plan::{Load, Loaded, Plan, Rows};
+use crate::plan::{Load, Loaded};
 use crate::product;
 use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket, Folded};
 use crate::rows::hold::{Hold, HoldState};
@@ -211,8 +214,8 @@ impl Ledger {
         self
     }
 
-    /// Applies `command` at `now`: loads its plan's rows, [`execute`]s it, and writes the
-    /// write-set. A rejection changes nothing.
+    /// Applies `command` at `now` through the one driver: loads its plan's rows, decides it
+    /// ([`execute`](crate::execute())), and writes the write-set. A rejection changes nothing.
     ///
     /// In debug builds every call ends by checking the invariants and the indexes, and panics on a
     /// violation: corrupt state is a bug, never a condition to handle.
@@ -239,7 +242,7 @@ impl Ledger {
     }
 
     /// Applies `commands` as one batch at `now`, as the service's group commit does: one plan,
-    /// one [`execute`], one write-set. Returns one answer per command, in order.
+    /// one [`execute`](crate::execute()), one write-set. Returns one answer per command, in order.
     ///
     /// # Panics
     /// On a [`Command::CreateProduct`] or [`Command::Sweep`], which are not batched; in debug
@@ -254,34 +257,31 @@ impl Ledger {
         answers
     }
 
+    /// Runs `commands` through [`decide`] in one transaction of the ledger's own
+    /// ([`LedgerTx`]): committed, or rolled back and decided again in two parts when the batch
+    /// is stale, as a storage's would be.
     fn execute(&mut self, now: Timestamp, commands: &[Command]) -> Vec<Result<Outcome, Rejection>> {
-        let executed = {
-            let rows = self.load(&Plan::new(commands), now);
-            execute(&rows, now, commands)
+        let mut tx = LedgerTx {
+            ledger: self,
+            now,
+            staged: Vec::new(),
         };
-        // The ids the write-set will get, known before writing: the ledger allocates densely.
-        let next = |table_next: u64, n: usize| table_next.saturating_add(n as u64);
-        let predicted = Inserted {
-            holds: (0..executed.writes.holds_inserted.len())
-                .map(|n| HoldId(next(self.holds.next_id(), n)))
-                .collect(),
-            orders: (0..executed.writes.orders_inserted.len())
-                .map(|n| OrderId(next(self.orders.next_id(), n)))
-                .collect(),
-        };
-        if let Some(split) = executed.stale(&predicted) {
-            let (before, after) = commands.split_at(split);
-            let mut answers = self.execute(now, before);
-            answers.extend(self.execute(now, after));
-            return answers;
+        let decided = at_once(decide(&mut tx, commands));
+        let decided = decided.unwrap_or_else(|v| panic!("ledger corrupt: {v}"));
+        let staged = tx.staged;
+        match decided {
+            Decided::SplitAt(split) => {
+                let (before, after) = commands.split_at(split);
+                let mut answers = self.execute(now, before);
+                answers.extend(self.execute(now, after));
+                answers
+            }
+            Decided::Answers { answers, .. } => {
+                staged.into_iter().for_each(|put| self.put(put));
+                let answers = answers.into_iter();
+                answers.map(|answer| answer.map_err(refused)).collect()
+            }
         }
-        let inserted = self.write(&executed.writes);
-        debug_assert_eq!(inserted, predicted, "the ledger allocates ids as predicted");
-        let resolve = |answer: Result<Outcome, Refusal>| {
-            let outcome = answer.map_err(refused)?;
-            Ok(outcome.resolve(&inserted).unwrap_or_else(|v| panic!("{v}")))
-        };
-        executed.answers.into_iter().map(resolve).collect()
     }
 
     fn check_in_debug(&self, now: Timestamp) {
@@ -496,16 +496,6 @@ impl Ledger {
         })
     }
 
-    /// Loads a plan's rows from the tables, as a storage's transaction would read them at `now`.
-    fn load(&self, plan: &Plan, now: Timestamp) -> Rows<'_> {
-        let mut rows = Rows::default();
-        while let Some(load) = plan.next(&rows) {
-            let loaded = self.read(&load, now);
-            rows.put(load, loaded);
-        }
-        rows
-    }
-
     fn read(&self, load: &Load, now: Timestamp) -> Loaded<'_> {
         let hold = |id: &HoldId| self.holds.get(id.0).copied();
         let order = |id: &OrderId| self.orders.get(id.0).copied();
@@ -553,9 +543,15 @@ impl Ledger {
     /// If the write-set names rows that are missing or not in the state it expects: decisions
     /// only write what they read, so this is a bug.
     pub fn write(&mut self, writes: &WriteSet) -> Inserted {
+        let mut writing = Writing {
+            ledger: self,
+            staged: Vec::new(),
+        };
         let mut inserted = Inserted::default();
-        let laid: Result<(), Violation> = lay(&mut Writing(self), writes, &mut inserted);
+        let laid = lay(&mut writing, writes, &mut inserted);
         laid.unwrap_or_else(|v| panic!("the ledger's write-set does not fit its rows: {v}"));
+        let staged = writing.staged;
+        staged.into_iter().for_each(|put| self.put(put));
         inserted
     }
 
@@ -663,43 +659,98 @@ impl Ledger {
     }
 }
 
-/// The ledger's tables, as a write-set is laid over them.
-struct Writing<'l>(&'l mut Ledger);
+/// A transaction of the ledger's: its loads lend the ledger's rows, its write stages the rows a
+/// write-set puts, and the ledger puts them once the transaction commits.
+struct LedgerTx<'l> {
+    ledger: &'l Ledger,
+    now: Timestamp,
+    staged: Vec<Put>,
+}
+
+impl Steps for LedgerTx<'_> {
+    type Error = Violation;
+
+    fn now(&mut self) -> Timestamp {
+        self.now
+    }
+
+    fn load(
+        &mut self,
+        load: &Load,
+        now: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Loaded<'static>, Violation>> + Send {
+        let loaded = self.ledger.read(load, now.unwrap_or(self.now));
+        std::future::ready(Ok(loaded.into_owned()))
+    }
+
+    fn write(
+        &mut self,
+        writes: &WriteSet,
+    ) -> impl Future<Output = Result<Inserted, Violation>> + Send {
+        let mut writing = Writing {
+            ledger: self.ledger,
+            staged: Vec::new(),
+        };
+        let mut inserted = Inserted::default();
+        let laid = lay(&mut writing, writes, &mut inserted);
+        self.staged = writing.staged;
+        std::future::ready(laid.map(|()| inserted))
+    }
+}
+
+/// Runs a future whose steps never wait (the ledger's are in memory) to its end.
+fn at_once<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("an in-memory step of the ledger waited"),
+    }
+}
+
+/// The ledger's tables as a write-set is laid over them: read as they are, with the rows it
+/// puts staged until the ledger puts them.
+struct Writing<'l> {
+    ledger: &'l Ledger,
+    staged: Vec<Put>,
+}
 
 impl Tables for Writing<'_> {
     type Error = Violation;
 
     fn product(&self, id: ProductId) -> Option<Product> {
-        self.0.products.get(id.0).cloned()
+        self.ledger.products.get(id.0).cloned()
     }
 
     fn bucket(&self, product_id: ProductId, expires_at: Timestamp) -> BucketRead {
-        let bucket = self.0.buckets.get(&(product_id, expires_at));
+        let bucket = self.ledger.buckets.get(&(product_id, expires_at));
         bucket.map_or(BucketRead::Absent, |bucket| BucketRead::Row(*bucket))
     }
 
     fn hold(&self, id: HoldId) -> Option<Hold> {
-        self.0.holds.get(id.0).copied()
+        self.ledger.holds.get(id.0).copied()
     }
 
     fn order(&self, id: OrderId) -> Option<Order> {
-        self.0.orders.get(id.0).copied()
+        self.ledger.orders.get(id.0).copied()
     }
 
     /// Dense: after the last hold, and the ones assigned before it.
     fn new_hold_id(&mut self, assigned: &Inserted) -> HoldId {
         let before = u64::try_from(assigned.holds.len()).unwrap_or(u64::MAX);
-        HoldId(self.0.holds.next_id().saturating_add(before))
+        HoldId(self.ledger.holds.next_id().saturating_add(before))
     }
 
     /// Dense, as holds.
     fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
         let before = u64::try_from(assigned.orders.len()).unwrap_or(u64::MAX);
-        OrderId(self.0.orders.next_id().saturating_add(before))
+        OrderId(self.ledger.orders.next_id().saturating_add(before))
     }
 
     fn put(&mut self, row: Put) -> Result<(), Violation> {
-        self.0.put(row);
+        self.staged.push(row);
         Ok(())
     }
 }

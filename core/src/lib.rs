@@ -35,12 +35,14 @@ pub mod payment;
 pub mod product;
 pub mod request;
 // 6. the invariants over stored rows, and the one step that decides a batch;
+pub mod driver;
 pub mod execute;
 pub mod invariants;
 // 7. the in-memory ledger, which runs that step and checks those invariants.
 pub mod ledger;
 
 pub use command::Command;
+pub use driver::{Decided, Steps, decide};
 pub use errors::{Refusal, Rejection, Violation};
 pub use execute::{Executed, execute};
 pub use hold::{HoldRequest, HoldsDecided};

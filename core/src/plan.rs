@@ -101,8 +101,8 @@ impl Load {
 }
 
 /// What one [`Load`] found: the rows that exist, in any order; a row asked for and absent does
-/// not exist. A storage that reads rows into new values hands them over owned; the
-/// [`crate::Ledger`] lends its own.
+/// not exist. The larger rows may be lent (a test's rows); the driver takes them owned
+/// ([`Loaded::into_owned`]), as a storage reads them into new values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Loaded<'a> {
     /// For [`Load::RequestKeys`].
@@ -120,6 +120,22 @@ pub enum Loaded<'a> {
 }
 
 impl Loaded<'_> {
+    /// The same rows, owned.
+    pub fn into_owned(self) -> Loaded<'static> {
+        fn owned<T: Clone>(rows: Vec<Cow<'_, T>>) -> Vec<Cow<'static, T>> {
+            let rows = rows.into_iter();
+            rows.map(|row| Cow::Owned(row.into_owned())).collect()
+        }
+        match self {
+            Loaded::RequestKeys(rows) => Loaded::RequestKeys(rows),
+            Loaded::Holds(rows) => Loaded::Holds(rows),
+            Loaded::Products(rows) => Loaded::Products(owned(rows)),
+            Loaded::Orders(rows) => Loaded::Orders(rows),
+            Loaded::Buckets(rows) => Loaded::Buckets(rows),
+            Loaded::Webhooks(rows) => Loaded::Webhooks(owned(rows)),
+        }
+    }
+
     /// How many rows it holds.
     pub fn len(&self) -> usize {
         match self {

@@ -2,11 +2,12 @@
 //! [`Storage`](store::Storage), and the group committer that shares its transactions between the
 //! requests that arrive together.
 //!
-//! The script ([`Service::execute_batch`]) opens a transaction, loads the rows the batch's
+//! The script ([`Service::execute_batch`]) opens a transaction and lends its steps to the core's
+//! one driver ([`flashsale_core::decide`]), which loads the rows the batch's
 //! [`Plan`](flashsale_core::Plan) asks for, each with its lock, in the global order
 //! ([`flashsale_core::locks`]: request keys, products, their holds and orders, webhook records),
 //! reads the clock, lets the core [`execute`](flashsale_core::execute()) the commands in arrival
-//! order, writes the one write-set it returns and commits once. No business rule is decided here:
+//! order and writes the one write-set it returns; the script commits once. No business rule is decided here:
 //! every `if` that matters is in `flashsale-core`. A refused command writes nothing, and the
 //! others still commit. Contention (deadlocks, lock-wait timeouts, Galera certification
 //! failures, busy databases, a key taken by a concurrent insert) and a connection lost before the

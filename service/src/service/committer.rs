@@ -1,25 +1,24 @@
 //! The group committer: every command of an instance joins one queue, and one drainer task at a
 //! time takes the next batch (up to `batch_max` commands, any mix of kinds and products) through
-//! the one transaction script ([`Service::execute_batch`]: plan, load in the global lock order,
-//! [`execute()`], write, commit once), then answers each caller after the commit. With
+//! the one transaction script ([`Service::execute_batch`]: the core's one driver, [`decide`], plans,
+//! loads in the global lock order, executes and writes; the script commits once), then answers each caller after the commit. With
 //! `batch_max` 1 each request runs the script alone in its own task. A batch found stale is
 //! decided again in two parts; one that fails on what may be one poisoned command, one command
 //! at a time; a database found away answers every request queued behind the batch at once.
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use flashsale_core::{
-    Command, HoldId, Load, Loaded, OrderId, Outcome, Plan, ProductId, Rows, Timestamp, WriteSet,
-    execute,
+    self as core, Command, HoldId, Inserted, Load, Loaded, OrderId, Outcome, ProductId, Steps,
+    Timestamp, WriteSet, decide,
 };
 use flashsale_sync::batch::Waiting;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{Answer, Service, ServiceError, backoff};
+use super::{Answer, Service, ServiceError};
 use crate::clock::Clock;
 use crate::store::{Storage, StoreError, Transaction, TxMode};
 
@@ -216,8 +215,8 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         }
     }
 
-    /// The one transaction script, for a batch of any commands: plan their row loads in the
-    /// global lock order, load, [`execute()`], write, commit. Returns one answer per command, in
+    /// The one transaction script, for a batch of any commands: [`decide`] (plan their row
+    /// loads in the global lock order, load, execute, write), commit. Returns one answer per command, in
     /// order. A batch the core finds stale is decided again in two parts; one whose transaction
     /// fails on what may be one poisoned command is decided again one command at a time.
     pub fn execute_batch<'a>(
@@ -253,57 +252,58 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
 
     /// Runs the batch's script until it commits, rolls back stale, or fails for good.
     async fn transact(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
-        let mut attempt: u32 = 0;
-        loop {
-            attempt = attempt.saturating_add(1);
-            let result = self.transact_once(commands).await;
-            match self.settle("batch", attempt, result) {
-                ControlFlow::Break(settled) => return settled,
-                ControlFlow::Continue(()) => backoff(attempt).await,
-            }
-        }
+        self.retrying("batch", || self.transact_once(commands))
+            .await
     }
 
+    /// One attempt: a transaction driven through the core's [`decide`], committed unless the
+    /// batch is stale.
     async fn transact_once(&self, commands: &[Command]) -> Result<Decided, ServiceError> {
         let mut tx = self.store.begin(TxMode::Write).await?;
-        let plan = Plan::new(commands);
-        let (rows, now) = load(&mut tx, &plan, &self.clock).await?;
-        let executed = execute(&rows, now, commands);
-        let inserted = tx.write(&executed.writes).await?;
-        if let Some(at) = executed.stale(&inserted) {
+        let mut steps = TxSteps {
+            tx: &mut tx,
+            clock: &self.clock,
+        };
+        let (answers, writes) = match decide(&mut steps, commands).await? {
             // Dropped without a commit: rolled back.
-            return Ok(Decided::SplitAt(at));
-        }
-        let mut answers: Vec<Answer> = Vec::with_capacity(commands.len());
-        for answer in executed.answers {
-            // An id the storage did not return fails the whole batch, before its commit.
-            answers.push(match answer {
-                Ok(outcome) => Ok(outcome.resolve(&inserted)?),
-                Err(refusal) => Err(refusal.into()),
-            });
-        }
+            core::Decided::SplitAt(at) => return Ok(Decided::SplitAt(at)),
+            core::Decided::Answers { answers, writes } => (answers, writes),
+        };
         tx.commit().await?;
         // After the commit and before any caller is answered: each reads its own writes.
-        for counters in &executed.writes.products {
+        for counters in &writes.products {
             self.cache.invalidate(counters.id);
         }
-        count_batch(commands, &answers, &executed.writes);
+        let answers: Vec<Answer> = answers
+            .into_iter()
+            .map(|answer| answer.map_err(ServiceError::from))
+            .collect();
+        count_batch(commands, &answers, &writes);
         Ok(Decided::Answers(answers))
     }
 }
 
-/// Loads a plan's rows, each kind in one read with the locks the plan asks for, and reads the
-/// clock once: when the plan first needs the time (to find the due expiry buckets), or after its
-/// last load, so a batch that waited for a lock decides at the time it got it.
-async fn load<T: Transaction, C: Clock>(
-    tx: &mut T,
-    plan: &Plan,
-    clock: &C,
-) -> Result<(Rows<'static>, Timestamp), StoreError> {
-    let mut rows = Rows::default();
-    let mut now = None;
-    while let Some(load) = plan.next(&rows) {
-        let loaded = match &load {
+/// A database transaction's steps as the core's driver takes them: each load in one read with
+/// the locks it names, the time from the service's clock.
+struct TxSteps<'t, T, C> {
+    tx: &'t mut T,
+    clock: &'t C,
+}
+
+impl<T: Transaction, C: Clock> Steps for TxSteps<'_, T, C> {
+    type Error = StoreError;
+
+    fn now(&mut self) -> Timestamp {
+        self.clock.now()
+    }
+
+    async fn load(
+        &mut self,
+        load: &Load,
+        now: Option<Timestamp>,
+    ) -> Result<Loaded<'static>, StoreError> {
+        let tx = &mut *self.tx;
+        Ok(match load {
             Load::RequestKeys(keys) => Loaded::RequestKeys(tx.lock_request_keys(keys).await?),
             Load::FindHolds(ids) => Loaded::Holds(tx.holds(ids, false).await?),
             Load::Products(ids) => {
@@ -319,16 +319,17 @@ async fn load<T: Transaction, C: Clock>(
                 Loaded::Orders(tx.orders(&ids, true).await?)
             }
             Load::DueBuckets(ids) => {
-                let now = *now.get_or_insert_with(|| clock.now());
+                let now = now.unwrap_or_else(|| self.clock.now());
                 Loaded::Buckets(tx.due_buckets(ids, now).await?)
             }
             Load::Webhooks(keys) => {
                 let records = tx.lock_webhooks(keys).await?;
                 Loaded::Webhooks(records.into_iter().map(Cow::Owned).collect())
             }
-        };
-        rows.put(load, loaded);
+        })
     }
-    let now = now.unwrap_or_else(|| clock.now());
-    Ok((rows, now))
+
+    async fn write(&mut self, writes: &WriteSet) -> Result<Inserted, StoreError> {
+        self.tx.write(writes).await
+    }
 }

@@ -237,24 +237,17 @@ pub struct Service<S, C> {
 }
 
 /// Runs `$script` (an expression producing a future over `$tx`) in a transaction of `$mode`,
-/// committing on success and retrying the whole script on contention.
+/// committing on success, through the one retry loop ([`Service::retrying`]).
 macro_rules! in_transaction {
     ($service:expr, $mode:expr, $what:literal, |$tx:ident| $script:expr) => {{
-        let mut attempt: u32 = 0;
-        loop {
-            attempt = attempt.saturating_add(1);
-            let result: Result<_, ServiceError> = async {
+        $service
+            .retrying($what, || async {
                 let mut $tx = $service.store.begin($mode).await?;
                 let value = $script.await?;
                 $tx.commit().await?;
                 Ok(value)
-            }
-            .await;
-            match $service.settle($what, attempt, result) {
-                ControlFlow::Break(settled) => break settled,
-                ControlFlow::Continue(()) => backoff(attempt).await,
-            }
-        }
+            })
+            .await
     }};
 }
 use in_transaction;
@@ -316,6 +309,23 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// The current time by this service's clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Runs `attempt` (a whole transaction) again after a backoff while [`Service::settle`]
+    /// says so: the one retry loop, for the batch's script and every other transaction.
+    async fn retrying<T, F, A>(&self, what: &'static str, mut attempt: F) -> Result<T, ServiceError>
+    where
+        F: FnMut() -> A,
+        A: Future<Output = Result<T, ServiceError>>,
+    {
+        let mut attempts: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            match self.settle(what, attempts, attempt().await) {
+                ControlFlow::Break(settled) => return settled,
+                ControlFlow::Continue(()) => backoff(attempts).await,
+            }
+        }
     }
 
     /// What to do after a script's attempt: `Break` with its result, or `Continue` to run it

@@ -8,15 +8,14 @@
 //! the deadlines it meets itself, and a grant folds what is due on its own.
 
 use std::collections::BTreeSet;
-use std::ops::ControlFlow;
 
 use flashsale_core::{Command, Folded, Outcome, ProductId, Timestamp};
 use tracing::Instrument;
 
 use super::committer::unanswered;
 use super::{
-    PURGE_BATCH, SWEEP_PRODUCTS_PER_BATCH, Service, ServiceError, SweepReport, backoff,
-    in_transaction, mismatched,
+    PURGE_BATCH, SWEEP_PRODUCTS_PER_BATCH, Service, ServiceError, SweepReport, in_transaction,
+    mismatched,
 };
 use crate::clock::Clock;
 use crate::store::{RecordKind, Storage, Transaction, TxMode};

@@ -224,7 +224,7 @@ async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_h
         .expect("a transaction, healed");
     tx.lock_products(&[product.id]).await.expect("a read");
     tx.write(&counters(product.id, 8)).await.expect("a write");
-    cluster.pause(1);
+    cluster.pause(1).await;
     let committed = tx.commit().await;
     cluster.resume(1).await;
     cluster.wait_synced(0).await;

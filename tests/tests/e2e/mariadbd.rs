@@ -321,6 +321,21 @@ impl Mariadbd {
     }
 }
 
+/// The scheduling state of each thread of process `pid` (`R`, `S`, `T` for stopped, ...), from
+/// `/proc/PID/task/*/stat`; none once the process is gone.
+fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let state = |task: std::fs::DirEntry| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // After the command name, which is in parentheses and may hold spaces.
+        let (_, after) = stat.rsplit_once(") ")?;
+        after.chars().next()
+    };
+    tasks.flatten().filter_map(state).collect()
+}
+
 /// Set, a test leaves its servers' directories (data, binary logs, error log) behind for a look.
 const KEEP: &str = "FLASHSALE_KEEP_NODES";
 
@@ -521,9 +536,27 @@ impl Galera {
         );
     }
 
-    /// Stops node `i`'s process (SIGSTOP), a node that hangs; [`Galera::resume`] lets it go on.
-    pub fn pause(&mut self, i: usize) {
-        self.signal(i, "-STOP");
+    /// Stops node `i`'s process (SIGSTOP), a node that hangs, and returns once every thread of
+    /// it has stopped; [`Galera::resume`] lets it go on. `kill` returns once the signal is sent:
+    /// the kernel stops the other threads only after the thread that took the signal runs, and
+    /// on a busy machine the node's group-communication thread can meanwhile still answer the
+    /// others (a commit replicated to a node the test holds for hung).
+    pub async fn pause(&mut self, i: usize) {
+        let pid = self.signal(i, "-STOP");
+        let deadline = deadline_in(Duration::from_secs(30));
+        loop {
+            let states = thread_states(pid);
+            // A thread that exited meanwhile (`Z`, `X`) runs no more either.
+            let stopped = |state: &char| matches!(state, 'T' | 'Z' | 'X');
+            if !states.is_empty() && states.iter().all(stopped) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} (pid {pid}) has not stopped: its threads' states {states:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Lets node `i`'s process go on (SIGCONT) and waits until it is synced again.
@@ -532,7 +565,8 @@ impl Galera {
         self.wait_synced(i).await;
     }
 
-    fn signal(&mut self, i: usize, signal: &str) {
+    /// Sends `signal` to node `i`'s process; returns its pid.
+    fn signal(&mut self, i: usize, signal: &str) -> u32 {
         let pid = (self.nodes.get(i))
             .and_then(|node| node.child.as_ref())
             .map(Child::id)
@@ -541,6 +575,7 @@ impl Galera {
             Command::new("kill").args([signal, &pid.to_string()]),
             "signalling mariadbd",
         );
+        pid
     }
 
     /// Kills node `i` with SIGKILL.

@@ -9,6 +9,8 @@ use flashsale_core::{
     BucketChange, CancelReason, Counters, ExpiryBucket, HoldId, Inserted, KeyedRequest, NewHold,
     NewOrder, OrderId, ReleaseReason, RequestRecord, Settlement, WebhookRecord, WriteSet,
 };
+use std::sync::OnceLock;
+
 use sqlx::{AssertSqlSafe, MySql};
 
 use super::errors::map_err;
@@ -102,11 +104,175 @@ fn rows_of_marks(n: usize, row: &str) -> String {
     vec![row; n].join(", ")
 }
 
-/// The rows of a batch's insert as one JSON array of arrays, for MySQL's `JSON_TABLE`: one
-/// statement text whatever the number of rows.
+/// The rows of a batch's insert as one JSON array of arrays ([`BatchInsert`]): one statement
+/// text whatever the number of rows.
 fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
     serde_json::Value::Array(rows.collect()).to_string()
 }
+
+/// A batch insert: every new row of one table in one statement, whatever their number, written
+/// once for both dialects. The rows travel as one JSON array of arrays ([`json_rows`], one bound
+/// parameter, so one statement text and one prepared statement per table); MySQL reads them with
+/// `JSON_TABLE` (MariaDB 10.6), SQLite with `json_each`, both in the array's order, so the ids
+/// a table assigns ascend with the rows; and the rows go in only while the transaction is open
+/// ([`in_transaction!`]).
+struct BatchInsert {
+    table: &'static str,
+    /// Each column a row's array gives, in its order, with its type for `JSON_TABLE`.
+    columns: &'static [(&'static str, &'static str)],
+    /// Columns every row gets the same value of: name, SQL literal.
+    fixed: &'static [(&'static str, &'static str)],
+    /// What follows the rows, on MySQL and on SQLite: `RETURNING id`, an upsert, or nothing.
+    tail: [&'static str; 2],
+    /// The statement of each dialect, made once.
+    sql: [OnceLock<String>; 2],
+}
+
+impl BatchInsert {
+    const fn new(
+        table: &'static str,
+        columns: &'static [(&'static str, &'static str)],
+        fixed: &'static [(&'static str, &'static str)],
+        tail: [&'static str; 2],
+    ) -> Self {
+        BatchInsert {
+            table,
+            columns,
+            fixed,
+            tail,
+            sql: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The statement in `dialect`; it binds the rows' JSON.
+    fn sql(&'static self, dialect: Dialect) -> &'static str {
+        let n = match dialect {
+            Dialect::MySql => 0,
+            Dialect::Sqlite => 1,
+        };
+        self.sql[n].get_or_init(|| self.made(dialect, self.tail[n]))
+    }
+
+    fn made(&self, dialect: Dialect, tail: &str) -> String {
+        let names = (self.columns.iter().map(|&(name, _)| name))
+            .chain(self.fixed.iter().map(|&(name, _)| name));
+        let names: Vec<&str> = names.collect();
+        let values: Vec<String> = match dialect {
+            Dialect::MySql => self
+                .columns
+                .iter()
+                .map(|&(name, _)| name.to_owned())
+                .collect(),
+            Dialect::Sqlite => (0..self.columns.len())
+                .map(|i| format!("batch.value ->> '$[{i}]'"))
+                .collect(),
+        };
+        let values = values.into_iter();
+        let values: Vec<String> = values
+            .chain(self.fixed.iter().map(|&(_, value)| value.to_owned()))
+            .collect();
+        let (rows, order) = match dialect {
+            Dialect::MySql => {
+                let columns = (self.columns.iter().enumerate())
+                    .map(|(i, (name, kind))| format!("{name} {kind} PATH '$[{i}]'"));
+                let columns: Vec<String> = columns.collect();
+                let rows = format!(
+                    "JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, {})) AS batch",
+                    columns.join(", ")
+                );
+                (rows, "n")
+            }
+            Dialect::Sqlite => ("json_each(?) AS batch".to_owned(), "batch.key"),
+        };
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {rows} WHERE {} ORDER BY {order}{tail}",
+            self.table,
+            names.join(", "),
+            values.join(", "),
+            in_transaction(dialect),
+        )
+    }
+}
+
+/// Bucket changes, added to the bucket of their key or making it.
+static BUCKET_CHANGES: BatchInsert = BatchInsert::new(
+    "expiry_buckets",
+    &[
+        ("product_id", "BIGINT"),
+        ("expires_at", "BIGINT"),
+        ("units", "BIGINT"),
+        ("holds", "BIGINT"),
+    ],
+    &[],
+    [
+        " ON DUPLICATE KEY UPDATE units = expiry_buckets.units + VALUES(units), \
+         holds = expiry_buckets.holds + VALUES(holds)",
+        " ON CONFLICT (product_id, expires_at) DO UPDATE SET units = units + excluded.units, \
+         holds = holds + excluded.holds",
+    ],
+);
+
+/// Holds granted, held.
+static HOLDS: BatchInsert = BatchInsert::new(
+    "holds",
+    &[
+        ("product_id", "BIGINT"),
+        ("qty", "INT UNSIGNED"),
+        ("created_at", "BIGINT"),
+        ("expires_at", "BIGINT"),
+    ],
+    &[("state", "'held'")],
+    [" RETURNING id", " RETURNING id"],
+);
+
+/// Orders placed.
+static ORDERS: BatchInsert = BatchInsert::new(
+    "orders",
+    &[
+        ("hold_id", "BIGINT"),
+        ("product_id", "BIGINT"),
+        ("qty", "INT UNSIGNED"),
+        ("total_cents", "BIGINT"),
+        ("status", "VARCHAR(16)"),
+        ("created_at", "BIGINT"),
+        ("payment_due_at", "BIGINT"),
+    ],
+    &[],
+    [" RETURNING id", " RETURNING id"],
+);
+
+/// Webhook records.
+static WEBHOOKS: BatchInsert = BatchInsert::new(
+    "webhooks",
+    &[
+        ("idempotency_key", "VARCHAR(255)"),
+        ("hold_id", "BIGINT"),
+        ("status", "VARCHAR(16)"),
+        ("fingerprint", "VARCHAR(16)"),
+        ("result", "VARCHAR(32)"),
+        ("order_id", "BIGINT"),
+        ("received_at", "BIGINT"),
+    ],
+    &[],
+    ["", ""],
+);
+
+/// Client request-key records.
+static REQUEST_KEYS: BatchInsert = BatchInsert::new(
+    "request_keys",
+    &[
+        ("idempotency_key", "VARCHAR(255)"),
+        ("request", "VARCHAR(16)"),
+        ("product_id", "BIGINT"),
+        ("qty", "INT UNSIGNED"),
+        ("hold_id", "BIGINT"),
+        ("resource_id", "BIGINT"),
+        ("created", "TINYINT"),
+        ("created_at", "BIGINT"),
+    ],
+    &[],
+    ["", ""],
+);
 
 /// Checks that a statement changed as many rows as it named: fewer means a row was not in the
 /// state the decision read, which the locks rule out unless the data is corrupt.
@@ -288,55 +454,41 @@ impl SqlTx {
         if changes.is_empty() {
             return Ok(());
         }
-        match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(changes.iter().map(|change| {
-                    serde_json::json!([
-                        int(change.product_id.0),
-                        int(change.expires_at.as_ms()),
-                        change.units,
-                        change.holds
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(concat!(
-                        "INSERT INTO expiry_buckets (product_id, expires_at, units, holds) \
-                         SELECT product_id, expires_at, units, holds FROM JSON_TABLE(?, '$[*]' \
-                         COLUMNS (n FOR ORDINALITY, product_id BIGINT PATH '$[0]', \
-                         expires_at BIGINT PATH '$[1]', units BIGINT PATH '$[2]', \
-                         holds BIGINT PATH '$[3]')) AS batch WHERE ",
-                        in_transaction!(),
-                        " ORDER BY n ON DUPLICATE KEY UPDATE \
-                         units = expiry_buckets.units + VALUES(units), \
-                         holds = expiry_buckets.holds + VALUES(holds)"
-                    ))
-                    .bind(rows)
-                    .execute(conn)
-                    .await
-                    .map(drop)
-                })
-            }
-            Dialect::Sqlite => {
-                let sql = format!(
-                    "INSERT INTO expiry_buckets (product_id, expires_at, units, holds) VALUES {} \
-                     ON CONFLICT (product_id, expires_at) DO UPDATE SET \
-                     units = units + excluded.units, holds = holds + excluded.holds",
-                    rows_of_marks(changes.len(), "(?, ?, ?, ?)")
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                    for change in changes {
-                        query = query
-                            .bind(int(change.product_id.0))
-                            .bind(int(change.expires_at.as_ms()))
-                            .bind(change.units)
-                            .bind(change.holds);
-                    }
-                    query.execute(conn).await.map(drop)
-                })
-            }
-        }
+        let rows = json_rows(changes.iter().map(|change| {
+            serde_json::json!([
+                int(change.product_id.0),
+                int(change.expires_at.as_ms()),
+                change.units,
+                change.holds
+            ])
+        }));
+        self.insert(&BUCKET_CHANGES, rows).await.map(drop)
+    }
+
+    /// Runs a batch insert of `rows`; returns how many rows it inserted or changed.
+    async fn insert(&mut self, insert: &'static BatchInsert, rows: String) -> StoreResult<u64> {
+        let sql = insert.sql(self.dialect());
+        on_conn!(self, |conn, _d| {
+            let query = sqlx::query::<Db>(sql).bind(rows);
+            query.execute(conn).await.map(|r| r.rows_affected())
+        })
         .map_err(map_err)
+    }
+
+    /// Runs a batch insert of `rows` that returns the new rows' ids, ascending as the rows.
+    async fn insert_returning(
+        &mut self,
+        insert: &'static BatchInsert,
+        rows: String,
+        n: usize,
+    ) -> StoreResult<Vec<u64>> {
+        let sql = insert.sql(self.dialect());
+        let ids: Vec<(u64,)> = on_conn!(self, |conn, _d| {
+            let query = sqlx::query_as::<Db, _>(sql).bind(rows);
+            query.fetch_all(conn).await
+        })
+        .map_err(map_err)?;
+        ascending(ids, n, insert.table)
     }
 
     /// Deletes the buckets folded into their products' counters, [`IDS_PER_STATEMENT`] at a
@@ -395,52 +547,16 @@ impl SqlTx {
         if holds.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<(u64,)> = match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(holds.iter().map(|new| {
-                    serde_json::json!([
-                        int(new.product_id.0),
-                        new.grant.qty.0,
-                        int(new.grant.created_at.as_ms()),
-                        int(new.grant.expires_at.as_ms())
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query_as::<Db, _>(concat!(
-                        "INSERT INTO holds (product_id, qty, created_at, expires_at, state) \
-                         SELECT product_id, qty, created_at, expires_at, 'held' FROM JSON_TABLE(?, \
-                         '$[*]' COLUMNS (n FOR ORDINALITY, product_id BIGINT PATH '$[0]', \
-                         qty INT UNSIGNED PATH '$[1]', created_at BIGINT PATH '$[2]', \
-                         expires_at BIGINT PATH '$[3]')) AS batch WHERE ",
-                        in_transaction!(),
-                        " ORDER BY n RETURNING id"
-                    ))
-                    .bind(rows)
-                    .fetch_all(conn)
-                    .await
-                })
-            }
-            Dialect::Sqlite => {
-                let sql = format!(
-                    "INSERT INTO holds (product_id, qty, created_at, expires_at, state) VALUES {} \
-                     RETURNING id",
-                    rows_of_marks(holds.len(), "(?, ?, ?, ?, 'held')")
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-                    for new in holds {
-                        query = query
-                            .bind(int(new.product_id.0))
-                            .bind(new.grant.qty.0)
-                            .bind(int(new.grant.created_at.as_ms()))
-                            .bind(int(new.grant.expires_at.as_ms()));
-                    }
-                    query.fetch_all(conn).await
-                })
-            }
-        }
-        .map_err(map_err)?;
-        ascending(ids, holds.len(), "holds").map(|ids| ids.into_iter().map(HoldId).collect())
+        let rows = json_rows(holds.iter().map(|new| {
+            serde_json::json!([
+                int(new.product_id.0),
+                new.grant.qty.0,
+                int(new.grant.created_at.as_ms()),
+                int(new.grant.expires_at.as_ms())
+            ])
+        }));
+        let ids = self.insert_returning(&HOLDS, rows, holds.len()).await?;
+        Ok(ids.into_iter().map(HoldId).collect())
     }
 
     /// Inserts orders in one statement; returns their ids, in order.
@@ -448,61 +564,19 @@ impl SqlTx {
         if orders.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<(u64,)> = match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(orders.iter().map(|order| {
-                    serde_json::json!([
-                        int(order.hold_id.0),
-                        int(order.product_id.0),
-                        order.qty.0,
-                        int(order.total_cents.0),
-                        order.status.as_str(),
-                        int(order.created_at.as_ms()),
-                        int(order.payment_due_at.as_ms())
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query_as::<Db, _>(concat!(
-                        "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, \
-                         created_at, payment_due_at) SELECT hold_id, product_id, qty, \
-                         total_cents, status, created_at, payment_due_at FROM JSON_TABLE(?, \
-                         '$[*]' COLUMNS (n FOR ORDINALITY, hold_id BIGINT PATH '$[0]', \
-                         product_id BIGINT PATH '$[1]', qty INT UNSIGNED PATH '$[2]', \
-                         total_cents BIGINT PATH '$[3]', status VARCHAR(16) PATH '$[4]', \
-                         created_at BIGINT PATH '$[5]', payment_due_at BIGINT PATH '$[6]')) \
-                         AS batch WHERE ",
-                        in_transaction!(),
-                        " ORDER BY n RETURNING id"
-                    ))
-                    .bind(rows)
-                    .fetch_all(conn)
-                    .await
-                })
-            }
-            Dialect::Sqlite => {
-                let sql = format!(
-                    "INSERT INTO orders (hold_id, product_id, qty, total_cents, status, \
-                     created_at, payment_due_at) VALUES {} RETURNING id",
-                    rows_of_marks(orders.len(), "(?, ?, ?, ?, ?, ?, ?)")
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query_as::<Db, _>(AssertSqlSafe(sql));
-                    for order in orders {
-                        query = query
-                            .bind(int(order.hold_id.0))
-                            .bind(int(order.product_id.0))
-                            .bind(order.qty.0)
-                            .bind(int(order.total_cents.0))
-                            .bind(order.status.as_str())
-                            .bind(int(order.created_at.as_ms()))
-                            .bind(int(order.payment_due_at.as_ms()));
-                    }
-                    query.fetch_all(conn).await
-                })
-            }
-        }
-        .map_err(map_err)?;
-        ascending(ids, orders.len(), "orders").map(|ids| ids.into_iter().map(OrderId).collect())
+        let rows = json_rows(orders.iter().map(|order| {
+            serde_json::json!([
+                int(order.hold_id.0),
+                int(order.product_id.0),
+                order.qty.0,
+                int(order.total_cents.0),
+                order.status.as_str(),
+                int(order.created_at.as_ms()),
+                int(order.payment_due_at.as_ms())
+            ])
+        }));
+        let ids = self.insert_returning(&ORDERS, rows, orders.len()).await?;
+        Ok(ids.into_iter().map(OrderId).collect())
     }
 
     /// Marks held holds consumed by their new orders, in one statement.
@@ -563,62 +637,19 @@ impl SqlTx {
         if records.is_empty() {
             return Ok(());
         }
-        match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(records.iter().map(|record| {
-                    serde_json::json!([
-                        record.key.as_str(),
-                        int(record.hold_id.0),
-                        record.status.as_str(),
-                        record.fingerprint.to_string(),
-                        record.result.as_str(),
-                        record.order_id.map(|id| int(id.0)),
-                        int(record.received_at.as_ms())
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(concat!(
-                        "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, \
-                         result, order_id, received_at) SELECT idempotency_key, hold_id, status, \
-                         fingerprint, result, order_id, received_at FROM JSON_TABLE(?, '$[*]' \
-                         COLUMNS (n FOR ORDINALITY, idempotency_key VARCHAR(255) PATH '$[0]', \
-                         hold_id BIGINT PATH '$[1]', status VARCHAR(16) PATH '$[2]', \
-                         fingerprint VARCHAR(16) PATH '$[3]', result VARCHAR(32) PATH '$[4]', \
-                         order_id BIGINT PATH '$[5]', received_at BIGINT PATH '$[6]')) AS batch \
-                         WHERE ",
-                        in_transaction!(),
-                        " ORDER BY n"
-                    ))
-                    .bind(rows)
-                    .execute(conn)
-                    .await
-                    .map(|r| r.rows_affected())
-                })
-            }
-            Dialect::Sqlite => {
-                let sql = format!(
-                    "INSERT INTO webhooks (idempotency_key, hold_id, status, fingerprint, result, \
-                     order_id, received_at) VALUES {}",
-                    rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?)")
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                    for record in records {
-                        query = query
-                            .bind(record.key.as_str())
-                            .bind(int(record.hold_id.0))
-                            .bind(record.status.as_str())
-                            .bind(record.fingerprint.to_string())
-                            .bind(record.result.as_str())
-                            .bind(record.order_id.map(|id| int(id.0)))
-                            .bind(int(record.received_at.as_ms()));
-                    }
-                    query.execute(conn).await.map(|r| r.rows_affected())
-                })
-            }
-        }
-        .map_err(map_err)
-        .and_then(|done| expect_all(done, records.len(), "webhook records to insert"))
+        let rows = json_rows(records.iter().map(|record| {
+            serde_json::json!([
+                record.key.as_str(),
+                int(record.hold_id.0),
+                record.status.as_str(),
+                record.fingerprint.to_string(),
+                record.result.as_str(),
+                record.order_id.map(|id| int(id.0)),
+                int(record.received_at.as_ms())
+            ])
+        }));
+        let done = self.insert(&WEBHOOKS, rows).await?;
+        expect_all(done, records.len(), "webhook records to insert")
     }
 
     /// Inserts client request-key records in one statement.
@@ -630,67 +661,21 @@ impl SqlTx {
             KeyedRequest::PlaceHold { product_id, qty } => (Some(product_id.0), Some(qty.0), None),
             KeyedRequest::PlaceOrder { hold_id } => (None, None, Some(hold_id.0)),
         };
-        match self.dialect() {
-            Dialect::MySql => {
-                let rows = json_rows(records.iter().map(|record| {
-                    let (product_id, qty, hold_id) = fields(record);
-                    serde_json::json!([
-                        record.key.as_str(),
-                        record.request.name(),
-                        product_id.map(int),
-                        qty,
-                        hold_id.map(int),
-                        int(record.resource_id),
-                        u8::from(record.created),
-                        int(record.created_at.as_ms())
-                    ])
-                }));
-                on_conn!(self, |conn, _d| {
-                    sqlx::query::<Db>(concat!(
-                        "INSERT INTO request_keys (idempotency_key, request, product_id, qty, \
-                         hold_id, resource_id, created, created_at) SELECT idempotency_key, \
-                         request, product_id, qty, hold_id, resource_id, created, created_at \
-                         FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, \
-                         idempotency_key VARCHAR(255) PATH '$[0]', request VARCHAR(16) PATH \
-                         '$[1]', product_id BIGINT PATH '$[2]', qty INT UNSIGNED PATH '$[3]', \
-                         hold_id BIGINT PATH '$[4]', resource_id BIGINT PATH '$[5]', \
-                         created TINYINT PATH '$[6]', created_at BIGINT PATH '$[7]')) AS batch \
-                         WHERE ",
-                        in_transaction!(),
-                        " ORDER BY n"
-                    ))
-                    .bind(rows)
-                    .execute(conn)
-                    .await
-                    .map(|r| r.rows_affected())
-                })
-            }
-            Dialect::Sqlite => {
-                let sql = format!(
-                    "INSERT INTO request_keys (idempotency_key, request, product_id, qty, \
-                     hold_id, resource_id, created, created_at) VALUES {}",
-                    rows_of_marks(records.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
-                );
-                on_conn!(self, |conn, _d| {
-                    let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                    for record in records {
-                        let (product_id, qty, hold_id) = fields(record);
-                        query = query
-                            .bind(record.key.as_str())
-                            .bind(record.request.name())
-                            .bind(product_id.map(int))
-                            .bind(qty)
-                            .bind(hold_id.map(int))
-                            .bind(int(record.resource_id))
-                            .bind(record.created)
-                            .bind(int(record.created_at.as_ms()));
-                    }
-                    query.execute(conn).await.map(|r| r.rows_affected())
-                })
-            }
-        }
-        .map_err(map_err)
-        .and_then(|done| expect_all(done, records.len(), "request keys to insert"))
+        let rows = json_rows(records.iter().map(|record| {
+            let (product_id, qty, hold_id) = fields(record);
+            serde_json::json!([
+                record.key.as_str(),
+                record.request.name(),
+                product_id.map(int),
+                qty,
+                hold_id.map(int),
+                int(record.resource_id),
+                u8::from(record.created),
+                int(record.created_at.as_ms())
+            ])
+        }));
+        let done = self.insert(&REQUEST_KEYS, rows).await?;
+        expect_all(done, records.len(), "request-key records to insert")
     }
 }
 

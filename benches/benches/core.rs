@@ -133,7 +133,10 @@ fn bench_place_holds(c: &mut Criterion) {
     };
     let mut rng = SplitMix64(7);
     let requests: Vec<HoldRequest> = (0..BATCH)
-        .map(|_| HoldRequest::unkeyed(Qty(1 + rng.below(3) as u32)))
+        .map(|_| {
+            let qty = Qty(1 + rng.below(3) as u32);
+            HoldRequest::new(qty, HOLD_TTL_MS_DEFAULT, None).expect("a valid request")
+        })
         .collect();
     let mut group = c.benchmark_group("place_holds");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -144,7 +147,6 @@ fn bench_place_holds(c: &mut Criterion) {
                 black_box(&[]),
                 black_box(&requests),
                 black_box(Timestamp(START_MS)),
-                black_box(HOLD_TTL_MS_DEFAULT),
             )
         });
     });

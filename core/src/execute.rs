@@ -216,7 +216,7 @@ impl<'r, 'a> Working<'r, 'a> {
         ttl_ms: u64,
         key: Option<&IdempotencyKey>,
     ) -> Decided {
-        hold::validate_request(qty, ttl_ms)?;
+        let request = HoldRequest::new(qty, ttl_ms, key.cloned())?;
         let asked = KeyedRequest::PlaceHold { product_id, qty };
         if let Some(record) = self.replay(key, &asked)? {
             let hold = self.hold(HoldId(record.resource_id));
@@ -231,11 +231,7 @@ impl<'r, 'a> Working<'r, 'a> {
         let product = self.product(product_id);
         let product = product.ok_or(Rejection::UnknownProduct { product_id })?;
         let due = self.due(product);
-        let request = [HoldRequest {
-            qty,
-            key: key.cloned(),
-        }];
-        let mut decided = hold::place_holds(product, &due, &request, now, ttl_ms)?;
+        let mut decided = hold::place_holds(product, &due, &[request], now)?;
         let grant = decided.decisions.pop();
         let grant = grant.ok_or(Violation::WriteSetUnresolved)??;
         let outcome = Outcome::HoldPlaced {

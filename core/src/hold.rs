@@ -15,35 +15,40 @@ use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::{Timestamp, is_past};
 use crate::writes::{Changes, WriteSet};
 
-/// Checks one hold request's values, before anything is read: `qty` in `1..=HOLD_QTY_MAX` and
-/// `ttl_ms` in `HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX`.
-///
-/// # Errors
-/// [`Rejection::InvalidQty`], then [`Rejection::InvalidTtl`].
-pub fn validate_request(qty: Qty, ttl_ms: u64) -> Result<(), Rejection> {
-    if qty == Qty::ZERO || qty > HOLD_QTY_MAX {
-        return Err(Rejection::InvalidQty { qty });
-    }
-    if !(HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX).contains(&ttl_ms) {
-        return Err(Rejection::InvalidTtl { ttl_ms });
-    }
-    Ok(())
-}
-
-/// One hold request of a batch: the units asked for, and the client's idempotency key if it sent
-/// one (the key's record is written with the grant).
+/// One hold request of a batch, its values checked: the units asked for, in
+/// `1..=HOLD_QTY_MAX`, for how long, in `HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX`, and the client's
+/// idempotency key if it sent one (the key's record is written with the grant). Made only by
+/// [`HoldRequest::new`], the one place a hold request's values are checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldRequest {
-    /// Units asked for.
-    pub qty: Qty,
-    /// The request's idempotency key, already decided fresh by the shell.
-    pub key: Option<IdempotencyKey>,
+    qty: Qty,
+    ttl_ms: u64,
+    key: Option<IdempotencyKey>,
 }
 
 impl HoldRequest {
-    /// A request without a key.
-    pub fn unkeyed(qty: Qty) -> Self {
-        HoldRequest { qty, key: None }
+    /// A request for `qty` units held `ttl_ms`, under `key`, already decided fresh.
+    ///
+    /// # Errors
+    /// [`Rejection::InvalidQty`], then [`Rejection::InvalidTtl`].
+    pub fn new(qty: Qty, ttl_ms: u64, key: Option<IdempotencyKey>) -> Result<Self, Rejection> {
+        if qty == Qty::ZERO || qty > HOLD_QTY_MAX {
+            return Err(Rejection::InvalidQty { qty });
+        }
+        if !(HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX).contains(&ttl_ms) {
+            return Err(Rejection::InvalidTtl { ttl_ms });
+        }
+        Ok(HoldRequest { qty, ttl_ms, key })
+    }
+
+    /// Units asked for.
+    pub fn qty(&self) -> Qty {
+        self.qty
+    }
+
+    /// How long the hold is to last, in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms
     }
 }
 
@@ -89,7 +94,6 @@ pub fn place_holds(
     due: &[ExpiryBucket],
     requests: &[HoldRequest],
     now: Timestamp,
-    ttl_ms: u64,
 ) -> Result<HoldsDecided, Violation> {
     // Deadlines are judged, and the holds stamped, at the product's decision time; the records
     // of the requests' keys keep the clock's own time.
@@ -98,7 +102,7 @@ pub fn place_holds(
     let mut available = product::available(product, units_due)?;
     let decisions: Vec<_> = requests
         .iter()
-        .map(|request| decide(&mut available, request.qty, at, ttl_ms))
+        .map(|request| decide(&mut available, request, at))
         .collect();
     debug_assert_eq!(decisions.len(), requests.len(), "one decision per request");
     if decisions.iter().all(Result::is_err) {
@@ -185,14 +189,14 @@ pub fn due_units(
         })
 }
 
-/// The one hold decision: grant `qty` out of `available` (and take it), or say what was there.
+/// The one hold decision: grant the request out of `available` (and take it), or say what was
+/// there.
 fn decide(
     available: &mut Qty,
-    qty: Qty,
+    request: &HoldRequest,
     now: Timestamp,
-    ttl_ms: u64,
 ) -> Result<HoldGrant, Rejection> {
-    validate_request(qty, ttl_ms)?;
+    let qty = request.qty;
     *available = available
         .checked_sub(qty)
         .ok_or(Rejection::InsufficientStock {
@@ -202,7 +206,7 @@ fn decide(
     Ok(HoldGrant {
         qty,
         created_at: now,
-        expires_at: hold_deadline(now, ttl_ms),
+        expires_at: hold_deadline(now, request.ttl_ms),
     })
 }
 
@@ -212,6 +216,11 @@ mod tests {
     use crate::ids::{Cents, HoldId, ProductId};
     use crate::rows::expiry::OpenBucket;
     use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldView};
+
+    /// A request for `qty` units held `ttl_ms`, without a key.
+    fn asking(qty: u32, ttl_ms: u64) -> HoldRequest {
+        HoldRequest::new(Qty(qty), ttl_ms, None).expect("a valid request")
+    }
 
     fn product(stock: u32) -> Product {
         crate::rows::product::NewProduct {
@@ -234,12 +243,12 @@ mod tests {
     #[test]
     fn a_batch_is_granted_in_arrival_order_against_what_is_left() {
         let now = Timestamp(1_500);
-        let requests = [2, 3, 1, 1].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+        let requests = [2, 3, 1, 1].map(|qty| asking(qty, HOLD_TTL_MS_DEFAULT));
         let held = Product {
             units_held: Qty(1),
             ..product(5)
         };
-        let decided = place_holds(&held, &[], &requests, now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let decided = place_holds(&held, &[], &requests, now).unwrap();
         let decisions = decided.decisions;
         // The deadline is rounded up to the next whole second.
         let expires_at = Timestamp(122_000);
@@ -280,8 +289,8 @@ mod tests {
             units: Qty::ZERO,
             holds: 0,
         };
-        let request = [HoldRequest::unkeyed(Qty(1))];
-        let placed = place_holds(&p, &[], &request, Timestamp(1_500), 1_000).unwrap();
+        let request = [asking(1, 1_000)];
+        let placed = place_holds(&p, &[], &request, Timestamp(1_500)).unwrap();
         assert!(placed.writes.buckets.is_empty(), "nothing to flush");
         let open = placed.writes.product(ProductId(1)).map(|c| c.open_bucket);
         assert_eq!(
@@ -297,11 +306,11 @@ mod tests {
     #[test]
     fn a_later_deadline_flushes_the_open_bucket_to_the_table() {
         let p = product(5);
-        let request = [HoldRequest::unkeyed(Qty(1))];
-        let first = place_holds(&p, &[], &request, Timestamp(1_000), 1_000).unwrap();
+        let request = [asking(1, 1_000)];
+        let first = place_holds(&p, &[], &request, Timestamp(1_000)).unwrap();
         let mut p = p;
         p.set_counters(*first.writes.product(ProductId(1)).unwrap());
-        let second = place_holds(&p, &[], &request, Timestamp(1_500), 1_000).unwrap();
+        let second = place_holds(&p, &[], &request, Timestamp(1_500)).unwrap();
         let flushed: Vec<_> = (second.writes.buckets.iter())
             .map(|b| (b.expires_at, b.units, b.holds))
             .collect();
@@ -322,18 +331,17 @@ mod tests {
     }
 
     #[test]
-    fn zero_qty_and_out_of_range_ttl_are_rejected_before_stock() {
-        let p = product(0);
-        let now = Timestamp(0);
-        let one = |qty, ttl_ms| {
-            let request = [HoldRequest::unkeyed(Qty(qty))];
-            let decided = place_holds(&p, &[], &request, now, ttl_ms).unwrap();
-            assert!(decided.writes.is_empty(), "a refusal writes nothing");
-            decided.decisions[0].clone()
-        };
+    fn zero_qty_and_out_of_range_ttl_make_no_request() {
+        let one = |qty, ttl_ms| HoldRequest::new(Qty(qty), ttl_ms, None).map(|r| r.qty());
         assert_eq!(
             one(0, HOLD_TTL_MS_DEFAULT),
             Err(Rejection::InvalidQty { qty: Qty(0) })
+        );
+        assert_eq!(
+            one(HOLD_QTY_MAX.0 + 1, HOLD_TTL_MS_DEFAULT),
+            Err(Rejection::InvalidQty {
+                qty: Qty(HOLD_QTY_MAX.0 + 1)
+            })
         );
         assert_eq!(
             one(1, HOLD_TTL_MS_MAX + 1),
@@ -341,6 +349,13 @@ mod tests {
                 ttl_ms: HOLD_TTL_MS_MAX + 1
             })
         );
+        assert_eq!(
+            one(1, HOLD_TTL_MS_MIN - 1),
+            Err(Rejection::InvalidTtl {
+                ttl_ms: HOLD_TTL_MS_MIN - 1
+            })
+        );
+        assert_eq!(one(HOLD_QTY_MAX.0, HOLD_TTL_MS_MIN), Ok(HOLD_QTY_MAX));
     }
 
     #[test]
@@ -350,17 +365,17 @@ mod tests {
             ..product(3)
         };
         let due = [bucket(10_000, 3, 2)];
-        let ask = |qty| [HoldRequest::unkeyed(Qty(qty))];
+        let ask = |qty| [asking(qty, HOLD_TTL_MS_DEFAULT)];
         let now = Timestamp(10_000);
-        let granted = place_holds(&p, &due, &ask(3), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let granted = place_holds(&p, &due, &ask(3), now).unwrap();
         assert_eq!(granted.folded, Folded { holds: 2, units: 3 });
         let counters = granted.writes.product(ProductId(1)).copied();
         let counters = counters.map(|c| (c.units_held, c.expired_through, c.holds_to_retire));
         assert_eq!(counters, Some((Qty(3), Timestamp(10_000), 2)));
         assert_eq!(granted.writes.buckets_folded, due.to_vec());
-        let refused = place_holds(&p, &due, &ask(4), now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let refused = place_holds(&p, &due, &ask(4), now).unwrap();
         assert!(refused.writes.is_empty());
-        let early = place_holds(&p, &due, &ask(1), Timestamp(9_999), HOLD_TTL_MS_DEFAULT);
+        let early = place_holds(&p, &due, &ask(1), Timestamp(9_999));
         assert_eq!(
             early,
             Err(Violation::ExpiryBucketMismatch {
@@ -378,14 +393,14 @@ mod tests {
             ..product(3)
         };
         let due = [bucket(10_000, 3, 1)];
-        let asked = [9, 1, 2].map(|qty| HoldRequest::unkeyed(Qty(qty)));
+        let asked = [9, 1, 2].map(|qty| asking(qty, HOLD_TTL_MS_DEFAULT));
         let now = Timestamp(10_000);
-        let batch = place_holds(&p, &due, &asked, now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let batch = place_holds(&p, &due, &asked, now).unwrap();
         let folded: Vec<Folded> = (0..3).map(|n| batch.folded_by(n)).collect();
         let once = Folded { holds: 1, units: 3 };
         // The first request is refused, so the second is the first grant.
         assert_eq!(folded, [Folded::default(), once, Folded::default()]);
-        let first = place_holds(&p, &due, &asked[1..2], now, HOLD_TTL_MS_DEFAULT).unwrap();
+        let first = place_holds(&p, &due, &asked[1..2], now).unwrap();
         assert_eq!(first.folded_by(0), once);
     }
 
@@ -395,9 +410,9 @@ mod tests {
             expired_through: Timestamp(50_000),
             ..product(5)
         };
-        let request = [HoldRequest::unkeyed(Qty(1))];
+        let request = [asking(1, 1_000)];
         let behind = Timestamp(20_000);
-        let decided = place_holds(&folded, &[], &request, behind, 1_000).unwrap();
+        let decided = place_holds(&folded, &[], &request, behind).unwrap();
         let grant = decided.decisions[0].clone().unwrap();
         assert_eq!(grant.created_at, Timestamp(50_000));
         assert_eq!(grant.expires_at, Timestamp(51_000));

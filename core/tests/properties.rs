@@ -261,14 +261,24 @@ proptest! {
             let _ = ledger.apply(now, hold(qty));
         }
         let product_now = ledger.product(product.id).cloned().expect("exists");
-        let requests: Vec<HoldRequest> =
-            requests.into_iter().map(|qty| HoldRequest::unkeyed(Qty(qty))).collect();
-        let batch = hold::place_holds(&product_now, &[], &requests, now, HOLD_TTL_MS_DEFAULT)
+        // A request with values out of range is refused as it is made, and never reaches the
+        // batch; one by one, the ledger refuses it the same way.
+        let asked: Vec<Result<HoldRequest, Rejection>> = requests
+            .iter()
+            .map(|&qty| HoldRequest::new(Qty(qty), HOLD_TTL_MS_DEFAULT, None))
+            .collect();
+        let valid: Vec<HoldRequest> = asked.iter().filter_map(|r| r.clone().ok()).collect();
+        let batch = hold::place_holds(&product_now, &[], &valid, now)
             .expect("the ledger's rows are sound");
         let mut ledger_batch = ledger.clone();
         ledger_batch.write(&batch.writes);
-        for (request, decided) in requests.iter().zip(batch.decisions) {
-            let one = ledger.apply(now, hold(request.qty.0));
+        let mut decisions = batch.decisions.into_iter();
+        for (&qty, request) in requests.iter().zip(asked) {
+            let decided = match request {
+                Ok(_) => decisions.next().expect("one decision per valid request"),
+                Err(rejection) => Err(rejection),
+            };
+            let one = ledger.apply(now, hold(qty));
             match (decided, one) {
                 (Ok(grant), Ok(Outcome::HoldPlaced { hold, .. })) => {
                     prop_assert_eq!(grant.qty, hold.qty);

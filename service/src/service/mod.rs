@@ -8,6 +8,7 @@ mod sweep;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use flashsale_core::order;
 use flashsale_core::product;
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
@@ -16,7 +17,6 @@ use flashsale_core::{
     Outcome, Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookChange,
     WebhookPayload, WebhookRecord,
 };
-use flashsale_core::{hold, order};
 use flashsale_sync::batch::Batches;
 use flashsale_sync::cache::{Moment, ProductCache};
 use flashsale_sync::keys::{Claim, KeysInFlight};
@@ -446,7 +446,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             committer::name_product(product_id);
             error
         };
-        hold::validate_request(qty, ttl_ms).map_err(|rejection| refused(rejection.into()))?;
         if beyond_storage(product_id.0) {
             return Err(refused(Rejection::UnknownProduct { product_id }.into()));
         }

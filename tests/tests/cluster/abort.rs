@@ -88,6 +88,22 @@ async fn a_lookup_by_id_that_misses_a_row_waits_for_its_node_to_catch_up() {
         .expect("node 1's count of causal reads")
     };
 
+    // Node 1 applies the product made through node 0 a little after its commit (on a busy
+    // machine, after this test's first lookup): the lookup that is to find its rows at once
+    // runs once node 1 shows the product.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while node
+        .query_text("SELECT COUNT(*) FROM flashsale.products")
+        .await
+        .as_deref()
+        != Some("1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 shows the product within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let mut tx = here
         .begin(TxMode::Write)
         .await
@@ -226,7 +242,7 @@ async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_h
     tx.write(&counters(product.id, 8)).await.expect("a write");
     cluster.pause(1).await;
     let committed = tx.commit().await;
-    cluster.resume(1).await;
+    cluster.resume_after_quorum_loss(1, 0).await;
     cluster.wait_synced(0).await;
     assert!(
         matches!(&committed, Err(StoreError::Contention(m)) if m.contains("1180")),

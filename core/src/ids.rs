@@ -22,6 +22,14 @@ macro_rules! id_newtype {
 /// naming one is refused before it reaches a storage.
 pub const ID_MAX: u64 = 9_223_372_036_854_775_807;
 
+/// Whether `id` can name a stored row (at most [`ID_MAX`]). A command naming a larger one
+/// reads nothing: its plan loads no row by it (a storage could not keep it exactly, and the
+/// ids above are a batch's pending ones), and its decision answers that the product or hold is
+/// unknown.
+pub fn storable(id: u64) -> bool {
+    id <= ID_MAX
+}
+
 id_newtype!(
     /// A product's id, allocated by whoever stores products (the ledger, or the database).
     ProductId

@@ -21,7 +21,7 @@
 //! | order cancelled              | `refund_required`                   | `already_applied`             |
 
 use crate::errors::{Refusal, Rejection, Violation};
-use crate::ids::{HoldId, OrderId};
+use crate::ids::{HoldId, OrderId, storable};
 use crate::order;
 use crate::outcome::WebhookChange;
 use crate::rows::hold::{Hold, HoldState, ReleaseReason};
@@ -81,10 +81,12 @@ pub enum WebhookDecision {
 ///
 /// Inputs are the rows the transaction read: the key's record if any, the hold if it exists, its
 /// order if any, and the hold's product (required when the hold exists). Checks, first failure
-/// wins: key (replay or [`Rejection::IdempotencyKeyReused`]), then the hold's existence, then its
-/// state as the module table says.
+/// wins: a hold id no row can have (above [`crate::ID_MAX`]), the key (replay or
+/// [`Rejection::IdempotencyKeyReused`]), then the hold's existence, then its state as the
+/// module table says.
 ///
 /// # Errors
+/// [`Rejection::UnknownHold`] for a hold id above [`crate::ID_MAX`];
 /// [`Rejection::IdempotencyKeyReused`] when the key was used with another payload, naming the
 /// first field that differs; a [`Violation`] when the rows read are inconsistent (a consumed hold
 /// without its order, counters that cannot move the units).
@@ -95,6 +97,14 @@ pub fn decide_webhook(
     order: Option<&Order>,
     now: Timestamp,
 ) -> Result<WebhookDecision, Refusal> {
+    // Refused rather than recorded as unmatched: the record could not keep the id exactly,
+    // and would then not match its own redelivery.
+    if !storable(payload.hold_id.0) {
+        return Err(Rejection::UnknownHold {
+            hold_id: payload.hold_id,
+        }
+        .into());
+    }
     if let Some(record) = record {
         assert_eq!(
             record.key, payload.key,

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::Command;
 use crate::errors::Violation;
-use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId};
+use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, storable};
 use crate::locks::RowLock;
 use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket};
 use crate::rows::hold::{Hold, HoldState};
@@ -369,23 +369,21 @@ impl Plan {
                 product_id, key, ..
             } => {
                 self.request_keys.extend(key.iter().cloned());
-                self.products.insert(*product_id);
-                self.due_of.insert(*product_id);
+                self.lock_product(*product_id);
                 Budget::HOLD
             }
             Command::PlaceOrder { hold_id, key, .. } => {
                 self.request_keys.extend(key.iter().cloned());
-                self.holds.insert(*hold_id);
+                self.find_hold(*hold_id);
                 Budget::ORDER
             }
             Command::ApplyWebhook(payload) => {
-                self.holds.insert(payload.hold_id);
+                self.find_hold(payload.hold_id);
                 self.webhooks.insert(payload.key.clone());
                 Budget::WEBHOOK
             }
             Command::Restock { product_id, .. } => {
-                self.products.insert(*product_id);
-                self.due_of.insert(*product_id);
+                self.lock_product(*product_id);
                 Budget::RESTOCK
             }
             Command::SweepProduct {
@@ -405,6 +403,22 @@ impl Plan {
             Command::CreateProduct { .. } | Command::Sweep => Budget::default(),
         };
         self.budget = self.budget.add(budget);
+    }
+
+    /// A product a command names, to lock with its due buckets; none above [`ID_MAX`](crate::ID_MAX)
+    /// ([`storable`]).
+    fn lock_product(&mut self, product_id: ProductId) {
+        if storable(product_id.0) {
+            self.products.insert(product_id);
+            self.due_of.insert(product_id);
+        }
+    }
+
+    /// A hold a command names, to find; none above [`ID_MAX`](crate::ID_MAX) ([`storable`]).
+    fn find_hold(&mut self, hold_id: HoldId) {
+        if storable(hold_id.0) {
+            self.holds.insert(hold_id);
+        }
     }
 
     /// The most rows the batch's transaction may load and write.

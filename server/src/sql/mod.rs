@@ -292,11 +292,15 @@ impl SqlStore {
                     .map_err(|e| StoreError::Database(format!("migration failed: {e}"))),
             };
             match result {
-                Err(error @ StoreError::Database(_)) if attempt < MIGRATION_ATTEMPTS => {
+                // On a Galera cluster a migration's DDL and its bookkeeping meet another node's
+                // writes: a certification conflict or a brute-force abort is 1213, contention.
+                Err(error @ (StoreError::Database(_) | StoreError::Contention(_)))
+                    if attempt < MIGRATION_ATTEMPTS =>
+                {
                     tracing::info!(%error, "migration did not apply; another instance may be applying it; retrying");
                     tokio::time::sleep(MIGRATION_RETRY_PAUSE).await;
                 }
-                Err(StoreError::Database(error)) => {
+                Err(StoreError::Database(error) | StoreError::Contention(error)) => {
                     return Err(StoreError::Database(format!(
                         "{error} (after {attempt} attempts)"
                     )));
@@ -581,7 +585,7 @@ const STATEMENT_CACHE_CAPACITY: usize = 256;
 /// How long startup waits for another instance's migrations before giving up.
 const MIGRATION_WAIT: Duration = Duration::from_secs(60);
 /// How many times startup tries the migrations when they fail (another instance may have applied
-/// the same one at the same time).
+/// the same one at the same time, or, on a Galera cluster, another node's write conflicted).
 const MIGRATION_ATTEMPTS: u32 = 20;
 /// How long a migration that failed waits before it looks again.
 const MIGRATION_RETRY_PAUSE: Duration = Duration::from_millis(250);

@@ -8,13 +8,14 @@ mod sweep;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use flashsale_core::ids::storable;
 use flashsale_core::order;
 use flashsale_core::product;
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
 use flashsale_core::{
-    Cents, Command, Folded, Hold, HoldId, HoldView, ID_MAX, IdempotencyKey, Order, OrderId,
-    Outcome, Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookChange,
+    Cents, Command, Folded, Hold, HoldId, HoldView, IdempotencyKey, Order, OrderId, Outcome,
+    Product, ProductId, Qty, Refusal, Rejection, Timestamp, Violation, WebhookChange,
     WebhookPayload, WebhookRecord,
 };
 use flashsale_sync::batch::Batches;
@@ -252,10 +253,10 @@ macro_rules! in_transaction {
 }
 use in_transaction;
 
-/// Whether an id is above [`ID_MAX`]: no row has it, and it must not reach a storage, which
-/// could not keep it exactly.
+/// Whether an id is above [`ID_MAX`](flashsale_core::ID_MAX): no row has it, and a read must not take it to a
+/// storage, which could not keep it exactly (the core's rule, [`storable`]).
 fn beyond_storage(id: u64) -> bool {
-    id > ID_MAX
+    !storable(id)
 }
 
 /// Waits a little longer after each failed attempt, so contenders spread out.
@@ -446,9 +447,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             committer::name_product(product_id);
             error
         };
-        if beyond_storage(product_id.0) {
-            return Err(refused(Rejection::UnknownProduct { product_id }.into()));
-        }
         let _claim = self.claim(key).map_err(refused)?;
         let command = Command::PlaceHold {
             product_id,
@@ -510,9 +508,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     ) -> Result<Keyed<OrderPlaced>, ServiceError> {
         let payment_window_ms = self.config.payment_window_ms;
         order::validate_payment_window(payment_window_ms)?;
-        if beyond_storage(hold_id.0) {
-            return Err(Rejection::UnknownHold { hold_id }.into());
-        }
         let _claim = self.claim(key)?;
         let command = Command::PlaceOrder {
             hold_id,
@@ -559,14 +554,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         &self,
         payload: &WebhookPayload,
     ) -> Result<WebhookAnswer, ServiceError> {
-        // Refused rather than recorded as unmatched: its record could not keep the id exactly,
-        // and would then not match its own redelivery.
-        if beyond_storage(payload.hold_id.0) {
-            return Err(Rejection::UnknownHold {
-                hold_id: payload.hold_id,
-            }
-            .into());
-        }
         match self.execute(Command::ApplyWebhook(payload.clone())).await? {
             Outcome::WebhookApplied {
                 record,
@@ -613,9 +600,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         qty: Qty,
     ) -> Result<ProductView, ServiceError> {
         product::validate_restock(qty)?;
-        if beyond_storage(product_id.0) {
-            return Err(Rejection::UnknownProduct { product_id }.into());
-        }
         match self.execute(Command::Restock { product_id, qty }).await? {
             Outcome::Restocked { product, available } => Ok(ProductView { product, available }),
             other => Err(mismatched(&other)),

@@ -251,6 +251,24 @@ impl Mariadbd {
 
     /// The first column of the first row of `sql`, as text, or `None` when the server does not
     /// answer (or the login fails).
+    /// Waits until this node has applied everything the cluster committed before the call: a
+    /// causal read (`wsrep_sync_wait`). A node applies the others' writes, their DDL too, a
+    /// little after they commit, and on a busy machine a test's next statement can come first.
+    pub async fn catch_up(&self) {
+        let mut connection = sqlx::MySqlConnection::connect(&self.url())
+            .await
+            .expect("a connection to the node");
+        sqlx::query("SET SESSION wsrep_sync_wait = 1")
+            .execute(&mut connection)
+            .await
+            .expect("causal reads on");
+        sqlx::query("SELECT 1")
+            .fetch_one(&mut connection)
+            .await
+            .expect("a causal read");
+        let _ = connection.close().await;
+    }
+
     pub async fn query_text(&self, sql: &'static str) -> Option<String> {
         let connecting = sqlx::MySqlConnection::connect(&self.url());
         let mut connection = tokio::time::timeout(Duration::from_secs(2), connecting)

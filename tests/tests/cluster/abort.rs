@@ -218,17 +218,21 @@ async fn a_node_cut_off_from_the_cluster_refuses_commits_and_serves_again_once_h
     cluster.heal(0).await;
     assert!(here.serves(within).await, "a healed node serves again");
 
-    // The other node hangs while this one commits: the commit waits for the group, which ends
-    // up without it and without a primary component.
+    // The other node is cut off while this one commits: the commit waits for the group, which
+    // ends up without it and without a primary component. (A node stopped with SIGSTOP does
+    // the same, but has left the two nodes, once it went on, each forming one-node
+    // non-primary views in a loop on a busy machine: 32,227 views in 90 s, connected all along
+    // and never merging, which `pc.bootstrap` could not end either (1210); Galera's open issue
+    // codership/mysql-wsrep#24 shows the same loop. A partition healed merges back.)
     let mut tx = here
         .begin(TxMode::Write)
         .await
         .expect("a transaction, healed");
     tx.lock_products(&[product.id]).await.expect("a read");
     tx.write(&counters(product.id, 8)).await.expect("a write");
-    cluster.pause(1).await;
+    cluster.cut_off(1).await;
     let committed = tx.commit().await;
-    cluster.resume_after_quorum_loss(1, 0).await;
+    cluster.heal(1).await;
     cluster.wait_synced(0).await;
     assert!(
         matches!(&committed, Err(StoreError::Contention(m)) if m.contains("1180")),

@@ -23,10 +23,6 @@ const GALERA_PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
 /// How long a server may take to answer after it is started (a Galera node joining included).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// How long two Galera nodes that both left the primary component get to merge it back by
-/// themselves ([`Galera::resume_after_quorum_loss`]).
-const REMERGE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Numbers this process's servers, for their directory names.
 static SERVERS: AtomicU32 = AtomicU32::new(0);
 
@@ -344,21 +340,6 @@ impl Mariadbd {
     }
 }
 
-/// The scheduling state of each thread of process `pid` (`R`, `S`, `T` for stopped, ...), from
-/// `/proc/PID/task/*/stat`; none once the process is gone.
-fn thread_states(pid: u32) -> Vec<char> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let state = |task: std::fs::DirEntry| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // After the command name, which is in parentheses and may hold spaces.
-        let (_, after) = stat.rsplit_once(") ")?;
-        after.chars().next()
-    };
-    tasks.flatten().filter_map(state).collect()
-}
-
 /// Set, a test leaves its servers' directories (data, binary logs, error log) behind for a look.
 const KEEP: &str = "FLASHSALE_KEEP_NODES";
 
@@ -520,9 +501,8 @@ impl Galera {
     /// network partition would, and waits until it has left the primary component: it then
     /// refuses statements with error 1047 until [`Galera::heal`].
     pub async fn isolate(&mut self, i: usize) {
+        self.cut_off(i).await;
         let node = self.nodes.get(i).expect("a node of the cluster");
-        node.execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
-            .await;
         let deadline = deadline_in(Duration::from_secs(30));
         loop {
             let status = node
@@ -537,6 +517,15 @@ impl Galera {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Cuts node `i` off from the others' group communication and returns at once, while the
+    /// others still count it a member for a few seconds: a commit on another node then waits
+    /// for the group, which ends up without node `i`.
+    pub async fn cut_off(&mut self, i: usize) {
+        let node = self.nodes.get(i).expect("a node of the cluster");
+        node.execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+            .await;
     }
 
     /// Lets node `i` talk to the others again and waits until it is synced with them.
@@ -569,75 +558,6 @@ impl Galera {
             restart.contains("SST completed"),
             "node {i} joined without a full state transfer; its log since the restart:\n{restart}"
         );
-    }
-
-    /// Stops node `i`'s process (SIGSTOP), a node that hangs, and returns once every thread of
-    /// it has stopped; [`Galera::resume`] lets it go on. `kill` returns once the signal is sent:
-    /// the kernel stops the other threads only after the thread that took the signal runs, and
-    /// on a busy machine the node's group-communication thread can meanwhile still answer the
-    /// others (a commit replicated to a node the test holds for hung).
-    pub async fn pause(&mut self, i: usize) {
-        let pid = self.signal(i, "-STOP");
-        let deadline = deadline_in(Duration::from_secs(30));
-        loop {
-            let states = thread_states(pid);
-            // A thread that exited meanwhile (`Z`, `X`) runs no more either.
-            let stopped = |state: &char| matches!(state, 'T' | 'Z' | 'X');
-            if !states.is_empty() && states.iter().all(stopped) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} (pid {pid}) has not stopped: its threads' states {states:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Lets node `i`'s process go on (SIGCONT) after the cluster lost its primary component
-    /// while the node hung, and returns once node `i` is synced again; `true` when the cluster
-    /// had to be restored by hand.
-    ///
-    /// Two nodes that both left the primary component merge it back by themselves once they
-    /// talk again, most of the time. On a busy machine they have instead each formed singleton
-    /// non-primary views in a loop, each seeing the other partitioned, connected all along
-    /// (32,227 views in 90 s; Galera's open issue codership/mysql-wsrep#24 shows the same loop
-    /// after a node restart). Past [`REMERGE_TIMEOUT`] the cluster is restored the way an
-    /// operator restores a two-node cluster that lost its quorum: node `survivor` bootstraps
-    /// the primary component (`pc.bootstrap`), and node `i` is restarted to rejoin it.
-    pub async fn resume_after_quorum_loss(&mut self, i: usize, survivor: usize) -> bool {
-        self.signal(i, "-CONT");
-        let size = self.nodes.len();
-        let Err((ready, members)) = self.members_within(i, size, REMERGE_TIMEOUT).await else {
-            return false;
-        };
-        eprintln!(
-            "Galera: node {i} did not merge back into a primary component within \
-             {REMERGE_TIMEOUT:?} (ready {ready:?}, cluster size {members:?}); node {survivor} \
-             bootstraps it and node {i} restarts"
-        );
-        let node = self.nodes.get(survivor).expect("a node of the cluster");
-        node.execute("SET GLOBAL wsrep_provider_options = 'pc.bootstrap=YES'")
-            .await;
-        self.nodes
-            .get_mut(i)
-            .expect("a node of the cluster")
-            .shutdown();
-        self.rejoin(i).await;
-        true
-    }
-
-    /// Sends `signal` to node `i`'s process; returns its pid.
-    fn signal(&mut self, i: usize, signal: &str) -> u32 {
-        let pid = (self.nodes.get(i))
-            .and_then(|node| node.child.as_ref())
-            .map(Child::id)
-            .expect("a running node");
-        run(
-            Command::new("kill").args([signal, &pid.to_string()]),
-            "signalling mariadbd",
-        );
-        pid
     }
 
     /// Kills node `i` with SIGKILL.

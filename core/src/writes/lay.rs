@@ -246,3 +246,164 @@ fn laid<T: Tables>(
     }
     Ok(laying.puts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Cents, Qty};
+    use crate::rows::hold::{HoldGrant, ReleaseReason};
+    use crate::rows::order::{NewOrder, OrderStatus, Settlement};
+    use crate::writes::{NewHold, pending_hold, pending_order};
+
+    /// Rows in maps, ids from 1 in sequence.
+    #[derive(Default)]
+    struct Rows {
+        holds: BTreeMap<HoldId, Hold>,
+        orders: BTreeMap<OrderId, Order>,
+        puts: usize,
+    }
+
+    impl Tables for Rows {
+        type Error = Violation;
+
+        fn product(&self, _: ProductId) -> Option<Product> {
+            None
+        }
+
+        fn bucket(&self, _: ProductId, _: Timestamp) -> BucketRead {
+            BucketRead::Absent
+        }
+
+        fn hold(&self, id: HoldId) -> Option<Hold> {
+            self.holds.get(&id).copied()
+        }
+
+        fn order(&self, id: OrderId) -> Option<Order> {
+            self.orders.get(&id).copied()
+        }
+
+        fn new_hold_id(&mut self, assigned: &Inserted) -> HoldId {
+            HoldId(next(self.holds.len(), assigned.holds.len()))
+        }
+
+        fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
+            OrderId(next(self.orders.len(), assigned.orders.len()))
+        }
+
+        fn put(&mut self, row: Put) -> Result<(), Violation> {
+            self.puts = self.puts.saturating_add(1);
+            match row {
+                Put::Hold(hold) => {
+                    self.holds.insert(hold.id, hold);
+                }
+                Put::Order(order) => {
+                    self.orders.insert(order.id, order);
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    /// The id after `stored` rows and `assigned` new ones.
+    fn next(stored: usize, assigned: usize) -> u64 {
+        u64::try_from(stored.saturating_add(assigned).saturating_add(1)).unwrap_or(u64::MAX)
+    }
+
+    fn grant() -> NewHold {
+        NewHold {
+            product_id: ProductId(1),
+            grant: HoldGrant {
+                qty: Qty(2),
+                created_at: Timestamp(1_000),
+                expires_at: Timestamp(121_000),
+            },
+        }
+    }
+
+    fn order_of(hold_id: HoldId) -> NewOrder {
+        NewOrder {
+            hold_id,
+            product_id: ProductId(1),
+            qty: Qty(2),
+            total_cents: Cents(200),
+            status: OrderStatus::PrePayment,
+            created_at: Timestamp(2_000),
+            payment_due_at: Timestamp(902_000),
+        }
+    }
+
+    #[test]
+    fn an_order_consumes_the_hold_its_write_set_inserted_and_a_later_one_settles_it() {
+        let mut rows = Rows::default();
+        let writes = WriteSet {
+            holds_inserted: vec![grant()],
+            orders_inserted: vec![order_of(pending_hold(0))],
+            orders_updated: vec![(pending_order(0), Settlement::Paid)],
+            ..WriteSet::default()
+        };
+        let mut inserted = Inserted::default();
+        lay(&mut rows, &writes, &mut inserted).expect("it fits");
+        assert_eq!(inserted.holds, vec![HoldId(1)]);
+        assert_eq!(inserted.orders, vec![OrderId(1)]);
+        assert_eq!(
+            rows.holds[&HoldId(1)].state,
+            HoldState::Consumed(OrderId(1))
+        );
+        assert_eq!(rows.orders[&OrderId(1)].status, OrderStatus::Paid);
+        assert_eq!(rows.orders[&OrderId(1)].hold_id, HoldId(1));
+    }
+
+    #[test]
+    fn a_write_set_that_does_not_fit_puts_nothing_and_assigns_no_id() {
+        let mut rows = Rows::default();
+        let mut inserted = Inserted::default();
+        let writes = WriteSet {
+            holds_inserted: vec![grant()],
+            orders_inserted: vec![order_of(pending_hold(0))],
+            ..WriteSet::default()
+        };
+        lay(&mut rows, &writes, &mut inserted).expect("it fits");
+        let before = (rows.puts, inserted.clone());
+
+        // The hold is consumed: it cannot leave held again, nor be consumed twice.
+        let release = WriteSet {
+            holds_released: vec![(HoldId(1), ReleaseReason::PaymentFailed)],
+            ..WriteSet::default()
+        };
+        assert_eq!(
+            lay(&mut rows, &release, &mut inserted),
+            Err(Violation::HoldNotHeld { hold_id: HoldId(1) })
+        );
+        let twice = WriteSet {
+            holds_inserted: vec![grant()],
+            orders_inserted: vec![order_of(HoldId(1))],
+            ..WriteSet::default()
+        };
+        assert_eq!(
+            lay(&mut rows, &twice, &mut inserted),
+            Err(Violation::HoldNotHeld { hold_id: HoldId(1) })
+        );
+        // The order is paid: it settles no more.
+        let settle = WriteSet {
+            orders_updated: vec![(OrderId(1), Settlement::Paid)],
+            ..WriteSet::default()
+        };
+        lay(&mut rows, &settle, &mut inserted).expect("a pre-payment order settles");
+        let again = WriteSet {
+            orders_updated: vec![(OrderId(1), Settlement::Paid)],
+            ..WriteSet::default()
+        };
+        assert_eq!(
+            lay(&mut rows, &again, &mut inserted),
+            Err(Violation::TerminalOrderChanged {
+                order_id: OrderId(1)
+            })
+        );
+        assert_eq!(
+            (rows.puts, inserted),
+            (before.0.saturating_add(1), before.1)
+        );
+        assert_eq!(rows.holds.len(), 1, "the refused grant was not put");
+    }
+}

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flashsale_core::{
-    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
-    ProductId, Qty, RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
+    ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId,
+    RequestRecord, RowLock, Timestamp, WebhookRecord, WriteSet,
 };
 use flashsale_service::clock::Clock;
 use flashsale_service::store::{
@@ -229,17 +229,6 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         Ok(products)
     }
 
-    async fn insert_product(
-        &mut self,
-        name: &str,
-        price_cents: Cents,
-        stock: Qty,
-    ) -> StoreResult<Product> {
-        let product = self.tx()?.insert_product(name, price_cents, stock).await?;
-        self.observer.inserted_product(product.id);
-        Ok(product)
-    }
-
     async fn due_buckets(
         &mut self,
         products: &[ProductId],
@@ -342,8 +331,10 @@ impl<T: Transaction + 'static> Transaction for LoggedTx<T> {
         }
     }
 
-    async fn product_count(&mut self) -> StoreResult<u64> {
-        self.tx()?.product_count().await
+    async fn first_product(&mut self) -> StoreResult<Option<Product>> {
+        let first = self.tx()?.first_product().await?;
+        self.observer.loaded(usize::from(first.is_some()));
+        Ok(first)
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {

@@ -136,12 +136,6 @@ impl TxObserver {
         self.locked_product = ids.last().copied();
     }
 
-    /// Notes a product the transaction inserted.
-    pub fn inserted_product(&mut self, id: ProductId) {
-        self.ending.wrote = true;
-        self.ending.products_inserted.push(id.0);
-    }
-
     /// Notes a write-set the transaction wrote, and the rows the storage inserted for it.
     pub fn wrote(&mut self, writes: &WriteSet, inserted: &Inserted) {
         if !writes.is_empty() {
@@ -149,6 +143,9 @@ impl TxObserver {
         }
         self.rows_written = self.rows_written.saturating_add(writes.rows());
         let ending = &mut self.ending;
+        ending
+            .products_inserted
+            .extend(inserted.products.iter().map(|p| p.0));
         ending
             .holds_inserted
             .extend(inserted.holds.iter().map(|h| h.0));

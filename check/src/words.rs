@@ -26,6 +26,7 @@ pub fn command(command: &Command) -> String {
         Command::CreateProduct { name, stock, .. } => {
             format!("POST /api/admin/products {{name: {name:?}, stock: {stock}}}")
         }
+        Command::SeedDemo => "the demo seed (--seed-demo)".to_owned(),
         Command::Restock { product_id, qty } => {
             format!("POST /api/admin/products/{product_id}/restock {{qty: {qty}}}")
         }

@@ -17,6 +17,9 @@ pub enum Command {
         /// Initial stock.
         stock: Qty,
     },
+    /// Create the demo products ([`crate::product::demo_products`]) when no product exists;
+    /// nothing otherwise.
+    SeedDemo,
     /// Add units to a product's stock.
     Restock {
         /// The product.
@@ -75,6 +78,7 @@ impl Command {
             | Command::Restock { product_id, .. }
             | Command::SweepProduct { product_id, .. } => Some(*product_id),
             Command::CreateProduct { .. }
+            | Command::SeedDemo
             | Command::PlaceOrder { .. }
             | Command::ApplyWebhook(_)
             | Command::Sweep => None,

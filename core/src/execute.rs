@@ -35,7 +35,7 @@ use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::Timestamp;
 use crate::writes::{
     BucketRead, Changes, Inserted, Put, Tables, WriteSet, lay, own_hold, own_order, pending_hold,
-    pending_order,
+    pending_order, pending_product,
 };
 
 /// What [`execute`] decided: one answer per command, in order, and the batch's writes.
@@ -71,9 +71,8 @@ impl Executed {
 }
 
 /// Decides `commands` in order at `now` over `rows`, the rows [`crate::Plan::new`]`(commands)`
-/// loaded. [`Command::CreateProduct`] and [`Command::Sweep`] are not decided over rows (the
-/// ledger and the service run them themselves): each is refused as
-/// [`Violation::CommandOutsideExecute`].
+/// loaded. [`Command::Sweep`] is not decided over rows (the ledger and the service run it as
+/// [`Command::SweepProduct`]s): it is refused as [`Violation::CommandOutsideExecute`].
 ///
 /// The batch's [`crate::plan::Budget`] is checked here, for every driver: rows loaded past it
 /// (a storage reading what grows with history) or a write-set past it refuse every command as
@@ -141,6 +140,7 @@ fn named_hold(command: &Command) -> Option<HoldId> {
         Command::PlaceOrder { hold_id, .. } => Some(*hold_id),
         Command::ApplyWebhook(payload) => Some(payload.hold_id),
         Command::CreateProduct { .. }
+        | Command::SeedDemo
         | Command::Restock { .. }
         | Command::PlaceHold { .. }
         | Command::Sweep
@@ -200,9 +200,21 @@ impl<'r, 'a> Working<'r, 'a> {
                 holds,
                 orders,
             } => self.sweep(now, *product_id, holds, orders),
-            Command::CreateProduct { .. } | Command::Sweep => {
-                Err(Violation::CommandOutsideExecute.into())
+            Command::CreateProduct {
+                name,
+                price_cents,
+                stock,
+            } => {
+                let (product, writes) = product::create(name, *price_cents, *stock)?;
+                Ok((Outcome::ProductCreated(product), writes))
             }
+            Command::SeedDemo => {
+                // A product an earlier command of the batch created exists too.
+                let any = self.rows.any_product() || !self.inserted.products.is_empty();
+                let (products, writes) = product::seed_demo(any);
+                Ok((Outcome::Seeded(products), writes))
+            }
+            Command::Sweep => Err(Violation::CommandOutsideExecute.into()),
         }
     }
 
@@ -517,6 +529,10 @@ impl Tables for Working<'_, '_> {
 
     fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
         pending_order(assigned.orders.len())
+    }
+
+    fn new_product_id(&mut self, assigned: &Inserted) -> ProductId {
+        pending_product(assigned.products.len())
     }
 
     fn put(&mut self, row: Put) -> Result<(), Violation> {

@@ -19,7 +19,7 @@ use crate::command::Command;
 use crate::driver::{Decided, Steps, decide};
 use crate::errors::{Refusal, Rejection, Violation};
 use crate::hold;
-use crate::ids::{Cents, HoldId, IdempotencyKey, OrderId, ProductId, Qty};
+use crate::ids::{HoldId, IdempotencyKey, OrderId, ProductId, Qty};
 use crate::invariants::{self, Stored};
 use crate::outcome::Outcome;
 use crate::plan::{Load, Loaded};
@@ -224,11 +224,6 @@ impl Ledger {
     /// The command's [`Rejection`], as documented on each decision.
     pub fn apply(&mut self, now: Timestamp, command: Command) -> Result<Outcome, Rejection> {
         let outcome = match command {
-            Command::CreateProduct {
-                name,
-                price_cents,
-                stock,
-            } => self.create_product(&name, price_cents, stock),
             Command::Sweep => Ok(self.sweep(now)),
             command => {
                 let mut answers = self.execute(now, std::slice::from_ref(&command));
@@ -245,7 +240,7 @@ impl Ledger {
     /// one [`execute`](crate::execute()), one write-set. Returns one answer per command, in order.
     ///
     /// # Panics
-    /// On a [`Command::CreateProduct`] or [`Command::Sweep`], which are not batched; in debug
+    /// On a [`Command::Sweep`], which is not batched; in debug
     /// builds, on a broken invariant afterwards.
     pub fn apply_batch(
         &mut self,
@@ -399,18 +394,6 @@ impl Ledger {
         self.request_keys.values()
     }
 
-    fn create_product(
-        &mut self,
-        name: &str,
-        price_cents: Cents,
-        stock: Qty,
-    ) -> Result<Outcome, Rejection> {
-        let new = product::create_product(name, price_cents, stock)?;
-        let product = new.with_id(ProductId(self.products.next_id()));
-        self.products.insert(product.id.0, product.clone());
-        Ok(Outcome::ProductCreated(product))
-    }
-
     /// Folds due buckets, retires holds expired for good and cancels overdue orders of every
     /// product, in [`Command::SweepProduct`] transactions of at most [`SWEEP_CHUNK`] holds and
     /// orders each, as the server's sweeper commits them, until nothing is left. As the
@@ -500,6 +483,9 @@ impl Ledger {
         let hold = |id: &HoldId| self.holds.get(id.0).copied();
         let order = |id: &OrderId| self.orders.get(id.0).copied();
         match load {
+            Load::FirstProduct => {
+                Loaded::Products(self.products.iter().take(1).map(Cow::Borrowed).collect())
+            }
             Load::RequestKeys(keys) => Loaded::RequestKeys(
                 keys.iter()
                     .filter_map(|k| self.request_keys.get(k).cloned())
@@ -747,6 +733,12 @@ impl Tables for Writing<'_> {
     fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
         let before = u64::try_from(assigned.orders.len()).unwrap_or(u64::MAX);
         OrderId(self.ledger.orders.next_id().saturating_add(before))
+    }
+
+    /// Dense, as holds.
+    fn new_product_id(&mut self, assigned: &Inserted) -> ProductId {
+        let before = u64::try_from(assigned.products.len()).unwrap_or(u64::MAX);
+        ProductId(self.ledger.products.next_id().saturating_add(before))
     }
 
     fn put(&mut self, row: Put) -> Result<(), Violation> {

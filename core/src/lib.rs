@@ -64,5 +64,5 @@ pub use rows::request::{KeyedRequest, RequestRecord};
 pub use time::Timestamp;
 pub use writes::{
     BucketRead, Changes, Inserted, NewHold, Pending, Put, Tables, WriteSet, lay, pending_hold,
-    pending_order,
+    pending_order, pending_product,
 };

@@ -39,6 +39,8 @@ pub enum WebhookChange {
 pub enum Outcome {
     /// A product was created.
     ProductCreated(Product),
+    /// The demo products were created, or none when a product existed already.
+    Seeded(Vec<Product>),
     /// A product was restocked.
     Restocked {
         /// Its new state.
@@ -97,7 +99,7 @@ impl Outcome {
             Outcome::HoldPlaced { hold, .. } => Some(hold.product_id),
             Outcome::OrderPlaced { order, .. } => Some(order.product_id),
             Outcome::WebhookApplied { order, .. } => order.map(|o| o.product_id),
-            Outcome::Swept { .. } => None,
+            Outcome::Seeded(_) | Outcome::Swept { .. } => None,
         }
     }
 
@@ -134,9 +136,19 @@ impl Outcome {
                 order: order.map(|o| offsets.order_row(o)),
                 change,
             },
-            other @ (Outcome::ProductCreated(_)
-            | Outcome::Restocked { .. }
-            | Outcome::Swept { .. }) => other,
+            Outcome::ProductCreated(product) => Outcome::ProductCreated(Product {
+                id: offsets.product(product.id),
+                ..product
+            }),
+            Outcome::Seeded(products) => Outcome::Seeded(
+                (products.into_iter())
+                    .map(|product| Product {
+                        id: offsets.product(product.id),
+                        ..product
+                    })
+                    .collect(),
+            ),
+            other @ (Outcome::Restocked { .. } | Outcome::Swept { .. }) => other,
         }
     }
 
@@ -177,9 +189,21 @@ impl Outcome {
                 order: order.map(|o| inserted.order_row(o)).transpose()?,
                 change,
             },
-            other @ (Outcome::ProductCreated(_)
-            | Outcome::Restocked { .. }
-            | Outcome::Swept { .. }) => other,
+            Outcome::ProductCreated(product) => Outcome::ProductCreated(Product {
+                id: inserted.product(product.id)?,
+                ..product
+            }),
+            Outcome::Seeded(products) => Outcome::Seeded(
+                (products.into_iter())
+                    .map(|product| {
+                        Ok(Product {
+                            id: inserted.product(product.id)?,
+                            ..product
+                        })
+                    })
+                    .collect::<Result<_, Violation>>()?,
+            ),
+            other @ (Outcome::Restocked { .. } | Outcome::Swept { .. }) => other,
         })
     }
 }

@@ -38,12 +38,15 @@ use crate::rows::expiry::{DUE_BUCKETS_MAX, ExpiryBucket};
 use crate::rows::hold::{Hold, HoldState};
 use crate::rows::order::Order;
 use crate::rows::payment::WebhookRecord;
-use crate::rows::product::Product;
+use crate::rows::product::{DEMO_PRODUCTS, Product};
 use crate::rows::request::{KeyedRequest, RequestRecord};
 
 /// One read a plan asks for: every row of one kind the batch needs, in the lock order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Load {
+    /// Read the product of the lowest id, if any, without a lock: whether any product exists
+    /// (the demo seed creates its products only when none does).
+    FirstProduct,
     /// Lock and read client request idempotency-key records, in key order.
     RequestKeys(Vec<IdempotencyKey>),
     /// Read holds without a lock, only to learn which products to lock before them.
@@ -77,7 +80,7 @@ impl Load {
                 .map(|&(product, id)| RowLock::Order { product, id })
                 .collect(),
             Load::Webhooks(keys) => keys.iter().cloned().map(RowLock::Webhook).collect(),
-            Load::FindHolds(_) | Load::DueBuckets(_) => Vec::new(),
+            Load::FirstProduct | Load::FindHolds(_) | Load::DueBuckets(_) => Vec::new(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Load {
     /// for due buckets.
     pub fn rows_max(&self) -> usize {
         match self {
+            Load::FirstProduct => 1,
             Load::RequestKeys(keys) | Load::Webhooks(keys) => keys.len(),
             Load::FindHolds(ids) => ids.len(),
             Load::Products(ids) => ids.len(),
@@ -109,7 +113,7 @@ pub enum Loaded<'a> {
     RequestKeys(Vec<RequestRecord>),
     /// For [`Load::FindHolds`] and [`Load::Holds`].
     Holds(Vec<Hold>),
-    /// For [`Load::Products`].
+    /// For [`Load::Products`] and [`Load::FirstProduct`].
     Products(Vec<Cow<'a, Product>>),
     /// For [`Load::Orders`].
     Orders(Vec<Order>),
@@ -168,6 +172,8 @@ pub struct Rows<'a> {
     /// The due buckets of each product asked for, in deadline order.
     due: BTreeMap<ProductId, Vec<ExpiryBucket>>,
     webhooks: BTreeMap<IdempotencyKey, Option<Cow<'a, WebhookRecord>>>,
+    /// Whether any product exists, once [`Load::FirstProduct`] read it.
+    any_product: Option<bool>,
     /// Rows found by every load so far.
     loaded: usize,
 }
@@ -180,6 +186,9 @@ impl<'a> Rows<'a> {
     pub fn put(&mut self, load: Load, loaded: Loaded<'a>) {
         self.loaded = self.loaded.saturating_add(loaded.len());
         match (load, loaded) {
+            (Load::FirstProduct, Loaded::Products(products)) => {
+                self.any_product = Some(!products.is_empty());
+            }
             (Load::RequestKeys(keys), Loaded::RequestKeys(records)) => {
                 self.request_keys
                     .extend(keys.into_iter().map(|k| (k, None)));
@@ -234,6 +243,12 @@ impl<'a> Rows<'a> {
     /// The record of a client request key, if the plan loaded one for it.
     pub fn request_record(&self, key: &IdempotencyKey) -> Option<&RequestRecord> {
         self.request_keys.get(key).and_then(Option::as_ref)
+    }
+
+    /// Whether any product exists: [`Load::FirstProduct`] found one, or a product loaded
+    /// exists.
+    pub fn any_product(&self) -> bool {
+        self.any_product == Some(true) || self.products.values().any(Option::is_some)
     }
 
     /// A hold as found without a lock (only its product is to be trusted).
@@ -292,6 +307,10 @@ impl Budget {
     const WEBHOOK: Budget = Budget::of(5, 5);
     /// What a restock loads and writes: its product.
     const RESTOCK: Budget = Budget::of(1, 1);
+    /// What a product's creation loads (nothing) and writes (the product).
+    const CREATE: Budget = Budget::of(0, 1);
+    /// What the demo seed loads (the first product) and writes (the demo products).
+    const SEED: Budget = Budget::of(1, DEMO_PRODUCTS);
     /// What a product's due buckets add: each loaded, and deleted when folded.
     const DUE: Budget = Budget::of(DUE_BUCKETS_MAX, DUE_BUCKETS_MAX);
 
@@ -348,13 +367,16 @@ pub struct Plan {
     swept_orders: BTreeSet<(ProductId, OrderId)>,
     /// Webhook keys, sorted.
     webhooks: BTreeSet<IdempotencyKey>,
+    /// Whether a command asks whether any product exists (the demo seed).
+    any_product: bool,
     /// What the commands load and write besides their products' due buckets.
     budget: Budget,
 }
 
 impl Plan {
     /// The plan of `commands`, decided together in one transaction. [`Command::CreateProduct`]
-    /// and [`Command::Sweep`] read no rows: they are not decided over a plan.
+    /// reads no row, [`Command::SeedDemo`] whether any product exists; [`Command::Sweep`] is
+    /// not decided over a plan.
     pub fn new(commands: &[Command]) -> Plan {
         let mut plan = Plan::default();
         for command in commands {
@@ -400,7 +422,12 @@ impl Plan {
                 let rows = holds.len().saturating_add(orders.len()).saturating_add(1);
                 Budget::of(rows, rows)
             }
-            Command::CreateProduct { .. } | Command::Sweep => Budget::default(),
+            Command::CreateProduct { .. } => Budget::CREATE,
+            Command::SeedDemo => {
+                self.any_product = true;
+                Budget::SEED
+            }
+            Command::Sweep => Budget::default(),
         };
         self.budget = self.budget.add(budget);
     }
@@ -434,6 +461,9 @@ impl Plan {
     /// The next rows to load, given the rows loaded so far; `None` when the decisions have all
     /// they need.
     pub fn next(&self, rows: &Rows) -> Option<Load> {
+        if self.any_product && rows.any_product.is_none() {
+            return Some(Load::FirstProduct);
+        }
         let keys = missing(&self.request_keys, &rows.request_keys);
         if !keys.is_empty() {
             return Some(Load::RequestKeys(keys));
@@ -588,6 +618,7 @@ mod tests {
             HoldState::Held
         };
         move |load| match load {
+            Load::FirstProduct => Loaded::Products(vec![Cow::Owned(product(1))]),
             Load::RequestKeys(_) => Loaded::RequestKeys(vec![]),
             Load::FindHolds(ids) => Loaded::Holds(
                 ids.iter()
@@ -640,6 +671,39 @@ mod tests {
         );
         assert_eq!(rows.order(OrderId(9)), None, "asked for, and missing");
         assert!(rows.hold(HoldId(4)).is_some());
+    }
+
+    #[test]
+    fn a_seed_reads_the_first_product_once_without_a_lock_and_a_creation_reads_nothing() {
+        let create = Command::CreateProduct {
+            name: "p".into(),
+            price_cents: Cents(100),
+            stock: Qty(1),
+        };
+        let (loads, _) = run(&Plan::new(std::slice::from_ref(&create)), store(false));
+        assert_eq!(loads, []);
+        let commands = [
+            Command::SeedDemo,
+            create,
+            Command::SeedDemo,
+            place_hold(2, None),
+        ];
+        let plan = Plan::new(&commands);
+        let (loads, rows) = run(&plan, store(false));
+        assert_eq!(
+            loads,
+            [
+                Load::FirstProduct,
+                Load::Products(vec![ProductId(2)]),
+                Load::DueBuckets(vec![ProductId(2)]),
+            ]
+        );
+        assert!(Load::FirstProduct.locks().is_empty());
+        assert!(rows.any_product());
+        // Creations and seeds write the products they insert, and the seed reads one row.
+        let budget = plan.budget();
+        assert_eq!(budget.written, 1 + 2 * DEMO_PRODUCTS + 4 + DUE_BUCKETS_MAX);
+        assert_eq!(budget.loaded, 2 + 6 + DUE_BUCKETS_MAX);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::errors::{Rejection, Violation};
 use crate::ids::{Cents, Qty};
-use crate::rows::product::{NAME_BYTES_MAX, NewProduct, PRICE_CENTS_MAX, Product};
-use crate::writes::{Changes, WriteSet};
+use crate::rows::product::{DEMO_PRODUCTS, NAME_BYTES_MAX, NewProduct, PRICE_CENTS_MAX, Product};
+use crate::writes::{Changes, WriteSet, own_product};
 
 /// Decides a product creation: the name must be 1 to [`NAME_BYTES_MAX`] bytes and not blank.
 ///
@@ -23,6 +23,55 @@ pub fn create_product(name: &str, price_cents: Cents, stock: Qty) -> Result<NewP
         price_cents,
         stock,
     })
+}
+
+/// Decides a product creation ([`create_product`]): the write of the new product, and the product
+/// as its answer names it, by its pending id until a storage assigns one.
+///
+/// # Errors
+/// As [`create_product`].
+pub fn create(
+    name: &str,
+    price_cents: Cents,
+    stock: Qty,
+) -> Result<(Product, WriteSet), Rejection> {
+    let new = create_product(name, price_cents, stock)?;
+    let product = new.clone().with_id(own_product(0));
+    let writes = WriteSet {
+        products_inserted: vec![new],
+        ..WriteSet::default()
+    };
+    Ok((product, writes))
+}
+
+/// Decides the demo seed: the [`demo_products`] when no product exists (`any_product` false),
+/// nothing otherwise; the products as the answer names them, by their pending ids.
+pub fn seed_demo(any_product: bool) -> (Vec<Product>, WriteSet) {
+    if any_product {
+        return (Vec::new(), WriteSet::default());
+    }
+    let news = demo_products();
+    let products = (news.iter().cloned().enumerate())
+        .map(|(n, new)| new.with_id(own_product(n)))
+        .collect();
+    let writes = WriteSet {
+        products_inserted: news,
+        ..WriteSet::default()
+    };
+    (products, writes)
+}
+
+/// The demo seed's products, the original service's: `Product i` for `i` in 1 to
+/// [`DEMO_PRODUCTS`], `price_cents = 500 * i`, `stock = max(1, 6 - i % 6)`.
+pub fn demo_products() -> Vec<NewProduct> {
+    (1u32..)
+        .take(DEMO_PRODUCTS)
+        .map(|i| NewProduct {
+            name: format!("Product {i}"),
+            price_cents: Cents(500u64.saturating_mul(u64::from(i))),
+            stock: Qty(6u32.saturating_sub(i % 6).max(1)),
+        })
+        .collect()
 }
 
 /// Decides a restock of `qty` units: the write of the product's new `stock` and

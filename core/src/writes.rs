@@ -12,15 +12,16 @@
 //!
 //! Rows a write-set inserts have no ids until a storage assigns them, yet later parts of the same
 //! write-set (a webhook record naming the order it created, a request key naming its hold, a
-//! later command of the batch paying an order an earlier one created) must name them. They name
-//! them by *pending* ids, above [`ID_MAX`] where no stored row and no request's id can be: the
-//! `n`th hold a transaction's write-set inserts is [`pending_hold`]`(n)`, the `n`th order
-//! [`pending_order`]`(n)`. A decision does not know how many rows the commands before it in its
+//! later command of the batch paying an order an earlier one created, a product's creation
+//! answering the product) must name them. They name them by *pending* ids, above [`ID_MAX`]
+//! where no stored row and no request's id can be: the `n`th hold a transaction's write-set
+//! inserts is [`pending_hold`]`(n)`, the `n`th order [`pending_order`]`(n)`, the `n`th product
+//! [`pending_product`]`(n)`. A decision does not know how many rows the commands before it in its
 //! batch inserted, so [`Changes`] numbers its new rows in a range of their own, above the batch's,
 //! and [`WriteSet::append`] (and [`Pending`] for answers) moves them into the batch's numbering;
 //! rows the decision read keep the ids they had. A storage applies the parts in this order,
-//! resolving pending ids through the [`Inserted`] ids it has assigned so far: the product rows,
-//! the bucket changes, the folded buckets (deleted), the released and retired holds, the inserted
+//! resolving pending ids through the [`Inserted`] ids it has assigned so far: the inserted
+//! products (ids assigned in order), the product rows, the bucket changes, the folded buckets (deleted), the released and retired holds, the inserted
 //! holds (ids assigned in order), the inserted orders (ids in order; each consumes its hold),
 //! order statuses, the webhook records, the request-key records.
 
@@ -30,7 +31,7 @@ use crate::rows::expiry::{BucketChange, ExpiryBucket, Folded, OpenBucket};
 use crate::rows::hold::{Hold, HoldGrant, HoldState, ReleaseReason};
 use crate::rows::order::{CancelReason, NewOrder, Order, OrderStatus, Settlement};
 use crate::rows::payment::WebhookRecord;
-use crate::rows::product::{Counters, Product};
+use crate::rows::product::{Counters, NewProduct, Product};
 use crate::rows::request::{KeyedRequest, RequestRecord};
 use crate::time::{Timestamp, is_past};
 
@@ -50,6 +51,11 @@ pub fn pending_hold(n: usize) -> HoldId {
 /// The pending id of the `n`th order a transaction's write-set inserts.
 pub fn pending_order(n: usize) -> OrderId {
     OrderId(pending(0, n))
+}
+
+/// The pending id of the `n`th product a transaction's write-set inserts.
+pub fn pending_product(n: usize) -> ProductId {
+    ProductId(pending(0, n))
 }
 
 fn pending(base: u64, n: usize) -> u64 {
@@ -76,23 +82,38 @@ pub(crate) fn own_order(n: usize) -> OrderId {
     OrderId(pending(OWN, n))
 }
 
+/// The id of a decision's `n`th new product, in its own numbering.
+pub(crate) fn own_product(n: usize) -> ProductId {
+    ProductId(pending(OWN, n))
+}
+
 /// Which of its own new rows a decision's id names, if it is one.
 fn own_index(id: u64) -> Option<usize> {
     let n = id.checked_sub(ID_MAX)?.checked_sub(1)?.checked_sub(OWN)?;
     usize::try_from(n).ok()
 }
 
-/// How many holds and orders a write-set inserts: the offsets at which the rows of a decision
-/// appended to it are numbered.
+/// How many holds, orders and products a write-set inserts: the offsets at which the rows of a
+/// decision appended to it are numbered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     /// Holds inserted.
     pub holds: usize,
     /// Orders inserted.
     pub orders: usize,
+    /// Products inserted.
+    pub products: usize,
 }
 
 impl Pending {
+    /// `id` in the batch's numbering, as [`Pending::hold`].
+    pub fn product(self, id: ProductId) -> ProductId {
+        match own_index(id.0) {
+            Some(n) => pending_product(n.saturating_add(self.products)),
+            None => id,
+        }
+    }
+
     /// `id` in the batch's numbering: a decision's own new row moves past these offsets; any
     /// other id stays.
     pub fn hold(self, id: HoldId) -> HoldId {
@@ -172,6 +193,10 @@ impl NewHold {
 /// Empty when nothing changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSet {
+    /// Products created, in order; the storage assigns their ids in this order, before it
+    /// writes anything else. Nothing else in a write-set names a new product: only its
+    /// creation's answer does.
+    pub products_inserted: Vec<NewProduct>,
     /// The new counters of every product whose units changed, one entry per product. Every
     /// change of a product's units writes its row, which is also what certification-based
     /// replication compares.
@@ -208,6 +233,8 @@ pub struct Inserted {
     pub holds: Vec<HoldId>,
     /// The ids of [`WriteSet::orders_inserted`], in order.
     pub orders: Vec<OrderId>,
+    /// The ids of [`WriteSet::products_inserted`], in order.
+    pub products: Vec<ProductId>,
 }
 
 impl Inserted {
@@ -232,6 +259,18 @@ impl Inserted {
             return Ok(id);
         }
         let assigned = pending_index(id.0).and_then(|n| self.orders.get(n));
+        assigned.copied().ok_or(Violation::WriteSetUnresolved)
+    }
+
+    /// The stored id of `id`: itself, or the id assigned to the row a pending id names.
+    ///
+    /// # Errors
+    /// [`Violation::WriteSetUnresolved`] when a pending id names a row not inserted (yet).
+    pub fn product(&self, id: ProductId) -> Result<ProductId, Violation> {
+        if id.0 <= ID_MAX {
+            return Ok(id);
+        }
+        let assigned = pending_index(id.0).and_then(|n| self.products.get(n));
         assigned.copied().ok_or(Violation::WriteSetUnresolved)
     }
 
@@ -295,11 +334,12 @@ impl WriteSet {
         *self == WriteSet::default()
     }
 
-    /// How many holds and orders it inserts.
+    /// How many holds, orders and products it inserts.
     pub fn pending(&self) -> Pending {
         Pending {
             holds: self.holds_inserted.len(),
             orders: self.orders_inserted.len(),
+            products: self.products_inserted.len(),
         }
     }
 
@@ -308,11 +348,12 @@ impl WriteSet {
         self.products.iter().find(|c| c.id == product_id)
     }
 
-    /// How many rows applying it writes: one per product, bucket changed or deleted, hold
+    /// How many rows applying it writes: one per product inserted or written, bucket changed or deleted, hold
     /// released, retired or inserted, request or webhook record, and two per order inserted (the
     /// order, and the hold it consumes). What [`crate::plan::Budget::written`] bounds.
     pub fn rows(&self) -> usize {
         [
+            self.products_inserted.len(),
             self.products.len(),
             self.buckets.len(),
             self.buckets_folded.len(),
@@ -343,6 +384,7 @@ impl WriteSet {
     /// A decision's write-set in its batch's numbering: its own new rows after `offsets`.
     pub fn moved(self, offsets: Pending) -> WriteSet {
         WriteSet {
+            products_inserted: self.products_inserted,
             products: self.products,
             buckets: self.buckets,
             buckets_folded: self.buckets_folded,
@@ -375,6 +417,7 @@ impl WriteSet {
     /// `later` folds takes no change of this one's any more: the fold deletes it, having seen the
     /// changes.
     pub fn join(&mut self, later: WriteSet) {
+        self.products_inserted.extend(later.products_inserted);
         for counters in later.products {
             match self.products.iter_mut().find(|c| c.id == counters.id) {
                 Some(written) => *written = counters,

@@ -456,6 +456,7 @@ fn an_inserted_order_reads_back_with_its_id() {
     let inserted = flashsale_core::Inserted {
         holds: Vec::new(),
         orders: vec![OrderId(7)],
+        products: Vec::new(),
     };
     let new = decided.writes.orders_inserted[0];
     let row = inserted

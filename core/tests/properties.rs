@@ -87,6 +87,9 @@ fn run(steps: &[(i64, Command)]) -> (Ledger, Timestamp) {
 fn find(ledger: &Ledger, load: &Load, now: Timestamp) -> (Loaded<'static>, Vec<RowLock>) {
     let locks = load.locks();
     let loaded = match load {
+        Load::FirstProduct => {
+            Loaded::Products(ledger.products().take(1).cloned().map(Cow::Owned).collect())
+        }
         Load::RequestKeys(keys) => Loaded::RequestKeys(
             keys.iter()
                 .filter_map(|k| ledger.request_key(k).cloned())

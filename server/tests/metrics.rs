@@ -44,8 +44,9 @@ async fn batches_count_their_size_grants_refusals_and_expiry_work_by_path() {
         ("flashsale_holds_expired_total{path=\"request\"}", "1"),
         ("flashsale_units_expired_total{path=\"request\"}", "3"),
         ("flashsale_holds_retired_total{path=\"sweeper\"}", "0"),
-        ("flashsale_batch_size_count", "2"),
-        ("flashsale_batch_size_sum", "4"),
+        // The product's creation, the first hold, then the three holds together.
+        ("flashsale_batch_size_count", "3"),
+        ("flashsale_batch_size_sum", "5"),
     ];
     for (metric, wanted) in expected {
         assert_eq!(value(&text, metric), Some(wanted), "{metric} in:\n{text}");

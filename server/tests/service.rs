@@ -1363,6 +1363,63 @@ async fn the_demo_products_are_seeded_once_into_an_empty_database(db: Db) {
     db.finish(&service).await;
 }
 
+/// Creations are commands of a batch like any other: the storage assigns the ids, the answers
+/// name them, and a demo seed after a creation in the same batch finds that product and adds
+/// none; a seed first in its batch, on an empty database, adds the demo products, and a creation
+/// after it in the same batch is numbered after them; a refused creation inserts nothing.
+async fn products_are_created_in_batches_and_a_seed_sees_its_batchs_creations(db: Db) {
+    let clock = ManualClock::new(T0);
+    let service = db.service(&clock).await;
+    let create = |name: &str| Command::CreateProduct {
+        name: name.to_owned(),
+        price_cents: Cents(100),
+        stock: Qty(2),
+    };
+    let answers = service
+        .execute_batch(&[
+            Command::SeedDemo,
+            create("after the seed"),
+            Command::SeedDemo,
+        ])
+        .await;
+    let seeded = match &answers[0] {
+        Ok(Outcome::Seeded(products)) => products.clone(),
+        other => panic!("expected the seed, got {other:?}"),
+    };
+    let ids: Vec<u64> = seeded.iter().map(|p| p.id.0).collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "stored ids, in order");
+    assert_eq!(seeded[0].name, "Product 1");
+    let created = match &answers[1] {
+        Ok(Outcome::ProductCreated(product)) => product.clone(),
+        other => panic!("expected a product, got {other:?}"),
+    };
+    assert_eq!(
+        (created.id, created.name.as_str()),
+        (ProductId(11), "after the seed")
+    );
+    assert!(
+        matches!(&answers[2], Ok(Outcome::Seeded(none)) if none.is_empty()),
+        "the second seed finds the batch's products: {:?}",
+        answers[2]
+    );
+    let stored = service.product(created.id).await.expect("stored");
+    assert_eq!(stored.product, created, "the answer is the stored row");
+    let answers = service.execute_batch(&[create(""), create("named")]).await;
+    assert_eq!(rejected(answers[0].clone()), Rejection::InvalidName);
+    // Ids ascend; MariaDB's auto-increment may skip some after a multi-row insert.
+    assert!(
+        matches!(&answers[1], Ok(Outcome::ProductCreated(p)) if p.id > created.id),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(
+        service.dump().await.expect("dump").products.len(),
+        12,
+        "a refused creation inserts nothing"
+    );
+    db.finish(&service).await;
+}
+
 /// Polls `future` once, as a caller that sent its request and now waits for the answer.
 fn send<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -1535,6 +1592,7 @@ on_both_databases!(
     a_command_missing_a_hold_its_batch_inserted_is_decided_after_it,
     a_poisoned_command_fails_alone_and_the_rest_of_its_batch_commits,
     the_demo_products_are_seeded_once_into_an_empty_database,
+    products_are_created_in_batches_and_a_seed_sees_its_batchs_creations,
     the_sweep_purges_records_past_their_retention_batch_after_batch,
     migrate_answers_what_it_applied_and_then_nothing,
     instances_starting_at_once_all_migrate,

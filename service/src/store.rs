@@ -14,8 +14,8 @@
 use std::future::Future;
 
 use flashsale_core::{
-    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
-    ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
+    RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 
 /// Why a storage step failed.
@@ -109,14 +109,6 @@ pub trait Transaction: Send {
         ids: &[ProductId],
     ) -> impl Future<Output = StoreResult<Vec<Product>>> + Send;
 
-    /// Inserts a product with the given fields; returns it with its id.
-    fn insert_product(
-        &mut self,
-        name: &str,
-        price_cents: Cents,
-        stock: Qty,
-    ) -> impl Future<Output = StoreResult<Product>> + Send;
-
     /// Reads the expiry buckets of `products` (sorted, distinct) due at `now` (deadline at or
     /// before it): at most [`flashsale_core::DUE_BUCKETS_MAX`] per product, the earliest first.
     /// Called with the products locked, which every writer of a bucket holds, so they take no
@@ -200,8 +192,9 @@ pub trait Transaction: Send {
         limit: u32,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// How many products exist.
-    fn product_count(&mut self) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Reads the product of the lowest id, if any, without a lock: whether any product exists
+    /// ([`flashsale_core::Load::FirstProduct`]).
+    fn first_product(&mut self) -> impl Future<Output = StoreResult<Option<Product>>> + Send;
 
     /// Every row, for checking invariants on the database's contents: in a
     /// [`TxMode::Snapshot`] transaction, so that the tables agree with each other.

@@ -81,7 +81,7 @@ impl Ids {
                     .map(|id| self.order(id))
                     .collect::<Result<_, _>>()?,
             },
-            other @ (Command::CreateProduct { .. } | Command::Sweep) => other,
+            other @ (Command::CreateProduct { .. } | Command::SeedDemo | Command::Sweep) => other,
         })
     }
 

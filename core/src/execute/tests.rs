@@ -6,8 +6,9 @@ use crate::plan::{Load, Loaded, Plan};
 use crate::rows::hold::{HOLD_TTL_MS_DEFAULT, HoldGrant, ReleaseReason};
 use crate::rows::order::{OrderStatus, Settlement};
 use crate::rows::payment::PaymentStatus;
+use crate::rows::product::DEMO_PRODUCTS;
 use crate::writes::Inserted;
-use crate::{Ledger, pending_hold, pending_order};
+use crate::{Ledger, pending_hold, pending_order, pending_product};
 
 const NOW: Timestamp = Timestamp(10_000);
 
@@ -81,6 +82,9 @@ fn rows_of(products: &[Product], holds: &[Hold], commands: &[Command]) -> Rows<'
     let hold = |id: &HoldId| holds.iter().find(|h| h.id == *id).copied();
     while let Some(load) = plan.next(&rows) {
         let loaded = match &load {
+            Load::FirstProduct => {
+                Loaded::Products(products.iter().take(1).cloned().map(Cow::Owned).collect())
+            }
             Load::RequestKeys(_) => Loaded::RequestKeys(vec![]),
             Load::FindHolds(ids) => Loaded::Holds(ids.iter().filter_map(hold).collect()),
             Load::Holds(ids) => Loaded::Holds(ids.iter().filter_map(|(_, id)| hold(id)).collect()),
@@ -182,6 +186,7 @@ fn an_order_and_a_paid_webhook_on_one_hold_in_one_batch_pay_the_order_the_batch_
     let inserted = Inserted {
         holds: vec![],
         orders: vec![OrderId(31)],
+        products: vec![],
     };
     let resolved = executed.answers[1].clone().map(|o| o.resolve(&inserted));
     let Ok(Ok(Outcome::WebhookApplied { record, order, .. })) = resolved else {
@@ -248,6 +253,7 @@ fn a_command_that_missed_a_hold_its_batch_inserted_is_found_stale() {
     let inserted = |first: u64| Inserted {
         holds: vec![HoldId(first), HoldId(first + 1)],
         orders: vec![],
+        products: vec![],
     };
     // The storage gave the first grant id 5, the very hold the order asked for.
     assert_eq!(executed.stale(&inserted(5)), Some(1));
@@ -349,5 +355,61 @@ fn a_storage_that_loads_past_the_budget_gets_every_command_refused() {
         "{:?}",
         executed.answers[0]
     );
+    assert!(executed.writes.is_empty());
+}
+
+#[test]
+fn a_seed_adds_the_demo_products_only_to_a_batch_that_finds_none() {
+    let create = Command::CreateProduct {
+        name: "after".into(),
+        price_cents: Cents(100),
+        stock: Qty(2),
+    };
+    let commands = [Command::SeedDemo, create.clone(), Command::SeedDemo];
+    let executed = execute(&rows_of(&[], &[], &commands), NOW, &commands);
+    let Ok(Outcome::Seeded(seeded)) = &executed.answers[0] else {
+        panic!("{:?}", executed.answers[0]);
+    };
+    let ids: Vec<ProductId> = seeded.iter().map(|p| p.id).collect();
+    let pending: Vec<ProductId> = (0..DEMO_PRODUCTS).map(pending_product).collect();
+    assert_eq!(ids, pending, "named by pending ids, in order");
+    let names: Vec<&str> = seeded.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names[0], "Product 1");
+    assert_eq!(
+        (seeded[0].price_cents, seeded[0].stock),
+        (Cents(500), Qty(5))
+    );
+    let Ok(Outcome::ProductCreated(created)) = &executed.answers[1] else {
+        panic!("{:?}", executed.answers[1]);
+    };
+    assert_eq!(
+        created.id,
+        pending_product(DEMO_PRODUCTS),
+        "after the seed's"
+    );
+    assert_eq!(
+        executed.answers[2],
+        Ok(Outcome::Seeded(Vec::new())),
+        "the batch's own products count"
+    );
+    assert_eq!(executed.writes.products_inserted.len(), DEMO_PRODUCTS + 1);
+    // Stored ids replace the pending ones in the answers.
+    let inserted = Inserted {
+        products: (100..111).map(ProductId).collect(),
+        ..Inserted::default()
+    };
+    let resolved = executed.answers[1].clone().map(|o| o.resolve(&inserted));
+    assert!(
+        matches!(&resolved, Ok(Ok(Outcome::ProductCreated(p))) if p.id == ProductId(110)),
+        "{resolved:?}"
+    );
+    // A store with a product: nothing to seed.
+    let commands = [Command::SeedDemo];
+    let executed = execute(
+        &rows_of(&[product(4, 1, 0)], &[], &commands),
+        NOW,
+        &commands,
+    );
+    assert_eq!(executed.answers, vec![Ok(Outcome::Seeded(Vec::new()))]);
     assert!(executed.writes.is_empty());
 }

@@ -12,6 +12,9 @@ use crate::time::Timestamp;
 
 /// The longest product name accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
+
+/// How many products the demo seed creates ([`crate::product::demo_products`]).
+pub const DEMO_PRODUCTS: usize = 10;
 /// The highest unit price accepted: ten billion in whole currency units.
 pub const PRICE_CENTS_MAX: Cents = Cents(1_000_000_000_000);
 
@@ -136,15 +139,20 @@ pub struct NewProduct {
 }
 
 impl NewProduct {
+    /// The units it has received when created: its initial stock.
+    pub fn units_received(&self) -> u64 {
+        u64::from(self.stock.0)
+    }
+
     /// The product this becomes once the store gave it `id`.
     pub fn with_id(self, id: ProductId) -> Product {
         Product {
+            units_received: self.units_received(),
             id,
             name: self.name,
             price_cents: self.price_cents,
             stock: self.stock,
             units_held: Qty::ZERO,
-            units_received: u64::from(self.stock.0),
             expired_through: Timestamp(0),
             holds_to_retire: 0,
             open_bucket: OpenBucket::default(),

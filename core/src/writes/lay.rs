@@ -41,7 +41,7 @@ pub enum BucketRead {
 /// A row that laying a write-set puts, in the order [`lay`] puts them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Put {
-    /// A product with its new counters.
+    /// A product inserted, or with its new counters.
     Product(Product),
     /// An expiry bucket made or changed.
     Bucket(ExpiryBucket),
@@ -75,6 +75,8 @@ pub trait Tables {
     fn new_hold_id(&mut self, assigned: &Inserted) -> HoldId;
     /// The id of a new order, `assigned` the ids this transaction assigned before it.
     fn new_order_id(&mut self, assigned: &Inserted) -> OrderId;
+    /// The id of a new product, `assigned` the ids this transaction assigned before it.
+    fn new_product_id(&mut self, assigned: &Inserted) -> ProductId;
     /// Stores a row: inserts it, or replaces the row of its key.
     ///
     /// # Errors
@@ -82,7 +84,7 @@ pub trait Tables {
     fn put(&mut self, row: Put) -> Result<(), Self::Error>;
 }
 
-/// Lays `writes` over `tables`: the product rows, the bucket changes, the folded buckets, the
+/// Lays `writes` over `tables`: the inserted products, the product rows, the bucket changes, the folded buckets, the
 /// released and retired holds, the inserted holds, the inserted orders (each consuming its
 /// hold), the settled orders, the webhook records, the request-key records. Pending ids resolve
 /// through `inserted`, the ids this transaction assigned so far (none for a storage's one
@@ -191,6 +193,11 @@ fn laid<T: Tables>(
         holds: BTreeMap::new(),
         orders: BTreeMap::new(),
     };
+    for new in &writes.products_inserted {
+        let id = laying.tables.new_product_id(ids);
+        ids.products.push(id);
+        laying.puts.push(Put::Product(new.clone().with_id(id)));
+    }
     for counters in &writes.products {
         let product = laying.tables.product(counters.id);
         let mut product = product.ok_or(Violation::DanglingProduct {
@@ -288,6 +295,10 @@ mod tests {
 
         fn new_order_id(&mut self, assigned: &Inserted) -> OrderId {
             OrderId(next(self.orders.len(), assigned.orders.len()))
+        }
+
+        fn new_product_id(&mut self, assigned: &Inserted) -> ProductId {
+            ProductId(next(0, assigned.products.len()))
         }
 
         fn put(&mut self, row: Put) -> Result<(), Violation> {

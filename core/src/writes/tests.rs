@@ -96,6 +96,7 @@ fn pending_ids_lie_above_every_stored_id_and_resolve_to_the_ids_assigned() {
     let inserted = Inserted {
         holds: vec![HoldId(7), HoldId(8)],
         orders: vec![],
+        products: vec![],
     };
     let record = inserted.request_record(&writes.request_keys[0]).unwrap();
     assert_eq!(record.resource_id, 8);

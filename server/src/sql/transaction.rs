@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 
 use flashsale_core::{
-    Cents, ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product,
-    ProductId, Qty, RequestRecord, Timestamp, WebhookRecord, WriteSet,
+    ExpiryBucket, Hold, HoldId, IdempotencyKey, Inserted, Order, OrderId, Product, ProductId, Qty,
+    RequestRecord, Timestamp, WebhookRecord, WriteSet,
 };
 use sqlx::{AssertSqlSafe, MySql, Pool};
 
@@ -135,40 +135,6 @@ impl Transaction for SqlTx {
         let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
         let rows: Vec<ProductRow> = self.fetch_by_id(sql, &ids).await?;
         Ok(rows.into_iter().map(product_from_row).collect())
-    }
-
-    async fn insert_product(
-        &mut self,
-        name: &str,
-        price_cents: Cents,
-        stock: Qty,
-    ) -> StoreResult<Product> {
-        let received = u64::from(stock.0);
-        let (id,): (u64,) = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>(
-                "INSERT INTO products (name, price_cents, stock, units_held, units_received, \
-                 expired_through, holds_to_retire, open_expires_at, open_units, open_holds) \
-                 VALUES (?, ?, ?, 0, ?, 0, 0, 0, 0, 0) RETURNING id",
-            )
-            .bind(name)
-            .bind(int(price_cents.0))
-            .bind(stock.0)
-            .bind(int(received))
-            .fetch_one(conn)
-            .await
-        })
-        .map_err(map_err)?;
-        Ok(Product {
-            id: ProductId(id),
-            name: name.to_owned(),
-            price_cents,
-            stock,
-            units_held: Qty::ZERO,
-            units_received: received,
-            expired_through: Timestamp(0),
-            holds_to_retire: 0,
-            open_bucket: Default::default(),
-        })
     }
 
     async fn due_buckets(
@@ -425,14 +391,18 @@ impl Transaction for SqlTx {
         Ok(deleted)
     }
 
-    async fn product_count(&mut self) -> StoreResult<u64> {
-        let (count,): (i64,) = on_conn!(self, |conn, _d| {
-            sqlx::query_as::<Db, _>("SELECT COUNT(*) FROM products")
-                .fetch_one(conn)
-                .await
+    async fn first_product(&mut self) -> StoreResult<Option<Product>> {
+        let row: Option<ProductRow> = on_conn!(self, |conn, _d| {
+            sqlx::query_as::<Db, _>(concat!(
+                "SELECT ",
+                product_columns!(),
+                " FROM products ORDER BY id LIMIT 1"
+            ))
+            .fetch_optional(conn)
+            .await
         })
         .map_err(map_err)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("{count} products")))
+        Ok(row.map(product_from_row))
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {

@@ -7,7 +7,8 @@
 
 use flashsale_core::{
     BucketChange, CancelReason, Counters, ExpiryBucket, HoldId, Inserted, KeyedRequest, NewHold,
-    NewOrder, OrderId, ReleaseReason, RequestRecord, Settlement, WebhookRecord, WriteSet,
+    NewOrder, NewProduct, OrderId, ProductId, ReleaseReason, RequestRecord, Settlement,
+    WebhookRecord, WriteSet,
 };
 use std::sync::OnceLock;
 
@@ -194,6 +195,27 @@ impl BatchInsert {
     }
 }
 
+/// Products created, with their counters at the start: nothing held, received the stock, no
+/// expiry folded, nothing open.
+static PRODUCTS: BatchInsert = BatchInsert::new(
+    "products",
+    &[
+        ("name", "VARCHAR(255)"),
+        ("price_cents", "BIGINT"),
+        ("stock", "INT UNSIGNED"),
+        ("units_received", "BIGINT"),
+    ],
+    &[
+        ("units_held", "0"),
+        ("expired_through", "0"),
+        ("holds_to_retire", "0"),
+        ("open_expires_at", "0"),
+        ("open_units", "0"),
+        ("open_holds", "0"),
+    ],
+    [" RETURNING id", " RETURNING id"],
+);
+
 /// Bucket changes, added to the bucket of their key or making it.
 static BUCKET_CHANGES: BatchInsert = BatchInsert::new(
     "expiry_buckets",
@@ -291,7 +313,10 @@ fn expect_all(rows_affected: u64, expected: usize, what: &str) -> StoreResult<()
 impl SqlTx {
     /// Every statement of [`Transaction::write`](flashsale_service::store::Transaction::write), in order.
     pub(super) async fn write_all(&mut self, writes: &WriteSet) -> StoreResult<Inserted> {
-        let mut inserted = Inserted::default();
+        let mut inserted = Inserted {
+            products: self.insert_products(&writes.products_inserted).await?,
+            ..Inserted::default()
+        };
         self.update_products(&writes.products).await?;
         self.change_buckets(&writes.buckets).await?;
         self.delete_buckets(&writes.buckets_folded).await?;
@@ -540,6 +565,21 @@ impl SqlTx {
             }
         }
         Ok(())
+    }
+
+    /// Inserts created products in one statement; returns their ids, in order.
+    async fn insert_products(&mut self, products: &[NewProduct]) -> StoreResult<Vec<ProductId>> {
+        if products.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = json_rows(products.iter().map(|new| {
+            let received = int(new.units_received());
+            serde_json::json!([new.name, int(new.price_cents.0), new.stock.0, received])
+        }));
+        let ids = self
+            .insert_returning(&PRODUCTS, rows, products.len())
+            .await?;
+        Ok(ids.into_iter().map(ProductId).collect())
     }
 
     /// Inserts granted holds in one statement; returns their ids, in order.

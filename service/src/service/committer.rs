@@ -304,6 +304,10 @@ impl<T: Transaction, C: Clock> Steps for TxSteps<'_, T, C> {
     ) -> Result<Loaded<'static>, StoreError> {
         let tx = &mut *self.tx;
         Ok(match load {
+            Load::FirstProduct => {
+                let first = tx.first_product().await?;
+                Loaded::Products(first.into_iter().map(Cow::Owned).collect())
+            }
             Load::RequestKeys(keys) => Loaded::RequestKeys(tx.lock_request_keys(keys).await?),
             Load::FindHolds(ids) => Loaded::Holds(tx.holds(ids, false).await?),
             Load::Products(ids) => {

@@ -573,20 +573,22 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
     /// Creates a product.
     ///
     /// # Errors
-    /// [`Rejection::InvalidName`]; storage.
+    /// [`Rejection::InvalidName`], [`Rejection::InvalidPrice`]; `Busy`; storage.
     pub async fn create_product(
         &self,
         name: &str,
         price_cents: Cents,
         stock: Qty,
     ) -> Result<Product, ServiceError> {
-        let new = product::create_product(name, price_cents, stock)?;
-        in_transaction!(self, TxMode::Write, "create_product", |tx| async {
-            Ok::<_, ServiceError>(
-                tx.insert_product(&new.name, new.price_cents, new.stock)
-                    .await?,
-            )
-        })
+        let command = Command::CreateProduct {
+            name: name.to_owned(),
+            price_cents,
+            stock,
+        };
+        match self.execute(command).await? {
+            Outcome::ProductCreated(product) => Ok(product),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Adds `qty` units to a product's stock.
@@ -606,25 +608,17 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         }
     }
 
-    /// Seeds the original service's ten demo products into an empty database: `Product i`,
-    /// `price_cents = 500 * i`, `stock = max(1, 6 - i % 6)`. Does nothing when any product
-    /// exists, so it is idempotent. Returns how many it created.
+    /// Seeds the original service's demo products ([`flashsale_core::product::demo_products`])
+    /// into a database without products; does nothing when any product exists, so it is
+    /// idempotent. Returns how many it created.
     ///
     /// # Errors
-    /// Storage.
+    /// `Busy`; storage.
     pub async fn seed_demo(&self) -> Result<usize, ServiceError> {
-        in_transaction!(self, TxMode::Write, "seed_demo", |tx| async {
-            if tx.product_count().await? > 0 {
-                return Ok::<_, ServiceError>(0);
-            }
-            for i in 1u32..=10 {
-                let stock = Qty(6u32.saturating_sub(i % 6).max(1));
-                let price = Cents(500u64.saturating_mul(u64::from(i)));
-                tx.insert_product(&format!("Product {i}"), price, stock)
-                    .await?;
-            }
-            Ok(10)
-        })
+        match self.execute(Command::SeedDemo).await? {
+            Outcome::Seeded(products) => Ok(products.len()),
+            other => Err(mismatched(&other)),
+        }
     }
 
     /// Every row, read from one snapshot.

@@ -196,30 +196,6 @@ impl Transaction for SimTx {
         Ok(products)
     }
 
-    async fn insert_product(
-        &mut self,
-        name: &str,
-        price_cents: Cents,
-        stock: Qty,
-    ) -> StoreResult<Product> {
-        self.step().await?;
-        let id = ProductId(self.next_id(0));
-        let product = Product {
-            id,
-            name: name.to_owned(),
-            price_cents,
-            stock,
-            units_held: Qty::ZERO,
-            units_received: u64::from(stock.0),
-            expired_through: Timestamp(0),
-            holds_to_retire: 0,
-            open_bucket: Default::default(),
-        };
-        self.stage(Row::Product(product.clone()));
-        self.observer.inserted_product(id);
-        Ok(product)
-    }
-
     async fn due_buckets(
         &mut self,
         products: &[ProductId],
@@ -392,9 +368,11 @@ impl Transaction for SimTx {
         ))
     }
 
-    async fn product_count(&mut self) -> StoreResult<u64> {
+    async fn first_product(&mut self) -> StoreResult<Option<Product>> {
         self.step().await?;
-        Ok(self.store.shared().tables.products.len() as u64)
+        let first = self.store.shared().tables.products.values().next().cloned();
+        self.observer.loaded(usize::from(first.is_some()));
+        Ok(first)
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {
@@ -466,6 +444,10 @@ impl Tables for Staging<'_> {
         OrderId(self.0.next_id(2))
     }
 
+    fn new_product_id(&mut self, _: &Inserted) -> ProductId {
+        ProductId(self.0.next_id(0))
+    }
+
     fn put(&mut self, row: Put) -> StoreResult<()> {
         let row = match row {
             Put::Product(product) => Row::Product(product),
@@ -489,7 +471,7 @@ impl Tables for Staging<'_> {
 /// A command's kind, to tell batches of one kind from mixed ones.
 fn kind(command: &Command) -> &'static str {
     match command {
-        Command::CreateProduct { .. } => "create product",
+        Command::CreateProduct { .. } | Command::SeedDemo => "create product",
         Command::Restock { .. } => "restock",
         Command::PlaceHold { .. } => "hold",
         Command::PlaceOrder { .. } => "order",

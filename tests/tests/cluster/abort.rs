@@ -133,12 +133,16 @@ async fn two_nodes_with_a_product(
     let first = connect(&cluster.nodes[0].database_url("flashsale")).await;
     first.migrate().await.expect("the schema is migrated");
     let second = connect(&cluster.nodes[1].database_url("flashsale")).await;
+    let (product, created) =
+        flashsale_core::product::create(name, flashsale_core::Cents(100), Qty(10))
+            .expect("a valid product");
     let mut create = first.begin(TxMode::Write).await.expect("a transaction");
-    let product = create
-        .insert_product(name, flashsale_core::Cents(100), Qty(10))
-        .await
-        .expect("a product");
+    let inserted = create.write(&created).await.expect("a product");
     create.commit().await.expect("the product is committed");
+    let product = flashsale_core::Product {
+        id: inserted.products[0],
+        ..product
+    };
     // Node 1 has the schema and the product before a test reads there.
     cluster.nodes[1].catch_up().await;
     (cluster, root, [first, second], product)

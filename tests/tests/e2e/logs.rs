@@ -215,7 +215,8 @@ async fn metrics_count_requests_holds_and_connections(db: Db) -> TestApp {
         "flashsale_holds_granted_total 1",
         r#"flashsale_holds_rejected_total{code="insufficient_stock"} 1"#,
         r#"flashsale_product_cache_total{outcome="hit"} 1"#,
-        "flashsale_batch_size_count 2",
+        // The product's creation and the two holds, each in a batch of its own.
+        "flashsale_batch_size_count 3",
         // Both were queued and both were taken into a batch.
         "flashsale_queue_waiting 0",
     ] {

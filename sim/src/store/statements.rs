@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use flashsale_check::failure::{Check, Failure};
 use flashsale_core::{
-    BucketRead, Cents, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted,
-    Order, OrderId, Product, ProductId, Put, Qty, RequestRecord, Tables, Timestamp, WebhookRecord,
+    BucketRead, Command, ExpiryBucket, Hold, HoldId, HoldState, IdempotencyKey, Inserted, Order,
+    OrderId, Product, ProductId, Put, Qty, RequestRecord, Tables, Timestamp, WebhookRecord,
     WriteSet, lay,
 };
 use flashsale_service::store::{

@@ -260,7 +260,10 @@ impl World {
             sweep_chunk: plan.sweep_chunk,
             ..Config::default()
         };
-        let setup = Service::new(store.clone(), SimClock::new(0, 0), service_config);
+        let failure = Arc::new(Mutex::new(None));
+        // Products are created as commands of batches, whose transactions carry the requests'
+        // contexts as an instance's do.
+        let setup = instance_service(&store, SimClock::new(0, 0), service_config, &failure);
         let mut products = Vec::new();
         for (i, &stock) in plan.stocks.iter().enumerate() {
             let name = format!("P{i}");
@@ -276,7 +279,6 @@ impl World {
             products.push(created.map(|p| p.id).unwrap_or(ProductId(0)));
         }
         store.set_faults(faults);
-        let failure = Arc::new(Mutex::new(None));
         let instances = (0..plan.servers)
             .map(|_| {
                 let mut rng = thread_rng();

@@ -9,7 +9,6 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use flashsale_core::ids::storable;
-use flashsale_core::order;
 use flashsale_core::product;
 use flashsale_core::rows::hold::HOLD_TTL_MS_DEFAULT;
 use flashsale_core::rows::order::PAYMENT_WINDOW_MS_DEFAULT;
@@ -507,7 +506,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         hold_id: HoldId,
     ) -> Result<Keyed<OrderPlaced>, ServiceError> {
         let payment_window_ms = self.config.payment_window_ms;
-        order::validate_payment_window(payment_window_ms)?;
         let _claim = self.claim(key)?;
         let command = Command::PlaceOrder {
             hold_id,
@@ -601,7 +599,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         product_id: ProductId,
         qty: Qty,
     ) -> Result<ProductView, ServiceError> {
-        product::validate_restock(qty)?;
         match self.execute(Command::Restock { product_id, qty }).await? {
             Outcome::Restocked { product, available } => Ok(ProductView { product, available }),
             other => Err(mismatched(&other)),

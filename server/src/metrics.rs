@@ -190,6 +190,20 @@ pub const FAMILIES: &[Family] = &[
         appears: Appears::OnFault,
     },
     Family {
+        name: "flashsale_db_statements_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Statements sent to the database, each one round trip (BEGIN and COMMIT included).",
+        appears: Appears::Start,
+    },
+    Family {
+        name: "flashsale_db_transactions_total",
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Database transactions begun: batches, reads, sweeps, scripts.",
+        appears: Appears::Start,
+    },
+    Family {
         name: "flashsale_batch_size",
         kind: Kind::Histogram,
         labels: &[],
@@ -445,8 +459,16 @@ pub async fn watch_database_forever(store: SqlStore) {
 /// The exposition text while the server waits for its database at start-up.
 pub fn render_starting(handle: &PrometheusHandle) -> String {
     set_database_up(false);
+    sample_sent();
     PROCESS.collect();
     handle.render()
+}
+
+/// The statements and transactions sent so far ([`crate::sql::sent`]), as counters.
+fn sample_sent() {
+    let (statements, transactions) = crate::sql::sent::totals();
+    metrics::counter!("flashsale_db_statements_total").absolute(statements);
+    metrics::counter!("flashsale_db_transactions_total").absolute(transactions);
 }
 
 /// The exposition text, with the pool's connections sampled now.
@@ -455,6 +477,7 @@ pub fn render(handle: &PrometheusHandle, store: &SqlStore) -> String {
     metrics::gauge!("flashsale_db_connections", "state" => "in_use").set(f64::from(in_use));
     metrics::gauge!("flashsale_db_connections", "state" => "idle").set(f64::from(idle));
     metrics::gauge!("flashsale_db_connections_max").set(f64::from(store.max_connections()));
+    sample_sent();
     PROCESS.collect();
     handle.render()
 }

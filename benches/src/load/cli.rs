@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// then reports the server's CPU time and resident memory, read from `/proc`.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The database's process id, for its CPU per request. By default, when the target is on
+    /// this machine, the first process named `mariadbd` or `mysqld`.
+    #[arg(long)]
+    pub db_pid: Option<u32>,
     /// Runtime threads. One by default: the generator shares the cores with the server, and a
     /// single thread drives hundreds of connections without contending for them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]

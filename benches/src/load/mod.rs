@@ -15,9 +15,13 @@
 //!   a product's holds lapse together.
 //! - [`setup`]: creating products through the admin API.
 //! - [`report`]: the markdown table and the SVG chart from a file of summaries.
+//! - [`cost`]: what a run cost the server, the database and the generator per request, the
+//!   cores busy and the round trips per batch; [`process`]: the `/proc` readings behind it.
 
 pub mod cli;
+pub mod cost;
 pub mod http;
+pub mod process;
 pub mod report;
 pub mod run;
 pub mod setup;

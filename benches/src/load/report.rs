@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use super::cli::ReportArgs;
+use super::cost::Cost;
 use super::stats::Summary;
 
 /// Start of the generated region of the performance document.
@@ -39,12 +40,14 @@ pub struct Record {
     pub result: Summary,
 }
 
-/// One cell: a rate, its p99, and the answers behind it.
+/// One cell: a rate, its p99, the answers behind it, and what the run cost (on a run's own
+/// row, not on a flow's step rows).
 #[derive(Clone, Debug)]
 struct Cell {
     rate: f64,
     p99_ms: f64,
     answers: String,
+    cost: Option<Cost>,
 }
 
 /// The figures laid out: row labels, column labels (database, connections), cells.
@@ -164,12 +167,14 @@ fn cells_of(record: &Record) -> Vec<(String, Cell)> {
                 rate: flow.rate_per_s,
                 p99_ms: flow.p99_ms,
                 answers: format!("{} flows", flow.count),
+                cost: result.cost.clone(),
             };
             let step = |name: &str, step: &super::stats::StepSummary| {
                 let cell = Cell {
                     rate: step.rps,
                     p99_ms: step.p99_ms,
                     answers: answers(&step.status, step.errors),
+                    cost: None,
                 };
                 (format!("{}: {name} step", record.figure), cell)
             };
@@ -186,6 +191,7 @@ fn cells_of(record: &Record) -> Vec<(String, Cell)> {
                 rate: result.rps,
                 p99_ms: result.p99_ms,
                 answers: answers(&result.status, result.errors),
+                cost: result.cost.clone(),
             },
         )],
     }
@@ -244,7 +250,47 @@ fn markdown(grid: &Grid) -> String {
             .collect();
         let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
     }
+    let costs = grid.cells.values().any(|cell| cell.cost.is_some());
+    if costs {
+        let _ = writeln!(
+            out,
+            "\nWhat a request cost: CPU µs per request of the server + the database (`mariadbd`; \
+             none for SQLite, which runs in the server), the cores busy of {}, and the statements \
+             (one round trip each) per batch and per request (a flow's figures are per request \
+             of its three kinds together):\n",
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+        let _ = writeln!(out, "| figure | {} |", header.join(" | "));
+        let _ = writeln!(out, "|---|{}|", vec!["---"; header.len()].join("|"));
+        for (row, label) in grid.rows.iter().enumerate() {
+            let cells: Vec<String> = (0..grid.columns.len())
+                .map(|column| {
+                    let cost = grid.cells.get(&(row, column)).and_then(|c| c.cost.as_ref());
+                    cost.map_or_else(|| "–".to_owned(), format_cost)
+                })
+                .collect();
+            if cells.iter().any(|cell| cell != "–") {
+                let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
+            }
+        }
+    }
     out
+}
+
+/// `26.7 + 22.6 µs, 1.35 cores, 6.1/batch 0.05/req`.
+fn format_cost(cost: &Cost) -> String {
+    let us = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1}"));
+    let n = |v: Option<f64>, digits: usize| v.map_or("?".to_owned(), |v| format!("{v:.digits$}"));
+    let database = cost
+        .database_us
+        .map_or(String::new(), |v| format!(" + {v:.1}"));
+    format!(
+        "{}{database} µs, {} cores, {}/batch {}/req",
+        us(cost.server_us),
+        n(cost.cores_busy, 2),
+        n(cost.statements_per_batch, 1),
+        n(cost.statements_per_request, 2),
+    )
 }
 
 fn format_rate(rate: f64) -> String {
@@ -445,6 +491,33 @@ mod tests {
         let svg = chart(&Grid::from_records(&records));
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains(">1.2k<"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_runs_cost_gets_a_table_of_its_own_with_the_rows_that_have_one() -> anyhow::Result<()> {
+        let mut hot = record("MariaDB", "hot holds", 256, 25_000.0)?;
+        hot.result.cost = Some(Cost {
+            server_us: Some(34.7),
+            database_us: Some(13.6),
+            cores_busy: Some(1.62),
+            statements_per_batch: Some(6.07),
+            statements_per_request: Some(0.051),
+            ..Cost::default()
+        });
+        let healthz = record("MariaDB", "healthz", 256, 80_000.0)?;
+        let table = markdown(&Grid::from_records(&[hot, healthz]));
+        assert!(
+            table.contains("| hot holds | 34.7 + 13.6 µs, 1.62 cores, 6.1/batch 0.05/req |"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("| healthz | –"),
+            "rows without a cost are left out: {table}"
+        );
+        let healthz = record("MariaDB", "healthz", 256, 80_000.0)?;
+        let without = markdown(&Grid::from_records(&[healthz]));
+        assert!(!without.contains("What a request cost"), "{without}");
         Ok(())
     }
 

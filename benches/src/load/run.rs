@@ -26,6 +26,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use sha2::Sha256;
 
 use super::cli::{RunArgs, Scenario};
+use super::cost::{self, Cost};
 use super::http::{
     Body, Connection, Target, Template, json_str_field, json_u64_field, rfc3339_unix_ms,
 };
@@ -61,9 +62,24 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Summary> {
         connections: args.connections,
         timeout: args.timeout,
     };
+    let database_pid = args.db_pid.or_else(|| cost::local_database_pid(&target));
+    let first = tokio::spawn({
+        let target = target.clone();
+        let measure_from = tokio::time::Instant::from_std(window.measure_from);
+        async move {
+            tokio::time::sleep_until(measure_from).await;
+            cost::sample(&target, database_pid).await
+        }
+    });
     let done = drive_phase(&target, phase).await?;
-    done.stats
-        .summary(args.scenario.name(), args.connections, done.elapsed_s)
+    let last = cost::sample(&target, database_pid).await;
+    let first = first
+        .await
+        .context("the first cost sample's task panicked")?;
+    let mut summary =
+        (done.stats).summary(args.scenario.name(), args.connections, done.elapsed_s)?;
+    summary.cost = Some(Cost::between(&first, &last, summary.requests));
+    Ok(summary)
 }
 
 /// One stretch of requests over `connections` connection tasks: what each sends, when, and how

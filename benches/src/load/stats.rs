@@ -187,6 +187,7 @@ impl RunStats {
             flows_per_s: flow.as_ref().map(|flow| flow.rate_per_s),
             flow,
             steps,
+            cost: None,
         })
     }
 }
@@ -277,6 +278,9 @@ pub struct Summary {
     /// Each step on its own (`flow` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<FlowSteps>,
+    /// What the measured window cost ([`super::cost`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<super::cost::Cost>,
 }
 
 impl Summary {
@@ -316,6 +320,9 @@ impl Summary {
             {
                 write_step(&mut out, name, step);
             }
+        }
+        if let Some(cost) = &self.cost {
+            let _ = writeln!(out, "{}", cost.human());
         }
         out
     }

@@ -26,17 +26,17 @@
 //!
 //! [`StormSummary`] is the `--json` document and renders the side-by-side table.
 
-mod server;
 mod summary;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-pub use self::server::ServerUse;
 pub use self::summary::{FillSummary, Ratios, StormSummary, WindowSummary};
 use super::cli::RunArgs;
 use super::http::Target;
+use super::process as server;
+pub use super::process::ServerUse;
 use super::run::{self, Budget, GrantSpan, Grants, Phase, PhaseDone, Plan, Window, unix_ms};
 
 /// Least time between the end of the `before` window and the earliest deadline, so no hold of

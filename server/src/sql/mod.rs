@@ -22,6 +22,7 @@
 
 mod decode;
 mod errors;
+pub mod sent;
 mod statements;
 #[cfg(test)]
 mod tests;
@@ -107,6 +108,7 @@ impl std::ops::Deref for MySqlPool {
 /// donor or a node desynced by hand (`wsrep_desync`, for a backup) may lag behind the cluster
 /// too, and does not serve either.
 async fn synced(conn: &mut sqlx::MySqlConnection) -> StoreResult<()> {
+    sent::statements(1);
     let state: Option<(String, String)> =
         sqlx::query_as("SHOW GLOBAL STATUS LIKE 'wsrep_local_state'")
             .fetch_optional(conn)
@@ -467,6 +469,8 @@ where
             StoreError::Connection(message) => StoreError::Unavailable(message),
             other => other,
         })?;
+        sent::transaction();
+        sent::statements(if setup.is_some() { 2 } else { 1 });
         let begun = async {
             if let Some(setup) = setup {
                 (&mut *conn).execute(setup).await?;
@@ -528,7 +532,8 @@ pub(crate) enum Dialect {
 /// Runs `$body` with `$conn` bound to the transaction's connection and `$dialect` to its SQL
 /// dialect, and the type `Db` to its sqlx database; the body is compiled once per database.
 macro_rules! on_conn {
-    ($tx:expr, |$conn:ident, $dialect:ident| $($body:tt)*) => {
+    ($tx:expr, |$conn:ident, $dialect:ident| $($body:tt)*) => {{
+        $crate::sql::sent::statements(1);
         match $tx {
             $crate::sql::SqlTx::MySql(tx, _) => {
                 #[allow(dead_code)]
@@ -545,7 +550,7 @@ macro_rules! on_conn {
                 $($body)*
             }
         }
-    };
+    }};
 }
 pub(crate) use on_conn;
 

@@ -32,6 +32,7 @@ const PRODUCTS_DUE_SCAN: i64 = 10;
 
 impl Transaction for SqlTx {
     async fn commit(self) -> StoreResult<()> {
+        super::sent::statements(1);
         let committed = match self {
             SqlTx::MySql(tx, _) => tx.commit().await.map_err(map_err),
             SqlTx::Sqlite(tx) => tx.commit().await.map_err(map_err),
@@ -256,6 +257,7 @@ impl Transaction for SqlTx {
         // Each part through its own index, and bounded: a product with many due buckets or
         // overdue orders fills its part alone, and the others come up once it is swept.
         let scan = i64::from(limit).saturating_mul(PRODUCTS_DUE_SCAN);
+        super::sent::statements(2); // and one by `on_conn!`
         let (buckets, to_retire, orders) = on_conn!(self, |conn, _d| {
             let buckets: Vec<(u64,)> = sqlx::query_as::<Db, _>(
                 "SELECT product_id FROM expiry_buckets WHERE expires_at <= ? \
@@ -305,6 +307,7 @@ impl Transaction for SqlTx {
         limit: u32,
     ) -> StoreResult<SweepCandidates> {
         // Judged at the product's decision time: never before what it folded.
+        super::sent::statements(1); // and one by `on_conn!`
         let (holds, orders) = on_conn!(self, |conn, d| {
             let greatest = match d {
                 Dialect::MySql => "GREATEST",
@@ -406,6 +409,7 @@ impl Transaction for SqlTx {
     }
 
     async fn dump(&mut self) -> StoreResult<Dump> {
+        super::sent::statements(5); // and one by `on_conn!`
         let (products, holds, orders, webhooks, request_keys, buckets) = on_conn!(
             self,
             |conn, _d| {

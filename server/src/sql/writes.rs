@@ -356,6 +356,7 @@ impl SqlTx {
     pub(super) async fn ended_under_its_writes(&mut self) -> bool {
         match self {
             SqlTx::MySql(tx, _) => {
+                super::sent::statements(1);
                 sqlx::query_scalar::<MySql, i64>("SELECT CAST(@@in_transaction AS SIGNED)")
                     .fetch_one(&mut **tx)
                     .await

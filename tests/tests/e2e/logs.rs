@@ -222,6 +222,25 @@ async fn metrics_count_requests_holds_and_connections(db: Db) -> TestApp {
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
     }
+    // What the requests sent the database: statements (BEGIN and COMMIT among them) and
+    // transactions, at least one of each per write.
+    let value = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+        line.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    let transactions = value("flashsale_db_transactions_total");
+    let statements = value("flashsale_db_statements_total");
+    assert!(
+        transactions >= 3,
+        "the creation and two holds: {transactions}"
+    );
+    assert!(
+        statements >= 3 * transactions,
+        "BEGIN, a read, COMMIT: {statements}"
+    );
     for prefix in [
         r#"flashsale_http_request_duration_seconds_bucket{route="/api/holds",le="0.005"}"#,
         r#"flashsale_db_connections{state="in_use"}"#,

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use super::server::ServerUse;
+use super::ServerUse;
 use super::{Filled, KINDS, Measured};
 use crate::load::cli::RunArgs;
 use crate::load::run::PhaseDone;

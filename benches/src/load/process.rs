@@ -1,8 +1,10 @@
-//! The server process as Linux's `/proc` shows it, for `--server-pid`: its CPU time (user and
-//! system, from `/proc/PID/stat`) so a phase can report what it cost the server, and its
-//! resident memory (`VmRSS` of `/proc/PID/status`) at the phase's end, since the holds a storm
-//! leaves behind are what might grow it. Every reading is optional: without `/proc`, or once the
-//! server has exited, the figures are absent rather than the run failing.
+//! Processes as Linux's `/proc` shows them: a process's CPU time (user and system, from
+//! `/proc/PID/stat`), so a run can report what it cost the server, the database and the load
+//! generator itself ([`super::cost`]); its resident memory (`VmRSS` of `/proc/PID/status`) at
+//! an expiry storm's phase end, since the holds a storm leaves behind are what might grow it;
+//! the process named as a database is (`mariadbd`, `mysqld`); and the machine's busy time
+//! (`/proc/stat`). Every reading is optional: without `/proc`, or once a process has exited,
+//! the figures are absent rather than the run failing.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,39 @@ pub fn cpu_s(pid: u32) -> Option<f64> {
     Some(ticks as f64 / USER_HZ as f64)
 }
 
+/// Seconds the machine's cores have been busy so far, all together: every state of the first
+/// line of `/proc/stat` but idle and waiting for IO.
+pub fn busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = busy_ticks(stat.lines().next()?)?;
+    Some(ticks as f64 / USER_HZ as f64)
+}
+
+/// The busy ticks of a `cpu  user nice system idle iowait irq softirq steal ...` line.
+fn busy_ticks(line: &str) -> Option<u64> {
+    let fields: Vec<u64> = (line.strip_prefix("cpu ")?.split_ascii_whitespace())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let all = fields.iter().take(8).sum::<u64>();
+    let idle = fields.get(3)?.checked_add(*fields.get(4)?)?;
+    all.checked_sub(idle)
+}
+
+/// The id of the first process (lowest id) whose command name is one of `names`.
+pub fn pid_named(names: &[&str]) -> Option<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| names.contains(&comm.trim_end()))
+    })
+}
+
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -83,6 +118,18 @@ mod tests {
     }
 
     #[test]
+    fn busy_ticks_are_all_but_idle_and_iowait() {
+        let line = "cpu  100 5 50 1000 20 3 2 0 0 0";
+        assert_eq!(busy_ticks(line), Some(160));
+        assert_eq!(
+            busy_ticks("cpu0 1 2 3 4 5"),
+            None,
+            "the machine's line only"
+        );
+        assert_eq!(busy_ticks("cpu  1 2"), None);
+    }
+
+    #[test]
     fn the_resident_memory_is_read_from_the_vm_rss_line() {
         let status = "Name:\tflashsale\nVmPeak:\t  300000 kB\nVmRSS:\t   28104 kB\nThreads:\t5\n";
         assert_eq!(vm_rss_kib(status), Some(28_104));
@@ -96,6 +143,10 @@ mod tests {
         }
         let pid = std::process::id();
         assert!(cpu_s(pid).is_some());
+        assert!(busy_s().is_some_and(|s| s > 0.0));
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let own = pid_named(&[comm.trim_end()]);
+        assert!(own.is_some_and(|found| found <= pid), "{comm:?}: {own:?}");
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit::{EXIT_CODES, EXIT_USAGE};
+use crate::jobs::Jobs;
 use crate::planfile::PlanFile;
 use crate::summary::{self, Seeds, Shard};
 use crate::sweep::{self, FailureOptions, ProgressMode};
@@ -139,6 +140,11 @@ struct SweepArgs {
     /// Goes on after a failing seed instead of stopping at the first.
     #[arg(long)]
     keep_going: bool,
+    /// Runs N seeds at once, each on its own thread (1 to 256; the default is the machine's
+    /// cores). Each seed runs alone in its own simulation and the seeds are added up in order,
+    /// so every seed's trace, the summary and the first failure are the same whatever N.
+    #[arg(long, value_name = "N", value_parser = Jobs::parse, default_value_t = Jobs::available())]
+    jobs: Jobs,
     /// Prints one JSON document (the sweep's summary, which `merge` reads) instead of text.
     #[arg(long)]
     json: bool,
@@ -178,6 +184,7 @@ pub fn main() -> ExitCode {
             progress: args.progress,
             failures: args.failures.options(),
             report: args.report,
+            jobs: args.jobs,
         }),
         Command::CheckDeterminism(args) => check_determinism(&args),
         Command::Merge(args) => sweep::merge(&args.files, args.json, args.report.as_deref()),

@@ -13,6 +13,7 @@
 // units, which live in the core and the server.
 #![allow(clippy::arithmetic_side_effects)]
 
+pub mod jobs;
 pub mod plan;
 pub mod trace;
 

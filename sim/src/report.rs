@@ -247,7 +247,7 @@ pub fn sweep_page(summary: &SweepSummary) -> String {
         body,
         "<p>seeds {} &middot; shards {:?} of {} &middot; {} seeds run in {:.1} s: \
          <b>{:.0} seeds/s</b> &middot; {} journeys, {} clients, {} servers per seed &middot; \
-         planted bug: {}</p>",
+         planted bug: {} &middot; trace digest <code>{:016x}</code></p>",
         summary.seeds,
         summary.shards,
         summary.shard_count,
@@ -257,7 +257,8 @@ pub fn sweep_page(summary: &SweepSummary) -> String {
         summary.ops,
         summary.clients,
         summary.servers,
-        esc(summary.bug.as_deref().unwrap_or("none"))
+        esc(summary.bug.as_deref().unwrap_or("none")),
+        summary.trace_digest
     );
     if summary.failures.is_empty() {
         body.push_str("<p class=\"ok\"><b>no seed failed</b></p>");

@@ -263,6 +263,62 @@ pub struct SeedFailure {
     pub plan_file: Option<String>,
 }
 
+/// What a sweep keeps of one seed's run: its coverage and its trace's hash and length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeedTally {
+    /// The seed.
+    pub seed: u64,
+    /// How often each coverage item happened in the run.
+    pub coverage: BTreeMap<String, u64>,
+    /// The hash of the run's trace.
+    pub trace_hash: u64,
+    /// The run's trace events.
+    pub trace_events: u64,
+}
+
+impl SeedTally {
+    /// What a sweep keeps of `report`.
+    pub fn of(report: &Report) -> SeedTally {
+        SeedTally {
+            seed: report.seed,
+            coverage: coverage_of(report),
+            trace_hash: report.trace_hash,
+            trace_events: report.trace_events,
+        }
+    }
+
+    /// The seed's share of [`SweepSummary::trace_digest`]: its seed, trace hash and trace length
+    /// mixed into 64 bits.
+    pub fn digest(&self) -> u64 {
+        mix(mix(mix(self.seed) ^ self.trace_hash) ^ self.trace_events)
+    }
+}
+
+/// SplitMix64's finalizer: a bijection on 64 bits in which every input bit moves about half
+/// the output bits, so that nearby seeds and hashes give unrelated digests.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A 64-bit digest as 16 hex digits in JSON, as a run's trace hash is written (a JSON number
+/// that large loses digits in many readers).
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{value:016x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        u64::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The coverage of one item across a sweep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Covered {
@@ -275,7 +331,7 @@ pub struct Covered {
 /// A sweep's (or a shard's, or a merge's) summary: the JSON document `sweep --json` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SweepSummary {
-    /// `flashsale-sim sweep 1`.
+    /// `flashsale-sim sweep 2` ([`SWEEP_FORMAT`]): version 2 added the trace digest.
     pub format: String,
     /// The whole range the sweep (or its shards) covers.
     pub seeds: Seeds,
@@ -299,6 +355,12 @@ pub struct SweepSummary {
     pub failures: Vec<SeedFailure>,
     /// Each coverage item.
     pub coverage: BTreeMap<String, Covered>,
+    /// A digest of every seed run with its trace's hash and length: the wrapping sum of each
+    /// seed's [`SeedTally::digest`]. A sum does not depend on the order the seeds are added in,
+    /// so a sweep on any number of threads and its shards merged give the same digest, and two
+    /// sweeps of one range that ran alike give the same digest.
+    #[serde(with = "hex_u64")]
+    pub trace_digest: u64,
     /// Wall time, in seconds (summed over shards after a merge).
     pub wall_s: f64,
     /// Whether to print it as JSON (not part of the document).
@@ -307,7 +369,7 @@ pub struct SweepSummary {
 }
 
 /// The format word of [`SweepSummary`].
-pub const SWEEP_FORMAT: &str = "flashsale-sim sweep 1";
+pub const SWEEP_FORMAT: &str = "flashsale-sim sweep 2";
 
 impl SweepSummary {
     /// Coverage items that never happened.
@@ -333,16 +395,17 @@ impl SweepSummary {
         self.shards.len() as u64 == self.shard_count
     }
 
-    /// Adds one run's coverage.
-    pub fn tally(&mut self, report: &Report) {
-        for (name, n) in coverage_of(report) {
-            let covered = self.coverage.entry(name).or_default();
+    /// Adds one seed's run: its coverage and its share of the trace digest.
+    pub fn tally(&mut self, seed: &SeedTally) {
+        for (name, &n) in &seed.coverage {
+            let covered = self.coverage.entry(name.clone()).or_default();
             covered.times = covered.times.saturating_add(n);
             if n > 0 {
                 covered.seeds = covered.seeds.saturating_add(1);
             }
         }
         self.seeds_run = self.seeds_run.saturating_add(1);
+        self.trace_digest = self.trace_digest.wrapping_add(seed.digest());
     }
 
     /// The summary as text.
@@ -361,6 +424,10 @@ impl SweepSummary {
             self.wall_s,
             self.seeds_per_s()
         );
+        out.push_str(&format!(
+            "trace digest {:016x} (every seed run with its trace's hash)\n",
+            self.trace_digest
+        ));
         out.push_str("coverage (times, seeds):\n");
         for (name, c) in &self.coverage {
             out.push_str(&format!("  {name:<40} {:>8} {:>6}\n", c.times, c.seeds));

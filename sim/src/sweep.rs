@@ -1,5 +1,6 @@
-//! Sweeps: a range of seeds (or one shard of it) with progress on stderr, each failure shrunk
-//! and written as a plan file; the sweep's summary; and `merge`, which adds shard summaries up.
+//! Sweeps: a range of seeds (or one shard of it) run on one thread or several (`jobs`), added up
+//! in seed order with progress on stderr, each failure shrunk and written as a plan file; the
+//! sweep's summary; and `merge`, which adds shard summaries up.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::exit::EXIT_USAGE;
+use crate::jobs::{self, Jobs};
 use crate::planfile::PlanFile;
 use crate::shrink;
-use crate::summary::{SWEEP_FORMAT, SeedFailure, Seeds, Shard, SweepSummary};
+use crate::summary::{SWEEP_FORMAT, SeedFailure, SeedTally, Seeds, Shard, SweepSummary};
 use crate::workload::{self, Workload};
 use crate::world::{self, Report, RunConfig};
 
@@ -55,6 +57,8 @@ pub struct SweepOptions {
     pub failures: FailureOptions,
     /// Write an HTML report here.
     pub report: Option<PathBuf>,
+    /// How many seeds run at once, each on its own thread.
+    pub jobs: Jobs,
 }
 
 /// Progress on stderr: a bar on a terminal, else plain periodic lines.
@@ -152,43 +156,122 @@ impl Progress {
 /// Runs a sweep. Exit: 0 when every seed passed and (for a whole range) every coverage item
 /// happened; 1 otherwise.
 pub fn sweep(options: &SweepOptions) -> ExitCode {
-    let started = Instant::now();
-    let seeds: Vec<u64> = options.shard.seeds(options.seeds).collect();
-    let label = if options.shard.count > 1 {
-        format!("sweep {} shard {}", options.seeds, options.shard)
-    } else {
-        format!("sweep {}", options.seeds)
-    };
-    let mut progress = Progress::new(options.progress, seeds.len() as u64, label);
-    let mut summary = empty_summary(options);
-    for (done, &seed) in seeds.iter().enumerate() {
-        let config = options.workload.config(seed);
-        let report = world::run(&config);
-        summary.tally(&report);
-        if let Some(failure) = &report.failure {
-            progress.say(&format!("\nFAILED seed {seed}: {failure}"));
-            let explained = explain(&options.workload, &config, &report, &options.failures);
-            progress.say(&explained.text);
-            summary.failures.push(SeedFailure {
-                seed,
-                failure: failure.to_string(),
-                replay: workload::replay_command(&options.workload, seed),
-                plan_file: explained.plan_file.clone(),
-            });
-            if !options.keep_going {
-                summary.stopped_early = done.saturating_add(1) < seeds.len();
-                progress.update(done as u64 + 1, summary.failures.len());
-                break;
-            }
-        }
-        progress.update(done as u64 + 1, summary.failures.len());
-    }
-    progress.finish();
-    summary.wall_s = started.elapsed().as_secs_f64();
+    let summary = run(options);
     if let Some(path) = &options.report {
         write_report(path, &crate::report::sweep_page(&summary));
     }
     finish(&summary)
+}
+
+/// One seed's run as a worker hands it back.
+struct Ran {
+    tally: SeedTally,
+    failed: Option<Box<Failed>>,
+}
+
+/// A failing seed's run, and its failure shrunk and written down if the worker did that.
+struct Failed {
+    config: RunConfig,
+    report: Report,
+    explained: Option<Explained>,
+}
+
+/// Runs the sweep's seeds on `options.jobs` threads and adds them up in seed order, saying on
+/// stderr how far it is and each failure, shrunk and written down, as it comes in that order.
+/// Without `keep_going` it stops at the first failing seed in order (the seeds after it are not
+/// run, or their runs dropped), and only that seed is shrunk; with `keep_going` every failing
+/// seed is, by the worker that ran it. The summary is the same whatever the number of jobs,
+/// but for its wall time.
+pub fn run(options: &SweepOptions) -> SweepSummary {
+    let started = Instant::now();
+    let seeds: Vec<u64> = options.shard.seeds(options.seeds).collect();
+    let range = if options.shard.count > 1 {
+        format!("sweep {} shard {}", options.seeds, options.shard)
+    } else {
+        format!("sweep {}", options.seeds)
+    };
+    let jobs = match options.jobs.get() {
+        1 => "1 job".to_owned(),
+        n => format!("{n} jobs"),
+    };
+    let label = format!("{range} ({jobs})");
+    let total = seeds.len() as u64;
+    let mut progress = Progress::new(options.progress, total, label);
+    let mut summary = empty_summary(options);
+    let mut done = 0u64;
+    let fold = |seed: u64, ran: Ran| {
+        summary.tally(&ran.tally);
+        done += 1;
+        if let Some(failed) = ran.failed {
+            summary.stopped_early = !options.keep_going && done < total;
+            summary
+                .failures
+                .push(failed_seed(options, &progress, seed, *failed));
+        }
+        progress.update(done, summary.failures.len());
+    };
+    let worker = options.clone();
+    let keep_going = options.keep_going;
+    jobs::in_seed_order(
+        seeds,
+        options.jobs,
+        move |seed| run_seed(&worker, seed),
+        move |ran| ran.failed.is_some() && !keep_going,
+        fold,
+    );
+    progress.finish();
+    summary.wall_s = started.elapsed().as_secs_f64();
+    summary
+}
+
+/// Runs one seed on a worker, and with `keep_going` shrinks and writes down its failure there.
+fn run_seed(options: &SweepOptions, seed: u64) -> Ran {
+    let config = options.workload.config(seed);
+    let report = world::run(&config);
+    let tally = SeedTally::of(&report);
+    let failed = report.failure.is_some().then(|| {
+        let explained = options
+            .keep_going
+            .then(|| explain(&options.workload, &config, &report, &options.failures));
+        Box::new(Failed {
+            config,
+            report,
+            explained,
+        })
+    });
+    Ran { tally, failed }
+}
+
+/// Says a failing seed and its failure shrunk (shrinking it now if its worker did not), and
+/// what the summary keeps of it.
+fn failed_seed(
+    options: &SweepOptions,
+    progress: &Progress,
+    seed: u64,
+    failed: Failed,
+) -> SeedFailure {
+    let failure = failed
+        .report
+        .failure
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    progress.say(&format!("\nFAILED seed {seed}: {failure}"));
+    let explained = failed.explained.unwrap_or_else(|| {
+        explain(
+            &options.workload,
+            &failed.config,
+            &failed.report,
+            &options.failures,
+        )
+    });
+    progress.say(&explained.text);
+    SeedFailure {
+        seed,
+        failure,
+        replay: workload::replay_command(&options.workload, seed),
+        plan_file: explained.plan_file,
+    }
 }
 
 fn empty_summary(options: &SweepOptions) -> SweepSummary {
@@ -205,6 +288,7 @@ fn empty_summary(options: &SweepOptions) -> SweepSummary {
         stopped_early: false,
         failures: Vec::new(),
         coverage: Default::default(),
+        trace_digest: 0,
         wall_s: 0.0,
         json: options.json,
     }
@@ -421,6 +505,7 @@ fn add(mut sum: SweepSummary, part: SweepSummary) -> Result<SweepSummary, String
     sum.stopped_early |= part.stopped_early;
     sum.failures.extend(part.failures);
     sum.failures.sort_by_key(|f| f.seed);
+    sum.trace_digest = sum.trace_digest.wrapping_add(part.trace_digest);
     for (name, c) in part.coverage {
         let entry = sum.coverage.entry(name).or_default();
         entry.times = entry.times.saturating_add(c.times);

@@ -61,6 +61,7 @@ fn help_works_on_every_command_with_defaults_and_exit_codes() {
     }
     let sweep = stdout(&sim(&["sweep", "--help"]));
     assert!(sweep.contains("[default: 1/1]") && sweep.contains("[default: auto]"));
+    assert!(sweep.contains("--jobs <N>"), "{sweep}");
     for bug in Bug::ALL {
         let line = sweep
             .lines()
@@ -77,6 +78,8 @@ fn usage_errors_exit_two() {
         &["run", "--seed", "x"],
         &["sweep", "--seeds", "5..5"],
         &["sweep", "--seeds", "0..10", "--shard", "3/2"],
+        &["sweep", "--seeds", "0..10", "--jobs", "0"],
+        &["sweep", "--seeds", "0..10", "--jobs", "257"],
         &["run", "--seed", "1", "--bug", "no-such-bug"],
         &["nonsense"],
     ] {
@@ -210,7 +213,9 @@ fn shards_merge_into_the_whole_sweep() {
     let dir = scratch("shards");
     let mut files = Vec::new();
     for shard in ["1/3", "2/3", "3/3"] {
-        let output = sim(&["sweep", "--seeds", "0..30", "--shard", shard, "--json"]);
+        let output = sim(&[
+            "sweep", "--seeds", "0..30", "--shard", shard, "--json", "--jobs", "1",
+        ]);
         assert_eq!(
             output.status.code(),
             Some(0),
@@ -220,7 +225,9 @@ fn shards_merge_into_the_whole_sweep() {
         std::fs::write(&file, &output.stdout).expect("written");
         files.push(file.to_str().expect("utf-8").to_owned());
     }
-    let whole = json(&sim(&["sweep", "--seeds", "0..30", "--json"]));
+    let whole = json(&sim(&[
+        "sweep", "--seeds", "0..30", "--json", "--jobs", "2",
+    ]));
     let mut args = vec!["merge", "--json"];
     args.extend(files.iter().map(String::as_str));
     let merged = sim(&args);
@@ -230,6 +237,15 @@ fn shards_merge_into_the_whole_sweep() {
     assert_eq!(
         document["coverage"], whole["coverage"],
         "the same seeds, the same coverage"
+    );
+    assert_eq!(
+        document["trace_digest"], whole["trace_digest"],
+        "the same seeds, the same traces, on one thread each or two at once"
+    );
+    assert!(
+        whole["trace_digest"]
+            .as_str()
+            .is_some_and(|d| d.len() == 16)
     );
     assert_eq!(merged.status.code(), whole_code(&whole));
 

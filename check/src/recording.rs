@@ -123,6 +123,15 @@ pub fn current() -> Vec<OpContext> {
         .unwrap_or_default()
 }
 
+/// The instance whose committer runs the current batch, when a batch (not one request alone)
+/// is current.
+pub fn batch_instance() -> Option<usize> {
+    BATCH
+        .try_with(|ops| ops.borrow().first().and_then(|op| op.instance))
+        .ok()
+        .flatten()
+}
+
 /// The numbers of the requests the current transaction serves, and the first one's instance
 /// and product, without copying their commands.
 pub fn current_ids() -> (Vec<u64>, Option<usize>, Option<ProductId>) {

@@ -34,6 +34,23 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("/api/openapi.json", "GET"),
 ];
 
+/// The route of [`ROUTES`] a request's path falls on (its numeric segments as `{id}`), without
+/// making a string: the metrics' route label, found per request.
+pub fn route_of_path(path: &str) -> Option<&'static str> {
+    ROUTES.iter().map(|&(route, _)| route).find(|route| {
+        let mut given = path.split('/');
+        let matched = route.split('/').all(|segment| {
+            given.next().is_some_and(|part| {
+                part == segment
+                    || (segment == "{id}"
+                        && !part.is_empty()
+                        && part.bytes().all(|b| b.is_ascii_digit()))
+            })
+        });
+        matched && given.next().is_none()
+    })
+}
+
 /// The methods a route answers, for the `Allow` header of a 405: a GET route answers HEAD too.
 pub fn allowed_methods(route: &str) -> Option<&'static str> {
     ROUTES

@@ -224,6 +224,14 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_QUEUE_MAX", default_value_t = flashsale_service::QUEUE_MAX_DEFAULT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub queue_max: u16,
+    /// How many group committers run, each deciding its own batches in its own transaction
+    /// (holding one connection while it runs): requests go to the committer of their product,
+    /// so batches of different products run side by side. On 2 cores more than one cost more
+    /// CPU per request than it won (docs/PERFORMANCE.md, "Two committers"); on SQLite, which
+    /// lets one transaction write at a time, a second only waits.
+    #[arg(long, env = "FLASHSALE_COMMITTERS", default_value_t = flashsale_service::COMMITTERS_DEFAULT,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(flashsale_service::COMMITTERS_MAX)))]
+    pub committers: u16,
     /// How long `GET /api/products/{id}` may answer from this instance's cache (its own writes
     /// are always seen at once; other instances' at most this late); `0s` turns it off.
     #[arg(long, env = "FLASHSALE_CACHE_STALENESS", default_value = "1s", value_parser = humantime::parse_duration)]

@@ -49,7 +49,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let within = self.within;
-        let answering = self.inner.call(request);
+        // Boxed where it is made: the routes' future is large (every route's filter future
+        // nested), and each move of it by value is a copy of all of it (docs/PERFORMANCE.md).
+        let answering = Box::pin(self.inner.call(request));
         Box::pin(async move {
             match tokio::time::timeout(within, answering).await {
                 Ok(answered) => answered,

@@ -8,6 +8,7 @@
 //! the route, the status and the latency. A 405 gets the route's `Allow` header here, where the
 //! request's path is known.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -55,6 +56,20 @@ fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
+/// The label of a response's status in the metrics: one of the statuses the API answers, as a
+/// string made once, or else made for this response.
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    const ANSWERED: [&str; 22] = [
+        "200", "201", "204", "304", "400", "401", "403", "404", "405", "406", "408", "409", "411",
+        "413", "414", "415", "422", "429", "431", "500", "503", "504",
+    ];
+    let code = status.as_str();
+    match ANSWERED.iter().find(|&&known| known == code) {
+        Some(known) => metrics::SharedString::const_str(known),
+        None => metrics::SharedString::from_owned(code.to_owned()),
+    }
+}
+
 /// The path with its numeric segments as `{id}`: the route, for logs, without one label per id.
 pub fn route_of(path: &str) -> String {
     path.split('/')
@@ -98,7 +113,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let id = request_id(request.headers());
         let method = request.method().clone();
-        let route = route_of(request.uri().path());
+        // A route of the API without a string made for it; any other path as its pattern.
+        let known = crate::api::route_of_path(request.uri().path());
+        let route: Cow<'static, str> = match known {
+            Some(route) => Cow::Borrowed(route),
+            None => Cow::Owned(route_of(request.uri().path())),
+        };
         // `product_id` is filled in by the service once it knows the product (`lock_hold`).
         let span = tracing::info_span!(
             "request",
@@ -116,7 +136,7 @@ where
                         response.headers_mut().insert(REQUEST_ID_HEADER, header);
                     }
                     if response.status() == StatusCode::METHOD_NOT_ALLOWED
-                        && let Some(allow) = crate::api::allowed_methods(&route)
+                        && let Some(allow) = known.and_then(crate::api::allowed_methods)
                     {
                         response
                             .headers_mut()
@@ -126,16 +146,11 @@ where
                     // A number in JSON logs, to two decimals: a collector aggregates it.
                     let latency_ms = (seconds * 100_000.0).round() / 100.0;
                     // Unknown paths share one label: a scanner must not mint a series per path.
-                    let label = if crate::api::allowed_methods(&route).is_some() {
-                        route.clone()
-                    } else {
-                        "other".to_owned()
-                    };
-                    let status = response.status().as_u16();
+                    let label = known.unwrap_or("other");
                     metrics::counter!(
                         "flashsale_http_requests_total",
-                        "route" => label.clone(),
-                        "status" => status.to_string()
+                        "route" => label,
+                        "status" => status_label(response.status())
                     )
                     .increment(1);
                     metrics::histogram!("flashsale_http_request_duration_seconds", "route" => label)
@@ -167,6 +182,37 @@ mod tests {
         );
         assert_eq!(route_of("/api/holds"), "/api/holds");
         assert_eq!(route_of("/"), "/");
+    }
+
+    #[test]
+    fn the_routes_of_the_api_are_found_without_a_string_and_others_are_not() {
+        let found = crate::api::route_of_path;
+        assert_eq!(found("/api/products/12/restock"), None);
+        assert_eq!(
+            found("/api/admin/products/12/restock"),
+            Some("/api/admin/products/{id}/restock")
+        );
+        assert_eq!(found("/api/products/7"), Some("/api/products/{id}"));
+        assert_eq!(found("/api/holds"), Some("/api/holds"));
+        for other in [
+            "/api/products/x",
+            "/api/products/",
+            "/api/products/7/",
+            "/",
+            "/api",
+        ] {
+            assert_eq!(found(other), None, "{other}");
+        }
+        for (route, _) in crate::api::ROUTES {
+            let path = route.replace("{id}", "42");
+            assert_eq!(found(&path), Some(route), "{path}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_labelled_by_their_code() {
+        assert_eq!(&*status_label(StatusCode::CREATED), "201");
+        assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "418");
     }
 
     #[test]

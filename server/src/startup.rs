@@ -100,6 +100,7 @@ pub fn service_config(args: &ServeArgs) -> anyhow::Result<service::Config> {
         hold_ttl_ms,
         payment_window_ms,
         batch_max: usize::from(args.batch_max),
+        committers: usize::from(args.committers),
         queue_max: usize::from(args.queue_max),
         cache_staleness_ms: u64::try_from(args.cache_staleness.as_millis()).unwrap_or(u64::MAX),
         request_key_retention_ms: retention_ms(

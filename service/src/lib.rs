@@ -33,8 +33,9 @@ pub mod store;
 
 pub use service::{
     ATTEMPTS_MAX_DEFAULT, Answer, BATCH_MAX_DEFAULT, BatchRun, BatchScope, BatchTag,
-    CACHE_STALENESS_MS_DEFAULT, Config, HoldAnswer, HoldPlaced, Keyed, OrderPlaced, PURGE_BATCH,
-    ProductView, QUEUE_MAX_DEFAULT, REQUEST_KEY_RETENTION_MS_DEFAULT, Reply, SWEEP_CHUNK_DEFAULT,
-    SWEEP_CHUNK_MAX, SWEEP_PRODUCTS_PER_BATCH, Service, ServiceError, SweepReport,
-    WEBHOOK_RETENTION_MS_DEFAULT, WebhookAnswer,
+    CACHE_STALENESS_MS_DEFAULT, COMMITTERS_DEFAULT, COMMITTERS_MAX, Config, HoldAnswer, HoldPlaced,
+    Keyed, OrderPlaced, PURGE_BATCH, ProductView, QUEUE_MAX_DEFAULT,
+    REQUEST_KEY_RETENTION_MS_DEFAULT, Reply, SWEEP_CHUNK_DEFAULT, SWEEP_CHUNK_MAX,
+    SWEEP_PRODUCTS_PER_BATCH, Service, ServiceError, SweepReport, WEBHOOK_RETENTION_MS_DEFAULT,
+    WebhookAnswer,
 };

@@ -226,6 +226,11 @@ fn sweep_chunk_default() -> u32 {
     flashsale_service::SWEEP_CHUNK_DEFAULT
 }
 
+/// The committers of a plan that does not say: one, as every instance ran before there were more.
+fn committers_default() -> usize {
+    1
+}
+
 /// Everything a run does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +263,10 @@ pub struct Plan {
     /// How many holds and orders one sweep transaction of a product retires and cancels at most.
     #[serde(default = "sweep_chunk_default")]
     pub sweep_chunk: u32,
+    /// How many group committers each instance runs: each its own queue and transaction, so
+    /// two batches of one instance may be in flight at once.
+    #[serde(default = "committers_default")]
+    pub committers: usize,
 }
 
 impl Plan {
@@ -343,12 +352,15 @@ impl Plan {
             batch_max,
             storms: Vec::new(),
             sweep_chunk: sweep_chunk_default(),
+            committers: committers_default(),
         };
         // Storms and sweep chunks came last of all.
         plan.sweep_chunk = [1, 7, 100, sweep_chunk_default()][rng.below(4) as usize];
         if rng.chance(STORM_PERCENT) {
             plan.add_storm(&mut rng, span_ms);
         }
+        // Committers came after storms: one, two or three per instance.
+        plan.committers = 1 + rng.below(3) as usize;
         plan
     }
 
@@ -411,6 +423,10 @@ impl Plan {
         }
         if self.batch_max == 0 {
             return Err("batch_max must be at least 1".into());
+        }
+        let committers_max = usize::from(flashsale_service::COMMITTERS_MAX);
+        if !(1..=committers_max).contains(&self.committers) {
+            return Err(format!("committers must be 1 to {committers_max}"));
         }
         let product_ok = |p: usize| (1..=products).contains(&p);
         for (c, journeys) in self.clients.iter().enumerate() {
@@ -519,8 +535,13 @@ impl fmt::Display for Plan {
         writeln!(
             f,
             "products (stock) {:?}; hold ttl {} ms; payment window {} ms; {} servers; batches of \
-             up to {}",
-            self.stocks, self.hold_ttl_ms, self.payment_window_ms, self.servers, self.batch_max
+             up to {}; {} committers each",
+            self.stocks,
+            self.hold_ttl_ms,
+            self.payment_window_ms,
+            self.servers,
+            self.batch_max,
+            self.committers
         )?;
         let p = &self.faults;
         writeln!(

@@ -105,9 +105,9 @@ fn faults_table(config: &RunConfig) -> String {
     format!(
         "<table><tr><th>deadlock</th><th>lock wait timeout</th><th>connection lost</th>\
          <th>commit answer lost</th><th>latency up to</th><th>servers</th><th>hold ttl</th>\
-         <th>payment window</th><th>hold batches of up to</th></tr><tr><td>{:.3}</td>\
-         <td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{} us</td><td>{}</td><td>{} ms</td>\
-         <td>{} ms</td><td>{}</td></tr></table>",
+         <th>payment window</th><th>batches of up to</th><th>committers</th></tr><tr>\
+         <td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{} us</td><td>{}</td>\
+         <td>{} ms</td><td>{} ms</td><td>{}</td><td>{}</td></tr></table>",
         f.deadlock,
         f.lock_timeout,
         f.connection_lost,
@@ -116,7 +116,8 @@ fn faults_table(config: &RunConfig) -> String {
         p.servers,
         p.hold_ttl_ms,
         p.payment_window_ms,
-        p.batch_max
+        p.batch_max,
+        p.committers
     )
 }
 

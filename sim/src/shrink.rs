@@ -98,6 +98,7 @@ pub fn shrink(config: &RunConfig, first: &Report) -> (RunConfig, Report) {
         s.repeat(4, |p| halve(&mut p.faults));
     }
     s.try_change(|p| p.batch_max = 1);
+    s.try_change(|p| p.committers = 1);
     s.try_change(drop_unused_products);
     shrink_lists(&mut s);
     // Clients left without journeys still change the schedule: removing them is a change to

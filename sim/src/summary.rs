@@ -191,7 +191,7 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
     let c = &report.fault_counts;
     let s = &report.stats;
     let race = |name: &str| s.races.get(name).copied().unwrap_or(0);
-    let items: [(&str, u64); 27] = [
+    let items: [(&str, u64); 28] = [
         ("fault: deadlock", c.deadlock),
         ("fault: lock wait timeout", c.lock_timeout),
         ("fault: connection lost", c.connection_lost),
@@ -213,6 +213,10 @@ pub fn coverage_of(report: &Report) -> BTreeMap<String, u64> {
         (
             "batch: several kinds of request in one transaction",
             c.batched_kinds,
+        ),
+        (
+            "batch: two committers of one instance in flight",
+            c.committers_overlapped,
         ),
         ("chaos: crash", s.crashes),
         ("chaos: clock step back", s.clock_steps_back),

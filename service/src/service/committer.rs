@@ -1,10 +1,18 @@
-//! The group committer: every command of an instance joins one queue, and one drainer task at a
-//! time takes the next batch (up to `batch_max` commands, any mix of kinds and products) through
+//! The group committers: every command of an instance joins the queue of the committer its rows
+//! fall to ([`committer_of`]), and one drainer task at a time per queue takes the next batch (up to `batch_max` commands, any mix of kinds and products) through
 //! the one transaction script ([`Service::execute_batch`]: the core's one driver, [`decide`], plans,
 //! loads in the global lock order, executes and writes; the script commits once), then answers each caller after the commit. With
 //! `batch_max` 1 each request runs the script alone in its own task. A batch found stale is
 //! decided again in two parts; one that fails on what may be one poisoned command, one command
 //! at a time; a database found away answers every request queued behind the batch at once.
+//!
+//! An instance runs `committers` of them (docs/PERFORMANCE.md, "Two committers"): while one
+//! committer's transaction waits on the database, another's batch is planned, locked and
+//! decided, so neither the server's cores nor the database's wait on one transaction at a time.
+//! A command goes to the committer of its product, so two batches of an instance lock the same
+//! product only through an order or a webhook (known by its hold until its rows are read); they
+//! then wait on each other's lock, in the global lock order, as two instances' batches do. Each
+//! committer answers its batch only after that batch's commit.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -14,7 +22,7 @@ use flashsale_core::{
     self as core, Command, HoldId, Inserted, Load, Loaded, OrderId, Outcome, ProductId, Steps,
     Timestamp, WriteSet, decide,
 };
-use flashsale_sync::batch::Waiting;
+use flashsale_sync::batch::{Batches, Waiting};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -111,12 +119,52 @@ pub(super) fn name_product(product_id: ProductId) {
     tracing::Span::current().record("product_id", tracing::field::display(product_id));
 }
 
+/// The queues of `config.committers` committers (at least one), holding `config.queue_max`
+/// waiting commands between them.
+pub(super) fn queues(config: &super::Config) -> std::sync::Arc<[Batches<Command, Reply>]> {
+    let committers = config.committers.max(1);
+    let queue_max = config.queue_max.div_ceil(committers);
+    (0..committers)
+        .map(|_| Batches::new(config.batch_max, queue_max))
+        .collect()
+}
+
+/// The committer a command goes to, of `committers`: its product's, else its hold's (an order,
+/// a webhook), so the commands of one product share one committer's batches and their order.
+fn committer_of(command: &Command, committers: usize) -> usize {
+    let key = match command {
+        Command::PlaceOrder { hold_id, .. } => Some(hold_id.0),
+        Command::ApplyWebhook(payload) => Some(payload.hold_id.0),
+        _ => command.product().map(|product| product.0),
+    };
+    let committers = u64::try_from(committers).unwrap_or(1);
+    let at = key.unwrap_or(0).checked_rem(committers).unwrap_or(0);
+    usize::try_from(at).unwrap_or(0)
+}
+
 /// A batch taken from the queue, as its commands and their replies; the queue gauge moves down
 /// by its size.
 fn taken(batch: Vec<Waiting<Command, Reply>>) -> (Vec<Command>, Vec<Reply>) {
     let size = f64::from(u32::try_from(batch.len()).unwrap_or(u32::MAX));
     metrics::gauge!("flashsale_queue_waiting").decrement(size);
     batch.into_iter().map(|w| (w.command, w.reply)).unzip()
+}
+
+/// Answers every command waiting now in `batches` with `error`, the database found away: each
+/// would otherwise wait out its own connection timeout behind the ones before it, where one
+/// transaction per request would have waited once. The next batch tries the database again.
+fn refuse_waiting(batches: &Batches<Command, Reply>, error: &ServiceError) {
+    let mut left = batches.waiting();
+    while left > 0 {
+        let Some(batch) = batches.next_batch() else {
+            return;
+        };
+        left = left.saturating_sub(batch.len());
+        let (_, replies) = taken(batch);
+        for reply in replies {
+            let _ = reply.sender.send(Err(error.clone()));
+        }
+    }
 }
 
 impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
@@ -149,6 +197,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         }
         let (sender, answer) = oneshot::channel();
         let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
+        let committer = committer_of(&command, self.batches.len());
         let waiting = Waiting {
             command,
             reply: Reply { sender, tag },
@@ -156,7 +205,10 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         // Counted before it is queued: the drainer may take it at once.
         let queue_waiting = metrics::gauge!("flashsale_queue_waiting");
         queue_waiting.increment(1.0);
-        match self.batches.push(waiting) {
+        let Some(batches) = self.batches.get(committer) else {
+            return unanswered();
+        };
+        match batches.push(waiting) {
             Err(waiting) => {
                 queue_waiting.decrement(1.0);
                 return Err(ServiceError::Overloaded { waiting });
@@ -165,18 +217,21 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 // The drainer runs on its own task: a caller that goes away (a closed
                 // connection) must not take the other callers' answers with it.
                 let service = self.clone();
-                tokio::spawn(async move { service.drain().await });
+                tokio::spawn(async move { service.drain(committer).await });
             }
             Ok(false) => {}
         }
         answer.await.unwrap_or_else(|_| unanswered())
     }
 
-    /// Decides the waiting commands, batch after batch, until none wait. Each batch's answers go
-    /// out only after its commit, and the next batch starts at once, so the database works on
-    /// one batch while the last one's callers read their answers.
-    async fn drain(&self) {
-        while let Some(batch) = self.batches.next_batch() {
+    /// Decides the waiting commands of one committer, batch after batch, until none wait. Each
+    /// batch's answers go out only after its commit, and the next batch starts at once, so the
+    /// database works on one batch while the last one's callers read their answers.
+    async fn drain(&self, committer: usize) {
+        let Some(batches) = self.batches.get(committer) else {
+            return;
+        };
+        while let Some(batch) = batches.next_batch() {
             let (commands, replies) = taken(batch);
             let (senders, tags): (Vec<_>, Vec<_>) =
                 replies.into_iter().map(|r| (r.sender, r.tag)).unzip();
@@ -193,24 +248,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
                 let _ = sender.send(answer);
             }
             if let Some(error) = away {
-                self.refuse_waiting(&error);
-            }
-        }
-    }
-
-    /// Answers every command waiting now with `error`, the database found away: each would
-    /// otherwise wait out its own connection timeout behind the ones before it, where one
-    /// transaction per request would have waited once. The next batch tries the database again.
-    fn refuse_waiting(&self, error: &ServiceError) {
-        let mut left = self.batches.waiting();
-        while left > 0 {
-            let Some(batch) = self.batches.next_batch() else {
-                return;
-            };
-            left = left.saturating_sub(batch.len());
-            let (_, replies) = taken(batch);
-            for reply in replies {
-                let _ = reply.sender.send(Err(error.clone()));
+                refuse_waiting(batches, &error);
             }
         }
     }
@@ -335,5 +373,79 @@ impl<T: Transaction, C: Clock> Steps for TxSteps<'_, T, C> {
 
     async fn write(&mut self, writes: &WriteSet) -> Result<Inserted, StoreError> {
         self.tx.write(writes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_core::{IdempotencyKey, PaymentStatus, Qty, WebhookPayload};
+
+    fn hold(product: u64) -> Command {
+        Command::PlaceHold {
+            product_id: ProductId(product),
+            qty: Qty(1),
+            ttl_ms: 1_000,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_product_has_one_committer_and_an_order_or_webhook_goes_to_its_holds() {
+        assert_eq!(committer_of(&hold(7), 1), 0, "one committer takes all");
+        assert_eq!(committer_of(&hold(7), 2), committer_of(&hold(9), 2));
+        assert_ne!(committer_of(&hold(7), 2), committer_of(&hold(8), 2));
+        let restock = Command::Restock {
+            product_id: ProductId(7),
+            qty: Qty(3),
+        };
+        assert_eq!(committer_of(&restock, 3), committer_of(&hold(7), 3));
+        let order = Command::PlaceOrder {
+            hold_id: HoldId(5),
+            payment_window_ms: 1_000,
+            key: None,
+        };
+        let webhook = Command::ApplyWebhook(WebhookPayload {
+            key: IdempotencyKey::parse("k-0123456789abcdef").expect("a valid key"),
+            hold_id: HoldId(5),
+            status: PaymentStatus::Paid,
+        });
+        assert_eq!(committer_of(&order, 3), 2);
+        assert_eq!(committer_of(&webhook, 3), 2);
+        assert_eq!(
+            committer_of(&Command::SeedDemo, 3),
+            0,
+            "no rows named: the first"
+        );
+        for committers in 1..=5 {
+            for product in 0..20 {
+                assert!(committer_of(&hold(product), committers) < committers);
+            }
+        }
+    }
+
+    #[test]
+    fn the_queues_share_the_bound_and_there_is_always_one() {
+        let config = |committers, queue_max| super::super::Config {
+            committers,
+            queue_max,
+            ..super::super::Config::default()
+        };
+        assert_eq!(queues(&config(0, 10)).len(), 1);
+        assert_eq!(queues(&config(3, 10)).len(), 3);
+        // 3 waiting commands between 2 committers: 2 each, at most 4 in all.
+        let two = queues(&config(2, 3));
+        let waiting = || Waiting {
+            command: hold(1),
+            reply: Reply {
+                sender: oneshot::channel().0,
+                tag: None,
+            },
+        };
+        for batches in two.iter() {
+            assert!(batches.push(waiting()).is_ok());
+            assert!(batches.push(waiting()).is_ok());
+            assert_eq!(batches.push(waiting()).err(), Some(2), "full at 2");
+        }
     }
 }

@@ -35,6 +35,11 @@ pub const BATCH_MAX_DEFAULT: u16 = 128;
 pub const CACHE_STALENESS_MS_DEFAULT: u64 = 1_000;
 /// How many commands may wait for the next transaction before new ones are refused, by default.
 pub const QUEUE_MAX_DEFAULT: u16 = 4_096;
+/// How many committers an instance runs, by default: one. Two cost more CPU per request than
+/// they won on 2 cores (docs/PERFORMANCE.md, "Two committers").
+pub const COMMITTERS_DEFAULT: u16 = 1;
+/// The most committers an instance may run: each holds a connection while its batch runs.
+pub const COMMITTERS_MAX: u16 = 64;
 /// How long a client request's idempotency-key record is kept, by default: a day.
 pub const REQUEST_KEY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 /// How long a webhook record is kept, by default: 30 days, past any provider's redeliveries.
@@ -60,9 +65,13 @@ pub struct Config {
     /// How many commands (holds, orders, webhooks, restocks, on any products) one transaction
     /// decides at most; 1 runs one transaction per request, each in its request's own task.
     pub batch_max: usize,
-    /// How many commands may wait for the next transaction; past it,
+    /// How many commands may wait for the next transaction, over all committers; past it,
     /// [`ServiceError::Overloaded`].
     pub queue_max: usize,
+    /// How many group committers run, each with its own queue and at most one transaction in
+    /// flight: a command goes to the one its product (or its hold) falls to, so the committers'
+    /// batches touch different rows and their transactions run side by side. 1 runs one.
+    pub committers: usize,
     /// How long a product's cached availability may be served (writes of other instances are
     /// seen at most this late); 0 turns the cache off.
     pub cache_staleness_ms: u64,
@@ -84,6 +93,7 @@ impl Default for Config {
             attempts_max: ATTEMPTS_MAX_DEFAULT,
             batch_max: usize::from(BATCH_MAX_DEFAULT),
             queue_max: usize::from(QUEUE_MAX_DEFAULT),
+            committers: usize::from(COMMITTERS_DEFAULT),
             cache_staleness_ms: CACHE_STALENESS_MS_DEFAULT,
             request_key_retention_ms: REQUEST_KEY_RETENTION_MS_DEFAULT,
             webhook_retention_ms: WEBHOOK_RETENTION_MS_DEFAULT,
@@ -226,8 +236,8 @@ pub struct Service<S, C> {
     store: S,
     clock: C,
     config: Config,
-    /// Commands waiting for the next transaction, decided together.
-    batches: Arc<Batches<Command, Reply>>,
+    /// Commands waiting for the next transaction, decided together: one queue per committer.
+    batches: Arc<[Batches<Command, Reply>]>,
     /// The driver's hook around batch transactions, if it has one.
     batch_scope: Option<Arc<dyn BatchScope>>,
     /// What `product` answered, per product, for GET storms.
@@ -277,7 +287,7 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
             store,
             clock,
             config,
-            batches: Arc::new(Batches::new(config.batch_max, config.queue_max)),
+            batches: committer::queues(&config),
             cache: Arc::default(),
             batch_scope: None,
             keys_in_flight: Arc::default(),

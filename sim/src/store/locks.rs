@@ -44,6 +44,7 @@ pub(super) fn deadlocks(shared: &Shared, tx: u64, key: &RowKey) -> bool {
 /// waiter whose task was cut off (a crash) before it woke would otherwise never be released.
 pub(super) fn release_locks(shared: &mut Shared, tx: u64) {
     shared.waiting_for.remove(&tx);
+    shared.batches_open.remove(&tx);
     let keys: Vec<RowKey> = shared.locks.keys().cloned().collect();
     for key in keys {
         let Some(lock) = shared.locks.get_mut(&key) else {

@@ -65,6 +65,9 @@ pub struct FaultCounts {
     pub batched: u64,
     /// Committed batches that wrote the rows of several products.
     pub batched_products: u64,
+    /// Batches committed while another committer of the same instance had a batch's
+    /// transaction open: two transactions of one instance in flight.
+    pub committers_overlapped: u64,
     /// Committed batches that decided requests of several kinds (holds, orders, webhooks,
     /// restocks).
     pub batched_kinds: u64,
@@ -82,6 +85,8 @@ struct Shared {
     tables: Tables,
     locks: BTreeMap<RowKey, Lock>,
     waiting_for: BTreeMap<u64, RowKey>,
+    /// The open transactions that run a committer's batch, by the instance they run on.
+    batches_open: BTreeMap<u64, usize>,
     tx_last: u64,
     faults: FaultProfile,
     counts: FaultCounts,
@@ -237,7 +242,11 @@ impl Storage for SimStore {
         let id = {
             let mut shared = self.shared();
             shared.tx_last = shared.tx_last.saturating_add(1);
-            shared.tx_last
+            let id = shared.tx_last;
+            if let Some(instance) = recording::batch_instance() {
+                shared.batches_open.insert(id, instance);
+            }
+            id
         };
         let mut tx = SimTx {
             store: self.clone(),

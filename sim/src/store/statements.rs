@@ -62,6 +62,13 @@ impl Transaction for SimTx {
                 shared.violation.get_or_insert(failure);
             }
             let entries = self.observer.end(true, sim_us());
+            if let Some(&instance) = shared.batches_open.get(&self.id) {
+                let alongside = (shared.batches_open.iter())
+                    .any(|(&tx, &other)| tx != self.id && other == instance);
+                if alongside && !entries.is_empty() {
+                    shared.counts.committers_overlapped += 1;
+                }
+            }
             if entries.len() > 1 {
                 shared.counts.batched += entries.len() as u64;
                 let products: BTreeSet<u64> = (writes.values())

@@ -254,6 +254,7 @@ impl World {
             hold_ttl_ms: plan.hold_ttl_ms,
             payment_window_ms: plan.payment_window_ms,
             batch_max: plan.batch_max,
+            committers: plan.committers,
             // Records are never purged: the checkers replay every one (see `purge_records`).
             request_key_retention_ms: u64::MAX,
             webhook_retention_ms: u64::MAX,

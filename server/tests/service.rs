@@ -658,6 +658,69 @@ async fn concurrent_holds_grant_exactly_the_stock(db: Db) {
     db.finish(&service).await;
 }
 
+/// Three committers, each deciding its products' batches in its own transaction: every product
+/// grants exactly its stock, and orders and webhooks (which go to their hold's committer, not
+/// their product's) complete the flow with every invariant intact.
+async fn three_committers_grant_exactly_each_stock_and_complete_the_flow(db: Db) {
+    let clock = ManualClock::new(T0);
+    let config = Config {
+        committers: 3,
+        ..Config::default()
+    };
+    let service = Arc::new(db.service_with(&clock, config).await);
+    let mut products = Vec::new();
+    for _ in 0..4 {
+        products.push(product(&service, 10).await);
+    }
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let service = service.clone();
+            let p = products[i % products.len()];
+            tokio::spawn(async move { (p, service.place_hold(p, Qty(1)).await) })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for task in tasks {
+        match task.await.expect("task ran") {
+            (p, Ok(placed)) => granted.push((p, placed.hold.id)),
+            (_, Err(ServiceError::Rejected(Rejection::InsufficientStock { .. }))) => {}
+            (_, Err(other)) => panic!("unexpected failure: {other}"),
+        }
+    }
+    for &p in &products {
+        let of_p = granted.iter().filter(|(q, _)| *q == p).count();
+        assert_eq!(of_p, 10, "product {p} grants its stock exactly");
+        let view = service.product(p).await.expect("exists");
+        assert_eq!(view.available, Qty(0));
+    }
+    let tasks: Vec<_> = (granted.iter().enumerate())
+        .map(|(i, &(_, hold_id))| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let order = service.place_order(hold_id).await?;
+                let paid = paid(&format!("evt-committers-{i}"), hold_id);
+                let answer = service.apply_webhook(&paid).await?;
+                Ok::<_, ServiceError>((order, answer))
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (order, answer) = task.await.expect("task ran").expect("order and payment");
+        assert!(order.created);
+        assert_eq!(answer.record.result, WebhookResult::Applied);
+        assert_eq!(answer.order.map(|o| o.status), Some(OrderStatus::Paid));
+    }
+    for &p in &products {
+        let view = service.product(p).await.expect("exists");
+        assert_eq!(
+            (view.product.stock, view.available),
+            (Qty(0), Qty(0)),
+            "sold out"
+        );
+    }
+    db.finish(&service).await;
+}
+
 async fn concurrent_duplicate_webhooks_apply_once(db: Db) {
     let clock = ManualClock::new(T0);
     let service = Arc::new(db.service(&clock).await);
@@ -1574,6 +1637,7 @@ on_both_databases!(
     the_sweep_cancels_overdue_orders_and_returns_their_units_once,
     a_mass_expiry_is_folded_at_once_and_retired_in_chunks,
     concurrent_holds_grant_exactly_the_stock,
+    three_committers_grant_exactly_each_stock_and_complete_the_flow,
     concurrent_duplicate_webhooks_apply_once,
     a_keyed_hold_is_placed_once_and_replayed,
     a_rejected_keyed_hold_leaves_the_key_unused,

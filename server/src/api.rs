@@ -34,18 +34,20 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("/api/openapi.json", "GET"),
 ];
 
+/// Whether a path segment is an id: digits only, as [`ROUTES`] write `{id}`.
+pub fn is_id(segment: &str) -> bool {
+    !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The route of [`ROUTES`] a request's path falls on (its numeric segments as `{id}`), without
 /// making a string: the metrics' route label, found per request.
 pub fn route_of_path(path: &str) -> Option<&'static str> {
     ROUTES.iter().map(|&(route, _)| route).find(|route| {
         let mut given = path.split('/');
         let matched = route.split('/').all(|segment| {
-            given.next().is_some_and(|part| {
-                part == segment
-                    || (segment == "{id}"
-                        && !part.is_empty()
-                        && part.bytes().all(|b| b.is_ascii_digit()))
-            })
+            given
+                .next()
+                .is_some_and(|part| part == segment || (segment == "{id}" && is_id(part)))
         });
         matched && given.next().is_none()
     })

@@ -74,7 +74,7 @@ fn status_label(status: StatusCode) -> metrics::SharedString {
 pub fn route_of(path: &str) -> String {
     path.split('/')
         .map(|segment| {
-            if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            if crate::api::is_id(segment) {
                 "{id}"
             } else {
                 segment

@@ -1,18 +1,19 @@
 //! The group committers: every command of an instance joins the queue of the committer its rows
-//! fall to ([`committer_of`]), and one drainer task at a time per queue takes the next batch (up to `batch_max` commands, any mix of kinds and products) through
-//! the one transaction script ([`Service::execute_batch`]: the core's one driver, [`decide`], plans,
-//! loads in the global lock order, executes and writes; the script commits once), then answers each caller after the commit. With
-//! `batch_max` 1 each request runs the script alone in its own task. A batch found stale is
-//! decided again in two parts; one that fails on what may be one poisoned command, one command
-//! at a time; a database found away answers every request queued behind the batch at once.
+//! fall to ([`committer_of`]), and one drainer task at a time per queue takes the next batch (up
+//! to `batch_max` commands, any mix of kinds and products) through the one transaction script
+//! ([`Service::execute_batch`]: the core's one driver, [`decide`], plans, loads in the global
+//! lock order, executes and writes; the script commits once), then answers each caller after the
+//! commit. With `batch_max` 1 each request runs the script alone in its own task. A batch found
+//! stale is decided again in two parts; one that fails on what may be one poisoned command, one
+//! command at a time; a database found away answers every request queued behind the batch at
+//! once.
 //!
-//! An instance runs `committers` of them (docs/PERFORMANCE.md, "Two committers"): while one
-//! committer's transaction waits on the database, another's batch is planned, locked and
-//! decided, so neither the server's cores nor the database's wait on one transaction at a time.
-//! A command goes to the committer of its product, so two batches of an instance lock the same
-//! product only through an order or a webhook (known by its hold until its rows are read); they
-//! then wait on each other's lock, in the global lock order, as two instances' batches do. Each
-//! committer answers its batch only after that batch's commit.
+//! An instance runs `committers` of them (one by default; docs/PERFORMANCE.md, "Two
+//! committers"): while one committer's transaction waits on the database, another's batch may be
+//! planned, locked and decided. A command goes to the committer of its product, so two batches of
+//! an instance lock the same product only through an order or a webhook (known by its hold until
+//! its rows are read); they then wait on each other's lock, in the global lock order, as two
+//! instances' batches do. Each committer answers its batch only after that batch's commit.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -198,6 +199,9 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         let (sender, answer) = oneshot::channel();
         let tag = self.batch_scope.as_ref().and_then(|scope| scope.capture());
         let committer = committer_of(&command, self.batches.len());
+        let Some(batches) = self.batches.get(committer) else {
+            return unanswered();
+        };
         let waiting = Waiting {
             command,
             reply: Reply { sender, tag },
@@ -205,9 +209,6 @@ impl<S: Storage + Clone, C: Clock + Clone> Service<S, C> {
         // Counted before it is queued: the drainer may take it at once.
         let queue_waiting = metrics::gauge!("flashsale_queue_waiting");
         queue_waiting.increment(1.0);
-        let Some(batches) = self.batches.get(committer) else {
-            return unanswered();
-        };
         match batches.push(waiting) {
             Err(waiting) => {
                 queue_waiting.decrement(1.0);
